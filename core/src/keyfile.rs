@@ -1,0 +1,200 @@
+//! Participant key files: an ed25519 signing key and an x25519 encryption key, each an
+//! encrypted PKCS#8 document (RFC 5958, PBES2 with scrypt and AES-256-CBC), as two
+//! `ENCRYPTED PRIVATE KEY` PEM blocks in one file, written with mode 0600.
+//!
+//! `openssl pkey -in FILE` reads the first block (the ed25519 key).
+
+use std::io::Write as _;
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use pkcs8::der::pem::LineEnding;
+use pkcs8::{EncryptedPrivateKeyInfo, ObjectIdentifier, PrivateKeyInfo};
+use rand::rngs::OsRng;
+use x25519_dalek::StaticSecret;
+use zeroize::Zeroizing;
+
+use crate::{Error, Result};
+
+/// OID of X25519 keys (RFC 8410).
+const X25519_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.110");
+const PEM_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+
+/// A participant's two private keys.
+pub struct Identity {
+    /// ed25519: signs envelopes and directory requests.
+    pub signing: SigningKey,
+    /// x25519: receives end-to-end encrypted bodies.
+    pub encryption: StaticSecret,
+}
+
+impl Identity {
+    /// Fresh random keys.
+    pub fn generate() -> Self {
+        Self {
+            signing: SigningKey::generate(&mut OsRng),
+            encryption: StaticSecret::random_from_rng(OsRng),
+        }
+    }
+
+    /// The public ed25519 key.
+    pub fn signing_public(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
+    }
+
+    /// The public x25519 key.
+    pub fn encryption_public(&self) -> [u8; 32] {
+        x25519_dalek::PublicKey::from(&self.encryption).to_bytes()
+    }
+
+    /// Both keys as encrypted PKCS#8 PEM.
+    pub fn to_encrypted_pem(&self, passphrase: &[u8]) -> Result<Zeroizing<String>> {
+        let err = |e: pkcs8::Error| Error::KeyFile(format!("encoding: {e}"));
+        let ed = self.signing.to_pkcs8_der().map_err(err)?;
+        let ed_info = PrivateKeyInfo::try_from(ed.as_bytes()).map_err(err)?;
+        // RFC 8410: the private key is an OCTET STRING wrapping the 32 key bytes.
+        let mut x_inner = Zeroizing::new(vec![0x04, 0x20]);
+        x_inner.extend_from_slice(self.encryption.as_bytes());
+        let x_info = PrivateKeyInfo::new(
+            pkcs8::AlgorithmIdentifierRef {
+                oid: X25519_OID,
+                parameters: None,
+            },
+            &x_inner,
+        );
+        let mut out = Zeroizing::new(String::new());
+        for info in [ed_info, x_info] {
+            let enc = info.encrypt(OsRng, passphrase).map_err(err)?;
+            let pem = enc
+                .to_pem(PEM_LABEL, LineEnding::LF)
+                .map_err(|e| Error::KeyFile(e.to_string()))?;
+            out.push_str(&pem);
+        }
+        Ok(out)
+    }
+
+    /// Reads keys written by [`Identity::to_encrypted_pem`].
+    pub fn from_encrypted_pem(text: &str, passphrase: &[u8]) -> Result<Self> {
+        let blocks = pem_blocks(text);
+        if blocks.len() != 2 {
+            return Err(Error::KeyFile(format!(
+                "expected 2 {PEM_LABEL} blocks (ed25519, x25519), found {}",
+                blocks.len()
+            )));
+        }
+        let mut keys = Vec::with_capacity(2);
+        for block in blocks {
+            let (label, der) = pkcs8::der::pem::decode_vec(block.as_bytes())
+                .map_err(|e| Error::KeyFile(format!("bad pem: {e}")))?;
+            if label != PEM_LABEL {
+                return Err(Error::KeyFile(format!(
+                    "unexpected pem block {label:?}, want {PEM_LABEL}"
+                )));
+            }
+            let enc = EncryptedPrivateKeyInfo::try_from(der.as_slice())
+                .map_err(|e| Error::KeyFile(format!("not encrypted pkcs#8: {e}")))?;
+            let doc = enc.decrypt(passphrase).map_err(|_| {
+                Error::KeyFile("cannot decrypt: wrong passphrase or corrupted file".into())
+            })?;
+            keys.push(doc);
+        }
+        let signing = SigningKey::from_pkcs8_der(keys[0].as_bytes())
+            .map_err(|e| Error::KeyFile(format!("first block is not an ed25519 key: {e}")))?;
+        let x_info = PrivateKeyInfo::try_from(keys[1].as_bytes())
+            .map_err(|e| Error::KeyFile(format!("second block: {e}")))?;
+        if x_info.algorithm.oid != X25519_OID {
+            return Err(Error::KeyFile("second block is not an x25519 key".into()));
+        }
+        let raw = x_info.private_key;
+        if raw.len() != 34 || raw[0] != 0x04 || raw[1] != 0x20 {
+            return Err(Error::KeyFile("malformed x25519 private key".into()));
+        }
+        let mut arr = Zeroizing::new([0u8; 32]);
+        arr.copy_from_slice(&raw[2..]);
+        Ok(Self {
+            signing,
+            encryption: StaticSecret::from(*arr),
+        })
+    }
+
+    /// Writes the key file with mode 0600; refuses to overwrite an existing file.
+    pub fn write(&self, path: &Path, passphrase: &[u8]) -> Result<()> {
+        let pem = self.to_encrypted_pem(passphrase)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts
+            .open(path)
+            .map_err(|e| Error::KeyFile(format!("{}: {e}", path.display())))?;
+        f.write_all(pem.as_bytes())?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Reads and decrypts a key file.
+    pub fn read(path: &Path, passphrase: &[u8]) -> Result<Self> {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::KeyFile(format!("{}: {e}", path.display())))?,
+        );
+        Self::from_encrypted_pem(&text, passphrase)
+    }
+}
+
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN ") {
+            cur = Some(String::new());
+        }
+        if let Some(b) = cur.as_mut() {
+            b.push_str(line);
+            b.push('\n');
+        }
+        if line.starts_with("-----END ") {
+            if let Some(b) = cur.take() {
+                blocks.push(b);
+            }
+        }
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_wrong_passphrase_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alice.key");
+        let id = Identity::generate();
+        id.write(&path, b"correct horse").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("BEGIN ENCRYPTED PRIVATE KEY").count(), 2);
+        assert!(!text.contains("BEGIN PRIVATE KEY"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let back = Identity::read(&path, b"correct horse").unwrap();
+        assert_eq!(back.signing_public(), id.signing_public());
+        assert_eq!(back.encryption_public(), id.encryption_public());
+        assert!(matches!(
+            Identity::read(&path, b"wrong"),
+            Err(Error::KeyFile(_))
+        ));
+        // Never overwrite an existing key.
+        assert!(id.write(&path, b"x").is_err());
+        // A truncated file is a clear error.
+        std::fs::write(dir.path().join("t.key"), &text[..text.len() / 2]).unwrap();
+        assert!(Identity::read(&dir.path().join("t.key"), b"correct horse").is_err());
+    }
+}

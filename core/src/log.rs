@@ -1,0 +1,326 @@
+//! The directory log as a verifier sees it: RFC 6962 hashes, inclusion and consistency
+//! proofs, and C2SP tlog-checkpoint signed notes.
+//!
+//! Proof generation and checking come from `tlog_tiles` (a port of Go's sumdb `tlog`,
+//! compatible with RFC 6962); notes from `signed_note`.
+
+use base64::Engine as _;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use signed_note::{Note, StandardVerifier, VerifierList};
+use tlog_tiles::{Checkpoint, Hash};
+
+use crate::{Error, Result};
+
+/// SHA-256 of `0x00 || entry`: the RFC 6962 leaf hash.
+pub fn leaf_hash(entry: &[u8]) -> [u8; 32] {
+    tlog_tiles::record_hash(entry).0
+}
+
+/// Parses a list of 32-byte hashes.
+pub fn parse_hashes(raw: &[impl AsRef<[u8]>]) -> Result<Vec<Hash>> {
+    raw.iter()
+        .map(|h| {
+            let arr: [u8; 32] = h.as_ref().try_into().map_err(|_| Error::Malformed {
+                what: "proof",
+                why: format!("hash of {} bytes, expected 32", h.as_ref().len()),
+            })?;
+            Ok(Hash(arr))
+        })
+        .collect()
+}
+
+/// A checkpoint whose signature was verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedCheckpoint {
+    /// The log's origin line.
+    pub origin: String,
+    /// Number of leaves.
+    pub size: u64,
+    /// RFC 6962 root hash.
+    pub root: [u8; 32],
+    /// The whole signed note, as received.
+    pub note: Vec<u8>,
+}
+
+impl VerifiedCheckpoint {
+    /// Checks that `entry` is leaf `index` of this checkpoint's tree.
+    pub fn verify_inclusion(
+        &self,
+        index: u64,
+        entry: &[u8],
+        proof: &[impl AsRef<[u8]>],
+    ) -> Result<()> {
+        let mismatch = Error::InclusionProofMismatch {
+            index,
+            tree_size: self.size,
+        };
+        if index >= self.size {
+            return Err(mismatch);
+        }
+        let proof = parse_hashes(proof)?;
+        tlog_tiles::check_record(
+            &proof,
+            self.size,
+            Hash(self.root),
+            index,
+            tlog_tiles::record_hash(entry),
+        )
+        .map_err(|_| mismatch)
+    }
+
+    /// Checks that `newer` extends this checkpoint (same origin, append-only).
+    pub fn verify_consistency(
+        &self,
+        newer: &VerifiedCheckpoint,
+        proof: &[impl AsRef<[u8]>],
+    ) -> Result<()> {
+        let mismatch = Error::ConsistencyProofMismatch {
+            from: self.size,
+            to: newer.size,
+        };
+        if self.origin != newer.origin {
+            return Err(Error::CheckpointInvalid(format!(
+                "origin changed from {:?} to {:?}",
+                self.origin, newer.origin
+            )));
+        }
+        if newer.size < self.size {
+            return Err(mismatch);
+        }
+        if newer.size == self.size {
+            return if newer.root == self.root {
+                Ok(())
+            } else {
+                Err(mismatch)
+            };
+        }
+        if self.size == 0 {
+            return Ok(());
+        }
+        let proof = parse_hashes(proof)?;
+        tlog_tiles::check_tree(
+            &proof,
+            newer.size,
+            Hash(newer.root),
+            self.size,
+            Hash(self.root),
+        )
+        .map_err(|_| mismatch)
+    }
+}
+
+/// Signs checkpoints with an ed25519 key, as a C2SP signed note.
+pub struct CheckpointSigner {
+    name: String,
+    id: u32,
+    key: SigningKey,
+}
+
+impl CheckpointSigner {
+    /// A signer whose key name is the log's origin.
+    pub fn new(origin: &str, key: SigningKey) -> Result<Self> {
+        if !signed_note::is_key_name_valid(origin) {
+            return Err(Error::CheckpointInvalid(format!(
+                "origin {origin:?} is not a valid key name (no spaces or '+')"
+            )));
+        }
+        let id = signed_note::key_id(origin, &verifier_key_bytes(&key.verifying_key()));
+        Ok(Self {
+            name: origin.to_owned(),
+            id,
+            key,
+        })
+    }
+
+    /// The verifier key in signed-note form: `name+id+base64(0x01 || key)`.
+    pub fn verifier_key(&self) -> String {
+        verifier_key_string(&self.name, &self.key.verifying_key())
+    }
+
+    /// The origin.
+    pub fn origin(&self) -> &str {
+        &self.name
+    }
+
+    /// Signs a checkpoint for a tree of `size` leaves with root `root`.
+    pub fn sign(&self, size: u64, root: [u8; 32]) -> Result<Vec<u8>> {
+        let cp = Checkpoint::new(&self.name, size, Hash(root), "")
+            .map_err(|e| Error::CheckpointInvalid(e.to_string()))?;
+        let mut note =
+            Note::new(&cp.to_bytes(), &[]).map_err(|e| Error::CheckpointInvalid(e.to_string()))?;
+        note.add_sigs(&[self])
+            .map_err(|e| Error::CheckpointInvalid(e.to_string()))?;
+        Ok(note.to_bytes())
+    }
+}
+
+impl signed_note::Signer for CheckpointSigner {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn key_id(&self) -> u32 {
+        self.id
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, ed25519_dalek::SignatureError> {
+        use ed25519_dalek::Signer as _;
+        Ok(self.key.sign(msg).to_bytes().to_vec())
+    }
+}
+
+fn verifier_key_bytes(key: &VerifyingKey) -> Vec<u8> {
+    // 0x01 is the signed-note algorithm byte for ed25519.
+    let mut v = vec![0x01];
+    v.extend_from_slice(key.as_bytes());
+    v
+}
+
+fn verifier_key_string(name: &str, key: &VerifyingKey) -> String {
+    let raw = verifier_key_bytes(key);
+    format!(
+        "{name}+{:08x}+{}",
+        signed_note::key_id(name, &raw),
+        base64::engine::general_purpose::STANDARD.encode(&raw)
+    )
+}
+
+/// Verifies a checkpoint note against a verifier key and parses it.
+pub fn verify_checkpoint(note: &[u8], verifier_key: &str) -> Result<VerifiedCheckpoint> {
+    let verifier = StandardVerifier::new(verifier_key)
+        .map_err(|e| Error::CheckpointInvalid(format!("bad verifier key: {e}")))?;
+    let origin = signed_note::Verifier::name(&verifier).to_owned();
+    let parsed = Note::from_bytes(note).map_err(|e| Error::CheckpointInvalid(e.to_string()))?;
+    parsed
+        .verify(&VerifierList::new(vec![Box::new(verifier)]))
+        .map_err(|e| Error::CheckpointInvalid(format!("signature: {e}")))?;
+    let cp = Checkpoint::from_bytes(parsed.text())
+        .map_err(|e| Error::CheckpointInvalid(e.to_string()))?;
+    if cp.origin() != origin {
+        return Err(Error::CheckpointInvalid(format!(
+            "origin {:?} does not match the verifier key's name {origin:?}",
+            cp.origin()
+        )));
+    }
+    Ok(VerifiedCheckpoint {
+        origin,
+        size: cp.size(),
+        root: cp.hash().0,
+        note: note.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tlog_tiles::HashReader;
+
+    use super::*;
+
+    /// All stored hashes of a small tree, built with tlog_tiles' own append algorithm.
+    struct Mem(Vec<Hash>);
+
+    impl HashReader for Mem {
+        fn read_hashes(&self, idx: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+            Ok(idx.iter().map(|&i| self.0[i as usize]).collect())
+        }
+    }
+
+    fn tree(n: u64) -> (Mem, Vec<Vec<u8>>) {
+        let mut m = Mem(Vec::new());
+        let mut leaves = Vec::new();
+        for i in 0..n {
+            let data = format!("entry {i}").into_bytes();
+            let new = tlog_tiles::stored_hashes(i, &data, &m).unwrap();
+            m.0.extend(new);
+            leaves.push(data);
+        }
+        (m, leaves)
+    }
+
+    fn signer() -> CheckpointSigner {
+        CheckpointSigner::new("example.com/test-log", SigningKey::from_bytes(&[3u8; 32])).unwrap()
+    }
+
+    #[test]
+    fn leaf_hash_is_rfc6962() {
+        // RFC 6962 leaf hash of the empty entry: SHA-256(0x00).
+        assert_eq!(
+            hex::encode(leaf_hash(b"")),
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+        );
+    }
+
+    #[test]
+    fn checkpoint_roundtrip_and_tamper() {
+        let s = signer();
+        let note = s.sign(5, [9u8; 32]).unwrap();
+        let text = String::from_utf8(note.clone()).unwrap();
+        assert!(text.starts_with("example.com/test-log\n5\n"), "{text}");
+        let cp = verify_checkpoint(&note, &s.verifier_key()).unwrap();
+        assert_eq!((cp.size, cp.root), (5, [9u8; 32]));
+
+        // Flip one byte of the size line.
+        let mut bad = note.clone();
+        bad[21] = b'6';
+        assert!(matches!(
+            verify_checkpoint(&bad, &s.verifier_key()),
+            Err(Error::CheckpointInvalid(_))
+        ));
+        // Another key with the same name.
+        let other =
+            CheckpointSigner::new("example.com/test-log", SigningKey::from_bytes(&[4u8; 32]))
+                .unwrap();
+        assert!(matches!(
+            verify_checkpoint(&note, &other.verifier_key()),
+            Err(Error::CheckpointInvalid(_))
+        ));
+    }
+
+    #[test]
+    fn inclusion_and_consistency_proofs_verify_and_detect_tampering() {
+        let s = signer();
+        let (m, leaves) = tree(37);
+        for size in [1u64, 2, 7, 16, 37] {
+            let root = tlog_tiles::tree_hash(size, &m).unwrap();
+            let cp = verify_checkpoint(&s.sign(size, root.0).unwrap(), &s.verifier_key()).unwrap();
+            for i in 0..size {
+                let proof: Vec<Vec<u8>> = tlog_tiles::prove_record(size, i, &m)
+                    .unwrap()
+                    .iter()
+                    .map(|h| h.0.to_vec())
+                    .collect();
+                cp.verify_inclusion(i, &leaves[i as usize], &proof).unwrap();
+                let mut bad = leaves[i as usize].clone();
+                bad[0] ^= 1;
+                assert!(matches!(
+                    cp.verify_inclusion(i, &bad, &proof),
+                    Err(Error::InclusionProofMismatch { index, .. }) if index == i
+                ));
+                if let Some(first) = proof.first() {
+                    let mut p2 = proof.clone();
+                    p2[0] = first.iter().map(|b| b ^ 0xff).collect();
+                    assert!(cp.verify_inclusion(i, &leaves[i as usize], &p2).is_err());
+                }
+            }
+            for old in 1..=size {
+                let old_root = tlog_tiles::tree_hash(old, &m).unwrap();
+                let old_cp =
+                    verify_checkpoint(&s.sign(old, old_root.0).unwrap(), &s.verifier_key())
+                        .unwrap();
+                let proof: Vec<Vec<u8>> = tlog_tiles::prove_tree(size, old, &m)
+                    .unwrap()
+                    .iter()
+                    .map(|h| h.0.to_vec())
+                    .collect();
+                old_cp.verify_consistency(&cp, &proof).unwrap();
+                // A forked old root must not be consistent.
+                let mut forked = old_cp.clone();
+                forked.root[0] ^= 1;
+                assert!(matches!(
+                    forked.verify_consistency(&cp, &proof),
+                    Err(Error::ConsistencyProofMismatch { .. })
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The directory's certificate authority: an ed25519 key and a self-signed CA certificate,
+//! which issue one X.509 certificate per binding.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ED25519, PublicKeyData, SanType, SerialNumber,
+};
+use time::OffsetDateTime;
+
+use crate::{Error, Result, storage::write_private_file};
+
+/// How long an issued certificate is valid.
+pub const CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The directory CA.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+}
+
+/// What an issued certificate binds.
+pub struct Subject<'a> {
+    /// Real name: the subject CN.
+    pub real_name: &'a str,
+    /// Address: a `blockpost:ADDRESS` URI subject alternative name.
+    pub address: &'a str,
+    /// ed25519 key: the certificate's subject key.
+    pub signing_key: [u8; 32],
+    /// x25519 key: carried in the extension [`blockpost_core::X25519_EXTENSION_OID`].
+    pub encryption_key: [u8; 32],
+}
+
+struct Ed25519Public([u8; 32]);
+
+impl PublicKeyData for Ed25519Public {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &PKCS_ED25519
+    }
+}
+
+impl Ca {
+    /// Loads the CA from `dir` (`ca.key`, `ca.pem`), creating it on first start.
+    pub fn load_or_create(dir: &Path, name: &str) -> Result<Self> {
+        let key_path = dir.join("ca.key");
+        let cert_path = dir.join("ca.pem");
+        let cerr = |e: rcgen::Error| Error::Certificate(e.to_string());
+        if key_path.exists() {
+            let key_pem = std::fs::read_to_string(&key_path)?;
+            let key = KeyPair::from_pem(&key_pem).map_err(cerr)?;
+            let cert_pem = std::fs::read_to_string(&cert_path)?;
+            let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+                .map_err(|e| Error::Config(format!("{}: {e}", cert_path.display())))?;
+            let issuer = Issuer::from_ca_cert_der(&pem.contents.into(), key).map_err(cerr)?;
+            return Ok(Self { issuer, cert_pem });
+        }
+        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(cerr)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} directory CA"));
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Blockpost");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(3650);
+        params.serial_number = Some(random_serial());
+        let cert = params.self_signed(&key).map_err(cerr)?;
+        let cert_pem = cert.pem();
+        write_private_file(&key_path, key.serialize_pem().as_bytes())?;
+        std::fs::write(&cert_path, &cert_pem)?;
+        let issuer = Issuer::new(params, key);
+        Ok(Self { issuer, cert_pem })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Issues a certificate for a binding, valid from `not_before` for [`CERT_VALIDITY`].
+    pub fn issue(&self, s: &Subject<'_>, not_before: OffsetDateTime) -> Result<Vec<u8>> {
+        let cerr = |e: rcgen::Error| Error::Certificate(e.to_string());
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, s.real_name);
+        params.subject_alt_names = vec![SanType::URI(
+            format!("blockpost:{}", s.address)
+                .try_into()
+                .map_err(cerr)?,
+        )];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = not_before;
+        params.not_after = not_before + CERT_VALIDITY;
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        params.custom_extensions = vec![CustomExtension::from_oid_content(
+            &x25519_oid(),
+            x25519_spki(&s.encryption_key),
+        )];
+        let cert = params
+            .signed_by(&Ed25519Public(s.signing_key), &self.issuer)
+            .map_err(cerr)?;
+        Ok(cert.der().to_vec())
+    }
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b: [u8; 16] = rand::random();
+    // A positive INTEGER of 16 bytes with no leading zero byte.
+    b[0] = (b[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&b)
+}
+
+fn x25519_oid() -> Vec<u64> {
+    blockpost_core::X25519_EXTENSION_OID
+        .split('.')
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+/// DER SubjectPublicKeyInfo of an x25519 key (RFC 8410, OID 1.3.101.110).
+pub fn x25519_spki(key: &[u8; 32]) -> Vec<u8> {
+    let mut v = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00,
+    ];
+    v.extend_from_slice(key);
+    v
+}

@@ -1,0 +1,107 @@
+//! Publishes every log entry and checkpoint to a JetStream stream, so that gateways can keep
+//! a live replica and auditors can follow the log.
+//!
+//! The log on disk is the source of truth; the publisher only trails it. It learns where it
+//! stopped from the stream itself (the last entry's index header), publishes what is
+//! missing with the leaf index as de-duplication id, and retries after NATS outages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use tokio::sync::watch;
+
+use crate::service::Inner;
+
+/// Subject of entry messages; header [`INDEX_HEADER`] holds the leaf index.
+pub const ENTRY_SUBJECT: &str = "blockpost.directory.entry";
+/// Subject of checkpoint messages (the signed note).
+pub const CHECKPOINT_SUBJECT: &str = "blockpost.directory.checkpoint";
+/// Header with the leaf index of an entry message.
+pub const INDEX_HEADER: &str = "Blockpost-Leaf-Index";
+
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    client: async_nats::Client,
+    mut changed: watch::Receiver<u64>,
+) {
+    let js = jetstream::new(client);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match publish_missing(&inner, &js).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                if changed.changed().await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "directory publisher: retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn publish_missing(inner: &Inner, js: &jetstream::Context) -> Result<(), BoxError> {
+    let name = &inner.config.nats_stream;
+    let mut st = js
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec!["blockpost.directory.>".into()],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await?;
+    let info = st.info().await?;
+    let mut next = if info.state.messages == 0 {
+        0
+    } else {
+        match st.get_last_raw_message_by_subject(ENTRY_SUBJECT).await {
+            Ok(m) => m
+                .headers
+                .get(INDEX_HEADER)
+                .and_then(|v| v.as_str().parse::<u64>().ok())
+                .map_or(0, |i| i + 1),
+            Err(_) => 0,
+        }
+    };
+    let head = inner.store.head();
+    if next >= head.size {
+        return Ok(());
+    }
+    while next < head.size {
+        let end = (next + 512).min(head.size);
+        let mut acks = Vec::with_capacity((end - next) as usize);
+        for i in next..end {
+            let entry = inner.store.entry(i)?;
+            let mut h = HeaderMap::new();
+            h.insert(INDEX_HEADER, i.to_string().as_str());
+            h.insert("Nats-Msg-Id", format!("entry-{i}").as_str());
+            acks.push(
+                js.publish_with_headers(ENTRY_SUBJECT, h, entry.into())
+                    .await?,
+            );
+        }
+        for a in acks {
+            a.await?;
+        }
+        next = end;
+    }
+    let mut h = HeaderMap::new();
+    h.insert("Blockpost-Tree-Size", head.size.to_string().as_str());
+    h.insert("Nats-Msg-Id", format!("checkpoint-{}", head.size).as_str());
+    js.publish_with_headers(CHECKPOINT_SUBJECT, h, head.checkpoint.into())
+        .await?
+        .await?;
+    tracing::debug!(
+        size = head.size,
+        "published directory entries and checkpoint"
+    );
+    Ok(())
+}

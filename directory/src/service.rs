@@ -1,0 +1,652 @@
+//! The directory's logic: checks requests, issues certificates, sequences entries in
+//! batches and answers look-ups and proofs. The gRPC adapter in `grpc` is a thin layer on
+//! top of [`Directory`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use blockpost_core::{
+    Address, CheckpointSigner, Operation, check_real_name, decode_entry, ed25519_key, now_ms,
+    x25519_key,
+};
+use blockpost_proto::v1::{
+    EntryKind, EntryProof, GetInfoResponse, LogEntry, LookupResponse, ProofResponse, RegisterBody,
+    RevokeBody, RotateBody, SignedRequest,
+};
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use prost::Message as _;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::ca::{Ca, Subject};
+use crate::config::DirectoryConfig;
+use crate::evidence::{TrustAnchors, verify_with_spki};
+use crate::storage::{Head, Store, write_private_file};
+use crate::{Error, Result};
+
+/// Largest signed request body.
+pub const MAX_BODY_LEN: usize = 96 * 1024;
+/// Most entries returned by one `GetEntries` call.
+pub const MAX_ENTRIES_PER_CALL: u64 = 1000;
+const MAX_REASON_LEN: usize = 1024;
+
+/// A running directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Directory {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) config: DirectoryConfig,
+    ca: Ca,
+    signer: CheckpointSigner,
+    anchors: TrustAnchors,
+    seq: mpsc::Sender<Pending>,
+    changed: watch::Sender<u64>,
+}
+
+enum Precondition {
+    /// The address has never been registered.
+    Unregistered,
+    /// The address's newest entry is this one, and not a revocation.
+    Current(u64),
+}
+
+struct Pending {
+    address: String,
+    entry: Vec<u8>,
+    revokes: bool,
+    pre: Precondition,
+    reply: oneshot::Sender<Result<EntryProof>>,
+}
+
+impl Directory {
+    /// Opens the log in `config.data_dir` (creating keys and CA on first start), and starts
+    /// the sequencer, and the NATS publisher when a client is given.
+    pub async fn start(config: DirectoryConfig, nats: Option<async_nats::Client>) -> Result<Self> {
+        let cfg = config.clone();
+        let (inner, rx) = tokio::task::spawn_blocking(move || Self::open(cfg))
+            .await
+            .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??;
+        let inner = Arc::new(inner);
+        tokio::spawn(sequencer(inner.clone(), rx));
+        if let Some(client) = nats {
+            tokio::spawn(crate::publish::run(
+                inner.clone(),
+                client,
+                inner.changed.subscribe(),
+            ));
+        }
+        Ok(Self { inner })
+    }
+
+    fn open(config: DirectoryConfig) -> Result<(Inner, mpsc::Receiver<Pending>)> {
+        let dir = &config.data_dir;
+        let keys = dir.join("keys");
+        std::fs::create_dir_all(&keys)?;
+        let origin_path = dir.join("origin");
+        let origin = match std::fs::read_to_string(&origin_path) {
+            Ok(o) => {
+                let o = o.trim().to_owned();
+                if let Some(want) = &config.origin {
+                    if want != &o {
+                        return Err(Error::Config(format!(
+                            "data dir holds the log {o:?}, config names {want:?}: a log's origin never changes"
+                        )));
+                    }
+                }
+                o
+            }
+            Err(_) => {
+                let o = config.origin.clone().unwrap_or_else(|| {
+                    format!(
+                        "blockpost.local/directory/{}",
+                        hex::encode(rand::random::<[u8; 4]>())
+                    )
+                });
+                crate::storage::write_atomic(&origin_path, o.as_bytes())?;
+                o
+            }
+        };
+        let log_key_path = keys.join("log.key");
+        let log_key = if log_key_path.exists() {
+            let pem = std::fs::read_to_string(&log_key_path)?;
+            SigningKey::from_pkcs8_pem(&pem)
+                .map_err(|e| Error::Config(format!("{}: {e}", log_key_path.display())))?
+        } else {
+            let k = SigningKey::generate(&mut rand::rngs::OsRng);
+            let pem = k
+                .to_pkcs8_pem(pkcs8::LineEnding::LF)
+                .map_err(|e| Error::Config(format!("encoding the log key: {e}")))?;
+            write_private_file(&log_key_path, pem.as_bytes())?;
+            k
+        };
+        let signer = CheckpointSigner::new(&origin, log_key)?;
+        let ca = Ca::load_or_create(&keys, &origin)?;
+        let mut anchors = Vec::new();
+        for p in &config.trust_anchors {
+            let pem = std::fs::read(p)
+                .map_err(|e| Error::Config(format!("trust anchor {}: {e}", p.display())))?;
+            let a = TrustAnchors::from_pem(&pem)?;
+            anchors.extend(a.into_ders());
+        }
+        let anchors = TrustAnchors::new(anchors)?;
+        let store = Store::open(&dir.join("log"))?;
+        store.ensure_checkpoint(|size, root| Ok(signer.sign(size, root)?))?;
+        let (tx, rx) = mpsc::channel(config.max_batch.max(1) * 4);
+        let (changed, _) = watch::channel(store.head().size);
+        tracing::info!(
+            origin,
+            entries = store.len(),
+            anchors = anchors.len(),
+            "directory log opened"
+        );
+        Ok((
+            Inner {
+                store,
+                config,
+                ca,
+                signer,
+                anchors,
+                seq: tx,
+                changed,
+            },
+            rx,
+        ))
+    }
+
+    /// The node's public identity.
+    pub fn info(&self) -> GetInfoResponse {
+        GetInfoResponse {
+            origin: self.inner.signer.origin().to_owned(),
+            verifier_key: self.inner.signer.verifier_key(),
+            ca_certificate_pem: self.inner.ca.cert_pem().to_owned(),
+            require_verified: self.inner.config.require_verified,
+        }
+    }
+
+    /// The newest checkpoint.
+    pub fn checkpoint(&self) -> Vec<u8> {
+        self.inner.store.head().checkpoint
+    }
+
+    /// Number of entries in the newest checkpoint.
+    pub fn size(&self) -> u64 {
+        self.inner.store.head().size
+    }
+
+    /// Registers a new binding; returns once it is durable and covered by a checkpoint.
+    pub async fn register(&self, req: SignedRequest) -> Result<EntryProof> {
+        let inner = self.inner.clone();
+        let pending = blocking(move || inner.check_register(req)).await??;
+        self.sequence(pending).await
+    }
+
+    /// Replaces the keys of a binding.
+    pub async fn rotate(&self, req: SignedRequest) -> Result<EntryProof> {
+        let inner = self.inner.clone();
+        let pending = blocking(move || inner.check_rotate(req)).await??;
+        self.sequence(pending).await
+    }
+
+    /// Ends a binding.
+    pub async fn revoke(&self, req: SignedRequest) -> Result<EntryProof> {
+        let inner = self.inner.clone();
+        let pending = blocking(move || inner.check_revoke(req)).await??;
+        self.sequence(pending).await
+    }
+
+    async fn sequence(&self, p: (String, Vec<u8>, bool, Precondition)) -> Result<EntryProof> {
+        let (reply, rx) = oneshot::channel();
+        let (address, entry, revokes, pre) = p;
+        self.inner
+            .seq
+            .send(Pending {
+                address,
+                entry,
+                revokes,
+                pre,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Every entry of `address` with an inclusion proof in the newest checkpoint.
+    pub fn lookup(&self, address: &str) -> Result<LookupResponse> {
+        let address = Address::parse(address)?;
+        let head = self.inner.store.head();
+        let state = self
+            .inner
+            .store
+            .address(address.as_str())
+            .ok_or_else(|| Error::NotFound(address.to_string()))?;
+        let mut history = Vec::with_capacity(state.entries.len());
+        for &i in state.entries.iter().filter(|&&i| i < head.size) {
+            history.push(self.inner.entry_proof(i, &head)?);
+        }
+        if history.is_empty() {
+            return Err(Error::NotFound(address.to_string()));
+        }
+        Ok(LookupResponse { history })
+    }
+
+    /// Inclusion proof for `index` in the tree of `size` leaves (0: the newest checkpoint).
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<ProofResponse> {
+        let head = self.inner.store.head();
+        let size = if size == 0 { head.size } else { size };
+        if size > head.size {
+            return Err(Error::OutOfRange(format!(
+                "tree size {size} is beyond the newest checkpoint ({})",
+                head.size
+            )));
+        }
+        let hashes = self.inner.store.prove_inclusion(index, size)?;
+        Ok(ProofResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+            checkpoint: head.checkpoint,
+            tree_size: size,
+        })
+    }
+
+    /// Consistency proof from `from` leaves to `to` leaves (0: the newest checkpoint).
+    pub fn consistency_proof(&self, from: u64, to: u64) -> Result<ProofResponse> {
+        let head = self.inner.store.head();
+        let to = if to == 0 { head.size } else { to };
+        if to > head.size {
+            return Err(Error::OutOfRange(format!(
+                "tree size {to} is beyond the newest checkpoint ({})",
+                head.size
+            )));
+        }
+        if from > to {
+            return Err(Error::OutOfRange(format!(
+                "from size {from} is larger than to size {to}"
+            )));
+        }
+        let hashes = self.inner.store.prove_consistency(from, to)?;
+        Ok(ProofResponse {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+            checkpoint: head.checkpoint,
+            tree_size: to,
+        })
+    }
+
+    /// Raw entries `[start, end)`, at most [`MAX_ENTRIES_PER_CALL`], within the newest checkpoint.
+    pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>> {
+        let size = self.inner.store.head().size;
+        if start >= end {
+            return Err(Error::InvalidRequest(format!(
+                "empty range [{start}, {end})"
+            )));
+        }
+        if start >= size {
+            return Err(Error::OutOfRange(format!(
+                "start {start} is beyond the newest checkpoint ({size})"
+            )));
+        }
+        let end = end.min(size).min(start + MAX_ENTRIES_PER_CALL);
+        (start..end).map(|i| self.inner.store.entry(i)).collect()
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::ShuttingDown)
+}
+
+type Checked = (String, Vec<u8>, bool, Precondition);
+
+impl Inner {
+    fn check_clock(&self, ts: i64) -> Result<()> {
+        let now = now_ms();
+        let skew = self.config.max_clock_skew_ms;
+        if (ts - now).abs() > skew {
+            return Err(Error::ClockSkew {
+                got_ms: ts,
+                now_ms: now,
+                skew_ms: skew,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_register(&self, req: SignedRequest) -> Result<Checked> {
+        check_len("body", req.body.len(), MAX_BODY_LEN)?;
+        let body = RegisterBody::decode(req.body.as_slice())
+            .map_err(|e| Error::InvalidRequest(format!("body is not a RegisterBody: {e}")))?;
+        let address = Address::parse(&body.address)?;
+        check_real_name(&body.real_name)?;
+        let key = ed25519_key(&body.signing_key)?;
+        x25519_key(&body.encryption_key)?;
+        self.check_clock(body.timestamp_ms)?;
+        Operation::Register
+            .verify(&key, &req.body, &req.signature)
+            .map_err(|e| {
+                Error::SignatureInvalid(format!("proof of possession of the signing key: {e}"))
+            })?;
+        let (verified, evidence_key) = if body.evidence_chain.is_empty() {
+            if !req.second_signature.is_empty() {
+                return Err(Error::InvalidRequest(
+                    "evidence signature given without an evidence chain".into(),
+                ));
+            }
+            if self.config.require_verified {
+                return Err(Error::EvidenceRequired);
+            }
+            (false, Vec::new())
+        } else {
+            let ev = self
+                .anchors
+                .check(&body.evidence_chain, &body.real_name, now_ms() / 1000)?;
+            if req.second_signature.is_empty() {
+                return Err(Error::SignatureInvalid(
+                    "the evidence key did not sign the request".into(),
+                ));
+            }
+            verify_with_spki(
+                &ev.leaf_spki,
+                &Operation::Register.message(&req.body),
+                &req.second_signature,
+            )?;
+            (true, ev.leaf_spki)
+        };
+        if self.store.address(address.as_str()).is_some() {
+            return Err(Error::AddressTaken(address.to_string()));
+        }
+        let logged_at_ms = now_ms();
+        let certificate = self.issue(
+            &body.real_name,
+            &address,
+            &body.signing_key,
+            &body.encryption_key,
+            logged_at_ms,
+        )?;
+        let entry = LogEntry {
+            kind: EntryKind::Register as i32,
+            address: address.to_string(),
+            real_name: body.real_name,
+            verified,
+            signing_key: body.signing_key,
+            encryption_key: body.encryption_key,
+            certificate,
+            previous_index: 0,
+            logged_at_ms,
+            request: Some(req),
+            evidence_key,
+        };
+        Ok((
+            address.to_string(),
+            entry.encode_to_vec(),
+            false,
+            Precondition::Unregistered,
+        ))
+    }
+
+    fn current(&self, address: &Address, named: u64) -> Result<(u64, LogEntry)> {
+        let st = self
+            .store
+            .address(address.as_str())
+            .ok_or_else(|| Error::NotFound(address.to_string()))?;
+        let current = st
+            .current()
+            .ok_or_else(|| Error::NotFound(address.to_string()))?;
+        if st.revoked {
+            return Err(Error::KeyRevoked {
+                address: address.to_string(),
+                at: current,
+            });
+        }
+        if current != named {
+            return Err(Error::Stale {
+                address: address.to_string(),
+                current,
+                named,
+            });
+        }
+        let (entry, _) = decode_entry(&self.store.entry(current)?)?;
+        Ok((current, entry))
+    }
+
+    fn check_rotate(&self, req: SignedRequest) -> Result<Checked> {
+        check_len("body", req.body.len(), MAX_BODY_LEN)?;
+        let body = RotateBody::decode(req.body.as_slice())
+            .map_err(|e| Error::InvalidRequest(format!("body is not a RotateBody: {e}")))?;
+        let address = Address::parse(&body.address)?;
+        let new_key = ed25519_key(&body.new_signing_key)?;
+        x25519_key(&body.new_encryption_key)?;
+        self.check_clock(body.timestamp_ms)?;
+        let (current, prev) = self.current(&address, body.current_index)?;
+        let old_key = ed25519_key(&prev.signing_key)?;
+        Operation::Rotate
+            .verify(&old_key, &req.body, &req.signature)
+            .map_err(|e| Error::SignatureInvalid(format!("signature by the current key: {e}")))?;
+        Operation::Rotate
+            .verify(&new_key, &req.body, &req.second_signature)
+            .map_err(|e| {
+                Error::SignatureInvalid(format!("proof of possession of the new key: {e}"))
+            })?;
+        let logged_at_ms = now_ms();
+        let certificate = self.issue(
+            &prev.real_name,
+            &address,
+            &body.new_signing_key,
+            &body.new_encryption_key,
+            logged_at_ms,
+        )?;
+        let entry = LogEntry {
+            kind: EntryKind::Rotate as i32,
+            address: address.to_string(),
+            real_name: prev.real_name,
+            verified: prev.verified,
+            signing_key: body.new_signing_key,
+            encryption_key: body.new_encryption_key,
+            certificate,
+            previous_index: current,
+            logged_at_ms,
+            request: Some(req),
+            evidence_key: prev.evidence_key,
+        };
+        Ok((
+            address.to_string(),
+            entry.encode_to_vec(),
+            false,
+            Precondition::Current(current),
+        ))
+    }
+
+    fn check_revoke(&self, req: SignedRequest) -> Result<Checked> {
+        check_len("body", req.body.len(), MAX_BODY_LEN)?;
+        let body = RevokeBody::decode(req.body.as_slice())
+            .map_err(|e| Error::InvalidRequest(format!("body is not a RevokeBody: {e}")))?;
+        let address = Address::parse(&body.address)?;
+        check_len("reason", body.reason.len(), MAX_REASON_LEN)?;
+        self.check_clock(body.timestamp_ms)?;
+        let (current, prev) = self.current(&address, body.current_index)?;
+        if !req.signature.is_empty() {
+            Operation::Revoke
+                .verify(&ed25519_key(&prev.signing_key)?, &req.body, &req.signature)
+                .map_err(|e| {
+                    Error::SignatureInvalid(format!("signature by the current key: {e}"))
+                })?;
+        } else if !req.second_signature.is_empty() {
+            if prev.evidence_key.is_empty() {
+                return Err(Error::SignatureInvalid(
+                    "the binding has no evidence key; sign the revocation with the current key"
+                        .into(),
+                ));
+            }
+            verify_with_spki(
+                &prev.evidence_key,
+                &Operation::Revoke.message(&req.body),
+                &req.second_signature,
+            )?;
+        } else {
+            return Err(Error::SignatureInvalid("revocation is not signed".into()));
+        }
+        let entry = LogEntry {
+            kind: EntryKind::Revoke as i32,
+            address: address.to_string(),
+            real_name: prev.real_name,
+            verified: prev.verified,
+            signing_key: prev.signing_key,
+            encryption_key: prev.encryption_key,
+            certificate: Vec::new(),
+            previous_index: current,
+            logged_at_ms: now_ms(),
+            request: Some(req),
+            evidence_key: prev.evidence_key,
+        };
+        Ok((
+            address.to_string(),
+            entry.encode_to_vec(),
+            true,
+            Precondition::Current(current),
+        ))
+    }
+
+    fn issue(
+        &self,
+        real_name: &str,
+        address: &Address,
+        sk: &[u8],
+        ek: &[u8],
+        at_ms: i64,
+    ) -> Result<Vec<u8>> {
+        let not_before = OffsetDateTime::from_unix_timestamp(at_ms / 1000)
+            .map_err(|e| Error::Certificate(e.to_string()))?;
+        let key = |b: &[u8]| -> Result<[u8; 32]> {
+            b.try_into()
+                .map_err(|_| Error::InvalidRequest("key of the wrong length".into()))
+        };
+        self.ca.issue(
+            &Subject {
+                real_name,
+                address: address.as_str(),
+                signing_key: key(sk)?,
+                encryption_key: key(ek)?,
+            },
+            not_before,
+        )
+    }
+
+    fn entry_proof(&self, index: u64, head: &Head) -> Result<EntryProof> {
+        Ok(EntryProof {
+            leaf_index: index,
+            entry: self.store.entry(index)?,
+            inclusion_proof: self
+                .store
+                .prove_inclusion(index, head.size)?
+                .iter()
+                .map(|h| h.to_vec())
+                .collect(),
+            checkpoint: head.checkpoint.clone(),
+        })
+    }
+
+    /// Sequences one batch: re-checks preconditions in order, appends durably, signs one
+    /// checkpoint, then answers every request with its proof.
+    fn commit(&self, batch: Vec<Pending>) {
+        // Address states as they will be after the accepted part of this batch.
+        let mut overlay: HashMap<String, (u64, bool)> = HashMap::new();
+        let mut accepted = Vec::with_capacity(batch.len());
+        let next = self.store.len();
+        for p in batch {
+            let state = overlay.get(&p.address).copied().or_else(|| {
+                self.store
+                    .address(&p.address)
+                    .and_then(|s| s.current().map(|c| (c, s.revoked)))
+            });
+            let verdict = match (&p.pre, state) {
+                (Precondition::Unregistered, None) => Ok(()),
+                (Precondition::Unregistered, Some(_)) => {
+                    Err(Error::AddressTaken(p.address.clone()))
+                }
+                (Precondition::Current(_), None) => Err(Error::NotFound(p.address.clone())),
+                (Precondition::Current(_), Some((at, true))) => Err(Error::KeyRevoked {
+                    address: p.address.clone(),
+                    at,
+                }),
+                (Precondition::Current(want), Some((cur, false))) if *want != cur => {
+                    Err(Error::Stale {
+                        address: p.address.clone(),
+                        current: cur,
+                        named: *want,
+                    })
+                }
+                (Precondition::Current(_), Some(_)) => Ok(()),
+            };
+            match verdict {
+                Ok(()) => {
+                    overlay.insert(p.address.clone(), (next + accepted.len() as u64, p.revokes));
+                    accepted.push(p);
+                }
+                Err(e) => {
+                    let _ = p.reply.send(Err(e));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let entries: Vec<Vec<u8>> = accepted
+            .iter_mut()
+            .map(|p| std::mem::take(&mut p.entry))
+            .collect();
+        let bindings: Vec<(String, bool)> = accepted
+            .iter()
+            .map(|p| (p.address.clone(), p.revokes))
+            .collect();
+        match self.store.append(&entries, &bindings, |size, root| {
+            Ok(self.signer.sign(size, root)?)
+        }) {
+            Ok((first, head)) => {
+                let _ = self.changed.send(head.size);
+                for (i, p) in accepted.into_iter().enumerate() {
+                    let _ = p.reply.send(self.entry_proof(first + i as u64, &head));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "appending a batch failed; nothing of it was acknowledged");
+                let msg = e.to_string();
+                for p in accepted {
+                    let _ = p
+                        .reply
+                        .send(Err(Error::Io(std::io::Error::other(msg.clone()))));
+                }
+            }
+        }
+    }
+}
+
+fn check_len(field: &'static str, len: usize, limit: usize) -> Result<()> {
+    if len > limit {
+        return Err(Error::TooLarge { field, len, limit });
+    }
+    Ok(())
+}
+
+async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>) {
+    let max = inner.config.max_batch.max(1);
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::with_capacity(64);
+        batch.push(first);
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let inner2 = inner.clone();
+        if tokio::task::spawn_blocking(move || inner2.commit(batch))
+            .await
+            .is_err()
+        {
+            tracing::error!("sequencer batch panicked");
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! encrypted PKCS#8 document (RFC 5958, PBES2 with scrypt and AES-256-CBC), as two
 //! `ENCRYPTED PRIVATE KEY` PEM blocks in one file, written with mode 0600.
 //!
-//! `openssl pkey -in FILE` reads the first block (the ed25519 key).
+//! Standard tools read it: `openssl pkey -in FILE` decrypts it (it picks one of the two keys).
 
 use std::io::Write as _;
 use std::path::Path;
@@ -65,7 +65,15 @@ impl Identity {
         );
         let mut out = Zeroizing::new(String::new());
         for info in [ed_info, x_info] {
-            let enc = info.encrypt(OsRng, passphrase).map_err(err)?;
+            let salt: [u8; 16] = rand::random();
+            let iv: [u8; 16] = rand::random();
+            // scrypt N = 2^14, r = 8, p = 1: OpenSSL's own default, within its 32 MiB limit,
+            // so `openssl pkey` can read the file.
+            let scrypt = pkcs8::pkcs5::scrypt::Params::new(14, 8, 1, 32)
+                .map_err(|e| Error::KeyFile(format!("scrypt parameters: {e}")))?;
+            let params = pkcs8::pkcs5::pbes2::Parameters::scrypt_aes256cbc(scrypt, &salt, &iv)
+                .map_err(|e| Error::KeyFile(e.to_string()))?;
+            let enc = info.encrypt_with_params(params, passphrase).map_err(err)?;
             let pem = enc
                 .to_pem(PEM_LABEL, LineEnding::LF)
                 .map_err(|e| Error::KeyFile(e.to_string()))?;

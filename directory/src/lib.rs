@@ -56,3 +56,25 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
+
+/// Hooks for `blockpost bench`; not a stable API.
+#[doc(hidden)]
+pub mod bench_support {
+    use std::path::Path;
+
+    use crate::ca::{Ca, Subject};
+
+    /// A CA in `dir` and a closure that issues one certificate with it.
+    pub fn ca(dir: &Path) -> crate::Result<impl Fn() -> crate::Result<Vec<u8>>> {
+        let ca = Ca::load_or_create(dir, "bench")?;
+        Ok(move || {
+            let s = Subject {
+                real_name: "Bench Participant AG",
+                address: "bench-1",
+                signing_key: [9; 32],
+                encryption_key: [8; 32],
+            };
+            ca.issue(&s, time::OffsetDateTime::now_utc())
+        })
+    }
+}

@@ -1,0 +1,124 @@
+//! A `nats-server` child process with JetStream on a private store: what `blockpost up`
+//! runs when no `--nats` URL is given, and what the test kit starts for each test.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// A running `nats-server`, killed when dropped.
+pub struct LocalNats {
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+    log: PathBuf,
+}
+
+impl LocalNats {
+    /// Starts `nats-server` on a free loopback port with its JetStream store in `store`,
+    /// and returns once it accepts connections.
+    pub fn start(store: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let mut me = Self {
+            child: None,
+            port,
+            store: store.to_owned(),
+            log: store.join("nats-server.log"),
+        };
+        me.spawn()?;
+        Ok(me)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.store)
+            .with_context(|| format!("creating {}", self.store.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let bin = std::env::var_os("NATS_SERVER_BIN").unwrap_or_else(|| "nats-server".into());
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot start {}: {e}. Install NATS (Debian/Ubuntu: `apt-get install nats-server`, or run \
+                     scripts/setup-nats), or pass --nats URL of a running server with JetStream",
+                    bin.to_string_lossy()
+                )
+            })?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(15))
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(st) = child.try_wait()? {
+                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+                    bail!("nats-server exited with {st} during start-up:\n{tail}");
+                }
+            }
+            // Ready means: the server accepts a connection and greets with INFO.
+            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                let mut line = String::new();
+                if BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("INFO") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "nats-server did not accept connections on port {} within {limit:?}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server with SIGKILL and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for LocalNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -158,19 +158,26 @@ impl TrustAnchors {
                 leaf_spki: leaf.public_key().raw.to_vec(),
             });
         }
+        // Several anchors may share a subject name: any one whose key verifies will do.
+        let mut why = String::from("no anchor has that subject");
         for a in &self.anchors {
             let Ok((_, anchor)) = X509Certificate::from_der(a) else {
                 continue;
             };
-            if anchor.subject() == top.issuer() && anchor.validity().is_valid_at(now) {
-                check_issued_by(top, &anchor, certs.len() - 1).map_err(ev)?;
-                return Ok(CheckedEvidence {
-                    leaf_spki: leaf.public_key().raw.to_vec(),
-                });
+            if anchor.subject() != top.issuer() {
+                continue;
+            }
+            if !anchor.validity().is_valid_at(now) {
+                why = format!("anchor {} is not valid now", anchor.subject());
+                continue;
+            }
+            match check_issued_by(top, &anchor, certs.len() - 1) {
+                Ok(()) => return Ok(CheckedEvidence { leaf_spki: leaf.public_key().raw.to_vec() }),
+                Err(e) => why = e,
             }
         }
         Err(ev(format!(
-            "chain does not lead to a configured trust anchor (top issuer: {})",
+            "chain does not lead to a configured trust anchor (top issuer: {}; {why})",
             top.issuer()
         )))
     }

@@ -28,6 +28,7 @@ impl LocalNats {
             store: store.to_owned(),
             log: store.join("nats-server.log"),
         };
+        reap_stale(store);
         me.spawn()?;
         Ok(me)
     }
@@ -54,6 +55,9 @@ impl LocalNats {
                     bin.to_string_lossy()
                 )
             })?;
+        // Remember the pid: if this process dies by SIGKILL the server outlives it, and the
+        // next start on this store must end it before reusing the store.
+        let _ = std::fs::write(self.store.join("nats-server.pid"), child.id().to_string());
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(15))
     }
@@ -116,6 +120,29 @@ impl Drop for LocalNats {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Ends a `nats-server` left running on `store` by a process that was killed, so that two
+/// servers never share one JetStream store.
+pub fn reap_stale(store: &Path) {
+    let pid_file = store.join("nats-server.pid");
+    let Ok(pid) = std::fs::read_to_string(&pid_file) else {
+        return;
+    };
+    let pid = pid.trim();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if String::from_utf8_lossy(&cmdline).contains("nats-server") {
+        tracing::warn!(
+            pid,
+            "ending a nats-server left over from a previous run on this store"
+        );
+        let _ = Command::new("kill").args(["-9", pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
 }
 
 /// A loopback port that was free a moment ago.

@@ -172,7 +172,11 @@ impl TrustAnchors {
                 continue;
             }
             match check_issued_by(top, &anchor, certs.len() - 1) {
-                Ok(()) => return Ok(CheckedEvidence { leaf_spki: leaf.public_key().raw.to_vec() }),
+                Ok(()) => {
+                    return Ok(CheckedEvidence {
+                        leaf_spki: leaf.public_key().raw.to_vec(),
+                    });
+                }
                 Err(e) => why = e,
             }
         }

@@ -96,7 +96,12 @@ impl Sandbox {
     }
 
     /// A sandbox on a given config, NATS server and listen address.
-    pub async fn start_on(cfg: DirectoryConfig, nats: NatsServer, listen: SocketAddr, tmp: TempDir) -> anyhow::Result<Self> {
+    pub async fn start_on(
+        cfg: DirectoryConfig,
+        nats: NatsServer,
+        listen: SocketAddr,
+        tmp: TempDir,
+    ) -> anyhow::Result<Self> {
         let client = nats.connect().await?;
         let data_dir = cfg.data_dir.clone();
         let directory = Directory::start(cfg, Some(client)).await?;
@@ -111,7 +116,16 @@ impl Sandbox {
             .await;
         });
         let client_dir = tmp.path().join("client");
-        Ok(Self { directory, nats, endpoint, data_dir, client_dir, stop: Some(stop), server: Some(server), _tmp: tmp })
+        Ok(Self {
+            directory,
+            nats,
+            endpoint,
+            data_dir,
+            client_dir,
+            stop: Some(stop),
+            server: Some(server),
+            _tmp: tmp,
+        })
     }
 
     /// A verifying client with this sandbox's client state directory.
@@ -121,7 +135,11 @@ impl Sandbox {
 
     /// A raw gRPC client (no verification), for feeding bad input.
     pub async fn grpc(&self) -> anyhow::Result<DirectoryClient<Channel>> {
-        Ok(DirectoryClient::new(Channel::from_shared(self.endpoint.clone())?.connect().await?))
+        Ok(DirectoryClient::new(
+            Channel::from_shared(self.endpoint.clone())?
+                .connect()
+                .await?,
+        ))
     }
 
     /// Stops serving and returns the parts that outlive the node.
@@ -136,22 +154,43 @@ impl Sandbox {
     }
 }
 
-/// The `blockpost` binary of this build (built by `cargo test` for the cli's tests; built
-/// here when missing).
+/// The `blockpost` binary of this build, rebuilt once per test process if out of date
+/// (`cargo test -p blockpost-tests` alone would not rebuild it).
 pub fn blockpost_bin() -> anyhow::Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_bin().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn build_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> -> target/<profile>/blockpost
-    let profile_dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
-    let bin = profile_dir.join("blockpost");
-    if !bin.exists() {
-        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "blockpost-cli", "--bin", "blockpost"])
-            .status()?;
-        if !status.success() {
-            bail!("building the blockpost binary failed");
-        }
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target dir")?;
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "blockpost-cli",
+        "--bin",
+        "blockpost",
+    ]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
     }
-    Ok(bin)
+    if let Some(target) = profile_dir.parent() {
+        cmd.arg("--target-dir").arg(target);
+    }
+    if !cmd.status()?.success() {
+        bail!("building the blockpost binary failed");
+    }
+    Ok(profile_dir.join("blockpost"))
 }
 
 /// Polls `f` until it returns `Some` or `limit` passes.

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use blockpost_core::{Identity, Operation, decode_entry, now_ms};
 use blockpost_proto::v1::{
-    ConsistencyProofRequest, GetEntriesRequest, InclusionProofRequest, LookupRequest, RegisterBody, RevokeBody,
-    RotateBody, SignedRequest,
+    ConsistencyProofRequest, GetEntriesRequest, InclusionProofRequest, LookupRequest, RegisterBody,
+    RevokeBody, RotateBody, SignedRequest,
 };
 use blockpost_tests::{Sandbox, wait_for};
 use prost::Message as _;
@@ -26,7 +26,11 @@ fn register_body(id: &Identity, address: &str, name: &str) -> RegisterBody {
 
 fn sign_register(id: &Identity, body: &RegisterBody) -> SignedRequest {
     let body = body.encode_to_vec();
-    SignedRequest { signature: Operation::Register.sign(&id.signing, &body), body, second_signature: vec![] }
+    SignedRequest {
+        signature: Operation::Register.sign(&id.signing, &body),
+        body,
+        second_signature: vec![],
+    }
 }
 
 /// A CA chain: root -> intermediate -> leaf whose O is `org`, with the given key algorithm.
@@ -43,7 +47,10 @@ fn evidence(org: &str, alg: &'static rcgen::SignatureAlgorithm, leaf_expired: bo
         p.distinguished_name = rcgen::DistinguishedName::new();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         p.not_before = now - time::Duration::days(1);
         p.not_after = now + time::Duration::days(365);
         p
@@ -60,7 +67,8 @@ fn evidence(org: &str, alg: &'static rcgen::SignatureAlgorithm, leaf_expired: bo
     let mut lp = CertificateParams::default();
     lp.distinguished_name = rcgen::DistinguishedName::new();
     lp.distinguished_name.push(DnType::OrganizationName, org);
-    lp.distinguished_name.push(DnType::CommonName, "registration officer");
+    lp.distinguished_name
+        .push(DnType::CommonName, "registration officer");
     lp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if leaf_expired {
         lp.not_before = now - time::Duration::days(30);
@@ -70,7 +78,11 @@ fn evidence(org: &str, alg: &'static rcgen::SignatureAlgorithm, leaf_expired: bo
         lp.not_after = now + time::Duration::days(30);
     }
     let leaf = lp.signed_by(&leaf_key, &int_issuer).unwrap();
-    Evidence { root_pem: root.pem(), chain: vec![leaf.der().to_vec(), int.der().to_vec()], leaf_key }
+    Evidence {
+        root_pem: root.pem(),
+        chain: vec![leaf.der().to_vec(), int.der().to_vec()],
+        leaf_key,
+    }
 }
 
 async fn sandbox_with_anchor(root_pem: &str, require: bool) -> (Sandbox, tempfile::TempDir) {
@@ -90,8 +102,13 @@ fn with_evidence(id: &Identity, ev: &Evidence, address: &str, name: &str) -> Sig
     let mut body = register_body(id, address, name);
     body.evidence_chain = ev.chain.clone();
     let bytes = body.encode_to_vec();
-    let second = rcgen::SigningKey::sign(&ev.leaf_key, &Operation::Register.message(&bytes)).unwrap();
-    SignedRequest { signature: Operation::Register.sign(&id.signing, &bytes), body: bytes, second_signature: second }
+    let second =
+        rcgen::SigningKey::sign(&ev.leaf_key, &Operation::Register.message(&bytes)).unwrap();
+    SignedRequest {
+        signature: Operation::Register.sign(&id.signing, &bytes),
+        body: bytes,
+        second_signature: second,
+    }
 }
 
 #[tokio::test]
@@ -99,14 +116,28 @@ async fn register_rotate_revoke_with_verified_proofs() {
     let sb = Sandbox::start().await.unwrap();
     let mut c = sb.client().await.unwrap();
     let alice = Identity::generate();
-    let e = c.register(&alice, "alice", "Alice Bank AG", None).await.unwrap();
+    let e = c
+        .register(&alice, "alice", "Alice Bank AG", None)
+        .await
+        .unwrap();
     assert_eq!(e.leaf_index, 0);
     assert!(!e.binding.verified);
     assert_eq!(e.binding.real_name, "Alice Bank AG");
     // The certificate binds name, address and both keys, and chains to the directory CA.
     let (_, cert) = x509_parser::parse_x509_certificate(&e.binding.certificate).unwrap();
-    assert_eq!(cert.subject().iter_common_name().next().unwrap().as_str().unwrap(), "Alice Bank AG");
-    assert_eq!(cert.public_key().subject_public_key.data.as_ref(), &alice.signing_public());
+    assert_eq!(
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap(),
+        "Alice Bank AG"
+    );
+    assert_eq!(
+        cert.public_key().subject_public_key.data.as_ref(),
+        &alice.signing_public()
+    );
     let san = cert.subject_alternative_name().unwrap().unwrap();
     assert!(format!("{:?}", san.value.general_names).contains("blockpost:alice"));
     let ext = cert
@@ -121,25 +152,42 @@ async fn register_rotate_revoke_with_verified_proofs() {
     cert.verify_signature(Some(ca.public_key())).unwrap();
 
     let bob = Identity::generate();
-    c.register(&bob, "bob", "Bob Broker Ltd", None).await.unwrap();
+    c.register(&bob, "bob", "Bob Broker Ltd", None)
+        .await
+        .unwrap();
     let alice2 = Identity::generate();
     let r = c.rotate(&alice, &alice2, "alice").await.unwrap();
     assert_eq!(r.binding.previous_index, Some(0));
     assert_eq!(r.binding.signing_key, alice2.signing_public());
-    let v = c.revoke("alice", "merged", Some(&alice2), None).await.unwrap();
+    let v = c
+        .revoke("alice", "merged", Some(&alice2), None)
+        .await
+        .unwrap();
     assert!(v.binding.revoked());
     let history = c.lookup("alice").await.unwrap();
-    assert_eq!(history.iter().map(|e| e.leaf_index).collect::<Vec<_>>(), vec![0, 2, 3]);
+    assert_eq!(
+        history.iter().map(|e| e.leaf_index).collect::<Vec<_>>(),
+        vec![0, 2, 3]
+    );
     assert!(history.last().unwrap().binding.revoked());
     // Every look-up proof is against the newest checkpoint.
     assert_eq!(history[0].checkpoint.size, 4);
 
     // A revoked binding cannot rotate or revoke again, and the address is not reusable.
     let mut g = sb.grpc().await.unwrap();
-    let err = c.rotate(&alice2, &Identity::generate(), "alice").await.unwrap_err();
+    let err = c
+        .rotate(&alice2, &Identity::generate(), "alice")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("FailedPrecondition"), "{err}");
     let fresh = Identity::generate();
-    let st = g.register(sign_register(&fresh, &register_body(&fresh, "alice", "Mallory"))).await.unwrap_err();
+    let st = g
+        .register(sign_register(
+            &fresh,
+            &register_body(&fresh, "alice", "Mallory"),
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::AlreadyExists);
     assert_eq!(sb.directory.size(), 4);
 }
@@ -164,37 +212,130 @@ async fn bad_registrations_are_refused_and_nothing_is_logged() {
         signature: Operation::Register.sign(&other.signing, &good.encode_to_vec()),
         second_signature: vec![],
     };
-    cases.push(("signed by another key", r, Code::PermissionDenied, "signature"));
-    let b = RegisterBody { address: "carol.x".into(), ..good.clone() };
-    cases.push(("subject characters", sign_register(&id, &b), Code::InvalidArgument, "invalid address"));
-    let b = RegisterBody { address: "car*".into(), ..good.clone() };
-    cases.push(("wildcard", sign_register(&id, &b), Code::InvalidArgument, "invalid address"));
-    let b = RegisterBody { address: "Carol".into(), ..good.clone() };
-    cases.push(("upper case", sign_register(&id, &b), Code::InvalidArgument, "invalid address"));
-    let b = RegisterBody { real_name: "x".repeat(300), ..good.clone() };
-    cases.push(("long name", sign_register(&id, &b), Code::InvalidArgument, "real name"));
-    let b = RegisterBody { real_name: "".into(), ..good.clone() };
-    cases.push(("empty name", sign_register(&id, &b), Code::InvalidArgument, "real name"));
-    let b = RegisterBody { encryption_key: vec![1; 31], ..good.clone() };
-    cases.push(("short x25519 key", sign_register(&id, &b), Code::InvalidArgument, "x25519"));
-    let b = RegisterBody { timestamp_ms: now_ms() - 3_600_000, ..good.clone() };
-    cases.push(("old timestamp", sign_register(&id, &b), Code::InvalidArgument, "timestamp"));
-    let b = RegisterBody { timestamp_ms: now_ms() + 3_600_000, ..good.clone() };
-    cases.push(("future timestamp", sign_register(&id, &b), Code::InvalidArgument, "timestamp"));
-    let r = SignedRequest { body: vec![0xff; 40], signature: vec![0; 64], second_signature: vec![] };
+    cases.push((
+        "signed by another key",
+        r,
+        Code::PermissionDenied,
+        "signature",
+    ));
+    let b = RegisterBody {
+        address: "carol.x".into(),
+        ..good.clone()
+    };
+    cases.push((
+        "subject characters",
+        sign_register(&id, &b),
+        Code::InvalidArgument,
+        "invalid address",
+    ));
+    let b = RegisterBody {
+        address: "car*".into(),
+        ..good.clone()
+    };
+    cases.push((
+        "wildcard",
+        sign_register(&id, &b),
+        Code::InvalidArgument,
+        "invalid address",
+    ));
+    let b = RegisterBody {
+        address: "Carol".into(),
+        ..good.clone()
+    };
+    cases.push((
+        "upper case",
+        sign_register(&id, &b),
+        Code::InvalidArgument,
+        "invalid address",
+    ));
+    let b = RegisterBody {
+        real_name: "x".repeat(300),
+        ..good.clone()
+    };
+    cases.push((
+        "long name",
+        sign_register(&id, &b),
+        Code::InvalidArgument,
+        "real name",
+    ));
+    let b = RegisterBody {
+        real_name: "".into(),
+        ..good.clone()
+    };
+    cases.push((
+        "empty name",
+        sign_register(&id, &b),
+        Code::InvalidArgument,
+        "real name",
+    ));
+    let b = RegisterBody {
+        encryption_key: vec![1; 31],
+        ..good.clone()
+    };
+    cases.push((
+        "short x25519 key",
+        sign_register(&id, &b),
+        Code::InvalidArgument,
+        "x25519",
+    ));
+    let b = RegisterBody {
+        timestamp_ms: now_ms() - 3_600_000,
+        ..good.clone()
+    };
+    cases.push((
+        "old timestamp",
+        sign_register(&id, &b),
+        Code::InvalidArgument,
+        "timestamp",
+    ));
+    let b = RegisterBody {
+        timestamp_ms: now_ms() + 3_600_000,
+        ..good.clone()
+    };
+    cases.push((
+        "future timestamp",
+        sign_register(&id, &b),
+        Code::InvalidArgument,
+        "timestamp",
+    ));
+    let r = SignedRequest {
+        body: vec![0xff; 40],
+        signature: vec![0; 64],
+        second_signature: vec![],
+    };
     cases.push(("garbage body", r, Code::InvalidArgument, "RegisterBody"));
-    let r = SignedRequest { body: vec![0; 100 * 1024], signature: vec![0; 64], second_signature: vec![] };
+    let r = SignedRequest {
+        body: vec![0; 100 * 1024],
+        signature: vec![0; 64],
+        second_signature: vec![],
+    };
     cases.push(("oversized body", r, Code::InvalidArgument, "too large"));
-    let b = RegisterBody { evidence_chain: vec![b"not a certificate".to_vec()], ..good.clone() };
-    cases.push(("evidence without anchors", sign_register(&id, &b), Code::PermissionDenied, "trust anchors"));
+    let b = RegisterBody {
+        evidence_chain: vec![b"not a certificate".to_vec()],
+        ..good.clone()
+    };
+    cases.push((
+        "evidence without anchors",
+        sign_register(&id, &b),
+        Code::PermissionDenied,
+        "trust anchors",
+    ));
 
     for (what, req, code, needle) in cases {
         let st = g.register(req).await.expect_err(what);
         assert_eq!(st.code(), code, "{what}: {}", st.message());
-        assert!(st.message().contains(needle), "{what}: {:?} lacks {needle:?}", st.message());
+        assert!(
+            st.message().contains(needle),
+            "{what}: {:?} lacks {needle:?}",
+            st.message()
+        );
     }
     // Past the gRPC message limit.
-    let huge = SignedRequest { body: vec![0; 1 << 20], signature: vec![], second_signature: vec![] };
+    let huge = SignedRequest {
+        body: vec![0; 1 << 20],
+        signature: vec![],
+        second_signature: vec![],
+    };
     assert_eq!(g.register(huge).await.unwrap_err().code(), Code::OutOfRange);
     assert_eq!(sb.directory.size(), 0, "nothing refused may reach the log");
 
@@ -204,8 +345,24 @@ async fn bad_registrations_are_refused_and_nothing_is_logged() {
     assert_eq!(st.code(), Code::AlreadyExists);
     assert_eq!(sb.directory.size(), 1);
     // Look-ups of bad or unknown addresses.
-    assert_eq!(g.lookup(LookupRequest { address: "a.b".into() }).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(g.lookup(LookupRequest { address: "nobody".into() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        g.lookup(LookupRequest {
+            address: "a.b".into()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        g.lookup(LookupRequest {
+            address: "nobody".into()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
 }
 
 #[tokio::test]
@@ -214,7 +371,9 @@ async fn rotate_and_revoke_refuse_bad_signatures_and_stale_indexes() {
     let mut c = sb.client().await.unwrap();
     let mut g = sb.grpc().await.unwrap();
     let id = Identity::generate();
-    c.register(&id, "dave", "Dave Depositary", None).await.unwrap();
+    c.register(&id, "dave", "Dave Depositary", None)
+        .await
+        .unwrap();
     let new = Identity::generate();
     let rotate = |current_index: u64, signer: &Identity, pop: &Identity| {
         let body = RotateBody {
@@ -234,26 +393,54 @@ async fn rotate_and_revoke_refuse_bad_signatures_and_stale_indexes() {
     let st = g.rotate(rotate(0, &new, &new)).await.unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied, "{}", st.message());
     let st = g.rotate(rotate(0, &id, &id)).await.unwrap_err();
-    assert_eq!(st.code(), Code::PermissionDenied, "no proof of possession of the new key: {}", st.message());
+    assert_eq!(
+        st.code(),
+        Code::PermissionDenied,
+        "no proof of possession of the new key: {}",
+        st.message()
+    );
     let st = g.rotate(rotate(7, &id, &new)).await.unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition, "{}", st.message());
     let revoke = |signer: &Identity| {
-        let body =
-            RevokeBody { address: "dave".into(), current_index: 0, reason: "x".into(), timestamp_ms: now_ms() }
-                .encode_to_vec();
-        SignedRequest { signature: Operation::Revoke.sign(&signer.signing, &body), body, second_signature: vec![] }
+        let body = RevokeBody {
+            address: "dave".into(),
+            current_index: 0,
+            reason: "x".into(),
+            timestamp_ms: now_ms(),
+        }
+        .encode_to_vec();
+        SignedRequest {
+            signature: Operation::Revoke.sign(&signer.signing, &body),
+            body,
+            second_signature: vec![],
+        }
     };
-    assert_eq!(g.revoke(revoke(&new)).await.unwrap_err().code(), Code::PermissionDenied);
-    let unsigned = SignedRequest { signature: vec![], ..revoke(&id) };
-    assert_eq!(g.revoke(unsigned).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        g.revoke(revoke(&new)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let unsigned = SignedRequest {
+        signature: vec![],
+        ..revoke(&id)
+    };
+    assert_eq!(
+        g.revoke(unsigned).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     // A signature made for a revocation does not rotate.
     let mut cross = rotate(0, &id, &new);
     cross.signature = Operation::Revoke.sign(&id.signing, &cross.body);
-    assert_eq!(g.rotate(cross).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        g.rotate(cross).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     assert_eq!(sb.directory.size(), 1);
     g.rotate(rotate(0, &id, &new)).await.unwrap();
     // Replaying the same rotation is stale now.
-    assert_eq!(g.rotate(rotate(0, &id, &new)).await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(
+        g.rotate(rotate(0, &id, &new)).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
     assert_eq!(sb.directory.size(), 2);
 }
 
@@ -265,27 +452,50 @@ async fn evidence_chains_are_checked() {
 
     // Without evidence: refused, as the operator requires verified names.
     let id = Identity::generate();
-    let st = g.register(sign_register(&id, &register_body(&id, "megacorp", "Megacorp Bank AG"))).await.unwrap_err();
+    let st = g
+        .register(sign_register(
+            &id,
+            &register_body(&id, "megacorp", "Megacorp Bank AG"),
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition, "{}", st.message());
 
     // Name that the evidence does not carry.
-    let st = g.register(with_evidence(&id, &ev, "megacorp", "Other Bank AG")).await.unwrap_err();
+    let st = g
+        .register(with_evidence(&id, &ev, "megacorp", "Other Bank AG"))
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);
     assert!(st.message().contains("matches neither"), "{}", st.message());
 
     // Evidence key did not sign.
     let mut r = with_evidence(&id, &ev, "megacorp", "Megacorp Bank AG");
     r.second_signature.clear();
-    assert_eq!(g.register(r).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        g.register(r).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     // Evidence signature over other bytes.
     let mut r = with_evidence(&id, &ev, "megacorp", "Megacorp Bank AG");
     let last = r.second_signature.len() - 1;
     r.second_signature[last] ^= 1;
-    assert_eq!(g.register(r).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        g.register(r).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 
     // A chain that leads to another root.
     let stranger = evidence("Megacorp Bank AG", &rcgen::PKCS_ECDSA_P256_SHA256, false);
-    let st = g.register(with_evidence(&id, &stranger, "megacorp", "Megacorp Bank AG")).await.unwrap_err();
+    let st = g
+        .register(with_evidence(
+            &id,
+            &stranger,
+            "megacorp",
+            "Megacorp Bank AG",
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);
     assert!(st.message().contains("trust anchor"), "{}", st.message());
 
@@ -297,20 +507,30 @@ async fn evidence_chains_are_checked() {
     partial.signature = Operation::Register.sign(&id.signing, &partial.body);
     partial.second_signature =
         rcgen::SigningKey::sign(&ev.leaf_key, &Operation::Register.message(&partial.body)).unwrap();
-    assert_eq!(g.register(partial).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        g.register(partial).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 
     assert_eq!(sb.directory.size(), 0);
 
     // Valid evidence: recorded as verified.
     let mut c = sb.client().await.unwrap();
-    let resp = g.register(with_evidence(&id, &ev, "megacorp", "Megacorp Bank AG")).await.unwrap().into_inner();
+    let resp = g
+        .register(with_evidence(&id, &ev, "megacorp", "Megacorp Bank AG"))
+        .await
+        .unwrap()
+        .into_inner();
     let e = c.accept_entry(resp.proof.unwrap()).await.unwrap();
     assert!(e.binding.verified);
 
     // The evidence key may revoke the binding.
     let ek = &ev.leaf_key;
     let sign = |m: &[u8]| Ok(rcgen::SigningKey::sign(ek, m)?);
-    let v = c.revoke("megacorp", "key compromised", None, Some(&sign)).await.unwrap();
+    let v = c
+        .revoke("megacorp", "key compromised", None, Some(&sign))
+        .await
+        .unwrap();
     assert!(v.binding.revoked());
 }
 
@@ -320,12 +540,20 @@ async fn expired_evidence_and_ed25519_evidence() {
     let (sb, _tmp) = sandbox_with_anchor(&expired.root_pem, false).await;
     let mut g = sb.grpc().await.unwrap();
     let id = Identity::generate();
-    let st = g.register(with_evidence(&id, &expired, "oldbank", "Old Bank")).await.unwrap_err();
+    let st = g
+        .register(with_evidence(&id, &expired, "oldbank", "Old Bank"))
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied);
     assert!(st.message().contains("not valid now"), "{}", st.message());
     assert_eq!(sb.directory.size(), 0);
     // Unverified names are allowed on this directory.
-    g.register(sign_register(&id, &register_body(&id, "oldbank", "Old Bank"))).await.unwrap();
+    g.register(sign_register(
+        &id,
+        &register_body(&id, "oldbank", "Old Bank"),
+    ))
+    .await
+    .unwrap();
     let (_, b) = decode_entry(&sb.directory.entries(0, 1).unwrap()[0]).unwrap();
     assert!(!b.verified);
 }
@@ -340,14 +568,21 @@ async fn proofs_ranges_and_concurrent_sequencing() {
         let mut g = g.clone();
         set.spawn(async move {
             let id = Identity::generate();
-            g.register(sign_register(&id, &register_body(&id, &format!("p{i}"), "P AG"))).await.is_ok()
+            g.register(sign_register(
+                &id,
+                &register_body(&id, &format!("p{i}"), "P AG"),
+            ))
+            .await
+            .is_ok()
         });
     }
     for _ in 0..20 {
         let mut g = g.clone();
         set.spawn(async move {
             let id = Identity::generate();
-            g.register(sign_register(&id, &register_body(&id, "contested", "C AG"))).await.is_ok()
+            g.register(sign_register(&id, &register_body(&id, "contested", "C AG")))
+                .await
+                .is_ok()
         });
     }
     let mut ok = 0;
@@ -361,28 +596,68 @@ async fn proofs_ranges_and_concurrent_sequencing() {
     let cp = c.checkpoint().await.unwrap();
     assert_eq!(cp.size, 201);
     // Entries, inclusion proofs against the checkpoint.
-    let entries = g.get_entries(GetEntriesRequest { start: 0, end: 5000 }).await.unwrap().into_inner().entries;
+    let entries = g
+        .get_entries(GetEntriesRequest {
+            start: 0,
+            end: 5000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
     assert_eq!(entries.len(), 201);
     for i in [0u64, 1, 99, 200] {
-        let p = g.get_inclusion_proof(InclusionProofRequest { leaf_index: i, tree_size: 0 }).await.unwrap().into_inner();
-        cp.verify_inclusion(i, &entries[i as usize], &p.hashes).unwrap();
-        assert!(cp.verify_inclusion(i, &entries[(i as usize + 1) % 201], &p.hashes).is_err());
+        let p = g
+            .get_inclusion_proof(InclusionProofRequest {
+                leaf_index: i,
+                tree_size: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        cp.verify_inclusion(i, &entries[i as usize], &p.hashes)
+            .unwrap();
+        assert!(
+            cp.verify_inclusion(i, &entries[(i as usize + 1) % 201], &p.hashes)
+                .is_err()
+        );
     }
     // Consistency between sizes, via the verifying client's own checks.
     for old in [1u64, 64, 200] {
         let p = g
-            .get_consistency_proof(ConsistencyProofRequest { from_size: old, to_size: 201 })
+            .get_consistency_proof(ConsistencyProofRequest {
+                from_size: old,
+                to_size: 201,
+            })
             .await
             .unwrap()
             .into_inner();
         assert!(!p.hashes.is_empty());
     }
     // Out of range.
-    let st = g.get_inclusion_proof(InclusionProofRequest { leaf_index: 201, tree_size: 0 }).await.unwrap_err();
+    let st = g
+        .get_inclusion_proof(InclusionProofRequest {
+            leaf_index: 201,
+            tree_size: 0,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::OutOfRange);
-    let st = g.get_consistency_proof(ConsistencyProofRequest { from_size: 5, to_size: 900 }).await.unwrap_err();
+    let st = g
+        .get_consistency_proof(ConsistencyProofRequest {
+            from_size: 5,
+            to_size: 900,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::OutOfRange);
-    let st = g.get_entries(GetEntriesRequest { start: 500, end: 600 }).await.unwrap_err();
+    let st = g
+        .get_entries(GetEntriesRequest {
+            start: 500,
+            end: 600,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(st.code(), Code::OutOfRange);
 }
 
@@ -391,7 +666,9 @@ async fn entries_and_checkpoints_reach_jetstream_across_a_nats_restart() {
     let mut sb = Sandbox::start().await.unwrap();
     let mut c = sb.client().await.unwrap();
     for i in 0..5 {
-        c.register(&Identity::generate(), &format!("n{i}"), "N AG", None).await.unwrap();
+        c.register(&Identity::generate(), &format!("n{i}"), "N AG", None)
+            .await
+            .unwrap();
     }
     let count = |url: String| async move {
         let js = async_nats::jetstream::new(async_nats::connect(url).await.ok()?);
@@ -411,19 +688,33 @@ async fn entries_and_checkpoints_reach_jetstream_across_a_nats_restart() {
     sb.nats.kill();
     // The directory keeps working while NATS is down.
     for i in 5..8 {
-        c.register(&Identity::generate(), &format!("n{i}"), "N AG", None).await.unwrap();
+        c.register(&Identity::generate(), &format!("n{i}"), "N AG", None)
+            .await
+            .unwrap();
     }
     sb.nats.restart().unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(sb.nats.url()).await.unwrap());
-    wait_for(Duration::from_secs(20), "publisher to catch up after the restart", || {
-        let js = js.clone();
-        async move {
-            let st = js.get_stream("BLOCKPOST_DIRECTORY").await.ok()?;
-            let m = st.get_last_raw_message_by_subject(blockpost_directory::ENTRY_SUBJECT).await.ok()?;
-            let idx = m.headers.get(blockpost_directory::INDEX_HEADER)?.as_str().parse::<u64>().ok()?;
-            (idx == 7).then_some(())
-        }
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "publisher to catch up after the restart",
+        || {
+            let js = js.clone();
+            async move {
+                let st = js.get_stream("BLOCKPOST_DIRECTORY").await.ok()?;
+                let m = st
+                    .get_last_raw_message_by_subject(blockpost_directory::ENTRY_SUBJECT)
+                    .await
+                    .ok()?;
+                let idx = m
+                    .headers
+                    .get(blockpost_directory::INDEX_HEADER)?
+                    .as_str()
+                    .parse::<u64>()
+                    .ok()?;
+                (idx == 7).then_some(())
+            }
+        },
+    )
     .await
     .unwrap();
     // Every entry is there exactly once, in order.
@@ -435,11 +726,25 @@ async fn entries_and_checkpoints_reach_jetstream_across_a_nats_restart() {
         })
         .await
         .unwrap();
-    let mut batch = consumer.fetch().max_messages(100).expires(Duration::from_secs(1)).messages().await.unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     use futures::StreamExt as _;
     while let Some(Ok(m)) = batch.next().await {
-        seen.push(m.headers.as_ref().unwrap().get(blockpost_directory::INDEX_HEADER).unwrap().as_str().to_owned());
+        seen.push(
+            m.headers
+                .as_ref()
+                .unwrap()
+                .get(blockpost_directory::INDEX_HEADER)
+                .unwrap()
+                .as_str()
+                .to_owned(),
+        );
         let (_, b) = decode_entry(&m.payload).unwrap();
         assert!(b.address.as_str().starts_with('n'));
     }
@@ -454,11 +759,15 @@ async fn client_detects_a_forked_log() {
     let endpoint = sb.endpoint.clone();
     let client_dir = sb.client_dir.clone();
     let mut c = sb.client().await.unwrap();
-    c.register(&Identity::generate(), "first", "F AG", None).await.unwrap();
+    c.register(&Identity::generate(), "first", "F AG", None)
+        .await
+        .unwrap();
     // Snapshot the data dir after one entry: the fork point.
     let (nats, tmp) = {
         let fork = tmp_copy(&data);
-        c.register(&Identity::generate(), "second", "S AG", None).await.unwrap();
+        c.register(&Identity::generate(), "second", "S AG", None)
+            .await
+            .unwrap();
         assert_eq!(c.checkpoint().await.unwrap().size, 2);
         let (nats, tmp) = sb.stop().await;
         std::fs::remove_dir_all(&data).unwrap();
@@ -471,8 +780,12 @@ async fn client_detects_a_forked_log() {
     let sb2 = Sandbox::start_on(cfg, nats, listen, tmp).await.unwrap();
     let mut g = sb2.grpc().await.unwrap();
     let id = Identity::generate();
-    g.register(sign_register(&id, &register_body(&id, "other", "O AG"))).await.unwrap();
-    let mut c2 = blockpost_cli::Client::connect(&endpoint, &client_dir).await.unwrap();
+    g.register(sign_register(&id, &register_body(&id, "other", "O AG")))
+        .await
+        .unwrap();
+    let mut c2 = blockpost_cli::Client::connect(&endpoint, &client_dir)
+        .await
+        .unwrap();
     let err = c2.checkpoint().await.unwrap_err();
     assert!(format!("{err:#}").contains("not consistent"), "{err:#}");
 }

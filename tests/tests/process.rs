@@ -1,0 +1,399 @@
+//! The real `blockpost` binary across processes: the CLI as a user runs it, and `kill -9`
+//! in the middle of a stream of registrations.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use blockpost_cli::{Client, free_port};
+use blockpost_core::{Identity, Operation, now_ms, verify_checkpoint};
+use blockpost_proto::v1::directory_client::DirectoryClient;
+use blockpost_proto::v1::{ConsistencyProofRequest, RegisterBody, SignedRequest};
+use blockpost_tests::{NatsServer, blockpost_bin, wait_for};
+use prost::Message as _;
+
+fn spawn_node(data: &Path, port: u16, nats: Option<&str>) -> Child {
+    let mut cmd = Command::new(blockpost_bin().unwrap());
+    cmd.args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data);
+    if let Some(url) = nats {
+        cmd.args(["--nats", url]);
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .unwrap();
+    cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap()
+}
+
+async fn wait_ready(endpoint: &str, state: &Path) -> Client {
+    wait_for(Duration::from_secs(30), "node to accept gRPC", || async {
+        Client::connect(endpoint, state).await.ok()
+    })
+    .await
+    .unwrap()
+}
+
+fn signed(address: &str, id: &Identity) -> SignedRequest {
+    let body = RegisterBody {
+        address: address.into(),
+        real_name: format!("{address} AG"),
+        signing_key: id.signing_public().to_vec(),
+        encryption_key: id.encryption_public().to_vec(),
+        evidence_chain: vec![],
+        timestamp_ms: now_ms(),
+    }
+    .encode_to_vec();
+    SignedRequest {
+        signature: Operation::Register.sign(&id.signing, &body),
+        body,
+        second_signature: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_registration() {
+    let nats = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    let state = tmp.path().join("client");
+    let port = free_port().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // (address, leaf index, signing key) of every acknowledged registration, and every
+    // checkpoint handed out.
+    let acked: Arc<Mutex<Vec<(String, u64, [u8; 32])>>> = Arc::default();
+    let notes: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let mut next = 0usize;
+    for round in 0..3 {
+        let mut node = spawn_node(&data, port, Some(&nats.url()));
+        let client = wait_ready(&endpoint, &state).await;
+        let verifier_key = client.info().verifier_key.clone();
+        let grpc = DirectoryClient::new(
+            tonic::transport::Channel::from_shared(endpoint.clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        let start = acked.lock().unwrap().len();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let (mut g, acked, notes, stop) =
+                (grpc.clone(), acked.clone(), notes.clone(), stop.clone());
+            let base = next + t * 100_000;
+            tasks.push(tokio::spawn(async move {
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = Identity::generate();
+                    let address = format!("r{round}-{}", base + i);
+                    match g.register(signed(&address, &id)).await {
+                        Ok(r) => {
+                            let p = r.into_inner().proof.unwrap();
+                            acked.lock().unwrap().push((
+                                address,
+                                p.leaf_index,
+                                id.signing_public(),
+                            ));
+                            notes.lock().unwrap().push(p.checkpoint);
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+        next += 16 * 100_000;
+        // Kill once a good number of registrations went through, mid-stream.
+        let a = acked.clone();
+        wait_for(Duration::from_secs(60), "registrations to flow", || {
+            let n = a.lock().unwrap().len();
+            async move { (n >= start + 150).then_some(()) }
+        })
+        .await
+        .unwrap();
+        node.kill().unwrap(); // SIGKILL
+        node.wait().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Restart and check everything acknowledged so far.
+        let mut node = spawn_node(&data, port, Some(&nats.url()));
+        let mut client = wait_ready(&endpoint, &state).await;
+        assert_eq!(
+            client.info().verifier_key,
+            verifier_key,
+            "the log key survives restarts"
+        );
+        let head = client.checkpoint().await.unwrap();
+        let acked_now = acked.lock().unwrap().clone();
+        assert!(
+            head.size >= acked_now.len() as u64,
+            "log shrank: {} < {}",
+            head.size,
+            acked_now.len()
+        );
+        for (address, index, key) in acked_now.iter().step_by(7).chain(acked_now.last()) {
+            let e = client.current(address).await.unwrap();
+            assert_eq!(
+                (e.leaf_index, e.binding.signing_key),
+                (*index, *key),
+                "{address}"
+            );
+        }
+        // Every checkpoint handed out is a prefix of the log after the restart.
+        let mut g = grpc_for(&endpoint).await;
+        let mut sizes: Vec<Vec<u8>> = notes.lock().unwrap().clone();
+        sizes.sort();
+        sizes.dedup();
+        for note in sizes.iter().step_by(5) {
+            let old = verify_checkpoint(note, &verifier_key).unwrap();
+            let p = g
+                .get_consistency_proof(ConsistencyProofRequest {
+                    from_size: old.size,
+                    to_size: head.size,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            old.verify_consistency(&head, &p.hashes).unwrap();
+        }
+        node.kill().unwrap();
+        node.wait().unwrap();
+    }
+    assert!(acked.lock().unwrap().len() >= 450);
+}
+
+async fn grpc_for(endpoint: &str) -> DirectoryClient<tonic::transport::Channel> {
+    DirectoryClient::new(
+        tonic::transport::Channel::from_shared(endpoint.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(blockpost_bin().unwrap());
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn refused(o: &Output, needle: &str) {
+    assert!(
+        !o.status.success(),
+        "expected failure, got {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_walkthrough_with_a_managed_nats_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // No --nats: the node starts and manages its own nats-server.
+    let mut node = spawn_node(&data, port, None);
+    let state = tmp.path().join("cfg");
+    wait_ready(&endpoint, &state).await;
+    let state_s = state.to_str().unwrap().to_owned();
+    let key = tmp.path().join("alice.key");
+    let key_s = key.to_str().unwrap().to_owned();
+    let env = [
+        ("BLOCKPOST_ENDPOINT", endpoint.as_str()),
+        ("BLOCKPOST_CONFIG_DIR", &state_s),
+        ("BLOCKPOST_PASSPHRASE", "s3cret"),
+    ];
+
+    let out = ok(&run(&["key", "new", "--out", &key_s, "--json"], &env));
+    let k: serde_json::Value = serde_json::from_str(&out).unwrap();
+    refused(
+        &run(&["key", "new", "--out", &key_s], &env),
+        "refusing to overwrite",
+    );
+    refused(
+        &run(
+            &[
+                "register",
+                "--key",
+                &key_s,
+                "--address",
+                "alice",
+                "--name",
+                "A",
+            ],
+            &[env[0], env[1], ("BLOCKPOST_PASSPHRASE", "wrong")],
+        ),
+        "wrong passphrase",
+    );
+
+    let out = ok(&run(
+        &[
+            "register",
+            "--key",
+            &key_s,
+            "--address",
+            "alice",
+            "--name",
+            "Alice Bank AG",
+            "--json",
+        ],
+        &env,
+    ));
+    let reg: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reg["address"], "alice");
+    assert_eq!(reg["real_name"], "Alice Bank AG");
+    assert_eq!(reg["verified"], false);
+    assert_eq!(reg["signing_key"], k["signing_key"]);
+    assert_eq!(reg["encryption_key"], k["encryption_key"]);
+    assert_eq!(reg["leaf_index"], 0);
+    assert!(reg["checkpoint"].as_str().unwrap().contains("\n1\n"));
+    assert!(reg["inclusion_proof"].is_array());
+
+    let out = ok(&run(&["lookup", "alice", "--json"], &env));
+    let look: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for f in [
+        "address",
+        "real_name",
+        "verified",
+        "signing_key",
+        "encryption_key",
+        "certificate_pem",
+        "leaf_index",
+        "entry",
+        "inclusion_proof",
+        "checkpoint",
+    ] {
+        assert!(!look[f].is_null(), "lookup --json lacks {f}");
+    }
+    assert_eq!(look["history"].as_array().unwrap().len(), 1);
+
+    // openssl reads the certificate and verifies it against the directory CA.
+    if Command::new("openssl").arg("version").output().is_ok() {
+        let info: serde_json::Value =
+            serde_json::from_str(&ok(&run(&["info", "--json"], &env))).unwrap();
+        let ca = tmp.path().join("ca.pem");
+        let cert = tmp.path().join("alice.pem");
+        std::fs::write(&ca, info["ca_certificate_pem"].as_str().unwrap()).unwrap();
+        std::fs::write(&cert, look["certificate_pem"].as_str().unwrap()).unwrap();
+        let v = Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&ca)
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success(),
+            "openssl verify: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+        let t = Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&t.stdout);
+        assert!(
+            text.contains("CN = Alice Bank AG") && text.contains("URI:blockpost:alice"),
+            "{text}"
+        );
+    }
+
+    ok(&run(&["checkpoint"], &env));
+    refused(&run(&["lookup", "bad.address"], &env), "invalid address");
+    refused(&run(&["lookup", "nobody"], &env), "NotFound");
+    refused(
+        &run(
+            &[
+                "register",
+                "--key",
+                &key_s,
+                "--address",
+                "alice",
+                "--name",
+                "Alice Bank AG",
+            ],
+            &env,
+        ),
+        "AlreadyExists",
+    );
+    refused(
+        &run(
+            &[
+                "register",
+                "--key",
+                &key_s,
+                "--address",
+                "Bad Addr",
+                "--name",
+                "x",
+            ],
+            &env,
+        ),
+        "invalid address",
+    );
+    refused(
+        &run(
+            &["lookup", "alice"],
+            &[("BLOCKPOST_ENDPOINT", "http://127.0.0.1:1"), env[1]],
+        ),
+        "cannot reach",
+    );
+
+    // kill -9 the node; its managed nats-server outlives it. A restart on the same data
+    // ends that server before starting its own, and serves the same log.
+    node.kill().unwrap();
+    node.wait().unwrap();
+    let mut node = spawn_node(&data, port, None);
+    wait_ready(&endpoint, &state).await;
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["lookup", "alice", "--json"], &env))).unwrap();
+    assert_eq!(again["signing_key"], k["signing_key"]);
+    let store = data.join("nats");
+    let servers = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(store.to_str().unwrap()))
+        .count();
+    assert_eq!(servers, 1, "exactly one nats-server on the node's store");
+
+    // A client that pinned this log refuses a node that presents another log key.
+    node.kill().unwrap();
+    node.wait().unwrap();
+    blockpost_cli::reap_stale(&data.join("nats"));
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let mut node = spawn_node(&data, port, None);
+    wait_ready(&endpoint, &tmp.path().join("fresh-client")).await;
+    refused(&run(&["checkpoint"], &env), "refusing to continue");
+    node.kill().unwrap();
+    node.wait().unwrap();
+    // The managed nats-server outlived the SIGKILLed node; the next start would end it.
+    blockpost_cli::reap_stale(&data.join("nats"));
+}

@@ -310,15 +310,15 @@ fn unit_costs() -> Vec<(&'static str, Duration)> {
             }),
         ),
     ];
-    if let Ok(tmp) = tempfile::tempdir() {
-        if let Ok(ca) = blockpost_directory::bench_support::ca(tmp.path()) {
-            out.push((
-                "issue certificate",
-                time(&mut || {
-                    let _ = std::hint::black_box(ca());
-                }),
-            ));
-        }
+    if let Ok(tmp) = tempfile::tempdir()
+        && let Ok(ca) = blockpost_directory::bench_support::ca(tmp.path())
+    {
+        out.push((
+            "issue certificate",
+            time(&mut || {
+                let _ = std::hint::black_box(ca());
+            }),
+        ));
     }
     out
 }

@@ -17,6 +17,9 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
+/// Signs bytes with the key of an evidence certificate.
+pub type EvidenceSigner<'a> = dyn Fn(&[u8]) -> anyhow::Result<Vec<u8>> + 'a;
+
 /// What the client remembers of one directory.
 #[derive(Serialize, Deserialize)]
 struct Trusted {
@@ -220,7 +223,7 @@ impl Client {
         id: &Identity,
         address: &str,
         real_name: &str,
-        evidence: Option<(&[Vec<u8>], &dyn Fn(&[u8]) -> anyhow::Result<Vec<u8>>)>,
+        evidence: Option<(&[Vec<u8>], &EvidenceSigner<'_>)>,
     ) -> anyhow::Result<VerifiedEntry> {
         let body = RegisterBody {
             address: address.into(),
@@ -272,10 +275,10 @@ impl Client {
                     e.binding.address
                 );
             }
-            if let Some(prev) = out.last() {
-                if e.binding.previous_index != Some(prev.leaf_index) {
-                    bail!("history of {address} is broken at entry {}", e.leaf_index);
-                }
+            if let Some(prev) = out.last()
+                && e.binding.previous_index != Some(prev.leaf_index)
+            {
+                bail!("history of {address} is broken at entry {}", e.leaf_index);
             }
             out.push(e);
         }
@@ -331,7 +334,7 @@ impl Client {
         address: &str,
         reason: &str,
         current_key: Option<&Identity>,
-        evidence_sign: Option<&dyn Fn(&[u8]) -> anyhow::Result<Vec<u8>>>,
+        evidence_sign: Option<&EvidenceSigner<'_>>,
     ) -> anyhow::Result<VerifiedEntry> {
         let cur = self.current(address).await?;
         let body = RevokeBody {

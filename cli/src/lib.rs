@@ -24,7 +24,7 @@ mod node;
 mod output;
 
 pub use bench::{BenchArgs, bench_directory};
-pub use client::{Client, VerifiedEntry, config_dir, status};
+pub use client::{Client, EvidenceSigner, VerifiedEntry, config_dir, status};
 pub use nats::{LocalNats, free_port, reap_stale};
 pub use node::{NodeArgs, run_node};
 pub use output::{entry_json, print_entry};

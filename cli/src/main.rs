@@ -55,7 +55,7 @@ enum Cmd {
         /// Key file (from `blockpost key new`).
         #[arg(long)]
         key: PathBuf,
-        /// Routing address: [a-z0-9][a-z0-9-]{0,62}.
+        /// Routing address: `[a-z0-9][a-z0-9-]{0,62}`.
         #[arg(long)]
         address: String,
         /// Real (legal) name.

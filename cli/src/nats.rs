@@ -66,12 +66,12 @@ impl LocalNats {
         let deadline = Instant::now() + limit;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(st) = child.try_wait()? {
-                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                    let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join("\n");
-                    bail!("nats-server exited with {st} during start-up:\n{tail}");
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(st) = child.try_wait()?
+            {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+                bail!("nats-server exited with {st} during start-up:\n{tail}");
             }
             // Ready means: the server accepts a connection and greets with INFO.
             if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {

@@ -20,7 +20,7 @@ pub struct NodeArgs {
     /// NATS server URL; without it a local nats-server is started and managed.
     #[arg(long, env = "BLOCKPOST_NATS")]
     pub nats: Option<String>,
-    /// TOML config file (top level: listen, nats; table [directory]).
+    /// TOML config file (top level: `listen`, `nats`; table `[directory]`).
     #[arg(long, env = "BLOCKPOST_CONFIG")]
     pub config: Option<PathBuf>,
     /// The log's origin line (first start only).

@@ -162,10 +162,10 @@ fn pem_blocks(text: &str) -> Vec<String> {
             b.push_str(line);
             b.push('\n');
         }
-        if line.starts_with("-----END ") {
-            if let Some(b) = cur.take() {
-                blocks.push(b);
-            }
+        if line.starts_with("-----END ")
+            && let Some(b) = cur.take()
+        {
+            blocks.push(b);
         }
     }
     blocks

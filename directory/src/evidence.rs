@@ -126,12 +126,12 @@ impl TrustAnchors {
         if is_ca(leaf) {
             return Err(ev("the leaf certificate is a CA certificate".into()));
         }
-        if let Ok(Some(ku)) = leaf.key_usage() {
-            if !ku.value.digital_signature() {
-                return Err(ev(
-                    "the leaf certificate's key usage does not allow digital signatures".into(),
-                ));
-            }
+        if let Ok(Some(ku)) = leaf.key_usage()
+            && !ku.value.digital_signature()
+        {
+            return Err(ev(
+                "the leaf certificate's key usage does not allow digital signatures".into(),
+            ));
         }
         let names: Vec<&str> = leaf
             .subject()
@@ -217,13 +217,13 @@ fn check_issued_by(
             ));
         }
     }
-    if let Ok(Some(ku)) = parent.key_usage() {
-        if !ku.value.key_cert_sign() {
-            return Err(format!(
-                "issuer {} may not sign certificates",
-                parent.subject()
-            ));
-        }
+    if let Ok(Some(ku)) = parent.key_usage()
+        && !ku.value.key_cert_sign()
+    {
+        return Err(format!(
+            "issuer {} may not sign certificates",
+            parent.subject()
+        ));
     }
     child
         .verify_signature(Some(parent.public_key()))

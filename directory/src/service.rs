@@ -90,12 +90,12 @@ impl Directory {
         let origin = match std::fs::read_to_string(&origin_path) {
             Ok(o) => {
                 let o = o.trim().to_owned();
-                if let Some(want) = &config.origin {
-                    if want != &o {
-                        return Err(Error::Config(format!(
-                            "data dir holds the log {o:?}, config names {want:?}: a log's origin never changes"
-                        )));
-                    }
+                if let Some(want) = &config.origin
+                    && want != &o
+                {
+                    return Err(Error::Config(format!(
+                        "data dir holds the log {o:?}, config names {want:?}: a log's origin never changes"
+                    )));
                 }
                 o
             }

@@ -1,6 +1,8 @@
 //! The directory over gRPC, in process: registration, rotation, revocation, evidence,
 //! proofs, bad input, concurrency and NATS publishing.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use blockpost_core::{Identity, Operation, decode_entry, now_ms};

@@ -1,6 +1,8 @@
 //! The real `blockpost` binary across processes: the CLI as a user runs it, and `kill -9`
 //! in the middle of a stream of registrations.
 
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};

@@ -50,7 +50,8 @@ pub async fn serve(
     directory: Directory,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Without TCP_NODELAY, small responses wait on delayed ACKs (Nagle): tens of ms each.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(directory.into_service())
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -1,0 +1,66 @@
+//! The `blockpost` binary refuses bad input before it talks to anyone.
+
+use std::process::{Command, Stdio};
+
+fn blockpost(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_blockpost"))
+        .args(args)
+        .env_remove("BLOCKPOST_PASSPHRASE")
+        .env("BLOCKPOST_ENDPOINT", "http://127.0.0.1:1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run blockpost")
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = blockpost(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(
+        err.contains(needle),
+        "{args:?}: stderr {err:?} lacks {needle:?}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_message() {
+    fails_with(&["lookup", "bad.addr"], "invalid address");
+    fails_with(&["lookup", "with space"], "invalid address");
+    fails_with(&["lookup", "-x"], "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("k.key");
+    let key = key.to_str().expect("utf-8 path");
+    fails_with(&["key", "new", "--out", key], "BLOCKPOST_PASSPHRASE");
+    assert!(
+        !std::path::Path::new(key).exists(),
+        "no key file without a passphrase"
+    );
+    fails_with(
+        &["register", "--key", key, "--address", "ok", "--name", "x"],
+        "BLOCKPOST_PASSPHRASE",
+    );
+    fails_with(&["checkpoint"], "cannot reach the directory");
+    fails_with(&["up", "--listen", "not-an-address"], "is not HOST:PORT");
+    fails_with(&["frobnicate"], "unrecognized subcommand");
+}
+
+#[test]
+fn help_lists_every_command() {
+    let out = blockpost(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in [
+        "up",
+        "key",
+        "info",
+        "register",
+        "lookup",
+        "rotate",
+        "revoke",
+        "checkpoint",
+        "bench",
+    ] {
+        assert!(text.contains(cmd), "help lacks {cmd}");
+    }
+}

@@ -73,6 +73,17 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir_cfg.data_dir)
         .with_context(|| format!("creating data dir {}", dir_cfg.data_dir.display()))?;
 
+    // Lock the data dir before touching anything in it (such as a nats-server left by a
+    // killed node, which must not be a running node's).
+    let lock_path = dir_cfg.data_dir.join("LOCK");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "data dir {} is in use by another blockpost node",
+            dir_cfg.data_dir.display()
+        );
+    }
     let mut managed = None;
     let nats_url = match args.nats.or(file.nats) {
         Some(u) => u,
@@ -102,6 +113,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     crate::say!("  entries   {}", directory.size());
     serve(listener, directory, shutdown_signal()).await?;
     drop(managed);
+    drop(lock);
     Ok(())
 }
 

@@ -51,6 +51,8 @@ struct State {
 
 /// The log store. One writer (the sequencer) appends; any number of readers prove.
 pub struct Store {
+    /// Held for the store's lifetime: one writer per log, across processes.
+    _lock: File,
     dir: PathBuf,
     writer: Mutex<File>,
     reader: File,
@@ -97,6 +99,13 @@ impl Store {
     /// cut off. Anything else that does not check out is [`Error::Corrupted`].
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let lock = File::create(dir.join("LOCK"))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Config(format!(
+                "{} is in use by another blockpost process; one log has one writer",
+                dir.display()
+            )));
+        }
         let path = dir.join("entries");
         let mut writer = OpenOptions::new()
             .create(true)
@@ -171,6 +180,7 @@ impl Store {
         }
         writer.flush()?;
         let store = Self {
+            _lock: lock,
             dir: dir.to_owned(),
             writer: Mutex::new(writer),
             reader,
@@ -508,6 +518,15 @@ mod tests {
         let proof = store.prove_inclusion(3, 10).unwrap();
         cp.verify_inclusion(3, &store.entry(3).unwrap(), &proof)
             .unwrap();
+    }
+
+    #[test]
+    fn one_writer_per_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(Error::Config(m)) if m.contains("in use")));
+        drop(first);
+        Store::open(dir.path()).unwrap();
     }
 
     #[test]

@@ -154,8 +154,11 @@ impl Sandbox {
     }
 }
 
-/// The `blockpost` binary of this build, rebuilt once per test process if out of date
-/// (`cargo test -p blockpost-tests` alone would not rebuild it).
+/// The `blockpost` binary of this build.
+///
+/// `cargo test --workspace` builds it before any test runs (the cli crate has integration
+/// tests). When it is missing, or older than the sources (say after `cargo test -p
+/// blockpost-tests` alone), it is built here once per test process.
 pub fn blockpost_bin() -> anyhow::Result<PathBuf> {
     static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     BUILT
@@ -171,6 +174,18 @@ fn build_bin() -> anyhow::Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .context("test binary has no target dir")?;
+    let bin = profile_dir.join("blockpost");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?;
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let sources = ["cli", "core", "directory", "proto"]
+        .iter()
+        .filter_map(|c| newest(&workspace.join(c)))
+        .max();
+    if built.is_some() && built >= sources {
+        return Ok(bin);
+    }
     let mut cmd =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args([
@@ -180,7 +195,8 @@ fn build_bin() -> anyhow::Result<PathBuf> {
         "blockpost-cli",
         "--bin",
         "blockpost",
-    ]);
+    ])
+    .current_dir(workspace);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
@@ -190,7 +206,22 @@ fn build_bin() -> anyhow::Result<PathBuf> {
     if !cmd.status()?.success() {
         bail!("building the blockpost binary failed");
     }
-    Ok(profile_dir.join("blockpost"))
+    Ok(bin)
+}
+
+/// Newest modification time of the files below `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut best = None;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let t = if p.is_dir() {
+            newest(&p)
+        } else {
+            e.metadata().and_then(|m| m.modified()).ok()
+        };
+        best = best.max(t);
+    }
+    best
 }
 
 /// Polls `f` until it returns `Some` or `limit` passes.

@@ -232,6 +232,16 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
         ("BLOCKPOST_PASSPHRASE", "s3cret"),
     ];
 
+    // A second node on the same data dir is refused, and leaves the first one's NATS alone.
+    let other = format!("127.0.0.1:{}", free_port().unwrap());
+    refused(
+        &run(
+            &["up", "--data", data.to_str().unwrap(), "--listen", &other],
+            &[],
+        ),
+        "in use by another",
+    );
+
     let out = ok(&run(&["key", "new", "--out", &key_s, "--json"], &env));
     let k: serde_json::Value = serde_json::from_str(&out).unwrap();
     refused(

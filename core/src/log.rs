@@ -323,4 +323,46 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any leaf of any tree proves, and any flipped byte of entry or proof fails.
+        #[test]
+        fn prop_inclusion(size in 1u64..300, pick in 0u64..300, byte in 0usize..64, bit in 0u8..8) {
+            let (m, leaves) = tree(size);
+            let i = pick % size;
+            let root = tlog_tiles::tree_hash(size, &m).unwrap();
+            let cp = VerifiedCheckpoint { origin: "o".into(), size, root: root.0, note: vec![] };
+            let proof: Vec<Vec<u8>> =
+                tlog_tiles::prove_record(size, i, &m).unwrap().iter().map(|h| h.0.to_vec()).collect();
+            cp.verify_inclusion(i, &leaves[i as usize], &proof).unwrap();
+            let mut bad = leaves[i as usize].clone();
+            let at = byte % bad.len();
+            bad[at] ^= 1 << bit;
+            proptest::prop_assert!(cp.verify_inclusion(i, &bad, &proof).is_err());
+            if !proof.is_empty() {
+                let mut p2 = proof.clone();
+                let k = byte % p2.len();
+                p2[k][byte % 32] ^= 1 << bit;
+                proptest::prop_assert!(cp.verify_inclusion(i, &leaves[i as usize], &p2).is_err());
+            }
+        }
+
+        /// Any prefix is consistent with any longer tree; a wrong old root is not.
+        #[test]
+        fn prop_consistency(size in 2u64..300, pick in 1u64..300, bit in 0u8..8) {
+            let (m, _) = tree(size);
+            let old = 1 + pick % (size - 1);
+            let cp = |n| VerifiedCheckpoint {
+                origin: "o".into(), size: n, root: tlog_tiles::tree_hash(n, &m).unwrap().0, note: vec![],
+            };
+            let proof: Vec<Vec<u8>> =
+                tlog_tiles::prove_tree(size, old, &m).unwrap().iter().map(|h| h.0.to_vec()).collect();
+            cp(old).verify_consistency(&cp(size), &proof).unwrap();
+            let mut forked = cp(old);
+            forked.root[0] ^= 1 << bit;
+            proptest::prop_assert!(forked.verify_consistency(&cp(size), &proof).is_err());
+        }
+    }
 }

@@ -1,7 +1,10 @@
 //! Compiles `proto/` with protox (pure Rust), so nobody has to install `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/blockpost/v1/directory.proto"];
+    let files = [
+        "proto/blockpost/v1/directory.proto",
+        "proto/blockpost/v1/messaging.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

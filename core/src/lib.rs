@@ -9,6 +9,8 @@
 //!   checkpoints ([`CheckpointSigner`], [`verify_checkpoint`]).
 //! - `keyfile`: participant key files in encrypted PKCS#8 ([`Identity`]).
 //! - `entry`: decoding directory log entries into checked [`Binding`]s.
+//! - `envelope`: envelope, receipt and inbox signatures, message ids, and end-to-end
+//!   encryption of bodies with HPKE (RFC 9180).
 //! - `error`: the crate's [`Error`].
 //!
 //! ```
@@ -28,6 +30,7 @@
 
 mod address;
 mod entry;
+mod envelope;
 mod error;
 mod keyfile;
 mod log;
@@ -35,6 +38,10 @@ mod request;
 
 pub use address::{Address, check_real_name};
 pub use entry::{Binding, X25519_EXTENSION_OID, decode_entry, now_ms};
+pub use envelope::{
+    SealTo, body_aad, envelope_message, inbox_message, message_id, open_body, seal_body,
+    sign_envelope, sign_receipt, verify_envelope, verify_receipt,
+};
 pub use error::{Error, Result};
 pub use keyfile::Identity;
 pub use log::{CheckpointSigner, VerifiedCheckpoint, leaf_hash, parse_hashes, verify_checkpoint};

@@ -1,0 +1,124 @@
+//! The gateway's error type and its single mapping to gRPC status codes.
+
+/// Why an envelope or a request was refused, or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A core check failed (address, key, signature, encoding).
+    #[error(transparent)]
+    Core(#[from] blockpost_core::Error),
+    /// Malformed input.
+    #[error("invalid envelope: {0}")]
+    Invalid(String),
+    /// A field over its limit.
+    #[error("{field} is too large: {len} bytes, limit {limit}")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The envelope's signature does not verify with the sender's current key.
+    #[error("signature invalid: {0}")]
+    SignatureInvalid(String),
+    /// The sender is not in the directory.
+    #[error("unknown sender {0}: not registered in the directory")]
+    UnknownSender(String),
+    /// A recipient is not in the directory.
+    #[error("unknown recipient {0}: not registered in the directory")]
+    UnknownRecipient(String),
+    /// The binding was revoked.
+    #[error("{role} {address} is revoked")]
+    Revoked {
+        /// `sender` or `recipient`.
+        role: &'static str,
+        /// The address.
+        address: String,
+    },
+    /// The envelope names a key that is not the current one.
+    #[error("{role} {address}: key index {named} is not the current key (current: {current})")]
+    StaleKey {
+        /// `sender` or `recipient`.
+        role: &'static str,
+        /// The address.
+        address: String,
+        /// The index named.
+        named: u64,
+        /// The current index.
+        current: u64,
+    },
+    /// The nonce was used before by this sender.
+    #[error("replay: sender {sender} already used nonce {nonce}")]
+    Replay {
+        /// The sender.
+        sender: String,
+        /// The nonce.
+        nonce: u64,
+    },
+    /// The timestamp is too far from the gateway's clock.
+    #[error(
+        "timestamp {got_ms} ms is more than {skew_ms} ms away from the gateway's clock {now_ms} ms"
+    )]
+    ClockSkew {
+        /// In the envelope.
+        got_ms: i64,
+        /// Gateway time.
+        now_ms: i64,
+        /// Permitted skew.
+        skew_ms: i64,
+    },
+    /// The inbox challenge was not answered correctly.
+    #[error("inbox access denied: {0}")]
+    InboxDenied(String),
+    /// NATS failed or is unreachable.
+    #[error("message bus: {0}")]
+    Bus(String),
+    /// Storage or config failure.
+    #[error("gateway: {0}")]
+    Internal(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The gRPC code for this error.
+    pub fn code(&self) -> tonic::Code {
+        use blockpost_core::Error as C;
+        use tonic::Code;
+        match self {
+            Error::Core(C::SignatureInvalid(_)) | Error::SignatureInvalid(_) => {
+                Code::PermissionDenied
+            }
+            Error::Core(
+                C::InvalidAddress { .. }
+                | C::InvalidKey { .. }
+                | C::Malformed { .. }
+                | C::InvalidRealName(_),
+            ) => Code::InvalidArgument,
+            Error::Core(_) => Code::Internal,
+            Error::Invalid(_) | Error::TooLarge { .. } | Error::ClockSkew { .. } => {
+                Code::InvalidArgument
+            }
+            Error::UnknownSender(_) | Error::UnknownRecipient(_) => Code::NotFound,
+            Error::Revoked { .. } | Error::InboxDenied(_) => Code::PermissionDenied,
+            Error::StaleKey { .. } => Code::FailedPrecondition,
+            Error::Replay { .. } => Code::AlreadyExists,
+            Error::Bus(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Turns any NATS error into [`Error::Bus`].
+pub(crate) fn bus(e: impl std::fmt::Display) -> Error {
+    Error::Bus(e.to_string())
+}

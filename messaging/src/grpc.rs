@@ -1,0 +1,338 @@
+//! The `blockpost.v1.Messaging` gRPC service: a thin adapter over [`Gateway`], plus the
+//! inbox and firehose streams.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::{AckKind, Message};
+use blockpost_core::{Address, inbox_message};
+use blockpost_proto::v1::inbox_client_message::Msg as ClientMsg;
+use blockpost_proto::v1::inbox_server_message::Msg as ServerMsg;
+use blockpost_proto::v1::messaging_server::{self, MessagingServer};
+use blockpost_proto::v1::submit_result::Result as SubmitOutcome;
+use blockpost_proto::v1::{
+    Envelope, FirehoseMessage, FirehoseRequest, GatewayInfo, GetGatewayInfoRequest,
+    InboxClientMessage, InboxDelivery, InboxServerMessage, Receipt, SubmitError, SubmitResult,
+};
+use futures::{Stream, StreamExt as _};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::bus;
+use crate::gateway::{FIREHOSE_SEQ_HEADER, Gateway, MESSAGE_ID_HEADER};
+use crate::{Error, Result};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Envelopes in flight per submission stream.
+const STREAM_WINDOW: usize = 256;
+
+impl Gateway {
+    /// The tonic service for this gateway.
+    pub fn into_service(self) -> MessagingServer<Self> {
+        MessagingServer::new(self).max_decoding_message_size(16 << 20)
+    }
+}
+
+#[tonic::async_trait]
+impl messaging_server::Messaging for Gateway {
+    async fn get_gateway_info(
+        &self,
+        _: Request<GetGatewayInfoRequest>,
+    ) -> Result<Response<GatewayInfo>, Status> {
+        Ok(Response::new(self.info()))
+    }
+
+    async fn submit(&self, r: Request<Envelope>) -> Result<Response<Receipt>, Status> {
+        Ok(Response::new(Gateway::submit(self, r.into_inner()).await?))
+    }
+
+    type SubmitStreamStream = BoxStream<SubmitResult>;
+
+    async fn submit_stream(
+        &self,
+        r: Request<Streaming<Envelope>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let gw = self.clone();
+        let out = r
+            .into_inner()
+            .map(move |env| {
+                let gw = gw.clone();
+                async move {
+                    let outcome = match env {
+                        Ok(env) => match gw.submit(env).await {
+                            Ok(r) => SubmitOutcome::Receipt(r),
+                            Err(e) => SubmitOutcome::Error(SubmitError {
+                                code: e.code() as i32,
+                                message: e.to_string(),
+                            }),
+                        },
+                        Err(s) => SubmitOutcome::Error(SubmitError {
+                            code: s.code() as i32,
+                            message: s.message().into(),
+                        }),
+                    };
+                    Ok(SubmitResult {
+                        result: Some(outcome),
+                    })
+                }
+            })
+            .buffered(STREAM_WINDOW);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    type InboxStream = BoxStream<InboxServerMessage>;
+
+    async fn inbox(
+        &self,
+        r: Request<Streaming<InboxClientMessage>>,
+    ) -> Result<Response<Self::InboxStream>, Status> {
+        let (tx, rx) = mpsc::channel(256);
+        let gw = self.clone();
+        let incoming = r.into_inner();
+        tokio::spawn(async move {
+            if let Err(e) = serve_inbox(gw, incoming, tx.clone()).await {
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type FirehoseStream = BoxStream<FirehoseMessage>;
+
+    async fn firehose(
+        &self,
+        r: Request<FirehoseRequest>,
+    ) -> Result<Response<Self::FirehoseStream>, Status> {
+        let r = r.into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        let gw = self.clone();
+        let mut stream = gw
+            .inner
+            .js
+            .get_stream(&gw.inner.config.firehose_stream)
+            .await
+            .map_err(|e| Status::from(bus(e)))?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| Status::from(bus(e)))?
+            .state
+            .last_sequence;
+        let from = r.from_sequence.max(1);
+        if !r.follow && from > last {
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Status::from(bus(e)))?;
+        tokio::spawn(async move {
+            let mut msgs = match consumer.messages().await {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = tx.send(Err(bus(e).into())).await;
+                    return;
+                }
+            };
+            while let Some(m) = msgs.next().await {
+                let Ok(m) = m else { break };
+                let Ok(info) = m.info() else { break };
+                let seq = info.stream_sequence;
+                let Ok(envelope) = Envelope::decode(m.payload.as_ref()) else {
+                    continue;
+                };
+                let message_id = header(&m, MESSAGE_ID_HEADER)
+                    .and_then(|h| hex::decode(h).ok())
+                    .unwrap_or_default();
+                let item = FirehoseMessage {
+                    sequence: seq,
+                    envelope: Some(envelope),
+                    message_id,
+                };
+                if tx.send(Ok(item)).await.is_err() || (!r.follow && seq >= last) {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn header(m: &async_nats::Message, name: &str) -> Option<String> {
+    m.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned())
+}
+
+async fn serve_inbox(
+    gw: Gateway,
+    mut incoming: Streaming<InboxClientMessage>,
+    tx: mpsc::Sender<Result<InboxServerMessage, Status>>,
+) -> Result<()> {
+    let challenge: [u8; 32] = rand::random();
+    let closed = |_| Error::Internal("client went away".into());
+    tx.send(Ok(InboxServerMessage {
+        msg: Some(ServerMsg::Challenge(challenge.to_vec())),
+    }))
+    .await
+    .map_err(closed)?;
+    let hello = match tokio::time::timeout(Duration::from_secs(30), incoming.message()).await {
+        Ok(Ok(Some(InboxClientMessage {
+            msg: Some(ClientMsg::Hello(h)),
+        }))) => h,
+        Ok(Ok(_)) => {
+            return Err(Error::InboxDenied(
+                "the first message must be a hello".into(),
+            ));
+        }
+        Ok(Err(s)) => return Err(Error::Invalid(s.message().to_owned())),
+        Err(_) => return Err(Error::InboxDenied("no hello within 30 s".into())),
+    };
+    let address = Address::parse(&hello.address)?;
+    let p = gw
+        .replica()
+        .participant(address.as_str(), Duration::from_millis(500))
+        .await
+        .ok_or_else(|| Error::InboxDenied(format!("{address} is not registered")))?;
+    if p.revoked {
+        return Err(Error::InboxDenied(format!("{address} is revoked")));
+    }
+    let sig = ed25519_dalek::Signature::from_slice(&hello.signature)
+        .map_err(|_| Error::InboxDenied("malformed signature".into()))?;
+    p.signing_key
+        .verify_strict(&inbox_message(&challenge, address.as_str()), &sig)
+        .map_err(|_| {
+            Error::InboxDenied(format!(
+                "the challenge was not signed by {address}'s current key"
+            ))
+        })?;
+
+    let stream = gw
+        .inner
+        .js
+        .get_stream(&gw.inner.config.inbox_stream)
+        .await
+        .map_err(bus)?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &format!("inbox-{address}"),
+            pull::Config {
+                durable_name: Some(format!("inbox-{address}")),
+                filter_subject: format!("blockpost.inbox.{address}"),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(bus)?;
+
+    // Delivered but not yet acknowledged by the client.
+    let pending: Arc<Mutex<HashMap<u64, Message>>> = Arc::default();
+    let (done_tx, mut done) = tokio::sync::watch::channel(false);
+    let acker = {
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = incoming.message().await {
+                if let Some(ClientMsg::Ack(seq)) = m.msg {
+                    let msg = pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&seq);
+                    if let Some(msg) = msg {
+                        let _ = msg.double_ack().await;
+                    }
+                }
+            }
+            let _ = done_tx.send(true);
+        })
+    };
+    loop {
+        if *done.borrow() {
+            break;
+        }
+        let in_flight = pending.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if in_flight >= 512 {
+            let _ = tokio::time::timeout(Duration::from_millis(50), done.changed()).await;
+            continue;
+        }
+        let expires = if hello.follow {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(250)
+        };
+        let mut batch = consumer
+            .fetch()
+            .max_messages(128)
+            .expires(expires)
+            .messages()
+            .await
+            .map_err(bus)?;
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            let Ok(m) = m else { break };
+            let Ok(info) = m.info() else { continue };
+            let seq = info.stream_sequence;
+            let Ok(envelope) = Envelope::decode(m.payload.as_ref()) else {
+                let _ = m.ack_with(AckKind::Term).await;
+                continue;
+            };
+            let firehose_sequence = header(&m, FIREHOSE_SEQ_HEADER)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(seq, m);
+            let d = InboxDelivery {
+                sequence: seq,
+                envelope: Some(envelope),
+                firehose_sequence,
+            };
+            if tx
+                .send(Ok(InboxServerMessage {
+                    msg: Some(ServerMsg::Delivery(d)),
+                }))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            got += 1;
+        }
+        if got == 0 && !hello.follow {
+            // Everything was delivered: wait for the client's acknowledgements, then end.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && !*done.borrow() {
+                if tokio::time::timeout_at(deadline, done.changed())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            break;
+        }
+    }
+    acker.abort();
+    // Whatever the client did not acknowledge comes again on its next read.
+    let left: Vec<Message> = pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .map(|(_, m)| m)
+        .collect();
+    for m in left {
+        let _ = m.ack_with(AckKind::Nak(None)).await;
+    }
+    Ok(())
+}

@@ -47,6 +47,7 @@ pub struct VerifiedEntry {
 /// A verifying directory client.
 pub struct Client {
     grpc: DirectoryClient<Channel>,
+    channel: Channel,
     endpoint: String,
     info: GetInfoResponse,
     state_file: PathBuf,
@@ -82,7 +83,7 @@ impl Client {
             .connect()
             .await
             .with_context(|| format!("cannot reach the directory at {url}"))?;
-        let mut grpc = DirectoryClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut grpc = DirectoryClient::new(channel.clone()).max_decoding_message_size(64 << 20);
         let info = grpc
             .get_info(GetInfoRequest {})
             .await
@@ -119,6 +120,7 @@ impl Client {
         }
         Ok(Self {
             grpc,
+            channel,
             endpoint: url,
             info,
             state_file,
@@ -129,6 +131,11 @@ impl Client {
     /// The node's public identity.
     pub fn info(&self) -> &GetInfoResponse {
         &self.info
+    }
+
+    /// The gRPC channel, for the node's other services.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// The endpoint URL.
@@ -380,5 +387,5 @@ fn expect_binding(e: &VerifiedEntry, address: &str, key: &[u8; 32]) -> anyhow::R
 
 /// Turns a gRPC status into an error that names the code and the server's message.
 pub fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow!("directory refused: {:?}: {}", s.code(), s.message())
+    anyhow!("refused by the node: {:?}: {}", s.code(), s.message())
 }

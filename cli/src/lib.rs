@@ -3,6 +3,8 @@
 //! # Layout
 //! - `client`: [`Client`], a directory client that verifies every checkpoint, consistency
 //!   proof and inclusion proof it receives, and pins the log key it first saw.
+//! - `messages`: [`Messenger`]: send envelopes (optionally HPKE-encrypted) and check
+//!   receipts, read the inbox and the firehose, verifying every signature.
 //! - `nats`: [`LocalNats`], a managed `nats-server` child process.
 //! - `node`: `blockpost up`: the node (directory over gRPC, NATS publishing).
 //! - `bench`: `blockpost bench directory`, a load generator with a summary.
@@ -19,14 +21,16 @@
 
 mod bench;
 mod client;
+mod messages;
 mod nats;
 mod node;
 mod output;
 
 pub use bench::{BenchArgs, bench_directory};
 pub use client::{Client, EvidenceSigner, VerifiedEntry, config_dir, status};
+pub use messages::{Messenger, Outgoing, Received, received_json, received_line};
 pub use nats::{LocalNats, free_port, reap_stale};
-pub use node::{NodeArgs, run_node};
+pub use node::{NodeArgs, run_node, serve_node};
 pub use output::{entry_json, print_entry};
 
 /// `println!` that exits quietly when stdout is a closed pipe (`blockpost ... | head`).

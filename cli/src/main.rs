@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use blockpost_cli::{
-    BenchArgs, Client, NodeArgs, bench_directory, config_dir, entry_json, print_entry, run_node,
+    BenchArgs, Client, Messenger, NodeArgs, Outgoing, bench_directory, config_dir, entry_json,
+    print_entry, received_json, received_line, run_node,
 };
 use blockpost_core::Identity;
+use blockpost_proto::v1::MessageKind;
 use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
@@ -38,7 +40,7 @@ struct Conn {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the node (directory over gRPC, publishing to NATS JetStream).
+    /// Run the node: directory and messaging gateway on one gRPC port, over NATS JetStream.
     Up(NodeArgs),
     /// Manage key files.
     Key {
@@ -113,11 +115,84 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Send a message about a transaction (signed; --encrypt seals it to each recipient).
+    Send {
+        #[command(flatten)]
+        msg: MsgArgs,
+        /// Seal the body end to end for each recipient (HPKE); metadata stays public.
+        #[arg(long)]
+        encrypt: bool,
+        /// Send a file as a document (instead of TEXT).
+        #[arg(long, conflicts_with = "text")]
+        file: Option<PathBuf>,
+        /// Record only the SHA-256 of --file, not its contents.
+        #[arg(long, requires = "file")]
+        hash_only: bool,
+        /// MIME type of the body (default: text/plain, or application/octet-stream for files).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// The message text.
+        text: Option<String>,
+    },
+    /// Tell the other parties that this party considers the transaction finished.
+    Finish {
+        #[command(flatten)]
+        msg: MsgArgs,
+        /// Seal the note end to end.
+        #[arg(long)]
+        encrypt: bool,
+        /// An optional closing note.
+        text: Option<String>,
+    },
+    /// Read your inbox: verifies every signature against the directory, decrypts what is
+    /// addressed to you, and acknowledges what it printed.
+    Inbox {
+        /// Key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Your address (default: the one `register` recorded beside the key file).
+        #[arg(long)]
+        from: Option<String>,
+        /// Keep waiting for new messages.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Read the public firehose (every accepted envelope, in order).
+    Firehose {
+        /// First sequence number.
+        #[arg(long = "from", default_value_t = 1)]
+        from_seq: u64,
+        /// Keep waiting for new messages.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Load generators.
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+}
+
+#[derive(clap::Args)]
+struct MsgArgs {
+    /// Key file of the sender.
+    #[arg(long)]
+    key: PathBuf,
+    /// Sender address (default: the one `register` recorded beside the key file).
+    #[arg(long)]
+    from: Option<String>,
+    /// Recipients, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    to: Vec<String>,
+    /// Transaction id (a trade, a settlement, an agreement).
+    #[arg(long)]
+    tx: String,
+    #[command(flatten)]
+    conn: Conn,
 }
 
 #[derive(Subcommand)]
@@ -214,6 +289,74 @@ fn read_chain(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+fn address_file(key: &Path) -> PathBuf {
+    let mut p = key.as_os_str().to_owned();
+    p.push(".address");
+    PathBuf::from(p)
+}
+
+fn sender_address(key: &Path, from: Option<String>) -> anyhow::Result<String> {
+    let a = match from {
+        Some(a) => a,
+        None => std::fs::read_to_string(address_file(key))
+            .map(|s| s.trim().to_owned())
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no address recorded for {}; pass --from ADDRESS",
+                    key.display()
+                )
+            })?,
+    };
+    blockpost_core::Address::parse(&a)?;
+    Ok(a)
+}
+
+async fn send_message(
+    m: MsgArgs,
+    kind: MessageKind,
+    content_type: String,
+    body: Vec<u8>,
+    encrypt: bool,
+) -> anyhow::Result<()> {
+    let from = sender_address(&m.key, m.from)?;
+    for r in &m.to {
+        blockpost_core::Address::parse(r)?;
+    }
+    let id = read_key(&m.key)?;
+    let mut messenger = Messenger::connect(&m.conn.endpoint, &config_dir()).await?;
+    let out = Outgoing {
+        from: &from,
+        to: &m.to,
+        transaction_id: &m.tx,
+        kind,
+        content_type: &content_type,
+        body,
+        encrypt,
+    };
+    let (_, r) = messenger.send(&id, out).await?;
+    if m.conn.json {
+        blockpost_cli::say!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "message_id": hex::encode(&r.message_id),
+                "firehose_sequence": r.firehose_sequence,
+                "accepted_at_ms": r.accepted_at_ms,
+                "block_deadline_ms": r.block_deadline_ms,
+                "gateway_key": hex::encode(&r.gateway_key),
+                "receipt_verified": true,
+            }))?
+        );
+    } else {
+        blockpost_cli::say!(
+            "accepted #{} message {} (receipt verified; in a block by {} ms)",
+            r.firehose_sequence,
+            hex::encode(&r.message_id),
+            r.block_deadline_ms
+        );
+    }
+    Ok(())
+}
+
 async fn connect(conn: &Conn) -> anyhow::Result<Client> {
     Client::connect(&conn.endpoint, &config_dir()).await
 }
@@ -304,6 +447,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 _ => c.register(&id, &address, &name, None).await?,
             };
+            // Remember the address beside the key file, for send, finish and inbox.
+            let _ = std::fs::write(address_file(&key), format!("{address}\n"));
             show(&e, conn.json)
         }
         Cmd::Lookup { address, conn } => {
@@ -384,6 +529,90 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "(signature verified; consistent with every checkpoint this client saw before)"
                 );
             }
+            Ok(())
+        }
+        Cmd::Send {
+            msg,
+            encrypt,
+            file,
+            hash_only,
+            content_type,
+            text,
+        } => {
+            let (kind, ct, body) = match (file, text) {
+                (Some(f), _) => {
+                    let bytes =
+                        std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+                    if hash_only {
+                        let h = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+                        (
+                            MessageKind::Document,
+                            "text/x-sha256".to_owned(),
+                            h.into_bytes(),
+                        )
+                    } else {
+                        let ct = content_type.unwrap_or_else(|| "application/octet-stream".into());
+                        (MessageKind::Document, ct, bytes)
+                    }
+                }
+                (None, Some(t)) => (
+                    MessageKind::Message,
+                    content_type.unwrap_or_else(|| "text/plain".into()),
+                    t.into_bytes(),
+                ),
+                (None, None) => bail!("give the message TEXT or --file PATH"),
+            };
+            send_message(msg, kind, ct, body, encrypt).await
+        }
+        Cmd::Finish { msg, encrypt, text } => {
+            let body = text
+                .unwrap_or_else(|| "Transaction finished.".into())
+                .into_bytes();
+            send_message(msg, MessageKind::Finish, "text/plain".into(), body, encrypt).await
+        }
+        Cmd::Inbox {
+            key,
+            from,
+            follow,
+            conn,
+        } => {
+            let me = sender_address(&key, from)?;
+            let id = read_key(&key)?;
+            let mut m = Messenger::connect(&conn.endpoint, &config_dir()).await?;
+            let json = conn.json;
+            let n = m
+                .inbox(&id, &me, follow, |r| {
+                    if json {
+                        blockpost_cli::say!("{}", serde_json::to_string(&received_json(r))?);
+                    } else {
+                        blockpost_cli::say!("{}", received_line(r));
+                    }
+                    Ok(())
+                })
+                .await?;
+            if !json {
+                eprintln!(
+                    "{n} message(s); signatures verified against the directory; acknowledged"
+                );
+            }
+            Ok(())
+        }
+        Cmd::Firehose {
+            from_seq,
+            follow,
+            conn,
+        } => {
+            let mut m = Messenger::connect(&conn.endpoint, &config_dir()).await?;
+            let json = conn.json;
+            m.firehose(from_seq, follow, |r| {
+                if json {
+                    blockpost_cli::say!("{}", serde_json::to_string(&received_json(r))?);
+                } else {
+                    blockpost_cli::say!("{}", received_line(r));
+                }
+                Ok(())
+            })
+            .await?;
             Ok(())
         }
         Cmd::Bench {

@@ -1,9 +1,10 @@
-//! `blockpost up`: runs the node.
+//! `blockpost up`: runs the node: directory and messaging gateway on one port.
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use blockpost_directory::{Directory, DirectoryConfig, serve};
+use blockpost_directory::{Directory, DirectoryConfig};
+use blockpost_messaging::{Gateway, GatewayConfig};
 use serde::Deserialize;
 
 use crate::LocalNats;
@@ -100,7 +101,8 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let directory = Directory::start(dir_cfg.clone(), Some(nats)).await?;
+    let directory = Directory::start(dir_cfg.clone(), Some(nats.clone())).await?;
+    let gateway = Gateway::start(GatewayConfig::new(&dir_cfg.data_dir), nats).await?;
     let info = directory.info();
     crate::say!("blockpost node listening on {}", listener.local_addr()?);
     crate::say!("  data      {}", dir_cfg.data_dir.display());
@@ -111,10 +113,27 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     crate::say!("  log       {}", info.origin);
     crate::say!("  log key   {}", info.verifier_key);
     crate::say!("  entries   {}", directory.size());
-    serve(listener, directory, shutdown_signal()).await?;
+    crate::say!("  receipts  {}", hex::encode(gateway.info().receipt_key));
+    serve_node(listener, directory, gateway, shutdown_signal()).await?;
     drop(managed);
     drop(lock);
     Ok(())
+}
+
+/// Serves the directory and the gateway on one listener until `shutdown` completes.
+pub async fn serve_node(
+    listener: tokio::net::TcpListener,
+    directory: Directory,
+    gateway: Gateway,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    // Without TCP_NODELAY, small responses wait on delayed ACKs (Nagle): tens of ms each.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(directory.into_service())
+        .add_service(gateway.into_service())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }
 
 async fn async_connect(url: &str) -> anyhow::Result<async_nats::Client> {

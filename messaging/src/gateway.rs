@@ -255,17 +255,16 @@ impl Gateway {
                     address: r.clone(),
                 });
             }
-            if let Some(Body::Encrypted(e)) = &c.body {
-                if let Some(ct) = e.ciphertexts.iter().find(|ct| &ct.recipient == r) {
-                    if ct.recipient_key_index != p.current {
-                        return Err(Error::StaleKey {
-                            role: "recipient",
-                            address: r.clone(),
-                            named: ct.recipient_key_index,
-                            current: p.current,
-                        });
-                    }
-                }
+            if let Some(Body::Encrypted(e)) = &c.body
+                && let Some(ct) = e.ciphertexts.iter().find(|ct| &ct.recipient == r)
+                && ct.recipient_key_index != p.current
+            {
+                return Err(Error::StaleKey {
+                    role: "recipient",
+                    address: r.clone(),
+                    named: ct.recipient_key_index,
+                    current: p.current,
+                });
             }
         }
         if !self

@@ -257,7 +257,8 @@ async fn serve_inbox(
         })
     };
     loop {
-        if *done.borrow() {
+        // The client is gone when it closes its side or drops our responses.
+        if *done.borrow() || tx.is_closed() {
             break;
         }
         let in_flight = pending.lock().unwrap_or_else(|e| e.into_inner()).len();
@@ -270,13 +271,15 @@ async fn serve_inbox(
         } else {
             Duration::from_millis(250)
         };
-        let mut batch = consumer
+        let fetch = consumer
             .fetch()
             .max_messages(128)
             .expires(expires)
-            .messages()
-            .await
-            .map_err(bus)?;
+            .messages();
+        let mut batch = tokio::select! {
+            b = fetch => b.map_err(bus)?,
+            _ = tx.closed() => break,
+        };
         let mut got = 0;
         while let Some(m) = batch.next().await {
             let Ok(m) = m else { break };
@@ -313,11 +316,10 @@ async fn serve_inbox(
             // Everything was delivered: wait for the client's acknowledgements, then end.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             while !pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() && !*done.borrow() {
-                if tokio::time::timeout_at(deadline, done.changed())
-                    .await
-                    .is_err()
-                {
-                    break;
+                tokio::select! {
+                    _ = done.changed() => {}
+                    _ = tx.closed() => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
             break;

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use blockpost_cli::{Client, LocalNats};
-use blockpost_directory::{Directory, DirectoryConfig, serve};
+use blockpost_directory::{Directory, DirectoryConfig};
+use blockpost_messaging::{Gateway, GatewayConfig};
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -67,6 +68,8 @@ impl NatsServer {
 pub struct Sandbox {
     /// The node's directory.
     pub directory: Directory,
+    /// The node's messaging gateway.
+    pub gateway: Gateway,
     /// Its NATS server.
     pub nats: NatsServer,
     /// `http://127.0.0.1:PORT`.
@@ -104,13 +107,14 @@ impl Sandbox {
     ) -> anyhow::Result<Self> {
         let client = nats.connect().await?;
         let data_dir = cfg.data_dir.clone();
-        let directory = Directory::start(cfg, Some(client)).await?;
+        let directory = Directory::start(cfg, Some(client.clone())).await?;
+        let gateway = Gateway::start(GatewayConfig::new(&data_dir), client).await?;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let d = directory.clone();
+        let (d, g) = (directory.clone(), gateway.clone());
         let server = tokio::spawn(async move {
-            let _ = serve(listener, d, async {
+            let _ = blockpost_cli::serve_node(listener, d, g, async {
                 let _ = rx.await;
             })
             .await;
@@ -118,6 +122,7 @@ impl Sandbox {
         let client_dir = tmp.path().join("client");
         Ok(Self {
             directory,
+            gateway,
             nats,
             endpoint,
             data_dir,

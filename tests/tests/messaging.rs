@@ -1,0 +1,602 @@
+//! The messaging gateway in process: the settlement dialogue, every refusal, inbox access
+//! and redelivery, streaming submission, and two gateways on one NATS.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use blockpost_cli::{Messenger, Outgoing};
+use blockpost_core::{Identity, SealTo, body_aad, inbox_message, now_ms, seal_body, sign_envelope};
+use blockpost_messaging::{Gateway, GatewayConfig};
+use blockpost_proto::v1::envelope_content::Body;
+use blockpost_proto::v1::inbox_client_message::Msg as ClientMsg;
+use blockpost_proto::v1::inbox_server_message::Msg as ServerMsg;
+use blockpost_proto::v1::messaging_client::MessagingClient;
+use blockpost_proto::v1::submit_result::Result as Outcome;
+use blockpost_proto::v1::{Envelope, EnvelopeContent, InboxClientMessage, InboxHello, MessageKind};
+use blockpost_tests::{Sandbox, wait_for};
+use ed25519_dalek::Signer as _;
+use prost::Message as _;
+use tonic::Code;
+
+struct Party {
+    id: Identity,
+    address: String,
+    index: u64,
+}
+
+async fn party(sb: &Sandbox, address: &str, name: &str) -> Party {
+    let id = Identity::generate();
+    let mut c = sb.client().await.unwrap();
+    let e = c.register(&id, address, name, None).await.unwrap();
+    Party {
+        id,
+        address: address.into(),
+        index: e.leaf_index,
+    }
+}
+
+fn content(from: &Party, to: &[&str], body: &[u8]) -> EnvelopeContent {
+    EnvelopeContent {
+        sender: from.address.clone(),
+        sender_key_index: from.index,
+        recipients: to.iter().map(|s| s.to_string()).collect(),
+        transaction_id: "settle-1".into(),
+        kind: MessageKind::Message as i32,
+        content_type: "text/plain".into(),
+        timestamp_ms: now_ms(),
+        nonce: rand::random(),
+        body: Some(Body::Plaintext(body.to_vec())),
+    }
+}
+
+fn envelope(from: &Party, c: &EnvelopeContent) -> Envelope {
+    sign_envelope(&from.id.signing, c.encode_to_vec())
+}
+
+async fn messaging(sb: &Sandbox) -> MessagingClient<tonic::transport::Channel> {
+    MessagingClient::new(
+        tonic::transport::Channel::from_shared(sb.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+}
+
+async fn firehose_len(sb: &Sandbox) -> u64 {
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    let mut s = js.get_stream("BLOCKPOST_FIREHOSE").await.unwrap();
+    s.info().await.unwrap().state.messages
+}
+
+#[tokio::test]
+async fn settlement_dialogue_end_to_end() {
+    let sb = Sandbox::start().await.unwrap();
+    let a = party(&sb, "bank-a", "Bank A AG").await;
+    let b = party(&sb, "bank-b", "Bank B Ltd").await;
+    let mut ma = Messenger::connect(&sb.endpoint, &sb.client_dir.join("a"))
+        .await
+        .unwrap();
+    let mut mb = Messenger::connect(&sb.endpoint, &sb.client_dir.join("b"))
+        .await
+        .unwrap();
+    let to_b = vec!["bank-b".to_string()];
+    let to_a = vec!["bank-a".to_string()];
+    let say =
+        |from: &'static str, to: &'static [String], text: &'static str, kind, encrypt| Outgoing {
+            from,
+            to,
+            transaction_id: "settle-1",
+            kind,
+            content_type: "text/plain",
+            body: text.as_bytes().to_vec(),
+            encrypt,
+        };
+    let to_b: &'static [String] = Box::leak(to_b.into_boxed_slice());
+    let to_a: &'static [String] = Box::leak(to_a.into_boxed_slice());
+    let lines = [
+        "I have Y dollars to trade for X stock in Megacorp.",
+        "I have the stock. I will transfer it to your correspondent account if you confirm your delivery of the money.",
+        "OK. I transferred.",
+        "OK. I transferred. Transaction finished.",
+    ];
+    let (_, r1) = ma
+        .send(
+            &a.id,
+            say("bank-a", to_b, lines[0], MessageKind::Message, false),
+        )
+        .await
+        .unwrap();
+    let (_, r2) = mb
+        .send(
+            &b.id,
+            say("bank-b", to_a, lines[1], MessageKind::Message, true),
+        )
+        .await
+        .unwrap();
+    let (_, r3) = ma
+        .send(
+            &a.id,
+            say("bank-a", to_b, lines[2], MessageKind::Message, true),
+        )
+        .await
+        .unwrap();
+    let (_, r4) = mb
+        .send(
+            &b.id,
+            say("bank-b", to_a, lines[3], MessageKind::Finish, true),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        [
+            r1.firehose_sequence,
+            r2.firehose_sequence,
+            r3.firehose_sequence,
+            r4.firehose_sequence
+        ],
+        [1, 2, 3, 4]
+    );
+    assert!(r1.block_deadline_ms > r1.accepted_at_ms);
+
+    // Each inbox: in order, signatures verified, encrypted bodies opened.
+    let mut got = Vec::new();
+    mb.inbox(&b.id, "bank-b", false, |r| {
+        got.push((
+            r.content.sender.clone(),
+            String::from_utf8(r.body.clone().unwrap()).unwrap(),
+            r.encrypted,
+        ));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            ("bank-a".into(), lines[0].into(), false),
+            ("bank-a".into(), lines[2].into(), true)
+        ]
+    );
+    let mut got = Vec::new();
+    ma.inbox(&a.id, "bank-a", false, |r| {
+        got.push((
+            String::from_utf8(r.body.clone().unwrap()).unwrap(),
+            r.content.kind,
+        ));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            (lines[1].into(), MessageKind::Message as i32),
+            (lines[3].into(), MessageKind::Finish as i32)
+        ]
+    );
+    // Acknowledged: a second read is empty.
+    assert_eq!(
+        ma.inbox(&a.id, "bank-a", false, |_| Ok(())).await.unwrap(),
+        0
+    );
+
+    // The firehose is public: metadata for all, plaintext only where it was not encrypted.
+    let mut fh = Vec::new();
+    ma.firehose(1, false, |r| {
+        fh.push((
+            r.sequence,
+            r.content.sender.clone(),
+            r.encrypted,
+            r.body.is_some(),
+        ));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        fh,
+        vec![
+            (1, "bank-a".into(), false, true),
+            (2, "bank-b".into(), true, false),
+            (3, "bank-a".into(), true, false),
+            (4, "bank-b".into(), true, false)
+        ]
+    );
+    // The ciphertext bytes on the firehose do not contain the plaintext.
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    let s = js.get_stream("BLOCKPOST_FIREHOSE").await.unwrap();
+    let raw = s.get_raw_message(2).await.unwrap();
+    assert!(!String::from_utf8_lossy(&raw.payload).contains("I have the stock"));
+    let mut fh2 = Vec::new();
+    ma.firehose(3, false, |r| {
+        fh2.push(r.sequence);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(fh2, vec![3, 4]);
+}
+
+#[tokio::test]
+async fn bad_envelopes_are_refused_and_never_reach_nats() {
+    let sb = Sandbox::start().await.unwrap();
+    let a = party(&sb, "alice", "Alice AG").await;
+    let b = party(&sb, "bob", "Bob Ltd").await;
+    let r = party(&sb, "rita", "Rita Revoked").await;
+    let mut c = sb.client().await.unwrap();
+    c.revoke("rita", "gone", Some(&r.id), None).await.unwrap();
+    let mut g = messaging(&sb).await;
+    // A good one goes through (and warms the replica).
+    let good = content(&a, &["bob"], b"hello");
+    let receipt = g.submit(envelope(&a, &good)).await.unwrap().into_inner();
+    // The identical envelope again is idempotent: same message, same firehose sequence.
+    let again = g.submit(envelope(&a, &good)).await.unwrap().into_inner();
+    let seq = |r: &blockpost_proto::v1::Receipt| {
+        blockpost_proto::v1::ReceiptBody::decode(r.body.as_slice())
+            .unwrap()
+            .firehose_sequence
+    };
+    assert_eq!(seq(&receipt), seq(&again));
+    let accepted = firehose_len(&sb).await;
+    assert_eq!(accepted, 1);
+
+    let mut cases: Vec<(&str, Envelope, Code, &str)> = Vec::new();
+    let mut e = envelope(&a, &content(&a, &["bob"], b"x"));
+    e.signature[0] ^= 1;
+    cases.push(("forged signature", e, Code::PermissionDenied, "signature"));
+    let mut e = envelope(&a, &content(&a, &["bob"], b"x"));
+    e.signature.clear();
+    cases.push(("missing signature", e, Code::PermissionDenied, "signature"));
+    let c2 = content(&a, &["bob"], b"x");
+    cases.push((
+        "signed by another key",
+        sign_envelope(&b.id.signing, c2.encode_to_vec()),
+        Code::PermissionDenied,
+        "signature",
+    ));
+    let mut c2 = content(&a, &["bob"], b"x");
+    c2.sender = "mallory".into();
+    cases.push((
+        "unknown sender",
+        envelope(&a, &c2),
+        Code::NotFound,
+        "unknown sender",
+    ));
+    let c2 = content(&r, &["bob"], b"x");
+    cases.push((
+        "revoked sender",
+        envelope(&r, &c2),
+        Code::PermissionDenied,
+        "revoked",
+    ));
+    let mut c2 = content(&a, &["bob"], b"x");
+    c2.sender_key_index = b.index;
+    cases.push((
+        "key index not current",
+        envelope(&a, &c2),
+        Code::FailedPrecondition,
+        "not the current key",
+    ));
+    let c2 = content(&a, &["nobody"], b"x");
+    cases.push((
+        "unknown recipient",
+        envelope(&a, &c2),
+        Code::NotFound,
+        "unknown recipient",
+    ));
+    let c2 = content(&a, &["rita"], b"x");
+    cases.push((
+        "revoked recipient",
+        envelope(&a, &c2),
+        Code::PermissionDenied,
+        "revoked",
+    ));
+    let mut c2 = content(&a, &["bob"], b"a different body");
+    c2.nonce = good.nonce;
+    cases.push((
+        "replayed nonce",
+        envelope(&a, &c2),
+        Code::AlreadyExists,
+        "nonce",
+    ));
+    let mut c2 = content(&a, &["bob"], b"x");
+    c2.timestamp_ms -= 3_600_000;
+    cases.push((
+        "timestamp in the past",
+        envelope(&a, &c2),
+        Code::InvalidArgument,
+        "timestamp",
+    ));
+    let mut c2 = content(&a, &["bob"], b"x");
+    c2.timestamp_ms += 3_600_000;
+    cases.push((
+        "timestamp in the future",
+        envelope(&a, &c2),
+        Code::InvalidArgument,
+        "timestamp",
+    ));
+    let c2 = content(&a, &["bob"], &vec![7u8; 300 * 1024]);
+    cases.push((
+        "oversized body",
+        envelope(&a, &c2),
+        Code::InvalidArgument,
+        "too large",
+    ));
+    let c2 = content(&a, &["bob.>"], b"x");
+    cases.push((
+        "subject characters in a recipient",
+        envelope(&a, &c2),
+        Code::InvalidArgument,
+        "invalid address",
+    ));
+    let c2 = content(&a, &["*"], b"x");
+    cases.push((
+        "wildcard recipient",
+        envelope(&a, &c2),
+        Code::InvalidArgument,
+        "invalid address",
+    ));
+    let mut c2 = content(&a, &["bob"], b"x");
+    c2.sender = "alice.x".into();
+    cases.push((
+        "subject characters in the sender",
+        envelope(&a, &c2),
+        Code::InvalidArgument,
+        "invalid address",
+    ));
+    let sealed = seal_body(
+        &[SealTo {
+            address: "alice",
+            key_index: a.index,
+            key: a.id.encryption_public(),
+        }],
+        b"secret",
+        &body_aad("alice", "settle-1"),
+    )
+    .unwrap();
+    let mut c2 = content(&a, &["bob"], b"");
+    c2.body = Some(Body::Encrypted(sealed));
+    cases.push((
+        "ciphertext for someone else",
+        envelope(&a, &c2),
+        Code::InvalidArgument,
+        "addressed",
+    ));
+    let mut c2 = content(&a, &["bob"], b"x");
+    c2.body = None;
+    cases.push((
+        "no body",
+        envelope(&a, &c2),
+        Code::InvalidArgument,
+        "no body",
+    ));
+    let mut c2 = content(&a, &["bob", "bob"], b"x");
+    c2.transaction_id = "t".into();
+    cases.push((
+        "recipient twice",
+        envelope(&a, &c2),
+        Code::InvalidArgument,
+        "twice",
+    ));
+    let mut c2 = content(&a, &["bob"], b"x");
+    c2.transaction_id = String::new();
+    cases.push((
+        "empty transaction id",
+        envelope(&a, &c2),
+        Code::InvalidArgument,
+        "transaction_id",
+    ));
+    cases.push((
+        "garbage bytes",
+        Envelope {
+            content: vec![0xff, 0x01, 0x02, 0x99],
+            signature: vec![0; 64],
+        },
+        Code::InvalidArgument,
+        "EnvelopeContent",
+    ));
+    for (what, env, code, needle) in cases {
+        let st = g.submit(env).await.expect_err(what);
+        assert_eq!(st.code(), code, "{what}: {}", st.message());
+        assert!(
+            st.message().contains(needle),
+            "{what}: {:?} lacks {needle:?}",
+            st.message()
+        );
+    }
+    assert_eq!(
+        firehose_len(&sb).await,
+        accepted,
+        "nothing refused reached the firehose"
+    );
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    let mut inbox = js.get_stream("BLOCKPOST_INBOX").await.unwrap();
+    assert_eq!(
+        inbox.info().await.unwrap().state.messages,
+        1,
+        "nor an inbox"
+    );
+}
+
+#[tokio::test]
+async fn inbox_needs_the_key_and_redelivers_what_was_not_acknowledged() {
+    let sb = Sandbox::start().await.unwrap();
+    let a = party(&sb, "alice", "Alice AG").await;
+    let b = party(&sb, "bob", "Bob Ltd").await;
+    let mut g = messaging(&sb).await;
+    for i in 0..3 {
+        g.submit(envelope(
+            &a,
+            &content(&a, &["bob"], format!("m{i}").as_bytes()),
+        ))
+        .await
+        .unwrap();
+    }
+    // Answering the challenge with another key: refused.
+    let open = |signer: Identity, address: &'static str| {
+        let mut g = g.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let mut s = g
+                .inbox(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let Some(ServerMsg::Challenge(ch)) = s.message().await.unwrap().unwrap().msg else {
+                panic!("no challenge")
+            };
+            let signature = signer
+                .signing
+                .sign(&inbox_message(&ch, address))
+                .to_bytes()
+                .to_vec();
+            tx.send(InboxClientMessage {
+                msg: Some(ClientMsg::Hello(InboxHello {
+                    address: address.into(),
+                    signature,
+                    follow: false,
+                })),
+            })
+            .await
+            .unwrap();
+            (tx, s)
+        }
+    };
+    let (_tx, mut s) = open(a.id, "bob").await;
+    let st = s.message().await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied, "{}", st.message());
+
+    // Read one message without acknowledging it, then go away.
+    let (tx, mut s) = open(
+        Identity {
+            signing: b.id.signing.clone(),
+            encryption: b.id.encryption.clone(),
+        },
+        "bob",
+    )
+    .await;
+    let Some(ServerMsg::Delivery(d)) = s.message().await.unwrap().unwrap().msg else {
+        panic!("no delivery")
+    };
+    drop(tx);
+    drop(s);
+    // The gateway gives back what was not acknowledged as soon as the client is gone:
+    // all three come again, in order.
+    let mut mb = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while bodies.len() < 3 && std::time::Instant::now() < deadline {
+        mb.inbox(&b.id, "bob", false, |r| {
+            bodies.push((
+                r.sequence,
+                String::from_utf8(r.body.clone().unwrap()).unwrap(),
+            ));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        bodies.iter().map(|(_, b)| b.as_str()).collect::<Vec<_>>(),
+        vec!["m0", "m1", "m2"]
+    );
+    assert_eq!(bodies[0].0, d.sequence);
+}
+
+#[tokio::test]
+async fn submit_stream_answers_in_order() {
+    let sb = Sandbox::start().await.unwrap();
+    let a = party(&sb, "alice", "Alice AG").await;
+    party(&sb, "bob", "Bob Ltd").await;
+    let mut g = messaging(&sb).await;
+    let mut envs: Vec<Envelope> = (0..100)
+        .map(|i| envelope(&a, &content(&a, &["bob"], format!("{i}").as_bytes())))
+        .collect();
+    envs[42].signature[1] ^= 1;
+    let out = g
+        .submit_stream(tokio_stream::iter(envs))
+        .await
+        .unwrap()
+        .into_inner();
+    use futures::StreamExt as _;
+    let results: Vec<_> = out.collect().await;
+    assert_eq!(results.len(), 100);
+    for (i, r) in results.into_iter().enumerate() {
+        match r.unwrap().result.unwrap() {
+            Outcome::Receipt(_) => assert_ne!(i, 42),
+            Outcome::Error(e) => {
+                assert_eq!(i, 42);
+                assert_eq!(e.code, Code::PermissionDenied as i32);
+            }
+        }
+    }
+    assert_eq!(firehose_len(&sb).await, 99);
+}
+
+#[tokio::test]
+async fn two_gateways_share_only_nats() {
+    let sb = Sandbox::start().await.unwrap();
+    let a = party(&sb, "alice", "Alice AG").await;
+    let b = party(&sb, "bob", "Bob Ltd").await;
+    // A second gateway: its own data dir and port, the same NATS.
+    let tmp = tempfile::tempdir().unwrap();
+    let gw2 = Gateway::start(
+        GatewayConfig::new(tmp.path()),
+        sb.nats.connect().await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let svc = gw2.clone().into_service();
+    tokio::spawn(async move {
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await
+    });
+    let mut g1 = messaging(&sb).await;
+    let mut g2 = MessagingClient::new(
+        tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let first = content(&a, &["bob"], b"via gateway 1");
+    g1.submit(envelope(&a, &first)).await.unwrap();
+    // The same nonce through the other gateway is a replay.
+    let mut replay = content(&a, &["bob"], b"via gateway 2");
+    replay.nonce = first.nonce;
+    let st = g2.submit(envelope(&a, &replay)).await.unwrap_err();
+    assert_eq!(st.code(), Code::AlreadyExists, "{}", st.message());
+    g2.submit(envelope(&a, &content(&a, &["bob"], b"via gateway 2")))
+        .await
+        .unwrap();
+    assert_eq!(firehose_len(&sb).await, 2);
+    // Revocation reaches the second gateway within a second.
+    let mut c = sb.client().await.unwrap();
+    let t = std::time::Instant::now();
+    c.revoke("alice", "compromised", Some(&a.id), None)
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(1), "revocation on gateway 2", || {
+        let p = gw2.replica().get("alice");
+        async move { p.filter(|p| p.revoked).map(|_| ()) }
+    })
+    .await
+    .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let st = g2
+        .submit(envelope(&a, &content(&a, &["bob"], b"after revocation")))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied);
+    let _ = b;
+}

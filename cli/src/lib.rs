@@ -7,7 +7,8 @@
 //!   receipts, read the inbox and the firehose, verifying every signature.
 //! - `nats`: [`LocalNats`], a managed `nats-server` child process.
 //! - `node`: `blockpost up`: the node (directory over gRPC, NATS publishing).
-//! - `bench`: `blockpost bench directory`, a load generator with a summary.
+//! - `bench`, `bench_messages`: `blockpost bench directory` and `blockpost bench messages`,
+//!   load generators with a summary.
 //! - `output`: human and `--json` rendering of verified entries.
 //!
 //! ```no_run
@@ -20,6 +21,7 @@
 //! ```
 
 mod bench;
+mod bench_messages;
 mod client;
 mod messages;
 mod nats;
@@ -27,6 +29,7 @@ mod node;
 mod output;
 
 pub use bench::{BenchArgs, bench_directory};
+pub use bench_messages::{BenchMessagesArgs, bench_messages};
 pub use client::{Client, EvidenceSigner, VerifiedEntry, config_dir, status};
 pub use messages::{Messenger, Outgoing, Received, received_json, received_line};
 pub use nats::{LocalNats, free_port, reap_stale};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use blockpost_cli::{
-    BenchArgs, Client, Messenger, NodeArgs, Outgoing, bench_directory, config_dir, entry_json,
+    BenchArgs, BenchMessagesArgs, Client, Messenger, NodeArgs, Outgoing, bench_directory, bench_messages, config_dir, entry_json,
     print_entry, received_json, received_line, run_node,
 };
 use blockpost_core::Identity;
@@ -212,6 +212,8 @@ enum KeyCmd {
 enum BenchCmd {
     /// Registrations/s and look-up latency of the directory.
     Directory(BenchArgs),
+    /// Accepted envelopes/s and submit-to-receipt latency of the gateway.
+    Messages(BenchMessagesArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -618,5 +620,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             cmd: BenchCmd::Directory(args),
         } => bench_directory(args).await,
+        Cmd::Bench { cmd: BenchCmd::Messages(args) } => bench_messages(args).await,
     }
 }

@@ -1,0 +1,285 @@
+//! `blockpost bench messages`: accepted envelopes/s and submit-to-receipt latency through
+//! the gateway, beside the raw limits measured in the same run (ed25519 verification on one
+//! core, JetStream publishing from one client).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use blockpost_core::{Identity, SealTo, body_aad, now_ms, seal_body, sign_envelope};
+use blockpost_directory::{Directory, DirectoryConfig};
+use blockpost_messaging::{Gateway, GatewayConfig};
+use blockpost_proto::v1::envelope_content::Body;
+use blockpost_proto::v1::messaging_client::MessagingClient;
+use blockpost_proto::v1::submit_result::Result as Outcome;
+use blockpost_proto::v1::{Envelope, EnvelopeContent, MessageKind};
+use ed25519_dalek::{Signer as _, SigningKey};
+use futures::StreamExt as _;
+use prost::Message as _;
+
+use crate::{Client, LocalNats, serve_node};
+
+/// Flags of `blockpost bench messages`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchMessagesArgs {
+    /// Envelopes per run (one plaintext run, one encrypted run).
+    #[arg(long, default_value_t = 50_000)]
+    pub messages: usize,
+    /// Concurrent submission streams.
+    #[arg(long, default_value_t = 8)]
+    pub streams: usize,
+    /// Distinct senders.
+    #[arg(long, default_value_t = 32)]
+    pub senders: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub body: usize,
+    /// NATS URL; default: a managed local nats-server.
+    #[arg(long)]
+    pub nats: Option<String>,
+}
+
+struct Sender {
+    id: Identity,
+    address: String,
+    index: u64,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+/// Runs the benchmark and prints a summary.
+pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let mut managed = None;
+    let url = match &args.nats {
+        Some(u) => u.clone(),
+        None => {
+            let store = tmp.path().join("nats");
+            let n = tokio::task::spawn_blocking(move || LocalNats::start(&store)).await??;
+            let u = n.url();
+            managed = Some(n);
+            u
+        }
+    };
+    let nats = async_nats::connect(&url).await.with_context(|| format!("connecting to {url}"))?;
+    let data = tmp.path().join("data");
+    let mut cfg = DirectoryConfig::for_test(&data);
+    cfg.origin = Some("bench.blockpost/directory".into());
+    let directory = Directory::start(cfg, Some(nats.clone())).await?;
+    let gateway = Gateway::start(GatewayConfig::new(&data), nats.clone()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_node(listener, directory.clone(), gateway.clone(), async {
+        let _ = stopped.await;
+    }));
+
+    crate::say!("blockpost bench messages: {} envelopes x2, {}-byte bodies, {} streams", args.messages, args.body, args.streams);
+    // Raw limits first, on an idle machine.
+    let (single, batch) = tokio::task::spawn_blocking(raw_verify).await?;
+    crate::say!("raw ed25519 on one core: {single:.0} verifications/s single, {batch:.0}/s in batches of 64");
+    let raw_js = raw_jetstream(&nats, args.body).await?;
+    crate::say!("raw JetStream publish from one client: {raw_js:.0} msgs/s (1,000 acks in flight, file storage)");
+
+    // Participants.
+    let mut dir = Client::connect(&endpoint, &tmp.path().join("client")).await?;
+    let mut senders = Vec::new();
+    for i in 0..args.senders.max(1) {
+        let id = Identity::generate();
+        let address = format!("sender-{i}");
+        let e = dir.register(&id, &address, &format!("Sender {i} AG"), None).await?;
+        senders.push(Sender { id, address, index: e.leaf_index });
+    }
+    let rid = Identity::generate();
+    let r = dir.register(&rid, "receiver", "Receiver AG", None).await?;
+    let applied = directory.size();
+    gateway.replica().wait_applied(applied, Duration::from_secs(10)).await;
+    let channel = dir.channel();
+
+    for encrypted in [false, true] {
+        let t = Instant::now();
+        let envs = presign(&senders, args.messages, args.body, encrypted.then_some((r.leaf_index, rid.encryption_public())));
+        crate::say!(
+            "pre-signed {} {} envelopes in {:.2} s",
+            envs.len(),
+            if encrypted { "encrypted" } else { "plaintext" },
+            t.elapsed().as_secs_f64()
+        );
+        let (rate, lat, errors) = submit_all(&channel, envs, args.streams).await?;
+        crate::say!(
+            "{:<10} accepted {rate:>8.0} msgs/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {errors}  ({:.2}x one core's batch verification)",
+            if encrypted { "encrypted" } else { "plaintext" },
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            rate / batch
+        );
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+    drop(managed);
+    Ok(())
+}
+
+fn presign(senders: &[Sender], n: usize, size: usize, seal_to: Option<(u64, [u8; 32])>) -> Vec<Envelope> {
+    let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    let lo = t * per;
+                    let hi = (lo + per).min(n);
+                    (lo..hi)
+                        .map(|i| {
+                            let from = &senders[i % senders.len()];
+                            let text = vec![b'x'; size];
+                            let tx = format!("tx-{}", i / 4);
+                            let body = match seal_to {
+                                None => Body::Plaintext(text),
+                                Some((index, key)) => Body::Encrypted(
+                                    seal_body(
+                                        &[SealTo { address: "receiver", key_index: index, key }],
+                                        &text,
+                                        &body_aad(&from.address, &tx),
+                                    )
+                                    .unwrap_or_default(),
+                                ),
+                            };
+                            let c = EnvelopeContent {
+                                sender: from.address.clone(),
+                                sender_key_index: from.index,
+                                recipients: vec!["receiver".into()],
+                                transaction_id: tx,
+                                kind: MessageKind::Message as i32,
+                                content_type: "text/plain".into(),
+                                timestamp_ms: now_ms(),
+                                nonce: rand::random(),
+                                body: Some(body),
+                            };
+                            sign_envelope(&from.id.signing, c.encode_to_vec())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
+async fn submit_all(
+    channel: &tonic::transport::Channel,
+    envs: Vec<Envelope>,
+    streams: usize,
+) -> anyhow::Result<(f64, Vec<Duration>, usize)> {
+    let streams = streams.max(1);
+    let per = envs.len().div_ceil(streams);
+    let mut chunks: Vec<Vec<Envelope>> = Vec::new();
+    let mut it = envs.into_iter();
+    loop {
+        let c: Vec<Envelope> = it.by_ref().take(per).collect();
+        if c.is_empty() {
+            break;
+        }
+        chunks.push(c);
+    }
+    let pb = indicatif::ProgressBar::new(chunks.iter().map(|c| c.len() as u64).sum());
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let mut g = MessagingClient::new(channel.clone());
+        let pb = pb.clone();
+        tasks.push(tokio::spawn(async move {
+            let n = chunk.len();
+            let sent: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+            let s2 = sent.clone();
+            let input = futures::stream::iter(chunk).map(move |e| {
+                s2.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+                e
+            });
+            let mut out = g.submit_stream(input).await?.into_inner();
+            let mut lat = Vec::with_capacity(n);
+            let mut errors = 0;
+            let mut i = 0;
+            while let Some(r) = out.message().await? {
+                let at = sent.lock().unwrap_or_else(|p| p.into_inner()).get(i).copied();
+                match r.result {
+                    Some(Outcome::Receipt(_)) => lat.extend(at.map(|a| a.elapsed())),
+                    _ => errors += 1,
+                }
+                i += 1;
+                pb.inc(1);
+            }
+            anyhow::Ok((lat, errors))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await??;
+        lat.extend(l);
+        errors += e;
+    }
+    let elapsed = t.elapsed();
+    pb.finish_and_clear();
+    lat.sort();
+    Ok((lat.len() as f64 / elapsed.as_secs_f64(), lat, errors))
+}
+
+fn raw_verify() -> (f64, f64) {
+    let keys: Vec<SigningKey> = (0..64u8).map(|i| SigningKey::from_bytes(&[i.wrapping_add(1); 32])).collect();
+    let msgs: Vec<Vec<u8>> = (0..64u32).map(|i| [&i.to_be_bytes()[..], &[7u8; 252]].concat()).collect();
+    let sigs: Vec<ed25519_dalek::Signature> = keys.iter().zip(&msgs).map(|(k, m)| k.sign(m)).collect();
+    let vks: Vec<_> = keys.iter().map(|k| k.verifying_key()).collect();
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < Duration::from_millis(700) {
+        for i in 0..64 {
+            let _ = std::hint::black_box(vks[i].verify_strict(&msgs[i], &sigs[i]));
+        }
+        n += 64;
+    }
+    let single = n as f64 / t.elapsed().as_secs_f64();
+    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed() < Duration::from_millis(700) {
+        let _ = std::hint::black_box(ed25519_dalek::verify_batch(&refs, &sigs, &vks));
+        n += 64;
+    }
+    (single, n as f64 / t.elapsed().as_secs_f64())
+}
+
+async fn raw_jetstream(nats: &async_nats::Client, size: usize) -> anyhow::Result<f64> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let _ = js.delete_stream("BENCH_RAW").await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_RAW".into(),
+        subjects: vec!["bench.raw".into()],
+        ..Default::default()
+    })
+    .await?;
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let total = 50_000;
+    let t = Instant::now();
+    let mut acks = std::collections::VecDeque::with_capacity(1000);
+    for _ in 0..total {
+        acks.push_back(js.publish("bench.raw", payload.clone()).await?);
+        if acks.len() >= 1000 {
+            if let Some(a) = acks.pop_front() {
+                a.await?;
+            }
+        }
+    }
+    for a in acks {
+        a.await?;
+    }
+    let rate = f64::from(total) / t.elapsed().as_secs_f64();
+    let _ = js.delete_stream("BENCH_RAW").await;
+    Ok(rate)
+}

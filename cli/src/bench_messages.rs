@@ -37,6 +37,10 @@ pub struct BenchMessagesArgs {
     /// NATS URL; default: a managed local nats-server.
     #[arg(long)]
     pub nats: Option<String>,
+    /// Also measure latency below saturation, at this offered rate (envelopes/s, all
+    /// streams together); 0 skips it.
+    #[arg(long, default_value_t = 5_000)]
+    pub paced_rate: u64,
 }
 
 struct Sender {
@@ -67,7 +71,9 @@ pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
             u
         }
     };
-    let nats = async_nats::connect(&url).await.with_context(|| format!("connecting to {url}"))?;
+    let nats = async_nats::connect(&url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
     let data = tmp.path().join("data");
     let mut cfg = DirectoryConfig::for_test(&data);
     cfg.origin = Some("bench.blockpost/directory".into());
@@ -76,16 +82,30 @@ pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_node(listener, directory.clone(), gateway.clone(), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve_node(
+        listener,
+        directory.clone(),
+        gateway.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
-    crate::say!("blockpost bench messages: {} envelopes x2, {}-byte bodies, {} streams", args.messages, args.body, args.streams);
+    crate::say!(
+        "blockpost bench messages: {} envelopes x2, {}-byte bodies, {} streams",
+        args.messages,
+        args.body,
+        args.streams
+    );
     // Raw limits first, on an idle machine.
     let (single, batch) = tokio::task::spawn_blocking(raw_verify).await?;
-    crate::say!("raw ed25519 on one core: {single:.0} verifications/s single, {batch:.0}/s in batches of 64");
+    crate::say!(
+        "raw ed25519 on one core: {single:.0} verifications/s single, {batch:.0}/s in batches of 64"
+    );
     let raw_js = raw_jetstream(&nats, args.body).await?;
-    crate::say!("raw JetStream publish from one client: {raw_js:.0} msgs/s (1,000 acks in flight, file storage)");
+    crate::say!(
+        "raw JetStream publish from one client: {raw_js:.0} msgs/s (1,000 acks in flight, file storage)"
+    );
 
     // Participants.
     let mut dir = Client::connect(&endpoint, &tmp.path().join("client")).await?;
@@ -93,25 +113,39 @@ pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
     for i in 0..args.senders.max(1) {
         let id = Identity::generate();
         let address = format!("sender-{i}");
-        let e = dir.register(&id, &address, &format!("Sender {i} AG"), None).await?;
-        senders.push(Sender { id, address, index: e.leaf_index });
+        let e = dir
+            .register(&id, &address, &format!("Sender {i} AG"), None)
+            .await?;
+        senders.push(Sender {
+            id,
+            address,
+            index: e.leaf_index,
+        });
     }
     let rid = Identity::generate();
     let r = dir.register(&rid, "receiver", "Receiver AG", None).await?;
     let applied = directory.size();
-    gateway.replica().wait_applied(applied, Duration::from_secs(10)).await;
+    gateway
+        .replica()
+        .wait_applied(applied, Duration::from_secs(10))
+        .await;
     let channel = dir.channel();
 
     for encrypted in [false, true] {
         let t = Instant::now();
-        let envs = presign(&senders, args.messages, args.body, encrypted.then_some((r.leaf_index, rid.encryption_public())));
+        let envs = presign(
+            &senders,
+            args.messages,
+            args.body,
+            encrypted.then_some((r.leaf_index, rid.encryption_public())),
+        );
         crate::say!(
             "pre-signed {} {} envelopes in {:.2} s",
             envs.len(),
             if encrypted { "encrypted" } else { "plaintext" },
             t.elapsed().as_secs_f64()
         );
-        let (rate, lat, errors) = submit_all(&channel, envs, args.streams).await?;
+        let (rate, lat, errors) = submit_all(&channel, envs, args.streams, 0).await?;
         crate::say!(
             "{:<10} accepted {rate:>8.0} msgs/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {errors}  ({:.2}x one core's batch verification)",
             if encrypted { "encrypted" } else { "plaintext" },
@@ -120,13 +154,38 @@ pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
             rate / batch
         );
     }
+    if args.paced_rate > 0 {
+        for encrypted in [false, true] {
+            let n = (args.paced_rate as usize * 4).min(args.messages);
+            let envs = presign(
+                &senders,
+                n,
+                args.body,
+                encrypted.then_some((r.leaf_index, rid.encryption_public())),
+            );
+            let (rate, lat, errors) =
+                submit_all(&channel, envs, args.streams, args.paced_rate).await?;
+            crate::say!(
+                "{:<10} paced at {} msgs/s: accepted {rate:>6.0} msgs/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {errors}",
+                if encrypted { "encrypted" } else { "plaintext" },
+                args.paced_rate,
+                pct(&lat, 0.5),
+                pct(&lat, 0.99),
+            );
+        }
+    }
     let _ = stop.send(());
     let _ = server.await;
     drop(managed);
     Ok(())
 }
 
-fn presign(senders: &[Sender], n: usize, size: usize, seal_to: Option<(u64, [u8; 32])>) -> Vec<Envelope> {
+fn presign(
+    senders: &[Sender],
+    n: usize,
+    size: usize,
+    seal_to: Option<(u64, [u8; 32])>,
+) -> Vec<Envelope> {
     let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
     let per = n.div_ceil(threads);
     std::thread::scope(|s| {
@@ -144,7 +203,11 @@ fn presign(senders: &[Sender], n: usize, size: usize, seal_to: Option<(u64, [u8;
                                 None => Body::Plaintext(text),
                                 Some((index, key)) => Body::Encrypted(
                                     seal_body(
-                                        &[SealTo { address: "receiver", key_index: index, key }],
+                                        &[SealTo {
+                                            address: "receiver",
+                                            key_index: index,
+                                            key,
+                                        }],
                                         &text,
                                         &body_aad(&from.address, &tx),
                                     )
@@ -168,7 +231,9 @@ fn presign(senders: &[Sender], n: usize, size: usize, seal_to: Option<(u64, [u8;
                 })
             })
             .collect();
-        hs.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        hs.into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
     })
 }
 
@@ -176,6 +241,7 @@ async fn submit_all(
     channel: &tonic::transport::Channel,
     envs: Vec<Envelope>,
     streams: usize,
+    paced_rate: u64,
 ) -> anyhow::Result<(f64, Vec<Duration>, usize)> {
     let streams = streams.max(1);
     let per = envs.len().div_ceil(streams);
@@ -196,18 +262,35 @@ async fn submit_all(
         let pb = pb.clone();
         tasks.push(tokio::spawn(async move {
             let n = chunk.len();
-            let sent: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+            let sent: Arc<std::sync::Mutex<Vec<Instant>>> =
+                Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
             let s2 = sent.clone();
-            let input = futures::stream::iter(chunk).map(move |e| {
-                s2.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
-                e
+            // Paced: envelope i of this stream leaves at start + i * period.
+            let period = (paced_rate > 0)
+                .then(|| Duration::from_secs_f64(streams as f64 / paced_rate as f64));
+            let start = tokio::time::Instant::now();
+            let input = futures::stream::iter(chunk.into_iter().enumerate()).then(move |(i, e)| {
+                let s2 = s2.clone();
+                async move {
+                    if let Some(p) = period {
+                        tokio::time::sleep_until(start + p * i as u32).await;
+                    }
+                    s2.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Instant::now());
+                    e
+                }
             });
             let mut out = g.submit_stream(input).await?.into_inner();
             let mut lat = Vec::with_capacity(n);
             let mut errors = 0;
             let mut i = 0;
             while let Some(r) = out.message().await? {
-                let at = sent.lock().unwrap_or_else(|p| p.into_inner()).get(i).copied();
+                let at = sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(i)
+                    .copied();
                 match r.result {
                     Some(Outcome::Receipt(_)) => lat.extend(at.map(|a| a.elapsed())),
                     _ => errors += 1,
@@ -232,9 +315,14 @@ async fn submit_all(
 }
 
 fn raw_verify() -> (f64, f64) {
-    let keys: Vec<SigningKey> = (0..64u8).map(|i| SigningKey::from_bytes(&[i.wrapping_add(1); 32])).collect();
-    let msgs: Vec<Vec<u8>> = (0..64u32).map(|i| [&i.to_be_bytes()[..], &[7u8; 252]].concat()).collect();
-    let sigs: Vec<ed25519_dalek::Signature> = keys.iter().zip(&msgs).map(|(k, m)| k.sign(m)).collect();
+    let keys: Vec<SigningKey> = (0..64u8)
+        .map(|i| SigningKey::from_bytes(&[i.wrapping_add(1); 32]))
+        .collect();
+    let msgs: Vec<Vec<u8>> = (0..64u32)
+        .map(|i| [&i.to_be_bytes()[..], &[7u8; 252]].concat())
+        .collect();
+    let sigs: Vec<ed25519_dalek::Signature> =
+        keys.iter().zip(&msgs).map(|(k, m)| k.sign(m)).collect();
     let vks: Vec<_> = keys.iter().map(|k| k.verifying_key()).collect();
     let t = Instant::now();
     let mut n = 0u64;

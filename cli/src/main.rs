@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use blockpost_cli::{
-    BenchArgs, BenchMessagesArgs, Client, Messenger, NodeArgs, Outgoing, bench_directory, bench_messages, config_dir, entry_json,
-    print_entry, received_json, received_line, run_node,
+    BenchArgs, BenchMessagesArgs, Client, Messenger, NodeArgs, Outgoing, bench_directory,
+    bench_messages, config_dir, entry_json, print_entry, received_json, received_line, run_node,
 };
 use blockpost_core::Identity;
 use blockpost_proto::v1::MessageKind;
@@ -620,6 +620,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             cmd: BenchCmd::Directory(args),
         } => bench_directory(args).await,
-        Cmd::Bench { cmd: BenchCmd::Messages(args) } => bench_messages(args).await,
+        Cmd::Bench {
+            cmd: BenchCmd::Messages(args),
+        } => bench_messages(args).await,
     }
 }

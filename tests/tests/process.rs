@@ -378,6 +378,39 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
         "cannot reach",
     );
 
+    // The settlement example runs end to end against this node.
+    let ex = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/settlement.sh"))
+        .env("BLOCKPOST_BIN", blockpost_bin().unwrap())
+        .env("BLOCKPOST_ENDPOINT", &endpoint)
+        .env("BLOCKPOST_CONFIG_DIR", &state_s)
+        .env("WORK", tmp.path().join("example"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ex.stdout);
+    assert!(
+        ex.status.success(),
+        "settlement.sh: {}\n{}",
+        out,
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    assert!(
+        out.contains("I have Y dollars to trade for X stock in Megacorp."),
+        "{out}"
+    );
+    assert!(
+        out.contains("(message, end-to-end encrypted): OK. I transferred."),
+        "{out}"
+    );
+    assert!(
+        out.contains("(finish, end-to-end encrypted): OK. I transferred. Transaction finished."),
+        "{out}"
+    );
+    assert!(
+        out.contains("<encrypted for other recipients>"),
+        "the firehose shows no plaintext: {out}"
+    );
+
     // kill -9 the node; its managed nats-server outlives it. A restart on the same data
     // ends that server before starting its own, and serves the same log.
     node.kill().unwrap();

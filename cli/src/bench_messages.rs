@@ -358,10 +358,10 @@ async fn raw_jetstream(nats: &async_nats::Client, size: usize) -> anyhow::Result
     let mut acks = std::collections::VecDeque::with_capacity(1000);
     for _ in 0..total {
         acks.push_back(js.publish("bench.raw", payload.clone()).await?);
-        if acks.len() >= 1000 {
-            if let Some(a) = acks.pop_front() {
-                a.await?;
-            }
+        if acks.len() >= 1000
+            && let Some(a) = acks.pop_front()
+        {
+            a.await?;
         }
     }
     for a in acks {

@@ -420,6 +420,15 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     let again: serde_json::Value =
         serde_json::from_str(&ok(&run(&["lookup", "alice", "--json"], &env))).unwrap();
     assert_eq!(again["signing_key"], k["signing_key"]);
+    // Every message the gateway gave a receipt for is still on the firehose.
+    let fh = ok(&run(&["firehose", "--json"], &env));
+    let lines: Vec<serde_json::Value> = fh
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{fh}");
+    assert!(lines.iter().all(|m| m["signature_verified"] == true));
+    assert_eq!(lines[3]["kind"], "finish");
     let store = data.join("nats");
     let servers = std::fs::read_dir("/proc")
         .unwrap()

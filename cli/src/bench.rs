@@ -101,24 +101,30 @@ fn fmt_d(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
+/// Connects to `url`, or starts a managed nats-server under `dir` when none is given.
+pub(crate) async fn bench_nats(
+    url: Option<&str>,
+    dir: &std::path::Path,
+) -> anyhow::Result<(async_nats::Client, Option<LocalNats>)> {
+    let (url, managed) = match url {
+        Some(u) => (u.to_owned(), None),
+        None => {
+            let store = dir.join("nats");
+            let n = tokio::task::spawn_blocking(move || LocalNats::start(&store)).await??;
+            (n.url(), Some(n))
+        }
+    };
+    let nats = async_nats::connect(&url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    Ok((nats, managed))
+}
+
 /// Runs the directory benchmark and prints a summary.
 pub async fn bench_directory(args: BenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let data = args.data.clone().unwrap_or_else(|| tmp.path().join("data"));
-    let mut managed = None;
-    let nats_url = match &args.nats {
-        Some(u) => u.clone(),
-        None => {
-            let store = tmp.path().join("nats");
-            let n = tokio::task::spawn_blocking(move || LocalNats::start(&store)).await??;
-            let u = n.url();
-            managed = Some(n);
-            u
-        }
-    };
-    let nats = async_nats::connect(&nats_url)
-        .await
-        .with_context(|| format!("connecting to {nats_url}"))?;
+    let (nats, managed) = bench_nats(args.nats.as_deref(), tmp.path()).await?;
     let mut cfg = DirectoryConfig::for_test(&data);
     cfg.origin = Some("bench.blockpost/directory".into());
     let dir = Directory::start(cfg, Some(nats)).await?;

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use blockpost_core::{Identity, SealTo, body_aad, now_ms, seal_body, sign_envelope};
 use blockpost_directory::{Directory, DirectoryConfig};
 use blockpost_messaging::{Gateway, GatewayConfig};
@@ -17,7 +16,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use futures::StreamExt as _;
 use prost::Message as _;
 
-use crate::{Client, LocalNats, serve_node};
+use crate::{Client, serve_node};
 
 /// Flags of `blockpost bench messages`.
 #[derive(Clone, Debug, clap::Args)]
@@ -60,20 +59,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 /// Runs the benchmark and prints a summary.
 pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let mut managed = None;
-    let url = match &args.nats {
-        Some(u) => u.clone(),
-        None => {
-            let store = tmp.path().join("nats");
-            let n = tokio::task::spawn_blocking(move || LocalNats::start(&store)).await??;
-            let u = n.url();
-            managed = Some(n);
-            u
-        }
-    };
-    let nats = async_nats::connect(&url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+    let (nats, managed) = crate::bench::bench_nats(args.nats.as_deref(), tmp.path()).await?;
     let data = tmp.path().join("data");
     let mut cfg = DirectoryConfig::for_test(&data);
     cfg.origin = Some("bench.blockpost/directory".into());

@@ -359,6 +359,15 @@ async fn send_message(
     Ok(())
 }
 
+fn print_received(r: &blockpost_cli::Received, json: bool) -> anyhow::Result<()> {
+    if json {
+        blockpost_cli::say!("{}", serde_json::to_string(&received_json(r))?);
+    } else {
+        blockpost_cli::say!("{}", received_line(r));
+    }
+    Ok(())
+}
+
 async fn connect(conn: &Conn) -> anyhow::Result<Client> {
     Client::connect(&conn.endpoint, &config_dir()).await
 }
@@ -583,14 +592,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut m = Messenger::connect(&conn.endpoint, &config_dir()).await?;
             let json = conn.json;
             let n = m
-                .inbox(&id, &me, follow, |r| {
-                    if json {
-                        blockpost_cli::say!("{}", serde_json::to_string(&received_json(r))?);
-                    } else {
-                        blockpost_cli::say!("{}", received_line(r));
-                    }
-                    Ok(())
-                })
+                .inbox(&id, &me, follow, |r| print_received(r, json))
                 .await?;
             if !json {
                 eprintln!(
@@ -606,15 +608,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut m = Messenger::connect(&conn.endpoint, &config_dir()).await?;
             let json = conn.json;
-            m.firehose(from_seq, follow, |r| {
-                if json {
-                    blockpost_cli::say!("{}", serde_json::to_string(&received_json(r))?);
-                } else {
-                    blockpost_cli::say!("{}", received_line(r));
-                }
-                Ok(())
-            })
-            .await?;
+            m.firehose(from_seq, follow, |r| print_received(r, json))
+                .await?;
             Ok(())
         }
         Cmd::Bench {

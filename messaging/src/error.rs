@@ -72,6 +72,9 @@ pub enum Error {
     /// The inbox challenge was not answered correctly.
     #[error("inbox access denied: {0}")]
     InboxDenied(String),
+    /// Another session is reading this inbox on this gateway.
+    #[error("inbox {0} is being read by another session")]
+    InboxBusy(String),
     /// NATS failed or is unreachable.
     #[error("message bus: {0}")]
     Bus(String),
@@ -104,7 +107,7 @@ impl Error {
             }
             Error::UnknownSender(_) | Error::UnknownRecipient(_) => Code::NotFound,
             Error::Revoked { .. } | Error::InboxDenied(_) => Code::PermissionDenied,
-            Error::StaleKey { .. } => Code::FailedPrecondition,
+            Error::StaleKey { .. } | Error::InboxBusy(_) => Code::FailedPrecondition,
             Error::Replay { .. } => Code::AlreadyExists,
             Error::Bus(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,

@@ -76,6 +76,10 @@ pub(crate) struct Inner {
     pub(crate) config: GatewayConfig,
     verifier: BatchVerifier,
     key: SigningKey,
+    /// One inbox session per address on this gateway, so that a new reader starts only
+    /// after the previous one has handed back what it did not acknowledge (order per sender).
+    pub(crate) sessions:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// An envelope that passed every check.
@@ -120,6 +124,7 @@ impl Gateway {
                 config,
                 verifier: BatchVerifier::start(),
                 key,
+                sessions: Default::default(),
             }),
         })
     }

@@ -216,6 +216,18 @@ async fn serve_inbox(
             ))
         })?;
 
+    // One session per inbox on this gateway: wait briefly for a previous one to finish.
+    let slot = gw
+        .inner
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(address.to_string())
+        .or_default()
+        .clone();
+    let _session = tokio::time::timeout(Duration::from_secs(5), slot.lock_owned())
+        .await
+        .map_err(|_| Error::InboxBusy(address.to_string()))?;
     let stream = gw
         .inner
         .js
@@ -327,12 +339,14 @@ async fn serve_inbox(
     }
     acker.abort();
     // Whatever the client did not acknowledge comes again on its next read.
-    let left: Vec<Message> = pending
+    // In sequence order, so that they come again in order.
+    let mut left: Vec<(u64, Message)> = pending
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .drain()
-        .map(|(_, m)| m)
         .collect();
+    left.sort_by_key(|(seq, _)| *seq);
+    let left = left.into_iter().map(|(_, m)| m);
     for m in left {
         let _ = m.ack_with(AckKind::Nak(None)).await;
     }

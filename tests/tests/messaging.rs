@@ -488,7 +488,8 @@ async fn inbox_needs_the_key_and_redelivers_what_was_not_acknowledged() {
         .await
         .unwrap();
     let mut bodies = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Normally at once (the gateway NAKs); at worst after the 10 s ack wait.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while bodies.len() < 3 && std::time::Instant::now() < deadline {
         mb.inbox(&b.id, "bob", false, |r| {
             bodies.push((

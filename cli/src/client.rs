@@ -10,8 +10,8 @@ use blockpost_core::{
 };
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use blockpost_proto::v1::{
-    ConsistencyProofRequest, EntryProof, GetCheckpointRequest, GetInfoRequest, GetInfoResponse,
-    LookupRequest, RegisterBody, RevokeBody, RotateBody, SignedRequest,
+    ConsistencyProofRequest, EntryProof, EntryResponse, GetCheckpointRequest, GetInfoRequest,
+    GetInfoResponse, LookupRequest, RegisterBody, RevokeBody, RotateBody, SignedRequest,
 };
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -212,6 +212,19 @@ impl Client {
         })
     }
 
+    /// Verifies the entry in a register, rotate or revoke answer.
+    async fn accept_response(
+        &mut self,
+        resp: Result<tonic::Response<EntryResponse>, tonic::Status>,
+    ) -> anyhow::Result<VerifiedEntry> {
+        let proof = resp
+            .map_err(status)?
+            .into_inner()
+            .proof
+            .ok_or_else(|| anyhow!("directory returned no proof"))?;
+        self.accept_entry(proof).await
+    }
+
     /// Fetches and verifies the newest checkpoint.
     pub async fn checkpoint(&mut self) -> anyhow::Result<VerifiedCheckpoint> {
         let note = self
@@ -246,19 +259,15 @@ impl Client {
             Some((_, sign)) => sign(&Operation::Register.message(&body))?,
             None => Vec::new(),
         };
-        let p = self
+        let resp = self
             .grpc
             .register(SignedRequest {
                 body,
                 signature,
                 second_signature,
             })
-            .await
-            .map_err(status)?
-            .into_inner()
-            .proof
-            .ok_or_else(|| anyhow!("directory returned no proof"))?;
-        let e = self.accept_entry(p).await?;
+            .await;
+        let e = self.accept_response(resp).await?;
         expect_binding(&e, address, &id.signing_public())?;
         Ok(e)
     }
@@ -322,15 +331,8 @@ impl Client {
             second_signature: Operation::Rotate.sign(&new.signing, &body),
             body,
         };
-        let p = self
-            .grpc
-            .rotate(req)
-            .await
-            .map_err(status)?
-            .into_inner()
-            .proof
-            .ok_or_else(|| anyhow!("no proof"))?;
-        let e = self.accept_entry(p).await?;
+        let resp = self.grpc.rotate(req).await;
+        let e = self.accept_response(resp).await?;
         expect_binding(&e, address, &new.signing_public())?;
         Ok(e)
     }
@@ -362,15 +364,8 @@ impl Client {
             }
             (None, None) => bail!("a revocation needs the current key or the evidence key"),
         }
-        let p = self
-            .grpc
-            .revoke(req)
-            .await
-            .map_err(status)?
-            .into_inner()
-            .proof
-            .ok_or_else(|| anyhow!("no proof"))?;
-        let e = self.accept_entry(p).await?;
+        let resp = self.grpc.revoke(req).await;
+        let e = self.accept_response(resp).await?;
         if !e.binding.revoked() || e.binding.address.as_str() != address {
             bail!("directory answered a revocation with an unrelated entry");
         }

@@ -34,6 +34,9 @@ pub struct Binding {
     pub previous_index: Option<u64>,
     /// When the directory logged it (Unix ms).
     pub logged_at_ms: i64,
+    /// DER SubjectPublicKeyInfo of the evidence certificate's key, which may revoke the
+    /// binding; empty without evidence.
+    pub evidence_key: Vec<u8>,
 }
 
 impl Binding {
@@ -41,44 +44,47 @@ impl Binding {
     pub fn revoked(&self) -> bool {
         self.kind == EntryKind::Revoke
     }
-}
 
-/// Decodes and checks one log entry.
-pub fn decode_entry(bytes: &[u8]) -> Result<(LogEntry, Binding)> {
-    let malformed = |why: String| Error::Malformed {
-        what: "log entry",
-        why,
-    };
-    let e = LogEntry::decode(bytes).map_err(|err| malformed(err.to_string()))?;
-    let kind =
-        EntryKind::try_from(e.kind).map_err(|_| malformed(format!("unknown kind {}", e.kind)))?;
-    if kind == EntryKind::Unspecified {
-        return Err(malformed("kind unspecified".into()));
+    /// The binding a decoded entry states.
+    pub fn from_entry(e: &LogEntry) -> Result<Self> {
+        let malformed = |why: String| Error::Malformed {
+            what: "log entry",
+            why,
+        };
+        let kind = EntryKind::try_from(e.kind)
+            .map_err(|_| malformed(format!("unknown kind {}", e.kind)))?;
+        if kind == EntryKind::Unspecified {
+            return Err(malformed("kind unspecified".into()));
+        }
+        let key = |b: &[u8], what: &str| -> Result<[u8; 32]> {
+            b.try_into()
+                .map_err(|_| malformed(format!("{what} of {} bytes", b.len())))
+        };
+        let binding = Binding {
+            kind,
+            address: Address::parse(&e.address)?,
+            real_name: e.real_name.clone(),
+            verified: e.verified,
+            signing_key: key(&e.signing_key, "signing key")?,
+            encryption_key: key(&e.encryption_key, "encryption key")?,
+            certificate: e.certificate.clone(),
+            previous_index: (kind != EntryKind::Register).then_some(e.previous_index),
+            logged_at_ms: e.logged_at_ms,
+            evidence_key: e.evidence_key.clone(),
+        };
+        Ok(binding)
     }
-    let key = |b: &[u8], what: &str| -> Result<[u8; 32]> {
-        b.try_into()
-            .map_err(|_| malformed(format!("{what} of {} bytes", b.len())))
-    };
-    let binding = Binding {
-        kind,
-        address: Address::parse(&e.address)?,
-        real_name: e.real_name.clone(),
-        verified: e.verified,
-        signing_key: key(&e.signing_key, "signing key")?,
-        encryption_key: key(&e.encryption_key, "encryption key")?,
-        certificate: e.certificate.clone(),
-        previous_index: (kind != EntryKind::Register).then_some(e.previous_index),
-        logged_at_ms: e.logged_at_ms,
-    };
-    Ok((e, binding))
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// Decodes and checks one log entry (its shape, not who authorised it: that is
+/// [`crate::authorize_entry`]).
+pub fn decode_entry(bytes: &[u8]) -> Result<(LogEntry, Binding)> {
+    let e = LogEntry::decode(bytes).map_err(|err| Error::Malformed {
+        what: "log entry",
+        why: err.to_string(),
+    })?;
+    let binding = Binding::from_entry(&e)?;
+    Ok((e, binding))
 }
 
 #[cfg(test)]

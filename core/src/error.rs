@@ -1,6 +1,7 @@
 //! The one error type of `blockpost-core`.
 
-/// What can go wrong when checking addresses, entries, proofs, checkpoints and key files.
+/// What can go wrong when checking addresses, entries, envelopes, proofs, checkpoints and
+/// key files.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -34,6 +35,62 @@ pub enum Error {
         /// The decoder's complaint.
         why: String,
     },
+    /// A field over its size limit.
+    #[error("{field} is too large: {len} bytes, limit {limit}")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An envelope that breaks a rule other than size or signature.
+    #[error("invalid envelope: {0}")]
+    InvalidEnvelope(String),
+    /// A timestamp too far from the checker's clock.
+    #[error("timestamp {got_ms} ms is more than {skew_ms} ms away from the clock {now_ms} ms")]
+    ClockSkew {
+        /// The timestamp checked.
+        got_ms: i64,
+        /// The checker's time.
+        now_ms: i64,
+        /// Permitted distance.
+        skew_ms: u64,
+    },
+    /// Evidence for a real name that does not establish it.
+    #[error("evidence rejected: {0}")]
+    Evidence(String),
+    /// A log entry that says something its signed request does not.
+    #[error("log entry {field} does not match its signed request")]
+    EntryMismatch {
+        /// The field that differs.
+        field: &'static str,
+    },
+    /// A log entry that does not follow the binding it claims to supersede.
+    #[error("entry for {address} does not follow its binding: {why}")]
+    WrongPredecessor {
+        /// The address.
+        address: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// An entry for a binding that was revoked.
+    #[error("address {address} was revoked at log index {at}")]
+    KeyRevoked {
+        /// The address.
+        address: String,
+        /// Index of the revocation entry.
+        at: u64,
+    },
+    /// An entry applied out of log order.
+    #[error("entry {got} applied out of order: the next entry is {expected}")]
+    OutOfOrder {
+        /// The index the state expects next.
+        expected: u64,
+        /// The index offered.
+        got: u64,
+    },
     /// A checkpoint whose signature or format does not check out.
     #[error("checkpoint rejected: {0}")]
     CheckpointInvalid(String),
@@ -55,12 +112,9 @@ pub enum Error {
         /// Newer size.
         to: u64,
     },
-    /// A key file that cannot be read or decrypted.
+    /// A key file that cannot be decoded or decrypted.
     #[error("key file: {0}")]
     KeyFile(String),
-    /// An I/O failure.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// `Result` with [`Error`].

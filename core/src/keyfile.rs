@@ -4,9 +4,6 @@
 //!
 //! Standard tools read it: `openssl pkey -in FILE` decrypts it (it picks one of the two keys).
 
-use std::io::Write as _;
-use std::path::Path;
-
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use pkcs8::der::pem::LineEnding;
@@ -125,30 +122,6 @@ impl Identity {
             encryption: StaticSecret::from(*arr),
         })
     }
-
-    /// Writes the key file with mode 0600; refuses to overwrite an existing file.
-    pub fn write(&self, path: &Path, passphrase: &[u8]) -> Result<()> {
-        let pem = self.to_encrypted_pem(passphrase)?;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts
-            .open(path)
-            .map_err(|e| Error::KeyFile(format!("{}: {e}", path.display())))?;
-        f.write_all(pem.as_bytes())?;
-        f.sync_all()?;
-        Ok(())
-    }
-
-    /// Reads and decrypts a key file.
-    pub fn read(path: &Path, passphrase: &[u8]) -> Result<Self> {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| Error::KeyFile(format!("{}: {e}", path.display())))?,
-        );
-        Self::from_encrypted_pem(&text, passphrase)
-    }
 }
 
 fn pem_blocks(text: &str) -> Vec<String> {
@@ -176,33 +149,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roundtrip_wrong_passphrase_and_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("alice.key");
+    fn roundtrip_and_wrong_passphrase() {
         let id = Identity::generate();
-        id.write(&path, b"correct horse").unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = id.to_encrypted_pem(b"correct horse").unwrap();
         assert_eq!(text.matches("BEGIN ENCRYPTED PRIVATE KEY").count(), 2);
         assert!(!text.contains("BEGIN PRIVATE KEY"));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
-        }
-        let back = Identity::read(&path, b"correct horse").unwrap();
+        let back = Identity::from_encrypted_pem(&text, b"correct horse").unwrap();
         assert_eq!(back.signing_public(), id.signing_public());
         assert_eq!(back.encryption_public(), id.encryption_public());
         assert!(matches!(
-            Identity::read(&path, b"wrong"),
+            Identity::from_encrypted_pem(&text, b"wrong"),
             Err(Error::KeyFile(_))
         ));
-        // Never overwrite an existing key.
-        assert!(id.write(&path, b"x").is_err());
         // A truncated file is a clear error.
-        std::fs::write(dir.path().join("t.key"), &text[..text.len() / 2]).unwrap();
-        assert!(Identity::read(&dir.path().join("t.key"), b"correct horse").is_err());
+        assert!(Identity::from_encrypted_pem(&text[..text.len() / 2], b"correct horse").is_err());
     }
 }

@@ -1,16 +1,28 @@
-//! What a Blockpost verifier needs and nothing more: the auditor and the client depend on
-//! this crate, never on server code.
+//! The whole Blockpost verifier: every rule a third party re-runs to trust the record, with
+//! no server code and no I/O. The directory, the gateway, the client and the auditor all
+//! call these same functions, so what a server accepts and what a verifier accepts cannot
+//! drift apart.
 //!
 //! # Layout
 //! - `address`: [`Address`], a routing address that is always one NATS subject token, and
 //!   real-name checks.
 //! - `request`: what a directory request signature covers ([`Operation`]) and key parsing.
+//! - `evidence`: X.509 evidence for a real name ([`TrustAnchors`]) and signatures by an
+//!   evidence key.
+//! - `entry`: directory log entries decoded into checked [`Binding`]s.
+//! - `authorize`: [`authorize_entry`], the signed request inside an entry re-checked
+//!   against the binding it supersedes.
+//! - `state`: [`DirectoryState`], the directory as a pure state machine over its log, and
+//!   [`verify_history`] for one address.
 //! - `log`: RFC 6962 leaf hashes, inclusion and consistency proof checks, C2SP signed-note
 //!   checkpoints ([`CheckpointSigner`], [`verify_checkpoint`]).
-//! - `keyfile`: participant key files in encrypted PKCS#8 ([`Identity`]).
-//! - `entry`: decoding directory log entries into checked [`Binding`]s.
 //! - `envelope`: envelope, receipt and inbox signatures, message ids, and end-to-end
 //!   encryption of bodies with HPKE (RFC 9180).
+//! - `rules`: the stateless envelope rules ([`ParsedEnvelope`], [`VerifiedEnvelope`],
+//!   [`verify_batch`]).
+//! - `clock`: [`Clock`], injected time, and checked time arithmetic ([`check_clock`]).
+//! - `wire`: the NATS wire contract: streams, subjects, headers, de-duplication ids.
+//! - `keyfile`: participant keys as encrypted PKCS#8 ([`Identity`]).
 //! - `error`: the crate's [`Error`].
 //!
 //! ```
@@ -29,20 +41,36 @@
 //! ```
 
 mod address;
+mod authorize;
+mod clock;
 mod entry;
 mod envelope;
 mod error;
+mod evidence;
 mod keyfile;
 mod log;
 mod request;
+mod rules;
+mod state;
+pub mod wire;
+
+#[cfg(test)]
+mod testkit;
 
 pub use address::{Address, check_real_name};
-pub use entry::{Binding, X25519_EXTENSION_OID, decode_entry, now_ms};
+pub use authorize::{MAX_REASON_LEN, authorize_entry};
+pub use clock::{Clock, FixedClock, SystemClock, check_clock, deadline_ms, now_ms};
+pub use entry::{Binding, X25519_EXTENSION_OID, decode_entry};
 pub use envelope::{
     SealTo, body_aad, envelope_message, inbox_message, message_id, open_body, seal_body,
     sign_envelope, sign_receipt, verify_envelope, verify_receipt,
 };
 pub use error::{Error, Result};
+pub use evidence::{
+    CheckedEvidence, MAX_CERT_LEN, MAX_CHAIN_LEN, TrustAnchors, leaf_spki, verify_with_spki,
+};
 pub use keyfile::Identity;
 pub use log::{CheckpointSigner, VerifiedCheckpoint, leaf_hash, parse_hashes, verify_checkpoint};
 pub use request::{Operation, ed25519_key, x25519_key};
+pub use rules::{EnvelopeLimits, MAX_TEXT_LEN, ParsedEnvelope, VerifiedEnvelope, verify_batch};
+pub use state::{Applied, DirectoryState, Participant, verify_history};

@@ -1,5 +1,8 @@
 //! Evidence for a real name: an X.509 chain to a trust anchor the operator configured,
 //! whose leaf names the participant (O or CN) and whose key also signs the request.
+//!
+//! The directory checks chains against its operator's anchors at registration time; anyone
+//! holding the same anchors can re-run [`TrustAnchors::check`] on a logged registration.
 
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer as _;
@@ -31,9 +34,9 @@ impl TrustAnchors {
     pub fn new(anchors: Vec<Vec<u8>>) -> Result<Self> {
         for a in &anchors {
             let (_, c) = X509Certificate::from_der(a)
-                .map_err(|e| Error::Config(format!("trust anchor: {e}")))?;
+                .map_err(|e| Error::Evidence(format!("trust anchor: {e}")))?;
             if !is_ca(&c) {
-                return Err(Error::Config(format!(
+                return Err(Error::Evidence(format!(
                     "trust anchor {} is not a CA certificate",
                     c.subject()
                 )));
@@ -46,11 +49,11 @@ impl TrustAnchors {
     pub fn from_pem(text: &[u8]) -> Result<Self> {
         let mut ders = Vec::new();
         for pem in x509_parser::pem::Pem::iter_from_buffer(text) {
-            let pem = pem.map_err(|e| Error::Config(format!("trust anchor pem: {e}")))?;
+            let pem = pem.map_err(|e| Error::Evidence(format!("trust anchor pem: {e}")))?;
             ders.push(pem.contents);
         }
         if ders.is_empty() {
-            return Err(Error::Config(
+            return Err(Error::Evidence(
                 "trust anchor file holds no certificate".into(),
             ));
         }
@@ -102,13 +105,15 @@ impl TrustAnchors {
                     limit: MAX_CERT_LEN,
                 });
             }
-            let (rest, c) = X509Certificate::from_der(der).map_err(|e| {
-                Error::InvalidRequest(format!("evidence certificate {i} is not DER X.509: {e}"))
+            let (rest, c) = X509Certificate::from_der(der).map_err(|e| Error::Malformed {
+                what: "evidence certificate",
+                why: format!("certificate {i} is not DER X.509: {e}"),
             })?;
             if !rest.is_empty() {
-                return Err(Error::InvalidRequest(format!(
-                    "evidence certificate {i} has trailing bytes"
-                )));
+                return Err(Error::Malformed {
+                    what: "evidence certificate",
+                    why: format!("certificate {i} has trailing bytes"),
+                });
             }
             if !c.validity().is_valid_at(now) {
                 return Err(ev(format!(
@@ -235,6 +240,18 @@ fn check_issued_by(
         })
 }
 
+/// The DER SubjectPublicKeyInfo of the leaf (first) certificate of `chain`.
+pub fn leaf_spki(chain: &[Vec<u8>]) -> Result<Vec<u8>> {
+    let der = chain
+        .first()
+        .ok_or_else(|| Error::Evidence("empty chain".into()))?;
+    let (_, leaf) = X509Certificate::from_der(der).map_err(|e| Error::Malformed {
+        what: "evidence certificate",
+        why: format!("certificate 0 is not DER X.509: {e}"),
+    })?;
+    Ok(leaf.public_key().raw.to_vec())
+}
+
 /// Verifies `sig` over `msg` with the key in a DER SubjectPublicKeyInfo: ed25519,
 /// ECDSA P-256 with SHA-256 (ASN.1 signature), or RSA PKCS#1 v1.5 with SHA-256.
 pub fn verify_with_spki(spki_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<()> {
@@ -254,5 +271,5 @@ pub fn verify_with_spki(spki_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<()> {
     };
     rs::UnparsedPublicKey::new(alg, &spki.subject_public_key.data)
         .verify(msg, sig)
-        .map_err(|_| Error::SignatureInvalid("evidence key signature does not verify".into()))
+        .map_err(|_| Error::SignatureInvalid("evidence key signature does not verify"))
 }

@@ -1,0 +1,516 @@
+//! Who authorised a log entry: the signed request inside every entry, re-checked against
+//! the binding the entry supersedes.
+//!
+//! The directory calls [`authorize_entry`] on each entry it builds, before the entry is
+//! sequenced; gateways, clients and auditors call the same function on every entry they
+//! read. So what the directory accepts and what a verifier accepts cannot drift apart.
+
+use blockpost_proto::v1::{EntryKind, LogEntry, RegisterBody, RevokeBody, RotateBody};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer as _;
+
+use crate::evidence::{leaf_spki, verify_with_spki};
+use crate::{
+    Binding, Error, Operation, Result, X25519_EXTENSION_OID, check_real_name, ed25519_key,
+    x25519_key,
+};
+
+/// Longest revocation reason, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+
+/// Checks that `entry` was authorised by its signed request, given the binding it
+/// supersedes (`previous`: the log index and state of the address's newest entry, or `None`
+/// when the address has none). Returns the new binding.
+///
+/// Checked: the request's signatures (proof of possession of every new key; a rotation
+/// signed by the old and the new key; a revocation signed by the current key or by the
+/// evidence key), that the request names `previous`, that every field of the entry is what
+/// the request and `previous` say, that an evidence chain's leaf key signed a verified
+/// registration, and that the certificate binds the entry's name, address and keys. Not
+/// checked here: the evidence chain up to the operator's trust anchors
+/// ([`crate::TrustAnchors::check`]), the timestamp against a clock, and the CA's signature
+/// on the certificate.
+pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> Result<Binding> {
+    let b = Binding::from_entry(entry)?;
+    check_real_name(&b.real_name)?;
+    ed25519_key(&b.signing_key)?;
+    x25519_key(&b.encryption_key)?;
+    let req = entry.request.as_ref().ok_or_else(|| Error::Malformed {
+        what: "log entry",
+        why: "no signed request".into(),
+    })?;
+    let mismatch = |field| Error::EntryMismatch { field };
+    let predecessor = |why: String| Error::WrongPredecessor {
+        address: b.address.to_string(),
+        why,
+    };
+    match b.kind {
+        EntryKind::Register => {
+            if let Some((at, _)) = previous {
+                return Err(predecessor(format!(
+                    "the address is bound already (entry {at})"
+                )));
+            }
+            let body = decode_body::<RegisterBody>(&req.body, "RegisterBody")?;
+            if body.address != entry.address {
+                return Err(mismatch("address"));
+            }
+            if body.real_name != entry.real_name {
+                return Err(mismatch("real_name"));
+            }
+            if body.signing_key != entry.signing_key {
+                return Err(mismatch("signing_key"));
+            }
+            if body.encryption_key != entry.encryption_key {
+                return Err(mismatch("encryption_key"));
+            }
+            if entry.previous_index != 0 {
+                return Err(mismatch("previous_index"));
+            }
+            Operation::Register
+                .verify(&ed25519_key(&body.signing_key)?, &req.body, &req.signature)
+                .map_err(|_| {
+                    Error::SignatureInvalid(
+                        "proof of possession of the signing key does not verify",
+                    )
+                })?;
+            if body.evidence_chain.is_empty() {
+                if !req.second_signature.is_empty() {
+                    return Err(Error::Malformed {
+                        what: "register request",
+                        why: "evidence signature given without an evidence chain".into(),
+                    });
+                }
+                if entry.verified {
+                    return Err(mismatch("verified"));
+                }
+                if !entry.evidence_key.is_empty() {
+                    return Err(mismatch("evidence_key"));
+                }
+            } else {
+                let spki = leaf_spki(&body.evidence_chain)?;
+                if entry.evidence_key != spki {
+                    return Err(mismatch("evidence_key"));
+                }
+                if !entry.verified {
+                    return Err(mismatch("verified"));
+                }
+                if req.second_signature.is_empty() {
+                    return Err(Error::SignatureInvalid(
+                        "the evidence key did not sign the request",
+                    ));
+                }
+                verify_with_spki(
+                    &spki,
+                    &Operation::Register.message(&req.body),
+                    &req.second_signature,
+                )?;
+            }
+            check_certificate(&b)?;
+        }
+        EntryKind::Rotate => {
+            let (at, prev) = current(previous, &b, "rotate")?;
+            let body = decode_body::<RotateBody>(&req.body, "RotateBody")?;
+            if body.address != entry.address {
+                return Err(mismatch("address"));
+            }
+            if body.current_index != at {
+                return Err(predecessor(format!(
+                    "the request names entry {} but the current entry is {at}",
+                    body.current_index
+                )));
+            }
+            if entry.previous_index != at {
+                return Err(mismatch("previous_index"));
+            }
+            if body.new_signing_key != entry.signing_key {
+                return Err(mismatch("signing_key"));
+            }
+            if body.new_encryption_key != entry.encryption_key {
+                return Err(mismatch("encryption_key"));
+            }
+            carried_over(&b, prev)?;
+            Operation::Rotate
+                .verify(&ed25519_key(&prev.signing_key)?, &req.body, &req.signature)
+                .map_err(|_| {
+                    Error::SignatureInvalid("signature by the current key does not verify")
+                })?;
+            Operation::Rotate
+                .verify(
+                    &ed25519_key(&body.new_signing_key)?,
+                    &req.body,
+                    &req.second_signature,
+                )
+                .map_err(|_| {
+                    Error::SignatureInvalid("proof of possession of the new key does not verify")
+                })?;
+            check_certificate(&b)?;
+        }
+        EntryKind::Revoke => {
+            let (at, prev) = current(previous, &b, "revoke")?;
+            let body = decode_body::<RevokeBody>(&req.body, "RevokeBody")?;
+            if body.address != entry.address {
+                return Err(mismatch("address"));
+            }
+            if body.reason.len() > MAX_REASON_LEN {
+                return Err(Error::TooLarge {
+                    field: "reason",
+                    len: body.reason.len(),
+                    limit: MAX_REASON_LEN,
+                });
+            }
+            if body.current_index != at {
+                return Err(predecessor(format!(
+                    "the request names entry {} but the current entry is {at}",
+                    body.current_index
+                )));
+            }
+            if entry.previous_index != at {
+                return Err(mismatch("previous_index"));
+            }
+            if b.signing_key != prev.signing_key {
+                return Err(mismatch("signing_key"));
+            }
+            if b.encryption_key != prev.encryption_key {
+                return Err(mismatch("encryption_key"));
+            }
+            if !b.certificate.is_empty() {
+                return Err(mismatch("certificate"));
+            }
+            carried_over(&b, prev)?;
+            if !req.signature.is_empty() {
+                Operation::Revoke
+                    .verify(&ed25519_key(&prev.signing_key)?, &req.body, &req.signature)
+                    .map_err(|_| {
+                        Error::SignatureInvalid("signature by the current key does not verify")
+                    })?;
+            } else if !req.second_signature.is_empty() {
+                if prev.evidence_key.is_empty() {
+                    return Err(Error::SignatureInvalid(
+                        "the binding has no evidence key; sign the revocation with the current key",
+                    ));
+                }
+                verify_with_spki(
+                    &prev.evidence_key,
+                    &Operation::Revoke.message(&req.body),
+                    &req.second_signature,
+                )?;
+            } else {
+                return Err(Error::SignatureInvalid("revocation is not signed"));
+            }
+        }
+        EntryKind::Unspecified => {
+            // `Binding::from_entry` refuses it; kept for an exhaustive match.
+            return Err(Error::Malformed {
+                what: "log entry",
+                why: "kind unspecified".into(),
+            });
+        }
+    }
+    Ok(b)
+}
+
+fn decode_body<M: prost::Message + Default>(bytes: &[u8], name: &'static str) -> Result<M> {
+    M::decode(bytes).map_err(|e| Error::Malformed {
+        what: "signed request",
+        why: format!("body is not a {name}: {e}"),
+    })
+}
+
+/// The live binding a rotation or revocation supersedes.
+fn current<'a>(
+    previous: Option<(u64, &'a Binding)>,
+    b: &Binding,
+    what: &str,
+) -> Result<(u64, &'a Binding)> {
+    let (at, prev) = previous.ok_or_else(|| Error::WrongPredecessor {
+        address: b.address.to_string(),
+        why: format!("no binding to {what}"),
+    })?;
+    if prev.address != b.address {
+        return Err(Error::WrongPredecessor {
+            address: b.address.to_string(),
+            why: format!("entry {at} is for {}", prev.address),
+        });
+    }
+    if prev.revoked() {
+        return Err(Error::KeyRevoked {
+            address: b.address.to_string(),
+            at,
+        });
+    }
+    Ok((at, prev))
+}
+
+/// What a rotation or revocation keeps from the binding it supersedes.
+fn carried_over(b: &Binding, prev: &Binding) -> Result<()> {
+    let mismatch = |field| Err(Error::EntryMismatch { field });
+    if b.real_name != prev.real_name {
+        return mismatch("real_name");
+    }
+    if b.verified != prev.verified {
+        return mismatch("verified");
+    }
+    if b.evidence_key != prev.evidence_key {
+        return mismatch("evidence_key");
+    }
+    Ok(())
+}
+
+/// Checks that the entry's certificate binds its real name (CN), address (URI SAN
+/// `blockpost:ADDRESS`), signing key (subject key) and encryption key (extension).
+fn check_certificate(b: &Binding) -> Result<()> {
+    let bad = |why: &str| Error::Malformed {
+        what: "certificate",
+        why: why.into(),
+    };
+    if b.certificate.is_empty() {
+        return Err(Error::EntryMismatch {
+            field: "certificate",
+        });
+    }
+    let (_, cert) = X509Certificate::from_der(&b.certificate)
+        .map_err(|e| bad(&format!("not DER X.509: {e}")))?;
+    if cert.public_key().subject_public_key.data.as_ref() != b.signing_key {
+        return Err(bad("its subject key is not the entry's signing key"));
+    }
+    let cn_matches = cert
+        .subject()
+        .iter_common_name()
+        .any(|a| a.as_str().is_ok_and(|s| s == b.real_name));
+    if !cn_matches {
+        return Err(bad("its common name is not the entry's real name"));
+    }
+    let uri = format!("blockpost:{}", b.address);
+    let san_matches = matches!(cert.subject_alternative_name(), Ok(Some(san))
+        if san.value.general_names.iter().any(|n| matches!(n, GeneralName::URI(u) if *u == uri)));
+    if !san_matches {
+        return Err(bad("it does not name the entry's address"));
+    }
+    let x25519_matches = cert.extensions().iter().any(|e| {
+        e.oid.to_id_string() == X25519_EXTENSION_OID && e.value.ends_with(&b.encryption_key)
+    });
+    if !x25519_matches {
+        return Err(bad("it does not carry the entry's encryption key"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use blockpost_proto::v1::LogEntry;
+
+    use super::*;
+    use crate::Identity;
+    use crate::testkit::{certificate, register, revoke, rotate};
+
+    fn ok(e: &LogEntry, prev: Option<(u64, &Binding)>) -> Binding {
+        authorize_entry(e, prev).unwrap()
+    }
+
+    #[test]
+    fn a_whole_life_is_authorised() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let reg = register("alice", "Alice AG", &a);
+        let b0 = ok(&reg, None);
+        assert_eq!(b0.signing_key, a.signing_public());
+        let rot = rotate("alice", "Alice AG", 0, &a, &b);
+        let b1 = ok(&rot, Some((0, &b0)));
+        assert_eq!(b1.signing_key, b.signing_public());
+        let rev = revoke("alice", "Alice AG", 1, &b);
+        assert!(ok(&rev, Some((1, &b1))).revoked());
+    }
+
+    #[test]
+    fn a_changed_byte_is_refused() {
+        let a = Identity::generate();
+        let mut reg = register("alice", "Alice AG", &a);
+        let req = reg.request.as_mut().unwrap();
+        // The body claims another timestamp: the signature no longer covers it.
+        let last = req.body.len() - 1;
+        req.body[last] ^= 1;
+        assert!(matches!(
+            authorize_entry(&reg, None),
+            Err(Error::SignatureInvalid(_))
+        ));
+        let mut reg = register("alice", "Alice AG", &a);
+        reg.request.as_mut().unwrap().signature[7] ^= 1;
+        assert!(matches!(
+            authorize_entry(&reg, None),
+            Err(Error::SignatureInvalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_wrong_key_is_refused() {
+        let (a, m) = (Identity::generate(), Identity::generate());
+        // Signed by someone other than the key it binds: no proof of possession.
+        let mut reg = register("alice", "Alice AG", &a);
+        let req = reg.request.as_mut().unwrap();
+        req.signature = Operation::Register.sign(&m.signing, &req.body);
+        assert!(matches!(
+            authorize_entry(&reg, None),
+            Err(Error::SignatureInvalid(_))
+        ));
+        // A rotation signed by the new key twice, not by the current one.
+        let b0 = ok(&register("alice", "Alice AG", &a), None);
+        let rot = rotate("alice", "Alice AG", 0, &m, &m);
+        assert!(matches!(
+            authorize_entry(&rot, Some((0, &b0))),
+            Err(Error::SignatureInvalid(m)) if m.contains("current key")
+        ));
+        // A rotation without the new key's signature.
+        let n = Identity::generate();
+        let mut rot = rotate("alice", "Alice AG", 0, &a, &n);
+        let req = rot.request.as_mut().unwrap();
+        req.second_signature = Operation::Rotate.sign(&m.signing, &req.body);
+        assert!(matches!(
+            authorize_entry(&rot, Some((0, &b0))),
+            Err(Error::SignatureInvalid(m)) if m.contains("new key")
+        ));
+        // A revocation by a stranger.
+        let rev = revoke("alice", "Alice AG", 0, &m);
+        assert!(authorize_entry(&rev, Some((0, &b0))).is_err());
+    }
+
+    #[test]
+    fn a_wrong_context_string_is_refused() {
+        let a = Identity::generate();
+        let mut reg = register("alice", "Alice AG", &a);
+        let req = reg.request.as_mut().unwrap();
+        req.signature = Operation::Rotate.sign(&a.signing, &req.body);
+        assert!(matches!(
+            authorize_entry(&reg, None),
+            Err(Error::SignatureInvalid(_))
+        ));
+        let b0 = ok(&register("alice", "Alice AG", &a), None);
+        let mut rev = revoke("alice", "Alice AG", 0, &a);
+        let req = rev.request.as_mut().unwrap();
+        req.signature = Operation::Register.sign(&a.signing, &req.body);
+        assert!(matches!(
+            authorize_entry(&rev, Some((0, &b0))),
+            Err(Error::SignatureInvalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_wrong_order_is_refused() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let reg = register("alice", "Alice AG", &a);
+        let b0 = ok(&reg, None);
+        // Registering a bound address.
+        assert!(matches!(
+            authorize_entry(&reg, Some((0, &b0))),
+            Err(Error::WrongPredecessor { .. })
+        ));
+        // Rotating or revoking nothing.
+        let rot = rotate("alice", "Alice AG", 0, &a, &b);
+        assert!(matches!(
+            authorize_entry(&rot, None),
+            Err(Error::WrongPredecessor { .. })
+        ));
+        // Naming an entry that is not the current one.
+        assert!(matches!(
+            authorize_entry(&rot, Some((5, &b0))),
+            Err(Error::WrongPredecessor { .. })
+        ));
+        // Anything after a revocation.
+        let rev = revoke("alice", "Alice AG", 0, &a);
+        let b1 = ok(&rev, Some((0, &b0)));
+        let rot = rotate("alice", "Alice AG", 1, &a, &b);
+        assert!(matches!(
+            authorize_entry(&rot, Some((1, &b1))),
+            Err(Error::KeyRevoked { at: 1, .. })
+        ));
+        // A predecessor of another address.
+        let other = ok(&register("bob", "Bob Ltd", &b), None);
+        let rot = rotate("alice", "Alice AG", 0, &a, &b);
+        assert!(matches!(
+            authorize_entry(&rot, Some((0, &other))),
+            Err(Error::WrongPredecessor { .. })
+        ));
+    }
+
+    #[test]
+    fn an_entry_that_differs_from_its_request_is_refused() {
+        let (a, m) = (Identity::generate(), Identity::generate());
+        let mut reg = register("alice", "Alice AG", &a);
+        reg.signing_key = m.signing_public().to_vec();
+        assert!(matches!(
+            authorize_entry(&reg, None),
+            Err(Error::EntryMismatch {
+                field: "signing_key"
+            })
+        ));
+        let mut reg = register("alice", "Alice AG", &a);
+        reg.real_name = "Mallory AG".into();
+        reg.certificate = certificate("Mallory AG", "alice", &a);
+        assert!(matches!(
+            authorize_entry(&reg, None),
+            Err(Error::EntryMismatch { field: "real_name" })
+        ));
+        let mut reg = register("alice", "Alice AG", &a);
+        reg.verified = true;
+        assert!(matches!(
+            authorize_entry(&reg, None),
+            Err(Error::EntryMismatch { field: "verified" })
+        ));
+        // A certificate for another key, name or address.
+        for cert in [
+            certificate("Alice AG", "alice", &m),
+            certificate("Alice AH", "alice", &a),
+            certificate("Alice AG", "alicf", &a),
+        ] {
+            let mut reg = register("alice", "Alice AG", &a);
+            reg.certificate = cert;
+            assert!(matches!(
+                authorize_entry(&reg, None),
+                Err(Error::Malformed {
+                    what: "certificate",
+                    ..
+                })
+            ));
+        }
+        // A rotation that renames the binding.
+        let b0 = ok(&register("alice", "Alice AG", &a), None);
+        let rot = rotate("alice", "Alice Renamed AG", 0, &a, &m);
+        assert!(matches!(
+            authorize_entry(&rot, Some((0, &b0))),
+            Err(Error::EntryMismatch { field: "real_name" })
+        ));
+        // A revocation that swaps the keys.
+        let mut rev = revoke("alice", "Alice AG", 0, &a);
+        rev.encryption_key = m.encryption_public().to_vec();
+        assert!(matches!(
+            authorize_entry(&rev, Some((0, &b0))),
+            Err(Error::EntryMismatch {
+                field: "encryption_key"
+            })
+        ));
+    }
+
+    #[test]
+    fn revocations_need_a_signature_and_evidence_keys_must_exist() {
+        let a = Identity::generate();
+        let b0 = ok(&register("alice", "Alice AG", &a), None);
+        let mut rev = revoke("alice", "Alice AG", 0, &a);
+        rev.request.as_mut().unwrap().signature.clear();
+        assert!(matches!(
+            authorize_entry(&rev, Some((0, &b0))),
+            Err(Error::SignatureInvalid("revocation is not signed"))
+        ));
+        let req = rev.request.as_mut().unwrap();
+        req.second_signature = vec![1; 64];
+        assert!(matches!(
+            authorize_entry(&rev, Some((0, &b0))),
+            Err(Error::SignatureInvalid(m)) if m.contains("no evidence key")
+        ));
+        let mut unsigned = register("alice", "Alice AG", &a);
+        unsigned.request = None;
+        assert!(matches!(
+            authorize_entry(&unsigned, None),
+            Err(Error::Malformed { .. })
+        ));
+    }
+}

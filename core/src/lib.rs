@@ -73,4 +73,4 @@ pub use keyfile::Identity;
 pub use log::{CheckpointSigner, VerifiedCheckpoint, leaf_hash, parse_hashes, verify_checkpoint};
 pub use request::{Operation, ed25519_key, x25519_key};
 pub use rules::{EnvelopeLimits, MAX_TEXT_LEN, ParsedEnvelope, VerifiedEnvelope, verify_batch};
-pub use state::{Applied, DirectoryState, Participant, verify_history};
+pub use state::{Applied, DirectoryState, Participant, Prepared, verify_history};

@@ -44,6 +44,16 @@ pub struct Applied {
     pub binding: Binding,
 }
 
+/// An entry checked against a state, not applied yet.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    index: u64,
+    predecessor: Option<u64>,
+    address: Address,
+    binding: Binding,
+    signing_key: VerifyingKey,
+}
+
 /// Every address's current binding and history, built by applying log entries in order.
 #[derive(Clone, Debug, Default)]
 pub struct DirectoryState {
@@ -70,21 +80,27 @@ impl DirectoryState {
     /// Decodes, authorises and applies entry `index`. An entry that is not the next one,
     /// does not decode, or is not authorised is an error and leaves the state unchanged.
     pub fn apply(&mut self, index: u64, entry: &[u8]) -> Result<Applied> {
-        if index != self.size {
-            return Err(Error::OutOfOrder {
-                expected: self.size,
-                got: index,
-            });
-        }
-        let e = LogEntry::decode(entry).map_err(|err| Error::Malformed {
-            what: "log entry",
-            why: err.to_string(),
-        })?;
-        self.apply_decoded(index, &e)
+        let p = self.prepare(index, entry)?;
+        self.commit(p)
     }
 
     /// [`DirectoryState::apply`] for an entry decoded already.
     pub fn apply_decoded(&mut self, index: u64, e: &LogEntry) -> Result<Applied> {
+        let p = self.prepare_decoded(index, e)?;
+        self.commit(p)
+    }
+
+    /// Checks entry `index` against this state without changing it: the expensive half of
+    /// [`DirectoryState::apply`], which a caller can run under a read lock.
+    pub fn prepare(&self, index: u64, entry: &[u8]) -> Result<Prepared> {
+        let e = LogEntry::decode(entry).map_err(|err| Error::Malformed {
+            what: "log entry",
+            why: err.to_string(),
+        })?;
+        self.prepare_decoded(index, &e)
+    }
+
+    fn prepare_decoded(&self, index: u64, e: &LogEntry) -> Result<Prepared> {
         if index != self.size {
             return Err(Error::OutOfOrder {
                 expected: self.size,
@@ -95,23 +111,46 @@ impl DirectoryState {
         let prev = self.addresses.get(&address);
         let binding = authorize_entry(e, prev.map(|p| (p.current, &p.binding)))?;
         let signing_key = ed25519_key(&binding.signing_key)?;
-        let mut lean = binding.clone();
+        Ok(Prepared {
+            index,
+            predecessor: prev.map(|p| p.current),
+            address,
+            binding,
+            signing_key,
+        })
+    }
+
+    /// Applies an entry [`DirectoryState::prepare`] checked, if the state is still the one
+    /// it was checked against.
+    pub fn commit(&mut self, p: Prepared) -> Result<Applied> {
+        let current = self.addresses.get(&p.address).map(|x| x.current);
+        if p.index != self.size || current != p.predecessor {
+            return Err(Error::OutOfOrder {
+                expected: self.size,
+                got: p.index,
+            });
+        }
+        let mut lean = p.binding.clone();
         lean.certificate = Vec::new();
-        let p = self
+        let index = p.index;
+        let entry = self
             .addresses
-            .entry(address)
+            .entry(p.address)
             .or_insert_with(|| Participant {
                 current: index,
                 binding: lean.clone(),
-                signing_key,
+                signing_key: p.signing_key,
                 history: Vec::new(),
             });
-        p.current = index;
-        p.binding = lean;
-        p.signing_key = signing_key;
-        p.history.push(index);
+        entry.current = index;
+        entry.binding = lean;
+        entry.signing_key = p.signing_key;
+        entry.history.push(index);
         self.size += 1;
-        Ok(Applied { index, binding })
+        Ok(Applied {
+            index,
+            binding: p.binding,
+        })
     }
 
     /// The current state of `address`.

@@ -4,13 +4,16 @@
 use std::path::Path;
 use std::time::Duration;
 
+use blockpost_storage::write_atomic;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ED25519, PublicKeyData, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
-use crate::{Error, Result, storage::write_private_file};
+use crate::{Error, Result};
 
 /// How long an issued certificate is valid.
 pub const CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -46,21 +49,24 @@ impl PublicKeyData for Ed25519Public {
 }
 
 impl Ca {
-    /// Loads the CA from `dir` (`ca.key`, `ca.pem`), creating it on first start.
-    pub fn load_or_create(dir: &Path, name: &str) -> Result<Self> {
-        let key_path = dir.join("ca.key");
-        let cert_path = dir.join("ca.pem");
+    /// The CA with `key` (a node key from the data directory), its self-signed certificate
+    /// read from `cert_path`, or created there on first start.
+    pub fn load_or_create(key: &SigningKey, cert_path: &Path, name: &str) -> Result<Self> {
         let cerr = |e: rcgen::Error| Error::Certificate(e.to_string());
-        if key_path.exists() {
-            let key_pem = std::fs::read_to_string(&key_path)?;
-            let key = KeyPair::from_pem(&key_pem).map_err(cerr)?;
-            let cert_pem = std::fs::read_to_string(&cert_path)?;
-            let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-                .map_err(|e| Error::Config(format!("{}: {e}", cert_path.display())))?;
-            let issuer = Issuer::from_ca_cert_der(&pem.contents.into(), key).map_err(cerr)?;
-            return Ok(Self { issuer, cert_pem });
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| Error::Certificate(format!("encoding the CA key: {e}")))?;
+        let key = KeyPair::try_from(der.as_bytes()).map_err(cerr)?;
+        match std::fs::read_to_string(cert_path) {
+            Ok(cert_pem) => {
+                let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+                    .map_err(|e| Error::Config(format!("{}: {e}", cert_path.display())))?;
+                let issuer = Issuer::from_ca_cert_der(&pem.contents.into(), key).map_err(cerr)?;
+                return Ok(Self { issuer, cert_pem });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::Config(format!("{}: {e}", cert_path.display()))),
         }
-        let key = KeyPair::generate_for(&PKCS_ED25519).map_err(cerr)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
@@ -81,8 +87,7 @@ impl Ca {
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key).map_err(cerr)?;
         let cert_pem = cert.pem();
-        write_private_file(&key_path, key.serialize_pem().as_bytes())?;
-        std::fs::write(&cert_path, &cert_pem)?;
+        write_atomic(cert_path, cert_pem.as_bytes())?;
         let issuer = Issuer::new(params, key);
         Ok(Self { issuer, cert_pem })
     }

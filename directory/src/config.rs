@@ -1,15 +1,13 @@
-//! Directory configuration: a serde struct read from TOML, checked once.
+//! Directory settings: the `[directory]` table of the node config.
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 /// Settings of the directory.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DirectoryConfig {
-    /// Where the log, its checkpoint and the node's keys live.
-    pub data_dir: PathBuf,
     /// The log's origin line; chosen at first start when unset, then kept in the data dir.
     pub origin: Option<String>,
     /// PEM files of trust anchors for evidence (bank consortium CA, company CA, ...).
@@ -19,7 +17,7 @@ pub struct DirectoryConfig {
     /// Most requests sequenced in one batch (one write and one fdatasync).
     pub max_batch: usize,
     /// Greatest accepted distance between a request's timestamp and the directory's clock.
-    pub max_clock_skew_ms: i64,
+    pub max_clock_skew_ms: u64,
     /// Publish entries and checkpoints to this JetStream stream.
     pub nats_stream: String,
 }
@@ -27,22 +25,20 @@ pub struct DirectoryConfig {
 impl Default for DirectoryConfig {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from("blockpost-data"),
             origin: None,
             trust_anchors: Vec::new(),
             require_verified: false,
             max_batch: 4096,
             max_clock_skew_ms: 10 * 60 * 1000,
-            nats_stream: "BLOCKPOST_DIRECTORY".into(),
+            nats_stream: blockpost_core::wire::DIRECTORY_STREAM.into(),
         }
     }
 }
 
 impl DirectoryConfig {
-    /// A config for tests, on the given data directory.
-    pub fn for_test(data_dir: impl Into<PathBuf>) -> Self {
+    /// A config for tests: a fixed origin.
+    pub fn for_test() -> Self {
         Self {
-            data_dir: data_dir.into(),
             origin: Some("test.blockpost/directory".into()),
             ..Self::default()
         }

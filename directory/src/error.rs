@@ -4,9 +4,13 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A check from `blockpost-core` failed (address, key, signature, proof, encoding).
+    /// A check from `blockpost-core` failed (address, key, signature, evidence, entry
+    /// authorisation, clock, proof, encoding).
     #[error(transparent)]
     Core(#[from] blockpost_core::Error),
+    /// The log on disk failed or is damaged.
+    #[error(transparent)]
+    Storage(#[from] blockpost_storage::Error),
     /// A request that is malformed in a way not covered by a core check.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -20,9 +24,6 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// A request signature that does not verify.
-    #[error("signature invalid: {0}")]
-    SignatureInvalid(String),
     /// The address is bound already (or was, and has been revoked).
     #[error("address {0} is already registered")]
     AddressTaken(String),
@@ -47,41 +48,20 @@ pub enum Error {
         /// The index the request named.
         named: u64,
     },
-    /// Evidence that does not establish the name.
-    #[error("evidence rejected: {0}")]
-    Evidence(String),
     /// The operator requires evidence and none was given.
     #[error(
         "this directory only accepts names backed by evidence (an X.509 chain to a configured trust anchor)"
     )]
     EvidenceRequired,
-    /// The request's timestamp is too far from the directory's clock.
-    #[error(
-        "timestamp {got_ms} ms is more than {skew_ms} ms away from the directory's clock {now_ms} ms"
-    )]
-    ClockSkew {
-        /// Timestamp in the request.
-        got_ms: i64,
-        /// Directory time.
-        now_ms: i64,
-        /// Permitted skew.
-        skew_ms: i64,
-    },
     /// A proof or range request beyond the log.
     #[error("out of range: {0}")]
     OutOfRange(String),
     /// Certificate issuance failed.
     #[error("certificate: {0}")]
     Certificate(String),
-    /// The log on disk is damaged or disagrees with a checkpoint it signed.
-    #[error("log corrupted: {0}")]
-    Corrupted(String),
     /// The node is shutting down.
     #[error("directory is shutting down")]
     ShuttingDown,
-    /// Storage failure.
-    #[error("storage: {0}")]
-    Io(#[from] std::io::Error),
     /// Configuration error.
     #[error("config: {0}")]
     Config(String),
@@ -90,38 +70,48 @@ pub enum Error {
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
+impl Error {
+    /// The gRPC code for this error: the one table from error to code.
+    pub fn code(&self) -> tonic::Code {
         use blockpost_core::Error as C;
+        use blockpost_storage::Error as S;
         use tonic::Code;
-        let code = match &e {
-            Error::Core(C::SignatureInvalid(_)) | Error::SignatureInvalid(_) => {
-                Code::PermissionDenied
-            }
+        match self {
+            Error::Core(C::SignatureInvalid(_) | C::Evidence(_)) => Code::PermissionDenied,
             Error::Core(
                 C::InvalidAddress { .. }
                 | C::InvalidRealName(_)
                 | C::InvalidKey { .. }
-                | C::Malformed { .. },
+                | C::Malformed { .. }
+                | C::TooLarge { .. }
+                | C::ClockSkew { .. },
             ) => Code::InvalidArgument,
+            Error::Core(C::KeyRevoked { .. } | C::WrongPredecessor { .. }) => {
+                Code::FailedPrecondition
+            }
             Error::Core(C::InclusionProofMismatch { .. } | C::ConsistencyProofMismatch { .. }) => {
                 Code::DataLoss
             }
+            // An entry the directory built that its own rules refuse is a bug here.
             Error::Core(_) => Code::Internal,
-            Error::InvalidRequest(_) | Error::TooLarge { .. } | Error::ClockSkew { .. } => {
-                Code::InvalidArgument
-            }
+            Error::Storage(S::OutOfRange(_)) => Code::OutOfRange,
+            Error::Storage(S::Corrupted(_)) => Code::DataLoss,
+            Error::Storage(_) => Code::Internal,
+            Error::InvalidRequest(_) | Error::TooLarge { .. } => Code::InvalidArgument,
             Error::AddressTaken(_) => Code::AlreadyExists,
             Error::NotFound(_) => Code::NotFound,
             Error::KeyRevoked { .. } | Error::Stale { .. } | Error::EvidenceRequired => {
                 Code::FailedPrecondition
             }
-            Error::Evidence(_) => Code::PermissionDenied,
             Error::OutOfRange(_) => Code::OutOfRange,
             Error::ShuttingDown => Code::Unavailable,
-            Error::Corrupted(_) => Code::DataLoss,
-            Error::Certificate(_) | Error::Io(_) | Error::Config(_) => Code::Internal,
-        };
-        tonic::Status::new(code, e.to_string())
+            Error::Certificate(_) | Error::Config(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
     }
 }

@@ -7,30 +7,42 @@
 //! and revocations are log entries too.
 //!
 //! # Layout
-//! - `config`: [`DirectoryConfig`], read from TOML.
+//! Every rule a verifier re-runs lives in `blockpost-core`: the directory checks what needs
+//! its own state and configuration (address taken, stale index, clock, trust anchors),
+//! builds the entry, and then calls [`blockpost_core::authorize_entry`] on it before it is
+//! sequenced, the same function gateways, clients and auditors call on every entry.
+//!
+//! # Layout
+//! - `config`: [`DirectoryConfig`], the `[directory]` table of the node config.
 //! - `service`: [`Directory`], the logic: request checks, certificate issuance, batched
 //!   sequencing, look-ups and proofs.
 //! - `grpc`: the `blockpost.v1.Directory` tonic service, a thin adapter.
-//! - `storage`: the log on disk (append-only records, fdatasync per batch) and its
-//!   in-memory tree and address index.
+//! - `storage`: the address index on top of the tree log from `blockpost-storage`.
 //! - `ca`: the directory CA and certificate issuance (rcgen).
-//! - `evidence`: X.509 evidence chains to configured trust anchors (x509-parser).
 //! - `publish`: trails the log into a JetStream stream for gateways and auditors.
 //! - `error`: [`Error`] and its one mapping to gRPC status codes.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use blockpost_directory::{Directory, DirectoryConfig, serve};
-//! let dir = Directory::start(DirectoryConfig::for_test("/tmp/blockpost-doc"), None).await?;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! serve(listener, dir, std::future::pending()).await?;
-//! # Ok(()) }
+//! use std::sync::Arc;
+//! use blockpost_directory::{Directory, DirectoryConfig, DirectoryParts};
+//! use ed25519_dalek::SigningKey;
+//! let parts = DirectoryParts {
+//!     origin: "example.org/log".into(),
+//!     log_key: SigningKey::from_bytes(&[1; 32]),
+//!     ca_key: SigningKey::from_bytes(&[2; 32]),
+//!     ca_cert: "/tmp/blockpost-doc/ca.pem".into(),
+//!     log_dir: "/tmp/blockpost-doc/log".into(),
+//! };
+//! let clock = Arc::new(blockpost_core::SystemClock);
+//! let dir = Directory::start(DirectoryConfig::default(), parts, clock, None).await?;
+//! let service = dir.into_service(); // add to a tonic server (the node does)
+//! # drop(service); Ok(()) }
 //! ```
 
 mod ca;
 mod config;
 mod error;
-mod evidence;
 mod grpc;
 mod publish;
 mod service;
@@ -39,24 +51,8 @@ mod storage;
 pub use ca::{CERT_VALIDITY, x25519_spki};
 pub use config::DirectoryConfig;
 pub use error::{Error, Result};
-pub use evidence::{TrustAnchors, verify_with_spki};
 pub use grpc::MAX_MESSAGE_LEN;
-pub use publish::{CHECKPOINT_SUBJECT, ENTRY_SUBJECT, INDEX_HEADER};
-pub use service::{Directory, MAX_BODY_LEN, MAX_ENTRIES_PER_CALL};
-
-/// Serves the directory's gRPC API on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    directory: Directory,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    // Without TCP_NODELAY, small responses wait on delayed ACKs (Nagle): tens of ms each.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .add_service(directory.into_service())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-}
+pub use service::{Directory, DirectoryParts, MAX_BODY_LEN, MAX_ENTRIES_PER_CALL};
 
 /// Hooks for `blockpost bench`; not a stable API.
 #[doc(hidden)]
@@ -67,7 +63,8 @@ pub mod bench_support {
 
     /// A CA in `dir` and a closure that issues one certificate with it.
     pub fn ca(dir: &Path) -> crate::Result<impl Fn() -> crate::Result<Vec<u8>>> {
-        let ca = Ca::load_or_create(dir, "bench")?;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let ca = Ca::load_or_create(&key, &dir.join("ca.pem"), "bench")?;
         Ok(move || {
             let s = Subject {
                 real_name: "Bench Participant AG",

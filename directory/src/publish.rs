@@ -10,16 +10,10 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
+use blockpost_core::wire;
 use tokio::sync::watch;
 
 use crate::service::Inner;
-
-/// Subject of entry messages; header [`INDEX_HEADER`] holds the leaf index.
-pub const ENTRY_SUBJECT: &str = "blockpost.directory.entry";
-/// Subject of checkpoint messages (the signed note).
-pub const CHECKPOINT_SUBJECT: &str = "blockpost.directory.checkpoint";
-/// Header with the leaf index of an entry message.
-pub const INDEX_HEADER: &str = "Blockpost-Leaf-Index";
 
 pub(crate) async fn run(
     inner: Arc<Inner>,
@@ -52,7 +46,7 @@ async fn publish_missing(inner: &Inner, js: &jetstream::Context) -> Result<(), B
     let mut st = js
         .get_or_create_stream(stream::Config {
             name: name.clone(),
-            subjects: vec!["blockpost.directory.>".into()],
+            subjects: vec![wire::DIRECTORY_SUBJECTS.into()],
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
@@ -62,10 +56,13 @@ async fn publish_missing(inner: &Inner, js: &jetstream::Context) -> Result<(), B
     let mut next = if info.state.messages == 0 {
         0
     } else {
-        match st.get_last_raw_message_by_subject(ENTRY_SUBJECT).await {
+        match st
+            .get_last_raw_message_by_subject(wire::ENTRY_SUBJECT)
+            .await
+        {
             Ok(m) => m
                 .headers
-                .get(INDEX_HEADER)
+                .get(wire::LEAF_INDEX_HEADER)
                 .and_then(|v| v.as_str().parse::<u64>().ok())
                 .map_or(0, |i| i + 1),
             Err(_) => 0,
@@ -81,10 +78,10 @@ async fn publish_missing(inner: &Inner, js: &jetstream::Context) -> Result<(), B
         for i in next..end {
             let entry = inner.store.entry(i)?;
             let mut h = HeaderMap::new();
-            h.insert(INDEX_HEADER, i.to_string().as_str());
-            h.insert("Nats-Msg-Id", format!("entry-{i}").as_str());
+            h.insert(wire::LEAF_INDEX_HEADER, i.to_string().as_str());
+            h.insert(wire::MSG_ID_HEADER, wire::entry_msg_id(i).as_str());
             acks.push(
-                js.publish_with_headers(ENTRY_SUBJECT, h, entry.into())
+                js.publish_with_headers(wire::ENTRY_SUBJECT, h, entry.into())
                     .await?,
             );
         }
@@ -94,9 +91,12 @@ async fn publish_missing(inner: &Inner, js: &jetstream::Context) -> Result<(), B
         next = end;
     }
     let mut h = HeaderMap::new();
-    h.insert("Blockpost-Tree-Size", head.size.to_string().as_str());
-    h.insert("Nats-Msg-Id", format!("checkpoint-{}", head.size).as_str());
-    js.publish_with_headers(CHECKPOINT_SUBJECT, h, head.checkpoint.into())
+    h.insert(wire::TREE_SIZE_HEADER, head.size.to_string().as_str());
+    h.insert(
+        wire::MSG_ID_HEADER,
+        wire::checkpoint_msg_id(head.size).as_str(),
+    );
+    js.publish_with_headers(wire::CHECKPOINT_SUBJECT, h, head.checkpoint.into())
         .await?
         .await?;
     tracing::debug!(

@@ -3,33 +3,46 @@
 //! top of [`Directory`].
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use blockpost_core::{
-    Address, CheckpointSigner, Operation, check_real_name, decode_entry, ed25519_key, now_ms,
-    x25519_key,
+    Address, Binding, CheckpointSigner, Clock, MAX_REASON_LEN, TrustAnchors, authorize_entry,
+    check_clock, check_real_name, decode_entry, ed25519_key, x25519_key,
 };
 use blockpost_proto::v1::{
     EntryKind, EntryProof, GetInfoResponse, LogEntry, LookupResponse, ProofResponse, RegisterBody,
     RevokeBody, RotateBody, SignedRequest,
 };
+use blockpost_storage::Head;
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use prost::Message as _;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ca::{Ca, Subject};
 use crate::config::DirectoryConfig;
-use crate::evidence::{TrustAnchors, verify_with_spki};
-use crate::storage::{Head, Store, write_private_file};
+use crate::storage::Store;
 use crate::{Error, Result};
 
 /// Largest signed request body.
 pub const MAX_BODY_LEN: usize = 96 * 1024;
 /// Most entries returned by one `GetEntries` call.
 pub const MAX_ENTRIES_PER_CALL: u64 = 1000;
-const MAX_REASON_LEN: usize = 1024;
+
+/// What the node hands the directory from its data directory.
+pub struct DirectoryParts {
+    /// The log's origin line.
+    pub origin: String,
+    /// Signs checkpoints.
+    pub log_key: SigningKey,
+    /// Signs certificates.
+    pub ca_key: SigningKey,
+    /// Where the CA certificate is kept.
+    pub ca_cert: PathBuf,
+    /// Where the log is kept.
+    pub log_dir: PathBuf,
+}
 
 /// A running directory. Cheap to clone.
 #[derive(Clone)]
@@ -43,6 +56,7 @@ pub(crate) struct Inner {
     ca: Ca,
     signer: CheckpointSigner,
     anchors: TrustAnchors,
+    clock: Arc<dyn Clock>,
     seq: mpsc::Sender<Pending>,
     changed: watch::Sender<u64>,
 }
@@ -63,11 +77,16 @@ struct Pending {
 }
 
 impl Directory {
-    /// Opens the log in `config.data_dir` (creating keys and CA on first start), and starts
-    /// the sequencer, and the NATS publisher when a client is given.
-    pub async fn start(config: DirectoryConfig, nats: Option<async_nats::Client>) -> Result<Self> {
+    /// Opens the log (creating the CA certificate on first start), and starts the
+    /// sequencer, and the NATS publisher when a client is given.
+    pub async fn start(
+        config: DirectoryConfig,
+        parts: DirectoryParts,
+        clock: Arc<dyn Clock>,
+        nats: Option<async_nats::Client>,
+    ) -> Result<Self> {
         let cfg = config.clone();
-        let (inner, rx) = tokio::task::spawn_blocking(move || Self::open(cfg))
+        let (inner, rx) = tokio::task::spawn_blocking(move || Self::open(cfg, parts, clock))
             .await
             .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??;
         let inner = Arc::new(inner);
@@ -82,58 +101,24 @@ impl Directory {
         Ok(Self { inner })
     }
 
-    fn open(config: DirectoryConfig) -> Result<(Inner, mpsc::Receiver<Pending>)> {
-        let dir = &config.data_dir;
-        let keys = dir.join("keys");
-        std::fs::create_dir_all(&keys)?;
-        let origin_path = dir.join("origin");
-        let origin = match std::fs::read_to_string(&origin_path) {
-            Ok(o) => {
-                let o = o.trim().to_owned();
-                if let Some(want) = &config.origin
-                    && want != &o
-                {
-                    return Err(Error::Config(format!(
-                        "data dir holds the log {o:?}, config names {want:?}: a log's origin never changes"
-                    )));
-                }
-                o
-            }
-            Err(_) => {
-                let o = config.origin.clone().unwrap_or_else(|| {
-                    format!(
-                        "blockpost.local/directory/{}",
-                        hex::encode(rand::random::<[u8; 4]>())
-                    )
-                });
-                crate::storage::write_atomic(&origin_path, o.as_bytes())?;
-                o
-            }
-        };
-        let log_key_path = keys.join("log.key");
-        let log_key = if log_key_path.exists() {
-            let pem = std::fs::read_to_string(&log_key_path)?;
-            SigningKey::from_pkcs8_pem(&pem)
-                .map_err(|e| Error::Config(format!("{}: {e}", log_key_path.display())))?
-        } else {
-            let k = SigningKey::generate(&mut rand::rngs::OsRng);
-            let pem = k
-                .to_pkcs8_pem(pkcs8::LineEnding::LF)
-                .map_err(|e| Error::Config(format!("encoding the log key: {e}")))?;
-            write_private_file(&log_key_path, pem.as_bytes())?;
-            k
-        };
-        let signer = CheckpointSigner::new(&origin, log_key)?;
-        let ca = Ca::load_or_create(&keys, &origin)?;
+    fn open(
+        config: DirectoryConfig,
+        parts: DirectoryParts,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Inner, mpsc::Receiver<Pending>)> {
+        let origin = parts.origin;
+        let signer = CheckpointSigner::new(&origin, parts.log_key)?;
+        let ca = Ca::load_or_create(&parts.ca_key, &parts.ca_cert, &origin)?;
         let mut anchors = Vec::new();
         for p in &config.trust_anchors {
             let pem = std::fs::read(p)
                 .map_err(|e| Error::Config(format!("trust anchor {}: {e}", p.display())))?;
-            let a = TrustAnchors::from_pem(&pem)?;
+            let a = TrustAnchors::from_pem(&pem)
+                .map_err(|e| Error::Config(format!("trust anchor {}: {e}", p.display())))?;
             anchors.extend(a.into_ders());
         }
         let anchors = TrustAnchors::new(anchors)?;
-        let store = Store::open(&dir.join("log"))?;
+        let store = Store::open(&parts.log_dir)?;
         store.ensure_checkpoint(|size, root| Ok(signer.sign(size, root)?))?;
         let (tx, rx) = mpsc::channel(config.max_batch.max(1) * 4);
         let (changed, _) = watch::channel(store.head().size);
@@ -150,6 +135,7 @@ impl Directory {
                 ca,
                 signer,
                 anchors,
+                clock,
                 seq: tx,
                 changed,
             },
@@ -247,7 +233,7 @@ impl Directory {
         let hashes = self.inner.store.prove_inclusion(index, size)?;
         Ok(ProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
-            checkpoint: head.checkpoint,
+            newest_checkpoint: head.checkpoint,
             tree_size: size,
         })
     }
@@ -270,7 +256,7 @@ impl Directory {
         let hashes = self.inner.store.prove_consistency(from, to)?;
         Ok(ProofResponse {
             hashes: hashes.iter().map(|h| h.to_vec()).collect(),
-            checkpoint: head.checkpoint,
+            newest_checkpoint: head.checkpoint,
             tree_size: to,
         })
     }
@@ -303,16 +289,11 @@ type Checked = (String, Vec<u8>, bool, Precondition);
 
 impl Inner {
     fn check_clock(&self, ts: i64) -> Result<()> {
-        let now = now_ms();
-        let skew = self.config.max_clock_skew_ms;
-        if (ts - now).abs() > skew {
-            return Err(Error::ClockSkew {
-                got_ms: ts,
-                now_ms: now,
-                skew_ms: skew,
-            });
-        }
-        Ok(())
+        Ok(check_clock(
+            ts,
+            self.clock.now_ms(),
+            self.config.max_clock_skew_ms,
+        )?)
     }
 
     fn check_register(&self, req: SignedRequest) -> Result<Checked> {
@@ -321,14 +302,9 @@ impl Inner {
             .map_err(|e| Error::InvalidRequest(format!("body is not a RegisterBody: {e}")))?;
         let address = Address::parse(&body.address)?;
         check_real_name(&body.real_name)?;
-        let key = ed25519_key(&body.signing_key)?;
+        ed25519_key(&body.signing_key)?;
         x25519_key(&body.encryption_key)?;
         self.check_clock(body.timestamp_ms)?;
-        Operation::Register
-            .verify(&key, &req.body, &req.signature)
-            .map_err(|e| {
-                Error::SignatureInvalid(format!("proof of possession of the signing key: {e}"))
-            })?;
         let (verified, evidence_key) = if body.evidence_chain.is_empty() {
             if !req.second_signature.is_empty() {
                 return Err(Error::InvalidRequest(
@@ -340,25 +316,16 @@ impl Inner {
             }
             (false, Vec::new())
         } else {
+            let now_secs = self.clock.now_ms().div_euclid(1000);
             let ev = self
                 .anchors
-                .check(&body.evidence_chain, &body.real_name, now_ms() / 1000)?;
-            if req.second_signature.is_empty() {
-                return Err(Error::SignatureInvalid(
-                    "the evidence key did not sign the request".into(),
-                ));
-            }
-            verify_with_spki(
-                &ev.leaf_spki,
-                &Operation::Register.message(&req.body),
-                &req.second_signature,
-            )?;
+                .check(&body.evidence_chain, &body.real_name, now_secs)?;
             (true, ev.leaf_spki)
         };
         if self.store.address(address.as_str()).is_some() {
             return Err(Error::AddressTaken(address.to_string()));
         }
-        let logged_at_ms = now_ms();
+        let logged_at_ms = self.clock.now_ms();
         let certificate = self.issue(
             &body.real_name,
             &address,
@@ -379,6 +346,8 @@ impl Inner {
             request: Some(req),
             evidence_key,
         };
+        // The same rules every verifier re-runs on this entry.
+        authorize_entry(&entry, None)?;
         Ok((
             address.to_string(),
             entry.encode_to_vec(),
@@ -387,7 +356,7 @@ impl Inner {
         ))
     }
 
-    fn current(&self, address: &Address, named: u64) -> Result<(u64, LogEntry)> {
+    fn current(&self, address: &Address, named: u64) -> Result<(u64, Binding)> {
         let st = self
             .store
             .address(address.as_str())
@@ -408,8 +377,8 @@ impl Inner {
                 named,
             });
         }
-        let (entry, _) = decode_entry(&self.store.entry(current)?)?;
-        Ok((current, entry))
+        let (_, binding) = decode_entry(&self.store.entry(current)?)?;
+        Ok((current, binding))
     }
 
     fn check_rotate(&self, req: SignedRequest) -> Result<Checked> {
@@ -417,20 +386,11 @@ impl Inner {
         let body = RotateBody::decode(req.body.as_slice())
             .map_err(|e| Error::InvalidRequest(format!("body is not a RotateBody: {e}")))?;
         let address = Address::parse(&body.address)?;
-        let new_key = ed25519_key(&body.new_signing_key)?;
+        ed25519_key(&body.new_signing_key)?;
         x25519_key(&body.new_encryption_key)?;
         self.check_clock(body.timestamp_ms)?;
         let (current, prev) = self.current(&address, body.current_index)?;
-        let old_key = ed25519_key(&prev.signing_key)?;
-        Operation::Rotate
-            .verify(&old_key, &req.body, &req.signature)
-            .map_err(|e| Error::SignatureInvalid(format!("signature by the current key: {e}")))?;
-        Operation::Rotate
-            .verify(&new_key, &req.body, &req.second_signature)
-            .map_err(|e| {
-                Error::SignatureInvalid(format!("proof of possession of the new key: {e}"))
-            })?;
-        let logged_at_ms = now_ms();
+        let logged_at_ms = self.clock.now_ms();
         let certificate = self.issue(
             &prev.real_name,
             &address,
@@ -441,7 +401,7 @@ impl Inner {
         let entry = LogEntry {
             kind: EntryKind::Rotate as i32,
             address: address.to_string(),
-            real_name: prev.real_name,
+            real_name: prev.real_name.clone(),
             verified: prev.verified,
             signing_key: body.new_signing_key,
             encryption_key: body.new_encryption_key,
@@ -449,8 +409,9 @@ impl Inner {
             previous_index: current,
             logged_at_ms,
             request: Some(req),
-            evidence_key: prev.evidence_key,
+            evidence_key: prev.evidence_key.clone(),
         };
+        authorize_entry(&entry, Some((current, &prev)))?;
         Ok((
             address.to_string(),
             entry.encode_to_vec(),
@@ -467,40 +428,20 @@ impl Inner {
         check_len("reason", body.reason.len(), MAX_REASON_LEN)?;
         self.check_clock(body.timestamp_ms)?;
         let (current, prev) = self.current(&address, body.current_index)?;
-        if !req.signature.is_empty() {
-            Operation::Revoke
-                .verify(&ed25519_key(&prev.signing_key)?, &req.body, &req.signature)
-                .map_err(|e| {
-                    Error::SignatureInvalid(format!("signature by the current key: {e}"))
-                })?;
-        } else if !req.second_signature.is_empty() {
-            if prev.evidence_key.is_empty() {
-                return Err(Error::SignatureInvalid(
-                    "the binding has no evidence key; sign the revocation with the current key"
-                        .into(),
-                ));
-            }
-            verify_with_spki(
-                &prev.evidence_key,
-                &Operation::Revoke.message(&req.body),
-                &req.second_signature,
-            )?;
-        } else {
-            return Err(Error::SignatureInvalid("revocation is not signed".into()));
-        }
         let entry = LogEntry {
             kind: EntryKind::Revoke as i32,
             address: address.to_string(),
-            real_name: prev.real_name,
+            real_name: prev.real_name.clone(),
             verified: prev.verified,
-            signing_key: prev.signing_key,
-            encryption_key: prev.encryption_key,
+            signing_key: prev.signing_key.to_vec(),
+            encryption_key: prev.encryption_key.to_vec(),
             certificate: Vec::new(),
             previous_index: current,
-            logged_at_ms: now_ms(),
+            logged_at_ms: self.clock.now_ms(),
             request: Some(req),
-            evidence_key: prev.evidence_key,
+            evidence_key: prev.evidence_key.clone(),
         };
+        authorize_entry(&entry, Some((current, &prev)))?;
         Ok((
             address.to_string(),
             entry.encode_to_vec(),
@@ -517,7 +458,7 @@ impl Inner {
         ek: &[u8],
         at_ms: i64,
     ) -> Result<Vec<u8>> {
-        let not_before = OffsetDateTime::from_unix_timestamp(at_ms / 1000)
+        let not_before = OffsetDateTime::from_unix_timestamp(at_ms.div_euclid(1000))
             .map_err(|e| Error::Certificate(e.to_string()))?;
         let key = |b: &[u8]| -> Result<[u8; 32]> {
             b.try_into()
@@ -616,7 +557,9 @@ impl Inner {
                 for p in accepted {
                     let _ = p
                         .reply
-                        .send(Err(Error::Io(std::io::Error::other(msg.clone()))));
+                        .send(Err(Error::Storage(blockpost_storage::Error::Io(
+                            std::io::Error::other(msg.clone()),
+                        ))));
                 }
             }
         }

@@ -4,22 +4,12 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A core check failed (address, key, signature, encoding).
+    /// A core rule refused it (address, key, envelope rule, size, clock, signature).
     #[error(transparent)]
     Core(#[from] blockpost_core::Error),
     /// Malformed input.
     #[error("invalid envelope: {0}")]
     Invalid(String),
-    /// A field over its limit.
-    #[error("{field} is too large: {len} bytes, limit {limit}")]
-    TooLarge {
-        /// The field.
-        field: &'static str,
-        /// Its size.
-        len: usize,
-        /// The limit.
-        limit: usize,
-    },
     /// The envelope's signature does not verify with the sender's current key.
     #[error("signature invalid: {0}")]
     SignatureInvalid(String),
@@ -57,18 +47,6 @@ pub enum Error {
         /// The nonce.
         nonce: u64,
     },
-    /// The timestamp is too far from the gateway's clock.
-    #[error(
-        "timestamp {got_ms} ms is more than {skew_ms} ms away from the gateway's clock {now_ms} ms"
-    )]
-    ClockSkew {
-        /// In the envelope.
-        got_ms: i64,
-        /// Gateway time.
-        now_ms: i64,
-        /// Permitted skew.
-        skew_ms: i64,
-    },
     /// The inbox challenge was not answered correctly.
     #[error("inbox access denied: {0}")]
     InboxDenied(String),
@@ -99,12 +77,13 @@ impl Error {
                 C::InvalidAddress { .. }
                 | C::InvalidKey { .. }
                 | C::Malformed { .. }
-                | C::InvalidRealName(_),
+                | C::InvalidRealName(_)
+                | C::InvalidEnvelope(_)
+                | C::TooLarge { .. }
+                | C::ClockSkew { .. },
             ) => Code::InvalidArgument,
             Error::Core(_) => Code::Internal,
-            Error::Invalid(_) | Error::TooLarge { .. } | Error::ClockSkew { .. } => {
-                Code::InvalidArgument
-            }
+            Error::Invalid(_) => Code::InvalidArgument,
             Error::UnknownSender(_) | Error::UnknownRecipient(_) => Code::NotFound,
             Error::Revoked { .. } | Error::InboxDenied(_) => Code::PermissionDenied,
             Error::StaleKey { .. } | Error::InboxBusy(_) => Code::FailedPrecondition,

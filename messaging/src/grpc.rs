@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{AckKind, Message};
-use blockpost_core::{Address, inbox_message};
+use blockpost_core::{Address, inbox_message, wire};
 use blockpost_proto::v1::inbox_client_message::Msg as ClientMsg;
 use blockpost_proto::v1::inbox_server_message::Msg as ServerMsg;
 use blockpost_proto::v1::messaging_server::{self, MessagingServer};
@@ -24,7 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::bus;
-use crate::gateway::{FIREHOSE_SEQ_HEADER, Gateway, MESSAGE_ID_HEADER};
+use crate::gateway::Gateway;
 use crate::{Error, Result};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -152,7 +152,7 @@ impl messaging_server::Messaging for Gateway {
                 let Ok(envelope) = Envelope::decode(m.payload.as_ref()) else {
                     continue;
                 };
-                let message_id = header(&m, MESSAGE_ID_HEADER)
+                let message_id = header(&m, wire::MESSAGE_ID_HEADER)
                     .and_then(|h| hex::decode(h).ok())
                     .unwrap_or_default();
                 let item = FirehoseMessage {
@@ -203,7 +203,7 @@ async fn serve_inbox(
         .participant(address.as_str(), Duration::from_millis(500))
         .await
         .ok_or_else(|| Error::InboxDenied(format!("{address} is not registered")))?;
-    if p.revoked {
+    if p.revoked() {
         return Err(Error::InboxDenied(format!("{address} is revoked")));
     }
     let sig = ed25519_dalek::Signature::from_slice(&hello.signature)
@@ -239,7 +239,7 @@ async fn serve_inbox(
             &format!("inbox-{address}"),
             pull::Config {
                 durable_name: Some(format!("inbox-{address}")),
-                filter_subject: format!("blockpost.inbox.{address}"),
+                filter_subject: wire::inbox_subject(&address),
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(10),
                 ..Default::default()
@@ -301,7 +301,7 @@ async fn serve_inbox(
                 let _ = m.ack_with(AckKind::Term).await;
                 continue;
             };
-            let firehose_sequence = header(&m, FIREHOSE_SEQ_HEADER)
+            let firehose_sequence = header(&m, wire::FIREHOSE_SEQ_HEADER)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
             pending

@@ -1,38 +1,47 @@
 //! Blockpost's messaging gateway.
 //!
 //! Participants submit signed, optionally end-to-end encrypted envelopes. The gateway
-//! checks each one against a live replica of the directory (sender binding current and not
-//! revoked, signature, recipients, nonce, timestamp, sizes), publishes it to the public
-//! firehose and to each recipient's inbox on NATS JetStream, and only then returns a signed
-//! receipt that promises inclusion in a block within a stated delay. Gateways share
-//! nothing but NATS, so several can run side by side.
+//! checks each one with the stateless rules of `blockpost-core` ([`ParsedEnvelope`],
+//! signature included), then what needs live state: its clock, and a replica of the
+//! directory (sender binding current and not revoked, recipients known), and the nonce
+//! through JetStream de-duplication. It publishes the envelope to the public firehose and to
+//! each recipient's inbox, and only then returns a signed receipt that promises inclusion
+//! in a block within a stated delay. Gateways share nothing but NATS, so several can run
+//! side by side.
+//!
+//! [`ParsedEnvelope`]: blockpost_core::ParsedEnvelope
 //!
 //! # Layout
-//! - `gateway`: [`Gateway`], the checks, routing and receipts; [`GatewayConfig`].
+//! - `config`: [`MessagingConfig`], the `[messaging]` table of the node config.
+//! - `gateway`: [`Gateway`], the checks, routing and receipts.
 //! - `grpc`: the `blockpost.v1.Messaging` service: submit (unary and streaming), inbox
 //!   (challenge, deliveries, acknowledgements), firehose.
-//! - `replica`: [`Replica`], the directory followed from its JetStream stream.
+//! - `replica`: [`Replica`], the directory followed from its JetStream stream, as a
+//!   [`blockpost_core::DirectoryState`].
 //! - `verify`: [`BatchVerifier`], ed25519 batch verification off the runtime.
 //! - `error`: [`Error`] and its one mapping to gRPC codes.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use blockpost_messaging::{Gateway, GatewayConfig};
+//! use std::sync::Arc;
+//! use blockpost_messaging::{Gateway, MessagingConfig};
 //! let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
-//! let gw = Gateway::start(GatewayConfig::new("/tmp/blockpost-gw"), nats).await?;
+//! let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+//! let clock = Arc::new(blockpost_core::SystemClock);
+//! let gw = Gateway::start(MessagingConfig::default(), key, "BLOCKPOST_DIRECTORY".into(), clock, nats).await?;
 //! let service = gw.into_service(); // add to a tonic server
 //! # drop(service); Ok(()) }
 //! ```
 
+mod config;
 mod error;
 mod gateway;
 mod grpc;
 mod replica;
 mod verify;
 
+pub use config::MessagingConfig;
 pub use error::{Error, Result};
-pub use gateway::{
-    FIREHOSE_SEQ_HEADER, FIREHOSE_SUBJECT, Gateway, GatewayConfig, MESSAGE_ID_HEADER,
-};
-pub use replica::{DIRECTORY_STREAM, Participant, Replica};
+pub use gateway::Gateway;
+pub use replica::Replica;
 pub use verify::{BatchVerifier, MAX_BATCH};

@@ -1,56 +1,48 @@
 //! A live replica of the directory, followed from its JetStream stream, so that every
 //! envelope check is a memory look-up. Revocations reach it as fast as NATS delivers.
+//!
+//! The replica is a [`DirectoryState`]: every entry is authorised by the core rules before
+//! it is applied, in log order. An entry that does not decode or apply is logged and
+//! counted, never applied; the genuine entry at that index still applies when it comes.
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
-use blockpost_core::decode_entry;
-use ed25519_dalek::VerifyingKey;
+use blockpost_core::{DirectoryState, Participant, wire};
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
-/// Stream the directory publishes to.
-pub const DIRECTORY_STREAM: &str = "BLOCKPOST_DIRECTORY";
-const ENTRY_SUBJECT: &str = "blockpost.directory.entry";
-const INDEX_HEADER: &str = "Blockpost-Leaf-Index";
-
-/// The current state of one participant.
-#[derive(Clone, Debug)]
-pub struct Participant {
-    /// Index of the newest entry.
-    pub current: u64,
-    /// Whether that entry revoked the binding.
-    pub revoked: bool,
-    /// Current ed25519 key (decoded once).
-    pub signing_key: VerifyingKey,
-    /// Current x25519 key.
-    pub encryption_key: [u8; 32],
-}
-
 /// The replica.
 pub struct Replica {
-    map: RwLock<HashMap<String, Participant>>,
+    state: RwLock<DirectoryState>,
     /// Number of log entries applied.
     applied: watch::Sender<u64>,
+    rejected: AtomicU64,
 }
 
 impl Replica {
-    /// Starts following the directory stream.
-    pub fn start(js: jetstream::Context) -> Arc<Self> {
+    /// Starts following the directory stream `stream`.
+    pub fn start(js: jetstream::Context, stream: String) -> Arc<Self> {
         let (applied, _) = watch::channel(0);
         let r = Arc::new(Self {
-            map: RwLock::new(HashMap::new()),
+            state: RwLock::new(DirectoryState::new()),
             applied,
+            rejected: AtomicU64::new(0),
         });
-        tokio::spawn(follow(r.clone(), js));
+        tokio::spawn(follow(r.clone(), js, stream));
         r
     }
 
     /// Entries applied so far.
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()
+    }
+
+    /// Entries read from the stream that did not decode or were not authorised.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
     }
 
     /// The participant, waiting up to `patience` for the replica to learn of it (a
@@ -76,10 +68,10 @@ impl Replica {
 
     /// The participant as the replica knows it now.
     pub fn get(&self, address: &str) -> Option<Participant> {
-        self.map
+        self.state
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(address)
+            .participant(address)
             .cloned()
     }
 
@@ -91,45 +83,43 @@ impl Replica {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Only the follower task applies, so the state cannot change between the check under
+    /// the read lock (signatures, so look-ups are not held up) and the commit.
     fn apply(&self, index: u64, entry: &[u8]) {
-        if index != self.applied() {
-            return; // a redelivery or a gap; the ordered consumer resumes in order
-        }
-        match decode_entry(entry) {
-            Ok((_, b)) => {
-                let key = VerifyingKey::from_bytes(&b.signing_key);
-                if let Ok(signing_key) = key {
-                    let p = Participant {
-                        current: index,
-                        revoked: b.revoked(),
-                        signing_key,
-                        encryption_key: b.encryption_key,
-                    };
-                    self.map
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(b.address.to_string(), p);
-                }
+        let prepared = {
+            let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+            if index < st.size() {
+                return; // a redelivery; the ordered consumer resumes in order
+            }
+            st.prepare(index, entry)
+        };
+        let applied = prepared.and_then(|p| {
+            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+            st.commit(p).map(|_| st.size())
+        });
+        match applied {
+            Ok(size) => {
+                self.applied.send_replace(size);
             }
             Err(e) => {
-                tracing::error!(index, error = %e, "directory entry does not decode; skipped")
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(index, error = %e, "directory entry refused by the replica");
             }
         }
-        self.applied.send_replace(index + 1);
     }
 }
 
-async fn follow(replica: Arc<Replica>, js: jetstream::Context) {
+async fn follow(replica: Arc<Replica>, js: jetstream::Context, stream_name: String) {
     let mut next_seq = 1u64;
     loop {
         let result: Result<(), String> = async {
             let stream = js
-                .get_stream(DIRECTORY_STREAM)
+                .get_stream(&stream_name)
                 .await
                 .map_err(|e| e.to_string())?;
             let consumer = stream
                 .create_consumer(OrderedConfig {
-                    filter_subject: ENTRY_SUBJECT.into(),
+                    filter_subject: wire::ENTRY_SUBJECT.into(),
                     deliver_policy: DeliverPolicy::ByStartSequence {
                         start_sequence: next_seq,
                     },
@@ -143,10 +133,14 @@ async fn follow(replica: Arc<Replica>, js: jetstream::Context) {
                 let index = m
                     .headers
                     .as_ref()
-                    .and_then(|h| h.get(INDEX_HEADER))
+                    .and_then(|h| h.get(wire::LEAF_INDEX_HEADER))
                     .and_then(|v| v.as_str().parse::<u64>().ok());
-                if let Some(index) = index {
-                    replica.apply(index, &m.payload);
+                match index {
+                    Some(index) => replica.apply(index, &m.payload),
+                    None => {
+                        replica.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("directory entry without a leaf index; skipped");
+                    }
                 }
                 if let Ok(info) = m.info() {
                     next_seq = info.stream_sequence + 1;

@@ -1,21 +1,23 @@
 //! Signature checks in batches, off the async runtime.
 //!
-//! Under load, envelopes that arrive together are checked with ed25519 batch
-//! verification; a failed batch falls back to single checks to find the bad ones.
+//! Under load, envelopes that arrive together are checked together with
+//! [`blockpost_core::verify_batch`], the same rule every verifier runs.
 
 use std::sync::Arc;
 
-use ed25519_dalek::{Signature, VerifyingKey};
+use blockpost_core::{ParsedEnvelope, VerifiedEnvelope, verify_batch};
+use ed25519_dalek::VerifyingKey;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::{Error, Result};
 
 /// Most signatures in one batch.
 pub const MAX_BATCH: usize = 64;
 
 struct Job {
+    envelope: ParsedEnvelope,
     key: VerifyingKey,
-    msg: Vec<u8>,
-    sig: Signature,
-    reply: oneshot::Sender<bool>,
+    reply: oneshot::Sender<blockpost_core::Result<VerifiedEnvelope>>,
 }
 
 /// A handle to the verification task.
@@ -32,26 +34,23 @@ impl BatchVerifier {
         Self { tx }
     }
 
-    /// Whether `sig` is a valid signature of `msg` by `key`.
-    pub async fn verify(&self, key: VerifyingKey, msg: Vec<u8>, sig: &[u8]) -> bool {
-        let Ok(sig) = Signature::from_slice(sig) else {
-            return false;
-        };
+    /// Checks `envelope`'s signature with `key`.
+    pub async fn verify(
+        &self,
+        envelope: ParsedEnvelope,
+        key: VerifyingKey,
+    ) -> Result<VerifiedEnvelope> {
         let (reply, rx) = oneshot::channel();
-        if self
-            .tx
+        let gone = || Error::Internal("the signature checker stopped".into());
+        self.tx
             .send(Job {
+                envelope,
                 key,
-                msg,
-                sig,
                 reply,
             })
             .await
-            .is_err()
-        {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+            .map_err(|_| gone())?;
+        Ok(rx.await.map_err(|_| gone())??)
     }
 }
 
@@ -70,65 +69,55 @@ async fn run(mut rx: mpsc::Receiver<Job>) {
             return;
         };
         tokio::task::spawn_blocking(move || {
-            let ok = check(&batch);
-            for (j, ok) in batch.into_iter().zip(ok) {
-                let _ = j.reply.send(ok);
+            let (items, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|j| ((j.envelope, j.key), j.reply))
+                .unzip();
+            for (r, reply) in verify_batch(items).into_iter().zip(replies) {
+                let _ = reply.send(r);
             }
             drop(permit);
         });
     }
 }
 
-fn check(batch: &[Job]) -> Vec<bool> {
-    let single = |j: &Job| j.key.verify_strict(&j.msg, &j.sig).is_ok();
-    if batch.len() == 1 {
-        return vec![single(&batch[0])];
-    }
-    let msgs: Vec<&[u8]> = batch.iter().map(|j| j.msg.as_slice()).collect();
-    let sigs: Vec<Signature> = batch.iter().map(|j| j.sig).collect();
-    let keys: Vec<VerifyingKey> = batch.iter().map(|j| j.key).collect();
-    if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
-        // Batch verification is not strict about malleable encodings; the strict single
-        // check stays authoritative for what it rejects, at the price of a cheap pre-check.
-        batch.iter().map(|j| !j.key.is_weak()).collect()
-    } else {
-        batch.iter().map(single).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use ed25519_dalek::{Signer as _, SigningKey};
+    use blockpost_core::{EnvelopeLimits, Identity, sign_envelope};
+    use blockpost_proto::v1::envelope_content::Body;
+    use blockpost_proto::v1::{EnvelopeContent, MessageKind};
+    use prost::Message as _;
 
     use super::*;
 
     #[tokio::test]
     async fn batches_find_the_bad_signature() {
         let v = BatchVerifier::start();
+        let ids: Vec<Identity> = (0..8).map(|_| Identity::generate()).collect();
         let mut set = tokio::task::JoinSet::new();
-        for i in 0..200u32 {
+        for i in 0..200u64 {
             let v = v.clone();
-            set.spawn(async move {
-                let k = SigningKey::from_bytes(&[(i % 250) as u8 + 1; 32]);
-                let msg = i.to_be_bytes().to_vec();
-                let mut sig = k.sign(&msg).to_bytes();
-                if i % 37 == 0 {
-                    sig[10] ^= 1;
-                }
-                (i, v.verify(k.verifying_key(), msg, &sig).await)
-            });
+            let id = &ids[i as usize % ids.len()];
+            let content = EnvelopeContent {
+                sender: "alice".into(),
+                recipients: vec!["bob".into()],
+                transaction_id: "t".into(),
+                kind: MessageKind::Message as i32,
+                nonce: i,
+                body: Some(Body::Plaintext(b"x".to_vec())),
+                ..Default::default()
+            };
+            let mut env = sign_envelope(&id.signing, content.encode_to_vec());
+            if i % 37 == 0 {
+                env.signature[10] ^= 1;
+            }
+            let p = ParsedEnvelope::parse(env, &EnvelopeLimits::default()).unwrap();
+            let key = id.signing.verifying_key();
+            set.spawn(async move { (i, v.verify(p, key).await.is_ok()) });
         }
         while let Some(r) = set.join_next().await {
             let (i, ok) = r.unwrap();
             assert_eq!(ok, i % 37 != 0, "signature {i}");
         }
-        assert!(
-            !v.verify(
-                SigningKey::from_bytes(&[1; 32]).verifying_key(),
-                vec![1],
-                &[0; 10]
-            )
-            .await
-        );
     }
 }

@@ -1,0 +1,65 @@
+//! Gateway settings: the `[messaging]` table of the node config.
+
+use blockpost_core::EnvelopeLimits;
+use serde::Deserialize;
+
+/// Settings of the gateway.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagingConfig {
+    /// Largest body: plaintext, or each ciphertext's plaintext.
+    pub max_body_len: usize,
+    /// Most recipients per envelope.
+    pub max_recipients: usize,
+    /// Greatest distance between an envelope's timestamp and the gateway's clock; must be
+    /// below half the firehose's de-duplication window, which enforces nonce uniqueness
+    /// (the window is set to twice this).
+    pub max_clock_skew_ms: u64,
+    /// The promise in every receipt: in a block within this delay.
+    pub max_block_delay_ms: u64,
+    /// Firehose stream name.
+    pub firehose_stream: String,
+    /// Inbox stream name.
+    pub inbox_stream: String,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        let limits = EnvelopeLimits::default();
+        Self {
+            max_body_len: limits.max_body_len,
+            max_recipients: limits.max_recipients,
+            max_clock_skew_ms: 5 * 60 * 1000,
+            max_block_delay_ms: 10_000,
+            firehose_stream: blockpost_core::wire::FIREHOSE_STREAM.into(),
+            inbox_stream: blockpost_core::wire::INBOX_STREAM.into(),
+        }
+    }
+}
+
+impl MessagingConfig {
+    /// The envelope size limits.
+    pub fn limits(&self) -> EnvelopeLimits {
+        EnvelopeLimits {
+            max_body_len: self.max_body_len,
+            max_recipients: self.max_recipients,
+        }
+    }
+
+    /// Checks the settings for values that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_recipients == 0 {
+            return Err("messaging.max_recipients must be at least 1".into());
+        }
+        if self.max_body_len == 0 {
+            return Err("messaging.max_body_len must be at least 1".into());
+        }
+        if self.max_clock_skew_ms == 0 || self.max_clock_skew_ms > 24 * 3600 * 1000 {
+            return Err("messaging.max_clock_skew_ms must be between 1 ms and 24 h".into());
+        }
+        if self.max_block_delay_ms == 0 || i64::try_from(self.max_block_delay_ms).is_err() {
+            return Err("messaging.max_block_delay_ms must be a positive number of ms".into());
+        }
+        Ok(())
+    }
+}

@@ -7,6 +7,8 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MessagingConfig {
+    /// Run the gateway (on by default; `blockpost bench directory` runs the directory alone).
+    pub enabled: bool,
     /// Largest body: plaintext, or each ciphertext's plaintext.
     pub max_body_len: usize,
     /// Most recipients per envelope.
@@ -27,6 +29,7 @@ impl Default for MessagingConfig {
     fn default() -> Self {
         let limits = EnvelopeLimits::default();
         Self {
+            enabled: true,
             max_body_len: limits.max_body_len,
             max_recipients: limits.max_recipients,
             max_clock_skew_ms: 5 * 60 * 1000,

@@ -3,6 +3,7 @@
 //! # Layout
 //! - `proto/blockpost/v1/*.proto`: the schema, the single source of truth.
 //! - `build.rs`: compiles it with protox (pure Rust) and tonic-prost-build; no `protoc` needed.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //! - [`v1`]: the generated messages, clients (`directory_client`) and servers (`directory_server`).
 //!
 //! ```
@@ -18,3 +19,7 @@ pub mod v1 {
     pub use prost;
     tonic::include_proto!("blockpost.v1");
 }
+
+/// The encoded `FileDescriptorSet` of every `.proto` file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/blockpost_descriptor.bin"));

@@ -3,8 +3,8 @@
 //! # Layout
 //! - [`NatsServer`]: `nats-server` with JetStream on a free port and a temporary store;
 //!   `kill()` and `restart()` (same port, same store); killed on drop.
-//! - [`Sandbox`]: a whole node in process (directory, gRPC on an ephemeral port, NATS
-//!   publishing), on a temporary data directory.
+//! - [`Sandbox`]: a whole node in process, started through [`Node`] like `blockpost up`
+//!   (directory, gateway, gRPC on an ephemeral port), on a temporary data directory.
 //! - [`blockpost_bin`]: the `blockpost` binary for tests across processes.
 //! - [`wait_for`]: polls a condition with a deadline instead of sleeping.
 //!
@@ -19,12 +19,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use blockpost_cli::{Client, LocalNats};
-use blockpost_directory::{Directory, DirectoryConfig};
-use blockpost_messaging::{Gateway, GatewayConfig};
+use blockpost_client::Client;
+use blockpost_directory::Directory;
+use blockpost_messaging::Gateway;
+use blockpost_node::{LocalNats, Node, NodeConfig};
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -55,7 +57,7 @@ impl NatsServer {
 
     /// Starts again on the same port and store.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.inner.restart()
+        Ok(self.inner.restart()?)
     }
 
     /// A connected client.
@@ -66,6 +68,8 @@ impl NatsServer {
 
 /// A whole node in process, on ephemeral ports and a temporary data directory.
 pub struct Sandbox {
+    /// The node.
+    pub node: Arc<Node>,
     /// The node's directory.
     pub directory: Directory,
     /// The node's messaging gateway.
@@ -90,37 +94,43 @@ impl Sandbox {
     }
 
     /// A sandbox whose config `adjust` may change.
-    pub async fn start_with(adjust: impl FnOnce(&mut DirectoryConfig)) -> anyhow::Result<Self> {
+    pub async fn start_with(adjust: impl FnOnce(&mut NodeConfig)) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
-        let mut cfg = DirectoryConfig::for_test(tmp.path().join("data"));
-        adjust(&mut cfg);
         let nats = tokio::task::spawn_blocking(NatsServer::start).await??;
-        Self::start_on(cfg, nats, "127.0.0.1:0".parse()?, tmp).await
+        let mut cfg = NodeConfig::for_test(tmp.path().join("data"), &nats.url());
+        adjust(&mut cfg);
+        Self::start_on(cfg, nats, tmp).await
     }
 
-    /// A sandbox on a given config, NATS server and listen address.
+    /// A sandbox on a given config and NATS server (the config's `nats` is set to it).
     pub async fn start_on(
-        cfg: DirectoryConfig,
+        mut cfg: NodeConfig,
         nats: NatsServer,
-        listen: SocketAddr,
         tmp: TempDir,
     ) -> anyhow::Result<Self> {
-        let client = nats.connect().await?;
+        cfg.nats = Some(nats.url());
+        let listen: SocketAddr = cfg.validate()?;
         let data_dir = cfg.data_dir.clone();
-        let directory = Directory::start(cfg, Some(client.clone())).await?;
-        let gateway = Gateway::start(GatewayConfig::new(&data_dir), client).await?;
+        let node = Arc::new(Node::start(cfg).await?);
+        let directory = node.directory().clone();
+        let gateway = node
+            .gateway()
+            .context("the sandbox needs the gateway enabled")?
+            .clone();
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let (d, g) = (directory.clone(), gateway.clone());
+        let n = node.clone();
         let server = tokio::spawn(async move {
-            let _ = blockpost_cli::serve_node(listener, d, g, async {
-                let _ = rx.await;
-            })
-            .await;
+            let _ = n
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await;
         });
         let client_dir = tmp.path().join("client");
         Ok(Self {
+            node,
             directory,
             gateway,
             nats,
@@ -135,7 +145,7 @@ impl Sandbox {
 
     /// A verifying client with this sandbox's client state directory.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        Client::connect(&self.endpoint, &self.client_dir).await
+        Ok(Client::connect(&self.endpoint, &self.client_dir).await?)
     }
 
     /// A raw gRPC client (no verification), for feeding bad input.
@@ -156,6 +166,11 @@ impl Sandbox {
             let _ = h.await;
         }
         (self.nats, self._tmp)
+    }
+
+    /// The config the node started from.
+    pub fn config(&self) -> &NodeConfig {
+        self.node.config()
     }
 }
 
@@ -184,10 +199,19 @@ fn build_bin() -> anyhow::Result<PathBuf> {
         .parent()
         .context("workspace root")?;
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-    let sources = ["cli", "core", "directory", "proto"]
-        .iter()
-        .filter_map(|c| newest(&workspace.join(c)))
-        .max();
+    let sources = [
+        "cli",
+        "client",
+        "core",
+        "directory",
+        "messaging",
+        "node",
+        "proto",
+        "storage",
+    ]
+    .iter()
+    .filter_map(|c| newest(&workspace.join(c)))
+    .max();
     if built.is_some() && built >= sources {
         return Ok(bin);
     }

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use blockpost_cli::{Messenger, Outgoing};
+use blockpost_client::{Messenger, Outgoing};
 use blockpost_core::{Identity, SealTo, body_aad, inbox_message, now_ms, seal_body, sign_envelope};
-use blockpost_messaging::{Gateway, GatewayConfig};
+use blockpost_messaging::{Gateway, MessagingConfig};
 use blockpost_proto::v1::envelope_content::Body;
 use blockpost_proto::v1::inbox_client_message::Msg as ClientMsg;
 use blockpost_proto::v1::inbox_server_message::Msg as ServerMsg;
@@ -543,25 +543,24 @@ async fn two_gateways_share_only_nats() {
     let sb = Sandbox::start().await.unwrap();
     let a = party(&sb, "alice", "Alice AG").await;
     let b = party(&sb, "bob", "Bob Ltd").await;
-    // A second gateway: its own data dir and port, the same NATS.
-    let tmp = tempfile::tempdir().unwrap();
+    // A second gateway: its own key and port, the same NATS.
     let gw2 = Gateway::start(
-        GatewayConfig::new(tmp.path()),
+        MessagingConfig::default(),
+        ed25519_dalek::SigningKey::from_bytes(&rand::random()),
+        sb.config().directory.nats_stream.clone(),
+        std::sync::Arc::new(blockpost_core::SystemClock),
         sb.nats.connect().await.unwrap(),
     )
     .await
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let svc = gw2.clone().into_service();
-    tokio::spawn(async move {
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming)
-            .await
-    });
+    let routes = tonic::service::Routes::new(gw2.clone().into_service());
+    tokio::spawn(blockpost_node::serve(
+        listener,
+        routes,
+        std::future::pending(),
+    ));
     let mut g1 = messaging(&sb).await;
     let mut g2 = MessagingClient::new(
         tonic::transport::Channel::from_shared(url)
@@ -589,7 +588,7 @@ async fn two_gateways_share_only_nats() {
         .unwrap();
     wait_for(Duration::from_secs(1), "revocation on gateway 2", || {
         let p = gw2.replica().get("alice");
-        async move { p.filter(|p| p.revoked).map(|_| ()) }
+        async move { p.filter(|p| p.revoked()).map(|_| ()) }
     })
     .await
     .unwrap();

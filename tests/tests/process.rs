@@ -8,8 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use blockpost_cli::{Client, free_port};
+use blockpost_client::Client;
 use blockpost_core::{Identity, Operation, now_ms, verify_checkpoint};
+use blockpost_node::free_port;
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use blockpost_proto::v1::{ConsistencyProofRequest, RegisterBody, SignedRequest};
 use blockpost_tests::{NatsServer, blockpost_bin, wait_for};
@@ -440,7 +441,7 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     // A client that pinned this log refuses a node that presents another log key.
     node.kill().unwrap();
     node.wait().unwrap();
-    blockpost_cli::reap_stale(&data.join("nats"));
+    blockpost_node::reap_stale(&data.join("nats"));
     std::fs::remove_dir_all(&data).unwrap();
     std::fs::create_dir_all(&data).unwrap();
     let mut node = spawn_node(&data, port, None);
@@ -449,5 +450,5 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     node.kill().unwrap();
     node.wait().unwrap();
     // The managed nats-server outlived the SIGKILLed node; the next start would end it.
-    blockpost_cli::reap_stale(&data.join("nats"));
+    blockpost_node::reap_stale(&data.join("nats"));
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use crate::{Error, Result};
 
 /// A running `nats-server`, killed when dropped.
 pub struct LocalNats {
@@ -20,7 +20,7 @@ pub struct LocalNats {
 impl LocalNats {
     /// Starts `nats-server` on a free loopback port with its JetStream store in `store`,
     /// and returns once it accepts connections.
-    pub fn start(store: &Path) -> anyhow::Result<Self> {
+    pub fn start(store: &Path) -> Result<Self> {
         let port = free_port()?;
         let mut me = Self {
             child: None,
@@ -33,9 +33,9 @@ impl LocalNats {
         Ok(me)
     }
 
-    fn spawn(&mut self) -> anyhow::Result<()> {
+    fn spawn(&mut self) -> Result<()> {
         std::fs::create_dir_all(&self.store)
-            .with_context(|| format!("creating {}", self.store.display()))?;
+            .map_err(|e| Error::Nats(format!("creating {}: {e}", self.store.display())))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -49,11 +49,11 @@ impl LocalNats {
             .stderr(log)
             .spawn()
             .map_err(|e| {
-                anyhow::anyhow!(
+                Error::Nats(format!(
                     "cannot start {}: {e}. Install NATS (Debian/Ubuntu: `apt-get install nats-server`, or run \
                      scripts/setup-nats), or pass --nats URL of a running server with JetStream",
                     bin.to_string_lossy()
-                )
+                ))
             })?;
         // Remember the pid: if this process dies by SIGKILL the server outlives it, and the
         // next start on this store must end it before reusing the store.
@@ -62,7 +62,7 @@ impl LocalNats {
         self.wait_ready(Duration::from_secs(15))
     }
 
-    fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         loop {
@@ -71,7 +71,9 @@ impl LocalNats {
             {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join("\n");
-                bail!("nats-server exited with {st} during start-up:\n{tail}");
+                return Err(Error::Nats(format!(
+                    "nats-server exited with {st} during start-up:\n{tail}"
+                )));
             }
             // Ready means: the server accepts a connection and greets with INFO.
             if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
@@ -82,10 +84,10 @@ impl LocalNats {
                 }
             }
             if Instant::now() > deadline {
-                bail!(
+                return Err(Error::Nats(format!(
                     "nats-server did not accept connections on port {} within {limit:?}",
                     self.port
-                );
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -110,7 +112,7 @@ impl LocalNats {
     }
 
     /// Starts the server again on the same port and store.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
+    pub fn restart(&mut self) -> Result<()> {
         self.kill();
         self.spawn()
     }
@@ -146,6 +148,6 @@ pub fn reap_stale(store: &Path) {
 }
 
 /// A loopback port that was free a moment ago.
-pub fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }

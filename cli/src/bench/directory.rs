@@ -6,16 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use blockpost_core::{Identity, Operation, now_ms};
-use blockpost_directory::{Directory, DirectoryConfig, serve};
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use blockpost_proto::v1::{LookupRequest, RegisterBody, SignedRequest};
 use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message as _;
 
-use crate::LocalNats;
+use super::BenchNode;
+use crate::say;
 
 /// Flags of `blockpost bench directory`.
 #[derive(Clone, Debug, clap::Args)]
@@ -101,50 +100,22 @@ fn fmt_d(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-/// Connects to `url`, or starts a managed nats-server under `dir` when none is given.
-pub(crate) async fn bench_nats(
-    url: Option<&str>,
-    dir: &std::path::Path,
-) -> anyhow::Result<(async_nats::Client, Option<LocalNats>)> {
-    let (url, managed) = match url {
-        Some(u) => (u.to_owned(), None),
-        None => {
-            let store = dir.join("nats");
-            let n = tokio::task::spawn_blocking(move || LocalNats::start(&store)).await??;
-            (n.url(), Some(n))
-        }
-    };
-    let nats = async_nats::connect(&url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    Ok((nats, managed))
-}
-
 /// Runs the directory benchmark and prints a summary.
-pub async fn bench_directory(args: BenchArgs) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let data = args.data.clone().unwrap_or_else(|| tmp.path().join("data"));
-    let (nats, managed) = bench_nats(args.nats.as_deref(), tmp.path()).await?;
-    let mut cfg = DirectoryConfig::for_test(&data);
-    cfg.origin = Some("bench.blockpost/directory".into());
-    let dir = Directory::start(cfg, Some(nats)).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, dir.clone(), async {
-        let _ = stop_rx.await;
-    }));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // The directory alone: no gateway replaying the log beside it.
+    let bn = BenchNode::start(args.data.clone(), args.nats.clone(), false).await?;
+    let dir = bn.node.directory().clone();
+    let channel = tonic::transport::Channel::from_shared(bn.endpoint.clone())?
         .connect()
         .await?;
     let start_size = dir.size() as usize;
 
-    crate::say!(
+    say!(
         "blockpost bench directory: {} registrations over gRPC, {} in flight",
         args.registrations,
         args.concurrency
     );
-    crate::say!(
+    say!(
         "machine: {} cores; release build recommended (cargo run --release)",
         num_cpus()
     );
@@ -152,7 +123,7 @@ pub async fn bench_directory(args: BenchArgs) -> anyhow::Result<()> {
     // Phase 1: pre-sign, then register over gRPC.
     let t = Instant::now();
     let reqs = Arc::new(make_requests(start_size, args.registrations));
-    crate::say!(
+    say!(
         "pre-signed {} requests in {:.2} s",
         reqs.len(),
         t.elapsed().as_secs_f64()
@@ -250,38 +221,36 @@ pub async fn bench_directory(args: BenchArgs) -> anyhow::Result<()> {
     // Where the time goes: the per-registration costs, one at a time on one core.
     let costs = tokio::task::spawn_blocking(unit_costs).await?;
 
-    crate::say!();
-    crate::say!(
+    say!();
+    say!(
         "registrations    {} ok, {errors} errors in {:.2} s",
         lat.len(),
         reg_elapsed.as_secs_f64()
     );
-    crate::say!(
+    say!(
         "  throughput     {reg_rate:.0} registrations/s (verify, certificate, fdatasync'd append, checkpoint, proof)"
     );
-    crate::say!(
+    say!(
         "  latency        p50 {}  p99 {}",
         fmt_d(percentile(&lat, 0.5)),
         fmt_d(percentile(&lat, 0.99))
     );
-    crate::say!("look-ups         directory of {size} entries");
-    crate::say!(
+    say!("look-ups         directory of {size} entries");
+    say!(
         "  in process     p50 {}  p99 {}",
         fmt_d(percentile(&inproc, 0.5)),
         fmt_d(percentile(&inproc, 0.99))
     );
-    crate::say!(
+    say!(
         "  over gRPC      p50 {}  p99 {}",
         fmt_d(percentile(&remote, 0.5)),
         fmt_d(percentile(&remote, 0.99))
     );
-    crate::say!("unit costs (one core, per registration)");
+    say!("unit costs (one core, per registration)");
     for (what, d) in costs {
-        crate::say!("  {what:<26} {:>8.1} us", d.as_secs_f64() * 1e6);
+        say!("  {what:<26} {:>8.1} us", d.as_secs_f64() * 1e6);
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    drop(managed);
+    bn.stop().await;
     Ok(())
 }
 

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use blockpost_client::Client;
 use blockpost_core::{Identity, SealTo, body_aad, now_ms, seal_body, sign_envelope};
-use blockpost_directory::{Directory, DirectoryConfig};
-use blockpost_messaging::{Gateway, GatewayConfig};
 use blockpost_proto::v1::envelope_content::Body;
 use blockpost_proto::v1::messaging_client::MessagingClient;
 use blockpost_proto::v1::submit_result::Result as Outcome;
@@ -16,7 +15,8 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use futures::StreamExt as _;
 use prost::Message as _;
 
-use crate::{Client, serve_node};
+use super::BenchNode;
+use crate::say;
 
 /// Flags of `blockpost bench messages`.
 #[derive(Clone, Debug, clap::Args)]
@@ -57,27 +57,19 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Runs the benchmark and prints a summary.
-pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
+pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
+    let bn = BenchNode::start(None, args.nats.clone(), true).await?;
     let tmp = tempfile::tempdir()?;
-    let (nats, managed) = crate::bench::bench_nats(args.nats.as_deref(), tmp.path()).await?;
-    let data = tmp.path().join("data");
-    let mut cfg = DirectoryConfig::for_test(&data);
-    cfg.origin = Some("bench.blockpost/directory".into());
-    let directory = Directory::start(cfg, Some(nats.clone())).await?;
-    let gateway = Gateway::start(GatewayConfig::new(&data), nats.clone()).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_node(
-        listener,
-        directory.clone(),
-        gateway.clone(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let endpoint = bn.endpoint.clone();
+    let directory = bn.node.directory().clone();
+    let gateway = bn
+        .node
+        .gateway()
+        .ok_or_else(|| anyhow::anyhow!("the bench node has no gateway"))?
+        .clone();
+    let nats = async_nats::connect(bn.node.nats_url()).await?;
 
-    crate::say!(
+    say!(
         "blockpost bench messages: {} envelopes x2, {}-byte bodies, {} streams",
         args.messages,
         args.body,
@@ -85,11 +77,11 @@ pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
     );
     // Raw limits first, on an idle machine.
     let (single, batch) = tokio::task::spawn_blocking(raw_verify).await?;
-    crate::say!(
+    say!(
         "raw ed25519 on one core: {single:.0} verifications/s single, {batch:.0}/s in batches of 64"
     );
     let raw_js = raw_jetstream(&nats, args.body).await?;
-    crate::say!(
+    say!(
         "raw JetStream publish from one client: {raw_js:.0} msgs/s (1,000 acks in flight, file storage)"
     );
 
@@ -125,14 +117,14 @@ pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
             args.body,
             encrypted.then_some((r.leaf_index, rid.encryption_public())),
         );
-        crate::say!(
+        say!(
             "pre-signed {} {} envelopes in {:.2} s",
             envs.len(),
             if encrypted { "encrypted" } else { "plaintext" },
             t.elapsed().as_secs_f64()
         );
         let (rate, lat, errors) = submit_all(&channel, envs, args.streams, 0).await?;
-        crate::say!(
+        say!(
             "{:<10} accepted {rate:>8.0} msgs/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {errors}  ({:.2}x one core's batch verification)",
             if encrypted { "encrypted" } else { "plaintext" },
             pct(&lat, 0.5),
@@ -151,7 +143,7 @@ pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
             );
             let (rate, lat, errors) =
                 submit_all(&channel, envs, args.streams, args.paced_rate).await?;
-            crate::say!(
+            say!(
                 "{:<10} paced at {} msgs/s: accepted {rate:>6.0} msgs/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {errors}",
                 if encrypted { "encrypted" } else { "plaintext" },
                 args.paced_rate,
@@ -160,9 +152,7 @@ pub async fn bench_messages(args: BenchMessagesArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let _ = stop.send(());
-    let _ = server.await;
-    drop(managed);
+    bn.stop().await;
     Ok(())
 }
 

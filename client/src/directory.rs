@@ -1,24 +1,27 @@
 //! A directory client that verifies everything it receives: checkpoint signatures,
 //! consistency with the newest checkpoint it verified before (kept in its state
-//! directory), and the inclusion proof of every entry.
+//! directory), the inclusion proof of every entry, and that every entry was authorised by
+//! its signed request and the entry before it (the same core rules the directory ran).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, anyhow, bail};
 use blockpost_core::{
-    Binding, Identity, Operation, VerifiedCheckpoint, decode_entry, now_ms, verify_checkpoint,
+    Address, Binding, Identity, Operation, VerifiedCheckpoint, authorize_entry, now_ms,
+    verify_checkpoint, verify_history,
 };
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use blockpost_proto::v1::{
     ConsistencyProofRequest, EntryProof, EntryResponse, GetCheckpointRequest, GetInfoRequest,
-    GetInfoResponse, LookupRequest, RegisterBody, RevokeBody, RotateBody, SignedRequest,
+    GetInfoResponse, LogEntry, LookupRequest, RegisterBody, RevokeBody, RotateBody, SignedRequest,
 };
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
+use crate::{Error, Result};
+
 /// Signs bytes with the key of an evidence certificate.
-pub type EvidenceSigner<'a> = dyn Fn(&[u8]) -> anyhow::Result<Vec<u8>> + 'a;
+pub type EvidenceSigner<'a> = dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, String> + 'a;
 
 /// What the client remembers of one directory.
 #[derive(Serialize, Deserialize)]
@@ -36,7 +39,9 @@ pub struct VerifiedEntry {
     pub leaf_index: u64,
     /// Leaf bytes.
     pub entry: Vec<u8>,
-    /// The decoded binding.
+    /// The decoded entry.
+    pub decoded: LogEntry,
+    /// The binding it states.
     pub binding: Binding,
     /// Inclusion proof (RFC 6962 order).
     pub inclusion_proof: Vec<Vec<u8>>,
@@ -71,51 +76,55 @@ pub fn config_dir() -> PathBuf {
 
 impl Client {
     /// Connects, fetches the node's identity and pins its log key on first use.
-    pub async fn connect(endpoint: &str, state_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn connect(endpoint: &str, state_dir: &Path) -> Result<Self> {
         let url = if endpoint.contains("://") {
             endpoint.to_owned()
         } else {
             format!("http://{endpoint}")
         };
         let channel = Channel::from_shared(url.clone())
-            .with_context(|| format!("bad endpoint {endpoint:?}"))?
+            .map_err(|e| Error::BadEndpoint {
+                endpoint: endpoint.to_owned(),
+                why: e.to_string(),
+            })?
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect()
             .await
-            .with_context(|| format!("cannot reach the directory at {url}"))?;
+            .map_err(|e| Error::Unreachable {
+                endpoint: url.clone(),
+                why: e.to_string(),
+            })?;
         let mut grpc = DirectoryClient::new(channel.clone()).max_decoding_message_size(64 << 20);
-        let info = grpc
-            .get_info(GetInfoRequest {})
-            .await
-            .map_err(status)?
-            .into_inner();
+        let info = grpc.get_info(GetInfoRequest {}).await?.into_inner();
         let name: String = url
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
         let state_file = state_dir.join("directories").join(format!("{name}.json"));
+        let state_err = |why: String| Error::State {
+            path: state_file.display().to_string(),
+            why,
+        };
         let mut newest = None;
         if let Ok(text) = std::fs::read_to_string(&state_file) {
-            let t: Trusted = serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{} is damaged; delete it to trust the directory anew",
-                    state_file.display()
-                )
+            let t: Trusted = serde_json::from_str(&text).map_err(|e| {
+                state_err(format!(
+                    "damaged ({e}); delete it to trust the directory anew"
+                ))
             })?;
             if t.verifier_key != info.verifier_key || t.origin != info.origin {
-                bail!(
-                    "the directory at {url} now presents log {:?} with key {:?}, but {} pinned log {:?} with key {:?}: \
-                     refusing to continue (delete that file only if the operator announced a new log)",
-                    info.origin,
-                    info.verifier_key,
-                    state_file.display(),
-                    t.origin,
-                    t.verifier_key
-                );
+                return Err(Error::PinnedKeyChanged {
+                    endpoint: url,
+                    presented_origin: info.origin,
+                    presented_key: info.verifier_key,
+                    pinned_origin: t.origin,
+                    pinned_key: t.verifier_key,
+                    state_file: state_file.display().to_string(),
+                });
             }
             newest = Some(
                 verify_checkpoint(t.checkpoint.as_bytes(), &t.verifier_key)
-                    .with_context(|| format!("stored checkpoint in {}", state_file.display()))?,
+                    .map_err(|e| state_err(format!("stored checkpoint: {e}")))?,
             );
         }
         Ok(Self {
@@ -145,9 +154,9 @@ impl Client {
 
     /// Verifies a checkpoint and its consistency with the newest one verified before, then
     /// remembers the newer of the two.
-    pub async fn accept_checkpoint(&mut self, note: &[u8]) -> anyhow::Result<VerifiedCheckpoint> {
-        let cp = verify_checkpoint(note, &self.info.verifier_key)
-            .context("checkpoint from the directory")?;
+    pub async fn accept_checkpoint(&mut self, note: &[u8]) -> Result<VerifiedCheckpoint> {
+        let cp =
+            verify_checkpoint(note, &self.info.verifier_key).map_err(Error::CheckpointSignature)?;
         if let Some(old) = self.newest.clone() {
             let (a, b) = if cp.size >= old.size {
                 (&old, &cp)
@@ -162,13 +171,12 @@ impl Client {
                         from_size: a.size,
                         to_size: b.size,
                     })
-                    .await
-                    .map_err(status)?
+                    .await?
                     .into_inner()
                     .hashes
             };
             a.verify_consistency(b, &proof)
-                .context("the directory's log is not consistent with what it showed before")?;
+                .map_err(Error::InconsistentCheckpoint)?;
         }
         if self.newest.as_ref().is_none_or(|o| cp.size > o.size) {
             self.save(&cp)?;
@@ -177,61 +185,84 @@ impl Client {
         Ok(cp)
     }
 
-    fn save(&self, cp: &VerifiedCheckpoint) -> anyhow::Result<()> {
+    fn save(&self, cp: &VerifiedCheckpoint) -> Result<()> {
+        let err = |why: String| Error::State {
+            path: self.state_file.display().to_string(),
+            why,
+        };
         let t = Trusted {
             origin: self.info.origin.clone(),
             verifier_key: self.info.verifier_key.clone(),
-            checkpoint: String::from_utf8(cp.note.clone())?,
+            checkpoint: String::from_utf8(cp.note.clone())
+                .map_err(|_| err("checkpoint is not UTF-8".into()))?,
         };
         if let Some(dir) = self.state_file.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         }
         let tmp = self.state_file.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&t)?)?;
-        std::fs::rename(&tmp, &self.state_file)?;
+        let json = serde_json::to_vec_pretty(&t).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&tmp, json).map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, &self.state_file).map_err(|e| err(e.to_string()))?;
         Ok(())
     }
 
-    /// Verifies an entry with its proof.
-    pub async fn accept_entry(&mut self, p: EntryProof) -> anyhow::Result<VerifiedEntry> {
+    /// Verifies an entry's checkpoint and inclusion proof and decodes it. Who authorised
+    /// it is checked by the callers, which know the entry it supersedes.
+    pub async fn accept_entry(&mut self, p: EntryProof) -> Result<VerifiedEntry> {
         let cp = self.accept_checkpoint(&p.checkpoint).await?;
         cp.verify_inclusion(p.leaf_index, &p.entry, &p.inclusion_proof)
-            .with_context(|| {
-                format!(
-                    "entry {} is not in the log the directory signed",
-                    p.leaf_index
-                )
+            .map_err(|source| Error::BadProof {
+                index: p.leaf_index,
+                source,
             })?;
-        let (_, binding) = decode_entry(&p.entry)?;
+        let bad = |source| Error::BadEntry {
+            index: p.leaf_index,
+            source,
+        };
+        let decoded = LogEntry::decode(p.entry.as_slice()).map_err(|e| {
+            bad(blockpost_core::Error::Malformed {
+                what: "log entry",
+                why: e.to_string(),
+            })
+        })?;
+        let binding = Binding::from_entry(&decoded).map_err(bad)?;
         Ok(VerifiedEntry {
             leaf_index: p.leaf_index,
             entry: p.entry,
+            decoded,
             binding,
             inclusion_proof: p.inclusion_proof,
             checkpoint: cp,
         })
     }
 
-    /// Verifies the entry in a register, rotate or revoke answer.
+    /// Verifies the entry in a register, rotate or revoke answer, and that the request
+    /// inside it authorised it given `previous`.
     async fn accept_response(
         &mut self,
-        resp: Result<tonic::Response<EntryResponse>, tonic::Status>,
-    ) -> anyhow::Result<VerifiedEntry> {
-        let proof = resp
-            .map_err(status)?
+        resp: std::result::Result<tonic::Response<EntryResponse>, tonic::Status>,
+        previous: Option<&VerifiedEntry>,
+    ) -> Result<VerifiedEntry> {
+        let proof = resp?
             .into_inner()
             .proof
-            .ok_or_else(|| anyhow!("directory returned no proof"))?;
-        self.accept_entry(proof).await
+            .ok_or_else(|| Error::UnexpectedAnswer("no proof in the answer".into()))?;
+        let e = self.accept_entry(proof).await?;
+        authorize_entry(&e.decoded, previous.map(|p| (p.leaf_index, &p.binding))).map_err(
+            |source| Error::BadEntry {
+                index: e.leaf_index,
+                source,
+            },
+        )?;
+        Ok(e)
     }
 
     /// Fetches and verifies the newest checkpoint.
-    pub async fn checkpoint(&mut self) -> anyhow::Result<VerifiedCheckpoint> {
+    pub async fn checkpoint(&mut self) -> Result<VerifiedCheckpoint> {
         let note = self
             .grpc
             .get_checkpoint(GetCheckpointRequest {})
-            .await
-            .map_err(status)?
+            .await?
             .into_inner()
             .checkpoint;
         self.accept_checkpoint(&note).await
@@ -244,7 +275,7 @@ impl Client {
         address: &str,
         real_name: &str,
         evidence: Option<(&[Vec<u8>], &EvidenceSigner<'_>)>,
-    ) -> anyhow::Result<VerifiedEntry> {
+    ) -> Result<VerifiedEntry> {
         let body = RegisterBody {
             address: address.into(),
             real_name: real_name.into(),
@@ -256,7 +287,9 @@ impl Client {
         .encode_to_vec();
         let signature = Operation::Register.sign(&id.signing, &body);
         let second_signature = match evidence {
-            Some((_, sign)) => sign(&Operation::Register.message(&body))?,
+            Some((_, sign)) => {
+                sign(&Operation::Register.message(&body)).map_err(Error::EvidenceSigner)?
+            }
             None => Vec::new(),
         };
         let resp = self
@@ -267,47 +300,41 @@ impl Client {
                 second_signature,
             })
             .await;
-        let e = self.accept_response(resp).await?;
+        let e = self.accept_response(resp, None).await?;
         expect_binding(&e, address, &id.signing_public())?;
         Ok(e)
     }
 
-    /// Every entry of `address`, verified and checked to form one chain.
-    pub async fn lookup(&mut self, address: &str) -> anyhow::Result<Vec<VerifiedEntry>> {
+    /// Every entry of `address`, verified and checked to form one authorised chain.
+    pub async fn lookup(&mut self, address: &str) -> Result<Vec<VerifiedEntry>> {
+        let addr = Address::parse(address)?;
         let resp = self
             .grpc
             .lookup(LookupRequest {
                 address: address.into(),
             })
-            .await
-            .map_err(status)?
+            .await?
             .into_inner();
         let mut out: Vec<VerifiedEntry> = Vec::with_capacity(resp.history.len());
         for p in resp.history {
-            let e = self.accept_entry(p).await?;
-            if e.binding.address.as_str() != address {
-                bail!(
-                    "directory answered a look-up of {address} with an entry for {}",
-                    e.binding.address
-                );
-            }
-            if let Some(prev) = out.last()
-                && e.binding.previous_index != Some(prev.leaf_index)
-            {
-                bail!("history of {address} is broken at entry {}", e.leaf_index);
-            }
-            out.push(e);
+            out.push(self.accept_entry(p).await?);
         }
-        if out.is_empty() {
-            bail!("directory returned an empty history for {address}");
-        }
+        let entries: Vec<(u64, &[u8])> = out
+            .iter()
+            .map(|e| (e.leaf_index, e.entry.as_slice()))
+            .collect();
+        verify_history(&addr, &entries).map_err(|source| Error::BrokenHistory {
+            address: address.to_owned(),
+            source,
+        })?;
         Ok(out)
     }
 
     /// Current entry of `address`.
-    pub async fn current(&mut self, address: &str) -> anyhow::Result<VerifiedEntry> {
+    pub async fn current(&mut self, address: &str) -> Result<VerifiedEntry> {
         let mut h = self.lookup(address).await?;
-        h.pop().ok_or_else(|| anyhow!("no entry"))
+        h.pop()
+            .ok_or_else(|| Error::UnexpectedAnswer(format!("no entry for {address}")))
     }
 
     /// Replaces the keys of `address` (held by `old`) with `new`.
@@ -316,7 +343,7 @@ impl Client {
         old: &Identity,
         new: &Identity,
         address: &str,
-    ) -> anyhow::Result<VerifiedEntry> {
+    ) -> Result<VerifiedEntry> {
         let cur = self.current(address).await?;
         let body = RotateBody {
             address: address.into(),
@@ -332,7 +359,7 @@ impl Client {
             body,
         };
         let resp = self.grpc.rotate(req).await;
-        let e = self.accept_response(resp).await?;
+        let e = self.accept_response(resp, Some(&cur)).await?;
         expect_binding(&e, address, &new.signing_public())?;
         Ok(e)
     }
@@ -344,7 +371,7 @@ impl Client {
         reason: &str,
         current_key: Option<&Identity>,
         evidence_sign: Option<&EvidenceSigner<'_>>,
-    ) -> anyhow::Result<VerifiedEntry> {
+    ) -> Result<VerifiedEntry> {
         let cur = self.current(address).await?;
         let body = RevokeBody {
             address: address.into(),
@@ -360,27 +387,31 @@ impl Client {
         match (current_key, evidence_sign) {
             (Some(id), _) => req.signature = Operation::Revoke.sign(&id.signing, &req.body),
             (None, Some(sign)) => {
-                req.second_signature = sign(&Operation::Revoke.message(&req.body))?
+                req.second_signature =
+                    sign(&Operation::Revoke.message(&req.body)).map_err(Error::EvidenceSigner)?
             }
-            (None, None) => bail!("a revocation needs the current key or the evidence key"),
+            (None, None) => {
+                return Err(Error::Refused(
+                    "a revocation needs the current key or the evidence key".into(),
+                ));
+            }
         }
         let resp = self.grpc.revoke(req).await;
-        let e = self.accept_response(resp).await?;
+        let e = self.accept_response(resp, Some(&cur)).await?;
         if !e.binding.revoked() || e.binding.address.as_str() != address {
-            bail!("directory answered a revocation with an unrelated entry");
+            return Err(Error::UnexpectedAnswer(
+                "a revocation answered with an unrelated entry".into(),
+            ));
         }
         Ok(e)
     }
 }
 
-fn expect_binding(e: &VerifiedEntry, address: &str, key: &[u8; 32]) -> anyhow::Result<()> {
+fn expect_binding(e: &VerifiedEntry, address: &str, key: &[u8; 32]) -> Result<()> {
     if e.binding.address.as_str() != address || &e.binding.signing_key != key {
-        bail!("directory answered with an entry that does not bind {address} to our key");
+        return Err(Error::UnexpectedAnswer(format!(
+            "an entry that does not bind {address} to our key"
+        )));
     }
     Ok(())
-}
-
-/// Turns a gRPC status into an error that names the code and the server's message.
-pub fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow!("refused by the node: {:?}: {}", s.code(), s.message())
 }

@@ -1,0 +1,84 @@
+//! `blockpost bench`: load generators against a node started in process, with a summary.
+
+mod directory;
+mod messages;
+
+use std::time::Duration;
+
+pub use directory::BenchArgs;
+pub use messages::BenchMessagesArgs;
+
+/// The benchmarks.
+#[derive(clap::Subcommand)]
+pub enum BenchCmd {
+    /// Registrations/s and look-up latency of the directory.
+    Directory(BenchArgs),
+    /// Accepted envelopes/s and submit-to-receipt latency of the gateway.
+    Messages(BenchMessagesArgs),
+}
+
+/// Runs one benchmark.
+pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Directory(a) => directory::run(a).await,
+        BenchCmd::Messages(a) => messages::run(a).await,
+    }
+}
+
+/// A node in process for a benchmark, serving on an ephemeral port until dropped.
+pub(crate) struct BenchNode {
+    pub node: std::sync::Arc<blockpost_node::Node>,
+    pub endpoint: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl BenchNode {
+    /// Starts a node on a temporary data dir (or `data`), with NATS at `nats` or managed.
+    pub async fn start(
+        data: Option<std::path::PathBuf>,
+        nats: Option<String>,
+        messaging: bool,
+    ) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let data = data.unwrap_or_else(|| tmp.path().join("data"));
+        let mut cfg = blockpost_node::NodeConfig {
+            data_dir: data,
+            nats,
+            ..blockpost_node::NodeConfig::default()
+        };
+        cfg.directory.origin = Some("bench.blockpost/directory".into());
+        cfg.messaging.enabled = messaging;
+        let node = std::sync::Arc::new(blockpost_node::Node::start(cfg).await?);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let n = node.clone();
+        let server = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = n.serve(listener, shutdown).await {
+                tracing::error!(error = %e, "bench node stopped");
+            }
+        });
+        Ok(Self {
+            node,
+            endpoint,
+            stop: Some(stop),
+            server: Some(server),
+            _tmp: tmp,
+        })
+    }
+
+    /// Stops serving.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+    }
+}

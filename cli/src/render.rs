@@ -1,0 +1,334 @@
+//! All output of the `blockpost` command, human and `--json`, in one place. Human output
+//! shows times as RFC 3339 dates (UTC) and parties as `Real Name <address>`; JSON keeps
+//! milliseconds and raw fields.
+
+use base64::Engine as _;
+use blockpost_client::{Received, VerifiedEntry};
+use blockpost_core::{Identity, VerifiedCheckpoint};
+use blockpost_proto::v1::{EntryKind, GetInfoResponse, MessageKind, ReceiptBody};
+use serde_json::{Value, json};
+
+/// `println!` that exits quietly when stdout is a closed pipe (`blockpost ... | head`).
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+/// A Unix time in milliseconds as an RFC 3339 date in UTC, with milliseconds.
+pub fn date(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    t.unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// `Real Name <address>`, or the address alone when the name is unknown.
+pub fn party(name: &str, address: &str) -> String {
+    if name.is_empty() {
+        address.to_owned()
+    } else {
+        format!("{name} <{address}>")
+    }
+}
+
+/// PEM of a DER certificate.
+pub fn cert_pem(der: &[u8]) -> String {
+    if der.is_empty() {
+        return String::new();
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut s = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        s.push_str(&String::from_utf8_lossy(chunk));
+        s.push('\n');
+    }
+    s.push_str("-----END CERTIFICATE-----\n");
+    s
+}
+
+fn entry_kind(k: EntryKind) -> &'static str {
+    match k {
+        EntryKind::Register => "register",
+        EntryKind::Rotate => "rotate",
+        EntryKind::Revoke => "revoke",
+        EntryKind::Unspecified => "unspecified",
+    }
+}
+
+fn message_kind(k: i32) -> &'static str {
+    match MessageKind::try_from(k) {
+        Ok(MessageKind::Message) => "message",
+        Ok(MessageKind::Document) => "document",
+        Ok(MessageKind::Finish) => "finish",
+        _ => "unknown",
+    }
+}
+
+/// The JSON form of a verified entry.
+pub fn entry_json(e: &VerifiedEntry) -> Value {
+    let b = &e.binding;
+    json!({
+        "address": b.address.as_str(),
+        "real_name": b.real_name,
+        "verified": b.verified,
+        "revoked": b.revoked(),
+        "kind": entry_kind(b.kind),
+        "signing_key": hex::encode(b.signing_key),
+        "encryption_key": hex::encode(b.encryption_key),
+        "certificate_pem": cert_pem(&b.certificate),
+        "leaf_index": e.leaf_index,
+        "previous_index": b.previous_index,
+        "logged_at_ms": b.logged_at_ms,
+        "entry": base64::engine::general_purpose::STANDARD.encode(&e.entry),
+        "inclusion_proof": e.inclusion_proof.iter().map(hex::encode).collect::<Vec<_>>(),
+        "tree_size": e.checkpoint.size,
+        "checkpoint": String::from_utf8_lossy(&e.checkpoint.note),
+    })
+}
+
+/// A verified entry, for people or as JSON.
+pub fn entry(e: &VerifiedEntry, json: bool) -> anyhow::Result<()> {
+    if json {
+        say!("{}", serde_json::to_string_pretty(&entry_json(e))?);
+        return Ok(());
+    }
+    let b = &e.binding;
+    say!(
+        "{} {}",
+        entry_kind(b.kind),
+        party(&b.real_name, b.address.as_str())
+    );
+    say!(
+        "  verified name   {}",
+        if b.verified {
+            "yes (evidence chains to a trust anchor)"
+        } else {
+            "no"
+        }
+    );
+    if b.revoked() {
+        say!("  status          REVOKED");
+    }
+    say!("  signing key     {}", hex::encode(b.signing_key));
+    say!("  encryption key  {}", hex::encode(b.encryption_key));
+    say!("  logged at       {}", date(b.logged_at_ms));
+    say!(
+        "  log index       {} (proof verified against checkpoint of size {})",
+        e.leaf_index,
+        e.checkpoint.size
+    );
+    Ok(())
+}
+
+/// An address's history, current entry first, for people or as JSON.
+pub fn history(history: &[VerifiedEntry], json: bool) -> anyhow::Result<()> {
+    let Some(current) = history.last() else {
+        anyhow::bail!("empty history");
+    };
+    if json {
+        let mut v = entry_json(current);
+        v["history"] = history.iter().map(entry_json).collect();
+        say!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    entry(current, false)?;
+    if history.len() > 1 {
+        say!(
+            "  history         {}",
+            history
+                .iter()
+                .map(|e| e.leaf_index.to_string())
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        );
+    }
+    Ok(())
+}
+
+/// The node's identity.
+pub fn info(endpoint: &str, i: &GetInfoResponse, json: bool) -> anyhow::Result<()> {
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "endpoint": endpoint,
+                "origin": i.origin,
+                "verifier_key": i.verifier_key,
+                "ca_certificate_pem": i.ca_certificate_pem,
+                "require_verified": i.require_verified,
+            }))?
+        );
+        return Ok(());
+    }
+    say!("origin        {}", i.origin);
+    say!("verifier key  {}", i.verifier_key);
+    say!(
+        "names         {}",
+        if i.require_verified {
+            "evidence required"
+        } else {
+            "evidence optional"
+        }
+    );
+    say!("{}", i.ca_certificate_pem.trim_end());
+    Ok(())
+}
+
+/// A verified checkpoint.
+pub fn checkpoint(cp: &VerifiedCheckpoint, json: bool) -> anyhow::Result<()> {
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "origin": cp.origin,
+                "tree_size": cp.size,
+                "root_hash": hex::encode(cp.root),
+                "checkpoint": String::from_utf8_lossy(&cp.note),
+            }))?
+        );
+        return Ok(());
+    }
+    say!("{}", String::from_utf8_lossy(&cp.note).trim_end());
+    eprintln!("(signature verified; consistent with every checkpoint this client saw before)");
+    Ok(())
+}
+
+/// A new key file.
+pub fn new_key(file: &std::path::Path, id: &Identity, json: bool) -> anyhow::Result<()> {
+    if json {
+        say!(
+            "{}",
+            json!({
+                "file": file.display().to_string(),
+                "signing_key": hex::encode(id.signing_public()),
+                "encryption_key": hex::encode(id.encryption_public()),
+            })
+        );
+        return Ok(());
+    }
+    say!("wrote {} (encrypted PKCS#8, mode 0600)", file.display());
+    say!("  signing key     {}", hex::encode(id.signing_public()));
+    say!("  encryption key  {}", hex::encode(id.encryption_public()));
+    Ok(())
+}
+
+/// A verified receipt.
+pub fn receipt(r: &ReceiptBody, json: bool) -> anyhow::Result<()> {
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "message_id": hex::encode(&r.message_id),
+                "firehose_sequence": r.firehose_sequence,
+                "accepted_at_ms": r.accepted_at_ms,
+                "block_deadline_ms": r.block_deadline_ms,
+                "gateway_key": hex::encode(&r.gateway_key),
+                "receipt_verified": true,
+            }))?
+        );
+        return Ok(());
+    }
+    say!(
+        "accepted #{} message {} at {} (receipt verified; in a block by {})",
+        r.firehose_sequence,
+        hex::encode(&r.message_id),
+        date(r.accepted_at_ms),
+        date(r.block_deadline_ms)
+    );
+    Ok(())
+}
+
+/// JSON form of a received message.
+pub fn received_json(r: &Received) -> Value {
+    let c = &r.content;
+    json!({
+        "sequence": r.sequence,
+        "firehose_sequence": r.firehose_sequence,
+        "message_id": hex::encode(r.message_id),
+        "sender": c.sender,
+        "sender_name": r.sender_name,
+        "sender_key_index": c.sender_key_index,
+        "recipients": c.recipients,
+        "recipient_names": r.recipient_names,
+        "transaction_id": c.transaction_id,
+        "kind": message_kind(c.kind),
+        "content_type": c.content_type,
+        "timestamp_ms": c.timestamp_ms,
+        "nonce": c.nonce,
+        "encrypted": r.encrypted,
+        "signature_verified": true,
+        "body": r.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+    })
+}
+
+/// One line for people.
+pub fn received_line(r: &Received) -> String {
+    let c = &r.content;
+    let body = match (&r.body, r.encrypted) {
+        (Some(b), _) if c.content_type.starts_with("text/") || c.content_type.is_empty() => {
+            String::from_utf8_lossy(b).into_owned()
+        }
+        (Some(b), _) => format!("<{} bytes of {}>", b.len(), c.content_type),
+        (None, true) => "<encrypted for other recipients>".into(),
+        (None, false) => "<no body>".into(),
+    };
+    let to: Vec<String> = c
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, a)| party(r.recipient_names.get(i).map_or("", String::as_str), a))
+        .collect();
+    format!(
+        "#{} {} [{}] {} -> {} ({}{}): {}",
+        r.firehose_sequence,
+        date(c.timestamp_ms),
+        c.transaction_id,
+        party(&r.sender_name, &c.sender),
+        to.join(", "),
+        message_kind(c.kind),
+        if r.encrypted {
+            ", end-to-end encrypted"
+        } else {
+            ""
+        },
+        body
+    )
+}
+
+/// A received message, for people or as one JSON line.
+pub fn received(r: &Received, json: bool) -> std::io::Result<()> {
+    let line = if json {
+        received_json(r).to_string()
+    } else {
+        received_line(r)
+    };
+    use std::io::Write as _;
+    match writeln!(std::io::stdout(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_parties() {
+        assert_eq!(date(0), "1970-01-01T00:00:00Z");
+        assert_eq!(date(1_764_000_000_123), "2025-11-24T16:00:00.123Z");
+        assert_eq!(date(i64::MAX), format!("{} ms", i64::MAX));
+        assert_eq!(party("Bank A AG", "bank-a"), "Bank A AG <bank-a>");
+        assert_eq!(party("", "bank-a"), "bank-a");
+    }
+}

@@ -1,0 +1,163 @@
+//! `blockpost up`: runs a node until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use blockpost_node::{Node, NodeConfig};
+
+use crate::say;
+
+/// Flags of `blockpost up`. Each flag also reads a `BLOCKPOST_*` environment variable, and
+/// both override the config file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct UpArgs {
+    /// TOML config file (top level: `listen`, `nats`, `data_dir`; tables `[directory]`,
+    /// `[messaging]`).
+    #[arg(long, env = "BLOCKPOST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (log, keys, NATS store when NATS is managed here).
+    #[arg(long, env = "BLOCKPOST_DATA")]
+    pub data: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, env = "BLOCKPOST_LISTEN")]
+    pub listen: Option<String>,
+    /// NATS server URL; without it a local nats-server is started and managed.
+    #[arg(long, env = "BLOCKPOST_NATS")]
+    pub nats: Option<String>,
+    /// The log's origin line (first start only).
+    #[arg(long, env = "BLOCKPOST_ORIGIN")]
+    pub origin: Option<String>,
+    /// PEM file of trust anchors for name evidence (repeatable).
+    #[arg(long = "trust-anchor")]
+    pub trust_anchors: Vec<PathBuf>,
+    /// Refuse names without evidence.
+    #[arg(long)]
+    pub require_verified: bool,
+    /// Largest message body in bytes (`[messaging] max_body_len`).
+    #[arg(long, env = "BLOCKPOST_MAX_BODY_LEN")]
+    pub max_body_len: Option<usize>,
+    /// Most recipients per envelope (`[messaging] max_recipients`).
+    #[arg(long, env = "BLOCKPOST_MAX_RECIPIENTS")]
+    pub max_recipients: Option<usize>,
+    /// Greatest accepted envelope clock skew in ms (`[messaging] max_clock_skew_ms`).
+    #[arg(long, env = "BLOCKPOST_MAX_CLOCK_SKEW_MS")]
+    pub max_clock_skew_ms: Option<u64>,
+    /// The delay every receipt promises, in ms (`[messaging] max_block_delay_ms`).
+    #[arg(long, env = "BLOCKPOST_MAX_BLOCK_DELAY_MS")]
+    pub max_block_delay_ms: Option<u64>,
+}
+
+impl UpArgs {
+    /// The config file (or the defaults) with every flag applied.
+    pub fn config(&self) -> anyhow::Result<NodeConfig> {
+        let mut c = match &self.config {
+            Some(p) => NodeConfig::load(p)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(d) = &self.data {
+            c.data_dir = d.clone();
+        }
+        if let Some(l) = &self.listen {
+            c.listen = l.clone();
+        }
+        if self.nats.is_some() {
+            c.nats = self.nats.clone();
+        }
+        if self.origin.is_some() {
+            c.directory.origin = self.origin.clone();
+        }
+        c.directory
+            .trust_anchors
+            .extend(self.trust_anchors.iter().cloned());
+        c.directory.require_verified |= self.require_verified;
+        let m = &mut c.messaging;
+        m.max_body_len = self.max_body_len.unwrap_or(m.max_body_len);
+        m.max_recipients = self.max_recipients.unwrap_or(m.max_recipients);
+        m.max_clock_skew_ms = self.max_clock_skew_ms.unwrap_or(m.max_clock_skew_ms);
+        m.max_block_delay_ms = self.max_block_delay_ms.unwrap_or(m.max_block_delay_ms);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Runs the node until Ctrl-C or SIGTERM.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let listen = config.validate()?;
+    let node = Node::start(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let info = node.directory().info();
+    let c = node.config();
+    say!("blockpost node listening on {}", listener.local_addr()?);
+    say!("  data      {}", node.data_dir().root().display());
+    say!(
+        "  nats      {}{}",
+        node.nats_url(),
+        if node.manages_nats() {
+            " (managed)"
+        } else {
+            ""
+        }
+    );
+    say!("  log       {}", info.origin);
+    say!("  log key   {}", info.verifier_key);
+    say!("  entries   {}", node.directory().size());
+    if let Some(g) = node.gateway() {
+        say!("  receipts  {}", hex::encode(g.info().receipt_key));
+        say!(
+            "  promise   in a block within {} ms",
+            c.messaging.max_block_delay_ms
+        );
+    }
+    node.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7801\"\n[messaging]\nmax_block_delay_ms = 900\nmax_recipients = 3\n",
+        )
+        .unwrap();
+        let args = UpArgs {
+            config: Some(file),
+            max_block_delay_ms: Some(250),
+            listen: Some("127.0.0.1:7802".into()),
+            ..UpArgs::default()
+        };
+        let c = args.config().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7802");
+        assert_eq!(c.messaging.max_block_delay_ms, 250);
+        assert_eq!(c.messaging.max_recipients, 3);
+        let bad = UpArgs {
+            max_recipients: Some(0),
+            ..UpArgs::default()
+        };
+        assert!(bad.config().is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! The client's error type: what the node refused, and every way an answer can fail
+//! verification, each its own variant.
+
+use blockpost_core::Error as CoreError;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The endpoint is not a URL.
+    #[error("bad endpoint {endpoint:?}: {why}")]
+    BadEndpoint {
+        /// What was given.
+        endpoint: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// No connection to the node.
+    #[error("cannot reach the node at {endpoint}: {why}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// The transport's complaint.
+        why: String,
+    },
+    /// The node answered with an error status.
+    #[error("refused by the node: {:?}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    /// A checkpoint whose signature does not verify with the pinned log key.
+    #[error("checkpoint from the directory: {0}")]
+    CheckpointSignature(#[source] CoreError),
+    /// A checkpoint that does not extend the newest one this client verified before.
+    #[error("the directory's log is not consistent with what it showed before: {0}")]
+    InconsistentCheckpoint(#[source] CoreError),
+    /// An entry whose inclusion proof does not lead to the checkpoint.
+    #[error("entry {index} is not in the log the directory signed: {source}")]
+    BadProof {
+        /// Leaf index.
+        index: u64,
+        /// The check that failed.
+        source: CoreError,
+    },
+    /// An entry that does not decode or is not authorised by its signed request.
+    #[error("directory entry {index} is not valid: {source}")]
+    BadEntry {
+        /// Leaf index.
+        index: u64,
+        /// The rule it breaks.
+        source: CoreError,
+    },
+    /// An address's entries that do not form one authorised chain.
+    #[error("history of {address} is broken: {source}")]
+    BrokenHistory {
+        /// The address.
+        address: String,
+        /// What is wrong.
+        source: CoreError,
+    },
+    /// The node presents another log (origin or key) than the one pinned on first contact.
+    #[error(
+        "the directory at {endpoint} now presents log {presented_origin:?} with key {presented_key:?}, \
+         but {state_file} pinned log {pinned_origin:?} with key {pinned_key:?}: refusing to continue \
+         (delete that file only if the operator announced a new log)"
+    )]
+    PinnedKeyChanged {
+        /// The endpoint.
+        endpoint: String,
+        /// What the node presents.
+        presented_origin: String,
+        /// Its key.
+        presented_key: String,
+        /// What was pinned.
+        pinned_origin: String,
+        /// The pinned key.
+        pinned_key: String,
+        /// Where the pin is kept.
+        state_file: String,
+    },
+    /// The client's own state (pinned key, newest checkpoint) cannot be read or written.
+    #[error("client state {path}: {why}")]
+    State {
+        /// The state file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// An answer that verifies but is not an answer to the request.
+    #[error("unexpected answer from the node: {0}")]
+    UnexpectedAnswer(String),
+    /// A receipt that does not verify or is for another message.
+    #[error("receipt from the gateway: {0}")]
+    Receipt(#[source] CoreError),
+    /// A message whose sender signature or rules do not check out.
+    #[error("envelope from {sender}: {source}")]
+    BadEnvelope {
+        /// The claimed sender.
+        sender: String,
+        /// What failed.
+        source: CoreError,
+    },
+    /// The caller's own input (a key that is not the current one, a revoked recipient, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// A key file that cannot be read, written or decrypted.
+    #[error("{path}: {source}")]
+    KeyFile {
+        /// The key file.
+        path: String,
+        /// What failed.
+        source: CoreError,
+    },
+    /// An evidence signer that failed.
+    #[error("evidence signer: {0}")]
+    EvidenceSigner(String),
+    /// The caller's callback failed to write its output.
+    #[error("output: {0}")]
+    Output(#[source] std::io::Error),
+    /// Another core check (addresses, sealing).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,79 @@
+//! Key files on disk: [`Identity`] as encrypted PKCS#8, mode 0600, never overwritten.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use blockpost_core::{Error as CoreError, Identity};
+use zeroize::Zeroizing;
+
+use crate::{Error, Result};
+
+fn key_error(path: &Path, source: CoreError) -> Error {
+    Error::KeyFile {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes `id` to `path` with mode 0600, encrypted with `passphrase`; refuses to overwrite
+/// an existing file.
+pub fn write_key_file(id: &Identity, path: &Path, passphrase: &[u8]) -> Result<()> {
+    let pem = id
+        .to_encrypted_pem(passphrase)
+        .map_err(|e| key_error(path, e))?;
+    let io = |e: std::io::Error| key_error(path, CoreError::KeyFile(e.to_string()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(io)?;
+    f.write_all(pem.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// Reads and decrypts the key file at `path`.
+pub fn read_key_file(path: &Path, passphrase: &[u8]) -> Result<Identity> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| key_error(path, CoreError::KeyFile(e.to_string())))?,
+    );
+    Identity::from_encrypted_pem(&text, passphrase).map_err(|e| key_error(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_wrong_passphrase_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alice.key");
+        let id = Identity::generate();
+        write_key_file(&id, &path, b"correct horse").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let back = read_key_file(&path, b"correct horse").unwrap();
+        assert_eq!(back.signing_public(), id.signing_public());
+        assert!(matches!(
+            read_key_file(&path, b"wrong"),
+            Err(Error::KeyFile {
+                source: CoreError::KeyFile(_),
+                ..
+            })
+        ));
+        assert!(
+            write_key_file(&id, &path, b"x").is_err(),
+            "never overwritten"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(dir.path().join("t.key"), &text[..text.len() / 2]).unwrap();
+        assert!(read_key_file(&dir.path().join("t.key"), b"correct horse").is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! The messaging side of the client: send (optionally end-to-end encrypted) envelopes and
+//! check their receipts, read the inbox checking every envelope with the core rules and
+//! every sender signature against the directory, and follow the firehose.
+
+use std::collections::HashMap;
+
+use blockpost_core::{
+    EnvelopeLimits, Identity, ParsedEnvelope, SealTo, body_aad, inbox_message, message_id, now_ms,
+    open_body, seal_body, sign_envelope, verify_receipt,
+};
+use blockpost_proto::v1::envelope_content::Body;
+use blockpost_proto::v1::inbox_client_message::Msg as ClientMsg;
+use blockpost_proto::v1::inbox_server_message::Msg as ServerMsg;
+use blockpost_proto::v1::messaging_client::MessagingClient;
+use blockpost_proto::v1::{
+    Envelope, EnvelopeContent, FirehoseRequest, GetGatewayInfoRequest, InboxClientMessage,
+    InboxHello, MessageKind, ReceiptBody,
+};
+use ed25519_dalek::{Signer as _, VerifyingKey};
+use prost::Message as _;
+use tonic::transport::Channel;
+
+use crate::{Client, Error, Result, VerifiedEntry};
+
+/// What to send.
+pub struct Outgoing<'a> {
+    /// Sender address.
+    pub from: &'a str,
+    /// Recipient addresses.
+    pub to: &'a [String],
+    /// Transaction id.
+    pub transaction_id: &'a str,
+    /// Kind.
+    pub kind: MessageKind,
+    /// MIME type of the body.
+    pub content_type: &'a str,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Seal the body to each recipient's x25519 key.
+    pub encrypt: bool,
+}
+
+/// A message read from an inbox or the firehose, after every check.
+#[derive(Debug)]
+pub struct Received {
+    /// Inbox or firehose sequence.
+    pub sequence: u64,
+    /// Firehose sequence.
+    pub firehose_sequence: u64,
+    /// SHA-256 of the envelope.
+    pub message_id: [u8; 32],
+    /// The signed content.
+    pub content: EnvelopeContent,
+    /// The sender's real name, from a verified look-up.
+    pub sender_name: String,
+    /// Each recipient's real name (empty when it could not be looked up), in order.
+    pub recipient_names: Vec<String>,
+    /// Plaintext body (decrypted when it was addressed to us), if readable.
+    pub body: Option<Vec<u8>>,
+    /// Whether the body was end-to-end encrypted.
+    pub encrypted: bool,
+}
+
+/// A messaging client on top of a verifying directory client.
+pub struct Messenger {
+    /// The directory client (verifies everything it receives).
+    pub directory: Client,
+    grpc: MessagingClient<Channel>,
+    gateway_key: VerifyingKey,
+    history: HashMap<String, Vec<VerifiedEntry>>,
+}
+
+impl Messenger {
+    /// Connects to a node.
+    pub async fn connect(endpoint: &str, state_dir: &std::path::Path) -> Result<Self> {
+        let directory = Client::connect(endpoint, state_dir).await?;
+        let mut grpc =
+            MessagingClient::new(directory.channel()).max_decoding_message_size(64 << 20);
+        let info = grpc
+            .get_gateway_info(GetGatewayInfoRequest {})
+            .await?
+            .into_inner();
+        let gateway_key = blockpost_core::ed25519_key(&info.receipt_key).map_err(Error::Receipt)?;
+        Ok(Self {
+            directory,
+            grpc,
+            gateway_key,
+            history: HashMap::new(),
+        })
+    }
+
+    /// The raw gRPC client.
+    pub fn grpc(&self) -> MessagingClient<Channel> {
+        self.grpc.clone()
+    }
+
+    /// Builds, signs and submits an envelope; checks the receipt.
+    pub async fn send(
+        &mut self,
+        id: &Identity,
+        out: Outgoing<'_>,
+    ) -> Result<(Envelope, ReceiptBody)> {
+        let me = self.directory.current(out.from).await?;
+        if me.binding.signing_key != id.signing_public() {
+            return Err(Error::Refused(format!(
+                "the key file's key is not {}'s current key in the directory",
+                out.from
+            )));
+        }
+        let body = if out.encrypt {
+            let mut to = Vec::with_capacity(out.to.len());
+            for r in out.to {
+                let e = self.directory.current(r).await?;
+                if e.binding.revoked() {
+                    return Err(Error::Refused(format!("recipient {r} is revoked")));
+                }
+                to.push((r.as_str(), e.leaf_index, e.binding.encryption_key));
+            }
+            let seal: Vec<SealTo<'_>> = to
+                .iter()
+                .map(|(a, i, k)| SealTo {
+                    address: a,
+                    key_index: *i,
+                    key: *k,
+                })
+                .collect();
+            Body::Encrypted(seal_body(
+                &seal,
+                &out.body,
+                &body_aad(out.from, out.transaction_id),
+            )?)
+        } else {
+            Body::Plaintext(out.body)
+        };
+        let content = EnvelopeContent {
+            sender: out.from.into(),
+            sender_key_index: me.leaf_index,
+            recipients: out.to.to_vec(),
+            transaction_id: out.transaction_id.into(),
+            kind: out.kind as i32,
+            content_type: out.content_type.into(),
+            timestamp_ms: now_ms(),
+            nonce: rand::random(),
+            body: Some(body),
+        };
+        let env = sign_envelope(&id.signing, content.encode_to_vec());
+        let receipt = self.grpc.submit(env.clone()).await?.into_inner();
+        let r = verify_receipt(&self.gateway_key, &receipt).map_err(Error::Receipt)?;
+        if r.message_id != message_id(&env) {
+            return Err(Error::Receipt(blockpost_core::Error::SignatureInvalid(
+                "the receipt is for another message",
+            )));
+        }
+        Ok((env, r))
+    }
+
+    /// The verified history of `address`, looked up once and cached; `refresh` looks it up
+    /// again (a rotation since).
+    async fn history(&mut self, address: &str, refresh: bool) -> Result<&[VerifiedEntry]> {
+        if refresh || !self.history.contains_key(address) {
+            let h = self.directory.lookup(address).await?;
+            self.history.insert(address.to_owned(), h);
+        }
+        Ok(self.history.get(address).map_or(&[], Vec::as_slice))
+    }
+
+    /// The real name of `address`, from its verified (cached) history; empty when it cannot
+    /// be looked up.
+    pub async fn real_name(&mut self, address: &str) -> String {
+        match self.history(address, false).await {
+            Ok(h) => h
+                .last()
+                .map(|e| e.binding.real_name.clone())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    async fn sender_key(&mut self, sender: &str, index: u64) -> Result<VerifyingKey> {
+        for refresh in [false, true] {
+            let found = self
+                .history(sender, refresh)
+                .await?
+                .iter()
+                .find(|e| e.leaf_index == index && !e.binding.revoked())
+                .map(|e| e.binding.signing_key);
+            if let Some(k) = found {
+                return Ok(blockpost_core::ed25519_key(&k)?);
+            }
+        }
+        Err(Error::BadEnvelope {
+            sender: sender.to_owned(),
+            source: blockpost_core::Error::WrongPredecessor {
+                address: sender.to_owned(),
+                why: format!("the envelope names key {index}, which is not one of its keys"),
+            },
+        })
+    }
+
+    /// Checks an envelope with the core rules and its signature against the directory,
+    /// and opens its body.
+    pub async fn open(
+        &mut self,
+        env: &Envelope,
+        me: Option<(&str, &Identity)>,
+    ) -> Result<Received> {
+        // Limits are the gateway's to enforce; a reader accepts what is on the record.
+        let limits = EnvelopeLimits {
+            max_body_len: usize::MAX / 4,
+            max_recipients: usize::MAX / 4,
+        };
+        let p =
+            ParsedEnvelope::parse(env.clone(), &limits).map_err(|source| Error::BadEnvelope {
+                sender: "an unknown sender".into(),
+                source,
+            })?;
+        let sender = p.sender().to_string();
+        let key = self
+            .sender_key(&sender, p.content().sender_key_index)
+            .await?;
+        let v = p.verify(&key).map_err(|source| Error::BadEnvelope {
+            sender: sender.clone(),
+            source,
+        })?;
+        let c = v.content().clone();
+        let (body, encrypted) = match &c.body {
+            Some(Body::Plaintext(b)) => (Some(b.clone()), false),
+            Some(Body::Encrypted(e)) => {
+                let opened = me.and_then(|(addr, id)| {
+                    open_body(
+                        e,
+                        addr,
+                        &id.encryption,
+                        &body_aad(&c.sender, &c.transaction_id),
+                    )
+                    .ok()
+                });
+                (opened, true)
+            }
+            None => (None, false),
+        };
+        let sender_name = self.real_name(&sender).await;
+        let mut recipient_names = Vec::with_capacity(c.recipients.len());
+        for r in &c.recipients {
+            recipient_names.push(self.real_name(r).await);
+        }
+        Ok(Received {
+            sequence: 0,
+            firehose_sequence: 0,
+            message_id: v.id(),
+            content: c,
+            sender_name,
+            recipient_names,
+            body,
+            encrypted,
+        })
+    }
+
+    /// Reads the inbox of `me`, calling `each` for every verified message, acknowledging
+    /// it after `each` returns. Without `follow` it returns when the inbox is empty.
+    pub async fn inbox(
+        &mut self,
+        id: &Identity,
+        me: &str,
+        follow: bool,
+        mut each: impl FnMut(&Received) -> std::io::Result<()>,
+    ) -> Result<usize> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<InboxClientMessage>(1024);
+        let mut responses = self
+            .grpc
+            .inbox(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let first = responses.message().await?;
+        let Some(ServerMsg::Challenge(challenge)) = first.and_then(|m| m.msg) else {
+            return Err(Error::UnexpectedAnswer(
+                "the gateway did not send an inbox challenge".into(),
+            ));
+        };
+        let signature = id
+            .signing
+            .sign(&inbox_message(&challenge, me))
+            .to_bytes()
+            .to_vec();
+        let gone = |_| Error::UnexpectedAnswer("the inbox stream closed".into());
+        tx.send(InboxClientMessage {
+            msg: Some(ClientMsg::Hello(InboxHello {
+                address: me.into(),
+                signature,
+                follow,
+            })),
+        })
+        .await
+        .map_err(gone)?;
+        let mut n = 0;
+        while let Some(m) = responses.message().await? {
+            let Some(ServerMsg::Delivery(d)) = m.msg else {
+                continue;
+            };
+            let env = d
+                .envelope
+                .ok_or_else(|| Error::UnexpectedAnswer("a delivery without an envelope".into()))?;
+            let mut r = self.open(&env, Some((me, id))).await?;
+            r.sequence = d.sequence;
+            r.firehose_sequence = d.firehose_sequence;
+            each(&r).map_err(Error::Output)?;
+            tx.send(InboxClientMessage {
+                msg: Some(ClientMsg::Ack(d.sequence)),
+            })
+            .await
+            .map_err(gone)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Reads the firehose from `from`, checking every envelope and sender signature.
+    pub async fn firehose(
+        &mut self,
+        from: u64,
+        follow: bool,
+        mut each: impl FnMut(&Received) -> std::io::Result<()>,
+    ) -> Result<usize> {
+        let mut s = self
+            .grpc
+            .firehose(FirehoseRequest {
+                from_sequence: from,
+                follow,
+            })
+            .await?
+            .into_inner();
+        let mut n = 0;
+        while let Some(m) = s.message().await? {
+            let env = m.envelope.ok_or_else(|| {
+                Error::UnexpectedAnswer("a firehose message without an envelope".into())
+            })?;
+            let mut r = self.open(&env, None).await?;
+            r.sequence = m.sequence;
+            r.firehose_sequence = m.sequence;
+            each(&r).map_err(Error::Output)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,142 @@
+//! The node config: one TOML file with a table per service, `deny_unknown_fields`
+//! everywhere, checked once before anything starts.
+//!
+//! ```toml
+//! listen = "127.0.0.1:7700"
+//! nats = "nats://127.0.0.1:4222"     # omit: the node runs its own nats-server
+//! data_dir = "/var/lib/blockpost"
+//!
+//! [directory]
+//! origin = "directory.example.org/blockpost"
+//!
+//! [messaging]
+//! max_block_delay_ms = 10000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use blockpost_directory::DirectoryConfig;
+use blockpost_messaging::MessagingConfig;
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// gRPC listen address, `HOST:PORT`.
+    pub listen: String,
+    /// NATS server URL; `None`: start and manage a local nats-server in the data directory.
+    pub nats: Option<String>,
+    /// The data directory (see [`blockpost_storage::DataDir`]).
+    pub data_dir: PathBuf,
+    /// `[directory]`.
+    pub directory: DirectoryConfig,
+    /// `[messaging]`.
+    pub messaging: MessagingConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7700".into(),
+            nats: None,
+            data_dir: PathBuf::from("blockpost-data"),
+            directory: DirectoryConfig::default(),
+            messaging: MessagingConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parses a TOML config.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Reads and parses a TOML config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// A config for tests: a fixed origin, on `data_dir`, NATS at `nats`.
+    pub fn for_test(data_dir: impl Into<PathBuf>, nats: &str) -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            nats: Some(nats.into()),
+            data_dir: data_dir.into(),
+            directory: DirectoryConfig::for_test(),
+            messaging: MessagingConfig::default(),
+        }
+    }
+
+    /// Checks every setting; returns the listen address.
+    pub fn validate(&self) -> Result<SocketAddr> {
+        let listen = self
+            .listen
+            .parse()
+            .map_err(|_| Error::Config(format!("listen {:?} is not HOST:PORT", self.listen)))?;
+        self.messaging.validate().map_err(Error::Config)?;
+        if self.directory.max_batch == 0 {
+            return Err(Error::Config(
+                "directory.max_batch must be at least 1".into(),
+            ));
+        }
+        if self.directory.max_clock_skew_ms == 0 {
+            return Err(Error::Config(
+                "directory.max_clock_skew_ms must be at least 1".into(),
+            ));
+        }
+        Ok(listen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_per_service_and_unknown_keys_refused() {
+        let c = NodeConfig::from_toml(
+            r#"
+            listen = "127.0.0.1:7800"
+            data_dir = "/tmp/x"
+            [directory]
+            require_verified = true
+            [messaging]
+            max_block_delay_ms = 250
+            max_recipients = 4
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7800");
+        assert!(c.directory.require_verified);
+        assert_eq!(c.messaging.max_block_delay_ms, 250);
+        assert_eq!(c.messaging.max_recipients, 4);
+        assert_eq!(
+            c.messaging.max_body_len,
+            MessagingConfig::default().max_body_len
+        );
+        c.validate().unwrap();
+        for bad in [
+            "lisen = \"x\"",
+            "[directory]\ndata_dir = \"/x\"",
+            "[messaging]\nmax_body = 1",
+            "[builder]\nx = 1",
+        ] {
+            assert!(NodeConfig::from_toml(bad).is_err(), "{bad}");
+        }
+        let mut c = NodeConfig::default();
+        c.messaging.max_recipients = 0;
+        assert!(c.validate().is_err());
+        let c = NodeConfig {
+            listen: "nowhere".into(),
+            ..NodeConfig::default()
+        };
+        assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("HOST:PORT")));
+    }
+}

@@ -1,0 +1,35 @@
+//! One Blockpost node: the single place where services are composed. A [`Node`] starts from
+//! one [`NodeConfig`] (a table per service), on one data directory
+//! ([`blockpost_storage::DataDir`]) with the node's keys, connects to NATS or runs its own
+//! nats-server ([`LocalNats`]), and serves every service, the gRPC health service and
+//! server reflection on one port ([`serve`]). `blockpost up`, the benchmarks and the test
+//! sandbox all start nodes through it.
+//!
+//! # Layout
+//! - `config`: [`NodeConfig`], serde with `deny_unknown_fields`, validated once.
+//! - `node`: [`Node`], the composition point.
+//! - `serve`: [`serve`], one gRPC server for all routes, with health and reflection.
+//! - `nats`: [`LocalNats`], a managed `nats-server` child process.
+//! - `error`: [`Error`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use blockpost_node::{Node, NodeConfig};
+//! let config = NodeConfig { data_dir: "/tmp/blockpost-doc".into(), ..NodeConfig::default() };
+//! let node = Node::start(config).await?; // runs its own nats-server: no `nats` URL given
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! node.serve(listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod nats;
+mod node;
+mod serve;
+
+pub use config::NodeConfig;
+pub use error::{Error, Result};
+pub use nats::{LocalNats, free_port, reap_stale};
+pub use node::Node;
+pub use serve::{health_routes, serve};

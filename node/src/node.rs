@@ -1,0 +1,165 @@
+//! The composition point: a [`Node`] starts every service from one [`NodeConfig`], on one
+//! data directory, with its keys, and serves them on one port. Adding a service touches
+//! this file and nothing else.
+
+use std::fs::File;
+use std::future::Future;
+use std::sync::Arc;
+
+use blockpost_core::{Clock, SystemClock};
+use blockpost_directory::{Directory, DirectoryParts};
+use blockpost_messaging::Gateway;
+use blockpost_storage::{DataDir, load_or_create_key};
+use tonic::service::Routes;
+
+use crate::{Error, LocalNats, NodeConfig, Result, serve};
+
+/// A running node: the directory and the messaging gateway, over NATS JetStream.
+pub struct Node {
+    config: NodeConfig,
+    data: DataDir,
+    directory: Directory,
+    gateway: Option<Gateway>,
+    nats_url: String,
+    managed: Option<LocalNats>,
+    _health: tonic_health::server::HealthReporter,
+    health: Routes,
+    /// Held for the node's lifetime: one node per data directory.
+    _lock: File,
+}
+
+impl Node {
+    /// Starts a node on the system clock.
+    pub async fn start(config: NodeConfig) -> Result<Self> {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Starts a node whose services read time from `clock`.
+    pub async fn start_with_clock(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        config.validate()?;
+        let data = DataDir::new(&config.data_dir);
+        // Lock the data dir before touching anything in it (such as a nats-server left by a
+        // killed node, which must not be a running node's).
+        let lock = data.create_and_lock()?;
+        let mut managed = None;
+        let nats_url = match &config.nats {
+            Some(u) => u.clone(),
+            None => {
+                let store = data.nats();
+                let n = tokio::task::spawn_blocking(move || LocalNats::start(&store))
+                    .await
+                    .map_err(|e| Error::Nats(e.to_string()))??;
+                tracing::info!(url = %n.url(), "started a local nats-server");
+                let url = n.url();
+                managed = Some(n);
+                url
+            }
+        };
+        let nats = connect(&nats_url).await?;
+
+        let origin = data.origin(config.directory.origin.as_deref())?;
+        let parts = DirectoryParts {
+            origin,
+            log_key: load_or_create_key(&data.log_key())?,
+            ca_key: load_or_create_key(&data.ca_key())?,
+            ca_cert: data.ca_cert(),
+            log_dir: data.log(),
+        };
+        let directory = Directory::start(
+            config.directory.clone(),
+            parts,
+            clock.clone(),
+            Some(nats.clone()),
+        )
+        .await?;
+        let mut services = vec!["blockpost.v1.Directory"];
+        let gateway = if config.messaging.enabled {
+            services.push("blockpost.v1.Messaging");
+            Some(
+                Gateway::start(
+                    config.messaging.clone(),
+                    load_or_create_key(&data.gateway_key())?,
+                    config.directory.nats_stream.clone(),
+                    clock,
+                    nats,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let (health_reporter, health) = crate::serve::health_routes(&services).await;
+        Ok(Self {
+            config,
+            data,
+            directory,
+            gateway,
+            nats_url,
+            managed,
+            _health: health_reporter,
+            health,
+            _lock: lock,
+        })
+    }
+
+    /// Every service's gRPC routes.
+    pub fn routes(&self) -> Routes {
+        let mut routes = self
+            .health
+            .clone()
+            .add_service(self.directory.clone().into_service());
+        if let Some(g) = &self.gateway {
+            routes = routes.add_service(g.clone().into_service());
+        }
+        routes
+    }
+
+    /// Serves every service on `listener` until `shutdown` completes.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<()> {
+        serve(listener, self.routes(), shutdown).await
+    }
+
+    /// The config it started from.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data
+    }
+
+    /// The directory service.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// The messaging gateway, unless `[messaging] enabled = false`.
+    pub fn gateway(&self) -> Option<&Gateway> {
+        self.gateway.as_ref()
+    }
+
+    /// The NATS server it uses.
+    pub fn nats_url(&self) -> &str {
+        &self.nats_url
+    }
+
+    /// Whether it runs its own nats-server.
+    pub fn manages_nats(&self) -> bool {
+        self.managed.is_some()
+    }
+}
+
+async fn connect(url: &str) -> Result<async_nats::Client> {
+    match tokio::time::timeout(std::time::Duration::from_secs(10), async_nats::connect(url)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(Error::Nats(format!("cannot connect to NATS at {url}: {e}"))),
+        Err(_) => Err(Error::Nats(format!(
+            "cannot connect to NATS at {url}: timed out"
+        ))),
+    }
+}

@@ -1,0 +1,52 @@
+//! The one gRPC server: every service's routes on one listener, with the standard health
+//! service and server reflection beside them.
+
+use std::future::Future;
+
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+
+use crate::{Error, Result};
+
+/// Serves `routes` on `listener` until `shutdown` completes, with the standard gRPC health
+/// service (`grpc.health.v1.Health`; `routes` decides what it reports, see
+/// [`health_routes`]) and server reflection (v1 and v1alpha), so that `grpcurl` lists and
+/// calls every method without the `.proto` files.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: Routes,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let reflection = |e: tonic_reflection::server::Error| Error::Config(format!("reflection: {e}"));
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(blockpost_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(reflection)?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(blockpost_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(reflection)?;
+    let routes = routes.add_service(v1).add_service(v1alpha);
+    // Without TCP_NODELAY, small responses wait on delayed ACKs (Nagle): tens of ms each.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The health service with `services` (full gRPC names) reported as serving, and the
+/// server as a whole (`""`).
+pub async fn health_routes(services: &[&str]) -> (tonic_health::server::HealthReporter, Routes) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    for s in services {
+        reporter
+            .set_service_status(*s, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    (reporter, Routes::new(service))
+}

@@ -15,9 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("blockpost_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
+    // Clients and servers only with the `grpc` feature: verifiers need the messages alone.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
+        .build_client(grpc)
+        .build_server(grpc)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -40,7 +40,7 @@ fn bad_input_is_refused_with_a_message() {
         &["register", "--key", key, "--address", "ok", "--name", "x"],
         "BLOCKPOST_PASSPHRASE",
     );
-    fails_with(&["checkpoint"], "cannot reach the directory");
+    fails_with(&["checkpoint"], "cannot reach the node");
     fails_with(&["up", "--listen", "not-an-address"], "is not HOST:PORT");
     fails_with(&["frobnicate"], "unrecognized subcommand");
 }

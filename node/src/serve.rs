@@ -20,10 +20,12 @@ pub async fn serve(
     let reflection = |e: tonic_reflection::server::Error| Error::Config(format!("reflection: {e}"));
     let v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(blockpost_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(reflection)?;
     let v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(blockpost_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(reflection)?;
     let routes = routes.add_service(v1).add_service(v1alpha);

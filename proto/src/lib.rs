@@ -4,7 +4,9 @@
 //! - `proto/blockpost/v1/*.proto`: the schema, the single source of truth.
 //! - `build.rs`: compiles it with protox (pure Rust) and tonic-prost-build; no `protoc` needed.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
-//! - [`v1`]: the generated messages, clients (`directory_client`) and servers (`directory_server`).
+//! - [`v1`]: the generated messages, and with the `grpc` feature (default) the tonic clients
+//!   (`directory_client`) and servers (`directory_server`). `blockpost-core` uses the
+//!   messages alone, so no verifier links tonic or tokio.
 //!
 //! ```
 //! use blockpost_proto::v1::{LookupRequest, prost::Message};
@@ -17,7 +19,7 @@
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {
     pub use prost;
-    tonic::include_proto!("blockpost.v1");
+    include!(concat!(env!("OUT_DIR"), "/blockpost.v1.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of every `.proto` file, for gRPC server reflection.

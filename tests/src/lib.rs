@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use blockpost_client::Client;
+use blockpost_core::{Clock, SystemClock};
 use blockpost_directory::Directory;
 use blockpost_messaging::Gateway;
 use blockpost_node::{LocalNats, Node, NodeConfig};
@@ -102,16 +103,33 @@ impl Sandbox {
         Self::start_on(cfg, nats, tmp).await
     }
 
+    /// A sandbox whose services read time from `clock`.
+    pub async fn start_with_clock(
+        adjust: impl FnOnce(&mut NodeConfig),
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let nats = tokio::task::spawn_blocking(NatsServer::start).await??;
+        let mut cfg = NodeConfig::for_test(tmp.path().join("data"), &nats.url());
+        adjust(&mut cfg);
+        Self::start_full(cfg, nats, tmp, clock).await
+    }
+
     /// A sandbox on a given config and NATS server (the config's `nats` is set to it).
-    pub async fn start_on(
+    pub async fn start_on(cfg: NodeConfig, nats: NatsServer, tmp: TempDir) -> anyhow::Result<Self> {
+        Self::start_full(cfg, nats, tmp, Arc::new(SystemClock)).await
+    }
+
+    async fn start_full(
         mut cfg: NodeConfig,
         nats: NatsServer,
         tmp: TempDir,
+        clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         cfg.nats = Some(nats.url());
         let listen: SocketAddr = cfg.validate()?;
         let data_dir = cfg.data_dir.clone();
-        let node = Arc::new(Node::start(cfg).await?);
+        let node = Arc::new(Node::start_with_clock(cfg, clock).await?);
         let directory = node.directory().clone();
         let gateway = node
             .gateway()
@@ -146,6 +164,13 @@ impl Sandbox {
     /// A verifying client with this sandbox's client state directory.
     pub async fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.endpoint, &self.client_dir).await?)
+    }
+
+    /// A channel to the node, for raw gRPC clients.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.endpoint.clone())?
+            .connect()
+            .await?)
     }
 
     /// A raw gRPC client (no verification), for feeding bad input.

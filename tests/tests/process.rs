@@ -411,6 +411,23 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
         out.contains("<encrypted for other recipients>"),
         "the firehose shows no plaintext: {out}"
     );
+    // Parties by name beside their address, from verified look-ups; times as dates.
+    assert!(
+        out.contains("Bank A AG <bank-a-") && out.contains("-> Bank B Ltd <bank-b-"),
+        "{out}"
+    );
+    let receipt_line = out
+        .lines()
+        .find(|l| l.starts_with("accepted #"))
+        .unwrap_or_else(|| panic!("no receipt line: {out}"));
+    let deadline = receipt_line
+        .split("in a block by ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{receipt_line}"));
+    assert!(
+        deadline.len() >= 20 && deadline.as_bytes()[10] == b'T' && deadline.contains('Z'),
+        "deadline is not an RFC 3339 date: {receipt_line}"
+    );
 
     // kill -9 the node; its managed nats-server outlives it. A restart on the same data
     // ends that server before starting its own, and serves the same log.
@@ -437,6 +454,31 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
         .filter(|c| String::from_utf8_lossy(c).contains(store.to_str().unwrap()))
         .count();
     assert_eq!(servers, 1, "exactly one nats-server on the node's store");
+
+    // rotate and revoke take the address from the key file's `.address`, as send does.
+    let key2_s = tmp.path().join("alice2.key").to_str().unwrap().to_owned();
+    ok(&run(&["key", "new", "--out", &key2_s], &env));
+    let rot: serde_json::Value = serde_json::from_str(&ok(&run(
+        &["rotate", "--key", &key_s, "--new-key", &key2_s, "--json"],
+        &env,
+    )))
+    .unwrap();
+    assert_eq!(
+        (rot["kind"].as_str(), rot["address"].as_str()),
+        (Some("rotate"), Some("alice"))
+    );
+    let rev: serde_json::Value = serde_json::from_str(&ok(&run(
+        &["revoke", "--key", &key2_s, "--reason", "merged", "--json"],
+        &env,
+    )))
+    .unwrap();
+    assert_eq!(rev["revoked"], true);
+    let human = ok(&run(&["lookup", "alice"], &env));
+    assert!(
+        human.contains("revoke Alice Bank AG <alice>") && human.contains("logged at       20"),
+        "{human}"
+    );
+    refused(&run(&["revoke", "--key", &key_s], &env), "");
 
     // A client that pinned this log refuses a node that presents another log key.
     node.kill().unwrap();

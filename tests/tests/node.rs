@@ -1,0 +1,219 @@
+//! The node as one composition point: health and reflection beside every service, the
+//! gateway's settings from the node config, an injected clock reaching every time rule,
+//! and proofs that name the checkpoint they come with.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use blockpost_core::{
+    FixedClock, Identity, Operation, sign_envelope, verify_checkpoint, verify_receipt,
+};
+use blockpost_proto::v1::envelope_content::Body;
+use blockpost_proto::v1::messaging_client::MessagingClient;
+use blockpost_proto::v1::{
+    EnvelopeContent, GetGatewayInfoRequest, InclusionProofRequest, MessageKind, RegisterBody,
+    SignedRequest,
+};
+use blockpost_tests::Sandbox;
+use futures::StreamExt as _;
+use prost::Message as _;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+
+async fn reflect(sb: &Sandbox, req: MessageRequest) -> ServerReflectionResponse {
+    let mut c = ServerReflectionClient::new(sb.channel().await.unwrap());
+    let mut out = c
+        .server_reflection_info(futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(req),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    out.next().await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served_beside_the_services() {
+    let sb = Sandbox::start().await.unwrap();
+    let mut h = HealthClient::new(sb.channel().await.unwrap());
+    for service in ["", "blockpost.v1.Directory", "blockpost.v1.Messaging"] {
+        let r = h
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let st = h
+        .check(HealthCheckRequest {
+            service: "blockpost.v1.Nothing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::NotFound);
+
+    // What grpcurl asks: the list of services, then the file that defines one.
+    let r = reflect(&sb, MessageRequest::ListServices(String::new())).await;
+    let Some(MessageResponse::ListServicesResponse(list)) = r.message_response else {
+        panic!("no service list: {r:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "blockpost.v1.Directory",
+        "blockpost.v1.Messaging",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    let r = reflect(
+        &sb,
+        MessageRequest::FileContainingSymbol("blockpost.v1.Directory".into()),
+    )
+    .await;
+    let Some(MessageResponse::FileDescriptorResponse(fd)) = r.message_response else {
+        panic!("no descriptor: {r:?}");
+    };
+    let file = prost_types_name(&fd.file_descriptor_proto[0]);
+    assert!(file.ends_with("directory.proto"), "{file}");
+}
+
+/// The `name` field (1) of an encoded `FileDescriptorProto`.
+fn prost_types_name(encoded: &[u8]) -> String {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Named {
+        #[prost(string, tag = "1")]
+        name: String,
+    }
+    Named::decode(encoded).unwrap().name
+}
+
+fn register(id: &Identity, address: &str, ts: i64) -> SignedRequest {
+    let body = RegisterBody {
+        address: address.into(),
+        real_name: format!("{address} AG"),
+        signing_key: id.signing_public().to_vec(),
+        encryption_key: id.encryption_public().to_vec(),
+        evidence_chain: vec![],
+        timestamp_ms: ts,
+    }
+    .encode_to_vec();
+    SignedRequest {
+        signature: Operation::Register.sign(&id.signing, &body),
+        body,
+        second_signature: vec![],
+    }
+}
+
+#[tokio::test]
+async fn an_injected_clock_and_the_gateway_settings_reach_every_rule() {
+    // 2030-01-01T00:00:00Z: far from the machine's clock, so only the injected one passes.
+    let t0: i64 = 1_893_456_000_000;
+    let clock = Arc::new(FixedClock::new(t0));
+    let sb = Sandbox::start_with_clock(
+        |c| {
+            c.messaging.max_block_delay_ms = 250;
+            c.messaging.max_clock_skew_ms = 60_000;
+        },
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let mut g = sb.grpc().await.unwrap();
+    let (a, b) = (Identity::generate(), Identity::generate());
+    // Signed at the machine's time: refused by the directory's (injected) clock.
+    let st = g
+        .register(register(&a, "alice", blockpost_core::now_ms()))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument, "{}", st.message());
+    let e = g
+        .register(register(&a, "alice", t0))
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, binding) = blockpost_core::decode_entry(&e.proof.unwrap().entry).unwrap();
+    assert_eq!(binding.logged_at_ms, t0);
+    g.register(register(&b, "bob", t0 + 5)).await.unwrap();
+    sb.gateway
+        .replica()
+        .wait_applied(2, std::time::Duration::from_secs(5))
+        .await;
+
+    let mut m = MessagingClient::new(sb.channel().await.unwrap());
+    let info = m
+        .get_gateway_info(GetGatewayInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.max_block_delay_ms, 250);
+    let gw_key = blockpost_core::ed25519_key(&info.receipt_key).unwrap();
+    let content = |ts: i64, nonce: u64| EnvelopeContent {
+        sender: "alice".into(),
+        sender_key_index: 0,
+        recipients: vec!["bob".into()],
+        transaction_id: "settle-1".into(),
+        kind: MessageKind::Message as i32,
+        content_type: "text/plain".into(),
+        timestamp_ms: ts,
+        nonce,
+        body: Some(Body::Plaintext(b"hello".to_vec())),
+    };
+    clock.advance(30_000);
+    let env = sign_envelope(&a.signing, content(t0, 1).encode_to_vec());
+    let receipt = m.submit(env).await.unwrap().into_inner();
+    let r = verify_receipt(&gw_key, &receipt).unwrap();
+    assert_eq!(r.accepted_at_ms, t0 + 30_000);
+    assert_eq!(r.block_deadline_ms, t0 + 30_000 + 250);
+    // A minute and a bit later, the same timestamp is beyond the configured skew.
+    clock.advance(31_000);
+    let env = sign_envelope(&a.signing, content(t0, 2).encode_to_vec());
+    let st = m.submit(env).await.unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(st.message().contains("timestamp"), "{}", st.message());
+}
+
+#[tokio::test]
+async fn proofs_name_the_checkpoint_they_come_with() {
+    let sb = Sandbox::start().await.unwrap();
+    let mut c = sb.client().await.unwrap();
+    for i in 0..5 {
+        c.register(&Identity::generate(), &format!("p{i}"), "P AG", None)
+            .await
+            .unwrap();
+    }
+    let mut g = sb.grpc().await.unwrap();
+    let key = sb.directory.info().verifier_key;
+    let old = g
+        .get_inclusion_proof(InclusionProofRequest {
+            leaf_index: 1,
+            tree_size: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(old.tree_size, 3);
+    let newest = verify_checkpoint(&old.newest_checkpoint, &key).unwrap();
+    assert_eq!(newest.size, 5, "the newest checkpoint, not one of size 3");
+    let now = g
+        .get_inclusion_proof(InclusionProofRequest {
+            leaf_index: 1,
+            tree_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.tree_size, 5);
+    let cp = verify_checkpoint(&now.newest_checkpoint, &key).unwrap();
+    let entry = sb.directory.entries(1, 2).unwrap().remove(0);
+    cp.verify_inclusion(1, &entry, &now.hashes).unwrap();
+}

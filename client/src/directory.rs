@@ -18,6 +18,7 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
+use crate::error::PinnedKeyChanged;
 use crate::{Error, Result};
 
 /// Signs bytes with the key of an evidence certificate.
@@ -113,14 +114,14 @@ impl Client {
                 ))
             })?;
             if t.verifier_key != info.verifier_key || t.origin != info.origin {
-                return Err(Error::PinnedKeyChanged {
+                return Err(Error::PinnedKeyChanged(Box::new(PinnedKeyChanged {
                     endpoint: url,
                     presented_origin: info.origin,
                     presented_key: info.verifier_key,
                     pinned_origin: t.origin,
                     pinned_key: t.verifier_key,
                     state_file: state_file.display().to_string(),
-                });
+                })));
             }
             newest = Some(
                 verify_checkpoint(t.checkpoint.as_bytes(), &t.verifier_key)

@@ -25,7 +25,7 @@ pub enum Error {
     },
     /// The node answered with an error status.
     #[error("refused by the node: {:?}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    Status(Box<tonic::Status>),
     /// A checkpoint whose signature does not verify with the pinned log key.
     #[error("checkpoint from the directory: {0}")]
     CheckpointSignature(#[source] CoreError),
@@ -58,24 +58,11 @@ pub enum Error {
     },
     /// The node presents another log (origin or key) than the one pinned on first contact.
     #[error(
-        "the directory at {endpoint} now presents log {presented_origin:?} with key {presented_key:?}, \
-         but {state_file} pinned log {pinned_origin:?} with key {pinned_key:?}: refusing to continue \
-         (delete that file only if the operator announced a new log)"
+        "the directory at {} now presents log {:?} with key {:?}, but {} pinned log {:?} with key {:?}: \
+         refusing to continue (delete that file only if the operator announced a new log)",
+        .0.endpoint, .0.presented_origin, .0.presented_key, .0.state_file, .0.pinned_origin, .0.pinned_key
     )]
-    PinnedKeyChanged {
-        /// The endpoint.
-        endpoint: String,
-        /// What the node presents.
-        presented_origin: String,
-        /// Its key.
-        presented_key: String,
-        /// What was pinned.
-        pinned_origin: String,
-        /// The pinned key.
-        pinned_key: String,
-        /// Where the pin is kept.
-        state_file: String,
-    },
+    PinnedKeyChanged(Box<PinnedKeyChanged>),
     /// The client's own state (pinned key, newest checkpoint) cannot be read or written.
     #[error("client state {path}: {why}")]
     State {
@@ -118,6 +105,39 @@ pub enum Error {
     /// Another core check (addresses, sealing).
     #[error(transparent)]
     Core(#[from] CoreError),
+}
+
+/// What a node presented, against what was pinned.
+#[derive(Debug)]
+pub struct PinnedKeyChanged {
+    /// The endpoint.
+    pub endpoint: String,
+    /// The origin the node presents.
+    pub presented_origin: String,
+    /// Its key.
+    pub presented_key: String,
+    /// The pinned origin.
+    pub pinned_origin: String,
+    /// The pinned key.
+    pub pinned_key: String,
+    /// Where the pin is kept.
+    pub state_file: String,
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        Error::Status(Box::new(s))
+    }
+}
+
+impl Error {
+    /// The node's status code, when the node refused.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Error::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
 }
 
 /// `Result` with [`Error`].

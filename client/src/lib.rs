@@ -31,6 +31,6 @@ mod keyfile;
 mod messaging;
 
 pub use directory::{Client, EvidenceSigner, VerifiedEntry, config_dir};
-pub use error::{Error, Result};
+pub use error::{Error, PinnedKeyChanged, Result};
 pub use keyfile::{read_key_file, write_key_file};
 pub use messaging::{Messenger, Outgoing, Received};

@@ -112,18 +112,7 @@ pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> R
         EntryKind::Rotate => {
             let (at, prev) = current(previous, &b, "rotate")?;
             let body = decode_body::<RotateBody>(&req.body, "RotateBody")?;
-            if body.address != entry.address {
-                return Err(mismatch("address"));
-            }
-            if body.current_index != at {
-                return Err(predecessor(format!(
-                    "the request names entry {} but the current entry is {at}",
-                    body.current_index
-                )));
-            }
-            if entry.previous_index != at {
-                return Err(mismatch("previous_index"));
-            }
+            names_current(entry, &body.address, body.current_index, at)?;
             if body.new_signing_key != entry.signing_key {
                 return Err(mismatch("signing_key"));
             }
@@ -150,9 +139,6 @@ pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> R
         EntryKind::Revoke => {
             let (at, prev) = current(previous, &b, "revoke")?;
             let body = decode_body::<RevokeBody>(&req.body, "RevokeBody")?;
-            if body.address != entry.address {
-                return Err(mismatch("address"));
-            }
             if body.reason.len() > MAX_REASON_LEN {
                 return Err(Error::TooLarge {
                     field: "reason",
@@ -160,15 +146,7 @@ pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> R
                     limit: MAX_REASON_LEN,
                 });
             }
-            if body.current_index != at {
-                return Err(predecessor(format!(
-                    "the request names entry {} but the current entry is {at}",
-                    body.current_index
-                )));
-            }
-            if entry.previous_index != at {
-                return Err(mismatch("previous_index"));
-            }
+            names_current(entry, &body.address, body.current_index, at)?;
             if b.signing_key != prev.signing_key {
                 return Err(mismatch("signing_key"));
             }
@@ -241,6 +219,26 @@ fn current<'a>(
         });
     }
     Ok((at, prev))
+}
+
+/// A rotation or revocation request is for the entry's address and names the current
+/// entry `at`, which the entry says it supersedes.
+fn names_current(entry: &LogEntry, address: &str, named: u64, at: u64) -> Result<()> {
+    if address != entry.address {
+        return Err(Error::EntryMismatch { field: "address" });
+    }
+    if named != at {
+        return Err(Error::WrongPredecessor {
+            address: entry.address.clone(),
+            why: format!("the request names entry {named} but the current entry is {at}"),
+        });
+    }
+    if entry.previous_index != at {
+        return Err(Error::EntryMismatch {
+            field: "previous_index",
+        });
+    }
+    Ok(())
 }
 
 /// What a rotation or revocation keeps from the binding it supersedes.

@@ -149,3 +149,65 @@ pub fn x25519_spki(key: &[u8; 32]) -> Vec<u8> {
     v.extend_from_slice(key);
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use blockpost_core::{Identity, authorize_entry};
+    use blockpost_proto::v1::{EntryKind, LogEntry, RegisterBody, SignedRequest};
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn a_ca_key_from_an_older_data_dir_loads_and_issues_what_core_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        // Data dirs before the node crate held a CA key written by rcgen itself.
+        let old = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+        let key_path = dir.path().join("ca.key");
+        std::fs::write(&key_path, old.serialize_pem()).unwrap();
+        let key = blockpost_storage::load_or_create_key(&key_path).unwrap();
+        let cert_path = dir.path().join("ca.pem");
+        let ca = Ca::load_or_create(&key, &cert_path, "test").unwrap();
+        // Reopening reads the same certificate.
+        let again = Ca::load_or_create(&key, &cert_path, "test").unwrap();
+        assert_eq!(again.cert_pem(), ca.cert_pem());
+
+        // A certificate it issues passes the core's certificate checks.
+        let id = Identity::generate();
+        let body = RegisterBody {
+            address: "alice".into(),
+            real_name: "Alice AG".into(),
+            signing_key: id.signing_public().to_vec(),
+            encryption_key: id.encryption_public().to_vec(),
+            evidence_chain: vec![],
+            timestamp_ms: 1,
+        }
+        .encode_to_vec();
+        let certificate = ca
+            .issue(
+                &Subject {
+                    real_name: "Alice AG",
+                    address: "alice",
+                    signing_key: id.signing_public(),
+                    encryption_key: id.encryption_public(),
+                },
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        let entry = LogEntry {
+            kind: EntryKind::Register as i32,
+            address: "alice".into(),
+            real_name: "Alice AG".into(),
+            signing_key: id.signing_public().to_vec(),
+            encryption_key: id.encryption_public().to_vec(),
+            certificate,
+            request: Some(SignedRequest {
+                signature: blockpost_core::Operation::Register.sign(&id.signing, &body),
+                body,
+                second_signature: vec![],
+            }),
+            ..Default::default()
+        };
+        authorize_entry(&entry, None).unwrap();
+    }
+}

@@ -22,8 +22,10 @@ pub(crate) async fn run(
 ) {
     let js = jetstream::new(client);
     let mut backoff = Duration::from_millis(100);
+    // How far this publisher knows the stream holds the log, from its own acks.
+    let mut published = 0u64;
     loop {
-        match publish_missing(&inner, &js).await {
+        match publish_missing(&inner, &js, &mut published).await {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
                 if changed.changed().await.is_err() {
@@ -41,7 +43,11 @@ pub(crate) async fn run(
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn publish_missing(inner: &Inner, js: &jetstream::Context) -> Result<(), BoxError> {
+async fn publish_missing(
+    inner: &Inner,
+    js: &jetstream::Context,
+    published: &mut u64,
+) -> Result<(), BoxError> {
     let name = &inner.config.nats_stream;
     let mut st = js
         .get_or_create_stream(stream::Config {
@@ -53,6 +59,9 @@ async fn publish_missing(inner: &Inner, js: &jetstream::Context) -> Result<(), B
         })
         .await?;
     let info = st.info().await?;
+    // Where to resume: after the stream's last entry message, but only if that message is
+    // our own entry (same bytes as the log); anything else on the subject is not trusted,
+    // and the publisher resumes from what it knows it published.
     let mut next = if info.state.messages == 0 {
         0
     } else {
@@ -60,16 +69,28 @@ async fn publish_missing(inner: &Inner, js: &jetstream::Context) -> Result<(), B
             .get_last_raw_message_by_subject(wire::ENTRY_SUBJECT)
             .await
         {
-            Ok(m) => m
-                .headers
-                .get(wire::LEAF_INDEX_HEADER)
-                .and_then(|v| v.as_str().parse::<u64>().ok())
-                .map_or(0, |i| i + 1),
+            Ok(m) => {
+                let idx = m
+                    .headers
+                    .get(wire::LEAF_INDEX_HEADER)
+                    .and_then(|v| v.as_str().parse::<u64>().ok());
+                match idx {
+                    Some(i) if inner.store.entry(i).is_ok_and(|e| e == m.payload.as_ref()) => i + 1,
+                    _ => {
+                        tracing::warn!(
+                            seq = m.sequence,
+                            "the directory stream's last entry is not ours; resuming from what this node published"
+                        );
+                        *published
+                    }
+                }
+            }
             Err(_) => 0,
         }
     };
     let head = inner.store.head();
     if next >= head.size {
+        *published = (*published).max(head.size);
         return Ok(());
     }
     while next < head.size {
@@ -89,6 +110,7 @@ async fn publish_missing(inner: &Inner, js: &jetstream::Context) -> Result<(), B
             a.await?;
         }
         next = end;
+        *published = (*published).max(end);
     }
     let mut h = HeaderMap::new();
     h.insert(wire::TREE_SIZE_HEADER, head.size.to_string().as_str());

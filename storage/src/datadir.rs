@@ -90,10 +90,11 @@ impl DataDir {
             Ok(o) => {
                 let o = o.trim().to_owned();
                 match configured {
-                    Some(want) if want != o => Err(Error::Corrupted(format!(
-                        "data dir {} holds the log {o:?}, config names {want:?}: a log's origin never changes",
-                        self.root.display()
-                    ))),
+                    Some(want) if want != o => Err(Error::OriginChanged {
+                        dir: self.root.display().to_string(),
+                        recorded: o,
+                        configured: want.to_owned(),
+                    }),
                     _ => Ok(o),
                 }
             }
@@ -130,7 +131,10 @@ mod tests {
         assert!(o.starts_with("blockpost.local/directory/"));
         assert_eq!(d.origin(None).unwrap(), o);
         assert_eq!(d.origin(Some(&o)).unwrap(), o);
-        assert!(d.origin(Some("other.example/log")).is_err());
+        assert!(matches!(
+            d.origin(Some("other.example/log")),
+            Err(Error::OriginChanged { .. })
+        ));
         let d2 = DataDir::new(tmp.path().join("two"));
         assert_eq!(d2.origin(Some("x.example/log")).unwrap(), "x.example/log");
         assert!(d2.log_key().ends_with("keys/log.key"));

@@ -26,6 +26,18 @@ pub enum Error {
     /// Another process holds the files.
     #[error("{0} is in use by another blockpost process; one log has one writer")]
     InUse(String),
+    /// The data directory holds another log than the config names.
+    #[error(
+        "data dir {dir} holds the log {recorded:?}, but the config names {configured:?}: a log's origin never changes"
+    )]
+    OriginChanged {
+        /// The data directory.
+        dir: String,
+        /// The origin recorded at first start.
+        recorded: String,
+        /// The origin configured now.
+        configured: String,
+    },
     /// A key file that cannot be read or written.
     #[error("key {path}: {why}")]
     Key {

@@ -600,3 +600,82 @@ async fn two_gateways_share_only_nats() {
     assert_eq!(st.code(), Code::PermissionDenied);
     let _ = b;
 }
+
+#[tokio::test]
+async fn the_replica_applies_only_authorised_entries() {
+    use blockpost_core::{Operation, wire};
+    use blockpost_proto::v1::{EntryKind, LogEntry, RotateBody, SignedRequest};
+
+    let sb = Sandbox::start().await.unwrap();
+    let a = party(&sb, "alice", "Alice AG").await;
+    let _b = party(&sb, "bob", "Bob Ltd").await;
+    assert!(
+        sb.gateway
+            .replica()
+            .wait_applied(2, Duration::from_secs(5))
+            .await
+    );
+    // A local process publishes a rotation of alice to its own key, at the next index,
+    // signed by itself: the core rules refuse it, so the replica never applies it.
+    let mallory = Identity::generate();
+    let body = RotateBody {
+        address: "alice".into(),
+        current_index: a.index,
+        new_signing_key: mallory.signing_public().to_vec(),
+        new_encryption_key: mallory.encryption_public().to_vec(),
+        timestamp_ms: now_ms(),
+    }
+    .encode_to_vec();
+    let forged = LogEntry {
+        kind: EntryKind::Rotate as i32,
+        address: "alice".into(),
+        real_name: "Alice AG".into(),
+        signing_key: mallory.signing_public().to_vec(),
+        encryption_key: mallory.encryption_public().to_vec(),
+        previous_index: a.index,
+        request: Some(SignedRequest {
+            signature: Operation::Rotate.sign(&mallory.signing, &body),
+            second_signature: Operation::Rotate.sign(&mallory.signing, &body),
+            body,
+        }),
+        ..Default::default()
+    };
+    let nats = sb.nats.connect().await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(wire::LEAF_INDEX_HEADER, "2");
+    h.insert(wire::MSG_ID_HEADER, "forged-2");
+    js.publish_with_headers(wire::ENTRY_SUBJECT, h, forged.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(5), "the forged entry refused", || {
+        let n = sb.gateway.replica().rejected();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let p = sb.gateway.replica().get("alice").unwrap();
+    assert_eq!(p.signing_key.to_bytes(), a.id.signing_public());
+    assert_eq!(sb.gateway.replica().applied(), 2);
+    // Mallory's envelopes "from" alice are refused; the genuine entry 2 still applies.
+    let mut g = messaging(&sb).await;
+    let mut c = content(&a, &["bob"], b"from mallory");
+    c.sender_key_index = 2;
+    let st = g
+        .submit(sign_envelope(&mallory.signing, c.encode_to_vec()))
+        .await
+        .unwrap_err();
+    assert_ne!(st.code(), Code::Ok);
+    let _carol = party(&sb, "carol", "Carol SA").await;
+    assert!(
+        sb.gateway
+            .replica()
+            .wait_applied(3, Duration::from_secs(5))
+            .await
+    );
+    g.submit(envelope(&a, &content(&a, &["bob", "carol"], b"still me")))
+        .await
+        .unwrap();
+}

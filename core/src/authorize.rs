@@ -5,7 +5,9 @@
 //! sequenced; gateways, clients and auditors call the same function on every entry they
 //! read. So what the directory accepts and what a verifier accepts cannot drift apart.
 
-use blockpost_proto::v1::{EntryKind, LogEntry, RegisterBody, RevokeBody, RotateBody};
+use blockpost_proto::v1::{
+    EntryKind, LogEntry, RegisterBody, RevokeBody, RotateBody, SignedRequest,
+};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer as _;
@@ -19,54 +21,46 @@ use crate::{
 /// Longest revocation reason, in bytes.
 pub const MAX_REASON_LEN: usize = 1024;
 
-/// Checks that `entry` was authorised by its signed request, given the binding it
-/// supersedes (`previous`: the log index and state of the address's newest entry, or `None`
-/// when the address has none). Returns the new binding.
+/// A signed directory request whose signatures verified, given the binding it supersedes:
+/// what [`authorize_request`] returns. Only it makes one, so an entry can only be checked
+/// against a request whose signatures were verified.
+#[derive(Clone, Debug)]
+pub struct AuthorizedRequest {
+    body: Body,
+    /// DER SubjectPublicKeyInfo of the evidence key that signed a registration.
+    evidence_key: Vec<u8>,
+    previous: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+enum Body {
+    Register(RegisterBody),
+    Rotate(RotateBody),
+    Revoke(RevokeBody),
+}
+
+/// Checks the signatures of a request of `kind`, given the binding it supersedes
+/// (`previous`: the log index and state of the address's newest entry, or `None`): proof of
+/// possession of every new key, a rotation signed by the current and the new key, a
+/// revocation signed by the current key or by the evidence key, the evidence key's
+/// signature on a registration with evidence, and that the request names `previous`. The
+/// body must be canonical protobuf.
 ///
-/// Checked: the request's signatures (proof of possession of every new key; a rotation
-/// signed by the old and the new key; a revocation signed by the current key or by the
-/// evidence key), that the request names `previous`, that every field of the entry is what
-/// the request and `previous` say, that an evidence chain's leaf key signed a verified
-/// registration, and that the certificate binds the entry's name, address and keys. Not
-/// checked here: the evidence chain up to the operator's trust anchors
-/// ([`crate::TrustAnchors::check`]), the timestamp against a clock, and the CA's signature
-/// on the certificate.
-pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> Result<Binding> {
-    let b = Binding::from_entry(entry)?;
-    check_real_name(&b.real_name)?;
-    ed25519_key(&b.signing_key)?;
-    x25519_key(&b.encryption_key)?;
-    let req = entry.request.as_ref().ok_or_else(|| Error::Malformed {
-        what: "log entry",
-        why: "no signed request".into(),
-    })?;
-    let mismatch = |field| Error::EntryMismatch { field };
-    let predecessor = |why: String| Error::WrongPredecessor {
-        address: b.address.to_string(),
-        why,
-    };
-    match b.kind {
+/// The directory calls this first, before it spends anything on a request; verifiers get it
+/// through [`authorize_entry`].
+pub fn authorize_request(
+    kind: EntryKind,
+    req: &SignedRequest,
+    previous: Option<(u64, &Binding)>,
+) -> Result<AuthorizedRequest> {
+    match kind {
         EntryKind::Register => {
-            if let Some((at, _)) = previous {
-                return Err(predecessor(format!(
-                    "the address is bound already (entry {at})"
-                )));
-            }
             let body = decode_body::<RegisterBody>(&req.body, "RegisterBody")?;
-            if body.address != entry.address {
-                return Err(mismatch("address"));
-            }
-            if body.real_name != entry.real_name {
-                return Err(mismatch("real_name"));
-            }
-            if body.signing_key != entry.signing_key {
-                return Err(mismatch("signing_key"));
-            }
-            if body.encryption_key != entry.encryption_key {
-                return Err(mismatch("encryption_key"));
-            }
-            if entry.previous_index != 0 {
-                return Err(mismatch("previous_index"));
+            if let Some((at, _)) = previous {
+                return Err(Error::WrongPredecessor {
+                    address: body.address.clone(),
+                    why: format!("the address is bound already (entry {at})"),
+                });
             }
             Operation::Register
                 .verify(&ed25519_key(&body.signing_key)?, &req.body, &req.signature)
@@ -75,27 +69,17 @@ pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> R
                         "proof of possession of the signing key does not verify",
                     )
                 })?;
-            if body.evidence_chain.is_empty() {
+            let evidence_key = if body.evidence_chain.is_empty() {
                 if !req.second_signature.is_empty() {
                     return Err(Error::Malformed {
                         what: "register request",
                         why: "evidence signature given without an evidence chain".into(),
                     });
                 }
-                if entry.verified {
-                    return Err(mismatch("verified"));
-                }
-                if !entry.evidence_key.is_empty() {
-                    return Err(mismatch("evidence_key"));
-                }
+                Vec::new()
             } else {
-                let spki = leaf_spki(&body.evidence_chain)?;
-                if entry.evidence_key != spki {
-                    return Err(mismatch("evidence_key"));
-                }
-                if !entry.verified {
-                    return Err(mismatch("verified"));
-                }
+                let spki = leaf_spki(&body.evidence_chain)
+                    .map_err(|e| Error::Evidence(format!("evidence chain: {e}")))?;
                 if req.second_signature.is_empty() {
                     return Err(Error::SignatureInvalid(
                         "the evidence key did not sign the request",
@@ -106,20 +90,18 @@ pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> R
                     &Operation::Register.message(&req.body),
                     &req.second_signature,
                 )?;
-            }
-            check_certificate(&b)?;
+                spki
+            };
+            Ok(AuthorizedRequest {
+                body: Body::Register(body),
+                evidence_key,
+                previous: None,
+            })
         }
         EntryKind::Rotate => {
-            let (at, prev) = current(previous, &b, "rotate")?;
             let body = decode_body::<RotateBody>(&req.body, "RotateBody")?;
-            names_current(entry, &body.address, body.current_index, at)?;
-            if body.new_signing_key != entry.signing_key {
-                return Err(mismatch("signing_key"));
-            }
-            if body.new_encryption_key != entry.encryption_key {
-                return Err(mismatch("encryption_key"));
-            }
-            carried_over(&b, prev)?;
+            let (at, prev) = current(previous, &body.address, "rotate")?;
+            names_current(&body.address, body.current_index, at)?;
             Operation::Rotate
                 .verify(&ed25519_key(&prev.signing_key)?, &req.body, &req.signature)
                 .map_err(|_| {
@@ -134,10 +116,13 @@ pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> R
                 .map_err(|_| {
                     Error::SignatureInvalid("proof of possession of the new key does not verify")
                 })?;
-            check_certificate(&b)?;
+            Ok(AuthorizedRequest {
+                body: Body::Rotate(body),
+                evidence_key: Vec::new(),
+                previous: Some(at),
+            })
         }
         EntryKind::Revoke => {
-            let (at, prev) = current(previous, &b, "revoke")?;
             let body = decode_body::<RevokeBody>(&req.body, "RevokeBody")?;
             if body.reason.len() > MAX_REASON_LEN {
                 return Err(Error::TooLarge {
@@ -146,17 +131,8 @@ pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> R
                     limit: MAX_REASON_LEN,
                 });
             }
-            names_current(entry, &body.address, body.current_index, at)?;
-            if b.signing_key != prev.signing_key {
-                return Err(mismatch("signing_key"));
-            }
-            if b.encryption_key != prev.encryption_key {
-                return Err(mismatch("encryption_key"));
-            }
-            if !b.certificate.is_empty() {
-                return Err(mismatch("certificate"));
-            }
-            carried_over(&b, prev)?;
+            let (at, prev) = current(previous, &body.address, "revoke")?;
+            names_current(&body.address, body.current_index, at)?;
             if !req.signature.is_empty() {
                 Operation::Revoke
                     .verify(&ed25519_key(&prev.signing_key)?, &req.body, &req.signature)
@@ -177,65 +153,159 @@ pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> R
             } else {
                 return Err(Error::SignatureInvalid("revocation is not signed"));
             }
+            Ok(AuthorizedRequest {
+                body: Body::Revoke(body),
+                evidence_key: Vec::new(),
+                previous: Some(at),
+            })
         }
-        EntryKind::Unspecified => {
-            // `Binding::from_entry` refuses it; kept for an exhaustive match.
-            return Err(Error::Malformed {
-                what: "log entry",
-                why: "kind unspecified".into(),
-            });
+        EntryKind::Unspecified => Err(Error::Malformed {
+            what: "signed request",
+            why: "kind unspecified".into(),
+        }),
+    }
+}
+
+impl AuthorizedRequest {
+    /// The address the request is for.
+    pub fn address(&self) -> &str {
+        match &self.body {
+            Body::Register(b) => &b.address,
+            Body::Rotate(b) => &b.address,
+            Body::Revoke(b) => &b.address,
         }
     }
-    Ok(b)
+
+    /// Checks that `entry` says exactly what this request and the binding it supersedes
+    /// (`previous`, the one the request was authorised against) say: address, name,
+    /// verified flag, keys, evidence key, predecessor, and that its certificate binds them.
+    /// Returns the new binding.
+    pub fn check_entry(&self, entry: &LogEntry, previous: Option<&Binding>) -> Result<Binding> {
+        let b = Binding::from_entry(entry)?;
+        check_real_name(&b.real_name)?;
+        ed25519_key(&b.signing_key)?;
+        x25519_key(&b.encryption_key)?;
+        let mismatch = |field| Err(Error::EntryMismatch { field });
+        if entry.address != self.address() {
+            return mismatch("address");
+        }
+        if b.previous_index != self.previous {
+            return mismatch("previous_index");
+        }
+        if entry.kind == EntryKind::Register as i32 && entry.previous_index != 0 {
+            return mismatch("previous_index");
+        }
+        match (&self.body, b.kind, previous) {
+            (Body::Register(body), EntryKind::Register, None) => {
+                if body.real_name != entry.real_name {
+                    return mismatch("real_name");
+                }
+                if body.signing_key != entry.signing_key {
+                    return mismatch("signing_key");
+                }
+                if body.encryption_key != entry.encryption_key {
+                    return mismatch("encryption_key");
+                }
+                if entry.evidence_key != self.evidence_key {
+                    return mismatch("evidence_key");
+                }
+                if entry.verified != !self.evidence_key.is_empty() {
+                    return mismatch("verified");
+                }
+                check_certificate(&b)?;
+            }
+            (Body::Rotate(body), EntryKind::Rotate, Some(prev)) => {
+                if body.new_signing_key != entry.signing_key {
+                    return mismatch("signing_key");
+                }
+                if body.new_encryption_key != entry.encryption_key {
+                    return mismatch("encryption_key");
+                }
+                carried_over(&b, prev)?;
+                check_certificate(&b)?;
+            }
+            (Body::Revoke(_), EntryKind::Revoke, Some(prev)) => {
+                if b.signing_key != prev.signing_key {
+                    return mismatch("signing_key");
+                }
+                if b.encryption_key != prev.encryption_key {
+                    return mismatch("encryption_key");
+                }
+                if !b.certificate.is_empty() {
+                    return mismatch("certificate");
+                }
+                carried_over(&b, prev)?;
+            }
+            _ => return mismatch("kind"),
+        }
+        Ok(b)
+    }
+}
+
+/// Checks that `entry` was authorised by its signed request, given the binding it
+/// supersedes (`previous`: the log index and state of the address's newest entry, or `None`
+/// when the address has none): [`authorize_request`] on the request inside it, then
+/// [`AuthorizedRequest::check_entry`]. Returns the new binding.
+///
+/// Not checked here: the evidence chain up to the operator's trust anchors
+/// ([`crate::TrustAnchors::check`]), the timestamp against a clock, and the CA's signature
+/// on the certificate.
+pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> Result<Binding> {
+    let kind = EntryKind::try_from(entry.kind).map_err(|_| Error::Malformed {
+        what: "log entry",
+        why: format!("unknown kind {}", entry.kind),
+    })?;
+    if let Some((_, prev)) = previous
+        && prev.address.as_str() != entry.address
+    {
+        return Err(Error::WrongPredecessor {
+            address: entry.address.clone(),
+            why: format!("the entry it follows is for {}", prev.address),
+        });
+    }
+    let req = entry.request.as_ref().ok_or_else(|| Error::Malformed {
+        what: "log entry",
+        why: "no signed request".into(),
+    })?;
+    let auth = authorize_request(kind, req, previous)?;
+    auth.check_entry(entry, previous.map(|(_, b)| b))
 }
 
 fn decode_body<M: prost::Message + Default>(bytes: &[u8], name: &'static str) -> Result<M> {
-    M::decode(bytes).map_err(|e| Error::Malformed {
-        what: "signed request",
-        why: format!("body is not a {name}: {e}"),
-    })
+    crate::decode_canonical(bytes, name)
 }
 
 /// The live binding a rotation or revocation supersedes.
 fn current<'a>(
     previous: Option<(u64, &'a Binding)>,
-    b: &Binding,
+    address: &str,
     what: &str,
 ) -> Result<(u64, &'a Binding)> {
     let (at, prev) = previous.ok_or_else(|| Error::WrongPredecessor {
-        address: b.address.to_string(),
+        address: address.to_owned(),
         why: format!("no binding to {what}"),
     })?;
-    if prev.address != b.address {
+    if prev.address.as_str() != address {
         return Err(Error::WrongPredecessor {
-            address: b.address.to_string(),
+            address: address.to_owned(),
             why: format!("entry {at} is for {}", prev.address),
         });
     }
     if prev.revoked() {
         return Err(Error::KeyRevoked {
-            address: b.address.to_string(),
+            address: address.to_owned(),
             at,
         });
     }
     Ok((at, prev))
 }
 
-/// A rotation or revocation request is for the entry's address and names the current
-/// entry `at`, which the entry says it supersedes.
-fn names_current(entry: &LogEntry, address: &str, named: u64, at: u64) -> Result<()> {
-    if address != entry.address {
-        return Err(Error::EntryMismatch { field: "address" });
-    }
+/// A rotation or revocation request names the current entry `at`.
+fn names_current(address: &str, named: u64, at: u64) -> Result<()> {
     if named != at {
         return Err(Error::WrongPredecessor {
-            address: entry.address.clone(),
+            address: address.to_owned(),
             why: format!("the request names entry {named} but the current entry is {at}"),
-        });
-    }
-    if entry.previous_index != at {
-        return Err(Error::EntryMismatch {
-            field: "previous_index",
         });
     }
     Ok(())
@@ -298,6 +368,7 @@ fn check_certificate(b: &Binding) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use blockpost_proto::v1::LogEntry;
+    use prost::Message as _;
 
     use super::*;
     use crate::Identity;
@@ -326,8 +397,9 @@ mod tests {
         let mut reg = register("alice", "Alice AG", &a);
         let req = reg.request.as_mut().unwrap();
         // The body claims another timestamp: the signature no longer covers it.
-        let last = req.body.len() - 1;
-        req.body[last] ^= 1;
+        let mut body = RegisterBody::decode(req.body.as_slice()).unwrap();
+        body.timestamp_ms ^= 0x40;
+        req.body = prost::Message::encode_to_vec(&body);
         assert!(matches!(
             authorize_entry(&reg, None),
             Err(Error::SignatureInvalid(_))

@@ -35,6 +35,13 @@ pub enum Error {
         /// The decoder's complaint.
         why: String,
     },
+    /// Signed bytes that are not the canonical protobuf encoding of what they decode to
+    /// (unknown fields, fields out of order, default values written out, ...).
+    #[error("{what} is not in canonical protobuf encoding (unknown or padded fields?)")]
+    NotCanonical {
+        /// Which message.
+        what: &'static str,
+    },
     /// A field over its size limit.
     #[error("{field} is too large: {len} bytes, limit {limit}")]
     TooLarge {

@@ -57,8 +57,8 @@ pub mod wire;
 #[cfg(test)]
 mod testkit;
 
-pub use address::{Address, check_real_name};
-pub use authorize::{MAX_REASON_LEN, authorize_entry};
+pub use address::{Address, check_real_name, normalize_real_name};
+pub use authorize::{AuthorizedRequest, MAX_REASON_LEN, authorize_entry, authorize_request};
 pub use clock::{Clock, FixedClock, SystemClock, check_clock, deadline_ms, now_ms};
 pub use entry::{Binding, X25519_EXTENSION_OID, decode_entry};
 pub use envelope::{
@@ -71,6 +71,6 @@ pub use evidence::{
 };
 pub use keyfile::Identity;
 pub use log::{CheckpointSigner, VerifiedCheckpoint, leaf_hash, parse_hashes, verify_checkpoint};
-pub use request::{Operation, ed25519_key, x25519_key};
+pub use request::{Operation, decode_canonical, ed25519_key, x25519_key};
 pub use rules::{EnvelopeLimits, MAX_TEXT_LEN, ParsedEnvelope, VerifiedEnvelope, verify_batch};
 pub use state::{Applied, DirectoryState, Participant, Prepared, verify_history};

@@ -52,6 +52,24 @@ impl Operation {
     }
 }
 
+/// Decodes `bytes` as `M` and checks that they are exactly the canonical encoding of the
+/// result (what prost writes): no unknown fields, no padding, nothing a signature covers that
+/// the decoded message does not say. Signed bytes are stored forever, so only canonical ones
+/// are accepted.
+pub fn decode_canonical<M: prost::Message + Default>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<M> {
+    let m = M::decode(bytes).map_err(|e| Error::Malformed {
+        what,
+        why: e.to_string(),
+    })?;
+    if m.encoded_len() != bytes.len() || m.encode_to_vec() != bytes {
+        return Err(Error::NotCanonical { what });
+    }
+    Ok(m)
+}
+
 /// Parses a 32-byte ed25519 public key, refusing weak (small-order) keys.
 pub fn ed25519_key(bytes: &[u8]) -> Result<VerifyingKey> {
     let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::InvalidKey {
@@ -71,19 +89,25 @@ pub fn ed25519_key(bytes: &[u8]) -> Result<VerifyingKey> {
     Ok(key)
 }
 
-/// Parses a 32-byte x25519 public key, refusing the all-zero key.
+/// Parses a 32-byte x25519 public key, refusing low-order points (the all-zero key among
+/// them): with one, every shared secret is zero whatever the sender's key, so a body
+/// "sealed" to it is readable by anyone.
 pub fn x25519_key(bytes: &[u8]) -> Result<x25519_dalek::PublicKey> {
     let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::InvalidKey {
         kind: "x25519",
         why: format!("expected 32 bytes, got {}", bytes.len()),
     })?;
-    if arr == [0u8; 32] {
+    let key = x25519_dalek::PublicKey::from(arr);
+    // Clamped scalars are multiples of the cofactor 8, so any of them maps a point of small
+    // order to the identity: the exchange is then not contributory.
+    let probe = x25519_dalek::StaticSecret::from([0x42u8; 32]);
+    if !probe.diffie_hellman(&key).was_contributory() {
         return Err(Error::InvalidKey {
             kind: "x25519",
-            why: "all-zero key".into(),
+            why: "low-order point".into(),
         });
     }
-    Ok(x25519_dalek::PublicKey::from(arr))
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -124,6 +148,53 @@ mod tests {
     }
 
     #[test]
+    fn only_canonical_encodings_decode() {
+        use blockpost_proto::v1::RevokeBody;
+        use prost::Message as _;
+        let body = RevokeBody {
+            address: "alice".into(),
+            current_index: 3,
+            reason: "x".into(),
+            timestamp_ms: 9,
+        };
+        let bytes = body.encode_to_vec();
+        assert_eq!(decode_canonical::<RevokeBody>(&bytes, "b").unwrap(), body);
+        // An unknown field (number 99, a string of padding) appended.
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&[0x9a, 0x06, 3, b'p', b'a', b'd']);
+        assert!(
+            RevokeBody::decode(padded.as_slice()).is_ok(),
+            "prost skips it"
+        );
+        assert!(matches!(
+            decode_canonical::<RevokeBody>(&padded, "b"),
+            Err(Error::NotCanonical { .. })
+        ));
+        // A default value written out (current_index = 0 as field 2).
+        let zero = RevokeBody {
+            current_index: 0,
+            ..body.clone()
+        };
+        let mut explicit = vec![0x10, 0x00];
+        explicit.extend_from_slice(&zero.encode_to_vec());
+        assert!(decode_canonical::<RevokeBody>(&explicit, "b").is_err());
+        // Fields out of order: timestamp (4) before address (1).
+        let mut reordered = vec![0x20, 9];
+        reordered.extend_from_slice(
+            &RevokeBody {
+                timestamp_ms: 0,
+                ..body
+            }
+            .encode_to_vec(),
+        );
+        assert!(decode_canonical::<RevokeBody>(&reordered, "b").is_err());
+        assert!(matches!(
+            decode_canonical::<RevokeBody>(&[0xff, 0xff], "b"),
+            Err(Error::Malformed { .. })
+        ));
+    }
+
+    #[test]
     fn key_parsing() {
         assert!(ed25519_key(&[1u8; 31]).is_err());
         // The identity point is a small-order key.
@@ -132,5 +203,25 @@ mod tests {
         assert!(ed25519_key(&identity).is_err());
         assert!(x25519_key(&[0u8; 32]).is_err());
         assert!(x25519_key(&[9u8; 32]).is_ok());
+        // The low-order points of Curve25519 (and their non-canonical encodings), as listed
+        // by libsodium and in "May the Fourth Be With You" (Genkin et al.).
+        let low_order: [&str; 7] = [
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        ];
+        for hex_key in low_order {
+            let k = hex::decode(hex_key).unwrap();
+            assert!(
+                matches!(x25519_key(&k), Err(Error::InvalidKey { why, .. }) if why == "low-order point"),
+                "{hex_key} accepted"
+            );
+        }
+        let genuine = crate::Identity::generate();
+        assert!(x25519_key(&genuine.encryption_public()).is_ok());
     }
 }

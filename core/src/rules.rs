@@ -75,6 +75,12 @@ impl ParsedEnvelope {
         let invalid = |m: String| Error::InvalidEnvelope(m);
         let c = EnvelopeContent::decode(envelope.content.as_slice())
             .map_err(|e| invalid(format!("content is not an EnvelopeContent: {e}")))?;
+        // The signed content is stored forever: only its canonical encoding is accepted.
+        if c.encoded_len() != envelope.content.len() || c.encode_to_vec() != envelope.content {
+            return Err(Error::NotCanonical {
+                what: "envelope content",
+            });
+        }
         let sender = Address::parse(&c.sender)?;
         if c.recipients.is_empty() {
             return Err(invalid("no recipients".into()));

@@ -82,6 +82,7 @@ impl Error {
                 C::InvalidAddress { .. }
                 | C::InvalidRealName(_)
                 | C::InvalidKey { .. }
+                | C::NotCanonical { .. }
                 | C::Malformed { .. }
                 | C::TooLarge { .. }
                 | C::ClockSkew { .. },

@@ -52,7 +52,9 @@ pub use ca::{CERT_VALIDITY, x25519_spki};
 pub use config::DirectoryConfig;
 pub use error::{Error, Result};
 pub use grpc::MAX_MESSAGE_LEN;
-pub use service::{Directory, DirectoryParts, MAX_BODY_LEN, MAX_ENTRIES_PER_CALL};
+pub use service::{
+    Directory, DirectoryParts, MAX_BODY_LEN, MAX_ENTRIES_BYTES, MAX_ENTRIES_PER_CALL,
+};
 
 /// Hooks for `blockpost bench`; not a stable API.
 #[doc(hidden)]

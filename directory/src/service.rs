@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use blockpost_core::{
-    Address, Binding, CheckpointSigner, Clock, MAX_REASON_LEN, TrustAnchors, authorize_entry,
-    check_clock, check_real_name, decode_entry, ed25519_key, x25519_key,
+    Address, Binding, CheckpointSigner, Clock, MAX_REASON_LEN, TrustAnchors, authorize_request,
+    check_clock, check_real_name, decode_canonical, decode_entry, ed25519_key, x25519_key,
 };
 use blockpost_proto::v1::{
     EntryKind, EntryProof, GetInfoResponse, LogEntry, LookupResponse, ProofResponse, RegisterBody,
@@ -29,6 +29,8 @@ use crate::{Error, Result};
 pub const MAX_BODY_LEN: usize = 96 * 1024;
 /// Most entries returned by one `GetEntries` call.
 pub const MAX_ENTRIES_PER_CALL: u64 = 1000;
+/// Most entry bytes returned by one `GetEntries` call (at least one entry is returned).
+pub const MAX_ENTRIES_BYTES: usize = 1 << 20;
 
 /// What the node hands the directory from its data directory.
 pub struct DirectoryParts {
@@ -261,7 +263,8 @@ impl Directory {
         })
     }
 
-    /// Raw entries `[start, end)`, at most [`MAX_ENTRIES_PER_CALL`], within the newest checkpoint.
+    /// Raw entries from `start` towards `end` (exclusive), within the newest checkpoint: at
+    /// most [`MAX_ENTRIES_PER_CALL`] and [`MAX_ENTRIES_BYTES`]; ask again from where it ended.
     pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>> {
         let size = self.inner.store.head().size;
         if start >= end {
@@ -274,8 +277,20 @@ impl Directory {
                 "start {start} is beyond the newest checkpoint ({size})"
             )));
         }
-        let end = end.min(size).min(start + MAX_ENTRIES_PER_CALL);
-        (start..end).map(|i| self.inner.store.entry(i)).collect()
+        let end = end
+            .min(size)
+            .min(start.saturating_add(MAX_ENTRIES_PER_CALL));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for i in start..end {
+            let e = self.inner.store.entry(i)?;
+            bytes += e.len();
+            if !out.is_empty() && bytes > MAX_ENTRIES_BYTES {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
     }
 }
 
@@ -298,13 +313,21 @@ impl Inner {
 
     fn check_register(&self, req: SignedRequest) -> Result<Checked> {
         check_len("body", req.body.len(), MAX_BODY_LEN)?;
-        let body = RegisterBody::decode(req.body.as_slice())
-            .map_err(|e| Error::InvalidRequest(format!("body is not a RegisterBody: {e}")))?;
+        let body: RegisterBody = decode_canonical(&req.body, "RegisterBody")?;
         let address = Address::parse(&body.address)?;
         check_real_name(&body.real_name)?;
         ed25519_key(&body.signing_key)?;
         x25519_key(&body.encryption_key)?;
         self.check_clock(body.timestamp_ms)?;
+        if !body.evidence_chain.is_empty() && self.anchors.is_empty() {
+            return Err(blockpost_core::Error::Evidence(
+                "this directory has no trust anchors configured".into(),
+            )
+            .into());
+        }
+        // Signatures first, before anything is spent on the request: the same core rule
+        // every verifier re-runs on the logged entry.
+        let auth = authorize_request(EntryKind::Register, &req, None)?;
         let (verified, evidence_key) = if body.evidence_chain.is_empty() {
             if !req.second_signature.is_empty() {
                 return Err(Error::InvalidRequest(
@@ -346,8 +369,8 @@ impl Inner {
             request: Some(req),
             evidence_key,
         };
-        // The same rules every verifier re-runs on this entry.
-        authorize_entry(&entry, None)?;
+        // The entry says exactly what the request says (the rest of `authorize_entry`).
+        auth.check_entry(&entry, None)?;
         Ok((
             address.to_string(),
             entry.encode_to_vec(),
@@ -383,13 +406,13 @@ impl Inner {
 
     fn check_rotate(&self, req: SignedRequest) -> Result<Checked> {
         check_len("body", req.body.len(), MAX_BODY_LEN)?;
-        let body = RotateBody::decode(req.body.as_slice())
-            .map_err(|e| Error::InvalidRequest(format!("body is not a RotateBody: {e}")))?;
+        let body: RotateBody = decode_canonical(&req.body, "RotateBody")?;
         let address = Address::parse(&body.address)?;
         ed25519_key(&body.new_signing_key)?;
         x25519_key(&body.new_encryption_key)?;
         self.check_clock(body.timestamp_ms)?;
         let (current, prev) = self.current(&address, body.current_index)?;
+        let auth = authorize_request(EntryKind::Rotate, &req, Some((current, &prev)))?;
         let logged_at_ms = self.clock.now_ms();
         let certificate = self.issue(
             &prev.real_name,
@@ -411,7 +434,7 @@ impl Inner {
             request: Some(req),
             evidence_key: prev.evidence_key.clone(),
         };
-        authorize_entry(&entry, Some((current, &prev)))?;
+        auth.check_entry(&entry, Some(&prev))?;
         Ok((
             address.to_string(),
             entry.encode_to_vec(),
@@ -422,12 +445,12 @@ impl Inner {
 
     fn check_revoke(&self, req: SignedRequest) -> Result<Checked> {
         check_len("body", req.body.len(), MAX_BODY_LEN)?;
-        let body = RevokeBody::decode(req.body.as_slice())
-            .map_err(|e| Error::InvalidRequest(format!("body is not a RevokeBody: {e}")))?;
+        let body: RevokeBody = decode_canonical(&req.body, "RevokeBody")?;
         let address = Address::parse(&body.address)?;
         check_len("reason", body.reason.len(), MAX_REASON_LEN)?;
         self.check_clock(body.timestamp_ms)?;
         let (current, prev) = self.current(&address, body.current_index)?;
+        let auth = authorize_request(EntryKind::Revoke, &req, Some((current, &prev)))?;
         let entry = LogEntry {
             kind: EntryKind::Revoke as i32,
             address: address.to_string(),
@@ -441,7 +464,7 @@ impl Inner {
             request: Some(req),
             evidence_key: prev.evidence_key.clone(),
         };
-        authorize_entry(&entry, Some((current, &prev)))?;
+        auth.check_entry(&entry, Some(&prev))?;
         Ok((
             address.to_string(),
             entry.encode_to_vec(),

@@ -98,16 +98,24 @@ impl Store {
         bindings: &[(String, bool)],
         sign: impl FnOnce(u64, [u8; 32]) -> Result<Vec<u8>>,
     ) -> Result<(u64, Head)> {
-        let (first, head) = self.log.append(entries, |size, root| {
-            sign(size, root).map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
-        })?;
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-        for (i, (addr, revoked)) in bindings.iter().enumerate() {
-            let a = index.entry(addr.clone()).or_default();
-            a.entries.push(first + i as u64);
-            a.revoked = *revoked;
-        }
-        Ok((first, head))
+        // The index learns of the entries before the new head is visible, so a look-up never
+        // sees a head whose entries the index lacks (it filters what is beyond its head).
+        self.log
+            .append(
+                entries,
+                |size, root| {
+                    sign(size, root).map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
+                },
+                |first| {
+                    let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+                    for (i, (addr, revoked)) in bindings.iter().enumerate() {
+                        let a = index.entry(addr.clone()).or_default();
+                        a.entries.push(first + i as u64);
+                        a.revoked = *revoked;
+                    }
+                },
+            )
+            .map_err(Into::into)
     }
 
     /// Signs a checkpoint for the whole log if none covers it yet.
@@ -177,10 +185,14 @@ mod tests {
         drop(store);
         let dir2 = tempfile::tempdir().unwrap();
         let log = TreeLog::open(dir2.path(), 1024, |_, _| Ok(())).unwrap();
-        log.append(&[vec![0xff, 0xff]], |size, root| {
-            s.sign(size, root)
-                .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
-        })
+        log.append(
+            &[vec![0xff, 0xff]],
+            |size, root| {
+                s.sign(size, root)
+                    .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
+            },
+            |_| {},
+        )
         .unwrap();
         drop(log);
         assert!(matches!(

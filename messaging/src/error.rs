@@ -77,6 +77,7 @@ impl Error {
                 C::InvalidAddress { .. }
                 | C::InvalidKey { .. }
                 | C::Malformed { .. }
+                | C::NotCanonical { .. }
                 | C::InvalidRealName(_)
                 | C::InvalidEnvelope(_)
                 | C::TooLarge { .. }

@@ -22,6 +22,8 @@ use crate::{Error, Result};
 /// How long a check waits for the replica to learn of a participant it does not know yet
 /// (a registration may be a few milliseconds ahead of its NATS copy).
 const REPLICA_PATIENCE: Duration = Duration::from_millis(500);
+/// Room kept in a NATS message for the headers beside an envelope.
+const HEADER_ROOM: usize = 1024;
 
 /// A running gateway. Cheap to clone.
 #[derive(Clone)]
@@ -34,6 +36,8 @@ pub(crate) struct Inner {
     pub(crate) replica: Arc<Replica>,
     pub(crate) config: MessagingConfig,
     limits: EnvelopeLimits,
+    /// Largest envelope NATS takes in one message (its `max_payload`, less room for headers).
+    max_envelope: usize,
     clock: Arc<dyn Clock>,
     verifier: BatchVerifier,
     key: SigningKey,
@@ -54,6 +58,8 @@ impl Gateway {
         nats: async_nats::Client,
     ) -> Result<Self> {
         config.validate().map_err(Error::Internal)?;
+        // Headers (ids, sequence) take well under this.
+        let max_envelope = nats.server_info().max_payload.saturating_sub(HEADER_ROOM);
         let mut js = jetstream::new(nats);
         js.set_timeout(Duration::from_secs(10));
         let window = Duration::from_millis(config.max_clock_skew_ms.saturating_mul(2));
@@ -81,6 +87,7 @@ impl Gateway {
                 js,
                 replica,
                 limits: config.limits(),
+                max_envelope,
                 config,
                 clock,
                 verifier: BatchVerifier::start(),
@@ -112,7 +119,24 @@ impl Gateway {
 
     /// The core rules first (cheap, stateless), then the clock, then the directory.
     async fn check(&self, env: Envelope) -> Result<VerifiedEnvelope> {
+        // An envelope NATS cannot carry is refused for good, before anything else.
+        let len = prost::Message::encoded_len(&env);
+        if len > self.inner.max_envelope {
+            return Err(blockpost_core::Error::TooLarge {
+                field: "envelope (the message bus's max_payload)",
+                len,
+                limit: self.inner.max_envelope,
+            }
+            .into());
+        }
         let p = ParsedEnvelope::parse(env, &self.inner.limits)?;
+        if self.inner.replica.conflicts() > 0 {
+            // Safety over liveness: a replica that saw two histories may hold a stale key.
+            return Err(Error::Bus(
+                "the directory replica saw conflicting entries on the stream; refusing until it is resolved"
+                    .into(),
+            ));
+        }
         let c = p.content();
         check_clock(
             c.timestamp_ms,

@@ -35,7 +35,15 @@ const STREAM_WINDOW: usize = 256;
 impl Gateway {
     /// The tonic service for this gateway.
     pub fn into_service(self) -> MessagingServer<Self> {
-        MessagingServer::new(self).max_decoding_message_size(16 << 20)
+        // The largest valid envelope and its framing; anything larger is refused by tonic
+        // before it is decoded.
+        let limit = self
+            .inner
+            .config
+            .limits()
+            .max_content_len()
+            .saturating_add(4096);
+        MessagingServer::new(self).max_decoding_message_size(limit)
     }
 }
 
@@ -59,8 +67,18 @@ impl messaging_server::Messaging for Gateway {
         r: Request<Streaming<Envelope>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let gw = self.clone();
+        // A frame that does not decode gets one error result, and the stream ends there:
+        // results stay one to one with the frames before it, and a broken stream is never
+        // read again (it would only repeat the decoder's error).
         let out = r
             .into_inner()
+            .scan(false, |broken, frame| {
+                if *broken {
+                    return futures::future::ready(None);
+                }
+                *broken = frame.is_err();
+                futures::future::ready(Some(frame))
+            })
             .map(move |env| {
                 let gw = gw.clone();
                 async move {
@@ -73,8 +91,11 @@ impl messaging_server::Messaging for Gateway {
                             }),
                         },
                         Err(s) => SubmitOutcome::Error(SubmitError {
-                            code: s.code() as i32,
-                            message: s.message().into(),
+                            code: tonic::Code::InvalidArgument as i32,
+                            message: format!(
+                                "malformed frame, the stream ends here: {}",
+                                s.message()
+                            ),
                         }),
                     };
                     Ok(SubmitResult {

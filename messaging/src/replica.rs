@@ -16,10 +16,19 @@ use tokio::sync::watch;
 
 /// The replica.
 pub struct Replica {
-    state: RwLock<DirectoryState>,
+    state: RwLock<Applied>,
     /// Number of log entries applied.
     applied: watch::Sender<u64>,
     rejected: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+/// The state and the leaf hash of every entry applied, to tell a redelivery from a
+/// different entry at an index already applied.
+#[derive(Default)]
+struct Applied {
+    state: DirectoryState,
+    leaves: Vec<[u8; 32]>,
 }
 
 impl Replica {
@@ -27,9 +36,10 @@ impl Replica {
     pub fn start(js: jetstream::Context, stream: String) -> Arc<Self> {
         let (applied, _) = watch::channel(0);
         let r = Arc::new(Self {
-            state: RwLock::new(DirectoryState::new()),
+            state: RwLock::new(Applied::default()),
             applied,
             rejected: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
         });
         tokio::spawn(follow(r.clone(), js, stream));
         r
@@ -43,6 +53,12 @@ impl Replica {
     /// Entries read from the stream that did not decode or were not authorised.
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Entries read from the stream at an index already applied, with other bytes: the
+    /// stream holds two histories, and this replica cannot tell which is the directory's.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
     }
 
     /// The participant, waiting up to `patience` for the replica to learn of it (a
@@ -71,6 +87,7 @@ impl Replica {
         self.state
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .state
             .participant(address)
             .cloned()
     }
@@ -86,16 +103,26 @@ impl Replica {
     /// Only the follower task applies, so the state cannot change between the check under
     /// the read lock (signatures, so look-ups are not held up) and the commit.
     fn apply(&self, index: u64, entry: &[u8]) {
+        let leaf = blockpost_core::leaf_hash(entry);
         let prepared = {
             let st = self.state.read().unwrap_or_else(|e| e.into_inner());
-            if index < st.size() {
+            if let Some(known) = usize::try_from(index).ok().and_then(|i| st.leaves.get(i)) {
+                if *known != leaf {
+                    self.conflicts.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        index,
+                        "the directory stream holds another entry at an index already applied"
+                    );
+                }
                 return; // a redelivery; the ordered consumer resumes in order
             }
-            st.prepare(index, entry)
+            st.state.prepare(index, entry)
         };
         let applied = prepared.and_then(|p| {
             let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-            st.commit(p).map(|_| st.size())
+            st.state.commit(p)?;
+            st.leaves.push(leaf);
+            Ok(st.state.size())
         });
         match applied {
             Ok(size) => {

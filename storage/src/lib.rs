@@ -16,7 +16,8 @@
 //! let dir = tempfile::tempdir().unwrap();
 //! let log = TreeLog::open(dir.path(), 1024, |_, _| Ok(())).unwrap();
 //! // A real caller signs a C2SP checkpoint here.
-//! let (first, head) = log.append(&[b"leaf".to_vec()], |size, root| Ok(format!("{size} {root:?}").into_bytes())).unwrap();
+//! let sign = |size, root: [u8; 32]| Ok(format!("{size} {root:?}").into_bytes());
+//! let (first, head) = log.append(&[b"leaf".to_vec()], sign, |_| {}).unwrap();
 //! assert_eq!((first, head.size), (0, 1));
 //! assert_eq!(log.leaf(0).unwrap(), b"leaf");
 //! ```

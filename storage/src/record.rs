@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read as _, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use crate::{Error, Result};
@@ -24,6 +25,9 @@ pub struct RecordFile {
     max_record_len: usize,
     /// (offset of the bytes, length) per record, and the end of the last one.
     index: RwLock<(Vec<(u64, u32)>, u64)>,
+    /// Set when a failed batch could not be taken back: the file may then hold bytes the
+    /// index does not know, so nothing more is appended until a restart re-reads it.
+    broken: AtomicBool,
 }
 
 impl RecordFile {
@@ -92,6 +96,7 @@ impl RecordFile {
             reader,
             max_record_len,
             index: RwLock::new((offsets, pos)),
+            broken: AtomicBool::new(false),
         })
     }
 
@@ -127,6 +132,7 @@ impl RecordFile {
     /// batch stays in the file. Returns the index of the first.
     pub fn append(&self, records: &[Vec<u8>]) -> Result<u64> {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_usable()?;
         let (first, end) = {
             let idx = self.index();
             (idx.0.len() as u64, idx.1)
@@ -155,7 +161,10 @@ impl RecordFile {
         }
         if let Err(e) = writer.write_all(&buf).and_then(|()| writer.sync_data()) {
             // Leave no partial batch behind: no reader saw it and no one was told.
-            let _ = writer.set_len(end);
+            if let Err(t) = writer.set_len(end) {
+                self.broken.store(true, Ordering::SeqCst);
+                tracing::error!(error = %t, "cannot cut a failed batch off the record file");
+            }
             return Err(e.into());
         }
         let mut idx = self.index.write().unwrap_or_else(|e| e.into_inner());
@@ -176,10 +185,22 @@ impl RecordFile {
             return Ok(());
         };
         let end = off - HEADER as u64;
-        writer.set_len(end)?;
-        writer.sync_all()?;
+        if let Err(e) = writer.set_len(end).and_then(|()| writer.sync_all()) {
+            self.broken.store(true, Ordering::SeqCst);
+            return Err(e.into());
+        }
         idx.0.truncate(first as usize);
         idx.1 = end;
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(Error::Corrupted(
+                "a failed batch could not be taken back out of the record file; restart to re-read it"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }

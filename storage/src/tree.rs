@@ -33,6 +33,8 @@ pub struct TreeLog {
     dir: PathBuf,
     records: RecordFile,
     state: RwLock<State>,
+    /// One append at a time, from the record write to the visible head.
+    append_lock: std::sync::Mutex<()>,
 }
 
 struct Hashes<'a> {
@@ -118,6 +120,7 @@ impl TreeLog {
             _lock: lock,
             dir: dir.to_owned(),
             records,
+            append_lock: std::sync::Mutex::new(()),
             state: RwLock::new(State {
                 hashes,
                 leaves,
@@ -200,17 +203,18 @@ impl TreeLog {
     }
 
     /// Appends `leaves` durably (one write, one `fdatasync`), signs the new tree with
-    /// `sign(size, root)`, stores that checkpoint, and only then makes the leaves visible to
-    /// provers. Returns the index of the first leaf and the new head.
-    ///
-    /// One caller at a time (a sequencer); the record file's writer lock enforces it.
+    /// `sign(size, root)`, stores that checkpoint, calls `before_visible(first)` (to update
+    /// what the caller keeps beside the log), and only then makes the leaves visible to
+    /// provers. Returns the index of the first leaf and the new head. Appends are serialised.
     pub fn append(
         &self,
         leaves_in: &[Vec<u8>],
         sign: impl FnOnce(u64, [u8; 32]) -> Result<Vec<u8>>,
+        before_visible: impl FnOnce(u64),
     ) -> Result<(u64, Head)> {
+        let _one_at_a_time = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
         let first = self.records.append(leaves_in)?;
-        match self.cover(first, leaves_in, sign) {
+        match self.cover(first, leaves_in, sign, before_visible) {
             Ok(head) => Ok((first, head)),
             Err(e) => {
                 // Nobody was told of this batch: take it back, so the file never holds
@@ -228,6 +232,7 @@ impl TreeLog {
         first: u64,
         leaves_in: &[Vec<u8>],
         sign: impl FnOnce(u64, [u8; 32]) -> Result<Vec<u8>>,
+        before_visible: impl FnOnce(u64),
     ) -> Result<Head> {
         // Hash the new leaves against the current tree without blocking readers.
         let (new_hashes, root) = {
@@ -256,6 +261,7 @@ impl TreeLog {
             size,
             checkpoint: note,
         };
+        before_visible(first);
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         st.hashes.extend(new_hashes);
         st.leaves = size;
@@ -332,7 +338,7 @@ mod tests {
         let mut note = Vec::new();
         for i in 0..n {
             note = log
-                .append(&[format!("leaf {i}").into_bytes()], sign)
+                .append(&[format!("leaf {i}").into_bytes()], sign, |_| {})
                 .unwrap()
                 .1
                 .checkpoint;
@@ -429,12 +435,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fill(dir.path(), 2);
         let log = open(dir.path()).unwrap();
-        let failed = log.append(&[b"x".to_vec(), b"y".to_vec()], |_, _| {
-            Err(Error::Io(std::io::Error::other("no space")))
-        });
+        let failed = log.append(
+            &[b"x".to_vec(), b"y".to_vec()],
+            |_, _| Err(Error::Io(std::io::Error::other("no space"))),
+            |_| panic!("a failed batch never becomes visible"),
+        );
         assert!(failed.is_err());
         assert_eq!((log.len(), log.head().size), (2, 2));
-        let (first, head) = log.append(&[b"z".to_vec()], sign).unwrap();
+        let mut seen = None;
+        let (first, head) = log
+            .append(&[b"z".to_vec()], sign, |f| seen = Some(f))
+            .unwrap();
+        assert_eq!(seen, Some(2));
         assert_eq!((first, head.size), (2, 3));
         drop(log);
         let log = open(dir.path()).unwrap();

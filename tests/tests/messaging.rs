@@ -678,4 +678,25 @@ async fn the_replica_applies_only_authorised_entries() {
     g.submit(envelope(&a, &content(&a, &["bob", "carol"], b"still me")))
         .await
         .unwrap();
+    // Other bytes at an index already applied: two histories on the stream. The gateway
+    // cannot tell which one is the directory's, so it refuses rather than guess.
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(wire::LEAF_INDEX_HEADER, "1");
+    h.insert(wire::MSG_ID_HEADER, "forged-1");
+    js.publish_with_headers(wire::ENTRY_SUBJECT, h, b"another history".to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(5), "the conflict seen", || {
+        let n = sb.gateway.replica().conflicts();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let st = g
+        .submit(envelope(&a, &content(&a, &["bob"], b"now")))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::Unavailable, "{}", st.message());
 }

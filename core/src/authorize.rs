@@ -209,7 +209,8 @@ impl AuthorizedRequest {
                 if entry.evidence_key != self.evidence_key {
                     return mismatch("evidence_key");
                 }
-                if entry.verified != !self.evidence_key.is_empty() {
+                let has_evidence = !self.evidence_key.is_empty();
+                if entry.verified != has_evidence {
                     return mismatch("verified");
                 }
                 check_certificate(&b)?;

@@ -29,7 +29,8 @@ use crate::{Error, Result};
 pub const MAX_BODY_LEN: usize = 96 * 1024;
 /// Most entries returned by one `GetEntries` call.
 pub const MAX_ENTRIES_PER_CALL: u64 = 1000;
-/// Most entry bytes returned by one `GetEntries` call (at least one entry is returned).
+/// Default of the most entry bytes returned by one `GetEntries` call (at least one entry is
+/// returned); `[directory] max_entries_bytes`.
 pub const MAX_ENTRIES_BYTES: usize = 1 << 20;
 
 /// What the node hands the directory from its data directory.
@@ -264,7 +265,7 @@ impl Directory {
     }
 
     /// Raw entries from `start` towards `end` (exclusive), within the newest checkpoint: at
-    /// most [`MAX_ENTRIES_PER_CALL`] and [`MAX_ENTRIES_BYTES`]; ask again from where it ended.
+    /// most [`MAX_ENTRIES_PER_CALL`] and `max_entries_bytes`; ask again from where it ended.
     pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>> {
         let size = self.inner.store.head().size;
         if start >= end {
@@ -285,7 +286,7 @@ impl Directory {
         for i in start..end {
             let e = self.inner.store.entry(i)?;
             bytes += e.len();
-            if !out.is_empty() && bytes > MAX_ENTRIES_BYTES {
+            if !out.is_empty() && bytes > self.inner.config.max_entries_bytes {
                 break;
             }
             out.push(e);

@@ -3,6 +3,7 @@
 //! # Layout
 //! - `proto/blockpost/v1/*.proto`: the schema, the single source of truth.
 //! - `build.rs`: compiles it with protox (pure Rust) and tonic-prost-build; no `protoc` needed.
+//! - `codec`: the services' codec (prost; undecodable requests are INVALID_ARGUMENT).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //! - [`v1`]: the generated messages, and with the `grpc` feature (default) the tonic clients
 //!   (`directory_client`) and servers (`directory_server`). `blockpost-core` uses the
@@ -14,6 +15,9 @@
 //! let bytes = req.encode_to_vec();
 //! assert_eq!(LookupRequest::decode(bytes.as_slice()).unwrap(), req);
 //! ```
+
+#[cfg(feature = "grpc")]
+pub mod codec;
 
 /// Version 1 of the API.
 #[allow(missing_docs, clippy::all)]

@@ -18,8 +18,6 @@ pub struct DirectoryConfig {
     pub max_batch: usize,
     /// Greatest accepted distance between a request's timestamp and the directory's clock.
     pub max_clock_skew_ms: u64,
-    /// Publish entries and checkpoints to this JetStream stream.
-    pub nats_stream: String,
     /// Most entry bytes one `GetEntries` answer carries (at least one entry is returned).
     pub max_entries_bytes: usize,
 }
@@ -32,7 +30,6 @@ impl Default for DirectoryConfig {
             require_verified: false,
             max_batch: 4096,
             max_clock_skew_ms: 10 * 60 * 1000,
-            nats_stream: blockpost_core::wire::DIRECTORY_STREAM.into(),
             max_entries_bytes: crate::MAX_ENTRIES_BYTES,
         }
     }

@@ -48,11 +48,12 @@ async fn publish_missing(
     js: &jetstream::Context,
     published: &mut u64,
 ) -> Result<(), BoxError> {
-    let name = &inner.config.nats_stream;
+    let ns = wire::Namespace::for_origin(inner.signer.origin());
     let mut st = js
         .get_or_create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![wire::DIRECTORY_SUBJECTS.into()],
+            name: ns.directory_stream(),
+            description: Some(ns.description()),
+            subjects: vec![ns.directory_subjects()],
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
@@ -66,7 +67,7 @@ async fn publish_missing(
         0
     } else {
         match st
-            .get_last_raw_message_by_subject(wire::ENTRY_SUBJECT)
+            .get_last_raw_message_by_subject(&ns.entry_subject())
             .await
         {
             Ok(m) => {
@@ -102,7 +103,7 @@ async fn publish_missing(
             h.insert(wire::LEAF_INDEX_HEADER, i.to_string().as_str());
             h.insert(wire::MSG_ID_HEADER, wire::entry_msg_id(i).as_str());
             acks.push(
-                js.publish_with_headers(wire::ENTRY_SUBJECT, h, entry.into())
+                js.publish_with_headers(ns.entry_subject(), h, entry.into())
                     .await?,
             );
         }
@@ -118,7 +119,7 @@ async fn publish_missing(
         wire::MSG_ID_HEADER,
         wire::checkpoint_msg_id(head.size).as_str(),
     );
-    js.publish_with_headers(wire::CHECKPOINT_SUBJECT, h, head.checkpoint.into())
+    js.publish_with_headers(ns.checkpoint_subject(), h, head.checkpoint.into())
         .await?
         .await?;
     tracing::debug!(

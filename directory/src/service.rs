@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use blockpost_core::wire::Namespace;
 use blockpost_core::{
     Address, Binding, CheckpointSigner, Clock, MAX_REASON_LEN, TrustAnchors, authorize_request,
     check_clock, check_real_name, decode_canonical, decode_entry, ed25519_key, x25519_key,
@@ -57,7 +58,7 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) config: DirectoryConfig,
     ca: Ca,
-    signer: CheckpointSigner,
+    pub(crate) signer: CheckpointSigner,
     anchors: TrustAnchors,
     clock: Arc<dyn Clock>,
     seq: mpsc::Sender<Pending>,
@@ -154,6 +155,11 @@ impl Directory {
             ca_certificate_pem: self.inner.ca.cert_pem().to_owned(),
             require_verified: self.inner.config.require_verified,
         }
+    }
+
+    /// The NATS namespace of this log: its streams and subjects.
+    pub fn namespace(&self) -> Namespace {
+        Namespace::for_origin(self.inner.signer.origin())
     }
 
     /// The newest checkpoint.

@@ -19,10 +19,6 @@ pub struct MessagingConfig {
     pub max_clock_skew_ms: u64,
     /// The promise in every receipt: in a block within this delay.
     pub max_block_delay_ms: u64,
-    /// Firehose stream name.
-    pub firehose_stream: String,
-    /// Inbox stream name.
-    pub inbox_stream: String,
 }
 
 impl Default for MessagingConfig {
@@ -34,8 +30,6 @@ impl Default for MessagingConfig {
             max_recipients: limits.max_recipients,
             max_clock_skew_ms: 5 * 60 * 1000,
             max_block_delay_ms: 10_000,
-            firehose_stream: blockpost_core::wire::FIREHOSE_STREAM.into(),
-            inbox_stream: blockpost_core::wire::INBOX_STREAM.into(),
         }
     }
 }

@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     pub(crate) js: jetstream::Context,
     pub(crate) replica: Arc<Replica>,
     pub(crate) config: MessagingConfig,
+    /// The streams and subjects of the directory log this gateway serves.
+    pub(crate) ns: wire::Namespace,
     limits: EnvelopeLimits,
     /// Largest envelope NATS takes in one message (its `max_payload`, less room for headers).
     max_envelope: usize,
@@ -48,12 +50,12 @@ pub(crate) struct Inner {
 }
 
 impl Gateway {
-    /// Makes sure the streams exist and starts following the directory's stream
-    /// `directory_stream`. `key` signs receipts.
+    /// Makes sure the streams of namespace `ns` (the directory log's) exist and starts
+    /// following the directory's stream. `key` signs receipts.
     pub async fn start(
         config: MessagingConfig,
         key: SigningKey,
-        directory_stream: String,
+        ns: wire::Namespace,
         clock: Arc<dyn Clock>,
         nats: async_nats::Client,
     ) -> Result<Self> {
@@ -64,8 +66,9 @@ impl Gateway {
         js.set_timeout(Duration::from_secs(10));
         let window = Duration::from_millis(config.max_clock_skew_ms.saturating_mul(2));
         js.get_or_create_stream(stream::Config {
-            name: config.firehose_stream.clone(),
-            subjects: vec![wire::FIREHOSE_SUBJECT.into()],
+            name: ns.firehose_stream(),
+            description: Some(ns.description()),
+            subjects: vec![ns.firehose_subject()],
             storage: stream::StorageType::File,
             duplicate_window: window,
             ..Default::default()
@@ -73,20 +76,22 @@ impl Gateway {
         .await
         .map_err(bus)?;
         js.get_or_create_stream(stream::Config {
-            name: config.inbox_stream.clone(),
-            subjects: vec![wire::INBOX_SUBJECTS.into()],
+            name: ns.inbox_stream(),
+            description: Some(ns.description()),
+            subjects: vec![ns.inbox_subjects()],
             storage: stream::StorageType::File,
             duplicate_window: window,
             ..Default::default()
         })
         .await
         .map_err(bus)?;
-        let replica = Replica::start(js.clone(), directory_stream);
+        let replica = Replica::start(js.clone(), &ns);
         Ok(Self {
             inner: Arc::new(Inner {
                 js,
                 replica,
                 limits: config.limits(),
+                ns,
                 max_envelope,
                 config,
                 clock,
@@ -205,7 +210,7 @@ impl Gateway {
         );
         h.insert(wire::MESSAGE_ID_HEADER, id_hex.as_str());
         let ack = js
-            .publish_with_headers(wire::FIREHOSE_SUBJECT, h, bytes.clone().into())
+            .publish_with_headers(self.inner.ns.firehose_subject(), h, bytes.clone().into())
             .await
             .map_err(bus)?
             .await
@@ -213,7 +218,7 @@ impl Gateway {
         if ack.duplicate {
             // The same envelope again (a retry) is fine; another one with that nonce is a replay.
             let stream = js
-                .get_stream(&self.inner.config.firehose_stream)
+                .get_stream(self.inner.ns.firehose_stream())
                 .await
                 .map_err(bus)?;
             let original = stream.get_raw_message(ack.sequence).await.map_err(bus)?;
@@ -231,7 +236,7 @@ impl Gateway {
             h.insert(wire::MESSAGE_ID_HEADER, id_hex.as_str());
             h.insert(wire::FIREHOSE_SEQ_HEADER, ack.sequence.to_string().as_str());
             acks.push(
-                js.publish_with_headers(wire::inbox_subject(r), h, bytes.clone().into())
+                js.publish_with_headers(self.inner.ns.inbox_subject(r), h, bytes.clone().into())
                     .await
                     .map_err(bus)?,
             );

@@ -136,7 +136,7 @@ impl messaging_server::Messaging for Gateway {
         let mut stream = gw
             .inner
             .js
-            .get_stream(&gw.inner.config.firehose_stream)
+            .get_stream(gw.inner.ns.firehose_stream())
             .await
             .map_err(|e| Status::from(bus(e)))?;
         let last = stream
@@ -252,7 +252,7 @@ async fn serve_inbox(
     let stream = gw
         .inner
         .js
-        .get_stream(&gw.inner.config.inbox_stream)
+        .get_stream(gw.inner.ns.inbox_stream())
         .await
         .map_err(bus)?;
     let consumer = stream
@@ -260,7 +260,7 @@ async fn serve_inbox(
             &format!("inbox-{address}"),
             pull::Config {
                 durable_name: Some(format!("inbox-{address}")),
-                filter_subject: wire::inbox_subject(&address),
+                filter_subject: gw.inner.ns.inbox_subject(&address),
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(10),
                 ..Default::default()

@@ -28,7 +28,8 @@
 //! let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
 //! let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
 //! let clock = Arc::new(blockpost_core::SystemClock);
-//! let gw = Gateway::start(MessagingConfig::default(), key, "BLOCKPOST_DIRECTORY".into(), clock, nats).await?;
+//! let ns = blockpost_core::wire::Namespace::for_origin("example.org/log");
+//! let gw = Gateway::start(MessagingConfig::default(), key, ns, clock, nats).await?;
 //! let service = gw.into_service(); // add to a tonic server
 //! # drop(service); Ok(()) }
 //! ```

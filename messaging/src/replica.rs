@@ -32,8 +32,8 @@ struct Applied {
 }
 
 impl Replica {
-    /// Starts following the directory stream `stream`.
-    pub fn start(js: jetstream::Context, stream: String) -> Arc<Self> {
+    /// Starts following the directory stream of namespace `ns`.
+    pub fn start(js: jetstream::Context, ns: &wire::Namespace) -> Arc<Self> {
         let (applied, _) = watch::channel(0);
         let r = Arc::new(Self {
             state: RwLock::new(Applied::default()),
@@ -41,7 +41,12 @@ impl Replica {
             rejected: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
         });
-        tokio::spawn(follow(r.clone(), js, stream));
+        tokio::spawn(follow(
+            r.clone(),
+            js,
+            ns.directory_stream(),
+            ns.entry_subject(),
+        ));
         r
     }
 
@@ -136,7 +141,12 @@ impl Replica {
     }
 }
 
-async fn follow(replica: Arc<Replica>, js: jetstream::Context, stream_name: String) {
+async fn follow(
+    replica: Arc<Replica>,
+    js: jetstream::Context,
+    stream_name: String,
+    entry_subject: String,
+) {
     let mut next_seq = 1u64;
     loop {
         let result: Result<(), String> = async {
@@ -146,7 +156,7 @@ async fn follow(replica: Arc<Replica>, js: jetstream::Context, stream_name: Stri
                 .map_err(|e| e.to_string())?;
             let consumer = stream
                 .create_consumer(OrderedConfig {
-                    filter_subject: wire::ENTRY_SUBJECT.into(),
+                    filter_subject: entry_subject.clone(),
                     deliver_policy: DeliverPolicy::ByStartSequence {
                         start_sequence: next_seq,
                     },

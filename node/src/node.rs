@@ -6,6 +6,7 @@ use std::fs::File;
 use std::future::Future;
 use std::sync::Arc;
 
+use blockpost_core::wire::Namespace;
 use blockpost_core::{Clock, SystemClock};
 use blockpost_directory::{Directory, DirectoryParts};
 use blockpost_messaging::Gateway;
@@ -58,6 +59,8 @@ impl Node {
         let nats = connect(&nats_url).await?;
 
         let origin = data.origin(config.directory.origin.as_deref())?;
+        let ns = Namespace::for_origin(&origin);
+        check_streams(&nats, &ns).await?;
         let parts = DirectoryParts {
             origin,
             log_key: load_or_create_key(&data.log_key())?,
@@ -79,7 +82,7 @@ impl Node {
                 Gateway::start(
                     config.messaging.clone(),
                     load_or_create_key(&data.gateway_key())?,
-                    config.directory.nats_stream.clone(),
+                    ns,
                     clock,
                     nats,
                 )
@@ -152,6 +155,33 @@ impl Node {
     pub fn manages_nats(&self) -> bool {
         self.managed.is_some()
     }
+}
+
+/// Refuses streams of this log's names that another log made: they would mix two logs.
+async fn check_streams(nats: &async_nats::Client, ns: &Namespace) -> Result<()> {
+    let js = async_nats::jetstream::new(nats.clone());
+    for name in [
+        ns.directory_stream(),
+        ns.firehose_stream(),
+        ns.inbox_stream(),
+    ] {
+        let Ok(mut stream) = js.get_stream(&name).await else {
+            continue; // not made yet (or NATS is down: the services will retry)
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| Error::Nats(format!("stream {name}: {e}")))?;
+        if info.config.description.as_deref() != Some(ns.description().as_str()) {
+            return Err(Error::Nats(format!(
+                "stream {name} on this NATS server belongs to {:?}, not to this node's log {:?}: \
+                 refusing to mix two logs (give this node another NATS server or remove that stream)",
+                info.config.description.clone().unwrap_or_default(),
+                ns.origin()
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn connect(url: &str) -> Result<async_nats::Client> {

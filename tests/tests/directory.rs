@@ -672,15 +672,20 @@ async fn entries_and_checkpoints_reach_jetstream_across_a_nats_restart() {
             .await
             .unwrap();
     }
-    let count = |url: String| async move {
-        let js = async_nats::jetstream::new(async_nats::connect(url).await.ok()?);
-        let mut st = js.get_stream(wire::DIRECTORY_STREAM).await.ok()?;
-        let info = st.info().await.ok()?;
-        Some(info.state.messages)
+    let stream = sb.directory.namespace().directory_stream();
+    let count = move |url: String| {
+        let stream = stream.clone();
+        async move {
+            let js = async_nats::jetstream::new(async_nats::connect(url).await.ok()?);
+            let mut st = js.get_stream(stream).await.ok()?;
+            let info = st.info().await.ok()?;
+            Some(info.state.messages)
+        }
     };
     let url = sb.nats.url();
     // 5 entries, and at least one checkpoint.
     wait_for(Duration::from_secs(10), "5 entries in JetStream", || {
+        let count = count.clone();
         let url = url.clone();
         async move { count(url).await.filter(|&n| n >= 6) }
     })
@@ -696,15 +701,17 @@ async fn entries_and_checkpoints_reach_jetstream_across_a_nats_restart() {
     }
     sb.nats.restart().unwrap();
     let js = async_nats::jetstream::new(async_nats::connect(sb.nats.url()).await.unwrap());
+    let ns = sb.directory.namespace();
     wait_for(
         Duration::from_secs(20),
         "publisher to catch up after the restart",
         || {
             let js = js.clone();
+            let ns = ns.clone();
             async move {
-                let st = js.get_stream(wire::DIRECTORY_STREAM).await.ok()?;
+                let st = js.get_stream(ns.directory_stream()).await.ok()?;
                 let m = st
-                    .get_last_raw_message_by_subject(wire::ENTRY_SUBJECT)
+                    .get_last_raw_message_by_subject(&ns.entry_subject())
                     .await
                     .ok()?;
                 let idx = m
@@ -720,10 +727,13 @@ async fn entries_and_checkpoints_reach_jetstream_across_a_nats_restart() {
     .await
     .unwrap();
     // Every entry is there exactly once, in order.
-    let st = js.get_stream(wire::DIRECTORY_STREAM).await.unwrap();
+    let st = js
+        .get_stream(sb.directory.namespace().directory_stream())
+        .await
+        .unwrap();
     let consumer = st
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            filter_subject: wire::ENTRY_SUBJECT.into(),
+            filter_subject: sb.directory.namespace().entry_subject(),
             ..Default::default()
         })
         .await

@@ -223,7 +223,10 @@ async fn bad_envelopes_are_permanent_refusals_and_never_reach_nats() {
     assert_eq!(st.code(), Code::InvalidArgument, "{}", st.message());
     assert!(st.message().contains("max_payload"), "{}", st.message());
     let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
-    let mut fh = js.get_stream("BLOCKPOST_FIREHOSE").await.unwrap();
+    let mut fh = js
+        .get_stream(sb.directory.namespace().firehose_stream())
+        .await
+        .unwrap();
     assert_eq!(fh.info().await.unwrap().state.messages, 0);
 }
 

@@ -66,7 +66,10 @@ async fn messaging(sb: &Sandbox) -> MessagingClient<tonic::transport::Channel> {
 
 async fn firehose_len(sb: &Sandbox) -> u64 {
     let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
-    let mut s = js.get_stream("BLOCKPOST_FIREHOSE").await.unwrap();
+    let mut s = js
+        .get_stream(sb.directory.namespace().firehose_stream())
+        .await
+        .unwrap();
     s.info().await.unwrap().state.messages
 }
 
@@ -206,7 +209,10 @@ async fn settlement_dialogue_end_to_end() {
     );
     // The ciphertext bytes on the firehose do not contain the plaintext.
     let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
-    let s = js.get_stream("BLOCKPOST_FIREHOSE").await.unwrap();
+    let s = js
+        .get_stream(sb.directory.namespace().firehose_stream())
+        .await
+        .unwrap();
     let raw = s.get_raw_message(2).await.unwrap();
     assert!(!String::from_utf8_lossy(&raw.payload).contains("I have the stock"));
     let mut fh2 = Vec::new();
@@ -412,7 +418,10 @@ async fn bad_envelopes_are_refused_and_never_reach_nats() {
         "nothing refused reached the firehose"
     );
     let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
-    let mut inbox = js.get_stream("BLOCKPOST_INBOX").await.unwrap();
+    let mut inbox = js
+        .get_stream(sb.directory.namespace().inbox_stream())
+        .await
+        .unwrap();
     assert_eq!(
         inbox.info().await.unwrap().state.messages,
         1,
@@ -547,7 +556,7 @@ async fn two_gateways_share_only_nats() {
     let gw2 = Gateway::start(
         MessagingConfig::default(),
         ed25519_dalek::SigningKey::from_bytes(&rand::random()),
-        sb.config().directory.nats_stream.clone(),
+        sb.directory.namespace(),
         std::sync::Arc::new(blockpost_core::SystemClock),
         sb.nats.connect().await.unwrap(),
     )
@@ -645,11 +654,15 @@ async fn the_replica_applies_only_authorised_entries() {
     let mut h = async_nats::HeaderMap::new();
     h.insert(wire::LEAF_INDEX_HEADER, "2");
     h.insert(wire::MSG_ID_HEADER, "forged-2");
-    js.publish_with_headers(wire::ENTRY_SUBJECT, h, forged.encode_to_vec().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish_with_headers(
+        sb.directory.namespace().entry_subject(),
+        h,
+        forged.encode_to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     wait_for(Duration::from_secs(5), "the forged entry refused", || {
         let n = sb.gateway.replica().rejected();
         async move { (n >= 1).then_some(()) }
@@ -683,11 +696,15 @@ async fn the_replica_applies_only_authorised_entries() {
     let mut h = async_nats::HeaderMap::new();
     h.insert(wire::LEAF_INDEX_HEADER, "1");
     h.insert(wire::MSG_ID_HEADER, "forged-1");
-    js.publish_with_headers(wire::ENTRY_SUBJECT, h, b"another history".to_vec().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish_with_headers(
+        sb.directory.namespace().entry_subject(),
+        h,
+        b"another history".to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     wait_for(Duration::from_secs(5), "the conflict seen", || {
         let n = sb.gateway.replica().conflicts();
         async move { (n >= 1).then_some(()) }

@@ -217,3 +217,84 @@ async fn proofs_name_the_checkpoint_they_come_with() {
     let entry = sb.directory.entries(1, 2).unwrap().remove(0);
     cp.verify_inclusion(1, &entry, &now.hashes).unwrap();
 }
+
+#[tokio::test]
+async fn two_nodes_share_one_nats_server_without_crossing() {
+    use blockpost_node::{Node, NodeConfig};
+
+    let sb = Sandbox::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = NodeConfig::for_test(tmp.path().join("second"), &sb.nats.url());
+    cfg.directory.origin = Some("second.test/directory".into());
+    let second = Node::start(cfg).await.unwrap();
+    assert_ne!(
+        second.directory().namespace(),
+        sb.directory.namespace(),
+        "each log has its own streams and subjects"
+    );
+    // Each registers its own participant at index 0.
+    let (a, b) = (Identity::generate(), Identity::generate());
+    sb.directory
+        .register(register(&a, "alice", blockpost_core::now_ms()))
+        .await
+        .unwrap();
+    second
+        .directory()
+        .register(register(&b, "bob", blockpost_core::now_ms()))
+        .await
+        .unwrap();
+    let g2 = second.gateway().unwrap();
+    assert!(
+        g2.replica()
+            .wait_applied(1, std::time::Duration::from_secs(5))
+            .await
+    );
+    assert!(
+        sb.gateway
+            .replica()
+            .wait_applied(1, std::time::Duration::from_secs(5))
+            .await
+    );
+    // Both entry 0s reached their own streams; neither gateway learned the other's log.
+    assert!(g2.replica().get("bob").is_some());
+    assert!(g2.replica().get("alice").is_none());
+    assert!(sb.gateway.replica().get("alice").is_some());
+    assert!(sb.gateway.replica().get("bob").is_none());
+    assert_eq!(
+        (g2.replica().rejected(), sb.gateway.replica().rejected()),
+        (0, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_stream_of_another_log_is_refused_at_start() {
+    use blockpost_node::{Node, NodeConfig};
+
+    let nats = tokio::task::spawn_blocking(blockpost_tests::NatsServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let origin = "third.test/directory";
+    let ns = blockpost_core::wire::Namespace::for_origin(origin);
+    // Someone made this log's firehose stream for another purpose.
+    let js = async_nats::jetstream::new(nats.connect().await.unwrap());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: ns.firehose_stream(),
+        description: Some("blockpost log someone.else/log".into()),
+        subjects: vec![ns.firehose_subject()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = NodeConfig::for_test(tmp.path().join("data"), &nats.url());
+    cfg.directory.origin = Some(origin.into());
+    let Err(e) = Node::start(cfg).await else {
+        panic!("a node started on another log's stream");
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("belongs to") && msg.contains("someone.else/log"),
+        "{msg}"
+    );
+}

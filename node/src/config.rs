@@ -20,7 +20,7 @@ use blockpost_directory::DirectoryConfig;
 use blockpost_messaging::MessagingConfig;
 use serde::Deserialize;
 
-use crate::{Error, Result};
+use crate::{Error, Result, ServeLimits};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub directory: DirectoryConfig,
     /// `[messaging]`.
     pub messaging: MessagingConfig,
+    /// `[limits]`: connections and timeouts of the gRPC server.
+    pub limits: ServeLimits,
 }
 
 impl Default for NodeConfig {
@@ -46,6 +48,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("blockpost-data"),
             directory: DirectoryConfig::default(),
             messaging: MessagingConfig::default(),
+            limits: ServeLimits::default(),
         }
     }
 }
@@ -71,6 +74,7 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             directory: DirectoryConfig::for_test(),
             messaging: MessagingConfig::default(),
+            limits: ServeLimits::default(),
         }
     }
 
@@ -84,6 +88,12 @@ impl NodeConfig {
         if self.directory.max_batch == 0 {
             return Err(Error::Config(
                 "directory.max_batch must be at least 1".into(),
+            ));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 || l.handshake_timeout_ms == 0 || l.idle_timeout_ms == 0 {
+            return Err(Error::Config(
+                "limits.max_connections and the timeouts must be at least 1".into(),
             ));
         }
         if self.directory.max_clock_skew_ms == 0 {

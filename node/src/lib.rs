@@ -9,6 +9,8 @@
 //! - `config`: [`NodeConfig`], serde with `deny_unknown_fields`, validated once.
 //! - `node`: [`Node`], the composition point.
 //! - `serve`: [`serve`], one gRPC server for all routes, with health and reflection.
+//! - `limits`: [`ServeLimits`]: connection limit, handshake and idle timeouts, keep-alive,
+//!   and the open-file limit raised to fit them.
 //! - `nats`: [`LocalNats`], a managed `nats-server` child process.
 //! - `error`: [`Error`].
 //!
@@ -24,12 +26,14 @@
 
 mod config;
 mod error;
+mod limits;
 mod nats;
 mod node;
 mod serve;
 
 pub use config::NodeConfig;
 pub use error::{Error, Result};
+pub use limits::{FD_MARGIN, LimitedConn, ServeLimits};
 pub use nats::{LocalNats, free_port, reap_stale};
 pub use node::Node;
-pub use serve::{health_routes, serve};
+pub use serve::{health_routes, serve, serve_with};

@@ -13,7 +13,7 @@ use blockpost_messaging::Gateway;
 use blockpost_storage::{DataDir, load_or_create_key};
 use tonic::service::Routes;
 
-use crate::{Error, LocalNats, NodeConfig, Result, serve};
+use crate::{Error, LocalNats, NodeConfig, Result, serve_with};
 
 /// A running node: the directory and the messaging gateway, over NATS JetStream.
 pub struct Node {
@@ -117,13 +117,16 @@ impl Node {
         routes
     }
 
-    /// Serves every service on `listener` until `shutdown` completes.
+    /// Serves every service on `listener` until `shutdown` completes, under the config's
+    /// `[limits]`, fitted to the open-file limit.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<()> {
-        serve(listener, self.routes(), shutdown).await
+        let mut limits = self.config.limits.clone();
+        limits.fit_to_open_files();
+        serve_with(listener, self.routes(), &limits, shutdown).await
     }
 
     /// The config it started from.

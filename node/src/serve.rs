@@ -3,18 +3,32 @@
 
 use std::future::Future;
 
-use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
+use std::time::Duration;
 
+use tonic::service::Routes;
+
+use crate::limits::{ServeLimits, incoming};
 use crate::{Error, Result};
 
-/// Serves `routes` on `listener` until `shutdown` completes, with the standard gRPC health
-/// service (`grpc.health.v1.Health`; `routes` decides what it reports, see
-/// [`health_routes`]) and server reflection (v1 and v1alpha), so that `grpcurl` lists and
-/// calls every method without the `.proto` files.
+/// Serves `routes` on `listener` until `shutdown` completes, with the default
+/// [`ServeLimits`]; see [`serve_with`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     routes: Routes,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    serve_with(listener, routes, &ServeLimits::default(), shutdown).await
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes, under `limits` (connections,
+/// handshake and idle timeouts, HTTP/2 keep-alive, streams per connection), with the
+/// standard gRPC health service (`grpc.health.v1.Health`; `routes` decides what it reports,
+/// see [`health_routes`]) and server reflection (v1 and v1alpha), so that `grpcurl` lists
+/// and calls every method without the `.proto` files.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    routes: Routes,
+    limits: &ServeLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let reflection = |e: tonic_reflection::server::Error| Error::Config(format!("reflection: {e}"));
@@ -29,11 +43,15 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(reflection)?;
     let routes = routes.add_service(v1).add_service(v1alpha);
-    // Without TCP_NODELAY, small responses wait on delayed ACKs (Nagle): tens of ms each.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Accepted sockets get TCP_NODELAY (without it, small responses wait on delayed ACKs:
+    // tens of ms each), a connection permit and a handshake deadline.
+    let keepalive = Duration::from_millis(limits.keepalive_ms.max(1));
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        .max_concurrent_streams(limits.max_streams_per_connection.max(1))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, limits), shutdown)
         .await?;
     Ok(())
 }

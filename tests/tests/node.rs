@@ -298,3 +298,45 @@ async fn a_stream_of_another_log_is_refused_at_start() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_cannot_starve_the_node() {
+    // The test holds both ends of every connection.
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    assert!(
+        nofile > 4000,
+        "open-file limit {nofile} too low for this test"
+    );
+    let sb = Sandbox::start_with(|c| {
+        c.limits.max_connections = 1000;
+        c.limits.handshake_timeout_ms = 700;
+    })
+    .await
+    .unwrap();
+    let addr: std::net::SocketAddr = sb.endpoint.trim_start_matches("http://").parse().unwrap();
+    // Two thousand connections that never say a word.
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The node held at most its limit, closed the rest at once, and closes the held ones
+    // when their handshake time is up: every socket reads end-of-file or a reset.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    for mut s in idle {
+        use tokio::io::AsyncReadExt as _;
+        // The server greets (HTTP/2 settings) and then, hearing nothing, hangs up.
+        let mut b = [0u8; 256];
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("an idle connection stayed open"),
+            }
+        }
+    }
+    // And the node serves as before.
+    let mut c = sb.client().await.unwrap();
+    c.register(&Identity::generate(), "after", "After AG", None)
+        .await
+        .unwrap();
+}

@@ -33,6 +33,7 @@ pub struct Gateway {
 
 pub(crate) struct Inner {
     pub(crate) js: jetstream::Context,
+    nats: async_nats::Client,
     pub(crate) replica: Arc<Replica>,
     pub(crate) config: MessagingConfig,
     /// The streams and subjects of the directory log this gateway serves.
@@ -62,7 +63,7 @@ impl Gateway {
         config.validate().map_err(Error::Internal)?;
         // Headers (ids, sequence) take well under this.
         let max_envelope = nats.server_info().max_payload.saturating_sub(HEADER_ROOM);
-        let mut js = jetstream::new(nats);
+        let mut js = jetstream::new(nats.clone());
         js.set_timeout(Duration::from_secs(10));
         let window = Duration::from_millis(config.max_clock_skew_ms.saturating_mul(2));
         js.get_or_create_stream(stream::Config {
@@ -89,6 +90,7 @@ impl Gateway {
         Ok(Self {
             inner: Arc::new(Inner {
                 js,
+                nats,
                 replica,
                 limits: config.limits(),
                 ns,
@@ -135,6 +137,11 @@ impl Gateway {
             .into());
         }
         let p = ParsedEnvelope::parse(env, &self.inner.limits)?;
+        if self.inner.nats.connection_state() != async_nats::connection::State::Connected {
+            // Answer at once, retryable, instead of holding the request for the publish
+            // timeout while the bus is away (the managed server is restarted within a second).
+            return Err(Error::Bus("not connected to NATS right now; retry".into()));
+        }
         if self.inner.replica.conflicts() > 0 {
             // Safety over liveness: a replica that saw two histories may hold a stale key.
             return Err(Error::Bus(

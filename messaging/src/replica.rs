@@ -165,7 +165,25 @@ async fn follow(
                 .await
                 .map_err(|e| e.to_string())?;
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-            while let Some(m) = messages.next().await {
+            // The ordered consumer notices a restarted server only after missed heartbeats
+            // (tens of seconds): watch the connection and start over as soon as it returns.
+            let client = js.client();
+            let mut was_down = false;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                let m = tokio::select! {
+                    m = messages.next() => m,
+                    _ = tick.tick() => {
+                        let up = client.connection_state() == async_nats::connection::State::Connected;
+                        if !up {
+                            was_down = true;
+                        } else if was_down {
+                            return Err("reconnected to NATS; following again".to_owned());
+                        }
+                        continue;
+                    }
+                };
+                let Some(m) = m else { break };
                 let m = m.map_err(|e| e.to_string())?;
                 let index = m
                     .headers

@@ -111,6 +111,32 @@ impl LocalNats {
         }
     }
 
+    /// Whether the server process is still running.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Starts the server again (same port, same store) if it exited; returns whether it had
+    /// to. Clients reconnect to the same URL by themselves.
+    pub fn ensure_running(&mut self) -> Result<bool> {
+        if self.running() {
+            return Ok(false);
+        }
+        if let Some(mut c) = self.child.take() {
+            let status = c.wait().ok();
+            tracing::warn!(
+                ?status,
+                port = self.port,
+                "the managed nats-server exited; restarting it"
+            );
+        }
+        self.spawn()?;
+        Ok(true)
+    }
+
     /// Starts the server again on the same port and store.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();

@@ -22,7 +22,9 @@ pub struct Node {
     directory: Directory,
     gateway: Option<Gateway>,
     nats_url: String,
-    managed: Option<LocalNats>,
+    managed: Option<Arc<std::sync::Mutex<LocalNats>>>,
+    /// Restarts the managed nats-server when it dies; stopped with the node.
+    supervisor: Option<tokio::task::JoinHandle<()>>,
     _health: tonic_health::server::HealthReporter,
     health: Routes,
     /// Held for the node's lifetime: one node per data directory.
@@ -52,7 +54,7 @@ impl Node {
                     .map_err(|e| Error::Nats(e.to_string()))??;
                 tracing::info!(url = %n.url(), "started a local nats-server");
                 let url = n.url();
-                managed = Some(n);
+                managed = Some(Arc::new(std::sync::Mutex::new(n)));
                 url
             }
         };
@@ -92,6 +94,7 @@ impl Node {
             None
         };
         let (health_reporter, health) = crate::serve::health_routes(&services).await;
+        let supervisor = managed.clone().map(|n| tokio::spawn(supervise(n)));
         Ok(Self {
             config,
             data,
@@ -99,6 +102,7 @@ impl Node {
             gateway,
             nats_url,
             managed,
+            supervisor,
             _health: health_reporter,
             health,
             _lock: lock,
@@ -157,6 +161,35 @@ impl Node {
     /// Whether it runs its own nats-server.
     pub fn manages_nats(&self) -> bool {
         self.managed.is_some()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(s) = self.supervisor.take() {
+            s.abort();
+        }
+    }
+}
+
+/// Keeps the managed nats-server running: checks twice a second and restarts it, on the
+/// same port and store, when it died. Services reconnect by themselves.
+async fn supervise(nats: Arc<std::sync::Mutex<LocalNats>>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let n = nats.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            n.lock().unwrap_or_else(|e| e.into_inner()).ensure_running()
+        })
+        .await;
+        match outcome {
+            Ok(Ok(true)) => tracing::info!("the managed nats-server is running again"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot restart the managed nats-server"),
+            Err(_) => return,
+        }
     }
 }
 

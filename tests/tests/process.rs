@@ -494,3 +494,102 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     // The managed nats-server outlived the SIGKILLed node; the next start would end it.
     blockpost_node::reap_stale(&data.join("nats"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_managed_nats_server_heals_without_a_node_restart() {
+    use blockpost_client::Messenger;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut node = spawn_node(&data, port, None);
+    let state = tmp.path().join("client");
+    let mut c = wait_ready(&endpoint, &state).await;
+    let (a, b) = (Identity::generate(), Identity::generate());
+    c.register(&a, "alice", "Alice AG", None).await.unwrap();
+    c.register(&b, "bob", "Bob Ltd", None).await.unwrap();
+    let mut m = Messenger::connect(&endpoint, &state).await.unwrap();
+    let to = vec!["bob".to_owned()];
+    // The first message goes through (the replica may need a moment to learn alice).
+    let mut ok = false;
+    for _ in 0..50 {
+        if send_text(&mut m, &a, &to, "before").await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "no message before the kill");
+
+    // kill -9 the managed nats-server, behind the node's back.
+    let pid_file = data.join("nats").join("nats-server.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success(),
+        "kill {pid}"
+    );
+    // The node restarts it and its services reconnect: messages and registrations work
+    // again, with no restart of the node.
+    let mut healed = false;
+    for _ in 0..300 {
+        if send_text(&mut m, &a, &to, "after").await.is_ok() {
+            healed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healed, "messaging did not heal within 30 s");
+    let new_pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_ne!(pid, new_pid, "a new nats-server runs");
+    let carol = Identity::generate();
+    c.register(&carol, "carol", "Carol SA", None).await.unwrap();
+    let to_carol = vec!["carol".to_owned()];
+    let mut reached = false;
+    for _ in 0..100 {
+        if send_text(&mut m, &a, &to_carol, "hello carol")
+            .await
+            .is_ok()
+        {
+            reached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reached,
+        "a registration after the restart did not reach the gateway"
+    );
+    node.kill().unwrap();
+    node.wait().unwrap();
+    blockpost_node::reap_stale(&data.join("nats"));
+}
+
+async fn send_text(
+    m: &mut blockpost_client::Messenger,
+    from: &Identity,
+    to: &[String],
+    text: &str,
+) -> Result<(), blockpost_client::Error> {
+    let out = blockpost_client::Outgoing {
+        from: "alice",
+        to,
+        transaction_id: "heal",
+        kind: blockpost_proto::v1::MessageKind::Message,
+        content_type: "text/plain",
+        body: text.as_bytes().to_vec(),
+        encrypt: false,
+    };
+    m.send(from, out).await.map(|_| ())
+}

@@ -21,6 +21,9 @@ pub struct Participant {
     pub signing_key: VerifyingKey,
     /// Indexes of every entry of the address, oldest first.
     pub history: Vec<u64>,
+    /// The signing key each entry bound, by entry index, oldest first (a revocation binds
+    /// none).
+    pub keys: Vec<(u64, VerifyingKey)>,
 }
 
 impl Participant {
@@ -32,6 +35,11 @@ impl Participant {
     /// The current x25519 key.
     pub fn encryption_key(&self) -> [u8; 32] {
         self.binding.encryption_key
+    }
+
+    /// The signing key that entry `index` of this address bound.
+    pub fn key_at(&self, index: u64) -> Option<VerifyingKey> {
+        self.keys.iter().find(|(i, _)| *i == index).map(|(_, k)| *k)
     }
 }
 
@@ -141,11 +149,15 @@ impl DirectoryState {
                 binding: lean.clone(),
                 signing_key: p.signing_key,
                 history: Vec::new(),
+                keys: Vec::new(),
             });
         entry.current = index;
         entry.binding = lean;
         entry.signing_key = p.signing_key;
         entry.history.push(index);
+        if !p.binding.revoked() {
+            entry.keys.push((index, p.signing_key));
+        }
         self.size += 1;
         Ok(Applied {
             index,

@@ -38,7 +38,7 @@ pub(crate) struct Inner {
     pub(crate) config: MessagingConfig,
     /// The streams and subjects of the directory log this gateway serves.
     pub(crate) ns: wire::Namespace,
-    limits: EnvelopeLimits,
+    pub(crate) limits: EnvelopeLimits,
     /// Largest envelope NATS takes in one message (its `max_payload`, less room for headers).
     max_envelope: usize,
     clock: Arc<dyn Clock>,
@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     /// after the previous one has handed back what it did not acknowledge (order per sender).
     pub(crate) sessions:
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Inbox messages dropped because they did not verify.
+    pub(crate) refused_deliveries: std::sync::atomic::AtomicU64,
 }
 
 impl Gateway {
@@ -100,6 +102,7 @@ impl Gateway {
                 verifier: BatchVerifier::start(),
                 key,
                 sessions: Default::default(),
+                refused_deliveries: Default::default(),
             }),
         })
     }
@@ -110,6 +113,13 @@ impl Gateway {
             receipt_key: self.inner.key.verifying_key().to_bytes().to_vec(),
             max_block_delay_ms: self.inner.config.max_block_delay_ms,
         }
+    }
+
+    /// Inbox messages read from NATS and dropped because they did not verify.
+    pub fn refused_deliveries(&self) -> u64 {
+        self.inner
+            .refused_deliveries
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The directory replica.

@@ -190,6 +190,45 @@ impl messaging_server::Messaging for Gateway {
     }
 }
 
+/// Checks one inbox message against the firehose and the directory replica.
+async fn verified_delivery(
+    gw: &Gateway,
+    m: &Message,
+    address: &Address,
+    firehose_sequence: u64,
+) -> Result<Envelope, &'static str> {
+    let envelope = Envelope::decode(m.payload.as_ref()).map_err(|_| "not an envelope")?;
+    let parsed = blockpost_core::ParsedEnvelope::parse(envelope.clone(), &gw.inner.limits)
+        .map_err(|_| "breaks the envelope rules")?;
+    if !parsed.recipients().contains(address) {
+        return Err("not addressed to this inbox");
+    }
+    let stream = gw
+        .inner
+        .js
+        .get_stream(gw.inner.ns.firehose_stream())
+        .await
+        .map_err(|_| "firehose unavailable")?;
+    let on_firehose = stream
+        .get_raw_message(firehose_sequence)
+        .await
+        .map_err(|_| "not on the firehose")?;
+    if on_firehose.payload.as_ref() != m.payload.as_ref() {
+        return Err("differs from the firehose message at its sequence");
+    }
+    let sender = gw
+        .replica()
+        .get(parsed.sender().as_str())
+        .ok_or("unknown sender")?;
+    let key = sender
+        .key_at(parsed.content().sender_key_index)
+        .ok_or("the sender has no such key")?;
+    parsed
+        .verify(&key)
+        .map_err(|_| "not signed by its sender")?;
+    Ok(envelope)
+}
+
 fn header(m: &async_nats::Message, name: &str) -> Option<String> {
     m.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned())
 }
@@ -314,17 +353,41 @@ async fn serve_inbox(
             _ = tx.closed() => break,
         };
         let mut got = 0;
+        let mut gone = false;
         while let Some(m) = batch.next().await {
             let Ok(m) = m else { break };
+            if gone || tx.is_closed() {
+                // The client went away mid-batch: the rest is handed back with what it did
+                // not acknowledge, in sequence order, rather than after the ack wait.
+                gone = true;
+                if let Ok(info) = m.info() {
+                    let seq = info.stream_sequence;
+                    pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(seq, m);
+                }
+                continue;
+            }
             let Ok(info) = m.info() else { continue };
             let seq = info.stream_sequence;
-            let Ok(envelope) = Envelope::decode(m.payload.as_ref()) else {
-                let _ = m.ack_with(AckKind::Term).await;
-                continue;
-            };
             let firehose_sequence = header(&m, wire::FIREHOSE_SEQ_HEADER)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
+            // Nothing read from NATS is handed out unverified: the delivery must be an
+            // envelope for this address, on the firehose at the sequence it names, signed by
+            // its sender's key. Anything else is dropped for good and counted.
+            let envelope = match verified_delivery(&gw, &m, &address, firehose_sequence).await {
+                Ok(e) => e,
+                Err(why) => {
+                    gw.inner
+                        .refused_deliveries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(%address, seq, why, "inbox message refused");
+                    let _ = m.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
             pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -341,9 +404,13 @@ async fn serve_inbox(
                 .await
                 .is_err()
             {
-                break;
+                gone = true;
+                continue;
             }
             got += 1;
+        }
+        if gone {
+            break;
         }
         if got == 0 && !hello.follow {
             // Everything was delivered: wait for the client's acknowledgements, then end.

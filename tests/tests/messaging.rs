@@ -717,3 +717,56 @@ async fn the_replica_applies_only_authorised_entries() {
         .unwrap_err();
     assert_eq!(st.code(), Code::Unavailable, "{}", st.message());
 }
+
+#[tokio::test]
+async fn junk_on_an_inbox_subject_is_never_delivered() {
+    use blockpost_core::wire;
+
+    let sb = Sandbox::start().await.unwrap();
+    let a = party(&sb, "alice", "Alice AG").await;
+    let b = party(&sb, "bob", "Bob Ltd").await;
+    sb.gateway
+        .replica()
+        .wait_applied(2, Duration::from_secs(5))
+        .await;
+    let mut g = messaging(&sb).await;
+    let genuine = content(&a, &["bob"], b"genuine");
+    g.submit(envelope(&a, &genuine)).await.unwrap();
+    // A local process publishes straight to bob's inbox subject.
+    let ns = sb.directory.namespace();
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    let bob = blockpost_core::Address::parse("bob").unwrap();
+    let mallory = Identity::generate();
+    let forged = sign_envelope(
+        &mallory.signing,
+        content(&a, &["bob"], b"send the money to mallory").encode_to_vec(),
+    );
+    let unsent = envelope(&a, &content(&a, &["bob"], b"never submitted"));
+    let junk: Vec<(Vec<u8>, &str)> = vec![
+        (b"garbage".to_vec(), "1"),
+        (forged.encode_to_vec(), "1"),
+        (unsent.encode_to_vec(), "99"),
+    ];
+    for (i, (payload, seq)) in junk.into_iter().enumerate() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(wire::MSG_ID_HEADER, format!("junk-{i}").as_str());
+        h.insert(wire::FIREHOSE_SEQ_HEADER, seq);
+        js.publish_with_headers(ns.inbox_subject(&bob), h, payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut mb = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    mb.inbox(&b.id, "bob", false, |r| {
+        bodies.push(r.body.clone().unwrap_or_default());
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(bodies, vec![b"genuine".to_vec()]);
+    assert_eq!(sb.gateway.refused_deliveries(), 3);
+}

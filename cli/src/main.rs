@@ -61,6 +61,16 @@ enum Cmd {
     Directory(directory::DirectoryCmd),
     #[command(flatten)]
     Messages(messages::MessageCmd),
+    /// Print the read-only NATS user of a node's managed nats-server, for auditors and
+    /// monitors (they may read the directory and firehose streams, and publish nothing).
+    NatsCredentials {
+        /// The node's data directory.
+        #[arg(long, env = "BLOCKPOST_DATA", default_value = "blockpost-data")]
+        data: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load generators.
     Bench {
         #[command(subcommand)]
@@ -115,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => keys::new_key(&out, json),
         Cmd::Directory(cmd) => directory::run(cmd).await,
         Cmd::Messages(cmd) => messages::run(cmd).await,
+        Cmd::NatsCredentials { data, json } => up::nats_credentials(&data, json),
         Cmd::Bench { cmd } => bench::run(cmd).await,
     }
 }

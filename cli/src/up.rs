@@ -24,6 +24,9 @@ pub struct UpArgs {
     /// NATS server URL; without it a local nats-server is started and managed.
     #[arg(long, env = "BLOCKPOST_NATS")]
     pub nats: Option<String>,
+    /// With --nats: the node's credentials (a `.creds` file, `user:password` or a token).
+    #[arg(long, env = "BLOCKPOST_NATS_CREDENTIALS", requires = "nats")]
+    pub nats_credentials: Option<PathBuf>,
     /// The log's origin line (first start only).
     #[arg(long, env = "BLOCKPOST_ORIGIN")]
     pub origin: Option<String>,
@@ -62,6 +65,9 @@ impl UpArgs {
         }
         if self.nats.is_some() {
             c.nats = self.nats.clone();
+        }
+        if self.nats_credentials.is_some() {
+            c.nats_credentials = self.nats_credentials.clone();
         }
         if self.origin.is_some() {
             c.directory.origin = self.origin.clone();
@@ -112,6 +118,39 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     node.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `blockpost nats-credentials`: the reader user of the managed nats-server in `data`.
+pub fn nats_credentials(data: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let store = blockpost_storage::DataDir::new(data).nats();
+    if !store.join("credentials.json").exists() {
+        anyhow::bail!(
+            "{} has no managed nats-server (run `blockpost up --data {}` without --nats first)",
+            data.display(),
+            data.display()
+        );
+    }
+    let c = blockpost_node::ManagedCredentials::load_or_create(&store)?;
+    let url = format!("nats://127.0.0.1:{}", c.port);
+    if json {
+        say!(
+            "{}",
+            serde_json::json!({
+                "url": url,
+                "user": blockpost_node::READER_USER,
+                "password": c.reader_password,
+            })
+        );
+    } else {
+        say!("url       {url}");
+        say!("user      {}", blockpost_node::READER_USER);
+        say!("password  {}", c.reader_password);
+        eprintln!(
+            "(read-only: the directory and firehose streams; as a file for --nats-credentials: `{}:PASSWORD`)",
+            blockpost_node::READER_USER
+        );
+    }
     Ok(())
 }
 

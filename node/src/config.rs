@@ -30,6 +30,9 @@ pub struct NodeConfig {
     pub listen: String,
     /// NATS server URL; `None`: start and manage a local nats-server in the data directory.
     pub nats: Option<String>,
+    /// With `nats`: a file with the node's credentials (a `.creds` file, `user:password`
+    /// or a token).
+    pub nats_credentials: Option<PathBuf>,
     /// The data directory (see [`blockpost_storage::DataDir`]).
     pub data_dir: PathBuf,
     /// `[directory]`.
@@ -45,6 +48,7 @@ impl Default for NodeConfig {
         Self {
             listen: "127.0.0.1:7700".into(),
             nats: None,
+            nats_credentials: None,
             data_dir: PathBuf::from("blockpost-data"),
             directory: DirectoryConfig::default(),
             messaging: MessagingConfig::default(),
@@ -71,6 +75,7 @@ impl NodeConfig {
         Self {
             listen: "127.0.0.1:0".into(),
             nats: Some(nats.into()),
+            nats_credentials: None,
             data_dir: data_dir.into(),
             directory: DirectoryConfig::for_test(),
             messaging: MessagingConfig::default(),

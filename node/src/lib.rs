@@ -12,6 +12,8 @@
 //! - `limits`: [`ServeLimits`]: connection limit, handshake and idle timeouts, keep-alive,
 //!   and the open-file limit raised to fit them.
 //! - `nats`: [`LocalNats`], a managed `nats-server` child process.
+//! - `auth`: [`NatsAuth`], credentials for NATS; the managed server's users
+//!   ([`ManagedCredentials`]): the node's own, and a read-only one for auditors.
 //! - `error`: [`Error`].
 //!
 //! ```no_run
@@ -24,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 mod config;
 mod error;
 mod limits;
@@ -31,6 +34,9 @@ mod nats;
 mod node;
 mod serve;
 
+pub use auth::{
+    MANAGED_MAX_PAYLOAD, ManagedCredentials, NODE_USER, NatsAuth, READER_USER, connect,
+};
 pub use config::NodeConfig;
 pub use error::{Error, Result};
 pub use limits::{FD_MARGIN, LimitedConn, ServeLimits};

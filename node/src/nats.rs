@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use blockpost_core::wire::Namespace;
+
+use crate::auth::{ManagedCredentials, NatsAuth};
 use crate::{Error, Result};
 
 /// A running `nats-server`, killed when dropped.
@@ -15,22 +18,43 @@ pub struct LocalNats {
     port: u16,
     store: PathBuf,
     log: PathBuf,
+    config: PathBuf,
+    credentials: ManagedCredentials,
 }
 
 impl LocalNats {
-    /// Starts `nats-server` on a free loopback port with its JetStream store in `store`,
-    /// and returns once it accepts connections.
-    pub fn start(store: &Path) -> Result<Self> {
-        let port = free_port()?;
+    /// Starts `nats-server` on loopback with its JetStream store in `store`, users `node`
+    /// and `reader` and no anonymous access ([`crate::auth`]), and returns once it accepts
+    /// connections. The port is kept in the store, so it stays the same across restarts
+    /// when it is free. With `ns`, the reader may not read that log's inboxes.
+    pub fn start(store: &Path, ns: Option<&Namespace>) -> Result<Self> {
+        reap_stale(store);
+        let mut credentials = ManagedCredentials::load_or_create(store)?;
+        if TcpListener::bind(("127.0.0.1", credentials.port)).is_err() {
+            credentials.port = free_port()?;
+        }
+        let config = store.join("nats.conf");
+        std::fs::write(&config, credentials.server_config(store, ns))?;
         let mut me = Self {
             child: None,
-            port,
+            port: credentials.port,
             store: store.to_owned(),
             log: store.join("nats-server.log"),
+            config,
+            credentials,
         };
-        reap_stale(store);
         me.spawn()?;
         Ok(me)
+    }
+
+    /// The node user's credentials.
+    pub fn node_auth(&self) -> NatsAuth {
+        self.credentials.node()
+    }
+
+    /// The read-only user's credentials.
+    pub fn reader_auth(&self) -> NatsAuth {
+        self.credentials.reader()
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -42,8 +66,8 @@ impl LocalNats {
             .open(&self.log)?;
         let bin = std::env::var_os("NATS_SERVER_BIN").unwrap_or_else(|| "nats-server".into());
         let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.store)
+            .arg("-c")
+            .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

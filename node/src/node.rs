@@ -13,7 +13,7 @@ use blockpost_messaging::Gateway;
 use blockpost_storage::{DataDir, load_or_create_key};
 use tonic::service::Routes;
 
-use crate::{Error, LocalNats, NodeConfig, Result, serve_with};
+use crate::{Error, LocalNats, NatsAuth, NodeConfig, Result, serve_with};
 
 /// A running node: the directory and the messaging gateway, over NATS JetStream.
 pub struct Node {
@@ -22,6 +22,7 @@ pub struct Node {
     directory: Directory,
     gateway: Option<Gateway>,
     nats_url: String,
+    nats: async_nats::Client,
     managed: Option<Arc<std::sync::Mutex<LocalNats>>>,
     /// Restarts the managed nats-server when it dies; stopped with the node.
     supervisor: Option<tokio::task::JoinHandle<()>>,
@@ -44,24 +45,32 @@ impl Node {
         // Lock the data dir before touching anything in it (such as a nats-server left by a
         // killed node, which must not be a running node's).
         let lock = data.create_and_lock()?;
+        let origin = data.origin(config.directory.origin.as_deref())?;
+        let ns = Namespace::for_origin(&origin);
         let mut managed = None;
-        let nats_url = match &config.nats {
-            Some(u) => u.clone(),
+        let (nats_url, auth) = match &config.nats {
+            Some(u) => {
+                let auth = match &config.nats_credentials {
+                    Some(p) => Some(NatsAuth::from_file(p)?),
+                    None => None,
+                };
+                (u.clone(), auth)
+            }
             None => {
                 let store = data.nats();
-                let n = tokio::task::spawn_blocking(move || LocalNats::start(&store))
+                let ns2 = ns.clone();
+                let n = tokio::task::spawn_blocking(move || LocalNats::start(&store, Some(&ns2)))
                     .await
                     .map_err(|e| Error::Nats(e.to_string()))??;
                 tracing::info!(url = %n.url(), "started a local nats-server");
                 let url = n.url();
+                let auth = n.node_auth();
                 managed = Some(Arc::new(std::sync::Mutex::new(n)));
-                url
+                (url, Some(auth))
             }
         };
-        let nats = connect(&nats_url).await?;
+        let nats = crate::connect(&nats_url, auth.as_ref()).await?;
 
-        let origin = data.origin(config.directory.origin.as_deref())?;
-        let ns = Namespace::for_origin(&origin);
         check_streams(&nats, &ns).await?;
         let parts = DirectoryParts {
             origin,
@@ -77,6 +86,7 @@ impl Node {
             Some(nats.clone()),
         )
         .await?;
+        let client = nats.clone();
         let mut services = vec!["blockpost.v1.Directory"];
         let gateway = if config.messaging.enabled {
             services.push("blockpost.v1.Messaging");
@@ -101,6 +111,7 @@ impl Node {
             directory,
             gateway,
             nats_url,
+            nats: client,
             managed,
             supervisor,
             _health: health_reporter,
@@ -162,6 +173,18 @@ impl Node {
     pub fn manages_nats(&self) -> bool {
         self.managed.is_some()
     }
+
+    /// The node's own NATS connection.
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    /// The read-only user's credentials on the managed nats-server, to hand to auditors.
+    pub fn reader_credentials(&self) -> Option<crate::NatsAuth> {
+        self.managed
+            .as_ref()
+            .map(|n| n.lock().unwrap_or_else(|e| e.into_inner()).reader_auth())
+    }
 }
 
 impl Drop for Node {
@@ -218,14 +241,4 @@ async fn check_streams(nats: &async_nats::Client, ns: &Namespace) -> Result<()> 
         }
     }
     Ok(())
-}
-
-async fn connect(url: &str) -> Result<async_nats::Client> {
-    match tokio::time::timeout(std::time::Duration::from_secs(10), async_nats::connect(url)).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(Error::Nats(format!("cannot connect to NATS at {url}: {e}"))),
-        Err(_) => Err(Error::Nats(format!(
-            "cannot connect to NATS at {url}: timed out"
-        ))),
-    }
 }

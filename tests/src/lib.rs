@@ -27,7 +27,7 @@ use blockpost_client::Client;
 use blockpost_core::{Clock, SystemClock};
 use blockpost_directory::Directory;
 use blockpost_messaging::Gateway;
-use blockpost_node::{LocalNats, Node, NodeConfig};
+use blockpost_node::{LocalNats, NatsAuth, Node, NodeConfig};
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -39,11 +39,35 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts one and waits until it accepts connections.
+    /// Starts one and waits until it accepts connections: users `node` and `reader`, no
+    /// anonymous access, as `blockpost up` runs it.
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let inner = LocalNats::start(&dir.path().join("js"))?;
+        let inner = LocalNats::start(&dir.path().join("js"), None)?;
+        let NatsAuth::UserPassword { user, password } = inner.node_auth() else {
+            bail!("the managed server has user and password credentials");
+        };
+        std::fs::write(
+            dir.path().join("node.credentials"),
+            format!("{user}:{password}\n"),
+        )?;
         Ok(Self { inner, _dir: dir })
+    }
+
+    /// A file with the node user's credentials, for `--nats-credentials`.
+    pub fn credentials_file(&self) -> PathBuf {
+        self._dir.path().join("node.credentials")
+    }
+
+    /// The node user's credentials (may publish anything: stands for a compromised or
+    /// privileged publisher in tests).
+    pub fn node_auth(&self) -> NatsAuth {
+        self.inner.node_auth()
+    }
+
+    /// The read-only user's credentials.
+    pub fn reader_auth(&self) -> NatsAuth {
+        self.inner.reader_auth()
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -61,9 +85,9 @@ impl NatsServer {
         Ok(self.inner.restart()?)
     }
 
-    /// A connected client.
+    /// A client connected as the node user.
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        Ok(async_nats::connect(self.url()).await?)
+        Ok(blockpost_node::connect(&self.url(), Some(&self.inner.node_auth())).await?)
     }
 }
 
@@ -127,6 +151,7 @@ impl Sandbox {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         cfg.nats = Some(nats.url());
+        cfg.nats_credentials = Some(nats.credentials_file());
         let listen: SocketAddr = cfg.validate()?;
         let data_dir = cfg.data_dir.clone();
         let node = Arc::new(Node::start_with_clock(cfg, clock).await?);

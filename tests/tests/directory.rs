@@ -673,10 +673,13 @@ async fn entries_and_checkpoints_reach_jetstream_across_a_nats_restart() {
             .unwrap();
     }
     let stream = sb.directory.namespace().directory_stream();
+    let auth = sb.nats.node_auth();
     let count = move |url: String| {
         let stream = stream.clone();
+        let auth = auth.clone();
         async move {
-            let js = async_nats::jetstream::new(async_nats::connect(url).await.ok()?);
+            let client = blockpost_node::connect(&url, Some(&auth)).await.ok()?;
+            let js = async_nats::jetstream::new(client);
             let mut st = js.get_stream(stream).await.ok()?;
             let info = st.info().await.ok()?;
             Some(info.state.messages)
@@ -700,7 +703,7 @@ async fn entries_and_checkpoints_reach_jetstream_across_a_nats_restart() {
             .unwrap();
     }
     sb.nats.restart().unwrap();
-    let js = async_nats::jetstream::new(async_nats::connect(sb.nats.url()).await.unwrap());
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
     let ns = sb.directory.namespace();
     wait_for(
         Duration::from_secs(20),

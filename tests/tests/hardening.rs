@@ -152,7 +152,11 @@ fn envelope(id: &Identity, sender_index: u64, to: &[&str], body: Body, ts: i64) 
 
 #[tokio::test]
 async fn bad_envelopes_are_permanent_refusals_and_never_reach_nats() {
-    let sb = Sandbox::start().await.unwrap();
+    // Bodies up to 2 MiB: five of them are within the gateway's limits, above the NATS
+    // server's 8 MiB max_payload.
+    let sb = Sandbox::start_with(|c| c.messaging.max_body_len = 2 << 20)
+        .await
+        .unwrap();
     let mut c = sb.client().await.unwrap();
     let a = Identity::generate();
     let ia = c
@@ -201,7 +205,7 @@ async fn bad_envelopes_are_permanent_refusals_and_never_reach_nats() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument, "{}", st.message());
-    // Within the gateway's limits (5 x 250 KiB), above NATS's 1 MiB max_payload: a
+    // Within the gateway's limits (5 x 1.8 MiB), above NATS's 8 MiB max_payload: a
     // permanent refusal, not a retryable UNAVAILABLE.
     let to: Vec<SealTo<'_>> = seal
         .iter()
@@ -211,7 +215,7 @@ async fn bad_envelopes_are_permanent_refusals_and_never_reach_nats() {
             key: *k,
         })
         .collect();
-    let big = seal_body(&to, &vec![7u8; 250 * 1024], &body_aad("alice", "t-1")).unwrap();
+    let big = seal_body(&to, &vec![7u8; 1800 * 1024], &body_aad("alice", "t-1")).unwrap();
     let env = envelope(
         &a,
         ia,

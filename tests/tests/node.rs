@@ -225,6 +225,7 @@ async fn two_nodes_share_one_nats_server_without_crossing() {
     let sb = Sandbox::start().await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = NodeConfig::for_test(tmp.path().join("second"), &sb.nats.url());
+    cfg.nats_credentials = Some(sb.nats.credentials_file());
     cfg.directory.origin = Some("second.test/directory".into());
     let second = Node::start(cfg).await.unwrap();
     assert_ne!(
@@ -288,6 +289,7 @@ async fn a_stream_of_another_log_is_refused_at_start() {
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = NodeConfig::for_test(tmp.path().join("data"), &nats.url());
+    cfg.nats_credentials = Some(nats.credentials_file());
     cfg.directory.origin = Some(origin.into());
     let Err(e) = Node::start(cfg).await else {
         panic!("a node started on another log's stream");
@@ -339,4 +341,83 @@ async fn idle_connections_are_closed_and_cannot_starve_the_node() {
     c.register(&Identity::generate(), "after", "After AG", None)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn nats_is_a_trust_boundary() {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    use blockpost_node::{Node, NodeConfig};
+
+    // A node with its own managed nats-server, as `blockpost up` runs it.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = NodeConfig {
+        data_dir: tmp.path().join("data"),
+        listen: "127.0.0.1:0".into(),
+        ..NodeConfig::default()
+    };
+    let node = Node::start(cfg).await.unwrap();
+    let url = node.nats_url().to_owned();
+    let ns = node.directory().namespace();
+    node.directory()
+        .register(register(
+            &Identity::generate(),
+            "alice",
+            blockpost_core::now_ms(),
+        ))
+        .await
+        .unwrap();
+
+    // No anonymous client: a local process cannot even connect.
+    assert!(blockpost_node::connect(&url, None).await.is_err());
+    let wrong = blockpost_node::NatsAuth::UserPassword {
+        user: "node".into(),
+        password: "guess".into(),
+    };
+    assert!(blockpost_node::connect(&url, Some(&wrong)).await.is_err());
+
+    // The reader reads the directory and the firehose ...
+    let reader = node.reader_credentials().unwrap();
+    let rc = blockpost_node::connect(&url, Some(&reader)).await.unwrap();
+    let mut js = async_nats::jetstream::new(rc.clone());
+    // A refused API call gets no answer: do not wait the default 10 s for it.
+    js.set_timeout(std::time::Duration::from_secs(2));
+    let dir = js.get_stream(ns.directory_stream()).await.unwrap();
+    let consumer = dir
+        .create_consumer(OrderedConfig {
+            filter_subject: ns.entry_subject(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut msgs = consumer.messages().await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), msgs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    blockpost_core::decode_entry(&first.payload).unwrap();
+    js.get_stream(ns.firehose_stream()).await.unwrap();
+    // ... but publishes nothing, and reads no inbox.
+    let before = node.nats().clone();
+    let node_js = async_nats::jetstream::new(before);
+    let mut node_dir = node_js.get_stream(ns.directory_stream()).await.unwrap();
+    let n = node_dir.info().await.unwrap().state.messages;
+    let _ = rc
+        .publish(ns.entry_subject(), b"forged".to_vec().into())
+        .await;
+    let _ = rc.flush().await;
+    let _ = rc
+        .publish(ns.firehose_subject(), b"forged".to_vec().into())
+        .await;
+    let _ = rc.flush().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(node_dir.info().await.unwrap().state.messages, n);
+    let mut fh = node_js.get_stream(ns.firehose_stream()).await.unwrap();
+    assert_eq!(fh.info().await.unwrap().state.messages, 0);
+    let inbox = js.get_stream(ns.inbox_stream()).await;
+    let denied = match inbox {
+        Err(_) => true,
+        Ok(s) => s.create_consumer(OrderedConfig::default()).await.is_err(),
+    };
+    assert!(denied, "the reader opened the inbox stream");
 }

@@ -16,12 +16,13 @@ use blockpost_proto::v1::{ConsistencyProofRequest, RegisterBody, SignedRequest};
 use blockpost_tests::{NatsServer, blockpost_bin, wait_for};
 use prost::Message as _;
 
-fn spawn_node(data: &Path, port: u16, nats: Option<&str>) -> Child {
+fn spawn_node(data: &Path, port: u16, nats: Option<&NatsServer>) -> Child {
     let mut cmd = Command::new(blockpost_bin().unwrap());
     cmd.args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data"])
         .arg(data);
-    if let Some(url) = nats {
-        cmd.args(["--nats", url]);
+    if let Some(n) = nats {
+        cmd.args(["--nats", &n.url(), "--nats-credentials"])
+            .arg(n.credentials_file());
     }
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -73,7 +74,7 @@ async fn kill_9_loses_no_acknowledged_registration() {
     let notes: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let mut next = 0usize;
     for round in 0..3 {
-        let mut node = spawn_node(&data, port, Some(&nats.url()));
+        let mut node = spawn_node(&data, port, Some(&nats));
         let client = wait_ready(&endpoint, &state).await;
         let verifier_key = client.info().verifier_key.clone();
         let grpc = DirectoryClient::new(
@@ -128,7 +129,7 @@ async fn kill_9_loses_no_acknowledged_registration() {
             t.await.unwrap();
         }
         // Restart and check everything acknowledged so far.
-        let mut node = spawn_node(&data, port, Some(&nats.url()));
+        let mut node = spawn_node(&data, port, Some(&nats));
         let mut client = wait_ready(&endpoint, &state).await;
         assert_eq!(
             client.info().verifier_key,
@@ -232,6 +233,28 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
         ("BLOCKPOST_CONFIG_DIR", &state_s),
         ("BLOCKPOST_PASSPHRASE", "s3cret"),
     ];
+
+    // The managed nats-server takes no anonymous client; its read-only user is printed for
+    // an operator to hand to auditors, and works.
+    let creds: serde_json::Value = serde_json::from_str(&ok(&run(
+        &[
+            "nats-credentials",
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+    )))
+    .unwrap();
+    let nats_url = creds["url"].as_str().unwrap();
+    assert!(blockpost_node::connect(nats_url, None).await.is_err());
+    let reader = blockpost_node::NatsAuth::UserPassword {
+        user: creds["user"].as_str().unwrap().into(),
+        password: creds["password"].as_str().unwrap().into(),
+    };
+    blockpost_node::connect(nats_url, Some(&reader))
+        .await
+        .unwrap();
 
     // A second node on the same data dir is refused, and leaves the first one's NATS alone.
     let other = format!("127.0.0.1:{}", free_port().unwrap());

@@ -67,7 +67,7 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
         .gateway()
         .ok_or_else(|| anyhow::anyhow!("the bench node has no gateway"))?
         .clone();
-    let nats = async_nats::connect(bn.node.nats_url()).await?;
+    let nats = bn.node.nats().clone();
 
     say!(
         "blockpost bench messages: {} envelopes x2, {}-byte bodies, {} streams",

@@ -7,7 +7,7 @@
 //!
 //! | stream | subjects | message | headers |
 //! |---|---|---|---|
-//! | `BLOCKPOST_T_DIRECTORY` | `blockpost.T.directory.entry` | a `LogEntry` | [`LEAF_INDEX_HEADER`], `Nats-Msg-Id` = [`entry_msg_id`] |
+//! | `BLOCKPOST_T_DIRECTORY` | `blockpost.T.directory.entry` | a `LogEntry` | [`LEAF_INDEX_HEADER`], [`TREE_SIZE_HEADER`] and [`PROOF_HEADER`] (its inclusion proof in a checkpoint published before it), `Nats-Msg-Id` = [`entry_msg_id`] |
 //! | | `blockpost.T.directory.checkpoint` | a signed checkpoint note | [`TREE_SIZE_HEADER`], `Nats-Msg-Id` = [`checkpoint_msg_id`] |
 //! | `BLOCKPOST_T_FIREHOSE` | `blockpost.T.firehose` | an `Envelope` | [`MESSAGE_ID_HEADER`], `Nats-Msg-Id` = [`nonce_msg_id`] |
 //! | `BLOCKPOST_T_INBOX` | `blockpost.T.inbox.<address>` | an `Envelope` | [`MESSAGE_ID_HEADER`], [`FIREHOSE_SEQ_HEADER`], `Nats-Msg-Id` = [`inbox_msg_id`] |
@@ -106,12 +106,33 @@ impl Namespace {
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Leaf index of a directory entry message.
 pub const LEAF_INDEX_HEADER: &str = "Blockpost-Leaf-Index";
-/// Tree size of a checkpoint message.
+/// Tree size of a checkpoint message, and of the checkpoint an entry's proof is for.
 pub const TREE_SIZE_HEADER: &str = "Blockpost-Tree-Size";
+/// An entry's inclusion proof in the tree of [`TREE_SIZE_HEADER`] leaves:
+/// [`encode_proof`].
+pub const PROOF_HEADER: &str = "Blockpost-Inclusion-Proof";
 /// Hex message id (SHA-256 of the encoded envelope).
 pub const MESSAGE_ID_HEADER: &str = "Blockpost-Message-Id";
 /// Firehose sequence of an inbox copy.
 pub const FIREHOSE_SEQ_HEADER: &str = "Blockpost-Firehose-Seq";
+
+/// An inclusion proof as a header value: the hashes in order, concatenated, base64.
+pub fn encode_proof(hashes: &[[u8; 32]]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(hashes.concat())
+}
+
+/// The hashes of a proof header; `None` when it is not whole 32-byte hashes in base64.
+pub fn decode_proof(value: &str) -> Option<Vec<[u8; 32]>> {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .ok()?;
+    if raw.len() % 32 != 0 || raw.len() > 64 * 32 {
+        return None;
+    }
+    raw.chunks(32).map(|c| c.try_into().ok()).collect()
+}
 
 /// De-duplication id of directory entry `index`.
 pub fn entry_msg_id(index: u64) -> String {

@@ -94,13 +94,28 @@ async fn publish_missing(
         *published = (*published).max(head.size);
         return Ok(());
     }
+    // The checkpoint first, then each entry with its inclusion proof in that checkpoint:
+    // a reader applies an entry only once it proved it in a checkpoint signed by the log key.
+    let mut h = HeaderMap::new();
+    h.insert(wire::TREE_SIZE_HEADER, head.size.to_string().as_str());
+    h.insert(
+        wire::MSG_ID_HEADER,
+        wire::checkpoint_msg_id(head.size).as_str(),
+    );
+    js.publish_with_headers(ns.checkpoint_subject(), h, head.checkpoint.clone().into())
+        .await?
+        .await?;
+    let size = head.size.to_string();
     while next < head.size {
         let end = (next + 512).min(head.size);
         let mut acks = Vec::with_capacity((end - next) as usize);
         for i in next..end {
             let entry = inner.store.entry(i)?;
+            let proof = inner.store.prove_inclusion(i, head.size)?;
             let mut h = HeaderMap::new();
             h.insert(wire::LEAF_INDEX_HEADER, i.to_string().as_str());
+            h.insert(wire::TREE_SIZE_HEADER, size.as_str());
+            h.insert(wire::PROOF_HEADER, wire::encode_proof(&proof).as_str());
             h.insert(wire::MSG_ID_HEADER, wire::entry_msg_id(i).as_str());
             acks.push(
                 js.publish_with_headers(ns.entry_subject(), h, entry.into())
@@ -113,15 +128,6 @@ async fn publish_missing(
         next = end;
         *published = (*published).max(end);
     }
-    let mut h = HeaderMap::new();
-    h.insert(wire::TREE_SIZE_HEADER, head.size.to_string().as_str());
-    h.insert(
-        wire::MSG_ID_HEADER,
-        wire::checkpoint_msg_id(head.size).as_str(),
-    );
-    js.publish_with_headers(ns.checkpoint_subject(), h, head.checkpoint.into())
-        .await?
-        .await?;
     tracing::debug!(
         size = head.size,
         "published directory entries and checkpoint"

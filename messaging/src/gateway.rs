@@ -54,11 +54,13 @@ pub(crate) struct Inner {
 
 impl Gateway {
     /// Makes sure the streams of namespace `ns` (the directory log's) exist and starts
-    /// following the directory's stream. `key` signs receipts.
+    /// following the directory's stream, trusting checkpoints signed by `log_verifier_key`
+    /// (the directory's, in signed-note form). `key` signs receipts.
     pub async fn start(
         config: MessagingConfig,
         key: SigningKey,
         ns: wire::Namespace,
+        log_verifier_key: String,
         clock: Arc<dyn Clock>,
         nats: async_nats::Client,
     ) -> Result<Self> {
@@ -88,7 +90,7 @@ impl Gateway {
         })
         .await
         .map_err(bus)?;
-        let replica = Replica::start(js.clone(), &ns);
+        let replica = Replica::start(js.clone(), &ns, log_verifier_key);
         Ok(Self {
             inner: Arc::new(Inner {
                 js,

@@ -29,7 +29,8 @@
 //! let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
 //! let clock = Arc::new(blockpost_core::SystemClock);
 //! let ns = blockpost_core::wire::Namespace::for_origin("example.org/log");
-//! let gw = Gateway::start(MessagingConfig::default(), key, ns, clock, nats).await?;
+//! let log_key = "example.org/log+01234567+AQ...".to_owned(); // the directory's verifier key
+//! let gw = Gateway::start(MessagingConfig::default(), key, ns, log_key, clock, nats).await?;
 //! let service = gw.into_service(); // add to a tonic server
 //! # drop(service); Ok(()) }
 //! ```

@@ -1,16 +1,20 @@
 //! A live replica of the directory, followed from its JetStream stream, so that every
 //! envelope check is a memory look-up. Revocations reach it as fast as NATS delivers.
 //!
-//! The replica is a [`DirectoryState`]: every entry is authorised by the core rules before
-//! it is applied, in log order. An entry that does not decode or apply is logged and
-//! counted, never applied; the genuine entry at that index still applies when it comes.
+//! The replica is a [`DirectoryState`]. An entry is applied only once it is proved, by the
+//! inclusion proof that comes with it, to be in a checkpoint signed by the directory's log
+//! key (checkpoints come on the same stream, before their entries), and then authorised by
+//! the core rules, in log order. Anything else is logged and counted, never applied; the
+//! genuine entry at that index still applies when it comes. Other bytes at an index already
+//! applied, proved in a signed checkpoint, are a fork of the log: a conflict.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
-use blockpost_core::{DirectoryState, Participant, wire};
+use blockpost_core::{DirectoryState, Participant, VerifiedCheckpoint, verify_checkpoint, wire};
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
@@ -21,7 +25,14 @@ pub struct Replica {
     applied: watch::Sender<u64>,
     rejected: AtomicU64,
     conflicts: AtomicU64,
+    /// The directory's checkpoint verifier key (C2SP signed-note form).
+    verifier_key: String,
+    /// Verified checkpoints not yet fully applied, by size.
+    checkpoints: Mutex<BTreeMap<u64, VerifiedCheckpoint>>,
 }
+
+/// Most verified checkpoints kept while their entries arrive.
+const MAX_PENDING_CHECKPOINTS: usize = 1024;
 
 /// The state and the leaf hash of every entry applied, to tell a redelivery from a
 /// different entry at an index already applied.
@@ -32,21 +43,19 @@ struct Applied {
 }
 
 impl Replica {
-    /// Starts following the directory stream of namespace `ns`.
-    pub fn start(js: jetstream::Context, ns: &wire::Namespace) -> Arc<Self> {
+    /// Starts following the directory stream of namespace `ns`, trusting checkpoints signed
+    /// by `verifier_key` (the log's, in signed-note form).
+    pub fn start(js: jetstream::Context, ns: &wire::Namespace, verifier_key: String) -> Arc<Self> {
         let (applied, _) = watch::channel(0);
         let r = Arc::new(Self {
             state: RwLock::new(Applied::default()),
             applied,
             rejected: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
+            verifier_key,
+            checkpoints: Mutex::new(BTreeMap::new()),
         });
-        tokio::spawn(follow(
-            r.clone(),
-            js,
-            ns.directory_stream(),
-            ns.entry_subject(),
-        ));
+        tokio::spawn(follow(r.clone(), js, ns.clone()));
         r
     }
 
@@ -107,19 +116,75 @@ impl Replica {
 
     /// Only the follower task applies, so the state cannot change between the check under
     /// the read lock (signatures, so look-ups are not held up) and the commit.
-    fn apply(&self, index: u64, entry: &[u8]) {
+    fn refuse(&self, index: u64, why: &str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(index, why, "directory entry refused by the replica");
+    }
+
+    /// A checkpoint message: kept if the log key signed it.
+    fn checkpoint(&self, note: &[u8]) {
+        match verify_checkpoint(note, &self.verifier_key) {
+            Ok(cp) => {
+                let applied = self.applied();
+                let mut cps = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+                cps.retain(|size, _| *size > applied);
+                if cp.size > applied {
+                    cps.insert(cp.size, cp);
+                }
+                while cps.len() > MAX_PENDING_CHECKPOINTS {
+                    cps.pop_first();
+                }
+            }
+            Err(e) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "directory checkpoint refused by the replica");
+            }
+        }
+    }
+
+    /// Whether `entry` is leaf `index` of a signed checkpoint of `tree_size` this replica has.
+    fn proved(&self, index: u64, entry: &[u8], tree_size: u64, proof: &[[u8; 32]]) -> bool {
+        let cps = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        cps.get(&tree_size)
+            .is_some_and(|cp| cp.verify_inclusion(index, entry, proof).is_ok())
+    }
+
+    fn apply(
+        &self,
+        index: u64,
+        entry: &[u8],
+        tree_size: Option<u64>,
+        proof: Option<Vec<[u8; 32]>>,
+    ) {
         let leaf = blockpost_core::leaf_hash(entry);
+        let proved = match (tree_size, &proof) {
+            (Some(n), Some(p)) => self.proved(index, entry, n, p),
+            _ => false,
+        };
         let prepared = {
             let st = self.state.read().unwrap_or_else(|e| e.into_inner());
             if let Some(known) = usize::try_from(index).ok().and_then(|i| st.leaves.get(i)) {
-                if *known != leaf {
+                if *known == leaf {
+                    return; // a redelivery; the ordered consumer resumes in order
+                }
+                if proved {
                     self.conflicts.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(
                         index,
-                        "the directory stream holds another entry at an index already applied"
+                        "the log key signed two different entries at one index: a fork"
+                    );
+                } else {
+                    self.refuse(
+                        index,
+                        "other bytes at an applied index, not in a signed checkpoint",
                     );
                 }
-                return; // a redelivery; the ordered consumer resumes in order
+                return;
+            }
+            if !proved {
+                drop(st);
+                self.refuse(index, "not proved in a checkpoint signed by the log key");
+                return;
             }
             st.state.prepare(index, entry)
         };
@@ -141,12 +206,10 @@ impl Replica {
     }
 }
 
-async fn follow(
-    replica: Arc<Replica>,
-    js: jetstream::Context,
-    stream_name: String,
-    entry_subject: String,
-) {
+async fn follow(replica: Arc<Replica>, js: jetstream::Context, ns: wire::Namespace) {
+    let stream_name = ns.directory_stream();
+    let entry_subject = ns.entry_subject();
+    let checkpoint_subject = ns.checkpoint_subject();
     let mut next_seq = 1u64;
     loop {
         let result: Result<(), String> = async {
@@ -156,7 +219,7 @@ async fn follow(
                 .map_err(|e| e.to_string())?;
             let consumer = stream
                 .create_consumer(OrderedConfig {
-                    filter_subject: entry_subject.clone(),
+                    filter_subject: ns.directory_subjects(),
                     deliver_policy: DeliverPolicy::ByStartSequence {
                         start_sequence: next_seq,
                     },
@@ -185,16 +248,24 @@ async fn follow(
                 };
                 let Some(m) = m else { break };
                 let m = m.map_err(|e| e.to_string())?;
-                let index = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(wire::LEAF_INDEX_HEADER))
-                    .and_then(|v| v.as_str().parse::<u64>().ok());
-                match index {
-                    Some(index) => replica.apply(index, &m.payload),
-                    None => {
-                        replica.rejected.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("directory entry without a leaf index; skipped");
+                let header = |name: &str| {
+                    m.headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str().to_owned())
+                };
+                if m.subject.as_str() == checkpoint_subject {
+                    replica.checkpoint(&m.payload);
+                } else if m.subject.as_str() == entry_subject {
+                    let index = header(wire::LEAF_INDEX_HEADER).and_then(|v| v.parse::<u64>().ok());
+                    let size = header(wire::TREE_SIZE_HEADER).and_then(|v| v.parse::<u64>().ok());
+                    let proof = header(wire::PROOF_HEADER).and_then(|v| wire::decode_proof(&v));
+                    match index {
+                        Some(index) => replica.apply(index, &m.payload, size, proof),
+                        None => {
+                            replica.rejected.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("directory entry without a leaf index; skipped");
+                        }
                     }
                 }
                 if let Ok(info) = m.info() {

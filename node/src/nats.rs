@@ -24,7 +24,7 @@ pub struct LocalNats {
 
 impl LocalNats {
     /// Starts `nats-server` on loopback with its JetStream store in `store`, users `node`
-    /// and `reader` and no anonymous access ([`crate::auth`]), and returns once it accepts
+    /// and `reader` and no anonymous access ([`ManagedCredentials`]), and returns once it accepts
     /// connections. The port is kept in the store, so it stays the same across restarts
     /// when it is free. With `ns`, the reader may not read that log's inboxes.
     pub fn start(store: &Path, ns: Option<&Namespace>) -> Result<Self> {

@@ -95,6 +95,7 @@ impl Node {
                     config.messaging.clone(),
                     load_or_create_key(&data.gateway_key())?,
                     ns,
+                    directory.info().verifier_key,
                     clock,
                     nats,
                 )

@@ -557,6 +557,7 @@ async fn two_gateways_share_only_nats() {
         MessagingConfig::default(),
         ed25519_dalek::SigningKey::from_bytes(&rand::random()),
         sb.directory.namespace(),
+        sb.directory.info().verifier_key,
         std::sync::Arc::new(blockpost_core::SystemClock),
         sb.nats.connect().await.unwrap(),
     )
@@ -624,8 +625,9 @@ async fn the_replica_applies_only_authorised_entries() {
             .wait_applied(2, Duration::from_secs(5))
             .await
     );
-    // A local process publishes a rotation of alice to its own key, at the next index,
-    // signed by itself: the core rules refuse it, so the replica never applies it.
+    // A local process with publish rights publishes a rotation of alice to its own key, at
+    // the next index, signed by itself: in no signed checkpoint, and refused by the core
+    // rules too, so the replica never applies it.
     let mallory = Identity::generate();
     let body = RotateBody {
         address: "alice".into(),
@@ -691,8 +693,11 @@ async fn the_replica_applies_only_authorised_entries() {
     g.submit(envelope(&a, &content(&a, &["bob", "carol"], b"still me")))
         .await
         .unwrap();
-    // Other bytes at an index already applied: two histories on the stream. The gateway
-    // cannot tell which one is the directory's, so it refuses rather than guess.
+    // Other bytes at an index already applied, and a registration that the core rules
+    // would accept (self-signed, with a certificate of the right shape), at the next
+    // index: neither is in a checkpoint signed by the log key, so neither is applied, and
+    // the gateway carries on.
+    let rejected = sb.gateway.replica().rejected();
     let mut h = async_nats::HeaderMap::new();
     h.insert(wire::LEAF_INDEX_HEADER, "1");
     h.insert(wire::MSG_ID_HEADER, "forged-1");
@@ -705,17 +710,48 @@ async fn the_replica_applies_only_authorised_entries() {
     .unwrap()
     .await
     .unwrap();
-    wait_for(Duration::from_secs(5), "the conflict seen", || {
-        let n = sb.gateway.replica().conflicts();
-        async move { (n >= 1).then_some(()) }
+    let zz = Identity::generate();
+    let self_signed = self_signed_registration("zz1", "Zz AG", &zz);
+    assert!(
+        blockpost_core::authorize_entry(&self_signed, None).is_ok(),
+        "the core rules alone accept it"
+    );
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(wire::LEAF_INDEX_HEADER, "3");
+    h.insert(wire::TREE_SIZE_HEADER, "4");
+    h.insert(
+        wire::PROOF_HEADER,
+        wire::encode_proof(&[[7u8; 32]; 2]).as_str(),
+    );
+    h.insert(wire::MSG_ID_HEADER, "forged-3");
+    js.publish_with_headers(
+        sb.directory.namespace().entry_subject(),
+        h,
+        self_signed.encode_to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(5), "both refused", || {
+        let n = sb.gateway.replica().rejected();
+        async move { (n >= rejected + 2).then_some(()) }
     })
     .await
     .unwrap();
-    let st = g
-        .submit(envelope(&a, &content(&a, &["bob"], b"now")))
+    assert_eq!(sb.gateway.replica().conflicts(), 0);
+    assert!(sb.gateway.replica().get("zz1").is_none());
+    // The genuine entry 3 still applies, and the gateway still serves.
+    let _dave = party(&sb, "dave", "Dave GmbH").await;
+    assert!(
+        sb.gateway
+            .replica()
+            .wait_applied(4, Duration::from_secs(5))
+            .await
+    );
+    g.submit(envelope(&a, &content(&a, &["dave"], b"hello dave")))
         .await
-        .unwrap_err();
-    assert_eq!(st.code(), Code::Unavailable, "{}", st.message());
+        .unwrap();
 }
 
 #[tokio::test]
@@ -769,4 +805,72 @@ async fn junk_on_an_inbox_subject_is_never_delivered() {
     .unwrap();
     assert_eq!(bodies, vec![b"genuine".to_vec()]);
     assert_eq!(sb.gateway.refused_deliveries(), 3);
+}
+
+/// A registration signed by its own key, with a certificate of the right shape from a CA
+/// of its own: everything the core rules check, but in no checkpoint of the log.
+fn self_signed_registration(
+    address: &str,
+    name: &str,
+    id: &Identity,
+) -> blockpost_proto::v1::LogEntry {
+    use blockpost_proto::v1::{EntryKind, LogEntry, RegisterBody, SignedRequest};
+    use rcgen::{CertificateParams, CustomExtension, DnType, Issuer, KeyPair, SanType};
+
+    struct Ed([u8; 32]);
+    impl rcgen::PublicKeyData for Ed {
+        fn der_bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+            &rcgen::PKCS_ED25519
+        }
+    }
+    let ca = Issuer::new(
+        CertificateParams::default(),
+        KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+    );
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.subject_alt_names = vec![SanType::URI(
+        format!("blockpost:{address}").try_into().unwrap(),
+    )];
+    let oid: Vec<u64> = blockpost_core::X25519_EXTENSION_OID
+        .split('.')
+        .map(|a| a.parse().unwrap())
+        .collect();
+    p.custom_extensions = vec![CustomExtension::from_oid_content(
+        &oid,
+        blockpost_directory::x25519_spki(&id.encryption_public()),
+    )];
+    let certificate = p
+        .signed_by(&Ed(id.signing_public()), &ca)
+        .unwrap()
+        .der()
+        .to_vec();
+    let body = RegisterBody {
+        address: address.into(),
+        real_name: name.into(),
+        signing_key: id.signing_public().to_vec(),
+        encryption_key: id.encryption_public().to_vec(),
+        evidence_chain: vec![],
+        timestamp_ms: now_ms(),
+    }
+    .encode_to_vec();
+    LogEntry {
+        kind: EntryKind::Register as i32,
+        address: address.into(),
+        real_name: name.into(),
+        signing_key: id.signing_public().to_vec(),
+        encryption_key: id.encryption_public().to_vec(),
+        certificate,
+        logged_at_ms: now_ms(),
+        request: Some(SignedRequest {
+            signature: blockpost_core::Operation::Register.sign(&id.signing, &body),
+            body,
+            second_signature: vec![],
+        }),
+        ..Default::default()
+    }
 }

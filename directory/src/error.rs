@@ -96,6 +96,7 @@ impl Error {
             // An entry the directory built that its own rules refuse is a bug here.
             Error::Core(_) => Code::Internal,
             Error::Storage(S::OutOfRange(_)) => Code::OutOfRange,
+            Error::Storage(S::Io(io)) if crate::service::disk_full(io) => Code::ResourceExhausted,
             Error::Storage(S::Corrupted(_)) => Code::DataLoss,
             Error::Storage(_) => Code::Internal,
             Error::InvalidRequest(_) | Error::TooLarge { .. } => Code::InvalidArgument,

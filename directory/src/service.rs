@@ -583,17 +583,63 @@ impl Inner {
             }
             Err(e) => {
                 tracing::error!(error = %e, "appending a batch failed; nothing of it was acknowledged");
+                // Every waiter gets the same failure, with its OS error kept (a full disk is
+                // RESOURCE_EXHAUSTED, not INTERNAL).
                 let msg = e.to_string();
+                let os = match &e {
+                    Error::Storage(blockpost_storage::Error::Io(io)) => io.raw_os_error(),
+                    _ => None,
+                };
                 for p in accepted {
+                    let io = match os {
+                        Some(code) => std::io::Error::new(
+                            std::io::Error::from_raw_os_error(code).kind(),
+                            OsError {
+                                code,
+                                msg: msg.clone(),
+                            },
+                        ),
+                        None => std::io::Error::other(msg.clone()),
+                    };
                     let _ = p
                         .reply
-                        .send(Err(Error::Storage(blockpost_storage::Error::Io(
-                            std::io::Error::other(msg.clone()),
-                        ))));
+                        .send(Err(Error::Storage(blockpost_storage::Error::Io(io))));
                 }
             }
         }
     }
+}
+
+/// An OS error passed on to several waiters: its code and the original message.
+#[derive(Debug)]
+struct OsError {
+    code: i32,
+    msg: String,
+}
+
+impl std::fmt::Display for OsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for OsError {}
+
+/// Whether an I/O error means the disk (or the file size limit) is full.
+pub(crate) fn disk_full(e: &std::io::Error) -> bool {
+    let code = e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<OsError>())
+            .map(|o| o.code)
+    });
+    // ENOSPC, EDQUOT, EFBIG.
+    matches!(code, Some(28 | 122 | 27))
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::QuotaExceeded
+                | std::io::ErrorKind::FileTooLarge
+        )
 }
 
 fn check_len(field: &'static str, len: usize, limit: usize) -> Result<()> {

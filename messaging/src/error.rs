@@ -89,6 +89,10 @@ impl Error {
             Error::Revoked { .. } | Error::InboxDenied(_) => Code::PermissionDenied,
             Error::StaleKey { .. } | Error::InboxBusy(_) => Code::FailedPrecondition,
             Error::Replay { .. } => Code::AlreadyExists,
+            // JetStream out of storage: not a transient outage, but not the caller's fault.
+            Error::Bus(m) if m.contains("insufficient resources") || m.contains("storage") => {
+                Code::ResourceExhausted
+            }
             Error::Bus(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }

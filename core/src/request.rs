@@ -97,17 +97,54 @@ pub fn x25519_key(bytes: &[u8]) -> Result<x25519_dalek::PublicKey> {
         kind: "x25519",
         why: format!("expected 32 bytes, got {}", bytes.len()),
     })?;
-    let key = x25519_dalek::PublicKey::from(arr);
-    // Clamped scalars are multiples of the cofactor 8, so any of them maps a point of small
-    // order to the identity: the exchange is then not contributory.
-    let probe = x25519_dalek::StaticSecret::from([0x42u8; 32]);
-    if !probe.diffie_hellman(&key).was_contributory() {
+    if has_small_order(&arr) {
         return Err(Error::InvalidKey {
             kind: "x25519",
             why: "low-order point".into(),
         });
     }
-    Ok(key)
+    Ok(x25519_dalek::PublicKey::from(arr))
+}
+
+/// The encodings of Curve25519's points of order 1, 2, 4 and 8, and their non-canonical
+/// forms (x + p), as libsodium blocks them; X25519 ignores the top bit, so it is masked.
+const SMALL_ORDER: [[u8; 32]; 7] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+fn has_small_order(key: &[u8; 32]) -> bool {
+    SMALL_ORDER
+        .iter()
+        .any(|c| c[..31] == key[..31] && c[31] == key[31] & 0x7f)
 }
 
 #[cfg(test)]
@@ -214,12 +251,19 @@ mod tests {
             "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
             "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
         ];
+        let probe = x25519_dalek::StaticSecret::from([0x42u8; 32]);
         for hex_key in low_order {
-            let k = hex::decode(hex_key).unwrap();
+            let mut k: [u8; 32] = hex::decode(hex_key).unwrap().try_into().unwrap();
             assert!(
                 matches!(x25519_key(&k), Err(Error::InvalidKey { why, .. }) if why == "low-order point"),
                 "{hex_key} accepted"
             );
+            // The list is the math: each one makes any exchange non-contributory ...
+            let dh = probe.diffie_hellman(&x25519_dalek::PublicKey::from(k));
+            assert!(!dh.was_contributory(), "{hex_key}");
+            // ... and so does it with the top bit set, which X25519 ignores.
+            k[31] |= 0x80;
+            assert!(x25519_key(&k).is_err(), "{hex_key} with the top bit");
         }
         let genuine = crate::Identity::generate();
         assert!(x25519_key(&genuine.encryption_public()).is_ok());

@@ -86,9 +86,15 @@ async fn publish_missing(
                     }
                 }
             }
-            Err(_) => 0,
+            Err(_) => *published,
         }
     };
+    // Entries go out pipelined: across a reconnect one may be lost while later ones were
+    // stored. What this publisher saw acknowledged in order is the safe place to resume;
+    // republishing is harmless (de-duplication, and readers ignore the same leaf twice).
+    if *published > 0 {
+        next = next.min(*published);
+    }
     let head = inner.store.head();
     if next >= head.size {
         *published = (*published).max(head.size);

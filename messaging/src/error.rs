@@ -90,7 +90,10 @@ impl Error {
             Error::StaleKey { .. } | Error::InboxBusy(_) => Code::FailedPrecondition,
             Error::Replay { .. } => Code::AlreadyExists,
             // JetStream out of storage: not a transient outage, but not the caller's fault.
-            Error::Bus(m) if m.contains("insufficient resources") || m.contains("storage") => {
+            Error::Bus(m)
+                if m.contains("insufficient resources")
+                    || m.contains("storage resources exceeded") =>
+            {
                 Code::ResourceExhausted
             }
             Error::Bus(_) => Code::Unavailable,

@@ -190,42 +190,57 @@ impl messaging_server::Messaging for Gateway {
     }
 }
 
+/// Why an inbox message is not handed out.
+enum Undeliverable {
+    /// It can never be: dropped for good (Term) and counted.
+    Never(&'static str),
+    /// Not now (the bus is away, the replica has not learned the sender yet): handed back
+    /// (Nak) in order, to come again.
+    NotYet(&'static str),
+}
+
 /// Checks one inbox message against the firehose and the directory replica.
 async fn verified_delivery(
     gw: &Gateway,
+    firehose: &async_nats::jetstream::stream::Stream,
     m: &Message,
     address: &Address,
     firehose_sequence: u64,
-) -> Result<Envelope, &'static str> {
-    let envelope = Envelope::decode(m.payload.as_ref()).map_err(|_| "not an envelope")?;
+) -> Result<Envelope, Undeliverable> {
+    use Undeliverable::{Never, NotYet};
+    let envelope = Envelope::decode(m.payload.as_ref()).map_err(|_| Never("not an envelope"))?;
     let parsed = blockpost_core::ParsedEnvelope::parse(envelope.clone(), &gw.inner.limits)
-        .map_err(|_| "breaks the envelope rules")?;
+        .map_err(|_| Never("breaks the envelope rules"))?;
     if !parsed.recipients().contains(address) {
-        return Err("not addressed to this inbox");
+        return Err(Never("not addressed to this inbox"));
     }
-    let stream = gw
-        .inner
-        .js
-        .get_stream(gw.inner.ns.firehose_stream())
-        .await
-        .map_err(|_| "firehose unavailable")?;
-    let on_firehose = stream
-        .get_raw_message(firehose_sequence)
-        .await
-        .map_err(|_| "not on the firehose")?;
+    let on_firehose = match firehose.get_raw_message(firehose_sequence).await {
+        Ok(m) => m,
+        Err(e) => {
+            use async_nats::jetstream::stream::RawMessageErrorKind as K;
+            return Err(match e.kind() {
+                K::NoMessageFound | K::InvalidSubject => Never("not on the firehose"),
+                _ => NotYet("the firehose cannot be read right now"),
+            });
+        }
+    };
     if on_firehose.payload.as_ref() != m.payload.as_ref() {
-        return Err("differs from the firehose message at its sequence");
+        return Err(Never("differs from the firehose message at its sequence"));
     }
+    // The replica may be a moment behind the directory (after a restart, say).
     let sender = gw
         .replica()
-        .get(parsed.sender().as_str())
-        .ok_or("unknown sender")?;
+        .participant(parsed.sender().as_str(), Duration::from_millis(500))
+        .await
+        .ok_or(NotYet("the replica does not know the sender yet"))?;
     let key = sender
         .key_at(parsed.content().sender_key_index)
-        .ok_or("the sender has no such key")?;
+        .ok_or(NotYet(
+            "the replica does not know that key of the sender yet",
+        ))?;
     parsed
         .verify(&key)
-        .map_err(|_| "not signed by its sender")?;
+        .map_err(|_| Never("not signed by its sender"))?;
     Ok(envelope)
 }
 
@@ -294,6 +309,12 @@ async fn serve_inbox(
         .get_stream(gw.inner.ns.inbox_stream())
         .await
         .map_err(bus)?;
+    let firehose = gw
+        .inner
+        .js
+        .get_stream(gw.inner.ns.firehose_stream())
+        .await
+        .map_err(bus)?;
     let consumer = stream
         .get_or_create_consumer(
             &format!("inbox-{address}"),
@@ -354,6 +375,7 @@ async fn serve_inbox(
         };
         let mut got = 0;
         let mut gone = false;
+        let mut held_back = false;
         while let Some(m) = batch.next().await {
             let Ok(m) = m else { break };
             if gone || tx.is_closed() {
@@ -377,17 +399,31 @@ async fn serve_inbox(
             // Nothing read from NATS is handed out unverified: the delivery must be an
             // envelope for this address, on the firehose at the sequence it names, signed by
             // its sender's key. Anything else is dropped for good and counted.
-            let envelope = match verified_delivery(&gw, &m, &address, firehose_sequence).await {
-                Ok(e) => e,
-                Err(why) => {
-                    gw.inner
-                        .refused_deliveries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(%address, seq, why, "inbox message refused");
-                    let _ = m.ack_with(AckKind::Term).await;
-                    continue;
-                }
-            };
+            let envelope =
+                match verified_delivery(&gw, &firehose, &m, &address, firehose_sequence).await {
+                    Ok(e) => e,
+                    Err(Undeliverable::Never(why)) => {
+                        gw.inner
+                            .refused_deliveries
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(%address, seq, why, "inbox message refused");
+                        let _ = m.ack_with(AckKind::Term).await;
+                        continue;
+                    }
+                    Err(Undeliverable::NotYet(why)) => {
+                        // Keep the order: this one and the rest of the batch go back.
+                        tracing::info!(%address, seq, why, "inbox message held back");
+                        let mut back = vec![m];
+                        while let Some(Ok(rest)) = batch.next().await {
+                            back.push(rest);
+                        }
+                        for m in back {
+                            let _ = m.ack_with(AckKind::Nak(None)).await;
+                        }
+                        held_back = true;
+                        break;
+                    }
+                };
             pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -411,6 +447,10 @@ async fn serve_inbox(
         }
         if gone {
             break;
+        }
+        if held_back {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         }
         if got == 0 && !hello.follow {
             // Everything was delivered: wait for the client's acknowledgements, then end.

@@ -71,10 +71,13 @@ impl NatsAuth {
 
 /// Connects to `url` with `auth` (or anonymously), giving up after 10 s.
 pub async fn connect(url: &str, auth: Option<&NatsAuth>) -> Result<async_nats::Client> {
-    let opts = match auth {
+    let mut opts = match auth {
         Some(a) => a.options().await?,
         None => async_nats::ConnectOptions::new(),
     };
+    if matches!(auth, Some(NatsAuth::UserPassword { user, .. }) if user == READER_USER) {
+        opts = opts.custom_inbox_prefix(READER_INBOX_PREFIX);
+    }
     // Reconnect for ever once connected: the managed server is restarted within a second,
     // an external one is an operator's to bring back.
     let opts = opts.max_reconnects(None);
@@ -102,6 +105,10 @@ pub struct ManagedCredentials {
 pub const NODE_USER: &str = "node";
 /// The read-only user on the managed server.
 pub const READER_USER: &str = "reader";
+/// The reply-subject prefix of the read-only user: replies to the node's own requests
+/// (`_INBOX.…`) stay out of its reach.
+pub const READER_INBOX_PREFIX: &str = "_INBOX_reader";
+
 /// Largest message the managed server takes (NATS's own ceiling for a sane setup); the
 /// gateway refuses envelopes above it, less room for headers.
 pub const MANAGED_MAX_PAYLOAD: usize = 8 << 20;
@@ -160,9 +167,13 @@ impl ManagedCredentials {
                 format!("$JS.API.CONSUMER.CREATE.{inbox}"),
                 format!("$JS.API.CONSUMER.CREATE.{inbox}.>"),
                 format!("$JS.API.CONSUMER.DURABLE.CREATE.{inbox}.>"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{inbox}.>"),
+                format!("$JS.API.CONSUMER.DELETE.{inbox}.>"),
+                format!("$JS.API.CONSUMER.INFO.{inbox}.>"),
                 format!("$JS.API.STREAM.MSG.GET.{inbox}"),
                 format!("$JS.API.DIRECT.GET.{inbox}"),
                 format!("$JS.API.DIRECT.GET.{inbox}.>"),
+                format!("$JS.ACK.{inbox}.>"),
             ] {
                 reader_deny.push(q(&api));
             }
@@ -194,7 +205,7 @@ impl ManagedCredentials {
              \x20   {{ user: {node_user}, password: {node_pw} }}\n\
              \x20   {{ user: {reader_user}, password: {reader_pw}, permissions: {{\n\
              \x20       publish: {{ allow: [{reader_allow}], deny: [{reader_deny}] }}\n\
-             \x20       subscribe: {{ allow: [\"_INBOX.>\"] }}\n\
+             \x20       subscribe: {{ allow: [\"{READER_INBOX_PREFIX}.>\"] }}\n\
              \x20   }} }}\n  ]\n}}\n",
             port = self.port,
             max_payload = MANAGED_MAX_PAYLOAD,

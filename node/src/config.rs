@@ -101,6 +101,12 @@ impl NodeConfig {
                 "limits.max_connections and the timeouts must be at least 1".into(),
             ));
         }
+        if l.keepalive_ms == 0 || l.keepalive_ms >= l.idle_timeout_ms {
+            return Err(Error::Config(
+                "limits.keepalive_ms must be below limits.idle_timeout_ms, or quiet live connections are cut"
+                    .into(),
+            ));
+        }
         if self.directory.max_clock_skew_ms == 0 {
             return Err(Error::Config(
                 "directory.max_clock_skew_ms must be at least 1".into(),

@@ -35,7 +35,8 @@ mod node;
 mod serve;
 
 pub use auth::{
-    MANAGED_MAX_PAYLOAD, ManagedCredentials, NODE_USER, NatsAuth, READER_USER, connect,
+    MANAGED_MAX_PAYLOAD, ManagedCredentials, NODE_USER, NatsAuth, READER_INBOX_PREFIX, READER_USER,
+    connect,
 };
 pub use config::NodeConfig;
 pub use error::{Error, Result};

@@ -258,14 +258,9 @@ pub fn authorize_entry(entry: &LogEntry, previous: Option<(u64, &Binding)>) -> R
         what: "log entry",
         why: format!("unknown kind {}", entry.kind),
     })?;
-    if let Some((_, prev)) = previous
-        && prev.address.as_str() != entry.address
-    {
-        return Err(Error::WrongPredecessor {
-            address: entry.address.clone(),
-            why: format!("the entry it follows is for {}", prev.address),
-        });
-    }
+    // A predecessor of another address is refused by `authorize_request` (rotate, revoke:
+    // `current`) or is no predecessor at all (register); the entry's own address must equal
+    // the request's (`check_entry`).
     let req = entry.request.as_ref().ok_or_else(|| Error::Malformed {
         what: "log entry",
         why: "no signed request".into(),

@@ -11,7 +11,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use prost::Message as _;
 use sha2::Digest as _;
 
-use crate::{Address, Error, Result, envelope_message};
+use crate::{Address, Error, Result, decode_canonical, envelope_message};
 
 /// Size limits of an envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,14 +73,14 @@ impl ParsedEnvelope {
             });
         }
         let invalid = |m: String| Error::InvalidEnvelope(m);
-        let c = EnvelopeContent::decode(envelope.content.as_slice())
-            .map_err(|e| invalid(format!("content is not an EnvelopeContent: {e}")))?;
         // The signed content is stored forever: only its canonical encoding is accepted.
-        if c.encoded_len() != envelope.content.len() || c.encode_to_vec() != envelope.content {
-            return Err(Error::NotCanonical {
-                what: "envelope content",
-            });
-        }
+        let c: EnvelopeContent =
+            decode_canonical(&envelope.content, "envelope content").map_err(|e| match e {
+                Error::Malformed { why, .. } => {
+                    invalid(format!("content is not an EnvelopeContent: {why}"))
+                }
+                other => other,
+            })?;
         let sender = Address::parse(&c.sender)?;
         if c.recipients.is_empty() {
             return Err(invalid("no recipients".into()));

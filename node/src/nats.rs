@@ -34,7 +34,10 @@ impl LocalNats {
             credentials.port = free_port()?;
         }
         let config = store.join("nats.conf");
-        write_secret(&config, credentials.server_config(store, ns).as_bytes())?;
+        blockpost_storage::write_private_atomic(
+            &config,
+            credentials.server_config(store, ns).as_bytes(),
+        )?;
         // The store holds the server's passwords and the streams: its owner's only.
         {
             use std::os::unix::fs::PermissionsExt as _;
@@ -200,23 +203,6 @@ pub fn reap_stale(store: &Path) {
         }
     }
     let _ = std::fs::remove_file(pid_file);
-}
-
-/// Writes a file readable by its owner only (mode 0600), replacing what was there.
-fn write_secret(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // An existing file keeps its mode on open: set it.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// A loopback port that was free a moment ago.

@@ -11,8 +11,23 @@ use crate::{Error, Result};
 
 /// Writes a file so that a crash leaves either the old or the new contents.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    replace(path, data, None)
+}
+
+/// [`write_atomic`] for a file readable by its owner only (mode 0600), such as a config
+/// holding passwords; unlike [`write_private_file`] it replaces an existing file.
+pub fn write_private_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    replace(path, data, Some(0o600))
+}
+
+fn replace(path: &Path, data: &[u8], mode: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp)?;
+    if let Some(mode) = mode {
+        // Before any byte is written; a left-over temporary file keeps its old mode on open.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     f.write_all(data)?;
     f.sync_data()?;
     std::fs::rename(&tmp, path)?;
@@ -86,6 +101,13 @@ mod tests {
         assert!(
             write_private_file(&path, b"x").is_err(),
             "never overwritten"
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        write_private_atomic(&path, b"secret").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
         );
     }
 }

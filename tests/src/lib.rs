@@ -7,6 +7,7 @@
 //!   (directory, gateway, gRPC on an ephemeral port), on a temporary data directory.
 //! - [`blockpost_bin`]: the `blockpost` binary for tests across processes.
 //! - [`wait_for`]: polls a condition with a deadline instead of sleeping.
+//! - [`register_body`], [`sign_register`]: registration requests as a client signs them.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -24,11 +25,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use blockpost_client::Client;
-use blockpost_core::{Clock, SystemClock};
+use blockpost_core::{Clock, Identity, Operation, SystemClock, now_ms};
 use blockpost_directory::Directory;
 use blockpost_messaging::Gateway;
 use blockpost_node::{LocalNats, NatsAuth, Node, NodeConfig};
 use blockpost_proto::v1::directory_client::DirectoryClient;
+use blockpost_proto::v1::{RegisterBody, SignedRequest};
+use prost::Message as _;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
@@ -301,6 +304,33 @@ fn newest(dir: &Path) -> Option<std::time::SystemTime> {
         best = best.max(t);
     }
     best
+}
+
+/// A registration body binding `address` and `name` to `id`'s keys, stamped now.
+pub fn register_body(id: &Identity, address: &str, name: &str) -> RegisterBody {
+    RegisterBody {
+        address: address.into(),
+        real_name: name.into(),
+        signing_key: id.signing_public().to_vec(),
+        encryption_key: id.encryption_public().to_vec(),
+        evidence_chain: vec![],
+        timestamp_ms: now_ms(),
+    }
+}
+
+/// `body` signed by `id` as a registration (proof of possession).
+pub fn sign_register(id: &Identity, body: &RegisterBody) -> SignedRequest {
+    sign_register_bytes(id, body.encode_to_vec())
+}
+
+/// Any bytes signed by `id` as a registration body, for tests that send what no honest
+/// client would.
+pub fn sign_register_bytes(id: &Identity, body: Vec<u8>) -> SignedRequest {
+    SignedRequest {
+        signature: Operation::Register.sign(&id.signing, &body),
+        body,
+        second_signature: vec![],
+    }
 }
 
 /// Polls `f` until it returns `Some` or `limit` passes.

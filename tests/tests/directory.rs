@@ -10,30 +10,10 @@ use blockpost_proto::v1::{
     ConsistencyProofRequest, GetEntriesRequest, InclusionProofRequest, LookupRequest, RegisterBody,
     RevokeBody, RotateBody, SignedRequest,
 };
-use blockpost_tests::{Sandbox, wait_for};
+use blockpost_tests::{Sandbox, register_body, sign_register, wait_for};
 use prost::Message as _;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use tonic::Code;
-
-fn register_body(id: &Identity, address: &str, name: &str) -> RegisterBody {
-    RegisterBody {
-        address: address.into(),
-        real_name: name.into(),
-        signing_key: id.signing_public().to_vec(),
-        encryption_key: id.encryption_public().to_vec(),
-        evidence_chain: vec![],
-        timestamp_ms: now_ms(),
-    }
-}
-
-fn sign_register(id: &Identity, body: &RegisterBody) -> SignedRequest {
-    let body = body.encode_to_vec();
-    SignedRequest {
-        signature: Operation::Register.sign(&id.signing, &body),
-        body,
-        second_signature: vec![],
-    }
-}
 
 /// A CA chain: root -> intermediate -> leaf whose O is `org`, with the given key algorithm.
 struct Evidence {

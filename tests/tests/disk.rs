@@ -9,29 +9,15 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use blockpost_core::{Identity, Operation, now_ms};
-use blockpost_proto::v1::{RegisterBody, SignedRequest};
-use blockpost_tests::Sandbox;
-use prost::Message as _;
+use blockpost_core::Identity;
+use blockpost_proto::v1::SignedRequest;
+use blockpost_tests::{Sandbox, register_body, sign_register};
 use rlimit::Resource;
 use tonic::Code;
 
 fn signed(address: &str) -> SignedRequest {
     let id = Identity::generate();
-    let body = RegisterBody {
-        address: address.into(),
-        real_name: format!("{address} AG"),
-        signing_key: id.signing_public().to_vec(),
-        encryption_key: id.encryption_public().to_vec(),
-        evidence_chain: vec![],
-        timestamp_ms: now_ms(),
-    }
-    .encode_to_vec();
-    SignedRequest {
-        signature: Operation::Register.sign(&id.signing, &body),
-        body,
-        second_signature: vec![],
-    }
+    sign_register(&id, &register_body(&id, address, &format!("{address} AG")))
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use blockpost_core::{Identity, Operation, SealTo, body_aad, now_ms, seal_body, sign_envelope};
+use blockpost_core::{Identity, SealTo, body_aad, now_ms, seal_body, sign_envelope};
 use blockpost_proto::v1::envelope_content::Body;
 use blockpost_proto::v1::messaging_client::MessagingClient;
 use blockpost_proto::v1::submit_result::Result as Outcome;
@@ -14,26 +14,15 @@ use blockpost_proto::v1::{
     Envelope, EnvelopeContent, GetEntriesRequest, MessageKind, RegisterBody, SignedRequest,
     SubmitResult,
 };
-use blockpost_tests::Sandbox;
+use blockpost_tests::{Sandbox, register_body, sign_register_bytes};
 use prost::Message as _;
 use tonic::Code;
 
+/// A registration body stamped `ts`.
 fn body(id: &Identity, address: &str, name: &str, ts: i64) -> RegisterBody {
     RegisterBody {
-        address: address.into(),
-        real_name: name.into(),
-        signing_key: id.signing_public().to_vec(),
-        encryption_key: id.encryption_public().to_vec(),
-        evidence_chain: vec![],
         timestamp_ms: ts,
-    }
-}
-
-fn signed(id: &Identity, bytes: Vec<u8>) -> SignedRequest {
-    SignedRequest {
-        signature: Operation::Register.sign(&id.signing, &bytes),
-        body: bytes,
-        second_signature: vec![],
+        ..register_body(id, address, name)
     }
 }
 
@@ -51,11 +40,11 @@ async fn bad_registrations_never_reach_the_log() {
     padded.extend_from_slice(&[0x9a, 0x06]);
     prost::encoding::encode_varint(pad.len() as u64, &mut padded);
     padded.extend_from_slice(&pad);
-    cases.push(("padded body", signed(&id, padded)));
+    cases.push(("padded body", sign_register_bytes(&id, padded)));
     // A default value written out: same meaning, other bytes.
     let mut explicit = vec![0x30, 0x00];
     explicit.extend_from_slice(&body(&id, "expl", "Expl AG", 0).encode_to_vec());
-    cases.push(("non-canonical body", signed(&id, explicit)));
+    cases.push(("non-canonical body", sign_register_bytes(&id, explicit)));
     // Timestamps that overflow a naive |ts - now|.
     for ts in [
         now.wrapping_sub(i64::MAX).wrapping_sub(1),
@@ -64,7 +53,7 @@ async fn bad_registrations_never_reach_the_log() {
     ] {
         cases.push((
             "extreme timestamp",
-            signed(&id, body(&id, "t", "T AG", ts).encode_to_vec()),
+            sign_register_bytes(&id, body(&id, "t", "T AG", ts).encode_to_vec()),
         ));
     }
     for name in [
@@ -76,22 +65,28 @@ async fn bad_registrations_never_reach_the_log() {
     ] {
         cases.push((
             "bad name",
-            signed(&id, body(&id, "n", name, now).encode_to_vec()),
+            sign_register_bytes(&id, body(&id, "n", name, now).encode_to_vec()),
         ));
     }
     let mut low = body(&id, "low", "Low AG", now);
     low.encryption_key =
         hex_decode("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800");
-    cases.push(("low-order x25519 key", signed(&id, low.encode_to_vec())));
+    cases.push((
+        "low-order x25519 key",
+        sign_register_bytes(&id, low.encode_to_vec()),
+    ));
     for (what, req) in cases {
         let st = g.register(req).await.unwrap_err();
         assert_eq!(st.code(), Code::InvalidArgument, "{what}: {}", st.message());
     }
     assert_eq!(sb.directory.size(), 0, "nothing refused may reach the log");
     // The same registration, canonical and sane, is fine.
-    g.register(signed(&id, body(&id, "pad", "Pad AG", now).encode_to_vec()))
-        .await
-        .unwrap();
+    g.register(sign_register_bytes(
+        &id,
+        body(&id, "pad", "Pad AG", now).encode_to_vec(),
+    ))
+    .await
+    .unwrap();
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
@@ -234,13 +229,11 @@ async fn bad_envelopes_are_permanent_refusals_and_never_reach_nats() {
     assert_eq!(fh.info().await.unwrap().state.messages, 0);
 }
 
-/// A codec that sends raw bytes as request messages and decodes `SubmitResult`s: what a
-/// broken or hostile client puts on the wire.
+/// Raw bytes out, raw bytes back: what a broken or hostile client puts on the wire.
 #[derive(Clone, Default)]
 struct RawCodec;
-
 struct RawEncoder;
-struct ResultDecoder;
+struct RawDecoder;
 
 impl tonic::codec::Encoder for RawEncoder {
     type Item = Vec<u8>;
@@ -257,34 +250,31 @@ impl tonic::codec::Encoder for RawEncoder {
     }
 }
 
-impl tonic::codec::Decoder for ResultDecoder {
-    type Item = SubmitResult;
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
     type Error = tonic::Status;
 
     fn decode(
         &mut self,
         src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<SubmitResult>, tonic::Status> {
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
         use bytes::Buf as _;
-        let b = src.copy_to_bytes(src.remaining());
-        SubmitResult::decode(b)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
     }
 }
 
 impl tonic::codec::Codec for RawCodec {
     type Encode = Vec<u8>;
-    type Decode = SubmitResult;
+    type Decode = Vec<u8>;
     type Encoder = RawEncoder;
-    type Decoder = ResultDecoder;
+    type Decoder = RawDecoder;
 
     fn encoder(&mut self) -> RawEncoder {
         RawEncoder
     }
 
-    fn decoder(&mut self) -> ResultDecoder {
-        ResultDecoder
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
     }
 }
 
@@ -326,6 +316,7 @@ async fn a_malformed_frame_ends_the_submit_stream_with_one_error() {
     let mut results = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(r) = out.message().await.unwrap() {
+            let r = SubmitResult::decode(r.as_slice()).unwrap();
             results.push(r.result.unwrap());
         }
     })
@@ -342,39 +333,6 @@ async fn a_malformed_frame_ends_the_submit_stream_with_one_error() {
         panic!("{:?}", results[2]);
     };
     assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
-}
-
-/// Raw bytes out, raw bytes back.
-#[derive(Clone, Default)]
-struct BytesCodec;
-struct BytesDecoder;
-
-impl tonic::codec::Decoder for BytesDecoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use bytes::Buf as _;
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
-
-impl tonic::codec::Codec for BytesCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = BytesDecoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> BytesDecoder {
-        BytesDecoder
-    }
 }
 
 #[tokio::test]
@@ -435,7 +393,7 @@ async fn garbage_on_every_rpc_is_invalid_argument_never_internal() {
             grpc.ready().await.unwrap();
             let path = tonic::codegen::http::uri::PathAndQuery::from_static(rpc);
             let code = match grpc
-                .unary(tonic::Request::new(g.clone()), path, BytesCodec)
+                .unary(tonic::Request::new(g.clone()), path, RawCodec)
                 .await
             {
                 Ok(_) => Code::Ok,

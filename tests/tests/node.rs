@@ -6,16 +6,14 @@
 
 use std::sync::Arc;
 
-use blockpost_core::{
-    FixedClock, Identity, Operation, sign_envelope, verify_checkpoint, verify_receipt,
-};
+use blockpost_core::{FixedClock, Identity, sign_envelope, verify_checkpoint, verify_receipt};
 use blockpost_proto::v1::envelope_content::Body;
 use blockpost_proto::v1::messaging_client::MessagingClient;
 use blockpost_proto::v1::{
     EnvelopeContent, GetGatewayInfoRequest, InclusionProofRequest, MessageKind, RegisterBody,
     SignedRequest,
 };
-use blockpost_tests::Sandbox;
+use blockpost_tests::{Sandbox, register_body, sign_register};
 use futures::StreamExt as _;
 use prost::Message as _;
 use tonic::Code;
@@ -99,19 +97,10 @@ fn prost_types_name(encoded: &[u8]) -> String {
 
 fn register(id: &Identity, address: &str, ts: i64) -> SignedRequest {
     let body = RegisterBody {
-        address: address.into(),
-        real_name: format!("{address} AG"),
-        signing_key: id.signing_public().to_vec(),
-        encryption_key: id.encryption_public().to_vec(),
-        evidence_chain: vec![],
         timestamp_ms: ts,
-    }
-    .encode_to_vec();
-    SignedRequest {
-        signature: Operation::Register.sign(&id.signing, &body),
-        body,
-        second_signature: vec![],
-    }
+        ..register_body(id, address, &format!("{address} AG"))
+    };
+    sign_register(id, &body)
 }
 
 #[tokio::test]

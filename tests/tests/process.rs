@@ -9,12 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blockpost_client::Client;
-use blockpost_core::{Identity, Operation, now_ms, verify_checkpoint};
+use blockpost_core::{Identity, verify_checkpoint};
 use blockpost_node::free_port;
 use blockpost_proto::v1::directory_client::DirectoryClient;
-use blockpost_proto::v1::{ConsistencyProofRequest, RegisterBody, SignedRequest};
-use blockpost_tests::{NatsServer, blockpost_bin, wait_for};
-use prost::Message as _;
+use blockpost_proto::v1::{ConsistencyProofRequest, SignedRequest};
+use blockpost_tests::{NatsServer, blockpost_bin, register_body, sign_register, wait_for};
 
 fn spawn_node(data: &Path, port: u16, nats: Option<&NatsServer>) -> Child {
     let mut cmd = Command::new(blockpost_bin().unwrap());
@@ -41,20 +40,7 @@ async fn wait_ready(endpoint: &str, state: &Path) -> Client {
 }
 
 fn signed(address: &str, id: &Identity) -> SignedRequest {
-    let body = RegisterBody {
-        address: address.into(),
-        real_name: format!("{address} AG"),
-        signing_key: id.signing_public().to_vec(),
-        encryption_key: id.encryption_public().to_vec(),
-        evidence_chain: vec![],
-        timestamp_ms: now_ms(),
-    }
-    .encode_to_vec();
-    SignedRequest {
-        signature: Operation::Register.sign(&id.signing, &body),
-        body,
-        second_signature: vec![],
-    }
+    sign_register(id, &register_body(id, address, &format!("{address} AG")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

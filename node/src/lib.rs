@@ -42,5 +42,5 @@ pub use config::NodeConfig;
 pub use error::{Error, Result};
 pub use limits::{FD_MARGIN, LimitedConn, ServeLimits};
 pub use nats::{LocalNats, free_port, reap_stale};
-pub use node::Node;
+pub use node::{Node, Serving};
 pub use serve::{health_routes, serve, serve_with};

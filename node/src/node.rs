@@ -145,6 +145,32 @@ impl Node {
         serve_with(listener, self.routes(), &limits, shutdown).await
     }
 
+    /// Serves every service on `listener` from a background task, until
+    /// [`Serving::stop`]: what the benchmarks and the test sandbox run.
+    pub fn serve_in_background(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Serving> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let node = self.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            let served = node.serve(listener, shutdown).await;
+            if let Err(e) = &served {
+                tracing::error!(error = %e, "the gRPC server stopped");
+            }
+            served
+        });
+        Ok(Serving {
+            addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
     /// The config it started from.
     pub fn config(&self) -> &NodeConfig {
         &self.config
@@ -185,6 +211,37 @@ impl Node {
         self.managed
             .as_ref()
             .map(|n| n.lock().unwrap_or_else(|e| e.into_inner()).reader_auth())
+    }
+}
+
+/// A node serving in a background task ([`Node::serve_in_background`]).
+pub struct Serving {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Serving {
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for clients.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving (gracefully) and waits for the server to end.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.map_err(|e| {
+            Error::Io(std::io::Error::other(format!(
+                "the gRPC server task failed: {e}"
+            )))
+        })?
     }
 }
 

@@ -28,7 +28,7 @@ use blockpost_client::Client;
 use blockpost_core::{Clock, Identity, Operation, SystemClock, now_ms};
 use blockpost_directory::Directory;
 use blockpost_messaging::Gateway;
-use blockpost_node::{LocalNats, NatsAuth, Node, NodeConfig};
+use blockpost_node::{LocalNats, NatsAuth, Node, NodeConfig, Serving};
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use blockpost_proto::v1::{RegisterBody, SignedRequest};
 use prost::Message as _;
@@ -110,8 +110,7 @@ pub struct Sandbox {
     pub data_dir: PathBuf,
     /// Where clients made by [`Sandbox::client`] keep their state.
     pub client_dir: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    serving: Serving,
     _tmp: TempDir,
 }
 
@@ -164,16 +163,8 @@ impl Sandbox {
             .context("the sandbox needs the gateway enabled")?
             .clone();
         let listener = tokio::net::TcpListener::bind(listen).await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let n = node.clone();
-        let server = tokio::spawn(async move {
-            let _ = n
-                .serve(listener, async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
+        let serving = node.serve_in_background(listener)?;
+        let endpoint = serving.endpoint();
         let client_dir = tmp.path().join("client");
         Ok(Self {
             node,
@@ -183,8 +174,7 @@ impl Sandbox {
             endpoint,
             data_dir,
             client_dir,
-            stop: Some(stop),
-            server: Some(server),
+            serving,
             _tmp: tmp,
         })
     }
@@ -211,13 +201,8 @@ impl Sandbox {
     }
 
     /// Stops serving and returns the parts that outlive the node.
-    pub async fn stop(mut self) -> (NatsServer, TempDir) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.server.take() {
-            let _ = h.await;
-        }
+    pub async fn stop(self) -> (NatsServer, TempDir) {
+        let _ = self.serving.stop().await;
         (self.nats, self._tmp)
     }
 

@@ -25,12 +25,11 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     }
 }
 
-/// A node in process for a benchmark, serving on an ephemeral port until dropped.
+/// A node in process for a benchmark, serving on an ephemeral port until stopped.
 pub(crate) struct BenchNode {
     pub node: std::sync::Arc<blockpost_node::Node>,
     pub endpoint: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    serving: blockpost_node::Serving,
     _tmp: tempfile::TempDir,
 }
 
@@ -52,33 +51,17 @@ impl BenchNode {
         cfg.messaging.enabled = messaging;
         let node = std::sync::Arc::new(blockpost_node::Node::start(cfg).await?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let n = node.clone();
-        let server = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = n.serve(listener, shutdown).await {
-                tracing::error!(error = %e, "bench node stopped");
-            }
-        });
+        let serving = node.serve_in_background(listener)?;
         Ok(Self {
+            endpoint: serving.endpoint(),
             node,
-            endpoint,
-            stop: Some(stop),
-            server: Some(server),
+            serving,
             _tmp: tmp,
         })
     }
 
     /// Stops serving.
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(h) = self.server.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
-        }
+    pub async fn stop(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.serving.stop()).await;
     }
 }

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use blockpost_core::{
-    Address, Binding, Identity, Operation, VerifiedCheckpoint, authorize_entry, now_ms,
-    verify_checkpoint, verify_history,
+    Address, Binding, Identity, Operation, VerifiedCheckpoint, authorize_entry,
+    normalize_real_name, now_ms, verify_checkpoint, verify_history,
 };
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use blockpost_proto::v1::{
@@ -279,7 +279,8 @@ impl Client {
     ) -> Result<VerifiedEntry> {
         let body = RegisterBody {
             address: address.into(),
-            real_name: real_name.into(),
+            // The directory takes names in Unicode NFC: normalise before signing.
+            real_name: normalize_real_name(real_name),
             signing_key: id.signing_public().to_vec(),
             encryption_key: id.encryption_public().to_vec(),
             evidence_chain: evidence.map(|(c, _)| c.to_vec()).unwrap_or_default(),

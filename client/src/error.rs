@@ -1,5 +1,6 @@
 //! The client's error type: what the node refused, and every way an answer can fail
-//! verification, each its own variant.
+//! verification, each its own variant. The check that failed is the error's `source()`,
+//! not repeated in its message (`{:#}` with anyhow prints the whole chain once).
 
 use blockpost_core::Error as CoreError;
 
@@ -27,13 +28,13 @@ pub enum Error {
     #[error("refused by the node: {:?}: {}", .0.code(), .0.message())]
     Status(Box<tonic::Status>),
     /// A checkpoint whose signature does not verify with the pinned log key.
-    #[error("checkpoint from the directory: {0}")]
+    #[error("checkpoint from the directory does not verify")]
     CheckpointSignature(#[source] CoreError),
     /// A checkpoint that does not extend the newest one this client verified before.
-    #[error("the directory's log is not consistent with what it showed before: {0}")]
+    #[error("the directory's log is not consistent with what it showed before")]
     InconsistentCheckpoint(#[source] CoreError),
     /// An entry whose inclusion proof does not lead to the checkpoint.
-    #[error("entry {index} is not in the log the directory signed: {source}")]
+    #[error("entry {index} is not in the log the directory signed")]
     BadProof {
         /// Leaf index.
         index: u64,
@@ -41,7 +42,7 @@ pub enum Error {
         source: CoreError,
     },
     /// An entry that does not decode or is not authorised by its signed request.
-    #[error("directory entry {index} is not valid: {source}")]
+    #[error("directory entry {index} is not valid")]
     BadEntry {
         /// Leaf index.
         index: u64,
@@ -49,7 +50,7 @@ pub enum Error {
         source: CoreError,
     },
     /// An address's entries that do not form one authorised chain.
-    #[error("history of {address} is broken: {source}")]
+    #[error("history of {address} is broken")]
     BrokenHistory {
         /// The address.
         address: String,
@@ -75,10 +76,10 @@ pub enum Error {
     #[error("unexpected answer from the node: {0}")]
     UnexpectedAnswer(String),
     /// A receipt that does not verify or is for another message.
-    #[error("receipt from the gateway: {0}")]
+    #[error("receipt from the gateway does not verify")]
     Receipt(#[source] CoreError),
     /// A message whose sender signature or rules do not check out.
-    #[error("envelope from {sender}: {source}")]
+    #[error("envelope from {sender} does not verify")]
     BadEnvelope {
         /// The claimed sender.
         sender: String,
@@ -89,7 +90,7 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
     /// A key file that cannot be read, written or decrypted.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     KeyFile {
         /// The key file.
         path: String,
@@ -100,7 +101,7 @@ pub enum Error {
     #[error("evidence signer: {0}")]
     EvidenceSigner(String),
     /// The caller's callback failed to write its output.
-    #[error("output: {0}")]
+    #[error("cannot write the output")]
     Output(#[source] std::io::Error),
     /// Another core check (addresses, sealing).
     #[error(transparent)]

@@ -83,7 +83,7 @@ pub enum DirectoryCmd {
 }
 
 async fn connect(conn: &Conn) -> anyhow::Result<Client> {
-    Ok(Client::connect(&conn.endpoint, &config_dir()).await?)
+    Ok(Client::connect_with(&conn.endpoint, &config_dir(), &conn.options()).await?)
 }
 
 /// Runs one directory command.

@@ -43,9 +43,28 @@ pub struct Conn {
         default_value = "http://127.0.0.1:7700"
     )]
     endpoint: String,
+    /// With an https:// endpoint: verify the node's certificate against the CA
+    /// certificates in this PEM file (for instance the node's keys/ca.pem), instead of
+    /// pinning its key on first contact.
+    #[arg(long, env = "BLOCKPOST_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// With an https:// endpoint: the node's TLS key pin (sha256:HEX, as `blockpost up`
+    /// logs it), required from the first contact on.
+    #[arg(long, env = "BLOCKPOST_TLS_PIN", value_name = "PIN")]
+    tls_pin: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+impl Conn {
+    /// How to verify the node's TLS certificate.
+    pub fn options(&self) -> blockpost_client::ConnectOptions {
+        blockpost_client::ConnectOptions {
+            tls_ca: self.tls_ca.clone(),
+            tls_pin: self.tls_pin.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]

@@ -139,7 +139,8 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
         } => {
             let me = address_for(&key, from, "--from")?;
             let id = read_key(&key)?;
-            let mut m = Messenger::connect(&conn.endpoint, &config_dir()).await?;
+            let mut m =
+                Messenger::connect_with(&conn.endpoint, &config_dir(), &conn.options()).await?;
             let json = conn.json;
             let n = m
                 .inbox(&id, me.as_str(), follow, |r| render::received(r, json))
@@ -156,7 +157,8 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
             follow,
             conn,
         } => {
-            let mut m = Messenger::connect(&conn.endpoint, &config_dir()).await?;
+            let mut m =
+                Messenger::connect_with(&conn.endpoint, &config_dir(), &conn.options()).await?;
             let json = conn.json;
             m.firehose(from_seq, follow, |r| render::received(r, json))
                 .await?;
@@ -177,7 +179,8 @@ async fn send(
         Address::parse(r)?;
     }
     let id = read_key(&m.key)?;
-    let mut messenger = Messenger::connect(&m.conn.endpoint, &config_dir()).await?;
+    let mut messenger =
+        Messenger::connect_with(&m.conn.endpoint, &config_dir(), &m.conn.options()).await?;
     let out = Outgoing {
         from: from.as_str(),
         to: &m.to,

@@ -12,15 +12,26 @@ use crate::say;
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct UpArgs {
     /// TOML config file (top level: `listen`, `nats`, `data_dir`; tables `[directory]`,
-    /// `[messaging]`).
+    /// `[messaging]`, `[limits]`, `[tls]`).
     #[arg(long, env = "BLOCKPOST_CONFIG")]
     pub config: Option<PathBuf>,
     /// Data directory (log, keys, NATS store when NATS is managed here).
     #[arg(long, env = "BLOCKPOST_DATA")]
     pub data: Option<PathBuf>,
-    /// gRPC listen address.
+    /// gRPC listen address. Off loopback the port speaks TLS: the operator's certificate
+    /// (--tls-cert, --tls-key) or one the node issues from its directory CA.
     #[arg(long, env = "BLOCKPOST_LISTEN")]
     pub listen: Option<String>,
+    /// TLS certificate chain, PEM (`[tls] cert`); with --tls-key.
+    #[arg(long, env = "BLOCKPOST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM (`[tls] key`); with --tls-cert.
+    #[arg(long, env = "BLOCKPOST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A name (DNS name or IP address) for the self-issued TLS certificate (`[tls] names`;
+    /// repeatable).
+    #[arg(long = "tls-name", value_name = "NAME")]
+    pub tls_names: Vec<String>,
     /// NATS server URL; without it a local nats-server is started and managed.
     #[arg(long, env = "BLOCKPOST_NATS")]
     pub nats: Option<String>,
@@ -66,6 +77,11 @@ impl UpArgs {
         if self.nats.is_some() {
             c.nats = self.nats.clone();
         }
+        if self.tls_cert.is_some() {
+            c.tls.cert = self.tls_cert.clone();
+            c.tls.key = self.tls_key.clone();
+        }
+        c.tls.names.extend(self.tls_names.iter().cloned());
         if self.nats_credentials.is_some() {
             c.nats_credentials = self.nats_credentials.clone();
         }
@@ -96,7 +112,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let info = node.directory().info();
     let c = node.config();
-    say!("blockpost node listening on {}", listener.local_addr()?);
+    let scheme = if node.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    say!(
+        "blockpost node listening on {scheme}://{}",
+        listener.local_addr()?
+    );
     say!("  data      {}", node.data_dir().root().display());
     say!(
         "  nats      {}{}",
@@ -110,6 +134,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     say!("  log       {}", info.origin);
     say!("  log key   {}", info.verifier_key);
     say!("  entries   {}", node.directory().size());
+    if let Some(t) = node.tls() {
+        let whose = if t.self_issued {
+            format!(
+                "self-issued by the directory CA ({})",
+                node.data_dir().ca_cert().display()
+            )
+        } else {
+            "the operator's".to_owned()
+        };
+        say!("  tls       {whose}; key pin {}", t.pin);
+    }
     if let Some(g) = node.gateway() {
         say!("  receipts  {}", hex::encode(g.info().receipt_key));
         say!(

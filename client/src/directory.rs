@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 use crate::error::PinnedKeyChanged;
-use crate::{Error, Result};
+use crate::transport::{self, Connection};
+use crate::{ConnectOptions, Error, Result};
 
 /// Signs bytes with the key of an evidence certificate.
 pub type EvidenceSigner<'a> = dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, String> + 'a;
@@ -76,27 +77,32 @@ pub fn config_dir() -> PathBuf {
 }
 
 impl Client {
-    /// Connects, fetches the node's identity and pins its log key on first use.
+    /// Connects, fetches the node's identity and pins its log key on first use (and, over
+    /// TLS, the key of its certificate: see [`ConnectOptions`]).
     pub async fn connect(endpoint: &str, state_dir: &Path) -> Result<Self> {
-        let url = if endpoint.contains("://") {
-            endpoint.to_owned()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = Channel::from_shared(url.clone())
-            .map_err(|e| Error::BadEndpoint {
-                endpoint: endpoint.to_owned(),
-                why: e.to_string(),
-            })?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| Error::Unreachable {
-                endpoint: url.clone(),
-                why: e.to_string(),
-            })?;
+        Self::connect_with(endpoint, state_dir, &ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with TLS options.
+    pub async fn connect_with(
+        endpoint: &str,
+        state_dir: &Path,
+        opts: &ConnectOptions,
+    ) -> Result<Self> {
+        let Connection { channel, url } = transport::connect(endpoint, state_dir, opts).await?;
         let mut grpc = DirectoryClient::new(channel.clone()).max_decoding_message_size(64 << 20);
-        let info = grpc.get_info(GetInfoRequest {}).await?.into_inner();
+        let info = match grpc.get_info(GetInfoRequest {}).await {
+            Ok(r) => r.into_inner(),
+            // A status made here from a transport error (it has a source; the node's own
+            // answers do not): not a node, or a TLS port spoken to in plaintext.
+            Err(s) if std::error::Error::source(&s).is_some() => {
+                return Err(Error::Unreachable {
+                    why: transport::unreachable_why(&url, &s),
+                    endpoint: url,
+                });
+            }
+            Err(s) => return Err(s.into()),
+        };
         let name: String = url
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })

@@ -24,6 +24,30 @@ pub enum Error {
         /// The transport's complaint.
         why: String,
     },
+    /// The TLS settings or the node's certificate are not usable.
+    #[error("TLS to {endpoint}: {why}")]
+    Tls {
+        /// The endpoint.
+        endpoint: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The node presents another TLS key than the one pinned (given, or recorded on first
+    /// contact).
+    #[error(
+        "the node at {endpoint} now presents TLS key {presented}, but {pin_file} pinned {pinned}: \
+         refusing to connect (delete that pin only if the operator announced a new key)"
+    )]
+    PinnedTlsKeyChanged {
+        /// The endpoint.
+        endpoint: String,
+        /// The key it presented (`sha256:HEX` of its SubjectPublicKeyInfo).
+        presented: String,
+        /// The pinned key.
+        pinned: String,
+        /// Where the pin came from.
+        pin_file: String,
+    },
     /// The node answered with an error status.
     #[error("refused by the node: {:?}: {}", .0.code(), .0.message())]
     Status(Box<tonic::Status>),

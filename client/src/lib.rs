@@ -13,6 +13,8 @@
 //!   checkpoints.
 //! - `messaging`: [`Messenger`], send (optionally HPKE-encrypted) and check receipts, read
 //!   the inbox and the firehose.
+//! - `transport`: [`ConnectOptions`]: plaintext on loopback, TLS verified against a CA
+//!   or a key pinned on first contact.
 //! - `keyfile`: [`read_key_file`], [`write_key_file`]: encrypted PKCS#8 key files, 0600.
 //! - `error`: [`Error`].
 //!
@@ -29,8 +31,10 @@ mod directory;
 mod error;
 mod keyfile;
 mod messaging;
+mod transport;
 
 pub use directory::{Client, EvidenceSigner, VerifiedEntry, config_dir};
 pub use error::{Error, PinnedKeyChanged, Result};
 pub use keyfile::{read_key_file, write_key_file};
 pub use messaging::{Messenger, Outgoing, Received};
+pub use transport::{ConnectOptions, tls_pin_of};

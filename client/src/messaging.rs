@@ -73,7 +73,16 @@ pub struct Messenger {
 impl Messenger {
     /// Connects to a node.
     pub async fn connect(endpoint: &str, state_dir: &std::path::Path) -> Result<Self> {
-        let directory = Client::connect(endpoint, state_dir).await?;
+        Self::connect_with(endpoint, state_dir, &crate::ConnectOptions::default()).await
+    }
+
+    /// [`Messenger::connect`] with TLS options.
+    pub async fn connect_with(
+        endpoint: &str,
+        state_dir: &std::path::Path,
+        opts: &crate::ConnectOptions,
+    ) -> Result<Self> {
+        let directory = Client::connect_with(endpoint, state_dir, opts).await?;
         let mut grpc =
             MessagingClient::new(directory.channel()).max_decoding_message_size(64 << 20);
         let info = grpc

@@ -8,8 +8,8 @@ use blockpost_storage::write_atomic;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ED25519, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, PublicKeyData, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -124,6 +124,46 @@ impl Ca {
             .signed_by(&Ed25519Public(s.signing_key), &self.issuer)
             .map_err(cerr)?;
         Ok(cert.der().to_vec())
+    }
+}
+
+impl Ca {
+    /// Issues a TLS server certificate for the node's own gRPC port: subject key `key` (an
+    /// ed25519 key), `names` as DNS or IP subject alternative names, extended key usage
+    /// serverAuth, valid from `not_before` for [`CERT_VALIDITY`]. Returns the chain as PEM,
+    /// the certificate and then the CA certificate, as a TLS server hands it out.
+    pub fn issue_server(
+        &self,
+        key: [u8; 32],
+        names: &[String],
+        not_before: OffsetDateTime,
+    ) -> Result<String> {
+        let cerr = |e: rcgen::Error| Error::Certificate(e.to_string());
+        let first = names
+            .first()
+            .ok_or_else(|| Error::Certificate("a server certificate needs a name".into()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, first);
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n.as_str().try_into().map(SanType::DnsName),
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Certificate(format!("server name: {e}")))?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = not_before;
+        params.not_after = not_before + CERT_VALIDITY;
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&Ed25519Public(key), &self.issuer)
+            .map_err(cerr)?;
+        Ok(format!("{}{}", cert.pem(), self.cert_pem))
     }
 }
 

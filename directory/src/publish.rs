@@ -5,7 +5,7 @@
 //! stopped from the stream itself (the last entry's index header), publishes what is
 //! missing with the leaf index as de-duplication id, and retries after NATS outages.
 
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::service::Inner;
 
 pub(crate) async fn run(
-    inner: Arc<Inner>,
+    inner: Weak<Inner>,
     client: async_nats::Client,
     mut changed: watch::Receiver<u64>,
 ) {
@@ -25,7 +25,13 @@ pub(crate) async fn run(
     // How far this publisher knows the stream holds the log, from its own acks.
     let mut published = 0u64;
     loop {
-        match publish_missing(&inner, &js, &mut published).await {
+        // Ends once the directory is dropped.
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let outcome = publish_missing(&strong, &js, &mut published).await;
+        drop(strong);
+        match outcome {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
                 if changed.changed().await.is_err() {

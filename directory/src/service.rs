@@ -94,10 +94,12 @@ impl Directory {
             .await
             .map_err(|e| Error::Config(format!("start-up task failed: {e}")))??;
         let inner = Arc::new(inner);
-        tokio::spawn(sequencer(inner.clone(), rx));
+        // The tasks hold the directory weakly: when its last handle is dropped, the log
+        // (and its lock) is closed and they end.
+        tokio::spawn(sequencer(Arc::downgrade(&inner), rx));
         if let Some(client) = nats {
             tokio::spawn(crate::publish::run(
-                inner.clone(),
+                Arc::downgrade(&inner),
                 client,
                 inner.changed.subscribe(),
             ));
@@ -155,6 +157,19 @@ impl Directory {
             ca_certificate_pem: self.inner.ca.cert_pem().to_owned(),
             require_verified: self.inner.config.require_verified,
         }
+    }
+
+    /// A TLS server certificate for the node's gRPC port, issued by the directory CA for
+    /// `key` (ed25519) and `names` (DNS names or IP addresses): PEM, the certificate and
+    /// then the CA certificate.
+    pub fn issue_server_certificate(&self, key: [u8; 32], names: &[String]) -> Result<String> {
+        let now = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(self.inner.clock.now_ms()) * 1_000_000,
+        )
+        .map_err(|e| Error::Certificate(format!("clock: {e}")))?;
+        self.inner
+            .ca
+            .issue_server(key, names, now - time::Duration::hours(1))
     }
 
     /// The NATS namespace of this log: its streams and subjects.
@@ -649,9 +664,12 @@ fn check_len(field: &'static str, len: usize, limit: usize) -> Result<()> {
     Ok(())
 }
 
-async fn sequencer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending>) {
-    let max = inner.config.max_batch.max(1);
+async fn sequencer(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Pending>) {
     while let Some(first) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let max = inner.config.max_batch.max(1);
         let mut batch = Vec::with_capacity(64);
         batch.push(first);
         while batch.len() < max {

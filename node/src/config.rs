@@ -11,6 +11,9 @@
 //!
 //! [messaging]
 //! max_block_delay_ms = 10000
+//!
+//! [tls]                               # off loopback TLS is required; default: self-issued
+//! names = ["node.example.org"]
 //! ```
 
 use std::net::SocketAddr;
@@ -20,7 +23,7 @@ use blockpost_directory::DirectoryConfig;
 use blockpost_messaging::MessagingConfig;
 use serde::Deserialize;
 
-use crate::{Error, Result, ServeLimits};
+use crate::{Error, Result, ServeLimits, TlsConfig};
 
 /// Everything a node needs to start.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -41,6 +44,8 @@ pub struct NodeConfig {
     pub messaging: MessagingConfig,
     /// `[limits]`: connections and timeouts of the gRPC server.
     pub limits: ServeLimits,
+    /// `[tls]`: TLS on the gRPC port (required off loopback).
+    pub tls: TlsConfig,
 }
 
 impl Default for NodeConfig {
@@ -53,6 +58,7 @@ impl Default for NodeConfig {
             directory: DirectoryConfig::default(),
             messaging: MessagingConfig::default(),
             limits: ServeLimits::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -80,6 +86,7 @@ impl NodeConfig {
             directory: DirectoryConfig::for_test(),
             messaging: MessagingConfig::default(),
             limits: ServeLimits::default(),
+            tls: TlsConfig::default(),
         }
     }
 
@@ -90,6 +97,7 @@ impl NodeConfig {
             .parse()
             .map_err(|_| Error::Config(format!("listen {:?} is not HOST:PORT", self.listen)))?;
         self.messaging.validate().map_err(Error::Config)?;
+        self.tls.validate(&listen)?;
         if self.directory.max_batch == 0 {
             return Err(Error::Config(
                 "directory.max_batch must be at least 1".into(),

@@ -11,6 +11,8 @@
 //! - `serve`: [`serve`], one gRPC server for all routes, with health and reflection.
 //! - `limits`: [`ServeLimits`]: connection limit, handshake and idle timeouts, keep-alive,
 //!   and the open-file limit raised to fit them.
+//! - `tls`: [`TlsConfig`], TLS on the gRPC port: required off loopback, the operator's
+//!   certificate or one the node issues from its CA.
 //! - `nats`: [`LocalNats`], a managed `nats-server` child process.
 //! - `auth`: [`NatsAuth`], credentials for NATS; the managed server's users
 //!   ([`ManagedCredentials`]): the node's own, and a read-only one for auditors.
@@ -33,6 +35,7 @@ mod limits;
 mod nats;
 mod node;
 mod serve;
+mod tls;
 
 pub use auth::{
     MANAGED_MAX_PAYLOAD, ManagedCredentials, NODE_USER, NatsAuth, READER_INBOX_PREFIX, READER_USER,
@@ -44,3 +47,4 @@ pub use limits::{FD_MARGIN, LimitedConn, ServeLimits};
 pub use nats::{LocalNats, free_port, reap_stale};
 pub use node::{Node, Serving};
 pub use serve::{health_routes, serve, serve_with};
+pub use tls::{ServerTls, TlsConfig, TlsMode, certificate_pin};

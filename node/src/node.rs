@@ -13,7 +13,7 @@ use blockpost_messaging::Gateway;
 use blockpost_storage::{DataDir, load_or_create_key};
 use tonic::service::Routes;
 
-use crate::{Error, LocalNats, NatsAuth, NodeConfig, Result, serve_with};
+use crate::{Error, LocalNats, NatsAuth, NodeConfig, Result, ServerTls, serve_with};
 
 /// A running node: the directory and the messaging gateway, over NATS JetStream.
 pub struct Node {
@@ -28,6 +28,8 @@ pub struct Node {
     supervisor: Option<tokio::task::JoinHandle<()>>,
     _health: tonic_health::server::HealthReporter,
     health: Routes,
+    /// TLS on the gRPC port, unless it serves plaintext (loopback only).
+    tls: Option<ServerTls>,
     /// Held for the node's lifetime: one node per data directory.
     _lock: File,
 }
@@ -40,7 +42,7 @@ impl Node {
 
     /// Starts a node whose services read time from `clock`.
     pub async fn start_with_clock(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Self> {
-        config.validate()?;
+        let listen = config.validate()?;
         let data = DataDir::new(&config.data_dir);
         // Lock the data dir before touching anything in it (such as a nats-server left by a
         // killed node, which must not be a running node's).
@@ -86,6 +88,20 @@ impl Node {
             Some(nats.clone()),
         )
         .await?;
+        let tls = crate::tls::server_tls(
+            &config.tls,
+            &listen,
+            config.limits.handshake_timeout(),
+            &data,
+            &directory,
+        )?;
+        if let Some(t) = &tls {
+            tracing::info!(
+                pin = %t.pin,
+                self_issued = t.self_issued,
+                "the gRPC port speaks TLS; clients pin this key on first contact"
+            );
+        }
         let client = nats.clone();
         let mut services = vec!["blockpost.v1.Directory"];
         let gateway = if config.messaging.enabled {
@@ -117,6 +133,7 @@ impl Node {
             supervisor,
             _health: health_reporter,
             health,
+            tls,
             _lock: lock,
         })
     }
@@ -134,7 +151,9 @@ impl Node {
     }
 
     /// Serves every service on `listener` until `shutdown` completes, under the config's
-    /// `[limits]`, fitted to the open-file limit.
+    /// `[limits]`, fitted to the open-file limit, and over TLS when the config asks for it
+    /// (see [`Node::tls`]). The listener is the caller's: a node that speaks plaintext
+    /// because its config listens on loopback must be given a loopback listener.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
@@ -142,7 +161,22 @@ impl Node {
     ) -> Result<()> {
         let mut limits = self.config.limits.clone();
         limits.fit_to_open_files();
-        serve_with(listener, self.routes(), &limits, shutdown).await
+        let local = listener.local_addr()?;
+        if self.tls.is_none() && !local.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "refusing to serve plaintext on {local}: off loopback the gRPC port requires TLS \
+                 (listen = {:?} in the config decides)",
+                self.config.listen
+            )));
+        }
+        serve_with(
+            listener,
+            self.routes(),
+            &limits,
+            self.tls.as_ref().map(|t| t.config.clone()),
+            shutdown,
+        )
+        .await
     }
 
     /// Serves every service on `listener` from a background task, until
@@ -152,6 +186,7 @@ impl Node {
         listener: tokio::net::TcpListener,
     ) -> Result<Serving> {
         let addr = listener.local_addr()?;
+        let tls = self.tls.is_some();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let node = self.clone();
         let task = tokio::spawn(async move {
@@ -166,6 +201,7 @@ impl Node {
         });
         Ok(Serving {
             addr,
+            tls,
             stop: Some(stop),
             task,
         })
@@ -189,6 +225,12 @@ impl Node {
     /// The messaging gateway, unless `[messaging] enabled = false`.
     pub fn gateway(&self) -> Option<&Gateway> {
         self.gateway.as_ref()
+    }
+
+    /// TLS on the gRPC port: the certificate chain and the pin clients check; `None` when
+    /// it serves plaintext (on loopback only).
+    pub fn tls(&self) -> Option<&ServerTls> {
+        self.tls.as_ref()
     }
 
     /// The NATS server it uses.
@@ -217,6 +259,7 @@ impl Node {
 /// A node serving in a background task ([`Node::serve_in_background`]).
 pub struct Serving {
     addr: std::net::SocketAddr,
+    tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -227,9 +270,18 @@ impl Serving {
         self.addr
     }
 
-    /// `http://ADDR`, for clients.
+    /// `http://ADDR`, or `https://ADDR` over TLS, for clients on this machine (an
+    /// unspecified listen address, such as `0.0.0.0`, becomes loopback).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("{scheme}://{addr}")
     }
 
     /// Stops serving (gracefully) and waits for the server to end.

@@ -17,11 +17,12 @@ pub async fn serve(
     routes: Routes,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    serve_with(listener, routes, &ServeLimits::default(), shutdown).await
+    serve_with(listener, routes, &ServeLimits::default(), None, shutdown).await
 }
 
 /// Serves `routes` on `listener` until `shutdown` completes, under `limits` (connections,
-/// handshake and idle timeouts, HTTP/2 keep-alive, streams per connection), with the
+/// handshake and idle timeouts, HTTP/2 keep-alive, streams per connection), over TLS when
+/// `tls` is given (handshakes run concurrently, each under the handshake timeout), with the
 /// standard gRPC health service (`grpc.health.v1.Health`; `routes` decides what it reports,
 /// see [`health_routes`]) and server reflection (v1 and v1alpha), so that `grpcurl` lists
 /// and calls every method without the `.proto` files.
@@ -29,6 +30,7 @@ pub async fn serve_with(
     listener: tokio::net::TcpListener,
     routes: Routes,
     limits: &ServeLimits,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let reflection = |e: tonic_reflection::server::Error| Error::Config(format!("reflection: {e}"));
@@ -46,7 +48,13 @@ pub async fn serve_with(
     // Accepted sockets get TCP_NODELAY (without it, small responses wait on delayed ACKs:
     // tens of ms each), a connection permit and a handshake deadline.
     let keepalive = Duration::from_millis(limits.keepalive_ms.max(1));
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| Error::Config(format!("tls: {e}")))?;
+    }
+    server
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
         .max_concurrent_streams(limits.max_streams_per_connection.max(1))

@@ -8,6 +8,8 @@
 //!   keys/ca.key          directory CA key: signs certificates (PKCS#8, 0600)
 //!   keys/ca.pem          directory CA certificate
 //!   keys/gateway.key     gateway key: signs receipts (PKCS#8, 0600)
+//!   keys/tls.key         the gRPC port's TLS key, when the node issues its own certificate
+//!   keys/tls.pem         that certificate, then the CA certificate (reissued at each start)
 //!   log/entries          directory log leaves (record file)
 //!   log/checkpoint       newest directory checkpoint handed out
 //!   log/LOCK             one writer per log
@@ -69,6 +71,16 @@ impl DataDir {
     /// `keys/gateway.key`.
     pub fn gateway_key(&self) -> PathBuf {
         self.keys().join("gateway.key")
+    }
+
+    /// `keys/tls.key`: the TLS key of a self-issued server certificate.
+    pub fn tls_key(&self) -> PathBuf {
+        self.keys().join("tls.key")
+    }
+
+    /// `keys/tls.pem`: the self-issued server certificate chain.
+    pub fn tls_cert(&self) -> PathBuf {
+        self.keys().join("tls.pem")
     }
 
     /// `log/`: the directory's tree log.

@@ -40,7 +40,7 @@ pub(crate) struct Inner {
     pub(crate) ns: wire::Namespace,
     pub(crate) limits: EnvelopeLimits,
     /// Largest envelope NATS takes in one message (its `max_payload`, less room for headers).
-    max_envelope: usize,
+    pub(crate) max_envelope: usize,
     clock: Arc<dyn Clock>,
     verifier: BatchVerifier,
     key: SigningKey,
@@ -170,7 +170,7 @@ impl Gateway {
         let replica = &self.inner.replica;
         let sender = p.sender();
         let s = replica
-            .participant(sender.as_str(), REPLICA_PATIENCE)
+            .participant(sender.as_str(), Some(c.sender_key_index), REPLICA_PATIENCE)
             .await
             .ok_or_else(|| Error::UnknownSender(sender.to_string()))?;
         if s.revoked() {
@@ -189,7 +189,11 @@ impl Gateway {
         }
         for r in p.recipients() {
             let rp = replica
-                .participant(r.as_str(), REPLICA_PATIENCE)
+                .participant(
+                    r.as_str(),
+                    p.recipient_key_index(r.as_str()),
+                    REPLICA_PATIENCE,
+                )
                 .await
                 .ok_or_else(|| Error::UnknownRecipient(r.to_string()))?;
             if rp.revoked() {

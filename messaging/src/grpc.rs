@@ -35,14 +35,16 @@ const STREAM_WINDOW: usize = 256;
 impl Gateway {
     /// The tonic service for this gateway.
     pub fn into_service(self) -> MessagingServer<Self> {
-        // The largest valid envelope and its framing; anything larger is refused by tonic
-        // before it is decoded.
+        // The largest envelope that is valid and fits in one NATS message, with its
+        // framing; anything larger is refused by tonic from its length prefix, before a
+        // byte of it is buffered.
         let limit = self
             .inner
             .config
             .limits()
             .max_content_len()
-            .saturating_add(4096);
+            .saturating_add(4096)
+            .min(self.inner.max_envelope);
         MessagingServer::new(self).max_decoding_message_size(limit)
     }
 }
@@ -230,7 +232,11 @@ async fn verified_delivery(
     // The replica may be a moment behind the directory (after a restart, say).
     let sender = gw
         .replica()
-        .participant(parsed.sender().as_str(), Duration::from_millis(500))
+        .participant(
+            parsed.sender().as_str(),
+            Some(parsed.content().sender_key_index),
+            Duration::from_millis(500),
+        )
         .await
         .ok_or(NotYet("the replica does not know the sender yet"))?;
     let key = sender
@@ -275,7 +281,7 @@ async fn serve_inbox(
     let address = Address::parse(&hello.address)?;
     let p = gw
         .replica()
-        .participant(address.as_str(), Duration::from_millis(500))
+        .participant(address.as_str(), None, Duration::from_millis(500))
         .await
         .ok_or_else(|| Error::InboxDenied(format!("{address} is not registered")))?;
     if p.revoked() {

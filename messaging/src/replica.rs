@@ -29,7 +29,13 @@ pub struct Replica {
     verifier_key: String,
     /// Verified checkpoints not yet fully applied, by size.
     checkpoints: Mutex<BTreeMap<u64, VerifiedCheckpoint>>,
+    /// Requests waiting for the replica to learn of a participant; beyond
+    /// [`MAX_WAITERS`], a request is answered from what the replica knows now.
+    waiters: tokio::sync::Semaphore,
 }
+
+/// Most requests held at once waiting for the replica (each holds its request's bytes).
+pub const MAX_WAITERS: usize = 1024;
 
 /// Most verified checkpoints kept while their entries arrive.
 const MAX_PENDING_CHECKPOINTS: usize = 1024;
@@ -54,6 +60,7 @@ impl Replica {
             conflicts: AtomicU64::new(0),
             verifier_key,
             checkpoints: Mutex::new(BTreeMap::new()),
+            waiters: tokio::sync::Semaphore::new(MAX_WAITERS),
         });
         tokio::spawn(follow(r.clone(), js, ns.clone()));
         r
@@ -76,11 +83,26 @@ impl Replica {
     }
 
     /// The participant, waiting up to `patience` for the replica to learn of it (a
-    /// registration may be a few milliseconds ahead of its NATS copy).
-    pub async fn participant(&self, address: &str, patience: Duration) -> Option<Participant> {
+    /// registration may be a few milliseconds ahead of its NATS copy). It does not wait
+    /// when the caller names the log index of the participant's entry (`at_index`, such
+    /// as an envelope's `sender_key_index`) and the replica has applied that index already,
+    /// nor when [`MAX_WAITERS`] requests are waiting: an unknown participant costs a
+    /// look-up, not a held request.
+    pub async fn participant(
+        &self,
+        address: &str,
+        at_index: Option<u64>,
+        patience: Duration,
+    ) -> Option<Participant> {
         if let Some(p) = self.get(address) {
             return Some(p);
         }
+        if at_index.is_some_and(|i| i < self.applied()) {
+            return None;
+        }
+        let Ok(_permit) = self.waiters.try_acquire() else {
+            return None;
+        };
         let mut rx = self.applied.subscribe();
         let deadline = tokio::time::Instant::now() + patience;
         loop {

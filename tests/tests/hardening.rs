@@ -201,7 +201,8 @@ async fn bad_envelopes_are_permanent_refusals_and_never_reach_nats() {
         .unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument, "{}", st.message());
     // Within the gateway's limits (5 x 1.8 MiB), above NATS's 8 MiB max_payload: a
-    // permanent refusal, not a retryable UNAVAILABLE.
+    // permanent refusal, not a retryable UNAVAILABLE, from the gRPC length prefix (the
+    // decode limit is the smaller of the two), before the envelope is buffered.
     let to: Vec<SealTo<'_>> = seal
         .iter()
         .map(|(r, i, k)| SealTo {
@@ -219,8 +220,8 @@ async fn bad_envelopes_are_permanent_refusals_and_never_reach_nats() {
         now,
     );
     let st = m.submit(env).await.unwrap_err();
-    assert_eq!(st.code(), Code::InvalidArgument, "{}", st.message());
-    assert!(st.message().contains("max_payload"), "{}", st.message());
+    assert_eq!(st.code(), Code::OutOfRange, "{}", st.message());
+    assert!(st.message().contains("too large"), "{}", st.message());
     let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
     let mut fh = js
         .get_stream(sb.directory.namespace().firehose_stream())

@@ -70,7 +70,7 @@ fn make_requests(from: usize, n: usize) -> Vec<SignedRequest> {
     })
 }
 
-fn signed_register(i: usize) -> SignedRequest {
+pub(crate) fn signed_register(i: usize) -> SignedRequest {
     let id = Identity::generate();
     let body = RegisterBody {
         address: format!("bench-{i}"),

@@ -1,10 +1,12 @@
 //! `blockpost bench`: load generators against a node started in process, with a summary.
 
+mod attack;
 mod directory;
 mod messages;
 
 use std::time::Duration;
 
+pub use attack::BenchAttackArgs;
 pub use directory::BenchArgs;
 pub use messages::BenchMessagesArgs;
 
@@ -15,6 +17,10 @@ pub enum BenchCmd {
     Directory(BenchArgs),
     /// Accepted envelopes/s and submit-to-receipt latency of the gateway.
     Messages(BenchMessagesArgs),
+    /// The node's memory (in its own process) under the hardening issue's attacks: idle
+    /// connections, GetEntries floods, oversized and unknown-sender envelopes, padded
+    /// requests.
+    Attack(BenchAttackArgs),
 }
 
 /// Runs one benchmark.
@@ -22,6 +28,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
         BenchCmd::Directory(a) => directory::run(a).await,
         BenchCmd::Messages(a) => messages::run(a).await,
+        BenchCmd::Attack(a) => attack::run(a).await,
     }
 }
 

@@ -94,7 +94,16 @@ pub(crate) async fn connect(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned();
+    if opts.tls_ca.is_some() && opts.tls_pin.is_some() {
+        return Err(bad(
+            "give a TLS CA or a TLS pin, not both: the CA verifies chain and name, the pin the key"
+                .into(),
+        ));
+    }
     match uri.scheme_str() {
+        Some("http") if opts.tls_ca.is_some() || opts.tls_pin.is_some() => Err(bad(
+            "TLS options were given for a plaintext http:// endpoint; use https://".into(),
+        )),
         Some("http") => {
             let channel = Channel::from_shared(url.clone())
                 .map_err(|e| bad(e.to_string()))?
@@ -114,7 +123,7 @@ pub(crate) async fn connect(
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let pin_file = state_dir
                 .join("tls")
-                .join(format!("{}.pin", file_name(&url)));
+                .join(format!("{}.pin", pin_file_name(&host, port)));
             let tls_err = |why: String| Error::Tls {
                 endpoint: url.clone(),
                 why,
@@ -156,9 +165,12 @@ pub(crate) async fn connect(
                     let p = Arc::new(PinVerifier {
                         provider: provider.clone(),
                         pinned: Mutex::new(expected),
+                        candidate: Mutex::new(None),
                         presented_other: Mutex::new(None),
                     });
-                    pins = Some((p.clone(), expected.is_none()));
+                    // Record the pin after this connection when it is new, or given now.
+                    let record = expected.is_none() || given.is_some();
+                    pins = Some((p.clone(), record));
                     p
                 }
             };
@@ -201,14 +213,18 @@ pub(crate) async fn connect(
                             });
                         }
                     }
-                    return Err(Error::Unreachable {
-                        endpoint: url,
-                        why: chain(&e),
-                    });
+                    let mut why = chain(&e);
+                    if why.contains("InvalidContentType") {
+                        why.push_str(
+                            " (the port answered in plaintext: a node on loopback speaks http://)",
+                        );
+                    }
+                    return Err(Error::Unreachable { endpoint: url, why });
                 }
             };
             if let Some((p, true)) = &pins {
-                // First contact: remember the key the node proved it holds.
+                // First contact (or a pin given now): remember the key the node proved it
+                // holds.
                 if let Some(seen) = *p.pinned.lock().unwrap_or_else(|e| e.into_inner()) {
                     write_pin(&pin_file, &seen)?;
                 }
@@ -244,10 +260,19 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn file_name(url: &str) -> String {
-    url.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
+/// `HOST_PORT` with the host in lower case and every byte other than `[a-z0-9.-]`
+/// percent-encoded: one file per endpoint however it is spelled, and never two endpoints
+/// in one file.
+fn pin_file_name(host: &str, port: u16) -> String {
+    let mut s = String::new();
+    for b in host.to_ascii_lowercase().bytes() {
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' {
+            s.push(char::from(b));
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{s}_{port}")
 }
 
 fn read_pin(path: &Path) -> Result<Option<[u8; 32]>> {
@@ -272,19 +297,43 @@ fn write_pin(path: &Path, pin: &[u8; 32]) -> Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(err)?;
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::write(&tmp, format!("{}\n", format_pin(pin))).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// Accepts the server certificate whose key hashes to the pin (the first one it sees when
-/// there is none yet), and checks the handshake signature with that key.
+/// Accepts the server certificate whose key hashes to the pin, and checks the handshake
+/// signature with that key. Without a pin yet, the first key is only a candidate until the
+/// handshake signature proves the peer holds it; then it becomes the pin.
 #[derive(Debug)]
 struct PinVerifier {
     provider: Arc<CryptoProvider>,
     pinned: Mutex<Option<[u8; 32]>>,
+    candidate: Mutex<Option<[u8; 32]>>,
     /// The key a node presented instead of the pinned one.
     presented_other: Mutex<Option<[u8; 32]>>,
+}
+
+impl PinVerifier {
+    /// The peer signed the handshake with `cert`'s key: a candidate with that key becomes
+    /// the pin.
+    fn proved(&self, cert: &CertificateDer<'_>) {
+        let Ok(h) = spki_sha256(cert) else {
+            return;
+        };
+        let mut candidate = self.candidate.lock().unwrap_or_else(|e| e.into_inner());
+        if *candidate == Some(h) {
+            let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+            if pinned.is_none() {
+                *pinned = Some(h);
+            }
+            *candidate = None;
+        }
+    }
 }
 
 impl ServerCertVerifier for PinVerifier {
@@ -301,7 +350,7 @@ impl ServerCertVerifier for PinVerifier {
                 Arc::new(e),
             )))
         })?;
-        let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        let pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
         match *pinned {
             Some(p) if p != h => {
                 *self
@@ -314,7 +363,7 @@ impl ServerCertVerifier for PinVerifier {
             }
             Some(_) => Ok(ServerCertVerified::assertion()),
             None => {
-                *pinned = Some(h);
+                *self.candidate.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
                 Ok(ServerCertVerified::assertion())
             }
         }
@@ -326,12 +375,14 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
+        let ok = rustls::crypto::verify_tls12_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        )?;
+        self.proved(cert);
+        Ok(ok)
     }
 
     fn verify_tls13_signature(
@@ -340,12 +391,14 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
+        let ok = rustls::crypto::verify_tls13_signature(
             message,
             cert,
             dss,
             &self.provider.signature_verification_algorithms,
-        )
+        )?;
+        self.proved(cert);
+        Ok(ok)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -390,6 +443,17 @@ impl tower_service::Service<Uri> for TlsConnect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_pin_file_per_endpoint() {
+        assert_eq!(
+            pin_file_name("Node.Example.org", 7700),
+            "node.example.org_7700"
+        );
+        assert_ne!(pin_file_name("a-b.x", 1), pin_file_name("a.b.x", 1));
+        assert_eq!(pin_file_name("::1", 7700), "%3A%3A1_7700");
+        assert_ne!(pin_file_name("a", 1), pin_file_name("a", 2));
+    }
 
     #[test]
     fn pins_parse_with_or_without_prefix() {

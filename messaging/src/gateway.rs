@@ -25,6 +25,13 @@ const REPLICA_PATIENCE: Duration = Duration::from_millis(500);
 /// Room kept in a NATS message for the headers beside an envelope.
 const HEADER_ROOM: usize = 1024;
 
+fn replica_busy() -> Error {
+    Error::Bus(format!(
+        "{} requests are already waiting for the directory replica to catch up; retry",
+        crate::MAX_WAITERS
+    ))
+}
+
 /// A running gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
@@ -172,6 +179,7 @@ impl Gateway {
         let s = replica
             .participant(sender.as_str(), Some(c.sender_key_index), REPLICA_PATIENCE)
             .await
+            .map_err(|_| replica_busy())?
             .ok_or_else(|| Error::UnknownSender(sender.to_string()))?;
         if s.revoked() {
             return Err(Error::Revoked {
@@ -195,6 +203,7 @@ impl Gateway {
                     REPLICA_PATIENCE,
                 )
                 .await
+                .map_err(|_| replica_busy())?
                 .ok_or_else(|| Error::UnknownRecipient(r.to_string()))?;
             if rp.revoked() {
                 return Err(Error::Revoked {

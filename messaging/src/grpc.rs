@@ -238,6 +238,8 @@ async fn verified_delivery(
             Duration::from_millis(500),
         )
         .await
+        .ok()
+        .flatten()
         .ok_or(NotYet("the replica does not know the sender yet"))?;
     let key = sender
         .key_at(parsed.content().sender_key_index)
@@ -283,6 +285,7 @@ async fn serve_inbox(
         .replica()
         .participant(address.as_str(), None, Duration::from_millis(500))
         .await
+        .map_err(|_| Error::Bus("the directory replica is busy catching up; retry".into()))?
         .ok_or_else(|| Error::InboxDenied(format!("{address} is not registered")))?;
     if p.revoked() {
         return Err(Error::InboxDenied(format!("{address} is revoked")));

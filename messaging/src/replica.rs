@@ -37,6 +37,10 @@ pub struct Replica {
 /// Most requests held at once waiting for the replica (each holds its request's bytes).
 pub const MAX_WAITERS: usize = 1024;
 
+/// [`MAX_WAITERS`] requests are waiting for the replica already: try again shortly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Busy;
+
 /// Most verified checkpoints kept while their entries arrive.
 const MAX_PENDING_CHECKPOINTS: usize = 1024;
 
@@ -82,38 +86,47 @@ impl Replica {
         self.conflicts.load(Ordering::Relaxed)
     }
 
-    /// The participant, waiting up to `patience` for the replica to learn of it (a
-    /// registration may be a few milliseconds ahead of its NATS copy). It does not wait
-    /// when the caller names the log index of the participant's entry (`at_index`, such
-    /// as an envelope's `sender_key_index`) and the replica has applied that index already,
-    /// nor when [`MAX_WAITERS`] requests are waiting: an unknown participant costs a
-    /// look-up, not a held request.
+    /// The participant, waiting up to `patience` for the replica to catch up with it (a
+    /// registration or rotation may be a few milliseconds ahead of its NATS copy).
+    ///
+    /// With `at_index` (the log index of the participant's entry the caller relies on,
+    /// such as an envelope's `sender_key_index`) it waits only while that index is not
+    /// applied yet and the participant it knows is older; without it, only while the
+    /// participant is unknown. At most [`MAX_WAITERS`] requests wait at once: beyond that
+    /// the answer is [`Busy`] (retryable), so an unknown participant costs a look-up, never
+    /// a held request, and a flood of them cannot turn a late replica into refusals.
     pub async fn participant(
         &self,
         address: &str,
         at_index: Option<u64>,
         patience: Duration,
-    ) -> Option<Participant> {
-        if let Some(p) = self.get(address) {
-            return Some(p);
-        }
-        if at_index.is_some_and(|i| i < self.applied()) {
-            return None;
+    ) -> Result<Option<Participant>, Busy> {
+        // `applied` is read before the state: the follower commits the state first.
+        let settled = |applied: u64, p: &Option<Participant>| match at_index {
+            Some(i) => i < applied || p.as_ref().is_some_and(|p| p.current >= i),
+            None => p.is_some(),
+        };
+        let applied = self.applied();
+        let now = self.get(address);
+        if settled(applied, &now) {
+            return Ok(now);
         }
         let Ok(_permit) = self.waiters.try_acquire() else {
-            return None;
+            return Err(Busy);
         };
         let mut rx = self.applied.subscribe();
         let deadline = tokio::time::Instant::now() + patience;
         loop {
+            let applied = self.applied();
+            let p = self.get(address);
+            if settled(applied, &p) {
+                return Ok(p);
+            }
             if tokio::time::timeout_at(deadline, rx.changed())
                 .await
                 .is_err()
             {
-                return self.get(address);
-            }
-            if let Some(p) = self.get(address) {
-                return Some(p);
+                return Ok(self.get(address));
             }
         }
     }

@@ -161,14 +161,7 @@ impl Node {
     ) -> Result<()> {
         let mut limits = self.config.limits.clone();
         limits.fit_to_open_files();
-        let local = listener.local_addr()?;
-        if self.tls.is_none() && !local.ip().is_loopback() {
-            return Err(Error::Config(format!(
-                "refusing to serve plaintext on {local}: off loopback the gRPC port requires TLS \
-                 (listen = {:?} in the config decides)",
-                self.config.listen
-            )));
-        }
+        self.check_listener(&listener)?;
         serve_with(
             listener,
             self.routes(),
@@ -179,12 +172,26 @@ impl Node {
         .await
     }
 
+    /// Refuses a listener off loopback when the node serves plaintext.
+    fn check_listener(&self, listener: &tokio::net::TcpListener) -> Result<()> {
+        let local = listener.local_addr()?;
+        if self.tls.is_none() && !local.ip().is_loopback() {
+            return Err(Error::Config(format!(
+                "refusing to serve plaintext on {local}: off loopback the gRPC port requires TLS \
+                 (listen = {:?} in the config decides)",
+                self.config.listen
+            )));
+        }
+        Ok(())
+    }
+
     /// Serves every service on `listener` from a background task, until
     /// [`Serving::stop`]: what the benchmarks and the test sandbox run.
     pub fn serve_in_background(
         self: &Arc<Self>,
         listener: tokio::net::TcpListener,
     ) -> Result<Serving> {
+        self.check_listener(&listener)?;
         let addr = listener.local_addr()?;
         let tls = self.tls.is_some();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -53,12 +53,13 @@ pub struct TlsConfig {
 }
 
 impl TlsConfig {
-    /// Whether a node listening on `listen` speaks TLS.
+    /// Whether a node listening on `listen` speaks TLS: in `auto` mode, off loopback or
+    /// when the operator gave a certificate.
     pub fn enabled_for(&self, listen: &SocketAddr) -> bool {
         match self.mode {
             TlsMode::On => true,
             TlsMode::Off => false,
-            TlsMode::Auto => !listen.ip().is_loopback(),
+            TlsMode::Auto => !listen.ip().is_loopback() || self.cert.is_some(),
         }
     }
 
@@ -69,6 +70,11 @@ impl TlsConfig {
                  off loopback the gRPC port requires TLS (leave tls.mode at \"auto\", and give \
                  tls.cert and tls.key or let the node issue its own certificate)"
             )));
+        }
+        if self.mode == TlsMode::Off && self.cert.is_some() {
+            return Err(Error::Config(
+                "tls.cert is given but tls.mode = \"off\": remove one of them".into(),
+            ));
         }
         if self.cert.is_some() != self.key.is_some() {
             return Err(Error::Config(

@@ -54,11 +54,14 @@ async fn off_loopback_the_node_speaks_tls_and_clients_pin_its_key() {
     assert_eq!(std::fs::read_to_string(&pins[0]).unwrap().trim(), tls.pin);
     sb.client().await.unwrap().checkpoint().await.unwrap();
 
-    // A pin given up front is required from the first contact on.
+    // A pin given up front is required from the first contact on, and kept for later
+    // contacts without it.
     let fresh = tempfile::tempdir().unwrap();
     Client::connect_with(&sb.endpoint, fresh.path(), &opts(None, Some(&tls.pin)))
         .await
         .unwrap();
+    let kept = fresh.path().join(format!("tls/127.0.0.1_{port}.pin"));
+    assert_eq!(std::fs::read_to_string(&kept).unwrap().trim(), tls.pin);
     let wrong = format!("sha256:{}", "ab".repeat(32));
     match Client::connect_with(&sb.endpoint, fresh.path(), &opts(None, Some(&wrong))).await {
         Err(Error::PinnedTlsKeyChanged {
@@ -70,6 +73,26 @@ async fn off_loopback_the_node_speaks_tls_and_clients_pin_its_key() {
         Err(e) => panic!("wrong pin: {e}"),
         Ok(_) => panic!("a wrong pin connected"),
     }
+
+    // TLS options that cannot apply are refused, not ignored.
+    let plain_with_pin = Client::connect_with(
+        &format!("http://127.0.0.1:{port}"),
+        fresh.path(),
+        &opts(None, Some(&tls.pin)),
+    )
+    .await;
+    assert!(
+        matches!(&plain_with_pin, Err(Error::BadEndpoint { why, .. }) if why.contains("https://")),
+        "{:?}",
+        plain_with_pin.err()
+    );
+    let both =
+        Client::connect_with(&sb.endpoint, fresh.path(), &opts(Some(&ca), Some(&tls.pin))).await;
+    assert!(
+        matches!(&both, Err(Error::BadEndpoint { why, .. }) if why.contains("not both")),
+        "{:?}",
+        both.err()
+    );
 
     // Against the node's CA, the chain and the name are verified (WebPKI), by name too.
     Client::connect_with(&sb.endpoint, fresh.path(), &opts(Some(&ca), None))
@@ -239,6 +262,22 @@ async fn an_operator_certificate_is_served_and_verified() {
     .err()
     .expect("a mismatched key must not start");
     assert!(format!("{e:#}").contains("tls"), "{e:#}");
+}
+
+#[tokio::test]
+async fn https_to_a_plaintext_port_says_so() {
+    let sb = Sandbox::start().await.unwrap();
+    assert!(sb.node.tls().is_none());
+    let tls_endpoint = sb.endpoint.replace("http://", "https://");
+    match Client::connect(&tls_endpoint, &sb.client_dir).await {
+        Err(e @ Error::Unreachable { .. }) => {
+            assert!(e.to_string().contains("speaks http://"), "{e}")
+        }
+        Err(e) => panic!("https to plaintext: {e}"),
+        Ok(_) => panic!("https to a plaintext port connected"),
+    }
+    // Nothing was pinned for a node that proved no key.
+    assert!(!sb.client_dir.join("tls").exists());
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/blockpost/v1/directory.proto",
         "proto/blockpost/v1/messaging.proto",
+        "proto/blockpost/v1/ledger.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -20,6 +20,8 @@
 //!   encryption of bodies with HPKE (RFC 9180).
 //! - `rules`: the stateless envelope rules ([`ParsedEnvelope`], [`VerifiedEnvelope`],
 //!   [`verify_batch`]).
+//! - `block`: blocks of the ledger: the RFC 6962 root over a block's leaves (`rs_merkle`),
+//!   signed headers and their chain, what a leaf may be ([`block::verify_block`]).
 //! - `clock`: [`Clock`], injected time, and checked time arithmetic ([`check_clock`]).
 //! - `wire`: the NATS wire contract: streams, subjects, headers, de-duplication ids.
 //! - `keyfile`: participant keys as encrypted PKCS#8 ([`Identity`]).
@@ -42,6 +44,7 @@
 
 mod address;
 mod authorize;
+pub mod block;
 mod clock;
 mod entry;
 mod envelope;

@@ -14,6 +14,8 @@
 //!   log/checkpoint       newest directory checkpoint handed out
 //!   log/LOCK             one writer per log
 //!   nats/                the managed nats-server's JetStream store, pid file and log
+//!   ledger/              the block builder's store (storage::BlockStore): blocks, and
+//!                        ledger/ (the log of block ids with its checkpoint)
 //! ```
 
 use std::fs::File;
@@ -86,6 +88,11 @@ impl DataDir {
     /// `log/`: the directory's tree log.
     pub fn log(&self) -> PathBuf {
         self.root.join("log")
+    }
+
+    /// `ledger/`: the block builder's [`crate::BlockStore`].
+    pub fn ledger(&self) -> PathBuf {
+        self.root.join("ledger")
     }
 
     /// `nats/`: the managed nats-server's store.

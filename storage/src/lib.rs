@@ -7,6 +7,9 @@
 //! - `record`: [`RecordFile`]: length, CRC, torn tail, `fdatasync` per batch, recovery.
 //! - `tree`: [`TreeLog`]: a record file of leaves, its RFC 6962 tree and the newest signed
 //!   checkpoint, which the tree must match at open.
+//! - `blocks`: [`BlockStore`]: the ledger's blocks (a record file, one block per height)
+//!   and the ledger log over their ids (a tree log); at open every block the ledger names
+//!   must be intact and have its id, and a block that never reached the ledger is cut.
 //! - `datadir`: [`DataDir`], every path of a node's data directory.
 //! - `files`: atomic and private file writes, [`load_or_create_key`] for node keys.
 //! - `error`: [`Error`].
@@ -22,12 +25,14 @@
 //! assert_eq!(log.leaf(0).unwrap(), b"leaf");
 //! ```
 
+mod blocks;
 mod datadir;
 mod error;
 mod files;
 mod record;
 mod tree;
 
+pub use blocks::BlockStore;
 pub use datadir::DataDir;
 pub use error::{Error, Result};
 pub use files::{load_or_create_key, write_atomic, write_private_atomic, write_private_file};

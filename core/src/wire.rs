@@ -91,6 +91,16 @@ impl Namespace {
         format!("blockpost.{}.firehose", self.token)
     }
 
+    /// The stream of blocks the builder cut.
+    pub fn blocks_stream(&self) -> String {
+        self.stream("BLOCKS")
+    }
+
+    /// `blockpost.T.blocks`: every block (a `Block`), in height order.
+    pub fn blocks_subject(&self) -> String {
+        format!("blockpost.{}.blocks", self.token)
+    }
+
     /// Subjects of the inbox stream.
     pub fn inbox_subjects(&self) -> String {
         format!("blockpost.{}.inbox.*", self.token)
@@ -137,6 +147,11 @@ pub fn decode_proof(value: &str) -> Option<Vec<[u8; 32]>> {
 /// De-duplication id of directory entry `index`.
 pub fn entry_msg_id(index: u64) -> String {
     format!("entry-{index}")
+}
+
+/// De-duplication id of the block at `height`.
+pub fn block_msg_id(height: u64) -> String {
+    format!("block-{height}")
 }
 
 /// De-duplication id of the checkpoint of `size` entries.

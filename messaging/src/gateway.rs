@@ -136,6 +136,11 @@ impl Gateway {
         &self.inner.replica
     }
 
+    /// The directory replica, to share with another service of the node (the builder).
+    pub fn shared_replica(&self) -> Arc<Replica> {
+        self.inner.replica.clone()
+    }
+
     /// Checks, routes and receipts one envelope. Returns only after JetStream stored it
     /// in the firehose and in every recipient's inbox.
     pub async fn submit(&self, env: Envelope) -> Result<Receipt> {

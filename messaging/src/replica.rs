@@ -32,6 +32,8 @@ pub struct Replica {
     /// Requests waiting for the replica to learn of a participant; beyond
     /// [`MAX_WAITERS`], a request is answered from what the replica knows now.
     waiters: tokio::sync::Semaphore,
+    /// The newest signed checkpoint whose every entry is applied.
+    in_force: Mutex<Option<VerifiedCheckpoint>>,
 }
 
 /// Most requests held at once waiting for the replica (each holds its request's bytes).
@@ -65,9 +67,19 @@ impl Replica {
             verifier_key,
             checkpoints: Mutex::new(BTreeMap::new()),
             waiters: tokio::sync::Semaphore::new(MAX_WAITERS),
+            in_force: Mutex::new(None),
         });
         tokio::spawn(follow(r.clone(), js, ns.clone()));
         r
+    }
+
+    /// The newest checkpoint signed by the log key whose entries are all applied: the
+    /// directory state this replica checks against.
+    pub fn checkpoint_in_force(&self) -> Option<VerifiedCheckpoint> {
+        self.in_force
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Entries applied so far.
@@ -231,6 +243,14 @@ impl Replica {
         });
         match applied {
             Ok(size) => {
+                if let Some(cp) = self
+                    .checkpoints
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&size)
+                {
+                    *self.in_force.lock().unwrap_or_else(|e| e.into_inner()) = Some(cp.clone());
+                }
                 self.applied.send_replace(size);
             }
             Err(e) => {

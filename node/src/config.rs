@@ -19,6 +19,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use blockpost_builder::BuilderConfig;
 use blockpost_directory::DirectoryConfig;
 use blockpost_messaging::MessagingConfig;
 use serde::Deserialize;
@@ -42,6 +43,8 @@ pub struct NodeConfig {
     pub directory: DirectoryConfig,
     /// `[messaging]`.
     pub messaging: MessagingConfig,
+    /// `[builder]`: when blocks are cut.
+    pub builder: BuilderConfig,
     /// `[limits]`: connections and timeouts of the gRPC server.
     pub limits: ServeLimits,
     /// `[tls]`: TLS on the gRPC port (required off loopback).
@@ -57,6 +60,7 @@ impl Default for NodeConfig {
             data_dir: PathBuf::from("blockpost-data"),
             directory: DirectoryConfig::default(),
             messaging: MessagingConfig::default(),
+            builder: BuilderConfig::default(),
             limits: ServeLimits::default(),
             tls: TlsConfig::default(),
         }
@@ -85,6 +89,7 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             directory: DirectoryConfig::for_test(),
             messaging: MessagingConfig::default(),
+            builder: BuilderConfig::default(),
             limits: ServeLimits::default(),
             tls: TlsConfig::default(),
         }
@@ -98,6 +103,7 @@ impl NodeConfig {
             .map_err(|_| Error::Config(format!("listen {:?} is not HOST:PORT", self.listen)))?;
         self.messaging.validate().map_err(Error::Config)?;
         self.tls.validate(&listen)?;
+        self.builder.validate().map_err(Error::Config)?;
         if self.directory.max_batch == 0 {
             return Err(Error::Config(
                 "directory.max_batch must be at least 1".into(),
@@ -156,6 +162,7 @@ mod tests {
             "[directory]\ndata_dir = \"/x\"",
             "[messaging]\nmax_body = 1",
             "[builder]\nx = 1",
+            "[anchor]\nx = 1",
         ] {
             assert!(NodeConfig::from_toml(bad).is_err(), "{bad}");
         }

@@ -16,6 +16,9 @@ pub enum Error {
     /// The gateway did not start.
     #[error("messaging: {0}")]
     Messaging(#[from] blockpost_messaging::Error),
+    /// The block builder did not start.
+    #[error("builder: {0}")]
+    Builder(#[from] blockpost_builder::Error),
     /// NATS could not be started or reached.
     #[error("nats: {0}")]
     Nats(String),

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::future::Future;
 use std::sync::Arc;
 
+use blockpost_builder::{Builder, BuilderParts};
 use blockpost_core::wire::Namespace;
 use blockpost_core::{Clock, SystemClock};
 use blockpost_directory::{Directory, DirectoryParts};
@@ -21,6 +22,7 @@ pub struct Node {
     data: DataDir,
     directory: Directory,
     gateway: Option<Gateway>,
+    builder: Option<Builder>,
     nats_url: String,
     nats: async_nats::Client,
     managed: Option<Arc<std::sync::Mutex<LocalNats>>>,
@@ -112,13 +114,32 @@ impl Node {
                     load_or_create_key(&data.gateway_key())?,
                     ns,
                     directory.info().verifier_key,
-                    clock,
+                    clock.clone(),
                     nats,
                 )
                 .await?,
             )
         } else {
             None
+        };
+        let builder = match (&gateway, config.builder.enabled) {
+            (Some(g), true) => Some(
+                Builder::start(
+                    config.builder.clone(),
+                    BuilderParts {
+                        key: load_or_create_key(&data.builder_key())?,
+                        dir: data.ledger(),
+                        origin: directory.info().origin,
+                    },
+                    directory.namespace(),
+                    config.messaging.limits(),
+                    g.shared_replica(),
+                    clock,
+                    client.clone(),
+                )
+                .await?,
+            ),
+            _ => None,
         };
         let (health_reporter, health) = crate::serve::health_routes(&services).await;
         let supervisor = managed.clone().map(|n| tokio::spawn(supervise(n)));
@@ -127,6 +148,7 @@ impl Node {
             data,
             directory,
             gateway,
+            builder,
             nats_url,
             nats: client,
             managed,
@@ -238,6 +260,11 @@ impl Node {
     /// it serves plaintext (on loopback only).
     pub fn tls(&self) -> Option<&ServerTls> {
         self.tls.as_ref()
+    }
+
+    /// The block builder, unless `[builder] enabled = false` (or messaging is off).
+    pub fn builder(&self) -> Option<&Builder> {
+        self.builder.as_ref()
     }
 
     /// The NATS server it uses.

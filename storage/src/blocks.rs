@@ -84,9 +84,10 @@ impl BlockStore {
         })
     }
 
-    /// Number of blocks (the ledger's size).
+    /// Number of blocks under the newest ledger checkpoint (a block being appended counts
+    /// once its checkpoint is written).
     pub fn len(&self) -> u64 {
-        self.ledger.len()
+        self.ledger.head().size
     }
 
     /// Whether there is no block yet.

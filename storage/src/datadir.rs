@@ -8,6 +8,7 @@
 //!   keys/ca.key          directory CA key: signs certificates (PKCS#8, 0600)
 //!   keys/ca.pem          directory CA certificate
 //!   keys/gateway.key     gateway key: signs receipts (PKCS#8, 0600)
+//!   keys/builder.key     block builder key: signs block headers and ledger checkpoints
 //!   keys/tls.key         the gRPC port's TLS key, when the node issues its own certificate
 //!   keys/tls.pem         that certificate, then the CA certificate (reissued at each start)
 //!   log/entries          directory log leaves (record file)
@@ -83,6 +84,11 @@ impl DataDir {
     /// `keys/tls.pem`: the self-issued server certificate chain.
     pub fn tls_cert(&self) -> PathBuf {
         self.keys().join("tls.pem")
+    }
+
+    /// `keys/builder.key`: the block builder's key (headers and ledger checkpoints).
+    pub fn builder_key(&self) -> PathBuf {
+        self.keys().join("builder.key")
     }
 
     /// `log/`: the directory's tree log.

@@ -1,6 +1,7 @@
 //! TLS off loopback: a node listening anywhere but loopback speaks TLS with a certificate
 //! its CA issued (or the operator's); clients verify it against a CA or pin its key on
 //! first contact, and refuse a node that later presents another key.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::Command;

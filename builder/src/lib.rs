@@ -1,0 +1,22 @@
+//! Blockpost's block builder: it reads the accepted firehose through a durable JetStream
+//! consumer, checks every message again (the envelope rules and its sender's signature, with
+//! the node's verified directory replica), cuts a block at a message count, a byte size or a
+//! delay after its first message, signs the header, stores the block and the ledger entry
+//! durably ([`blockpost_storage::BlockStore`]), and only then acknowledges the messages and
+//! publishes the block on the blocks stream.
+//!
+//! The formats and every check a verifier re-runs are in [`blockpost_core::block`].
+//!
+//! # Layout
+//! - `config`: [`BuilderConfig`], the `[builder]` table of the node config.
+//! - `builder`: [`Builder`], the service: open and verify the store, the consume-and-cut
+//!   loop.
+//! - `error`: [`Error`].
+
+mod builder;
+mod config;
+mod error;
+
+pub use builder::{Builder, BuilderParts, MAX_BLOCK_LEN};
+pub use config::BuilderConfig;
+pub use error::{Error, Result};

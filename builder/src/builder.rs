@@ -1,5 +1,6 @@
 //! The builder service.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,6 +57,8 @@ struct Inner {
     /// Firehose messages refused (not an envelope, breaks the rules, not signed by its
     /// sender): terminated, never put in a block.
     refused: std::sync::atomic::AtomicU64,
+    /// Message id → (height, leaf index). Rebuilt from the store at open.
+    index: std::sync::RwLock<HashMap<[u8; 32], (u64, u32)>>,
 }
 
 /// A firehose message waiting for its block.
@@ -84,7 +87,7 @@ impl Builder {
         let signer = CheckpointSigner::new(&format!("{}/ledger", parts.origin), key.clone())
             .map_err(|e| Error::Config(e.to_string()))?;
         let dir = parts.dir;
-        let (store, tip) = tokio::task::spawn_blocking(move || open_store(&dir, &vk))
+        let (store, tip, index) = tokio::task::spawn_blocking(move || open_store(&dir, &vk))
             .await
             .map_err(|e| Error::Corrupted(format!("opening the store: {e}")))??;
         store.ensure_checkpoint(|size, root| {
@@ -106,6 +109,7 @@ impl Builder {
             replica,
             clock,
             refused: std::sync::atomic::AtomicU64::new(0),
+            index: std::sync::RwLock::new(index),
         });
         let js = jetstream::new(nats);
         js.get_or_create_stream(stream::Config {
@@ -148,6 +152,21 @@ impl Builder {
         self.inner.signer.verifier_key()
     }
 
+    /// Where the message with `id` (SHA-256 of its envelope) is: height and leaf index.
+    pub fn locate(&self, id: &[u8; 32]) -> Option<(u64, u32)> {
+        self.inner
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// The ledger's origin line.
+    pub fn origin(&self) -> &str {
+        self.inner.signer.origin()
+    }
+
     /// Firehose messages refused so far.
     pub fn refused(&self) -> u64 {
         self.inner
@@ -156,11 +175,25 @@ impl Builder {
     }
 }
 
+type Index = HashMap<[u8; 32], (u64, u32)>;
+
+fn index_block(index: &mut Index, height: u64, v: &blockpost_core::block::VerifiedBlock) {
+    for (i, (leaf, kind)) in v.leaves.iter().zip(&v.kinds).enumerate() {
+        if matches!(kind, blockpost_core::block::Leaf::Message(_)) {
+            index.insert(
+                blockpost_core::block::block_id(leaf),
+                (height, u32::try_from(i).unwrap_or(u32::MAX)),
+            );
+        }
+    }
+}
+
 fn open_store(
     dir: &std::path::Path,
     key: &VerifyingKey,
-) -> Result<(BlockStore, Option<VerifiedHeader>)> {
+) -> Result<(BlockStore, Option<VerifiedHeader>, Index)> {
     let mut tip: Option<VerifiedHeader> = None;
+    let mut index = Index::new();
     let corrupted = |h: u64, e: String| {
         blockpost_storage::Error::Corrupted(format!(
             "block {h} does not verify ({e}); the store was left untouched"
@@ -191,11 +224,12 @@ fn open_store(
                     .check_follows(prev)
                     .map_err(|e| corrupted(height, e.to_string()))?;
             }
+            index_block(&mut index, height, &v);
             tip = Some(v.header);
             Ok(())
         },
     )?;
-    Ok((store, tip))
+    Ok((store, tip, index))
 }
 
 /// Follows the firehose until the builder is dropped, starting over after NATS errors.
@@ -443,11 +477,16 @@ async fn cut(
             bytes: signed.header.clone(),
             id,
         };
-        let encoded = Block {
+        let block = Block {
             header: Some(signed),
             leaves,
-        }
-        .encode_to_vec();
+        };
+        let encoded = block.encode_to_vec();
+        let ids: Vec<[u8; 32]> = block
+            .leaves
+            .iter()
+            .map(|l| blockpost_core::block::block_id(l))
+            .collect();
         inner2.store.append(encoded.clone(), id, |size, root| {
             inner2
                 .signer
@@ -455,6 +494,11 @@ async fn cut(
                 .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
         })?;
         *inner2.tip.lock().unwrap_or_else(|e| e.into_inner()) = Some(verified);
+        let mut index = inner2.index.write().unwrap_or_else(|e| e.into_inner());
+        for (i, id) in ids.into_iter().enumerate() {
+            index.insert(id, (height, u32::try_from(i).unwrap_or(u32::MAX)));
+        }
+        drop(index);
         Ok((height, encoded))
     })
     .await

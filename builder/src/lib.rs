@@ -11,11 +11,13 @@
 //! - `config`: [`BuilderConfig`], the `[builder]` table of the node config.
 //! - `builder`: [`Builder`], the service: open and verify the store, the consume-and-cut
 //!   loop.
+//! - `grpc`: the `blockpost.v1.Ledger` service (blocks and messages with their proofs).
 //! - `error`: [`Error`].
 
 mod builder;
 mod config;
 mod error;
+mod grpc;
 
 pub use builder::{Builder, BuilderParts, MAX_BLOCK_LEN};
 pub use config::BuilderConfig;

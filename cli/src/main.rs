@@ -7,6 +7,7 @@
 //! - `keys`: `blockpost key new`, key files, passphrases, evidence keys, recorded addresses.
 //! - `directory`: `info`, `register`, `lookup`, `rotate`, `revoke`, `checkpoint`.
 //! - `messages`: `send`, `finish`, `inbox`, `firehose`.
+//! - `ledger`: `block`, `message`: blocks and messages from the ledger, verified.
 //! - `bench`: `blockpost bench directory` and `blockpost bench messages`.
 //! - `render`: every human and `--json` output.
 
@@ -18,6 +19,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod directory;
 mod keys;
+mod ledger;
 mod messages;
 mod render;
 mod up;
@@ -80,6 +82,8 @@ enum Cmd {
     Directory(directory::DirectoryCmd),
     #[command(flatten)]
     Messages(messages::MessageCmd),
+    #[command(flatten)]
+    Ledger(ledger::LedgerCmd),
     /// Print the read-only NATS user of a node's managed nats-server, for auditors and
     /// monitors (they may read the directory and firehose streams, and publish nothing).
     NatsCredentials {
@@ -144,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => keys::new_key(&out, json),
         Cmd::Directory(cmd) => directory::run(cmd).await,
         Cmd::Messages(cmd) => messages::run(cmd).await,
+        Cmd::Ledger(cmd) => ledger::run(cmd).await,
         Cmd::NatsCredentials { data, json } => up::nats_credentials(&data, json),
         Cmd::Bench { cmd } => bench::run(cmd).await,
     }

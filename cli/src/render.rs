@@ -319,6 +319,141 @@ pub fn received(r: &Received, json: bool) -> std::io::Result<()> {
     }
 }
 
+fn header_json(h: &blockpost_core::block::VerifiedHeader) -> Value {
+    let x = &h.header;
+    json!({
+        "height": x.height,
+        "previous_hash": hex::encode(&x.previous_hash),
+        "merkle_root": hex::encode(&x.merkle_root),
+        "leaf_count": x.leaf_count,
+        "partitions": x.partitions.iter().map(|p| json!({
+            "partition": p.partition,
+            "first_seq": p.first_seq,
+            "last_seq": p.last_seq,
+        })).collect::<Vec<_>>(),
+        "directory_size": x.directory_size,
+        "directory_root": hex::encode(&x.directory_root),
+        "time_ms": x.time_ms,
+        "time": date(x.time_ms),
+        "builder_key_id": hex::encode(&x.builder_key_id),
+    })
+}
+
+fn hexes(v: &[Vec<u8>]) -> Vec<String> {
+    v.iter().map(hex::encode).collect()
+}
+
+/// A verified block.
+pub fn block(b: &blockpost_client::LedgerBlock, json: bool) -> anyhow::Result<()> {
+    use blockpost_core::block::Leaf;
+    let h = &b.block.header;
+    let leaves: Vec<Value> = b
+        .block
+        .leaves
+        .iter()
+        .zip(&b.block.kinds)
+        .map(|(l, k)| match k {
+            Leaf::Message(_) => json!({
+                "kind": "message",
+                "message_id": hex::encode(blockpost_core::block::block_id(l)),
+            }),
+            Leaf::Record(r) => json!({ "kind": "record", "record": format!("{r:?}") }),
+        })
+        .collect();
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "height": h.header.height,
+                "header": header_json(h),
+                "header_hash": hex::encode(h.id),
+                "leaves": leaves,
+                "ledger_index": h.header.height,
+                "ledger_proof": hexes(&b.ledger_proof),
+                "ledger_checkpoint": String::from_utf8_lossy(&b.checkpoint.note),
+            }))?
+        );
+        return Ok(());
+    }
+    let x = &h.header;
+    say!("block {}  {}", x.height, hex::encode(h.id));
+    say!("  time       {}", date(x.time_ms));
+    if x.height > 0 {
+        say!("  previous   {}", hex::encode(&x.previous_hash));
+    }
+    say!(
+        "  root       {} over {} leaves",
+        hex::encode(&x.merkle_root),
+        x.leaf_count
+    );
+    for p in &x.partitions {
+        say!(
+            "  firehose   partition {}: sequence {}..={}",
+            p.partition,
+            p.first_seq,
+            p.last_seq
+        );
+    }
+    say!(
+        "  directory  checkpoint of {} entries, root {}",
+        x.directory_size,
+        hex::encode(&x.directory_root)
+    );
+    for l in &leaves {
+        match l["kind"].as_str() {
+            Some("message") => say!("  message    {}", l["message_id"].as_str().unwrap_or("")),
+            _ => say!("  record     {}", l["record"].as_str().unwrap_or("")),
+        }
+    }
+    eprintln!(
+        "(builder signature, Merkle root, link to block {} and inclusion in the ledger of {} blocks verified)",
+        x.height.saturating_sub(1),
+        b.checkpoint.size
+    );
+    Ok(())
+}
+
+/// A message verified in its block and the ledger.
+pub fn ledger_message(m: &blockpost_client::LedgerMessage, json: bool) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let h = &m.header;
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "message_id": hex::encode(m.message_id),
+                "height": h.header.height,
+                "leaf_index": m.leaf_index,
+                "envelope": base64::engine::general_purpose::STANDARD.encode(&m.envelope_bytes),
+                "inclusion_proof": hexes(&m.inclusion_proof),
+                "block_root": hex::encode(&h.header.merkle_root),
+                "header": header_json(h),
+                "header_hash": hex::encode(h.id),
+                "ledger_index": h.header.height,
+                "ledger_proof": hexes(&m.ledger_proof),
+                "ledger_checkpoint": String::from_utf8_lossy(&m.checkpoint.note),
+            }))?
+        );
+        return Ok(());
+    }
+    say!("message {}", hex::encode(m.message_id));
+    say!(
+        "  in block   {} (leaf {} of {}), cut {}",
+        h.header.height,
+        m.leaf_index,
+        h.header.leaf_count,
+        date(h.header.time_ms)
+    );
+    say!("  block id   {}", hex::encode(h.id));
+    say!(
+        "  ledger     leaf {} of the checkpoint of {} blocks",
+        h.header.height,
+        m.checkpoint.size
+    );
+    eprintln!("(inclusion proof, builder signature, chain link and ledger proof verified)");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

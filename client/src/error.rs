@@ -65,6 +65,15 @@ pub enum Error {
         /// The check that failed.
         source: CoreError,
     },
+    /// A block or block header that does not verify (signature, fields, Merkle root,
+    /// chain link).
+    #[error("block {height} does not verify")]
+    BadBlock {
+        /// Its height.
+        height: u64,
+        /// The check that failed.
+        source: CoreError,
+    },
     /// An entry that does not decode or is not authorised by its signed request.
     #[error("directory entry {index} is not valid")]
     BadEntry {

@@ -15,6 +15,8 @@
 //!   the inbox and the firehose.
 //! - `transport`: [`ConnectOptions`]: plaintext on loopback, TLS verified against a CA
 //!   or a key pinned on first contact.
+//! - `ledger`: [`Ledger`], blocks and messages from the builder, each verified (header
+//!   signature, chain link, Merkle root or inclusion proof, ledger proof), keys pinned.
 //! - `keyfile`: [`read_key_file`], [`write_key_file`]: encrypted PKCS#8 key files, 0600.
 //! - `error`: [`Error`].
 //!
@@ -30,11 +32,13 @@
 mod directory;
 mod error;
 mod keyfile;
+mod ledger;
 mod messaging;
 mod transport;
 
 pub use directory::{Client, EvidenceSigner, VerifiedEntry, config_dir};
 pub use error::{Error, PinnedKeyChanged, Result};
 pub use keyfile::{read_key_file, write_key_file};
+pub use ledger::{Ledger, LedgerBlock, LedgerMessage};
 pub use messaging::{Messenger, Outgoing, Received};
 pub use transport::{ConnectOptions, tls_pin_of};

@@ -141,6 +141,9 @@ impl Node {
             ),
             _ => None,
         };
+        if builder.is_some() {
+            services.push("blockpost.v1.Ledger");
+        }
         let (health_reporter, health) = crate::serve::health_routes(&services).await;
         let supervisor = managed.clone().map(|n| tokio::spawn(supervise(n)));
         Ok(Self {
@@ -168,6 +171,9 @@ impl Node {
             .add_service(self.directory.clone().into_service());
         if let Some(g) = &self.gateway {
             routes = routes.add_service(g.clone().into_service());
+        }
+        if let Some(b) = &self.builder {
+            routes = routes.add_service(b.clone().into_service());
         }
         routes
     }

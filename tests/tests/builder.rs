@@ -141,3 +141,138 @@ async fn every_receipted_message_is_in_exactly_one_block_across_a_restart() {
     assert_eq!(n, sb.node.builder().unwrap().height());
     sb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_lookups_verify_and_bad_ones_are_refused() {
+    use blockpost_client::Ledger;
+    use blockpost_proto::v1::ledger_client::LedgerClient;
+    use blockpost_proto::v1::{GetBlockRequest, GetMessageRequest, get_block_request};
+
+    let sb = Sandbox::start_with(|c| c.builder.max_block_delay_ms = 50)
+        .await
+        .unwrap();
+    let a = Identity::generate();
+    let b = Identity::generate();
+    let mut c = sb.client().await.unwrap();
+    c.register(&a, "bank-a", "Bank A AG", None).await.unwrap();
+    c.register(&b, "bank-b", "Bank B AG", None).await.unwrap();
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let sent = send_n(&mut m, &a, 5, "settle-9").await;
+    let ids: Vec<[u8; 32]> = sent
+        .iter()
+        .map(|e| blockpost_core::block::block_id(e))
+        .collect();
+    let builder = sb.node.builder().unwrap().clone();
+    wait_for(Duration::from_secs(20), "5 messages in blocks", || {
+        let all = ids.iter().all(|id| builder.locate(id).is_some());
+        async move { all.then_some(()) }
+    })
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(5), "the ledger checkpoint", || {
+        let ok = ids.iter().all(|id| {
+            builder
+                .locate(id)
+                .is_some_and(|(h, _)| h < builder.head().size)
+        });
+        async move { ok.then_some(()) }
+    })
+    .await
+    .unwrap();
+
+    let mut l = Ledger::connect(&c, &sb.client_dir).await.unwrap();
+    for (id, env) in ids.iter().zip(&sent) {
+        let got = l.message(*id).await.unwrap();
+        assert_eq!(&got.envelope_bytes, env);
+    }
+    let latest = l.block(None).await.unwrap();
+    let first = l.block(Some(0)).await.unwrap();
+    assert_eq!(first.block.header.header.height, 0);
+    assert!(latest.block.header.header.height >= first.block.header.header.height);
+    // Pinned: a second client on the same state dir agrees.
+    Ledger::connect(&c, &sb.client_dir).await.unwrap();
+
+    // Missing and malformed look-ups.
+    let mut raw = LedgerClient::new(sb.channel().await.unwrap());
+    let e = raw
+        .get_block(GetBlockRequest {
+            at: Some(get_block_request::At::Height(1_000_000)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    let e = raw
+        .get_message(GetMessageRequest {
+            message_id: vec![7; 32],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    let e = raw
+        .get_message(GetMessageRequest {
+            message_id: vec![7; 5],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+    let e = raw
+        .get_block(GetBlockRequest { at: None })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+
+    // The CLI verifies and prints what the issue names.
+    let bin = blockpost_tests::blockpost_bin().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args([
+            "message",
+            &hex::encode(ids[0]),
+            "--json",
+            "--endpoint",
+            &sb.endpoint,
+        ])
+        .env("BLOCKPOST_CONFIG_DIR", &sb.client_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for f in [
+        "message_id",
+        "height",
+        "leaf_index",
+        "envelope",
+        "inclusion_proof",
+        "block_root",
+        "header",
+        "header_hash",
+        "ledger_index",
+        "ledger_proof",
+        "ledger_checkpoint",
+    ] {
+        assert!(!v[f].is_null(), "message --json lacks {f}");
+    }
+    let out = std::process::Command::new(&bin)
+        .args(["block", "latest", "--endpoint", &sb.endpoint])
+        .env("BLOCKPOST_CONFIG_DIR", &sb.client_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(&bin)
+        .args(["block", "nine", "--endpoint", &sb.endpoint])
+        .env("BLOCKPOST_CONFIG_DIR", &sb.client_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a block height"));
+    sb.stop().await;
+}

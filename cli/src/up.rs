@@ -215,18 +215,18 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(
             &file,
-            "listen = \"127.0.0.1:7801\"\n[messaging]\nmax_block_delay_ms = 900\nmax_recipients = 3\n",
+            "listen = \"127.0.0.1:7801\"\n[messaging]\nmax_block_delay_ms = 1900\nmax_recipients = 3\n",
         )
         .unwrap();
         let args = UpArgs {
             config: Some(file),
-            max_block_delay_ms: Some(250),
+            max_block_delay_ms: Some(2500),
             listen: Some("127.0.0.1:7802".into()),
             ..UpArgs::default()
         };
         let c = args.config().unwrap();
         assert_eq!(c.listen, "127.0.0.1:7802");
-        assert_eq!(c.messaging.max_block_delay_ms, 250);
+        assert_eq!(c.messaging.max_block_delay_ms, 2500);
         assert_eq!(c.messaging.max_recipients, 3);
         let bad = UpArgs {
             max_recipients: Some(0),

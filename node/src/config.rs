@@ -26,6 +26,10 @@ use serde::Deserialize;
 
 use crate::{Error, Result, ServeLimits, TlsConfig};
 
+/// What a receipt's promise keeps beyond the builder's block delay: the time to verify,
+/// store and sign a block, and a restart of the builder.
+pub const BUILDER_MARGIN_MS: u64 = 1_000;
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -104,6 +108,23 @@ impl NodeConfig {
         self.messaging.validate().map_err(Error::Config)?;
         self.tls.validate(&listen)?;
         self.builder.validate().map_err(Error::Config)?;
+        if self.builder.enabled
+            && self.messaging.enabled
+            && self.messaging.max_block_delay_ms
+                < self
+                    .builder
+                    .max_block_delay_ms
+                    .saturating_add(BUILDER_MARGIN_MS)
+        {
+            return Err(Error::Config(format!(
+                "messaging.max_block_delay_ms ({} ms) is the promise in every receipt; the builder \
+                 cuts a block up to builder.max_block_delay_ms ({} ms) after its first message, so \
+                 the promise must be at least {} ms more",
+                self.messaging.max_block_delay_ms,
+                self.builder.max_block_delay_ms,
+                BUILDER_MARGIN_MS
+            )));
+        }
         if self.directory.max_batch == 0 {
             return Err(Error::Config(
                 "directory.max_batch must be at least 1".into(),
@@ -143,14 +164,17 @@ mod tests {
             [directory]
             require_verified = true
             [messaging]
-            max_block_delay_ms = 250
+            max_block_delay_ms = 2500
             max_recipients = 4
+            [builder]
+            max_block_delay_ms = 100
             "#,
         )
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:7800");
         assert!(c.directory.require_verified);
-        assert_eq!(c.messaging.max_block_delay_ms, 250);
+        assert_eq!(c.messaging.max_block_delay_ms, 2500);
+        assert_eq!(c.builder.max_block_delay_ms, 100);
         assert_eq!(c.messaging.max_recipients, 4);
         assert_eq!(
             c.messaging.max_body_len,
@@ -169,6 +193,14 @@ mod tests {
         let mut c = NodeConfig::default();
         c.messaging.max_recipients = 0;
         assert!(c.validate().is_err());
+        let mut c = NodeConfig::default();
+        c.messaging.max_block_delay_ms = 1_000;
+        assert!(
+            matches!(c.validate(), Err(Error::Config(m)) if m.contains("promise")),
+            "a receipt promise shorter than the builder's delay plus its margin"
+        );
+        c.builder.enabled = false;
+        c.validate().unwrap();
         let c = NodeConfig {
             listen: "nowhere".into(),
             ..NodeConfig::default()

@@ -49,11 +49,25 @@ fn verify_ledger(sb: &Sandbox) -> HashMap<Vec<u8>, usize> {
     seen
 }
 
+/// Envelopes sent, with each receipt's block deadline.
 async fn send_n(m: &mut Messenger, id: &Identity, n: usize, tx: &str) -> Vec<Vec<u8>> {
+    send_with_deadlines(m, id, n, tx)
+        .await
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect()
+}
+
+async fn send_with_deadlines(
+    m: &mut Messenger,
+    id: &Identity,
+    n: usize,
+    tx: &str,
+) -> Vec<(Vec<u8>, i64)> {
     let to = vec!["bank-b".to_owned()];
     let mut sent = Vec::new();
     for i in 0..n {
-        let (env, _receipt) = m
+        let (env, receipt) = m
             .send(
                 id,
                 Outgoing {
@@ -68,7 +82,7 @@ async fn send_n(m: &mut Messenger, id: &Identity, n: usize, tx: &str) -> Vec<Vec
             )
             .await
             .unwrap();
-        sent.push(env.encode_to_vec());
+        sent.push((env.encode_to_vec(), receipt.block_deadline_ms));
     }
     sent
 }
@@ -159,7 +173,8 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
     let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
         .await
         .unwrap();
-    let sent = send_n(&mut m, &a, 5, "settle-9").await;
+    let with_deadlines = send_with_deadlines(&mut m, &a, 5, "settle-9").await;
+    let sent: Vec<Vec<u8>> = with_deadlines.iter().map(|(e, _)| e.clone()).collect();
     let ids: Vec<[u8; 32]> = sent
         .iter()
         .map(|e| blockpost_core::block::block_id(e))
@@ -183,9 +198,15 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
     .unwrap();
 
     let mut l = Ledger::connect(&c, &sb.client_dir).await.unwrap();
-    for (id, env) in ids.iter().zip(&sent) {
+    for (id, (env, deadline)) in ids.iter().zip(&with_deadlines) {
         let got = l.message(*id).await.unwrap();
         assert_eq!(&got.envelope_bytes, env);
+        // The receipt's promise is kept: the block was cut before its deadline.
+        assert!(
+            got.header.header.time_ms <= *deadline,
+            "block at {} after the deadline {deadline}",
+            got.header.header.time_ms
+        );
     }
     let latest = l.block(None).await.unwrap();
     let first = l.block(Some(0)).await.unwrap();

@@ -110,7 +110,7 @@ async fn an_injected_clock_and_the_gateway_settings_reach_every_rule() {
     let clock = Arc::new(FixedClock::new(t0));
     let sb = Sandbox::start_with_clock(
         |c| {
-            c.messaging.max_block_delay_ms = 250;
+            c.messaging.max_block_delay_ms = 2500;
             c.messaging.max_clock_skew_ms = 60_000;
         },
         clock.clone(),
@@ -144,7 +144,7 @@ async fn an_injected_clock_and_the_gateway_settings_reach_every_rule() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(info.max_block_delay_ms, 250);
+    assert_eq!(info.max_block_delay_ms, 2500);
     let gw_key = blockpost_core::ed25519_key(&info.receipt_key).unwrap();
     let content = |ts: i64, nonce: u64| EnvelopeContent {
         sender: "alice".into(),
@@ -162,7 +162,7 @@ async fn an_injected_clock_and_the_gateway_settings_reach_every_rule() {
     let receipt = m.submit(env).await.unwrap().into_inner();
     let r = verify_receipt(&gw_key, &receipt).unwrap();
     assert_eq!(r.accepted_at_ms, t0 + 30_000);
-    assert_eq!(r.block_deadline_ms, t0 + 30_000 + 250);
+    assert_eq!(r.block_deadline_ms, t0 + 30_000 + 2500);
     // A minute and a bit later, the same timestamp is beyond the configured skew.
     clock.advance(31_000);
     let env = sign_envelope(&a.signing, content(t0, 2).encode_to_vec());

@@ -297,3 +297,144 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a block height"));
     sb.stop().await;
 }
+
+fn spawn_node(
+    data: &std::path::Path,
+    port: u16,
+    nats: &blockpost_tests::NatsServer,
+) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .unwrap();
+    std::process::Command::new(blockpost_tests::blockpost_bin().unwrap())
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data)
+        .args(["--nats", &nats.url(), "--nats-credentials"])
+        .arg(nats.credentials_file())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
+    use std::sync::{Arc, Mutex};
+
+    use blockpost_client::{Client, Ledger};
+
+    let nats = tokio::task::spawn_blocking(blockpost_tests::NatsServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    let port = blockpost_node::free_port().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let a = Arc::new(Identity::generate());
+    let b = Identity::generate();
+    // (envelope, receipt deadline) of every receipted message.
+    let receipted: Arc<Mutex<Vec<(Vec<u8>, i64)>>> = Arc::default();
+    for round in 0..2 {
+        let mut node = spawn_node(&data, port, &nats);
+        let state = tmp.path().join(format!("client-{round}"));
+        let mut c = wait_for(Duration::from_secs(30), "the node", || async {
+            Client::connect(&endpoint, &state).await.ok()
+        })
+        .await
+        .unwrap();
+        if round == 0 {
+            c.register(&a, "bank-a", "Bank A AG", None).await.unwrap();
+            c.register(&b, "bank-b", "Bank B AG", None).await.unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let (endpoint, receipted, stop, a) =
+                (endpoint.clone(), receipted.clone(), stop.clone(), a.clone());
+            let state = tmp.path().join(format!("sender-{round}-{t}"));
+            tasks.push(tokio::spawn(async move {
+                let Ok(mut m) = Messenger::connect(&endpoint, &state).await else {
+                    return;
+                };
+                let to = vec!["bank-b".to_owned()];
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let out = Outgoing {
+                        from: "bank-a",
+                        to: &to,
+                        transaction_id: "settle-kill",
+                        kind: MessageKind::Message,
+                        content_type: "text/plain",
+                        body: format!("round {round} sender {t} message {i}").into_bytes(),
+                        encrypt: false,
+                    };
+                    match m.send(&a, out).await {
+                        Ok((env, r)) => receipted
+                            .lock()
+                            .unwrap()
+                            .push((env.encode_to_vec(), r.block_deadline_ms)),
+                        Err(_) => return, // the node is gone
+                    }
+                }
+            }));
+        }
+        // Let blocks be cut under load, then kill the node in the middle of it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        node.kill().unwrap();
+        node.wait().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+    let receipted = receipted.lock().unwrap().clone();
+    assert!(receipted.len() > 20, "only {} receipts", receipted.len());
+
+    // After the restart, every receipted message is in exactly one block, by its deadline.
+    let mut node = spawn_node(&data, port, &nats);
+    let state = tmp.path().join("client-final");
+    let c = wait_for(Duration::from_secs(30), "the node", || async {
+        Client::connect(&endpoint, &state).await.ok()
+    })
+    .await
+    .unwrap();
+    let mut l = Ledger::connect(&c, &state).await.unwrap();
+    let ids: Vec<[u8; 32]> = receipted
+        .iter()
+        .map(|(e, _)| blockpost_core::block::block_id(e))
+        .collect();
+    let last = *ids.last().unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while l.message(last).await.is_err() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the last receipted message is in no block 20 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let latest = l.block(None).await.unwrap();
+    let mut seen: HashMap<[u8; 32], (usize, i64)> = HashMap::new();
+    for h in 0..=latest.block.header.header.height {
+        let blk = l.block(Some(h)).await.unwrap();
+        for leaf in &blk.block.leaves {
+            let e = seen
+                .entry(blockpost_core::block::block_id(leaf))
+                .or_insert((0, blk.block.header.header.time_ms));
+            e.0 += 1;
+        }
+    }
+    for ((_, deadline), id) in receipted.iter().zip(&ids) {
+        let (n, time) = seen.get(id).copied().unwrap_or((0, 0));
+        assert_eq!(n, 1, "a receipted message in {n} blocks");
+        assert!(
+            time <= *deadline,
+            "block at {time} after the deadline {deadline}"
+        );
+    }
+    node.kill().unwrap();
+    node.wait().unwrap();
+}

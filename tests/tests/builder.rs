@@ -1,7 +1,7 @@
 //! The block builder against a real nats-server: every receipted message lands in exactly
 //! one block; blocks verify one by one, link into one chain, and are the leaves of a
 //! signed ledger; a restart neither forks the chain nor repeats a message.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
 
 use std::collections::HashMap;
 use std::time::Duration;

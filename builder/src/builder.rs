@@ -262,36 +262,65 @@ impl Inner {
     }
 }
 
-/// Why a firehose message is not put in a block.
-enum Refusal {
-    /// It never can be.
-    Never(String),
-    /// Not yet: the replica does not know its sender's key yet.
-    NotYet,
-}
+/// Most firehose messages checked together (one batch signature verification).
+const CHECK_BATCH: usize = 1024;
 
-async fn check(inner: &Inner, payload: &[u8]) -> std::result::Result<(), Refusal> {
-    let env: Envelope =
-        decode_canonical(payload, "envelope").map_err(|e| Refusal::Never(e.to_string()))?;
-    let parsed =
-        ParsedEnvelope::parse(env, &inner.limits).map_err(|e| Refusal::Never(e.to_string()))?;
-    let index = parsed.content().sender_key_index;
-    let sender = inner
-        .replica
-        .participant(
-            parsed.sender().as_str(),
-            Some(index),
-            Duration::from_millis(500),
-        )
+/// Checks messages: each must be a canonical envelope that keeps the rules, from a sender
+/// the replica knows, signed with the key at the index it names (checked in one batch).
+/// `Err(why)` for a message that never can be in a block. Waits, in order, while the
+/// replica does not know a sender yet (the gateway accepted the message, so it will);
+/// `None` if the builder was dropped meanwhile.
+async fn check_all(
+    inner: &Arc<Inner>,
+    group: &[(u64, jetstream::Message)],
+) -> Option<Vec<std::result::Result<(), String>>> {
+    let mut verdicts: Vec<std::result::Result<(), String>> = Vec::with_capacity(group.len());
+    let mut batch = Vec::new();
+    let mut slots = Vec::new();
+    for (i, (_, m)) in group.iter().enumerate() {
+        let parsed = decode_canonical::<Envelope>(&m.payload, "envelope")
+            .and_then(|env| ParsedEnvelope::parse(env, &inner.limits));
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                verdicts.push(Err(e.to_string()));
+                continue;
+            }
+        };
+        let index = parsed.content().sender_key_index;
+        let key = loop {
+            let known = inner
+                .replica
+                .participant(
+                    parsed.sender().as_str(),
+                    Some(index),
+                    Duration::from_millis(500),
+                )
+                .await
+                .ok()
+                .flatten()
+                .and_then(|p| p.key_at(index));
+            if let Some(k) = known {
+                break k;
+            }
+            if Arc::strong_count(inner) == 1 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        verdicts.push(Ok(()));
+        slots.push(i);
+        batch.push((parsed, key));
+    }
+    let results = tokio::task::spawn_blocking(move || blockpost_core::verify_batch(batch))
         .await
-        .ok()
-        .flatten()
-        .ok_or(Refusal::NotYet)?;
-    let key = sender.key_at(index).ok_or(Refusal::NotYet)?;
-    parsed
-        .verify(&key)
-        .map(|_| ())
-        .map_err(|e| Refusal::Never(e.to_string()))
+        .ok()?;
+    for (slot, r) in slots.into_iter().zip(results) {
+        if let Err(e) = r {
+            verdicts[slot] = Err(e.to_string());
+        }
+    }
+    Some(verdicts)
 }
 
 /// Follows the firehose. It holds the builder only while it works on a message or a
@@ -361,59 +390,64 @@ async fn follow(
                 continue;
             }
         };
-        let m = match next {
+        let first = match next {
             Some(Ok(m)) => m,
             Some(Err(e)) => return Err(bus(&e)),
             None => return Err(Error::Bus("the firehose consumer ended".into())),
         };
+        // Take what else has arrived, to check signatures in batches.
+        let mut group = vec![first];
+        while group.len() < CHECK_BATCH {
+            match futures::FutureExt::now_or_never(messages.next()) {
+                Some(Some(Ok(m))) => group.push(m),
+                Some(Some(Err(e))) => return Err(bus(&e)),
+                _ => break,
+            }
+        }
         let Some(inner) = weak.upgrade() else {
             return Ok(());
         };
         let inner = &inner;
-        let seq = m.info().map_err(|e| bus(&e))?.stream_sequence;
-        let last = pending.last().map_or_else(|| inner.last_seq(), |p| p.seq);
-        if seq <= last {
-            // Already in a block (redelivered after a restart) or already pending.
-            if seq <= inner.last_seq() {
-                let _ = m.ack().await;
+        let mut fresh = Vec::with_capacity(group.len());
+        for m in group {
+            let seq = m.info().map_err(|e| bus(&e))?.stream_sequence;
+            let last = fresh
+                .last()
+                .map(|(s, _)| *s)
+                .or_else(|| pending.last().map(|p| p.seq))
+                .unwrap_or_else(|| inner.last_seq());
+            if seq <= last {
+                // Already in a block (redelivered after a restart) or already pending.
+                if seq <= inner.last_seq() {
+                    let _ = m.ack().await;
+                }
+                continue;
             }
+            fresh.push((seq, m));
+        }
+        let Some(verdicts) = check_all(inner, &fresh).await else {
+            return Ok(()); // the builder was dropped while waiting for the replica
+        };
+        for ((seq, m), verdict) in fresh.into_iter().zip(verdicts) {
+            if let Err(why) = verdict {
+                inner
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(seq, why, "firehose message refused by the builder");
+                let _ = m.ack_with(AckKind::Term).await;
+                continue;
+            }
+            let payload = m.payload.to_vec();
+            bytes += payload.len();
+            pending.push(Pending {
+                seq,
+                payload,
+                message: m,
+            });
+        }
+        if pending.is_empty() {
             continue;
         }
-        let payload = m.payload.to_vec();
-        let mut accepted = false;
-        loop {
-            match check(inner, &payload).await {
-                Ok(()) => {
-                    accepted = true;
-                    break;
-                }
-                Err(Refusal::NotYet) => {
-                    if Arc::strong_count(inner) == 1 {
-                        return Ok(()); // the builder was dropped
-                    }
-                    // The gateway accepted it, so the replica will learn of its sender:
-                    // wait, in order, rather than lose it.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(Refusal::Never(why)) => {
-                    inner
-                        .refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(seq, why, "firehose message refused by the builder");
-                    let _ = m.ack_with(AckKind::Term).await;
-                    break;
-                }
-            }
-        }
-        if !accepted {
-            continue;
-        }
-        bytes += payload.len();
-        pending.push(Pending {
-            seq,
-            payload,
-            message: m,
-        });
         if deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + delay);
         }

@@ -10,7 +10,7 @@ use blockpost_core::{Identity, SealTo, body_aad, now_ms, seal_body, sign_envelop
 use blockpost_proto::v1::envelope_content::Body;
 use blockpost_proto::v1::messaging_client::MessagingClient;
 use blockpost_proto::v1::submit_result::Result as Outcome;
-use blockpost_proto::v1::{Envelope, EnvelopeContent, MessageKind};
+use blockpost_proto::v1::{Envelope, EnvelopeContent, MessageKind, ReceiptBody};
 use ed25519_dalek::{Signer as _, SigningKey};
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -123,7 +123,7 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
             if encrypted { "encrypted" } else { "plaintext" },
             t.elapsed().as_secs_f64()
         );
-        let (rate, lat, errors) = submit_all(&channel, envs, args.streams, 0).await?;
+        let (rate, lat, errors, accepted) = submit_all(&channel, envs, args.streams, 0).await?;
         say!(
             "{:<10} accepted {rate:>8.0} msgs/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {errors}  ({:.2}x one core's batch verification)",
             if encrypted { "encrypted" } else { "plaintext" },
@@ -131,6 +131,7 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
             pct(&lat, 0.99),
             rate / batch
         );
+        report_blocks(&bn, &accepted).await?;
     }
     if args.paced_rate > 0 {
         for encrypted in [false, true] {
@@ -141,7 +142,7 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
                 args.body,
                 encrypted.then_some((r.leaf_index, rid.encryption_public())),
             );
-            let (rate, lat, errors) =
+            let (rate, lat, errors, accepted) =
                 submit_all(&channel, envs, args.streams, args.paced_rate).await?;
             say!(
                 "{:<10} paced at {} msgs/s: accepted {rate:>6.0} msgs/s  p50 {:>6.2} ms  p99 {:>6.2} ms  errors {errors}",
@@ -150,9 +151,28 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
                 pct(&lat, 0.5),
                 pct(&lat, 0.99),
             );
+            report_blocks(&bn, &accepted).await?;
         }
     }
     bn.stop().await;
+    Ok(())
+}
+
+/// Prints the merge delay of a run (acceptance to signed, durable block).
+async fn report_blocks(bn: &BenchNode, accepted: &[Accepted]) -> anyhow::Result<()> {
+    let Some(builder) = bn.node.builder() else {
+        return Ok(());
+    };
+    let (delays, lag, late) = merge_delays(builder, accepted).await?;
+    say!(
+        "{:<10} merge delay (receipt to signed, durable block): p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms; all in blocks {:.2} s after the run; {late} past their deadline; {} blocks so far",
+        "",
+        pct(&delays, 0.5),
+        pct(&delays, 0.99),
+        delays.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        lag.as_secs_f64(),
+        builder.height()
+    );
     Ok(())
 }
 
@@ -218,7 +238,7 @@ async fn submit_all(
     envs: Vec<Envelope>,
     streams: usize,
     paced_rate: u64,
-) -> anyhow::Result<(f64, Vec<Duration>, usize)> {
+) -> anyhow::Result<(f64, Vec<Duration>, usize, Vec<Accepted>)> {
     let streams = streams.max(1);
     let per = envs.len().div_ceil(streams);
     let mut chunks: Vec<Vec<Envelope>> = Vec::new();
@@ -259,6 +279,7 @@ async fn submit_all(
             });
             let mut out = g.submit_stream(input).await?.into_inner();
             let mut lat = Vec::with_capacity(n);
+            let mut accepted = Vec::with_capacity(n);
             let mut errors = 0;
             let mut i = 0;
             while let Some(r) = out.message().await? {
@@ -268,26 +289,85 @@ async fn submit_all(
                     .get(i)
                     .copied();
                 match r.result {
-                    Some(Outcome::Receipt(_)) => lat.extend(at.map(|a| a.elapsed())),
+                    Some(Outcome::Receipt(receipt)) => {
+                        lat.extend(at.map(|a| a.elapsed()));
+                        if let Ok(b) = ReceiptBody::decode(receipt.body.as_slice())
+                            && let Ok(id) = <[u8; 32]>::try_from(b.message_id.as_slice())
+                        {
+                            accepted.push((id, b.accepted_at_ms, b.block_deadline_ms));
+                        }
+                    }
                     _ => errors += 1,
                 }
                 i += 1;
                 pb.inc(1);
             }
-            anyhow::Ok((lat, errors))
+            anyhow::Ok((lat, errors, accepted))
         }));
     }
     let mut lat = Vec::new();
     let mut errors = 0;
+    let mut accepted = Vec::new();
     for task in tasks {
-        let (l, e) = task.await??;
+        let (l, e, a) = task.await??;
         lat.extend(l);
         errors += e;
+        accepted.extend(a);
     }
     let elapsed = t.elapsed();
     pb.finish_and_clear();
     lat.sort();
-    Ok((lat.len() as f64 / elapsed.as_secs_f64(), lat, errors))
+    Ok((
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        lat,
+        errors,
+        accepted,
+    ))
+}
+
+/// A receipted envelope: message id, accepted at, block deadline (ms).
+type Accepted = ([u8; 32], i64, i64);
+
+/// Waits until the builder put every accepted envelope in a block; returns the merge
+/// delays (block time minus acceptance time), how long after the run the last one was in
+/// a block, and how many blocks missed their receipt's deadline.
+async fn merge_delays(
+    builder: &blockpost_builder::Builder,
+    accepted: &[Accepted],
+) -> anyhow::Result<(Vec<Duration>, Duration, usize)> {
+    let t = Instant::now();
+    let mut times: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
+    let mut delays = Vec::with_capacity(accepted.len());
+    let mut late = 0;
+    for (id, at, deadline) in accepted {
+        let height = loop {
+            match builder.locate(id) {
+                Some((h, _)) if h < builder.head().size => break h,
+                _ if t.elapsed() > Duration::from_secs(120) => {
+                    anyhow::bail!("a receipted message is in no block 120 s after the run")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let time = match times.get(&height) {
+            Some(t) => *t,
+            None => {
+                let b =
+                    blockpost_proto::v1::Block::decode(builder.store().block(height)?.as_slice())?;
+                let h = blockpost_proto::v1::BlockHeader::decode(
+                    b.header.unwrap_or_default().header.as_slice(),
+                )?;
+                times.insert(height, h.time_ms);
+                h.time_ms
+            }
+        };
+        if time > *deadline {
+            late += 1;
+        }
+        delays.push(Duration::from_millis(u64::try_from(time - at).unwrap_or(0)));
+    }
+    delays.sort();
+    Ok((delays, t.elapsed(), late))
 }
 
 fn raw_verify() -> (f64, f64) {

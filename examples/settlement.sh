@@ -50,3 +50,7 @@ step "$B -> $A: finish"
 
 step "the public record (metadata for everyone; encrypted bodies stay sealed)"
 "$BP" firehose | grep "\[$TX\]"
+
+step "the permanent record: the newest block, verified against the signed ledger"
+sleep 1
+"$BP" block latest

@@ -265,6 +265,10 @@ impl Inner {
 /// Most firehose messages checked together (one batch signature verification).
 const CHECK_BATCH: usize = 1024;
 
+/// Longest wait for the replica to learn of the sender key an envelope names, when it
+/// has not reached that entry yet.
+const MAX_REPLICA_WAIT: Duration = Duration::from_secs(10);
+
 /// Checks messages: each must be a canonical envelope that keeps the rules, from a sender
 /// the replica knows, signed with the key at the index it names (checked in one batch).
 /// `Err(why)` for a message that never can be in a block. Waits, in order, while the
@@ -288,6 +292,7 @@ async fn check_all(
             }
         };
         let index = parsed.content().sender_key_index;
+        let waited_since = tokio::time::Instant::now();
         let key = loop {
             let known = inner
                 .replica
@@ -301,12 +306,24 @@ async fn check_all(
                 .flatten()
                 .and_then(|p| p.key_at(index));
             if let Some(k) = known {
-                break k;
+                break Some(k);
+            }
+            // Wait only while the replica has not reached the entry the envelope names,
+            // and not for ever: a sender or key that never comes is a refusal.
+            if index < inner.replica.applied() || waited_since.elapsed() > MAX_REPLICA_WAIT {
+                break None;
             }
             if Arc::strong_count(inner) == 1 {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let Some(key) = key else {
+            verdicts.push(Err(format!(
+                "the directory has no key {index} for sender {}",
+                parsed.sender()
+            )));
+            continue;
         };
         verdicts.push(Ok(()));
         slots.push(i);
@@ -367,6 +384,14 @@ async fn follow(
         .map_err(|e| bus(&e))?;
     let mut messages = consumer.messages().await.map_err(|e| bus(&e))?;
     let delay = Duration::from_millis(config.max_block_delay_ms);
+    // Every block is published whole: keep it under the server's max_payload.
+    let max_block_bytes = config.max_block_bytes.min(
+        js.client()
+            .server_info()
+            .max_payload
+            .saturating_sub(64 * 1024)
+            .max(1),
+    );
     let mut pending: Vec<Pending> = Vec::new();
     let mut bytes = 0usize;
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -438,6 +463,15 @@ async fn follow(
                 continue;
             }
             let payload = m.payload.to_vec();
+            // Cut before a message would take the block past its limits.
+            if !pending.is_empty()
+                && (pending.len() + 1 > inner.config.max_block_messages
+                    || bytes + payload.len() > max_block_bytes)
+            {
+                cut(inner, js, ns, std::mem::take(&mut pending)).await?;
+                bytes = 0;
+                deadline = None;
+            }
             bytes += payload.len();
             pending.push(Pending {
                 seq,
@@ -451,8 +485,7 @@ async fn follow(
         if deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + delay);
         }
-        if pending.len() >= inner.config.max_block_messages || bytes >= inner.config.max_block_bytes
-        {
+        if pending.len() >= inner.config.max_block_messages || bytes >= max_block_bytes {
             cut(inner, js, ns, std::mem::take(&mut pending)).await?;
             bytes = 0;
             deadline = None;

@@ -373,6 +373,7 @@ async fn check_streams(nats: &async_nats::Client, ns: &Namespace) -> Result<()> 
         ns.directory_stream(),
         ns.firehose_stream(),
         ns.inbox_stream(),
+        ns.blocks_stream(),
     ] {
         let Ok(mut stream) = js.get_stream(&name).await else {
             continue; // not made yet (or NATS is down: the services will retry)

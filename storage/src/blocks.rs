@@ -128,13 +128,14 @@ impl BlockStore {
         sign: impl FnOnce(u64, [u8; 32]) -> Result<Vec<u8>>,
     ) -> Result<(u64, Head)> {
         let _one = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let height = self.blocks.append(&[block])?;
-        if height != self.ledger.len() {
+        if self.blocks.len() != self.ledger.len() {
             return Err(Error::Corrupted(format!(
-                "block {height} written, but the ledger holds {} blocks",
+                "the store holds {} blocks but the ledger {}: refusing to append",
+                self.blocks.len(),
                 self.ledger.len()
             )));
         }
+        let height = self.blocks.append(&[block])?;
         match self.ledger.append(&[id.to_vec()], sign, |_| {}) {
             Ok((_, head)) => Ok((height, head)),
             Err(e) => {

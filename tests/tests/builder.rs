@@ -21,7 +21,7 @@ fn verify_ledger(sb: &Sandbox) -> HashMap<Vec<u8>, usize> {
     let key = b.public_key();
     let head = b.head();
     let cp = verify_checkpoint(&head.checkpoint, &b.ledger_verifier_key()).unwrap();
-    assert!(cp.size <= b.height());
+    assert!(cp.size >= 1, "no block yet");
     let mut prev: Option<VerifiedHeader> = None;
     let mut seen = HashMap::new();
     for h in 0..cp.size {

@@ -76,6 +76,13 @@ pub fn config_dir() -> PathBuf {
     )
 }
 
+/// The name of the files the client keeps about the node at `url`.
+pub(crate) fn state_file_name(url: &str) -> String {
+    url.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
 impl Client {
     /// Connects, fetches the node's identity and pins its log key on first use (and, over
     /// TLS, the key of its certificate: see [`ConnectOptions`]).
@@ -103,11 +110,9 @@ impl Client {
             }
             Err(s) => return Err(s.into()),
         };
-        let name: String = url
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let state_file = state_dir.join("directories").join(format!("{name}.json"));
+        let state_file = state_dir
+            .join("directories")
+            .join(format!("{}.json", state_file_name(&url)));
         let state_err = |why: String| Error::State {
             path: state_file.display().to_string(),
             why,

@@ -270,9 +270,8 @@ impl Ledger {
 }
 
 fn pin_file(state_dir: &Path, endpoint: &str) -> PathBuf {
-    let name: String = endpoint
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    state_dir.join("ledgers").join(format!("{name}.json"))
+    state_dir.join("ledgers").join(format!(
+        "{}.json",
+        crate::directory::state_file_name(endpoint)
+    ))
 }

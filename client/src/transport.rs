@@ -319,11 +319,16 @@ struct PinVerifier {
 }
 
 impl PinVerifier {
-    /// The peer signed the handshake with `cert`'s key: a candidate with that key becomes
-    /// the pin.
-    fn proved(&self, cert: &CertificateDer<'_>) {
+    /// Passes on a handshake signature check; when it held (the peer signed with `cert`'s
+    /// key), a candidate with that key becomes the pin.
+    fn proved(
+        &self,
+        cert: &CertificateDer<'_>,
+        checked: std::result::Result<HandshakeSignatureValid, rustls::Error>,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        let ok = checked?;
         let Ok(h) = spki_sha256(cert) else {
-            return;
+            return Ok(ok);
         };
         let mut candidate = self.candidate.lock().unwrap_or_else(|e| e.into_inner());
         if *candidate == Some(h) {
@@ -333,6 +338,7 @@ impl PinVerifier {
             }
             *candidate = None;
         }
+        Ok(ok)
     }
 }
 
@@ -375,14 +381,15 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        let ok = rustls::crypto::verify_tls12_signature(
-            message,
+        self.proved(
             cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )?;
-        self.proved(cert);
-        Ok(ok)
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            ),
+        )
     }
 
     fn verify_tls13_signature(
@@ -391,14 +398,15 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        let ok = rustls::crypto::verify_tls13_signature(
-            message,
+        self.proved(
             cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )?;
-        self.proved(cert);
-        Ok(ok)
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            ),
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -212,6 +212,31 @@ impl Sandbox {
     }
 }
 
+/// `blockpost up` from this build on `127.0.0.1:port` with data in `data` (its stderr
+/// appended to `data.log`), on `nats` or on a nats-server it manages itself.
+pub fn spawn_node(
+    data: &std::path::Path,
+    port: u16,
+    nats: Option<&NatsServer>,
+) -> std::process::Child {
+    let mut cmd = std::process::Command::new(blockpost_bin().expect("the blockpost binary"));
+    cmd.args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(data);
+    if let Some(n) = nats {
+        cmd.args(["--nats", &n.url(), "--nats-credentials"])
+            .arg(n.credentials_file());
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .expect("the node's log file");
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("blockpost up starts")
+}
+
 /// The `blockpost` binary of this build.
 ///
 /// `cargo test --workspace` builds it before any test runs (the cli crate has integration

@@ -246,17 +246,15 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
 
     // The CLI verifies and prints what the issue names.
     let bin = blockpost_tests::blockpost_bin().unwrap();
-    let out = std::process::Command::new(&bin)
-        .args([
-            "message",
-            &hex::encode(ids[0]),
-            "--json",
-            "--endpoint",
-            &sb.endpoint,
-        ])
-        .env("BLOCKPOST_CONFIG_DIR", &sb.client_dir)
-        .output()
-        .unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(args)
+            .args(["--endpoint", &sb.endpoint])
+            .env("BLOCKPOST_CONFIG_DIR", &sb.client_dir)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["message", &hex::encode(ids[0]), "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -278,45 +276,16 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
     ] {
         assert!(!v[f].is_null(), "message --json lacks {f}");
     }
-    let out = std::process::Command::new(&bin)
-        .args(["block", "latest", "--endpoint", &sb.endpoint])
-        .env("BLOCKPOST_CONFIG_DIR", &sb.client_dir)
-        .output()
-        .unwrap();
+    let out = cli(&["block", "latest"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = std::process::Command::new(&bin)
-        .args(["block", "nine", "--endpoint", &sb.endpoint])
-        .env("BLOCKPOST_CONFIG_DIR", &sb.client_dir)
-        .output()
-        .unwrap();
+    let out = cli(&["block", "nine"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a block height"));
     sb.stop().await;
-}
-
-fn spawn_node(
-    data: &std::path::Path,
-    port: u16,
-    nats: &blockpost_tests::NatsServer,
-) -> std::process::Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.with_extension("log"))
-        .unwrap();
-    std::process::Command::new(blockpost_tests::blockpost_bin().unwrap())
-        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(data)
-        .args(["--nats", &nats.url(), "--nats-credentials"])
-        .arg(nats.credentials_file())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,7 +307,7 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
     // (envelope, receipt deadline) of every receipted message.
     let receipted: Arc<Mutex<Vec<(Vec<u8>, i64)>>> = Arc::default();
     for round in 0..2 {
-        let mut node = spawn_node(&data, port, &nats);
+        let mut node = blockpost_tests::spawn_node(&data, port, Some(&nats));
         let state = tmp.path().join(format!("client-{round}"));
         let mut c = wait_for(Duration::from_secs(30), "the node", || async {
             Client::connect(&endpoint, &state).await.ok()
@@ -395,7 +364,7 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
     assert!(receipted.len() > 20, "only {} receipts", receipted.len());
 
     // After the restart, every receipted message is in exactly one block, by its deadline.
-    let mut node = spawn_node(&data, port, &nats);
+    let mut node = blockpost_tests::spawn_node(&data, port, Some(&nats));
     let state = tmp.path().join("client-final");
     let c = wait_for(Duration::from_secs(30), "the node", || async {
         Client::connect(&endpoint, &state).await.ok()

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::type_complexity)]
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,23 +13,9 @@ use blockpost_core::{Identity, verify_checkpoint};
 use blockpost_node::free_port;
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use blockpost_proto::v1::{ConsistencyProofRequest, SignedRequest};
-use blockpost_tests::{NatsServer, blockpost_bin, register_body, sign_register, wait_for};
-
-fn spawn_node(data: &Path, port: u16, nats: Option<&NatsServer>) -> Child {
-    let mut cmd = Command::new(blockpost_bin().unwrap());
-    cmd.args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(data);
-    if let Some(n) = nats {
-        cmd.args(["--nats", &n.url(), "--nats-credentials"])
-            .arg(n.credentials_file());
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data.with_extension("log"))
-        .unwrap();
-    cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap()
-}
+use blockpost_tests::{
+    NatsServer, blockpost_bin, register_body, sign_register, spawn_node, wait_for,
+};
 
 async fn wait_ready(endpoint: &str, state: &Path) -> Client {
     wait_for(Duration::from_secs(30), "node to accept gRPC", || async {

@@ -1,25 +1,28 @@
 //! The builder service.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use blockpost_core::block::{
-    VerifiedHeader, builder_key_id, empty_root, merkle_root, sign_header, verify_block,
+    VerifiedBlock, VerifiedHeader, builder_key_id, empty_root, merkle_root, sign_header,
+    verify_block,
 };
+use blockpost_core::transaction::{Book, TxMessage, lay_out_block, replay_block};
 use blockpost_core::wire::{self, Namespace};
 use blockpost_core::{
     CheckpointSigner, Clock, EnvelopeLimits, ParsedEnvelope, decode_canonical, leaf_hash,
 };
 use blockpost_messaging::Replica;
-use blockpost_proto::v1::{Block, BlockHeader, Envelope, PartitionRange};
+use blockpost_proto::v1::{Block, BlockHeader, Envelope, PartitionRange, TransactionStatus};
 use blockpost_storage::{BlockStore, Head};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use futures::StreamExt as _;
 use prost::Message as _;
 
+use crate::index::Index;
 use crate::{BuilderConfig, Error, Result};
 
 /// Largest stored block, in bytes.
@@ -56,15 +59,23 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Firehose messages refused (not an envelope, breaks the rules, not signed by its
     /// sender): terminated, never put in a block.
-    refused: std::sync::atomic::AtomicU64,
-    /// Message id → (height, leaf index). Rebuilt from the store at open.
-    index: std::sync::RwLock<HashMap<[u8; 32], (u64, u32)>>,
+    refused: AtomicU64,
+    /// Message, block and transaction indexes, derived from the store.
+    pub(crate) index: Index,
+    /// The open transactions after the newest indexed block. The cutting loop owns it; after
+    /// an error it is reloaded from the index ([`catch_up`]).
+    book: Mutex<Book>,
+    /// The last firehose sequence in a block.
+    last_seq: AtomicU64,
+    /// The number of blocks, for those waiting for new ones.
+    pub(crate) blocks: tokio::sync::watch::Sender<u64>,
 }
 
 /// A firehose message waiting for its block.
 struct Pending {
     seq: u64,
     payload: Vec<u8>,
+    tx: TxMessage,
     message: jetstream::Message,
 }
 
@@ -83,11 +94,10 @@ impl Builder {
     ) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
         let key = parts.key;
-        let vk = key.verifying_key();
         let signer = CheckpointSigner::new(&format!("{}/ledger", parts.origin), key.clone())
             .map_err(|e| Error::Config(e.to_string()))?;
         let dir = parts.dir;
-        let (store, tip, index) = tokio::task::spawn_blocking(move || open_store(&dir, &vk))
+        let (store, index) = tokio::task::spawn_blocking(move || open_store(&dir))
             .await
             .map_err(|e| Error::Corrupted(format!("opening the store: {e}")))??;
         store.ensure_checkpoint(|size, root| {
@@ -95,22 +105,31 @@ impl Builder {
                 .sign(size, root)
                 .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
         })?;
-        tracing::info!(
-            blocks = store.len(),
-            "block store opened and every block verified"
-        );
+        let timeout = config.transaction_timeout_ms;
         let inner = Arc::new(Inner {
             config,
+            blocks: tokio::sync::watch::Sender::new(store.len()),
             store,
             key,
             signer,
-            tip: Mutex::new(tip),
+            tip: Mutex::new(None),
             limits,
             replica,
             clock,
-            refused: std::sync::atomic::AtomicU64::new(0),
-            index: std::sync::RwLock::new(index),
+            refused: AtomicU64::new(0),
+            index,
+            book: Mutex::new(Book::new(timeout, [])),
+            last_seq: AtomicU64::new(0),
         });
+        let i2 = inner.clone();
+        tokio::task::spawn_blocking(move || catch_up(&i2))
+            .await
+            .map_err(|e| Error::Corrupted(format!("indexing the store: {e}")))??;
+        tracing::info!(
+            blocks = inner.store.len(),
+            open_transactions = inner.book.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            "block store opened, newest blocks verified and indexed"
+        );
         let js = jetstream::new(nats);
         js.get_or_create_stream(stream::Config {
             name: ns.blocks_stream(),
@@ -153,13 +172,34 @@ impl Builder {
     }
 
     /// Where the message with `id` (SHA-256 of its envelope) is: height and leaf index.
-    pub fn locate(&self, id: &[u8; 32]) -> Option<(u64, u32)> {
-        self.inner
-            .index
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .copied()
+    pub fn locate(&self, id: &[u8; 32]) -> Result<Option<(u64, u32)>> {
+        self.inner.index.locate(id)
+    }
+
+    /// Tells of each new block (the number of blocks).
+    pub fn subscribe_heights(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.blocks.subscribe()
+    }
+
+    /// The ledger's indexes.
+    pub(crate) fn index(&self) -> &Index {
+        &self.inner.index
+    }
+
+    /// The default transaction timeout.
+    pub fn transaction_timeout_ms(&self) -> u64 {
+        self.inner.config.transaction_timeout_ms
+    }
+
+    /// How the ledger closed transaction `id`, if it did (a closing record is in a block).
+    pub fn transaction_closed(&self, id: &str) -> Result<Option<TransactionStatus>> {
+        self.inner.index.is_closed(id)
+    }
+
+    /// What the gateway asks before it accepts a message for a transaction. It does not
+    /// keep the builder alive.
+    pub fn gate(&self) -> Arc<dyn blockpost_messaging::TransactionGate> {
+        Arc::new(Gate(Arc::downgrade(&self.inner)))
     }
 
     /// The ledger's origin line.
@@ -169,36 +209,34 @@ impl Builder {
 
     /// Firehose messages refused so far.
     pub fn refused(&self) -> u64 {
-        self.inner
-            .refused
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.inner.refused.load(Ordering::Relaxed)
     }
 }
 
-type Index = HashMap<[u8; 32], (u64, u32)>;
+struct Gate(std::sync::Weak<Inner>);
 
-fn index_block(index: &mut Index, height: u64, v: &blockpost_core::block::VerifiedBlock) {
-    for (i, (leaf, kind)) in v.leaves.iter().zip(&v.kinds).enumerate() {
-        if matches!(kind, blockpost_core::block::Leaf::Message(_)) {
-            index.insert(
-                blockpost_core::block::block_id(leaf),
-                (height, u32::try_from(i).unwrap_or(u32::MAX)),
-            );
+impl blockpost_messaging::TransactionGate for Gate {
+    fn closed(&self, transaction_id: &str) -> Option<TransactionStatus> {
+        let inner = self.0.upgrade()?;
+        match inner.index.is_closed(transaction_id) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "transaction index unreadable");
+                None
+            }
         }
     }
 }
 
-fn open_store(
-    dir: &std::path::Path,
-    key: &VerifyingKey,
-) -> Result<(BlockStore, Option<VerifiedHeader>, Index)> {
-    let mut tip: Option<VerifiedHeader> = None;
-    let mut index = Index::new();
-    let corrupted = |h: u64, e: String| {
-        blockpost_storage::Error::Corrupted(format!(
-            "block {h} does not verify ({e}); the store was left untouched"
-        ))
-    };
+fn corrupted(h: u64, e: impl std::fmt::Display) -> Error {
+    Error::Corrupted(format!(
+        "block {h} does not verify ({e}); the store was left untouched"
+    ))
+}
+
+/// Opens the block store (each block the ledger names must have the id it holds) and the
+/// index beside it.
+fn open_store(dir: &std::path::Path) -> Result<(BlockStore, Index)> {
     let store = BlockStore::open(
         dir,
         MAX_BLOCK_LEN,
@@ -210,26 +248,72 @@ fn open_store(
                 .ok_or_else(|| blockpost_storage::Error::Corrupted("no header".into()))?;
             Ok(blockpost_core::block::block_id(&h.header))
         },
-        |height, bytes| {
-            let b = Block::decode(bytes).map_err(|e| corrupted(height, e.to_string()))?;
-            let v = verify_block(&b, key).map_err(|e| corrupted(height, e.to_string()))?;
-            if v.header.header.height != height {
-                return Err(corrupted(
-                    height,
-                    format!("it says height {}", v.header.header.height),
-                ));
-            }
-            if let Some(prev) = &tip {
-                v.header
-                    .check_follows(prev)
-                    .map_err(|e| corrupted(height, e.to_string()))?;
-            }
-            index_block(&mut index, height, &v);
-            tip = Some(v.header);
-            Ok(())
-        },
+        |_, _| Ok(()),
     )?;
-    Ok((store, tip, index))
+    let index = Index::open(&dir.join("index.redb"))?;
+    Ok((store, index))
+}
+
+/// Reads and fully verifies stored block `h`: header signature, Merkle root, leaves, its
+/// height, and its link to `prev`.
+fn verify_stored(inner: &Inner, h: u64, prev: Option<&VerifiedHeader>) -> Result<VerifiedBlock> {
+    let bytes = inner.store.block(h)?;
+    let b = Block::decode(bytes.as_slice()).map_err(|e| corrupted(h, e))?;
+    let v = verify_block(&b, &inner.key.verifying_key()).map_err(|e| corrupted(h, e))?;
+    if v.header.header.height != h {
+        return Err(corrupted(
+            h,
+            format!("it says height {}", v.header.header.height),
+        ));
+    }
+    if let Some(prev) = prev {
+        v.header.check_follows(prev).map_err(|e| corrupted(h, e))?;
+    }
+    Ok(v)
+}
+
+/// Brings the index up to the store: verifies the newest indexed block and every block
+/// after it, replays their transactions (each closing record must be the one the rules
+/// give) and indexes them; then reloads the tip, the open transactions and the last
+/// firehose sequence from it. An index that disagrees with the store is rebuilt.
+fn catch_up(inner: &Inner) -> Result<()> {
+    let index = &inner.index;
+    let len = inner.store.len();
+    let mut head = index.head()?;
+    if head.blocks > len || (head.blocks > 0 && inner.store.id(head.blocks - 1)? != head.last_id) {
+        tracing::warn!(
+            indexed = head.blocks,
+            blocks = len,
+            "the index does not match the block store: rebuilding it"
+        );
+        index.reset()?;
+        head = index.head()?;
+    }
+    let mut tip = match head.blocks.checked_sub(1) {
+        Some(h) => Some(verify_stored(inner, h, None)?.header),
+        None => None,
+    };
+    let mut book = index.book(inner.config.transaction_timeout_ms)?;
+    let mut last_seq = head.last_seq;
+    if head.blocks < len {
+        tracing::info!(from = head.blocks, to = len, "indexing blocks");
+    }
+    for h in head.blocks..len {
+        let v = verify_stored(inner, h, tip.as_ref())?;
+        let entries = replay_block(&mut book, h, v.header.header.time_ms, &v.leaves, |id| {
+            index.is_closed(id).ok().flatten().is_some()
+        })
+        .map_err(|e| corrupted(h, e))?;
+        if let Some(p) = v.header.header.partitions.first() {
+            last_seq = p.last_seq;
+        }
+        index.commit(h, v.header.id, &entries, &book, last_seq)?;
+        tip = Some(v.header);
+    }
+    *inner.tip.lock().unwrap_or_else(|e| e.into_inner()) = tip;
+    *inner.book.lock().unwrap_or_else(|e| e.into_inner()) = book;
+    inner.last_seq.store(last_seq, Ordering::SeqCst);
+    Ok(())
 }
 
 /// Follows the firehose until the builder is dropped, starting over after NATS errors.
@@ -253,12 +337,16 @@ async fn run(inner: std::sync::Weak<Inner>, js: jetstream::Context, ns: Namespac
 impl Inner {
     /// The last firehose sequence in a block.
     fn last_seq(&self) -> u64 {
-        self.tip
+        self.last_seq.load(Ordering::SeqCst)
+    }
+
+    /// Whether an open transaction is due to time out by `now_ms`.
+    fn due(&self, now_ms: i64) -> bool {
+        self.book
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(|t| t.header.partitions.first().map(|p| p.last_seq))
-            .unwrap_or(0)
+            .next_deadline()
+            .is_some_and(|d| d <= now_ms)
     }
 }
 
@@ -277,14 +365,16 @@ const MAX_REPLICA_WAIT: Duration = Duration::from_secs(10);
 async fn check_all(
     inner: &Arc<Inner>,
     group: &[(u64, jetstream::Message)],
-) -> Option<Vec<std::result::Result<(), String>>> {
-    let mut verdicts: Vec<std::result::Result<(), String>> = Vec::with_capacity(group.len());
+) -> Option<Vec<std::result::Result<TxMessage, String>>> {
+    let mut verdicts: Vec<std::result::Result<TxMessage, String>> = Vec::with_capacity(group.len());
     let mut batch = Vec::new();
     let mut slots = Vec::new();
     for (i, (_, m)) in group.iter().enumerate() {
-        let parsed = decode_canonical::<Envelope>(&m.payload, "envelope")
-            .and_then(|env| ParsedEnvelope::parse(env, &inner.limits));
-        let parsed = match parsed {
+        let parsed = decode_canonical::<Envelope>(&m.payload, "envelope").and_then(|env| {
+            let id = blockpost_core::message_id(&env);
+            ParsedEnvelope::parse(env, &inner.limits).map(|p| (id, p))
+        });
+        let (id, parsed) = match parsed {
             Ok(p) => p,
             Err(e) => {
                 verdicts.push(Err(e.to_string()));
@@ -325,7 +415,7 @@ async fn check_all(
             )));
             continue;
         };
-        verdicts.push(Ok(()));
+        verdicts.push(Ok(TxMessage::new(id, parsed.content())));
         slots.push(i);
         batch.push((parsed, key));
     }
@@ -351,6 +441,11 @@ async fn follow(
     let Some(inner) = weak.upgrade() else {
         return Ok(());
     };
+    // After an error the book may be ahead of the ledger, or a stored block not indexed.
+    let i2 = inner.clone();
+    tokio::task::spawn_blocking(move || catch_up(&i2))
+        .await
+        .map_err(|e| Error::Corrupted(format!("indexing the store: {e}")))??;
     let (start, config) = (inner.last_seq() + 1, inner.config.clone());
     drop(inner);
     let stream = js
@@ -395,13 +490,20 @@ async fn follow(
     let mut pending: Vec<Pending> = Vec::new();
     let mut bytes = 0usize;
     let mut deadline: Option<tokio::time::Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
             m = messages.next() => m,
             _ = tick.tick() => {
-                if weak.strong_count() == 0 {
+                let Some(inner) = weak.upgrade() else {
                     return Ok(()); // the builder was dropped
+                };
+                // A transaction due to time out gets its block now, messages or not.
+                if inner.due(inner.clock.now_ms()) {
+                    cut(&inner, js, ns, std::mem::take(&mut pending)).await?;
+                    bytes = 0;
+                    deadline = None;
                 }
                 continue;
             }
@@ -454,14 +556,15 @@ async fn follow(
             return Ok(()); // the builder was dropped while waiting for the replica
         };
         for ((seq, m), verdict) in fresh.into_iter().zip(verdicts) {
-            if let Err(why) = verdict {
-                inner
-                    .refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(seq, why, "firehose message refused by the builder");
-                let _ = m.ack_with(AckKind::Term).await;
-                continue;
-            }
+            let tx = match verdict {
+                Ok(tx) => tx,
+                Err(why) => {
+                    inner.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(seq, why, "firehose message refused by the builder");
+                    let _ = m.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
             let payload = m.payload.to_vec();
             // Cut before a message would take the block past its limits.
             if !pending.is_empty()
@@ -476,6 +579,7 @@ async fn follow(
             pending.push(Pending {
                 seq,
                 payload,
+                tx,
                 message: m,
             });
         }
@@ -500,43 +604,62 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Cuts, stores and publishes one block, then acknowledges its messages.
+/// Cuts, stores, indexes and publishes one block of `pending` messages and the closing
+/// records the transaction rules put with them (a block may hold only closings: a
+/// transaction timed out while no message came), then acknowledges the messages.
 async fn cut(
     inner: &Arc<Inner>,
     js: &jetstream::Context,
     ns: &Namespace,
     pending: Vec<Pending>,
 ) -> Result<()> {
-    if pending.is_empty() {
+    let now = inner.clock.now_ms();
+    if pending.is_empty() && !inner.due(now) {
         return Ok(());
     }
-    let leaves: Vec<Vec<u8>> = pending.iter().map(|p| p.payload.clone()).collect();
-    let range = PartitionRange {
+    let messages: Vec<(Vec<u8>, TxMessage)> = pending
+        .iter()
+        .map(|p| (p.payload.clone(), p.tx.clone()))
+        .collect();
+    let range = (!pending.is_empty()).then(|| PartitionRange {
         partition: 0,
         first_seq: pending.first().map_or(0, |p| p.seq),
         last_seq: pending.last().map_or(0, |p| p.seq),
-    };
+    });
     let (directory_size, directory_root) = inner
         .replica
         .checkpoint_in_force()
         .map_or((0, empty_root()), |cp| (cp.size, cp.root));
-    let now = inner.clock.now_ms();
     let inner2 = inner.clone();
-    let (height, encoded) = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<u8>)> {
-        let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(l)).collect();
+    let done = tokio::task::spawn_blocking(move || -> Result<Option<(u64, Vec<u8>)>> {
         let tip = inner2.tip.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let height = inner2.store.len();
+        let time_ms = tip.as_ref().map_or(now, |t| now.max(t.header.time_ms));
+        let mut book = inner2.book.lock().unwrap_or_else(|e| e.into_inner());
+        let index = &inner2.index;
+        let (leaves, entries) =
+            lay_out_block(&mut book, height, time_ms, Vec::new(), messages, |id| {
+                index.is_closed(id).ok().flatten().is_some()
+            });
+        if leaves.is_empty() {
+            return Ok(None);
+        }
+        let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(l)).collect();
         let header = BlockHeader {
             height,
             previous_hash: tip.as_ref().map_or_else(Vec::new, |t| t.id.to_vec()),
             merkle_root: merkle_root(&hashes).to_vec(),
             leaf_count: leaves.len() as u64,
-            partitions: vec![range],
+            partitions: range.into_iter().collect(),
             directory_size,
             directory_root: directory_root.to_vec(),
-            time_ms: tip.as_ref().map_or(now, |t| now.max(t.header.time_ms)),
+            time_ms,
             builder_key_id: builder_key_id(&inner2.key.verifying_key()).to_vec(),
         };
+        let last_seq = header
+            .partitions
+            .first()
+            .map_or_else(|| inner2.last_seq(), |p| p.last_seq);
         let signed = sign_header(&inner2.key, &header);
         let id = blockpost_core::block::block_id(&signed.header);
         let verified = VerifiedHeader {
@@ -544,16 +667,11 @@ async fn cut(
             bytes: signed.header.clone(),
             id,
         };
-        let block = Block {
+        let encoded = Block {
             header: Some(signed),
             leaves,
-        };
-        let encoded = block.encode_to_vec();
-        let ids: Vec<[u8; 32]> = block
-            .leaves
-            .iter()
-            .map(|l| blockpost_core::block::block_id(l))
-            .collect();
+        }
+        .encode_to_vec();
         inner2.store.append(encoded.clone(), id, |size, root| {
             inner2
                 .signer
@@ -561,15 +679,16 @@ async fn cut(
                 .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
         })?;
         *inner2.tip.lock().unwrap_or_else(|e| e.into_inner()) = Some(verified);
-        let mut index = inner2.index.write().unwrap_or_else(|e| e.into_inner());
-        for (i, id) in ids.into_iter().enumerate() {
-            index.insert(id, (height, u32::try_from(i).unwrap_or(u32::MAX)));
-        }
-        drop(index);
-        Ok((height, encoded))
+        inner2.last_seq.store(last_seq, Ordering::SeqCst);
+        index.commit(height, id, &entries, &book, last_seq)?;
+        Ok(Some((height, encoded)))
     })
     .await
     .map_err(|e| Error::Corrupted(format!("cutting a block: {e}")))??;
+    let Some((height, encoded)) = done else {
+        return Ok(());
+    };
+    inner.blocks.send_replace(height + 1);
     // Durable: now the messages may go.
     for p in &pending {
         let _ = p.message.ack().await;

@@ -15,6 +15,9 @@ pub struct BuilderConfig {
     pub max_block_bytes: usize,
     /// A block is cut at most this long after its first message arrived.
     pub max_block_delay_ms: u64,
+    /// An unfinished transaction times out this long after the block holding its first
+    /// message (or at the earlier deadline that message asks for).
+    pub transaction_timeout_ms: u64,
 }
 
 impl Default for BuilderConfig {
@@ -24,6 +27,7 @@ impl Default for BuilderConfig {
             max_block_messages: 10_000,
             max_block_bytes: 4 << 20,
             max_block_delay_ms: 250,
+            transaction_timeout_ms: blockpost_core::transaction::DEFAULT_TRANSACTION_TIMEOUT_MS,
         }
     }
 }
@@ -34,6 +38,11 @@ impl BuilderConfig {
         if self.max_block_messages == 0 || self.max_block_bytes == 0 || self.max_block_delay_ms == 0
         {
             return Err("builder.max_block_messages, max_block_bytes and max_block_delay_ms must be at least 1".into());
+        }
+        if self.transaction_timeout_ms == 0 || self.transaction_timeout_ms > i64::MAX as u64 / 2 {
+            return Err(
+                "builder.transaction_timeout_ms must be at least 1 and at most 2^62".into(),
+            );
         }
         if self.max_block_bytes > crate::MAX_BLOCK_LEN / 2 {
             return Err(format!(

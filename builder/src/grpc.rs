@@ -1,20 +1,37 @@
 //! The `blockpost.v1.Ledger` gRPC service: a thin adapter over [`Builder`].
 
+use std::collections::HashMap;
+
+use blockpost_core::MAX_TEXT_LEN;
 use blockpost_core::block::BlockTree;
 use blockpost_proto::v1::ledger_server::{self, LedgerServer};
 use blockpost_proto::v1::{
-    Block, BlockResponse, GetBlockRequest, GetLedgerInfoRequest, GetMessageRequest, LedgerInfo,
-    MessageResponse, get_block_request,
+    Block, BlockResponse, GetBlockRequest, GetHeadersRequest, GetLedgerInfoRequest,
+    GetMessageRequest, GetTransactionRequest, HeadersResponse, LedgerInfo, MessageResponse,
+    SubscribeBlocksRequest, TransactionResponse, get_block_request,
 };
+use blockpost_storage::Head;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::Builder;
 
+/// Most messages in one `GetTransaction` answer, and most headers in one `GetHeaders`.
+pub const MAX_PAGE: u32 = 1000;
+
+/// Most blocks a `SubscribeBlocks` stream has in flight to a slow reader.
+const SUBSCRIBE_BUFFER: usize = 16;
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
 impl Builder {
     /// The tonic service for this builder's ledger.
     pub fn into_service(self) -> LedgerServer<Self> {
-        LedgerServer::new(self).max_decoding_message_size(4096)
+        LedgerServer::new(self)
+            .max_decoding_message_size(4096)
+            .max_encoding_message_size(usize::MAX)
     }
 
     fn read_block(&self, height: u64) -> Result<Block, Status> {
@@ -25,6 +42,63 @@ impl Builder {
         Block::decode(bytes.as_slice())
             .map_err(|e| Status::data_loss(format!("stored block {height} does not decode: {e}")))
     }
+
+    fn block_response(&self, height: u64, head: &Head) -> Result<BlockResponse, Status> {
+        let block = self.read_block(height)?;
+        let proof = self
+            .store()
+            .prove_inclusion(height, head.size)
+            .map_err(internal)?;
+        Ok(BlockResponse {
+            block: Some(block),
+            ledger_checkpoint: head.checkpoint.clone(),
+            ledger_proof: proof.iter().map(|h| h.to_vec()).collect(),
+        })
+    }
+
+    /// Leaf `leaf` of `block` (at `height`) with its inclusion proof, its header and the
+    /// ledger proof of the block against `head`.
+    fn leaf_response(
+        &self,
+        block: &Block,
+        height: u64,
+        leaf: u32,
+        head: &Head,
+    ) -> Result<MessageResponse, Status> {
+        let hashes: Vec<[u8; 32]> = block
+            .leaves
+            .iter()
+            .map(|l| blockpost_core::leaf_hash(l))
+            .collect();
+        let missing = || Status::data_loss(format!("block {height} has no leaf {leaf}"));
+        let proof = BlockTree::new(&hashes)
+            .proof(leaf as usize)
+            .ok_or_else(missing)?;
+        let ledger_proof = self
+            .store()
+            .prove_inclusion(height, head.size)
+            .map_err(internal)?;
+        let envelope = block
+            .leaves
+            .get(leaf as usize)
+            .cloned()
+            .ok_or_else(missing)?;
+        Ok(MessageResponse {
+            envelope,
+            height,
+            leaf_index: u64::from(leaf),
+            inclusion_proof: proof.iter().map(|h| h.to_vec()).collect(),
+            header: block.header.clone(),
+            ledger_checkpoint: head.checkpoint.clone(),
+            ledger_proof: ledger_proof.iter().map(|h| h.to_vec()).collect(),
+        })
+    }
+}
+
+fn message_id(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], Status> {
+    bytes.try_into().map_err(|v: Vec<u8>| {
+        Status::invalid_argument(format!("{what} is 32 bytes (a SHA-256), not {}", v.len()))
+    })
 }
 
 #[tonic::async_trait]
@@ -37,6 +111,7 @@ impl ledger_server::Ledger for Builder {
             origin: self.origin().to_owned(),
             verifier_key: self.ledger_verifier_key(),
             builder_key: self.public_key().to_bytes().to_vec(),
+            transaction_timeout_ms: self.transaction_timeout_ms(),
         }))
     }
 
@@ -51,8 +126,19 @@ impl ledger_server::Ledger for Builder {
                 .size
                 .checked_sub(1)
                 .ok_or_else(|| Status::not_found("the ledger holds no block yet"))?,
+            Some(get_block_request::At::Id(id)) => {
+                let id = message_id(id, "a block id")?;
+                self.index()
+                    .height_of(&id)
+                    .map_err(internal)?
+                    .ok_or_else(|| {
+                        Status::not_found(format!("no block has id {}", hex::encode(id)))
+                    })?
+            }
             _ => {
-                return Err(Status::invalid_argument("give a height, or latest = true"));
+                return Err(Status::invalid_argument(
+                    "give a height, an id, or latest = true",
+                ));
             }
         };
         if height >= head.size {
@@ -61,63 +147,153 @@ impl ledger_server::Ledger for Builder {
                 head.size
             )));
         }
-        let block = self.read_block(height)?;
-        let proof = self
-            .store()
-            .prove_inclusion(height, head.size)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(BlockResponse {
-            block: Some(block),
-            ledger_checkpoint: head.checkpoint,
-            ledger_proof: proof.iter().map(|h| h.to_vec()).collect(),
-        }))
+        Ok(Response::new(self.block_response(height, &head)?))
     }
 
     async fn get_message(
         &self,
         r: Request<GetMessageRequest>,
     ) -> Result<Response<MessageResponse>, Status> {
-        let id: [u8; 32] = r.into_inner().message_id.try_into().map_err(|v: Vec<u8>| {
-            Status::invalid_argument(format!(
-                "a message id is 32 bytes (SHA-256 of the envelope), not {}",
-                v.len()
-            ))
-        })?;
+        let id = message_id(r.into_inner().message_id, "a message id")?;
         let head = self.head();
         let (height, leaf) = self
             .locate(&id)
+            .map_err(internal)?
             .filter(|(h, _)| *h < head.size)
-            .ok_or_else(|| Status::not_found(format!("message {} is in no block", hex_id(&id))))?;
+            .ok_or_else(|| {
+                Status::not_found(format!("message {} is in no block", hex::encode(id)))
+            })?;
         let block = self.read_block(height)?;
-        let hashes: Vec<[u8; 32]> = block
-            .leaves
-            .iter()
-            .map(|l| blockpost_core::leaf_hash(l))
-            .collect();
-        let proof = BlockTree::new(&hashes)
-            .proof(leaf as usize)
-            .ok_or_else(|| Status::data_loss(format!("block {height} has no leaf {leaf}")))?;
-        let ledger_proof = self
-            .store()
-            .prove_inclusion(height, head.size)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let envelope = block
-            .leaves
-            .get(leaf as usize)
-            .cloned()
-            .ok_or_else(|| Status::data_loss(format!("block {height} has no leaf {leaf}")))?;
-        Ok(Response::new(MessageResponse {
-            envelope,
-            height,
-            leaf_index: u64::from(leaf),
-            inclusion_proof: proof.iter().map(|h| h.to_vec()).collect(),
-            header: block.header,
-            ledger_checkpoint: head.checkpoint,
-            ledger_proof: ledger_proof.iter().map(|h| h.to_vec()).collect(),
+        Ok(Response::new(
+            self.leaf_response(&block, height, leaf, &head)?,
+        ))
+    }
+
+    async fn get_transaction(
+        &self,
+        r: Request<GetTransactionRequest>,
+    ) -> Result<Response<TransactionResponse>, Status> {
+        let r = r.into_inner();
+        if r.transaction_id.is_empty() || r.transaction_id.len() > MAX_TEXT_LEN {
+            return Err(Status::invalid_argument(format!(
+                "a transaction id is 1 to {MAX_TEXT_LEN} bytes, not {}",
+                r.transaction_id.len()
+            )));
+        }
+        let limit = match r.limit {
+            0 => MAX_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "limit {n} is over the page size {MAX_PAGE}"
+                )));
+            }
+            n => n,
+        };
+        let head = self.head();
+        let state = self
+            .index()
+            .transaction(&r.transaction_id)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "transaction {} has no message in a block",
+                    r.transaction_id
+                ))
+            })?;
+        let ids = self
+            .index()
+            .transaction_messages(&r.transaction_id, r.offset, limit)
+            .map_err(internal)?;
+        let mut blocks: HashMap<u64, Block> = HashMap::new();
+        let mut messages = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (height, leaf) = self.locate(&id).map_err(internal)?.ok_or_else(|| {
+                Status::data_loss(format!("message {} is not indexed", hex::encode(id)))
+            })?;
+            if !blocks.contains_key(&height) {
+                blocks.insert(height, self.read_block(height)?);
+            }
+            let block = &blocks[&height];
+            messages.push(self.leaf_response(block, height, leaf, &head)?);
+        }
+        let closing = match state.closing_height {
+            Some(h) if h < head.size => {
+                let block = self.read_block(h)?;
+                Some(self.leaf_response(&block, h, state.closing_leaf_index, &head)?)
+            }
+            _ => None,
+        };
+        Ok(Response::new(TransactionResponse {
+            state: Some(state),
+            messages,
+            closing,
         }))
     }
-}
 
-fn hex_id(id: &[u8; 32]) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    async fn get_headers(
+        &self,
+        r: Request<GetHeadersRequest>,
+    ) -> Result<Response<HeadersResponse>, Status> {
+        let r = r.into_inner();
+        let count = match r.count {
+            0 => MAX_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Status::invalid_argument(format!(
+                    "count {n} is over the page size {MAX_PAGE}"
+                )));
+            }
+            n => n,
+        };
+        let head = self.head();
+        if r.from_height >= head.size {
+            return Err(Status::not_found(format!(
+                "no block at height {}: the ledger holds {} blocks",
+                r.from_height, head.size
+            )));
+        }
+        let end = head
+            .size
+            .min(r.from_height.saturating_add(u64::from(count)));
+        let mut headers = Vec::new();
+        for h in r.from_height..end {
+            headers.push(self.read_block(h)?.header.unwrap_or_default());
+        }
+        Ok(Response::new(HeadersResponse {
+            headers,
+            ledger_checkpoint: head.checkpoint,
+        }))
+    }
+
+    type SubscribeBlocksStream =
+        tokio_stream::wrappers::ReceiverStream<Result<BlockResponse, Status>>;
+
+    async fn subscribe_blocks(
+        &self,
+        r: Request<SubscribeBlocksRequest>,
+    ) -> Result<Response<Self::SubscribeBlocksStream>, Status> {
+        let mut next = r.into_inner().from_height;
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBE_BUFFER);
+        let mut heights = self.subscribe_heights();
+        let builder = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let head = builder.head();
+                while next < head.size {
+                    let item = builder.block_response(next, &head);
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        return;
+                    }
+                    next += 1;
+                }
+                tokio::select! {
+                    changed = heights.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
 }

@@ -11,6 +11,8 @@
 //! - `config`: [`BuilderConfig`], the `[builder]` table of the node config.
 //! - `builder`: [`Builder`], the service: open and verify the store, the consume-and-cut
 //!   loop.
+//! - `index`: the redb indexes (message, block, transaction), derived from the store and
+//!   brought up to it at open.
 //! - `grpc`: the `blockpost.v1.Ledger` service (blocks and messages with their proofs).
 //! - `error`: [`Error`].
 
@@ -18,6 +20,7 @@ mod builder;
 mod config;
 mod error;
 mod grpc;
+mod index;
 
 pub use builder::{Builder, BuilderParts, MAX_BLOCK_LEN};
 pub use config::BuilderConfig;

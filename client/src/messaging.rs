@@ -142,6 +142,7 @@ impl Messenger {
             Body::Plaintext(out.body)
         };
         let content = EnvelopeContent {
+            transaction_deadline_ms: None,
             sender: out.from.into(),
             sender_key_index: me.leaf_index,
             recipients: out.to.to_vec(),

@@ -22,6 +22,8 @@
 //!   [`verify_batch`]).
 //! - `block`: blocks of the ledger: the RFC 6962 root over a block's leaves (`rs_merkle`),
 //!   signed headers and their chain, what a leaf may be ([`block::verify_block`]).
+//! - `transaction`: when the ledger closes a transaction (finished or timed out) and what
+//!   its closing record holds ([`transaction::Book`]).
 //! - `clock`: [`Clock`], injected time, and checked time arithmetic ([`check_clock`]).
 //! - `wire`: the NATS wire contract: streams, subjects, headers, de-duplication ids.
 //! - `keyfile`: participant keys as encrypted PKCS#8 ([`Identity`]).
@@ -55,6 +57,7 @@ mod log;
 mod request;
 mod rules;
 mod state;
+pub mod transaction;
 pub mod wire;
 
 #[cfg(test)]

@@ -103,6 +103,14 @@ impl ParsedEnvelope {
         }
         check_text("transaction_id", &c.transaction_id, 1, MAX_TEXT_LEN)?;
         check_text("content_type", &c.content_type, 0, MAX_TEXT_LEN)?;
+        if let Some(d) = c.transaction_deadline_ms
+            && d <= c.timestamp_ms
+        {
+            return Err(invalid(format!(
+                "transaction deadline {d} is not after the envelope's timestamp {}",
+                c.timestamp_ms
+            )));
+        }
         let kind = MessageKind::try_from(c.kind)
             .ok()
             .filter(|k| *k != MessageKind::Unspecified)
@@ -288,6 +296,7 @@ mod tests {
             sender_key_index: 0,
             recipients: vec!["bob".into(), "carol".into()],
             transaction_id: "settle-1".into(),
+            transaction_deadline_ms: None,
             kind: MessageKind::Message as i32,
             content_type: "text/plain".into(),
             timestamp_ms: 1,
@@ -396,6 +405,13 @@ mod tests {
                 },
             ),
             ("kind 0", EnvelopeContent { kind: 0, ..plain() }),
+            (
+                "transaction deadline",
+                EnvelopeContent {
+                    transaction_deadline_ms: Some(1),
+                    ..plain()
+                },
+            ),
             (
                 "kind 99",
                 EnvelopeContent {

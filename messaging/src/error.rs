@@ -53,6 +53,14 @@ pub enum Error {
     /// Another session is reading this inbox on this gateway.
     #[error("inbox {0} is being read by another session")]
     InboxBusy(String),
+    /// The ledger closed the envelope's transaction: its closing record is in a block.
+    #[error("transaction {id} is {status}")]
+    TransactionClosed {
+        /// The transaction id.
+        id: String,
+        /// `finished` or `timed out`.
+        status: &'static str,
+    },
     /// NATS failed or is unreachable.
     #[error("message bus: {0}")]
     Bus(String),
@@ -87,7 +95,9 @@ impl Error {
             Error::Invalid(_) => Code::InvalidArgument,
             Error::UnknownSender(_) | Error::UnknownRecipient(_) => Code::NotFound,
             Error::Revoked { .. } | Error::InboxDenied(_) => Code::PermissionDenied,
-            Error::StaleKey { .. } | Error::InboxBusy(_) => Code::FailedPrecondition,
+            Error::StaleKey { .. } | Error::InboxBusy(_) | Error::TransactionClosed { .. } => {
+                Code::FailedPrecondition
+            }
             Error::Replay { .. } => Code::AlreadyExists,
             // JetStream out of storage: not a transient outage, but not the caller's fault.
             Error::Bus(m)

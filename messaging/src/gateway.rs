@@ -32,6 +32,13 @@ fn replica_busy() -> Error {
     ))
 }
 
+/// Whether the ledger closed a transaction: the gateway refuses new messages for it.
+/// The node's builder answers it; a gateway without one accepts every transaction.
+pub trait TransactionGate: Send + Sync {
+    /// How transaction `id` was closed, if its closing record is in a block.
+    fn closed(&self, id: &str) -> Option<blockpost_proto::v1::TransactionStatus>;
+}
+
 /// A running gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
@@ -57,6 +64,8 @@ pub(crate) struct Inner {
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Inbox messages dropped because they did not verify.
     pub(crate) refused_deliveries: std::sync::atomic::AtomicU64,
+    /// Asked whether a transaction is closed.
+    gate: std::sync::OnceLock<Arc<dyn TransactionGate>>,
 }
 
 impl Gateway {
@@ -112,6 +121,7 @@ impl Gateway {
                 key,
                 sessions: Default::default(),
                 refused_deliveries: Default::default(),
+                gate: Default::default(),
             }),
         })
     }
@@ -134,6 +144,11 @@ impl Gateway {
     /// The directory replica.
     pub fn replica(&self) -> &Replica {
         &self.inner.replica
+    }
+
+    /// Refuse messages for the transactions `gate` says are closed (set once).
+    pub fn set_transaction_gate(&self, gate: Arc<dyn TransactionGate>) {
+        let _ = self.inner.gate.set(gate);
     }
 
     /// The directory replica, to share with another service of the node (the builder).
@@ -174,6 +189,21 @@ impl Gateway {
             ));
         }
         let c = p.content();
+        if let Some(status) = self
+            .inner
+            .gate
+            .get()
+            .and_then(|g| g.closed(&c.transaction_id))
+        {
+            return Err(Error::TransactionClosed {
+                id: c.transaction_id.clone(),
+                status: match status {
+                    blockpost_proto::v1::TransactionStatus::Finished => "finished",
+                    blockpost_proto::v1::TransactionStatus::TimedOut => "timed out",
+                    _ => "closed",
+                },
+            });
+        }
         check_clock(
             c.timestamp_ms,
             self.inner.clock.now_ms(),

@@ -44,6 +44,6 @@ mod verify;
 
 pub use config::MessagingConfig;
 pub use error::{Error, Result};
-pub use gateway::Gateway;
+pub use gateway::{Gateway, TransactionGate};
 pub use replica::{Busy, MAX_WAITERS, Replica};
 pub use verify::{BatchVerifier, MAX_BATCH};

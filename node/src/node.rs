@@ -141,6 +141,9 @@ impl Node {
             ),
             _ => None,
         };
+        if let (Some(g), Some(b)) = (&gateway, &builder) {
+            g.set_transaction_gate(b.gate());
+        }
         if builder.is_some() {
             services.push("blockpost.v1.Ledger");
         }

@@ -181,7 +181,7 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
         .collect();
     let builder = sb.node.builder().unwrap().clone();
     wait_for(Duration::from_secs(20), "5 messages in blocks", || {
-        let all = ids.iter().all(|id| builder.locate(id).is_some());
+        let all = ids.iter().all(|id| builder.locate(id).unwrap().is_some());
         async move { all.then_some(()) }
     })
     .await
@@ -190,6 +190,7 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
         let ok = ids.iter().all(|id| {
             builder
                 .locate(id)
+                .unwrap()
                 .is_some_and(|(h, _)| h < builder.head().size)
         });
         async move { ok.then_some(()) }

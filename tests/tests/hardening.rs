@@ -132,6 +132,7 @@ async fn get_entries_pages_by_bytes() {
 
 fn envelope(id: &Identity, sender_index: u64, to: &[&str], body: Body, ts: i64) -> Envelope {
     let c = EnvelopeContent {
+        transaction_deadline_ms: None,
         sender: "alice".into(),
         sender_key_index: sender_index,
         recipients: to.iter().map(|s| s.to_string()).collect(),
@@ -183,6 +184,7 @@ async fn bad_envelopes_are_permanent_refusals_and_never_reach_nats() {
     }
     // Padded content (an unknown field inside the signed bytes).
     let mut content = EnvelopeContent {
+        transaction_deadline_ms: None,
         sender: "alice".into(),
         sender_key_index: ia,
         recipients: vec!["r1".into()],

@@ -437,6 +437,7 @@ async fn fill(dir: &mut DirectoryClient<Channel>, n: usize) -> anyhow::Result<()
 fn envelope(body: usize) -> blockpost_proto::v1::Envelope {
     let id = Identity::generate();
     let c = EnvelopeContent {
+        transaction_deadline_ms: None,
         sender: "nobody-here".into(),
         sender_key_index: 0,
         recipients: vec!["nobody-there".into()],

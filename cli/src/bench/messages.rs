@@ -211,6 +211,7 @@ fn presign(
                                 ),
                             };
                             let c = EnvelopeContent {
+                                transaction_deadline_ms: None,
                                 sender: from.address.clone(),
                                 sender_key_index: from.index,
                                 recipients: vec!["receiver".into()],
@@ -341,7 +342,7 @@ async fn merge_delays(
     let mut late = 0;
     for (id, at, deadline) in accepted {
         let height = loop {
-            match builder.locate(id) {
+            match builder.locate(id).ok().flatten() {
                 Some((h, _)) if h < builder.head().size => break h,
                 _ if t.elapsed() > Duration::from_secs(120) => {
                     anyhow::bail!("a receipted message is in no block 120 s after the run")

@@ -1,4 +1,4 @@
-//! `blockpost block` and `blockpost message`: blocks and messages from the node's ledger,
+//! `blockpost block`, `blockpost message` and `blockpost tx`: blocks and messages from the node's ledger,
 //! each verified before it is printed (header signature, chain link, Merkle root or
 //! inclusion proof, ledger proof), the builder's keys pinned on first contact.
 
@@ -21,6 +21,14 @@ pub enum LedgerCmd {
     /// ledger proof.
     Message {
         /// The message id (64 hex digits, as receipts show it).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a transaction, verified: its status (open, finished, timed out), parties,
+    /// every message and its closing record, each with its proofs.
+    Tx {
+        /// The transaction id.
         id: String,
         #[command(flatten)]
         conn: Conn,
@@ -54,6 +62,11 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             let mut l = connect(&conn).await?;
             let m = l.message(bytes).await?;
             render::ledger_message(&m, conn.json)
+        }
+        LedgerCmd::Tx { id, conn } => {
+            let mut l = connect(&conn).await?;
+            let t = l.transaction(&id).await?;
+            render::transaction(&t, conn.json)
         }
     }
 }

@@ -48,6 +48,10 @@ pub enum MessageCmd {
         /// MIME type of the body (default: text/plain, or application/octet-stream for files).
         #[arg(long)]
         content_type: Option<String>,
+        /// On the transaction's first message: time it out this many seconds from now
+        /// unless every party has sent `finish` (default: the ledger's timeout, one hour).
+        #[arg(long, value_name = "SECONDS")]
+        tx_deadline: Option<u64>,
         /// The message text.
         text: Option<String>,
     },
@@ -98,6 +102,7 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
             file,
             hash_only,
             content_type,
+            tx_deadline,
             text,
         } => {
             let (kind, ct, body) = match (file, text) {
@@ -123,13 +128,29 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
                 ),
                 (None, None) => bail!("give the message TEXT or --file PATH"),
             };
-            send(msg, kind, ct, body, encrypt).await
+            let deadline = tx_deadline
+                .map(|s| {
+                    i64::try_from(s.saturating_mul(1000))
+                        .ok()
+                        .and_then(|d| blockpost_core::now_ms().checked_add(d))
+                        .with_context(|| format!("--tx-deadline {s} is too far away"))
+                })
+                .transpose()?;
+            send(msg, kind, ct, body, encrypt, deadline).await
         }
         MessageCmd::Finish { msg, encrypt, text } => {
             let body = text
                 .unwrap_or_else(|| "Transaction finished.".into())
                 .into_bytes();
-            send(msg, MessageKind::Finish, "text/plain".into(), body, encrypt).await
+            send(
+                msg,
+                MessageKind::Finish,
+                "text/plain".into(),
+                body,
+                encrypt,
+                None,
+            )
+            .await
         }
         MessageCmd::Inbox {
             key,
@@ -173,6 +194,7 @@ async fn send(
     content_type: String,
     body: Vec<u8>,
     encrypt: bool,
+    transaction_deadline_ms: Option<i64>,
 ) -> anyhow::Result<()> {
     let from = address_for(&m.key, m.from, "--from")?;
     for r in &m.to {
@@ -189,6 +211,7 @@ async fn send(
         content_type: &content_type,
         body,
         encrypt,
+        transaction_deadline_ms,
     };
     let (_, r) = messenger.send(&id, out).await?;
     render::receipt(&r, m.conn.json)

@@ -454,6 +454,128 @@ pub fn ledger_message(m: &blockpost_client::LedgerMessage, json: bool) -> anyhow
     Ok(())
 }
 
+fn status_name(s: i32) -> &'static str {
+    use blockpost_proto::v1::TransactionStatus as S;
+    match S::try_from(s) {
+        Ok(S::Open) => "open",
+        Ok(S::Finished) => "finished",
+        Ok(S::TimedOut) => "timed out",
+        _ => "unknown",
+    }
+}
+
+fn leaf_json(m: &blockpost_client::LedgerMessage) -> Value {
+    let h = &m.header;
+    json!({
+        "height": h.header.height,
+        "leaf_index": m.leaf_index,
+        "inclusion_proof": hexes(&m.inclusion_proof),
+        "block_root": hex::encode(&h.header.merkle_root),
+        "header_hash": hex::encode(h.id),
+        "ledger_index": h.header.height,
+        "ledger_proof": hexes(&m.ledger_proof),
+        "ledger_checkpoint": String::from_utf8_lossy(&m.checkpoint.note),
+    })
+}
+
+/// A transaction, verified.
+pub fn transaction(t: &blockpost_client::LedgerTransaction, json: bool) -> anyhow::Result<()> {
+    use blockpost_proto::v1::EnvelopeContent;
+    let st = &t.state;
+    let contents: Vec<EnvelopeContent> = t
+        .messages
+        .iter()
+        .map(|m| {
+            blockpost_core::decode_canonical::<EnvelopeContent>(&m.envelope.content, "content")
+                .unwrap_or_default()
+        })
+        .collect();
+    if json {
+        let messages: Vec<Value> = t
+            .messages
+            .iter()
+            .zip(&contents)
+            .map(|(m, c)| {
+                let mut v = leaf_json(m);
+                v["message_id"] = json!(hex::encode(m.message_id));
+                v["sender"] = json!(c.sender);
+                v["recipients"] = json!(c.recipients);
+                v["kind"] = json!(message_kind(c.kind));
+                v["timestamp_ms"] = json!(c.timestamp_ms);
+                v["envelope"] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(&m.envelope_bytes));
+                v
+            })
+            .collect();
+        let closing = t.closing.as_ref().map(|(c, leaf)| {
+            let mut v = leaf_json(leaf);
+            v["status"] = json!(status_name(c.status));
+            v["message_ids"] = json!(hexes(&c.message_ids));
+            v["messages_root"] = json!(hex::encode(&c.messages_root));
+            v["finished_by"] = json!(c.finished_by);
+            v["time_ms"] = json!(c.time_ms);
+            v["record"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(&leaf.envelope_bytes));
+            v
+        });
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "transaction_id": st.transaction_id,
+                "status": status_name(st.status),
+                "parties": st.parties,
+                "finished_by": st.finished_by,
+                "opened_height": st.opened_height,
+                "deadline_ms": st.deadline_ms,
+                "messages": messages,
+                "closing": closing,
+            }))?
+        );
+        return Ok(());
+    }
+    say!(
+        "transaction {}: {}",
+        st.transaction_id,
+        status_name(st.status)
+    );
+    say!("  parties      {}", st.parties.join(", "));
+    if !st.finished_by.is_empty() {
+        say!("  finished by  {}", st.finished_by.join(", "));
+    }
+    say!(
+        "  opened       in block {}; times out {} unless finished",
+        st.opened_height,
+        date(st.deadline_ms)
+    );
+    for (m, c) in t.messages.iter().zip(&contents) {
+        say!(
+            "  {:<8} {}  block {} leaf {}  {} -> {}",
+            message_kind(c.kind),
+            &hex::encode(m.message_id)[..16],
+            m.header.header.height,
+            m.leaf_index,
+            c.sender,
+            c.recipients.join(",")
+        );
+    }
+    if let Some((c, leaf)) = &t.closing {
+        say!(
+            "  closed       {} at {}, in block {} leaf {} (over {} messages, root {})",
+            status_name(c.status),
+            date(c.time_ms),
+            leaf.header.header.height,
+            leaf.leaf_index,
+            c.message_ids.len(),
+            &hex::encode(&c.messages_root)[..16]
+        );
+    }
+    eprintln!(
+        "(every message and the closing record verified in their blocks and the signed ledger; \
+         the closing checked against the messages)"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

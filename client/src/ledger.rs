@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 use blockpost_core::block::{
     VerifiedBlock, VerifiedHeader, verify_block, verify_header, verify_leaf_inclusion,
 };
+use blockpost_core::transaction::{TxMessage, check_closing, deadline_of};
 use blockpost_core::{VerifiedCheckpoint, ed25519_key, verify_checkpoint};
 use blockpost_proto::v1::ledger_client::LedgerClient;
 use blockpost_proto::v1::{
-    Envelope, GetBlockRequest, GetLedgerInfoRequest, GetMessageRequest, LedgerInfo,
-    get_block_request,
+    Envelope, EnvelopeContent, GetBlockRequest, GetHeadersRequest, GetLedgerInfoRequest,
+    GetMessageRequest, GetTransactionRequest, LedgerInfo, LedgerRecord, MessageResponse,
+    TransactionClosing, TransactionState, TransactionStatus, get_block_request, ledger_record,
 };
 use ed25519_dalek::VerifyingKey;
-use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
@@ -62,11 +63,26 @@ pub struct LedgerMessage {
     pub ledger_proof: Vec<Vec<u8>>,
 }
 
+/// A transaction, verified: every message in its block and the ledger, each of them of
+/// this transaction, and its closing record (if closed) in its block and checked against
+/// the messages it closes.
+#[derive(Clone, Debug)]
+pub struct LedgerTransaction {
+    /// Its state as the ledger says (checked against the messages and the closing).
+    pub state: TransactionState,
+    /// Its messages, in ledger order.
+    pub messages: Vec<LedgerMessage>,
+    /// The closing record, and its place in the ledger, once closed.
+    pub closing: Option<(TransactionClosing, LedgerMessage)>,
+}
+
 /// A verifying ledger client.
 pub struct Ledger {
     grpc: LedgerClient<Channel>,
     info: LedgerInfo,
     builder_key: VerifyingKey,
+    /// Headers verified so far, by height (chain links are checked against them).
+    headers: std::collections::HashMap<u64, VerifiedHeader>,
 }
 
 impl Ledger {
@@ -124,6 +140,7 @@ impl Ledger {
             grpc,
             info,
             builder_key,
+            headers: std::collections::HashMap::new(),
         })
     }
 
@@ -138,19 +155,32 @@ impl Ledger {
 
     /// The header of block `height`, verified (signature, fields), without the ledger.
     async fn header_at(&mut self, height: u64) -> Result<VerifiedHeader> {
+        if let Some(h) = self.headers.get(&height) {
+            return Ok(h.clone());
+        }
         let r = self
             .grpc
-            .get_block(GetBlockRequest {
-                at: Some(get_block_request::At::Height(height)),
+            .get_headers(GetHeadersRequest {
+                from_height: height,
+                count: 1,
             })
             .await?
             .into_inner();
         let signed = r
-            .block
-            .and_then(|b| b.header)
-            .ok_or_else(|| Error::UnexpectedAnswer(format!("block {height} without a header")))?;
-        verify_header(&signed, &self.builder_key)
-            .map_err(|source| Error::BadBlock { height, source })
+            .headers
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::UnexpectedAnswer(format!("no header for block {height}")))?;
+        let v = verify_header(&signed, &self.builder_key)
+            .map_err(|source| Error::BadBlock { height, source })?;
+        if v.header.height != height {
+            return Err(Error::UnexpectedAnswer(format!(
+                "asked for header {height}, got header {}",
+                v.header.height
+            )));
+        }
+        self.headers.insert(height, v.clone());
+        Ok(v)
     }
 
     /// Checks that `header` follows the header before it on the node.
@@ -162,7 +192,9 @@ impl Ledger {
         let prev = self.header_at(height - 1).await?;
         header
             .check_follows(&prev)
-            .map_err(|source| Error::BadBlock { height, source })
+            .map_err(|source| Error::BadBlock { height, source })?;
+        self.headers.insert(height, header.clone());
+        Ok(())
     }
 
     /// A block by height (`None`: the newest), verified whole: header signature, leaf
@@ -217,6 +249,19 @@ impl Ledger {
             })
             .await?
             .into_inner();
+        let m = self.verify_leaf(r).await?;
+        if m.message_id != id {
+            return Err(Error::UnexpectedAnswer(
+                "the envelope in the answer is not the message asked for".into(),
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Checks one leaf answer: the header's signature, the leaf's inclusion in its root,
+    /// the block id in the signed ledger, and the chain link. `envelope` is decoded when the
+    /// leaf is one (left default for a record).
+    async fn verify_leaf(&mut self, r: MessageResponse) -> Result<LedgerMessage> {
         let signed = r
             .header
             .ok_or_else(|| Error::UnexpectedAnswer("no header in the answer".into()))?;
@@ -230,11 +275,6 @@ impl Ledger {
                 "asked about block {}, got the header of block {}",
                 r.height, header.header.height
             )));
-        }
-        if blockpost_core::block::block_id(&r.envelope) != id {
-            return Err(Error::UnexpectedAnswer(
-                "the envelope in the answer is not the message asked for".into(),
-            ));
         }
         verify_leaf_inclusion(
             &header.header.merkle_root,
@@ -254,10 +294,12 @@ impl Ledger {
                 source,
             })?;
         self.check_link(&header).await?;
-        let envelope = Envelope::decode(r.envelope.as_slice())
-            .map_err(|e| Error::UnexpectedAnswer(format!("the leaf is not an envelope: {e}")))?;
+        let envelope = match blockpost_core::block::classify_leaf(&r.envelope) {
+            Ok(blockpost_core::block::Leaf::Message(e)) => e,
+            _ => Envelope::default(),
+        };
         Ok(LedgerMessage {
-            message_id: id,
+            message_id: blockpost_core::block::block_id(&r.envelope),
             envelope_bytes: r.envelope,
             envelope,
             leaf_index: r.leaf_index,
@@ -265,6 +307,146 @@ impl Ledger {
             header,
             checkpoint: cp,
             ledger_proof: r.ledger_proof,
+        })
+    }
+
+    /// A transaction by id, verified: every message (all pages) in its block and the
+    /// ledger and of this transaction; the state's parties, `finish`es and deadline as its
+    /// messages and the ledger's timeout give them; the closing record, if any, in its
+    /// block and checked with [`check_closing`].
+    pub async fn transaction(&mut self, id: &str) -> Result<LedgerTransaction> {
+        let mut state: Option<TransactionState> = None;
+        let mut messages: Vec<LedgerMessage> = Vec::new();
+        let mut tx_messages: Vec<TxMessage> = Vec::new();
+        let mut closing = None;
+        loop {
+            let offset = u32::try_from(messages.len()).map_err(|_| {
+                Error::UnexpectedAnswer("more than 2^32 messages in a transaction".into())
+            })?;
+            let r = self
+                .grpc
+                .get_transaction(GetTransactionRequest {
+                    transaction_id: id.to_owned(),
+                    offset,
+                    limit: 0,
+                })
+                .await?
+                .into_inner();
+            let page = r.messages.len();
+            for m in r.messages {
+                let m = self.verify_leaf(m).await?;
+                let c: EnvelopeContent =
+                    blockpost_core::decode_canonical(&m.envelope.content, "envelope content")
+                        .map_err(|e| {
+                            Error::UnexpectedAnswer(format!("a message does not decode: {e}"))
+                        })?;
+                if c.transaction_id != id {
+                    return Err(Error::UnexpectedAnswer(format!(
+                        "message {} is of transaction {:?}, not {id:?}",
+                        hex::encode(m.message_id),
+                        c.transaction_id
+                    )));
+                }
+                tx_messages.push(TxMessage::new(m.message_id, &c));
+                messages.push(m);
+            }
+            if state.is_none()
+                && let Some(c) = r.closing
+            {
+                closing = Some(self.verify_leaf(c).await?);
+            }
+            let s = r
+                .state
+                .ok_or_else(|| Error::UnexpectedAnswer("no transaction state".into()))?;
+            let total = s.message_count as usize;
+            state.get_or_insert(s);
+            if messages.len() >= total || page == 0 {
+                break;
+            }
+        }
+        let state = state.ok_or_else(|| Error::UnexpectedAnswer("no transaction state".into()))?;
+        let bad = |why: String| Error::UnexpectedAnswer(format!("transaction {id}: {why}"));
+        if state.transaction_id != id {
+            return Err(bad(format!(
+                "the answer is about {:?}",
+                state.transaction_id
+            )));
+        }
+        if messages.len() != state.message_count as usize {
+            return Err(bad(format!(
+                "{} messages, the state says {}",
+                messages.len(),
+                state.message_count
+            )));
+        }
+        let (first, first_msg) = messages
+            .first()
+            .zip(tx_messages.first())
+            .ok_or_else(|| bad("no message".into()))?;
+        let deadline = deadline_of(
+            first_msg,
+            first.header.header.time_ms,
+            self.info.transaction_timeout_ms,
+        );
+        if state.deadline_ms != deadline || state.opened_height != first.header.header.height {
+            return Err(bad(format!(
+                "the state says opened in block {} with deadline {}; its first message says {} and {deadline}",
+                state.opened_height, state.deadline_ms, first.header.header.height
+            )));
+        }
+        let closing = match closing {
+            None => {
+                if state.status() != TransactionStatus::Open {
+                    return Err(bad("closed, but no closing record came with it".into()));
+                }
+                None
+            }
+            Some(leaf) => {
+                let record: LedgerRecord =
+                    blockpost_core::decode_canonical(&leaf.envelope_bytes, "ledger record")
+                        .map_err(|e| bad(format!("the closing leaf does not decode: {e}")))?;
+                let Some(ledger_record::Record::Closing(c)) = record.record else {
+                    return Err(bad("the closing leaf is not a closing record".into()));
+                };
+                if c.transaction_id != id || c.status != state.status {
+                    return Err(bad(
+                        "the closing record is not this transaction's state".into()
+                    ));
+                }
+                let n = c.message_ids.len();
+                if n > tx_messages.len()
+                    || messages
+                        .iter()
+                        .take(n)
+                        .any(|m| m.header.header.height > leaf.header.header.height)
+                {
+                    return Err(bad("the closing record names messages after it".into()));
+                }
+                check_closing(&c, &tx_messages[..n], state.deadline_ms)
+                    .map_err(|e| bad(e.to_string()))?;
+                if c.finished_by != state.finished_by {
+                    return Err(bad("finished_by differs from the closing record".into()));
+                }
+                Some((c, leaf))
+            }
+        };
+        let included = closing
+            .as_ref()
+            .map_or(tx_messages.len(), |(c, _)| c.message_ids.len());
+        let mut parties = std::collections::BTreeSet::new();
+        for m in &tx_messages[..included] {
+            parties.insert(m.sender.clone());
+            parties.extend(m.recipients.iter().cloned());
+        }
+        if state.parties != parties.into_iter().collect::<Vec<_>>() {
+            return Err(bad(
+                "its parties are not the senders and recipients of its messages".into(),
+            ));
+        }
+        Ok(LedgerTransaction {
+            state,
+            messages,
+            closing,
         })
     }
 }

@@ -39,6 +39,6 @@ mod transport;
 pub use directory::{Client, EvidenceSigner, VerifiedEntry, config_dir};
 pub use error::{Error, PinnedKeyChanged, Result};
 pub use keyfile::{read_key_file, write_key_file};
-pub use ledger::{Ledger, LedgerBlock, LedgerMessage};
+pub use ledger::{Ledger, LedgerBlock, LedgerMessage, LedgerTransaction};
 pub use messaging::{Messenger, Outgoing, Received};
 pub use transport::{ConnectOptions, tls_pin_of};

@@ -38,6 +38,9 @@ pub struct Outgoing<'a> {
     pub body: Vec<u8>,
     /// Seal the body to each recipient's x25519 key.
     pub encrypt: bool,
+    /// On a transaction's first message: time it out at this time (ms since the Unix
+    /// epoch) if it is not finished, instead of after the ledger's default timeout.
+    pub transaction_deadline_ms: Option<i64>,
 }
 
 /// A message read from an inbox or the firehose, after every check.
@@ -142,7 +145,7 @@ impl Messenger {
             Body::Plaintext(out.body)
         };
         let content = EnvelopeContent {
-            transaction_deadline_ms: None,
+            transaction_deadline_ms: out.transaction_deadline_ms,
             sender: out.from.into(),
             sender_key_index: me.leaf_index,
             recipients: out.to.to_vec(),

@@ -176,8 +176,7 @@ impl Book {
                 if closed(&m.transaction_id) {
                     return Step::Late;
                 }
-                let by_timeout = time_ms.saturating_add_unsigned(self.timeout_ms);
-                let deadline_ms = m.deadline_ms.map_or(by_timeout, |d| d.min(by_timeout));
+                let deadline_ms = deadline_of(m, time_ms, self.timeout_ms);
                 self.by_deadline
                     .insert((deadline_ms, m.transaction_id.clone()));
                 self.open
@@ -330,6 +329,95 @@ pub fn replay_block(
     Ok(entries)
 }
 
+/// The deadline of a transaction whose first message `first` is in a block cut at
+/// `opened_ms`, with default timeout `timeout_ms`.
+pub fn deadline_of(first: &TxMessage, opened_ms: i64, timeout_ms: u64) -> i64 {
+    let by_timeout = opened_ms.saturating_add_unsigned(timeout_ms);
+    first.deadline_ms.map_or(by_timeout, |d| d.min(by_timeout))
+}
+
+/// Checks a closing record against the messages it closes (ids and contents, in ledger
+/// order, each verified in its block) and the transaction's deadline: the ids, their root,
+/// who finished, and the status (finished exactly when every party sent `finish` and the
+/// last one was the last message; timed out only at or after the deadline).
+pub fn check_closing(
+    closing: &TransactionClosing,
+    messages: &[TxMessage],
+    deadline_ms: i64,
+) -> crate::Result<()> {
+    let bad = |why: String| crate::Error::Malformed {
+        what: "transaction closing",
+        why: format!("transaction {}: {why}", closing.transaction_id),
+    };
+    let mut t = OpenTransaction {
+        id: closing.transaction_id.clone(),
+        opened_height: 0,
+        deadline_ms,
+        parties: BTreeSet::new(),
+        finished: BTreeSet::new(),
+        messages: Vec::new(),
+    };
+    let mut finished_at = None;
+    for (i, m) in messages.iter().enumerate() {
+        if m.transaction_id != closing.transaction_id {
+            return Err(bad(format!(
+                "message {i} is of transaction {}",
+                m.transaction_id
+            )));
+        }
+        t.messages.push(m.id);
+        t.parties.insert(m.sender.clone());
+        t.parties.extend(m.recipients.iter().cloned());
+        if m.finish {
+            t.finished.insert(m.sender.clone());
+        }
+        if finished_at.is_none() && t.is_finished() {
+            finished_at = Some(i);
+        }
+    }
+    let status = match TransactionStatus::try_from(closing.status) {
+        Ok(TransactionStatus::Finished) => {
+            if finished_at != Some(messages.len().saturating_sub(1)) || messages.is_empty() {
+                return Err(bad(
+                    "says finished, but its messages do not finish it with the last one".into(),
+                ));
+            }
+            TransactionStatus::Finished
+        }
+        Ok(TransactionStatus::TimedOut) => {
+            if finished_at.is_some() {
+                return Err(bad("says timed out, but every party sent finish".into()));
+            }
+            if closing.time_ms < deadline_ms {
+                return Err(bad(format!(
+                    "timed out at {} before its deadline {deadline_ms}",
+                    closing.time_ms
+                )));
+            }
+            TransactionStatus::TimedOut
+        }
+        _ => return Err(bad(format!("status {} does not close", closing.status))),
+    };
+    let want = t.closing(status, closing.time_ms);
+    if want.message_ids != closing.message_ids {
+        return Err(bad(
+            "its message ids are not the transaction's messages".into()
+        ));
+    }
+    if want.messages_root != closing.messages_root {
+        return Err(bad(
+            "its messages root is not the root over its message ids".into(),
+        ));
+    }
+    if want.finished_by != closing.finished_by {
+        return Err(bad(format!(
+            "says finished by {:?}, its messages say {:?}",
+            closing.finished_by, want.finished_by
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -459,6 +547,40 @@ mod tests {
         let mut b = Book::new(100, []);
         replay_block(&mut b, 0, 1000, &leaves, |_| false).unwrap();
         assert!(replay_block(&mut b, 1, 1100, &[], |id| id == "s").is_err());
+    }
+
+    #[test]
+    fn a_closing_is_checked_against_its_messages() {
+        let ms = vec![
+            msg(1, "t", "a", &["b"], true),
+            msg(2, "t", "b", &["a"], true),
+        ];
+        let mut b = Book::new(100, []);
+        b.message(&ms[0], 0, 10, |_| false);
+        assert_eq!(b.message(&ms[1], 0, 10, |_| false), Step::Finished);
+        let (_, c) = b.close("t", TransactionStatus::Finished, 10).unwrap();
+        check_closing(&c, &ms, 110).unwrap();
+        assert!(check_closing(&c, &ms[..1], 110).is_err());
+        let mut timed = c.clone();
+        timed.status = TransactionStatus::TimedOut as i32;
+        assert!(check_closing(&timed, &ms, 110).is_err());
+        let mut who = c.clone();
+        who.finished_by.pop();
+        assert!(check_closing(&who, &ms, 110).is_err());
+        let mut root = c.clone();
+        root.messages_root[0] ^= 1;
+        assert!(check_closing(&root, &ms, 110).is_err());
+
+        let open = vec![msg(1, "t", "a", &["b"], false)];
+        let mut b = Book::new(100, []);
+        b.message(&open[0], 0, 10, |_| false);
+        let (_, c) = b.expire(110).pop().unwrap();
+        check_closing(&c, &open, 110).unwrap();
+        assert!(
+            check_closing(&c, &open, 111).is_err(),
+            "before its deadline"
+        );
+        assert_eq!(deadline_of(&open[0], 10, 100), 110);
     }
 
     #[test]

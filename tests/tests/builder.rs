@@ -9,6 +9,7 @@ use std::time::Duration;
 use blockpost_client::{Messenger, Outgoing};
 use blockpost_core::Identity;
 use blockpost_core::block::{VerifiedHeader, verify_block};
+use blockpost_core::transaction::{Book, Entry, replay_block};
 use blockpost_core::verify_checkpoint;
 use blockpost_proto::v1::{Block, MessageKind};
 use blockpost_tests::{Sandbox, wait_for};
@@ -78,6 +79,7 @@ async fn send_with_deadlines(
                     content_type: "text/plain",
                     body: format!("confirm trade {i}").into_bytes(),
                     encrypt: i % 2 == 1,
+                    transaction_deadline_ms: None,
                 },
             )
             .await
@@ -304,7 +306,7 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
     let port = blockpost_node::free_port().unwrap();
     let endpoint = format!("http://127.0.0.1:{port}");
     let a = Arc::new(Identity::generate());
-    let b = Identity::generate();
+    let b = Arc::new(Identity::generate());
     // (envelope, receipt deadline) of every receipted message.
     let receipted: Arc<Mutex<Vec<(Vec<u8>, i64)>>> = Arc::default();
     for round in 0..2 {
@@ -322,27 +324,36 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
         for t in 0..4 {
-            let (endpoint, receipted, stop, a) =
-                (endpoint.clone(), receipted.clone(), stop.clone(), a.clone());
+            // Senders 0 and 2 are bank A, 1 and 3 bank B: each pair sends `finish` for the
+            // same transactions, so that transactions close while the node is killed.
+            let me = if t % 2 == 0 { a.clone() } else { b.clone() };
+            let (from, other) = if t % 2 == 0 {
+                ("bank-a", "bank-b")
+            } else {
+                ("bank-b", "bank-a")
+            };
+            let (endpoint, receipted, stop) = (endpoint.clone(), receipted.clone(), stop.clone());
             let state = tmp.path().join(format!("sender-{round}-{t}"));
             tasks.push(tokio::spawn(async move {
                 let Ok(mut m) = Messenger::connect(&endpoint, &state).await else {
                     return;
                 };
-                let to = vec!["bank-b".to_owned()];
+                let to = vec![other.to_owned()];
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     i += 1;
+                    let tx = format!("kill-{round}-{}-{i}", t / 2);
                     let out = Outgoing {
-                        from: "bank-a",
+                        from,
                         to: &to,
-                        transaction_id: "settle-kill",
-                        kind: MessageKind::Message,
+                        transaction_id: &tx,
+                        kind: MessageKind::Finish,
                         content_type: "text/plain",
                         body: format!("round {round} sender {t} message {i}").into_bytes(),
                         encrypt: false,
+                        transaction_deadline_ms: None,
                     };
-                    match m.send(&a, out).await {
+                    match m.send(&me, out).await {
                         Ok((env, r)) => receipted
                             .lock()
                             .unwrap()
@@ -388,8 +399,25 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
     }
     let latest = l.block(None).await.unwrap();
     let mut seen: HashMap<[u8; 32], (usize, i64)> = HashMap::new();
+    // Replaying the transaction rules over the whole chain gives every closing record, at
+    // its place: none missing, none twice.
+    let mut book = Book::new(l.info().transaction_timeout_ms, []);
+    let mut closed: HashMap<String, usize> = HashMap::new();
     for h in 0..=latest.block.header.header.height {
         let blk = l.block(Some(h)).await.unwrap();
+        let entries = replay_block(
+            &mut book,
+            h,
+            blk.block.header.header.time_ms,
+            &blk.block.leaves,
+            |id| closed.contains_key(id),
+        )
+        .unwrap();
+        for e in entries {
+            if let Entry::Closing(t, _) = e {
+                *closed.entry(t.id).or_default() += 1;
+            }
+        }
         for leaf in &blk.block.leaves {
             let e = seen
                 .entry(blockpost_core::block::block_id(leaf))
@@ -405,6 +433,12 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
             "block at {time} after the deadline {deadline}"
         );
     }
+    assert!(
+        closed.len() > 5,
+        "only {} transactions finished under load",
+        closed.len()
+    );
+    assert!(closed.values().all(|n| *n == 1));
     node.kill().unwrap();
     node.wait().unwrap();
 }

@@ -96,6 +96,7 @@ async fn settlement_dialogue_end_to_end() {
             content_type: "text/plain",
             body: text.as_bytes().to_vec(),
             encrypt,
+            transaction_deadline_ms: None,
         };
     let to_b: &'static [String] = Box::leak(to_b.into_boxed_slice());
     let to_a: &'static [String] = Box::leak(to_a.into_boxed_slice());

@@ -585,6 +585,7 @@ async fn send_text(
         content_type: "text/plain",
         body: text.as_bytes().to_vec(),
         encrypt: false,
+        transaction_deadline_ms: None,
     };
     m.send(from, out).await.map(|_| ())
 }

@@ -48,9 +48,16 @@ step "$B -> $A: finish"
 "$BP" finish --key "$WORK/b.key" --to "$A" --tx "$TX" --encrypt "OK. I transferred. Transaction finished."
 "$BP" inbox --key "$WORK/a.key"
 
+step "$A -> $B: finish (both parties have finished: the ledger closes the transaction)"
+"$BP" finish --key "$WORK/a.key" --to "$B" --tx "$TX" "Confirmed. Transaction finished."
+"$BP" inbox --key "$WORK/b.key"
+
 step "the public record (metadata for everyone; encrypted bodies stay sealed)"
 "$BP" firehose | grep "\[$TX\]"
 
 step "the permanent record: the newest block, verified against the signed ledger"
 sleep 1
 "$BP" block latest
+
+step "the transaction: finished, each message and the closing record proved in the ledger"
+"$BP" tx "$TX"

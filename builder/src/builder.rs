@@ -207,6 +207,11 @@ impl Builder {
         self.inner.signer.origin()
     }
 
+    /// The last firehose sequence in a block.
+    pub fn last_sequence(&self) -> u64 {
+        self.inner.last_seq()
+    }
+
     /// Firehose messages refused so far.
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)

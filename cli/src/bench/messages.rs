@@ -42,13 +42,13 @@ pub struct BenchMessagesArgs {
     pub paced_rate: u64,
 }
 
-struct Sender {
-    id: Identity,
-    address: String,
-    index: u64,
+pub(crate) struct Sender {
+    pub(crate) id: Identity,
+    pub(crate) address: String,
+    pub(crate) index: u64,
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -113,6 +113,7 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
         let t = Instant::now();
         let envs = presign(
             &senders,
+            0,
             args.messages,
             args.body,
             encrypted.then_some((r.leaf_index, rid.encryption_public())),
@@ -138,6 +139,7 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
             let n = (args.paced_rate as usize * 4).min(args.messages);
             let envs = presign(
                 &senders,
+                0,
                 n,
                 args.body,
                 encrypted.then_some((r.leaf_index, rid.encryption_public())),
@@ -176,8 +178,9 @@ async fn report_blocks(bn: &BenchNode, accepted: &[Accepted]) -> anyhow::Result<
     Ok(())
 }
 
-fn presign(
+pub(crate) fn presign(
     senders: &[Sender],
+    first: usize,
     n: usize,
     size: usize,
     seal_to: Option<(u64, [u8; 32])>,
@@ -194,7 +197,7 @@ fn presign(
                         .map(|i| {
                             let from = &senders[i % senders.len()];
                             let text = vec![b'x'; size];
-                            let tx = format!("tx-{}", i / 4);
+                            let tx = format!("tx-{}", (first + i) / 4);
                             let body = match seal_to {
                                 None => Body::Plaintext(text),
                                 Some((index, key)) => Body::Encrypted(
@@ -234,7 +237,7 @@ fn presign(
     })
 }
 
-async fn submit_all(
+pub(crate) async fn submit_all(
     channel: &tonic::transport::Channel,
     envs: Vec<Envelope>,
     streams: usize,
@@ -327,7 +330,7 @@ async fn submit_all(
 }
 
 /// A receipted envelope: message id, accepted at, block deadline (ms).
-type Accepted = ([u8; 32], i64, i64);
+pub(crate) type Accepted = ([u8; 32], i64, i64);
 
 /// Waits until the builder put every accepted envelope in a block; returns the merge
 /// delays (block time minus acceptance time), how long after the run the last one was in

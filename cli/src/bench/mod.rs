@@ -1,12 +1,14 @@
 //! `blockpost bench`: load generators against a node started in process, with a summary.
 
 mod attack;
+mod blocks;
 mod directory;
 mod messages;
 
 use std::time::Duration;
 
 pub use attack::BenchAttackArgs;
+pub use blocks::BenchBlocksArgs;
 pub use directory::BenchArgs;
 pub use messages::BenchMessagesArgs;
 
@@ -21,6 +23,9 @@ pub enum BenchCmd {
     /// connections, GetEntries floods, oversized and unknown-sender envelopes, padded
     /// requests.
     Attack(BenchAttackArgs),
+    /// The block builder: its rate from a pre-filled firehose beside the gateway's accepted
+    /// rate, look-up latency with proofs on a large store, bytes stored per message.
+    Blocks(BenchBlocksArgs),
 }
 
 /// Runs one benchmark.
@@ -29,6 +34,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Directory(a) => directory::run(a).await,
         BenchCmd::Messages(a) => messages::run(a).await,
         BenchCmd::Attack(a) => attack::run(a).await,
+        BenchCmd::Blocks(a) => blocks::run(a).await,
     }
 }
 
@@ -47,6 +53,16 @@ impl BenchNode {
         nats: Option<String>,
         messaging: bool,
     ) -> anyhow::Result<Self> {
+        Self::start_with(data, nats, messaging, |_| {}).await
+    }
+
+    /// [`BenchNode::start`], with the config adjusted by `adjust`.
+    pub async fn start_with(
+        data: Option<std::path::PathBuf>,
+        nats: Option<String>,
+        messaging: bool,
+        adjust: impl FnOnce(&mut blockpost_node::NodeConfig),
+    ) -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
         let data = data.unwrap_or_else(|| tmp.path().join("data"));
         let mut cfg = blockpost_node::NodeConfig {
@@ -56,6 +72,7 @@ impl BenchNode {
         };
         cfg.directory.origin = Some("bench.blockpost/directory".into());
         cfg.messaging.enabled = messaging;
+        adjust(&mut cfg);
         let node = std::sync::Arc::new(blockpost_node::Node::start(cfg).await?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let serving = node.serve_in_background(listener)?;

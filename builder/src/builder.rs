@@ -261,7 +261,11 @@ fn open_store(dir: &std::path::Path) -> Result<(BlockStore, Index)> {
 
 /// Reads and fully verifies stored block `h`: header signature, Merkle root, leaves, its
 /// height, and its link to `prev`.
-fn verify_stored(inner: &Inner, h: u64, prev: Option<&VerifiedHeader>) -> Result<VerifiedBlock> {
+fn verify_stored(
+    inner: &Inner,
+    h: u64,
+    prev: Option<&VerifiedHeader>,
+) -> Result<(VerifiedBlock, Vec<u8>)> {
     let bytes = inner.store.block(h)?;
     let b = Block::decode(bytes.as_slice()).map_err(|e| corrupted(h, e))?;
     let v = verify_block(&b, &inner.key.verifying_key()).map_err(|e| corrupted(h, e))?;
@@ -274,7 +278,8 @@ fn verify_stored(inner: &Inner, h: u64, prev: Option<&VerifiedHeader>) -> Result
     if let Some(prev) = prev {
         v.header.check_follows(prev).map_err(|e| corrupted(h, e))?;
     }
-    Ok(v)
+    let signed = b.header.map(|s| s.encode_to_vec()).unwrap_or_default();
+    Ok((v, signed))
 }
 
 /// Brings the index up to the store: verifies the newest indexed block and every block
@@ -295,7 +300,7 @@ fn catch_up(inner: &Inner) -> Result<()> {
         head = index.head()?;
     }
     let mut tip = match head.blocks.checked_sub(1) {
-        Some(h) => Some(verify_stored(inner, h, None)?.header),
+        Some(h) => Some(verify_stored(inner, h, None)?.0.header),
         None => None,
     };
     let mut book = index.book(inner.config.transaction_timeout_ms)?;
@@ -304,7 +309,7 @@ fn catch_up(inner: &Inner) -> Result<()> {
         tracing::info!(from = head.blocks, to = len, "indexing blocks");
     }
     for h in head.blocks..len {
-        let v = verify_stored(inner, h, tip.as_ref())?;
+        let (v, signed) = verify_stored(inner, h, tip.as_ref())?;
         let entries = replay_block(&mut book, h, v.header.header.time_ms, &v.leaves, |id| {
             index.is_closed(id).ok().flatten().is_some()
         })
@@ -312,7 +317,7 @@ fn catch_up(inner: &Inner) -> Result<()> {
         if let Some(p) = v.header.header.partitions.first() {
             last_seq = p.last_seq;
         }
-        index.commit(h, v.header.id, &entries, &book, last_seq)?;
+        index.commit(h, v.header.id, &signed, &entries, &book, last_seq)?;
         tip = Some(v.header);
     }
     *inner.tip.lock().unwrap_or_else(|e| e.into_inner()) = tip;
@@ -347,16 +352,26 @@ impl Inner {
 
     /// Whether an open transaction is due to time out by `now_ms`.
     fn due(&self, now_ms: i64) -> bool {
-        self.book
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .next_deadline()
-            .is_some_and(|d| d <= now_ms)
+        // A cut holds the book: it closes what is due itself.
+        match self.book.try_lock() {
+            Ok(b) => b.next_deadline().is_some_and(|d| d <= now_ms),
+            Err(std::sync::TryLockError::Poisoned(b)) => {
+                b.into_inner().next_deadline().is_some_and(|d| d <= now_ms)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
     }
 }
 
-/// Most firehose messages checked together (one batch signature verification).
+/// Most firehose messages checked together (batch signature verification, split over the
+/// cores).
 const CHECK_BATCH: usize = 1024;
+
+/// Messages asked of the server in one pull.
+const PULL_BATCH: usize = 2048;
+
+/// Fewest signatures worth a thread of their own.
+const VERIFY_CHUNK_MIN: usize = 64;
 
 /// Longest wait for the replica to learn of the sender key an envelope names, when it
 /// has not reached that entry yet.
@@ -372,6 +387,9 @@ async fn check_all(
     group: &[(u64, jetstream::Message)],
 ) -> Option<Vec<std::result::Result<TxMessage, String>>> {
     let mut verdicts: Vec<std::result::Result<TxMessage, String>> = Vec::with_capacity(group.len());
+    // Senders repeat within a group: ask the replica once per (sender, key index).
+    let mut keys: std::collections::HashMap<(String, u64), ed25519_dalek::VerifyingKey> =
+        std::collections::HashMap::new();
     let mut batch = Vec::new();
     let mut slots = Vec::new();
     for (i, (_, m)) in group.iter().enumerate() {
@@ -388,7 +406,11 @@ async fn check_all(
         };
         let index = parsed.content().sender_key_index;
         let waited_since = tokio::time::Instant::now();
+        let cached = keys.get(&(parsed.sender().to_string(), index)).copied();
         let key = loop {
+            if cached.is_some() {
+                break cached;
+            }
             let known = inner
                 .replica
                 .participant(
@@ -420,13 +442,29 @@ async fn check_all(
             )));
             continue;
         };
+        keys.insert((parsed.sender().to_string(), index), key);
         verdicts.push(Ok(TxMessage::new(id, parsed.content())));
         slots.push(i);
         batch.push((parsed, key));
     }
-    let results = tokio::task::spawn_blocking(move || blockpost_core::verify_batch(batch))
-        .await
-        .ok()?;
+    // Split over the cores: one batch verification per thread.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = batch.len().div_ceil(threads).max(VERIFY_CHUNK_MIN);
+    let mut chunks = Vec::new();
+    let mut rest = batch.into_iter();
+    loop {
+        let chunk: Vec<_> = rest.by_ref().take(per).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(tokio::task::spawn_blocking(move || {
+            blockpost_core::verify_batch(chunk)
+        }));
+    }
+    let mut results = Vec::with_capacity(slots.len());
+    for c in chunks {
+        results.extend(c.await.ok()?);
+    }
     for (slot, r) in slots.into_iter().zip(results) {
         if let Err(e) = r {
             verdicts[slot] = Err(e.to_string());
@@ -435,12 +473,65 @@ async fn check_all(
     Some(verdicts)
 }
 
+/// The block being cut, stored and published while the next one fills: at most one at a
+/// time, in order.
+#[derive(Default)]
+struct Cutter {
+    flight: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// The last firehose sequence handed to a cut.
+    through: u64,
+}
+
+impl Cutter {
+    /// Waits for the block in flight.
+    async fn finish(&mut self) -> Result<()> {
+        match self.flight.take() {
+            Some(f) => f
+                .await
+                .map_err(|e| Error::Corrupted(format!("cutting a block: {e}")))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the block in flight, then starts cutting `pending`.
+    async fn start(
+        &mut self,
+        inner: &Arc<Inner>,
+        js: &jetstream::Context,
+        ns: &Namespace,
+        pending: Vec<Pending>,
+    ) -> Result<()> {
+        self.finish().await?;
+        if let Some(p) = pending.last() {
+            self.through = p.seq;
+        }
+        let (inner, js, ns) = (inner.clone(), js.clone(), ns.clone());
+        self.flight = Some(tokio::spawn(
+            async move { cut(&inner, &js, &ns, pending).await },
+        ));
+        Ok(())
+    }
+}
+
 /// Follows the firehose. It holds the builder only while it works on a message or a
 /// block, so that a dropped builder closes its store at once (its lock too).
 async fn follow(
     weak: &std::sync::Weak<Inner>,
     js: &jetstream::Context,
     ns: &Namespace,
+) -> Result<()> {
+    let mut cutter = Cutter::default();
+    let r = follow_with(weak, js, ns, &mut cutter).await;
+    // Never start over (catch_up) while a block is being cut.
+    let last = cutter.finish().await;
+    r.and(last)
+}
+
+async fn follow_with(
+    weak: &std::sync::Weak<Inner>,
+    js: &jetstream::Context,
+    ns: &Namespace,
+    cutter: &mut Cutter,
 ) -> Result<()> {
     let bus = |e: &dyn std::fmt::Display| Error::Bus(e.to_string());
     let Some(inner) = weak.upgrade() else {
@@ -452,6 +543,7 @@ async fn follow(
         .await
         .map_err(|e| Error::Corrupted(format!("indexing the store: {e}")))??;
     let (start, config) = (inner.last_seq() + 1, inner.config.clone());
+    cutter.through = inner.last_seq();
     drop(inner);
     let stream = js
         .get_stream(ns.firehose_stream())
@@ -471,7 +563,9 @@ async fn follow(
             consumer::pull::Config {
                 durable_name: Some(CONSUMER.into()),
                 filter_subject: ns.firehose_subject(),
-                ack_policy: consumer::AckPolicy::Explicit,
+                // One acknowledgement per block, of its last message: it covers every
+                // message before it (in this block or an earlier one, or refused).
+                ack_policy: consumer::AckPolicy::All,
                 ack_wait: Duration::from_secs(60),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: start,
@@ -482,7 +576,12 @@ async fn follow(
         )
         .await
         .map_err(|e| bus(&e))?;
-    let mut messages = consumer.messages().await.map_err(|e| bus(&e))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .messages()
+        .await
+        .map_err(|e| bus(&e))?;
     let delay = Duration::from_millis(config.max_block_delay_ms);
     // Every block is published whole: keep it under the server's max_payload.
     let max_block_bytes = config.max_block_bytes.min(
@@ -506,7 +605,7 @@ async fn follow(
                 };
                 // A transaction due to time out gets its block now, messages or not.
                 if inner.due(inner.clock.now_ms()) {
-                    cut(&inner, js, ns, std::mem::take(&mut pending)).await?;
+                    cutter.start(&inner, js, ns, std::mem::take(&mut pending)).await?;
                     bytes = 0;
                     deadline = None;
                 }
@@ -516,7 +615,7 @@ async fn follow(
                 let Some(inner) = weak.upgrade() else {
                     return Ok(());
                 };
-                cut(&inner, js, ns, std::mem::take(&mut pending)).await?;
+                cutter.start(&inner, js, ns, std::mem::take(&mut pending)).await?;
                 bytes = 0;
                 deadline = None;
                 continue;
@@ -547,9 +646,9 @@ async fn follow(
                 .last()
                 .map(|(s, _)| *s)
                 .or_else(|| pending.last().map(|p| p.seq))
-                .unwrap_or_else(|| inner.last_seq());
+                .unwrap_or_else(|| inner.last_seq().max(cutter.through));
             if seq <= last {
-                // Already in a block (redelivered after a restart) or already pending.
+                // Already in a block (redelivered after a restart), being cut, or pending.
                 if seq <= inner.last_seq() {
                     let _ = m.ack().await;
                 }
@@ -557,9 +656,15 @@ async fn follow(
             }
             fresh.push((seq, m));
         }
+        let tc = std::time::Instant::now();
         let Some(verdicts) = check_all(inner, &fresh).await else {
             return Ok(()); // the builder was dropped while waiting for the replica
         };
+        tracing::trace!(
+            n = verdicts.len(),
+            ms = tc.elapsed().as_secs_f64() * 1e3,
+            "checked"
+        );
         for ((seq, m), verdict) in fresh.into_iter().zip(verdicts) {
             let tx = match verdict {
                 Ok(tx) => tx,
@@ -576,7 +681,9 @@ async fn follow(
                 && (pending.len() + 1 > inner.config.max_block_messages
                     || bytes + payload.len() > max_block_bytes)
             {
-                cut(inner, js, ns, std::mem::take(&mut pending)).await?;
+                cutter
+                    .start(inner, js, ns, std::mem::take(&mut pending))
+                    .await?;
                 bytes = 0;
                 deadline = None;
             }
@@ -595,7 +702,9 @@ async fn follow(
             deadline = Some(tokio::time::Instant::now() + delay);
         }
         if pending.len() >= inner.config.max_block_messages || bytes >= max_block_bytes {
-            cut(inner, js, ns, std::mem::take(&mut pending)).await?;
+            cutter
+                .start(inner, js, ns, std::mem::take(&mut pending))
+                .await?;
             bytes = 0;
             deadline = None;
         }
@@ -640,6 +749,7 @@ async fn cut(
         let tip = inner2.tip.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let height = inner2.store.len();
         let time_ms = tip.as_ref().map_or(now, |t| now.max(t.header.time_ms));
+        let t0 = std::time::Instant::now();
         let mut book = inner2.book.lock().unwrap_or_else(|e| e.into_inner());
         let index = &inner2.index;
         let (leaves, entries) =
@@ -649,6 +759,7 @@ async fn cut(
         if leaves.is_empty() {
             return Ok(None);
         }
+        let t1 = t0.elapsed();
         let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(l)).collect();
         let header = BlockHeader {
             height,
@@ -672,11 +783,13 @@ async fn cut(
             bytes: signed.header.clone(),
             id,
         };
+        let signed_bytes = signed.encode_to_vec();
         let encoded = Block {
             header: Some(signed),
             leaves,
         }
         .encode_to_vec();
+        let t2 = t0.elapsed();
         inner2.store.append(encoded.clone(), id, |size, root| {
             inner2
                 .signer
@@ -685,7 +798,16 @@ async fn cut(
         })?;
         *inner2.tip.lock().unwrap_or_else(|e| e.into_inner()) = Some(verified);
         inner2.last_seq.store(last_seq, Ordering::SeqCst);
-        index.commit(height, id, &entries, &book, last_seq)?;
+        let t3 = t0.elapsed();
+        index.commit(height, id, &signed_bytes, &entries, &book, last_seq)?;
+        tracing::debug!(
+            height,
+            lay_out_ms = t1.as_secs_f64() * 1e3,
+            hash_sign_ms = (t2 - t1).as_secs_f64() * 1e3,
+            store_ms = (t3 - t2).as_secs_f64() * 1e3,
+            index_ms = (t0.elapsed() - t3).as_secs_f64() * 1e3,
+            "block timings"
+        );
         Ok(Some((height, encoded)))
     })
     .await
@@ -694,8 +816,8 @@ async fn cut(
         return Ok(());
     };
     inner.blocks.send_replace(height + 1);
-    // Durable: now the messages may go.
-    for p in &pending {
+    // Durable: now the messages may go (acknowledging the last acknowledges all).
+    if let Some(p) = pending.last() {
         let _ = p.message.ack().await;
     }
     let mut headers = async_nats::HeaderMap::new();

@@ -8,7 +8,7 @@ use blockpost_proto::v1::ledger_server::{self, LedgerServer};
 use blockpost_proto::v1::{
     Block, BlockResponse, GetBlockRequest, GetHeadersRequest, GetLedgerInfoRequest,
     GetMessageRequest, GetTransactionRequest, HeadersResponse, LedgerInfo, MessageResponse,
-    SubscribeBlocksRequest, TransactionResponse, get_block_request,
+    SignedBlockHeader, SubscribeBlocksRequest, TransactionResponse, get_block_request,
 };
 use blockpost_storage::Head;
 use prost::Message as _;
@@ -43,6 +43,18 @@ impl Builder {
             .map_err(|e| Status::data_loss(format!("stored block {height} does not decode: {e}")))
     }
 
+    /// A block and the Merkle tree over its leaves.
+    fn read_tree(&self, height: u64) -> Result<(Block, BlockTree), Status> {
+        let block = self.read_block(height)?;
+        let hashes: Vec<[u8; 32]> = block
+            .leaves
+            .iter()
+            .map(|l| blockpost_core::leaf_hash(l))
+            .collect();
+        let tree = BlockTree::new(&hashes);
+        Ok((block, tree))
+    }
+
     fn block_response(&self, height: u64, head: &Head) -> Result<BlockResponse, Status> {
         let block = self.read_block(height)?;
         let proof = self
@@ -56,24 +68,17 @@ impl Builder {
         })
     }
 
-    /// Leaf `leaf` of `block` (at `height`) with its inclusion proof, its header and the
-    /// ledger proof of the block against `head`.
+    /// Leaf `leaf` of `block` (at `height`, with its Merkle `tree`) with its inclusion
+    /// proof, its header and the ledger proof of the block against `head`.
     fn leaf_response(
         &self,
-        block: &Block,
+        (block, tree): &(Block, BlockTree),
         height: u64,
         leaf: u32,
         head: &Head,
     ) -> Result<MessageResponse, Status> {
-        let hashes: Vec<[u8; 32]> = block
-            .leaves
-            .iter()
-            .map(|l| blockpost_core::leaf_hash(l))
-            .collect();
         let missing = || Status::data_loss(format!("block {height} has no leaf {leaf}"));
-        let proof = BlockTree::new(&hashes)
-            .proof(leaf as usize)
-            .ok_or_else(missing)?;
+        let proof = tree.proof(leaf as usize).ok_or_else(missing)?;
         let ledger_proof = self
             .store()
             .prove_inclusion(height, head.size)
@@ -163,7 +168,7 @@ impl ledger_server::Ledger for Builder {
             .ok_or_else(|| {
                 Status::not_found(format!("message {} is in no block", hex::encode(id)))
             })?;
-        let block = self.read_block(height)?;
+        let block = self.read_tree(height)?;
         Ok(Response::new(
             self.leaf_response(&block, height, leaf, &head)?,
         ))
@@ -204,21 +209,24 @@ impl ledger_server::Ledger for Builder {
             .index()
             .transaction_messages(&r.transaction_id, r.offset, limit)
             .map_err(internal)?;
-        let mut blocks: HashMap<u64, Block> = HashMap::new();
+        let mut blocks: HashMap<u64, (Block, BlockTree)> = HashMap::new();
         let mut messages = Vec::with_capacity(ids.len());
         for id in ids {
             let (height, leaf) = self.locate(&id).map_err(internal)?.ok_or_else(|| {
                 Status::data_loss(format!("message {} is not indexed", hex::encode(id)))
             })?;
             if !blocks.contains_key(&height) {
-                blocks.insert(height, self.read_block(height)?);
+                blocks.insert(height, self.read_tree(height)?);
             }
             let block = &blocks[&height];
             messages.push(self.leaf_response(block, height, leaf, &head)?);
         }
         let closing = match state.closing_height {
             Some(h) if h < head.size => {
-                let block = self.read_block(h)?;
+                let block = match blocks.remove(&h) {
+                    Some(b) => b,
+                    None => self.read_tree(h)?,
+                };
                 Some(self.leaf_response(&block, h, state.closing_leaf_index, &head)?)
             }
             _ => None,
@@ -256,7 +264,13 @@ impl ledger_server::Ledger for Builder {
             .min(r.from_height.saturating_add(u64::from(count)));
         let mut headers = Vec::new();
         for h in r.from_height..end {
-            headers.push(self.read_block(h)?.header.unwrap_or_default());
+            let header = match self.index().header(h).map_err(internal)? {
+                Some(bytes) => SignedBlockHeader::decode(bytes.as_slice()).map_err(|e| {
+                    Status::data_loss(format!("indexed header {h} does not decode: {e}"))
+                })?,
+                None => self.read_block(h)?.header.unwrap_or_default(),
+            };
+            headers.push(header);
         }
         Ok(Response::new(HeadersResponse {
             headers,

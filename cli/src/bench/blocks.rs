@@ -196,7 +196,15 @@ pub async fn run(args: BenchBlocksArgs) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .add_service(directory.clone().into_service())
             .add_service(builder.clone().into_service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(futures::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |s| {
+                    if let Ok(s) = &s {
+                        let _ = s.set_nodelay(true);
+                    }
+                    s
+                },
+            )),
     );
     let state = tmp.path().join("lookups");
     let c = Client::connect(&endpoint, &state).await?;

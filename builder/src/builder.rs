@@ -22,6 +22,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use futures::StreamExt as _;
 use prost::Message as _;
 
+use crate::anchor::Anchors;
 use crate::index::Index;
 use crate::{BuilderConfig, Error, Result};
 
@@ -67,6 +68,8 @@ struct Inner {
     book: Mutex<Book>,
     /// The last firehose sequence in a block.
     last_seq: AtomicU64,
+    /// Anchors of the ledger root.
+    pub(crate) anchors: Anchors,
     /// The number of blocks, for those waiting for new ones.
     pub(crate) blocks: tokio::sync::watch::Sender<u64>,
 }
@@ -97,9 +100,14 @@ impl Builder {
         let signer = CheckpointSigner::new(&format!("{}/ledger", parts.origin), key.clone())
             .map_err(|e| Error::Config(e.to_string()))?;
         let dir = parts.dir;
-        let (store, index) = tokio::task::spawn_blocking(move || open_store(&dir))
-            .await
-            .map_err(|e| Error::Corrupted(format!("opening the store: {e}")))??;
+        let anchor_config = config.anchor.clone();
+        let (store, index, anchors) = tokio::task::spawn_blocking(move || {
+            let (store, index) = open_store(&dir)?;
+            let anchors = Anchors::open(&dir.join("anchors"), anchor_config)?;
+            Ok::<_, Error>((store, index, anchors))
+        })
+        .await
+        .map_err(|e| Error::Corrupted(format!("opening the store: {e}")))??;
         store.ensure_checkpoint(|size, root| {
             signer
                 .sign(size, root)
@@ -118,6 +126,7 @@ impl Builder {
             clock,
             refused: AtomicU64::new(0),
             index,
+            anchors,
             book: Mutex::new(Book::new(timeout, [])),
             last_seq: AtomicU64::new(0),
         });
@@ -143,6 +152,9 @@ impl Builder {
         .await
         .map_err(|e| Error::Bus(format!("blocks stream: {e}")))?;
         tokio::spawn(run(Arc::downgrade(&inner), js, ns));
+        if inner.anchors.enabled() {
+            tokio::spawn(anchor_loop(Arc::downgrade(&inner)));
+        }
         Ok(Self { inner })
     }
 
@@ -350,8 +362,12 @@ impl Inner {
         self.last_seq.load(Ordering::SeqCst)
     }
 
-    /// Whether an open transaction is due to time out by `now_ms`.
+    /// Whether an open transaction is due to time out by `now_ms`, or an anchor waits
+    /// for its block.
     fn due(&self, now_ms: i64) -> bool {
+        if self.anchors.count() > self.index.anchors_recorded().unwrap_or(u64::MAX) {
+            return true;
+        }
         // A cut holds the book: it closes what is due itself.
         match self.book.try_lock() {
             Ok(b) => b.next_deadline().is_some_and(|d| d <= now_ms),
@@ -471,6 +487,61 @@ async fn check_all(
         }
     }
     Some(verdicts)
+}
+
+/// Anchors the ledger when due, and completes the proofs of Bitcoin anchors, until the
+/// builder is dropped.
+async fn anchor_loop(weak: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_poll = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let poll = inner.config.anchor.sink == "bitcoin"
+            && last_poll.elapsed() >= Duration::from_millis(inner.config.anchor.bitcoin.poll_ms);
+        if poll {
+            last_poll = tokio::time::Instant::now();
+        }
+        if !poll && !inner.anchors.due(inner.store.len()) {
+            continue;
+        }
+        let outcome = tokio::task::spawn_blocking(move || anchor_now(&inner, poll)).await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "anchoring failed; trying again later"),
+            Err(e) => tracing::warn!(error = %e, "anchoring panicked"),
+        }
+    }
+}
+
+/// The newest block's id and its inclusion path in the ledger of `size` blocks.
+fn tip_path(inner: &Inner, size: u64) -> Result<([u8; 32], Vec<[u8; 32]>)> {
+    let last = size
+        .checked_sub(1)
+        .ok_or_else(|| Error::Corrupted("an empty ledger has no anchor".into()))?;
+    Ok((
+        inner.store.id(last)?,
+        inner.store.prove_inclusion(last, size)?,
+    ))
+}
+
+fn anchor_now(inner: &Inner, poll: bool) -> Result<()> {
+    if inner.anchors.due(inner.store.len()) {
+        let head = inner.store.head();
+        let cp = blockpost_core::verify_checkpoint(&head.checkpoint, &inner.signer.verifier_key())
+            .map_err(|e| Error::Corrupted(format!("own ledger checkpoint: {e}")))?;
+        let (tip, path) = tip_path(inner, cp.size)?;
+        inner
+            .anchors
+            .anchor(cp.size, cp.root, tip, &path, inner.clock.now_ms())?;
+    }
+    if poll {
+        inner.anchors.complete(|size| tip_path(inner, size))?;
+    }
+    Ok(())
 }
 
 /// The block being cut, stored and published while the next one fills: at most one at a
@@ -752,8 +823,9 @@ async fn cut(
         let t0 = std::time::Instant::now();
         let mut book = inner2.book.lock().unwrap_or_else(|e| e.into_inner());
         let index = &inner2.index;
+        let records = inner2.anchors.records_after(index.anchors_recorded()?)?;
         let (leaves, entries) =
-            lay_out_block(&mut book, height, time_ms, Vec::new(), messages, |id| {
+            lay_out_block(&mut book, height, time_ms, records, messages, |id| {
                 index.is_closed(id).ok().flatten().is_some()
             });
         if leaves.is_empty() {

@@ -18,6 +18,75 @@ pub struct BuilderConfig {
     /// An unfinished transaction times out this long after the block holding its first
     /// message (or at the earlier deadline that message asks for).
     pub transaction_timeout_ms: u64,
+    /// Anchoring the ledger outside the system (`[builder.anchor]`).
+    pub anchor: AnchorConfig,
+}
+
+/// Where and how often the builder anchors the newest ledger root.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnchorConfig {
+    /// `file` (an append-only file in the data directory), `bitcoin`, or `off`.
+    pub sink: String,
+    /// Anchor once the ledger grew by this many blocks since the last anchor.
+    pub every_blocks: u64,
+    /// ... or once this long passed and the ledger grew (by more than the block holding the
+    /// last anchor's record).
+    pub every_ms: u64,
+    /// The Bitcoin sink.
+    pub bitcoin: BitcoinConfig,
+}
+
+impl Default for AnchorConfig {
+    fn default() -> Self {
+        Self {
+            sink: "file".into(),
+            every_blocks: 100,
+            every_ms: 600_000,
+            bitcoin: BitcoinConfig::default(),
+        }
+    }
+}
+
+/// An OP_RETURN transaction per anchor, spending one P2WPKH output and paying the change
+/// back to the same key, so that each anchor funds the next.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BitcoinConfig {
+    /// `bitcoin`, `testnet`, `signet` or `regtest`.
+    pub network: String,
+    /// A file holding the spending key in WIF (compressed).
+    pub key_file: Option<std::path::PathBuf>,
+    /// The first output to spend, `txid:vout`, paying to the key's P2WPKH address.
+    pub utxo: String,
+    /// Its value in satoshi.
+    pub utxo_value_sat: u64,
+    /// The fee of each anchor transaction, in satoshi.
+    pub fee_sat: u64,
+    /// Broadcasts a transaction: the raw transaction (hex) is added as the last argument,
+    /// e.g. `["bitcoin-cli", "-regtest", "sendrawtransaction"]`.
+    pub broadcast_command: Vec<String>,
+    /// Prints the raw block (hex) that confirms a transaction, whose txid is added as the
+    /// last argument; fails or prints nothing while it is unconfirmed. See the README for a
+    /// `bitcoin-cli` one-liner.
+    pub block_command: Vec<String>,
+    /// How often unconfirmed anchors are looked up.
+    pub poll_ms: u64,
+}
+
+impl Default for BitcoinConfig {
+    fn default() -> Self {
+        Self {
+            network: "regtest".into(),
+            key_file: None,
+            utxo: String::new(),
+            utxo_value_sat: 0,
+            fee_sat: 1_000,
+            broadcast_command: Vec::new(),
+            block_command: Vec::new(),
+            poll_ms: 10_000,
+        }
+    }
 }
 
 impl Default for BuilderConfig {
@@ -28,6 +97,7 @@ impl Default for BuilderConfig {
             max_block_bytes: 4 << 20,
             max_block_delay_ms: 250,
             transaction_timeout_ms: blockpost_core::transaction::DEFAULT_TRANSACTION_TIMEOUT_MS,
+            anchor: AnchorConfig::default(),
         }
     }
 }
@@ -43,6 +113,37 @@ impl BuilderConfig {
             return Err(
                 "builder.transaction_timeout_ms must be at least 1 and at most 2^62".into(),
             );
+        }
+        let a = &self.anchor;
+        match a.sink.as_str() {
+            "off" | "file" => {}
+            "bitcoin" => {
+                let b = &a.bitcoin;
+                if b.key_file.is_none()
+                    || b.utxo.is_empty()
+                    || b.broadcast_command.is_empty()
+                    || b.block_command.is_empty()
+                {
+                    return Err("builder.anchor.sink = \"bitcoin\" needs bitcoin.key_file, utxo, utxo_value_sat, broadcast_command and block_command".into());
+                }
+                if !["bitcoin", "testnet", "signet", "regtest"].contains(&b.network.as_str()) {
+                    return Err(format!(
+                        "builder.anchor.bitcoin.network {:?} is not bitcoin, testnet, signet or regtest",
+                        b.network
+                    ));
+                }
+                if b.poll_ms == 0 {
+                    return Err("builder.anchor.bitcoin.poll_ms must be at least 1".into());
+                }
+            }
+            other => {
+                return Err(format!(
+                    "builder.anchor.sink {other:?} is not file, bitcoin or off"
+                ));
+            }
+        }
+        if a.every_blocks == 0 || a.every_ms == 0 {
+            return Err("builder.anchor.every_blocks and every_ms must be at least 1".into());
         }
         if self.max_block_bytes > crate::MAX_BLOCK_LEN / 2 {
             return Err(format!(

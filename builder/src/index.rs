@@ -142,6 +142,16 @@ impl Index {
         })
     }
 
+    /// How many anchor records are in blocks.
+    pub fn anchors_recorded(&self) -> Result<u64> {
+        let r = self.db.begin_read().map_err(db_err)?;
+        let meta = r.open_table(META).map_err(db_err)?;
+        Ok(meta
+            .get("anchors")
+            .map_err(db_err)?
+            .map_or(0, |v| u64_at(v.value())))
+    }
+
     /// Where message `id` is: height and leaf index.
     pub fn locate(&self, id: &[u8; 32]) -> Result<Option<(u64, u32)>> {
         let r = self.db.begin_read().map_err(db_err)?;
@@ -319,6 +329,16 @@ impl Index {
                 .map_err(db_err)?
                 .insert(height, header)
                 .map_err(db_err)?;
+            let anchors = entries.iter().filter(|e| matches!(e, Entry::Other)).count() as u64;
+            if anchors > 0 {
+                let mut meta = w.open_table(META).map_err(db_err)?;
+                let before = meta
+                    .get("anchors")
+                    .map_err(db_err)?
+                    .map_or(0, |v| u64_at(v.value()));
+                meta.insert("anchors", (before + anchors).to_be_bytes().as_slice())
+                    .map_err(db_err)?;
+            }
             let mut head = Vec::with_capacity(48);
             head.extend_from_slice(&(height + 1).to_be_bytes());
             head.extend_from_slice(&id);

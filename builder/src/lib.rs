@@ -11,17 +11,21 @@
 //! - `config`: [`BuilderConfig`], the `[builder]` table of the node config.
 //! - `builder`: [`Builder`], the service: open and verify the store, the consume-and-cut
 //!   loop.
+//! - `anchor`: anchoring the ledger root (an anchor file, or Bitcoin OP_RETURN
+//!   transactions) with OpenTimestamps proofs.
 //! - `index`: the redb indexes (message, block, transaction), derived from the store and
 //!   brought up to it at open.
 //! - `grpc`: the `blockpost.v1.Ledger` service (blocks and messages with their proofs).
 //! - `error`: [`Error`].
 
+mod anchor;
 mod builder;
 mod config;
 mod error;
 mod grpc;
 mod index;
 
+pub use anchor::AnchorLine;
 pub use builder::{Builder, BuilderParts, MAX_BLOCK_LEN};
-pub use config::BuilderConfig;
+pub use config::{AnchorConfig, BitcoinConfig, BuilderConfig};
 pub use error::{Error, Result};

@@ -7,8 +7,10 @@
 //! - `keys`: `blockpost key new`, key files, passphrases, evidence keys, recorded addresses.
 //! - `directory`: `info`, `register`, `lookup`, `rotate`, `revoke`, `checkpoint`.
 //! - `messages`: `send`, `finish`, `inbox`, `firehose`.
-//! - `ledger`: `block`, `message`: blocks and messages from the ledger, verified.
-//! - `bench`: `blockpost bench directory` and `blockpost bench messages`.
+//! - `ledger`: `block`, `message`, `tx`: blocks, messages and transactions from the ledger,
+//!   verified.
+//! - `anchor`: `anchor verify`: OpenTimestamps proofs of the ledger's Bitcoin anchors.
+//! - `bench`: `blockpost bench directory|messages|attack|blocks`.
 //! - `render`: every human and `--json` output.
 
 use std::io::IsTerminal as _;
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod anchor;
 mod bench;
 mod directory;
 mod keys;
@@ -84,6 +87,11 @@ enum Cmd {
     Messages(messages::MessageCmd),
     #[command(flatten)]
     Ledger(ledger::LedgerCmd),
+    /// Anchors of the ledger in Bitcoin: check their OpenTimestamps proofs.
+    Anchor {
+        #[command(subcommand)]
+        cmd: anchor::AnchorCmd,
+    },
     /// Print the read-only NATS user of a node's managed nats-server, for auditors and
     /// monitors (they may read the directory and firehose streams, and publish nothing).
     NatsCredentials {
@@ -149,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Directory(cmd) => directory::run(cmd).await,
         Cmd::Messages(cmd) => messages::run(cmd).await,
         Cmd::Ledger(cmd) => ledger::run(cmd).await,
+        Cmd::Anchor { cmd } => anchor::run(cmd),
         Cmd::NatsCredentials { data, json } => up::nats_credentials(&data, json),
         Cmd::Bench { cmd } => bench::run(cmd).await,
     }

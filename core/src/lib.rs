@@ -24,6 +24,8 @@
 //!   signed headers and their chain, what a leaf may be ([`block::verify_block`]).
 //! - `transaction`: when the ledger closes a transaction (finished or timed out) and what
 //!   its closing record holds ([`transaction::Book`]).
+//! - `anchor`: OpenTimestamps proofs from a block id through the ledger root and a Bitcoin
+//!   transaction to a Bitcoin block header ([`anchor::replay_proof`]).
 //! - `clock`: [`Clock`], injected time, and checked time arithmetic ([`check_clock`]).
 //! - `wire`: the NATS wire contract: streams, subjects, headers, de-duplication ids.
 //! - `keyfile`: participant keys as encrypted PKCS#8 ([`Identity`]).
@@ -45,6 +47,7 @@
 //! ```
 
 mod address;
+pub mod anchor;
 mod authorize;
 pub mod block;
 mod clock;

@@ -11,7 +11,7 @@ use blockpost_core::Identity;
 use blockpost_core::block::verify_block;
 use blockpost_core::transaction::{Book, Entry, replay_block};
 use blockpost_proto::v1::{Block, MessageKind, TransactionStatus};
-use blockpost_tests::{Sandbox, wait_for};
+use blockpost_tests::Sandbox;
 use prost::Message as _;
 
 const TIMEOUT_MS: u64 = 1500;

@@ -448,7 +448,10 @@ mod bitcoin {
 
     /// Where `txid` is in `block`, checked: the block's height (BIP 34), its txids
     /// (internal byte order), the transaction's index and witness-free bytes.
-    pub fn locate(block: &Block, txid: &str) -> Result<(u64, Vec<[u8; 32]>, usize, Vec<u8>)> {
+    /// Where a transaction is in its block: height, txids, index, witness-free bytes.
+    pub type Located = (u64, Vec<[u8; 32]>, usize, Vec<u8>);
+
+    pub fn locate(block: &Block, txid: &str) -> Result<Located> {
         let want = Txid::from_str(txid).map_err(|e| io("txid", e))?;
         if !block.check_merkle_root() {
             return Err(io(

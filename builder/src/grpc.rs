@@ -215,10 +215,10 @@ impl ledger_server::Ledger for Builder {
             let (height, leaf) = self.locate(&id).map_err(internal)?.ok_or_else(|| {
                 Status::data_loss(format!("message {} is not indexed", hex::encode(id)))
             })?;
-            if !blocks.contains_key(&height) {
-                blocks.insert(height, self.read_tree(height)?);
-            }
-            let block = &blocks[&height];
+            let block = match blocks.entry(height) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(self.read_tree(height)?),
+            };
             messages.push(self.leaf_response(block, height, leaf, &head)?);
         }
         let closing = match state.closing_height {

@@ -104,12 +104,12 @@ pub fn bitcoin_merkle_ops(txids: &[[u8; 32]], index: usize) -> Result<Vec<Op>> {
     let mut level = txids.to_vec();
     let mut i = index;
     while level.len() > 1 {
-        let sibling = if i % 2 == 0 {
+        let sibling = if i.is_multiple_of(2) {
             *level.get(i + 1).unwrap_or(&level[i])
         } else {
             level[i - 1]
         };
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             ops.push(Op::Append(sibling.to_vec()));
         } else {
             ops.push(Op::Prepend(sibling.to_vec()));

@@ -442,3 +442,89 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
     node.kill().unwrap();
     node.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_under_load_loses_nothing_and_repeats_nothing() {
+    use std::sync::{Arc, Mutex};
+
+    let mut sb = Sandbox::start_with(|c| c.builder.max_block_delay_ms = 50)
+        .await
+        .unwrap();
+    let a = Arc::new(Identity::generate());
+    let b = Identity::generate();
+    let mut c = sb.client().await.unwrap();
+    c.register(&a, "bank-a", "Bank A AG", None).await.unwrap();
+    c.register(&b, "bank-b", "Bank B AG", None).await.unwrap();
+    let receipted: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..2 {
+        let (endpoint, dir) = (sb.endpoint.clone(), sb.client_dir.join(format!("s{t}")));
+        let (receipted, stop, a) = (receipted.clone(), stop.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut m = Messenger::connect(&endpoint, &dir).await.unwrap();
+            let to = vec!["bank-b".to_owned()];
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let out = Outgoing {
+                    from: "bank-a",
+                    to: &to,
+                    transaction_id: "settle-nats",
+                    kind: MessageKind::Message,
+                    content_type: "text/plain",
+                    body: format!("sender {t} message {i}").into_bytes(),
+                    encrypt: false,
+                    transaction_deadline_ms: None,
+                };
+                // While NATS is down the gateway refuses (UNAVAILABLE); keep going.
+                match m.send(&a, out).await {
+                    Ok((env, _)) => receipted.lock().unwrap().push(env.encode_to_vec()),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = receipted.lock().unwrap().len();
+    sb.nats.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    sb.nats.restart().unwrap();
+    // Load goes on after the restart.
+    wait_for(
+        Duration::from_secs(30),
+        "messages receipted after the restart",
+        || {
+            let n = receipted.lock().unwrap().len();
+            async move { (n > before + 20).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sent = receipted.lock().unwrap().clone();
+    assert!(before > 10, "only {before} receipts before the restart");
+    wait_for(
+        Duration::from_secs(30),
+        "every receipted message in a block",
+        || {
+            let seen = verify_ledger(&sb);
+            let all = sent.iter().all(|e| seen.contains_key(e));
+            async move { all.then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    let seen = verify_ledger(&sb);
+    for e in &sent {
+        assert_eq!(
+            seen.get(e),
+            Some(&1),
+            "a receipted message is in more than one block"
+        );
+    }
+    sb.stop().await;
+}

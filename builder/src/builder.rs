@@ -544,6 +544,61 @@ fn anchor_now(inner: &Inner, poll: bool) -> Result<()> {
     Ok(())
 }
 
+/// Publishes the stored blocks the blocks stream lacks: those cut while NATS was away
+/// (a failed publish makes the loop start over, so the stream never has a gap), or all of
+/// them into a recreated stream.
+async fn republish(inner: &Arc<Inner>, js: &jetstream::Context, ns: &Namespace) -> Result<()> {
+    let len = inner.store.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let bus = |e: &dyn std::fmt::Display| Error::Bus(format!("blocks stream: {e}"));
+    let stream = js
+        .get_stream(ns.blocks_stream())
+        .await
+        .map_err(|e| bus(&e))?;
+    let next = match stream
+        .get_last_raw_message_by_subject(&ns.blocks_subject())
+        .await
+    {
+        Ok(m) => Block::decode(m.payload.as_ref())
+            .ok()
+            .and_then(|b| b.header)
+            .and_then(|h| BlockHeader::decode(h.header.as_slice()).ok())
+            .map_or(0, |h| h.height + 1),
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+        Err(e) => return Err(bus(&e)),
+    };
+    if next < len {
+        tracing::info!(
+            from = next,
+            to = len,
+            "publishing blocks the blocks stream lacks"
+        );
+    }
+    for h in next..len {
+        publish_block(js, ns, h, inner.store.block(h)?).await?;
+    }
+    Ok(())
+}
+
+/// Publishes block `height` on the blocks stream (de-duplicated by height).
+async fn publish_block(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    height: u64,
+    encoded: Vec<u8>,
+) -> Result<()> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(wire::MSG_ID_HEADER, wire::block_msg_id(height).as_str());
+    js.publish_with_headers(ns.blocks_subject(), headers, encoded.into())
+        .await
+        .map_err(|e| Error::Bus(format!("publishing block {height}: {e}")))?
+        .await
+        .map_err(|e| Error::Bus(format!("publishing block {height}: {e}")))?;
+    Ok(())
+}
+
 /// The block being cut, stored and published while the next one fills: at most one at a
 /// time, in order.
 #[derive(Default)]
@@ -613,6 +668,7 @@ async fn follow_with(
     tokio::task::spawn_blocking(move || catch_up(&i2))
         .await
         .map_err(|e| Error::Corrupted(format!("indexing the store: {e}")))??;
+    republish(&inner, js, ns).await?;
     let (start, config) = (inner.last_seq() + 1, inner.config.clone());
     cutter.through = inner.last_seq();
     drop(inner);
@@ -892,19 +948,8 @@ async fn cut(
     if let Some(p) = pending.last() {
         let _ = p.message.ack().await;
     }
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(wire::MSG_ID_HEADER, wire::block_msg_id(height).as_str());
-    match js
-        .publish_with_headers(ns.blocks_subject(), headers, encoded.into())
-        .await
-    {
-        Ok(ack) => {
-            if let Err(e) = ack.await {
-                tracing::warn!(height, error = %e, "block not published on the blocks stream");
-            }
-        }
-        Err(e) => tracing::warn!(height, error = %e, "block not published on the blocks stream"),
-    }
     tracing::debug!(height, messages = pending.len(), "block cut");
-    Ok(())
+    // The block is durable and acknowledged; if NATS does not take it now, start over:
+    // `republish` sends it (and any after it) once NATS is back.
+    publish_block(js, ns, height, encoded).await
 }

@@ -526,5 +526,30 @@ async fn a_nats_restart_under_load_loses_nothing_and_repeats_nothing() {
             "a receipted message is in more than one block"
         );
     }
+    // The blocks stream holds every block once, also those cut while NATS was away.
+    let ns = sb.directory.namespace();
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    let height = sb.node.builder().unwrap().height();
+    wait_for(
+        Duration::from_secs(20),
+        "every block on the blocks stream",
+        || {
+            let (js, ns) = (js.clone(), ns.clone());
+            async move {
+                let mut st = js.get_stream(ns.blocks_stream()).await.ok()?;
+                let n = st.info().await.ok()?.state.messages;
+                let last = st
+                    .get_last_raw_message_by_subject(&ns.blocks_subject())
+                    .await
+                    .ok()?;
+                let b = Block::decode(last.payload.as_ref()).ok()?;
+                let h =
+                    blockpost_proto::v1::BlockHeader::decode(b.header?.header.as_slice()).ok()?;
+                (n >= height && n == h.height + 1).then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap();
     sb.stop().await;
 }

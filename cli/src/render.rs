@@ -357,7 +357,7 @@ pub fn block(b: &blockpost_client::LedgerBlock, json: bool) -> anyhow::Result<()
                 "kind": "message",
                 "message_id": hex::encode(blockpost_core::block::block_id(l)),
             }),
-            Leaf::Record(r) => json!({ "kind": "record", "record": format!("{r:?}") }),
+            Leaf::Record(r) => record_json(r),
         })
         .collect();
     if json {
@@ -402,7 +402,29 @@ pub fn block(b: &blockpost_client::LedgerBlock, json: bool) -> anyhow::Result<()
     for l in &leaves {
         match l["kind"].as_str() {
             Some("message") => say!("  message    {}", l["message_id"].as_str().unwrap_or("")),
-            _ => say!("  record     {}", l["record"].as_str().unwrap_or("")),
+            Some("closing") => say!(
+                "  closing    {} {} ({} messages, finished by {})",
+                l["transaction_id"].as_str().unwrap_or(""),
+                l["status"].as_str().unwrap_or(""),
+                l["message_ids"].as_array().map_or(0, Vec::len),
+                l["finished_by"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "nobody".into())
+            ),
+            Some("anchor") => say!(
+                "  anchor     ledger of {} blocks, root {}, in {} ({})",
+                l["ledger_size"],
+                l["ledger_root"].as_str().unwrap_or(""),
+                l["sink"].as_str().unwrap_or(""),
+                l["reference"].as_str().unwrap_or("")
+            ),
+            _ => say!("  record     {l}"),
         }
     }
     eprintln!(
@@ -452,6 +474,30 @@ pub fn ledger_message(m: &blockpost_client::LedgerMessage, json: bool) -> anyhow
     );
     eprintln!("(inclusion proof, builder signature, chain link and ledger proof verified)");
     Ok(())
+}
+
+fn record_json(r: &blockpost_proto::v1::LedgerRecord) -> Value {
+    use blockpost_proto::v1::ledger_record::Record;
+    match &r.record {
+        Some(Record::Closing(c)) => json!({
+            "kind": "closing",
+            "transaction_id": c.transaction_id,
+            "status": status_name(c.status),
+            "message_ids": hexes(&c.message_ids),
+            "messages_root": hex::encode(&c.messages_root),
+            "finished_by": c.finished_by,
+            "time_ms": c.time_ms,
+        }),
+        Some(Record::Anchor(a)) => json!({
+            "kind": "anchor",
+            "ledger_size": a.ledger_size,
+            "ledger_root": hex::encode(&a.ledger_root),
+            "sink": a.sink,
+            "reference": a.reference,
+            "time_ms": a.time_ms,
+        }),
+        None => json!({ "kind": "record" }),
+    }
 }
 
 fn status_name(s: i32) -> &'static str {

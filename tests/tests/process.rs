@@ -406,6 +406,11 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
         out.contains("<encrypted for other recipients>"),
         "the firehose shows no plaintext: {out}"
     );
+    // Both banks sent finish: the ledger closed the transaction, and `tx` proved it.
+    assert!(
+        out.contains(": finished\n") && out.contains("  closed       finished at "),
+        "{out}"
+    );
     // Parties by name beside their address, from verified look-ups; times as dates.
     assert!(
         out.contains("Bank A AG <bank-a-") && out.contains("-> Bank B Ltd <bank-b-"),
@@ -439,9 +444,10 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 4, "{fh}");
+    assert_eq!(lines.len(), 5, "{fh}");
     assert!(lines.iter().all(|m| m["signature_verified"] == true));
     assert_eq!(lines[3]["kind"], "finish");
+    assert_eq!(lines[4]["kind"], "finish");
     let store = data.join("nats");
     let servers = std::fs::read_dir("/proc")
         .unwrap()

@@ -87,6 +87,16 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(|e| io("writing", e))?;
     f.sync_all().map_err(|e| io("syncing", e))?;
     std::fs::rename(&tmp, path).map_err(|e| io("renaming", e))?;
+    sync_dir(path)
+}
+
+/// Syncs the directory holding `path`, so that a new or renamed file survives a crash.
+fn sync_dir(path: &Path) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("syncing the directory", e))?;
+    }
     Ok(())
 }
 
@@ -146,6 +156,12 @@ impl Anchors {
     /// The ledger leaves of the anchors after the first `recorded` (those not in a block).
     pub fn records_after(&self, recorded: u64) -> Result<Vec<Vec<u8>>> {
         let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if (lines.len() as u64) < recorded {
+            return Err(Error::Corrupted(format!(
+                "the ledger records {recorded} anchors but anchors.jsonl holds {}: the anchor file lost lines",
+                lines.len()
+            )));
+        }
         lines
             .iter()
             .skip(usize::try_from(recorded).unwrap_or(usize::MAX))
@@ -224,6 +240,9 @@ impl Anchors {
         f.write_all(text.as_bytes())
             .map_err(|e| io("appending", e))?;
         f.sync_all().map_err(|e| io("syncing", e))?;
+        if n == 0 {
+            sync_dir(&self.dir.join("anchors.jsonl"))?;
+        }
         self.lines
             .lock()
             .unwrap_or_else(|e| e.into_inner())

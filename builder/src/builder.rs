@@ -101,8 +101,10 @@ impl Builder {
             .map_err(|e| Error::Config(e.to_string()))?;
         let dir = parts.dir;
         let anchor_config = config.anchor.clone();
+        let timeout = config.transaction_timeout_ms;
         let (store, index, anchors) = tokio::task::spawn_blocking(move || {
             let (store, index) = open_store(&dir)?;
+            fix_timeout(&dir, timeout)?;
             let anchors = Anchors::open(&dir.join("anchors"), anchor_config)?;
             Ok::<_, Error>((store, index, anchors))
         })
@@ -233,14 +235,27 @@ impl Builder {
 struct Gate(std::sync::Weak<Inner>);
 
 impl blockpost_messaging::TransactionGate for Gate {
-    fn closed(&self, transaction_id: &str) -> Option<TransactionStatus> {
+    fn refusal(&self, id: &str) -> Option<String> {
         let inner = self.0.upgrade()?;
-        match inner.index.is_closed(transaction_id) {
-            Ok(s) => s,
+        let s = match inner.index.transaction(id) {
+            Ok(s) => s?,
             Err(e) => {
                 tracing::warn!(error = %e, "transaction index unreadable");
-                None
+                return None;
             }
+        };
+        match s.status() {
+            TransactionStatus::Finished => Some(format!("transaction {id} is finished")),
+            TransactionStatus::TimedOut => Some(format!("transaction {id} is timed out")),
+            _ if s.message_count as usize
+                >= blockpost_core::transaction::MAX_TRANSACTION_MESSAGES =>
+            {
+                Some(format!(
+                    "transaction {id} holds {} messages, the most a transaction may",
+                    s.message_count
+                ))
+            }
+            _ => None,
         }
     }
 }
@@ -269,6 +284,40 @@ fn open_store(dir: &std::path::Path) -> Result<(BlockStore, Index)> {
     )?;
     let index = Index::open(&dir.join("index.redb"))?;
     Ok((store, index))
+}
+
+/// The transaction timeout is a rule of the ledger, not a setting: every replay of the
+/// blocks depends on it. It is recorded at the first start (`DATA/ledger/rules.json`) and
+/// a different one in the config is refused.
+fn fix_timeout(dir: &std::path::Path, timeout_ms: u64) -> Result<()> {
+    let path = dir.join("rules.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let fixed = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["transaction_timeout_ms"].as_u64())
+                .ok_or_else(|| {
+                    Error::Corrupted(format!("{} is damaged: {text:?}", path.display()))
+                })?;
+            if fixed != timeout_ms {
+                return Err(Error::Config(format!(
+                    "builder.transaction_timeout_ms is {timeout_ms}, but this ledger was started with {fixed} ({}): it cannot change, since every replay of the blocks depends on it",
+                    path.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = serde_json::json!({ "transaction_timeout_ms": timeout_ms }).to_string();
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                .map_err(|e| Error::Corrupted(format!("writing {}: {e}", path.display())))
+        }
+        Err(e) => Err(Error::Corrupted(format!("reading {}: {e}", path.display()))),
+    }
 }
 
 /// Reads and fully verifies stored block `h`: header signature, Merkle root, leaves, its
@@ -322,10 +371,25 @@ fn catch_up(inner: &Inner) -> Result<()> {
     }
     for h in head.blocks..len {
         let (v, signed) = verify_stored(inner, h, tip.as_ref())?;
-        let entries = replay_block(&mut book, h, v.header.header.time_ms, &v.leaves, |id| {
-            index.is_closed(id).ok().flatten().is_some()
-        })
-        .map_err(|e| corrupted(h, e))?;
+        let failed = std::cell::RefCell::new(None);
+        let entries =
+            replay_block(
+                &mut book,
+                h,
+                v.header.header.time_ms,
+                &v.leaves,
+                |id| match index.is_closed(id) {
+                    Ok(s) => s.is_some(),
+                    Err(e) => {
+                        *failed.borrow_mut() = Some(e);
+                        true
+                    }
+                },
+            );
+        if let Some(e) = failed.into_inner() {
+            return Err(e);
+        }
+        let entries = entries.map_err(|e| corrupted(h, e))?;
         if let Some(p) = v.header.header.partitions.first() {
             last_seq = p.last_seq;
         }
@@ -880,10 +944,26 @@ async fn cut(
         let mut book = inner2.book.lock().unwrap_or_else(|e| e.into_inner());
         let index = &inner2.index;
         let records = inner2.anchors.records_after(index.anchors_recorded()?)?;
-        let (leaves, entries) =
-            lay_out_block(&mut book, height, time_ms, records, messages, |id| {
-                index.is_closed(id).ok().flatten().is_some()
-            });
+        // An index that cannot be read aborts the cut (the book is reloaded), rather than
+        // taking a closed transaction for an open one.
+        let failed = std::cell::RefCell::new(None);
+        let (leaves, entries) = lay_out_block(
+            &mut book,
+            height,
+            time_ms,
+            records,
+            messages,
+            |id| match index.is_closed(id) {
+                Ok(s) => s.is_some(),
+                Err(e) => {
+                    *failed.borrow_mut() = Some(e);
+                    true
+                }
+            },
+        );
+        if let Some(e) = failed.into_inner() {
+            return Err(e);
+        }
         if leaves.is_empty() {
             return Ok(None);
         }

@@ -142,8 +142,8 @@ impl BuilderConfig {
                 ));
             }
         }
-        if a.every_blocks == 0 || a.every_ms == 0 {
-            return Err("builder.anchor.every_blocks and every_ms must be at least 1".into());
+        if a.every_blocks < 2 || a.every_ms == 0 {
+            return Err("builder.anchor.every_blocks must be at least 2 (each anchor's record takes a block) and every_ms at least 1".into());
         }
         if self.max_block_bytes > crate::MAX_BLOCK_LEN / 2 {
             return Err(format!(

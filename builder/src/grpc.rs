@@ -194,7 +194,8 @@ impl ledger_server::Ledger for Builder {
             }
             n => n,
         };
-        let head = self.head();
+        // The index first: a block is stored before it is indexed, so the head read after
+        // it covers every block the index names.
         let state = self
             .index()
             .transaction(&r.transaction_id)
@@ -209,6 +210,7 @@ impl ledger_server::Ledger for Builder {
             .index()
             .transaction_messages(&r.transaction_id, r.offset, limit)
             .map_err(internal)?;
+        let head = self.head();
         let mut blocks: HashMap<u64, (Block, BlockTree)> = HashMap::new();
         let mut messages = Vec::with_capacity(ids.len());
         for id in ids {

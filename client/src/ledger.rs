@@ -29,6 +29,10 @@ struct Pinned {
     origin: String,
     verifier_key: String,
     builder_key: String,
+    /// A rule of the ledger (transaction deadlines depend on it); absent in pins written
+    /// before it was pinned, and then pinned on the next contact.
+    #[serde(default)]
+    transaction_timeout_ms: Option<u64>,
 }
 
 /// A block, verified, with the ledger checkpoint that includes it.
@@ -101,6 +105,7 @@ impl Ledger {
             origin: info.origin.clone(),
             verifier_key: info.verifier_key.clone(),
             builder_key: hex::encode(&info.builder_key),
+            transaction_timeout_ms: Some(info.transaction_timeout_ms),
         };
         let file = pin_file(state_dir, directory.endpoint());
         let state = |why: String| Error::State {
@@ -109,21 +114,33 @@ impl Ledger {
         };
         match std::fs::read_to_string(&file) {
             Ok(text) => {
-                let pinned: Pinned = serde_json::from_str(&text)
+                let mut pinned: Pinned = serde_json::from_str(&text)
                     .map_err(|e| state(format!("damaged ({e}); delete it to trust anew")))?;
+                let upgrade = pinned.transaction_timeout_ms.is_none();
+                if upgrade {
+                    pinned.transaction_timeout_ms = presented.transaction_timeout_ms;
+                }
                 if pinned != presented {
                     return Err(Error::Refused(format!(
-                        "the ledger at {} now presents origin {:?}, builder key {} and ledger key {:?}, \
-                         but {} pinned {:?}, {} and {:?}: refusing to continue",
+                        "the ledger at {} now presents origin {:?}, builder key {}, ledger key {:?} \
+                         and transaction timeout {:?} ms, but {} pinned {:?}, {}, {:?} and {:?} ms: \
+                         refusing to continue",
                         directory.endpoint(),
                         presented.origin,
                         presented.builder_key,
                         presented.verifier_key,
+                        presented.transaction_timeout_ms,
                         file.display(),
                         pinned.origin,
                         pinned.builder_key,
-                        pinned.verifier_key
+                        pinned.verifier_key,
+                        pinned.transaction_timeout_ms
                     )));
+                }
+                if upgrade {
+                    let json =
+                        serde_json::to_vec_pretty(&pinned).map_err(|e| state(e.to_string()))?;
+                    std::fs::write(&file, json).map_err(|e| state(e.to_string()))?;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -379,6 +396,14 @@ impl Ledger {
                 state.message_count
             )));
         }
+        // In ledger order: the first message (and with it the deadline) is not the server's
+        // choice, and no message comes twice.
+        for w in messages.windows(2) {
+            let at = |m: &LedgerMessage| (m.header.header.height, m.leaf_index);
+            if at(&w[0]) >= at(&w[1]) {
+                return Err(bad("its messages are not in ledger order".into()));
+            }
+        }
         let (first, first_msg) = messages
             .first()
             .zip(tx_messages.first())
@@ -413,6 +438,30 @@ impl Ledger {
                         "the closing record is not this transaction's state".into()
                     ));
                 }
+                if c.time_ms != leaf.header.header.time_ms
+                    || state.closing_height != Some(leaf.header.header.height)
+                    || u64::from(state.closing_leaf_index) != leaf.leaf_index
+                {
+                    return Err(bad(
+                        "the closing record's time or place is not the block it is in".into(),
+                    ));
+                }
+                if c.status == TransactionStatus::Finished as i32 {
+                    // Right after the message that finished it, in the same block.
+                    let last = c
+                        .message_ids
+                        .len()
+                        .checked_sub(1)
+                        .and_then(|i| messages.get(i))
+                        .ok_or_else(|| bad("a finished transaction without messages".into()))?;
+                    if (last.header.header.height, last.leaf_index + 1)
+                        != (leaf.header.header.height, leaf.leaf_index)
+                    {
+                        return Err(bad(
+                            "the finished closing record is not right after the last finish".into(),
+                        ));
+                    }
+                }
                 let n = c.message_ids.len();
                 if n > tx_messages.len()
                     || messages
@@ -430,9 +479,31 @@ impl Ledger {
                 Some((c, leaf))
             }
         };
-        let included = closing
-            .as_ref()
-            .map_or(tx_messages.len(), |(c, _)| c.message_ids.len());
+        let included = closing.as_ref().map_or(
+            tx_messages
+                .len()
+                .min(blockpost_core::transaction::MAX_TRANSACTION_MESSAGES),
+            |(c, _)| c.message_ids.len(),
+        );
+        if closing.is_none() {
+            // Open: who finished is what its messages say, and they must not finish it.
+            let mut t = blockpost_core::transaction::Book::new(u64::MAX / 4, []);
+            let mut finished = false;
+            for m in &tx_messages[..included] {
+                finished |=
+                    t.message(m, 0, 0, |_| false) == blockpost_core::transaction::Step::Finished;
+            }
+            let by: Vec<String> = t
+                .get(id)
+                .map(|o| o.finished.iter().cloned().collect())
+                .unwrap_or_default();
+            if finished || by != state.finished_by {
+                return Err(bad(
+                    "the state says open, but its messages say otherwise (finished, or who sent finish)"
+                        .into(),
+                ));
+            }
+        }
         let mut parties = std::collections::BTreeSet::new();
         for m in &tx_messages[..included] {
             parties.insert(m.sender.clone());

@@ -7,7 +7,10 @@
 //! - **finished**, right after the message with which the last party sent `finish` (the
 //!   closing record is the next leaf of the same block);
 //! - **timed out**, at the end of the first block cut at or after its deadline (records in
-//!   order of deadline, then id), if it did not finish in that block.
+//!   order of deadline, then id, at most [`MAX_EXPIRY_BYTES_PER_BLOCK`] of them per block:
+//!   the rest in the next blocks), if it did not finish in that block.
+//!
+//! A transaction holds at most [`MAX_TRANSACTION_MESSAGES`] messages.
 //!
 //! The builder decides with a [`Book`]; an auditor replays the same [`Book`] over the
 //! blocks and must get the same closing records, byte for byte.
@@ -25,6 +28,15 @@ use crate::leaf_hash;
 
 /// Default time until an unfinished transaction times out: one hour.
 pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
+
+/// Most messages in one transaction (its closing record lists every id: about 340 KB at
+/// most). A message beyond it is in the ledger but not in the transaction ([`Step::Full`]);
+/// the gateway refuses it.
+pub const MAX_TRANSACTION_MESSAGES: usize = 10_000;
+
+/// Most bytes of time-out closing records in one block (at least one record): the rest
+/// close, in the same order, in the blocks after it.
+pub const MAX_EXPIRY_BYTES_PER_BLOCK: usize = 1 << 20;
 
 /// What of a message a transaction needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +123,9 @@ pub enum Step {
     Finished,
     /// The transaction was closed before: the message is in the ledger but not in it.
     Late,
+    /// The transaction holds [`MAX_TRANSACTION_MESSAGES`]: the message is in the ledger but
+    /// not in it.
+    Full,
 }
 
 /// Every open transaction, and the rules that close them.
@@ -191,6 +206,9 @@ impl Book {
                     })
             }
         };
+        if t.messages.len() >= MAX_TRANSACTION_MESSAGES {
+            return Step::Full;
+        }
         t.messages.push(m.id);
         t.parties.insert(m.sender.clone());
         t.parties.extend(m.recipients.iter().cloned());
@@ -216,8 +234,9 @@ impl Book {
         Some((t, c))
     }
 
-    /// Closes, as timed out, every open transaction whose deadline is at or before
-    /// `time_ms`, in order of deadline, then id.
+    /// Closes, as timed out, the open transactions whose deadline is at or before
+    /// `time_ms`, in order of deadline, then id, as long as their closing records fit in
+    /// [`MAX_EXPIRY_BYTES_PER_BLOCK`] (the first always does).
     pub fn expire(&mut self, time_ms: i64) -> Vec<(OpenTransaction, TransactionClosing)> {
         let due: Vec<String> = self
             .by_deadline
@@ -225,9 +244,20 @@ impl Book {
             .take_while(|(d, _)| *d <= time_ms)
             .map(|(_, id)| id.clone())
             .collect();
-        due.iter()
-            .filter_map(|id| self.close(id, TransactionStatus::TimedOut, time_ms))
-            .collect()
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for id in due {
+            let Some(t) = self.open.get(&id) else {
+                continue;
+            };
+            let len = closing_leaf(&t.closing(TransactionStatus::TimedOut, time_ms)).len();
+            if !out.is_empty() && bytes + len > MAX_EXPIRY_BYTES_PER_BLOCK {
+                break;
+            }
+            bytes += len;
+            out.extend(self.close(&id, TransactionStatus::TimedOut, time_ms));
+        }
+        out
     }
 }
 
@@ -581,6 +611,32 @@ mod tests {
             "before its deadline"
         );
         assert_eq!(deadline_of(&open[0], 10, 100), 110);
+    }
+
+    #[test]
+    fn a_full_transaction_takes_no_more_and_expiry_is_spread_over_blocks() {
+        let mut b = Book::new(100, []);
+        for t in 0..4u64 {
+            for i in 0..MAX_TRANSACTION_MESSAGES {
+                let mut m = msg(0, &format!("big-{t}"), "a", &["b"], false);
+                m.id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                m.id[8..16].copy_from_slice(&t.to_be_bytes());
+                assert_eq!(b.message(&m, 0, 10, |_| false), Step::Open);
+            }
+        }
+        let finish = msg(9, "big-0", "a", &["b"], true);
+        assert_eq!(b.message(&finish, 0, 10, |_| false), Step::Full);
+        assert!(b.get("big-0").unwrap().finished.is_empty());
+        b.message(&msg(1, "small", "a", &["b"], false), 0, 10, |_| false);
+        // A closing of 10,000 ids is about 340 KB: three fill a block's expiry budget.
+        let first = b.expire(110);
+        let bytes: usize = first.iter().map(|(_, c)| closing_leaf(c).len()).sum();
+        assert!(bytes <= MAX_EXPIRY_BYTES_PER_BLOCK, "{bytes}");
+        let ids: Vec<&str> = first.iter().map(|(t, _)| t.id.as_str()).collect();
+        assert_eq!(ids, ["big-0", "big-1", "big-2"]);
+        let next: Vec<String> = b.expire(120).into_iter().map(|(t, _)| t.id).collect();
+        assert_eq!(next, ["big-3", "small"]);
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -53,14 +53,10 @@ pub enum Error {
     /// Another session is reading this inbox on this gateway.
     #[error("inbox {0} is being read by another session")]
     InboxBusy(String),
-    /// The ledger closed the envelope's transaction: its closing record is in a block.
-    #[error("transaction {id} is {status}")]
-    TransactionClosed {
-        /// The transaction id.
-        id: String,
-        /// `finished` or `timed out`.
-        status: &'static str,
-    },
+    /// The ledger takes no more messages for the envelope's transaction: it is closed (its
+    /// closing record is in a block), or full.
+    #[error("{0}")]
+    TransactionClosed(String),
     /// NATS failed or is unreachable.
     #[error("message bus: {0}")]
     Bus(String),
@@ -95,7 +91,7 @@ impl Error {
             Error::Invalid(_) => Code::InvalidArgument,
             Error::UnknownSender(_) | Error::UnknownRecipient(_) => Code::NotFound,
             Error::Revoked { .. } | Error::InboxDenied(_) => Code::PermissionDenied,
-            Error::StaleKey { .. } | Error::InboxBusy(_) | Error::TransactionClosed { .. } => {
+            Error::StaleKey { .. } | Error::InboxBusy(_) | Error::TransactionClosed(_) => {
                 Code::FailedPrecondition
             }
             Error::Replay { .. } => Code::AlreadyExists,

@@ -32,11 +32,13 @@ fn replica_busy() -> Error {
     ))
 }
 
-/// Whether the ledger closed a transaction: the gateway refuses new messages for it.
-/// The node's builder answers it; a gateway without one accepts every transaction.
+/// Whether the ledger takes more messages for a transaction: not once its closing record
+/// is in a block, nor once it holds the most messages a transaction may. The node's
+/// builder answers it; a gateway without one accepts every transaction.
 pub trait TransactionGate: Send + Sync {
-    /// How transaction `id` was closed, if its closing record is in a block.
-    fn closed(&self, id: &str) -> Option<blockpost_proto::v1::TransactionStatus>;
+    /// Why transaction `id` takes no more messages ("transaction settle-42 is finished"),
+    /// if it does not.
+    fn refusal(&self, id: &str) -> Option<String>;
 }
 
 /// A running gateway. Cheap to clone.
@@ -189,20 +191,13 @@ impl Gateway {
             ));
         }
         let c = p.content();
-        if let Some(status) = self
+        if let Some(why) = self
             .inner
             .gate
             .get()
-            .and_then(|g| g.closed(&c.transaction_id))
+            .and_then(|g| g.refusal(&c.transaction_id))
         {
-            return Err(Error::TransactionClosed {
-                id: c.transaction_id.clone(),
-                status: match status {
-                    blockpost_proto::v1::TransactionStatus::Finished => "finished",
-                    blockpost_proto::v1::TransactionStatus::TimedOut => "timed out",
-                    _ => "closed",
-                },
-            });
+            return Err(Error::TransactionClosed(why));
         }
         check_clock(
             c.timestamp_ms,

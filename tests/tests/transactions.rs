@@ -356,5 +356,10 @@ async fn a_deadline_passed_while_the_node_was_down_closes_once_after_the_restart
     let sb = Sandbox::start_on(config, nats, tmp).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(closings(&sb).get("down"), Some(&1));
-    sb.stop().await;
+    // The timeout is a rule of this ledger now: another one is refused at start.
+    let mut config = sb.config().clone();
+    config.builder.transaction_timeout_ms = TIMEOUT_MS * 2;
+    let (nats, tmp) = sb.stop().await;
+    let e = Sandbox::start_on(config, nats, tmp).await.err().unwrap();
+    assert!(format!("{e:#}").contains("cannot change"), "{e:#}");
 }

@@ -54,15 +54,39 @@ pub async fn serve_with(
             .tls_config(tls)
             .map_err(|e| Error::Config(format!("tls: {e}")))?;
     }
-    server
+    // Graceful shutdown waits for open streams; a reader that follows (the firehose, an
+    // inbox, new blocks) would hold it for ever. Give them SHUTDOWN_GRACE, then close.
+    let (fired, on_fire) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = fired.send(());
+    };
+    let serving = server
         .http2_keepalive_interval(Some(keepalive))
         .http2_keepalive_timeout(Some(keepalive))
         .max_concurrent_streams(limits.max_streams_per_connection.max(1))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener, limits), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming(listener, limits), shutdown);
+    tokio::select! {
+        served = serving => served?,
+        () = async {
+            if on_fire.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(
+                "streams still open {} s after shutdown began: closing them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
+    }
     Ok(())
 }
+
+/// How long a shutdown waits for open streams to end.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The health service with `services` (full gRPC names) reported as serving, and the
 /// server as a whole (`""`).

@@ -247,6 +247,78 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
 
+    // A block by id, a range of headers, and the stream of blocks.
+    use blockpost_proto::v1::{GetHeadersRequest, SubscribeBlocksRequest};
+    let by_id = raw
+        .get_block(GetBlockRequest {
+            at: Some(get_block_request::At::Id(first.block.header.id.to_vec())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let h0 = by_id.block.unwrap().header.unwrap();
+    assert_eq!(
+        blockpost_core::block::block_id(&h0.header),
+        first.block.header.id
+    );
+    let e = raw
+        .get_block(GetBlockRequest {
+            at: Some(get_block_request::At::Id(vec![9; 32])),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    let height = builder.height();
+    let headers = raw
+        .get_headers(GetHeadersRequest {
+            from_height: 0,
+            count: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(headers.headers.len() as u64, height);
+    let key = builder.public_key();
+    for (h, s) in headers.headers.iter().enumerate() {
+        let v = blockpost_core::block::verify_header(s, &key).unwrap();
+        assert_eq!(v.header.height, h as u64);
+    }
+    let e = raw
+        .get_headers(GetHeadersRequest {
+            from_height: height,
+            count: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    let mut blocks = tokio::time::timeout(
+        Duration::from_secs(10),
+        raw.subscribe_blocks(SubscribeBlocksRequest { from_height: 0 }),
+    )
+    .await
+    .expect("SubscribeBlocks answers")
+    .unwrap()
+    .into_inner();
+    for h in 0..height {
+        let b = tokio::time::timeout(Duration::from_secs(10), blocks.message())
+            .await
+            .unwrap_or_else(|_| panic!("block {h} of {height} never came"))
+            .unwrap()
+            .unwrap();
+        let v = verify_block(&b.block.unwrap(), &key).unwrap();
+        assert_eq!(v.header.header.height, h);
+    }
+    // A new block comes down the same stream.
+    send_n(&mut m, &a, 1, "settle-9").await;
+    let next = tokio::time::timeout(Duration::from_secs(10), blocks.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let v = verify_block(&next.block.unwrap(), &key).unwrap();
+    assert_eq!(v.header.header.height, height);
+    drop(blocks);
+
     // The CLI verifies and prints what the issue names.
     let bin = blockpost_tests::blockpost_bin().unwrap();
     let cli = |args: &[&str]| {

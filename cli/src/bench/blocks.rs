@@ -15,7 +15,7 @@ use prost::Message as _;
 use rand::seq::SliceRandom as _;
 
 use super::BenchNode;
-use super::messages::{Accepted, Sender, pct, presign, submit_all};
+use super::messages::{Accepted, pct, presign, register_senders, submit_all};
 use crate::say;
 
 /// Flags of `blockpost bench blocks`.
@@ -76,19 +76,7 @@ pub async fn run(args: BenchBlocksArgs) -> anyhow::Result<()> {
     );
 
     let mut dir = Client::connect(&bn.endpoint, &tmp.path().join("client")).await?;
-    let mut senders = Vec::new();
-    for i in 0..args.senders.max(1) {
-        let id = Identity::generate();
-        let address = format!("sender-{i}");
-        let e = dir
-            .register(&id, &address, &format!("Sender {i} AG"), None)
-            .await?;
-        senders.push(Sender {
-            id,
-            address,
-            index: e.leaf_index,
-        });
-    }
+    let senders = register_senders(&mut dir, args.senders).await?;
     let rid = Identity::generate();
     dir.register(&rid, "receiver", "Receiver AG", None).await?;
     gateway

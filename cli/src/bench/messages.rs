@@ -48,6 +48,24 @@ pub(crate) struct Sender {
     pub(crate) index: u64,
 }
 
+/// Registers `n` senders (`sender-0`, ...) with fresh keys.
+pub(crate) async fn register_senders(dir: &mut Client, n: usize) -> anyhow::Result<Vec<Sender>> {
+    let mut senders = Vec::new();
+    for i in 0..n.max(1) {
+        let id = Identity::generate();
+        let address = format!("sender-{i}");
+        let e = dir
+            .register(&id, &address, &format!("Sender {i} AG"), None)
+            .await?;
+        senders.push(Sender {
+            id,
+            address,
+            index: e.leaf_index,
+        });
+    }
+    Ok(senders)
+}
+
 pub(crate) fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -87,19 +105,7 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
 
     // Participants.
     let mut dir = Client::connect(&endpoint, &tmp.path().join("client")).await?;
-    let mut senders = Vec::new();
-    for i in 0..args.senders.max(1) {
-        let id = Identity::generate();
-        let address = format!("sender-{i}");
-        let e = dir
-            .register(&id, &address, &format!("Sender {i} AG"), None)
-            .await?;
-        senders.push(Sender {
-            id,
-            address,
-            index: e.leaf_index,
-        });
-    }
+    let senders = register_senders(&mut dir, args.senders).await?;
     let rid = Identity::generate();
     let r = dir.register(&rid, "receiver", "Receiver AG", None).await?;
     let applied = directory.size();

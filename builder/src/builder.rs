@@ -320,6 +320,38 @@ fn fix_timeout(dir: &std::path::Path, timeout_ms: u64) -> Result<()> {
     }
 }
 
+/// Asks the index whether a transaction was closed in an earlier block, for the
+/// transaction rules. An index that cannot be read must not pass for "open" (that would
+/// close the transaction twice): the lookup answers "closed", keeps the error, and
+/// [`ClosedLookup::finish`] returns it, so the caller drops the block it laid out.
+struct ClosedLookup<'a> {
+    index: &'a Index,
+    failed: std::cell::RefCell<Option<Error>>,
+}
+
+impl<'a> ClosedLookup<'a> {
+    fn new(index: &'a Index) -> Self {
+        Self {
+            index,
+            failed: std::cell::RefCell::new(None),
+        }
+    }
+
+    fn closed(&self, id: &str) -> bool {
+        match self.index.is_closed(id) {
+            Ok(s) => s.is_some(),
+            Err(e) => {
+                *self.failed.borrow_mut() = Some(e);
+                true
+            }
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        self.failed.into_inner().map_or(Ok(()), Err)
+    }
+}
+
 /// Reads and fully verifies stored block `h`: header signature, Merkle root, leaves, its
 /// height, and its link to `prev`.
 fn verify_stored(
@@ -371,24 +403,11 @@ fn catch_up(inner: &Inner) -> Result<()> {
     }
     for h in head.blocks..len {
         let (v, signed) = verify_stored(inner, h, tip.as_ref())?;
-        let failed = std::cell::RefCell::new(None);
-        let entries =
-            replay_block(
-                &mut book,
-                h,
-                v.header.header.time_ms,
-                &v.leaves,
-                |id| match index.is_closed(id) {
-                    Ok(s) => s.is_some(),
-                    Err(e) => {
-                        *failed.borrow_mut() = Some(e);
-                        true
-                    }
-                },
-            );
-        if let Some(e) = failed.into_inner() {
-            return Err(e);
-        }
+        let closed = ClosedLookup::new(index);
+        let entries = replay_block(&mut book, h, v.header.header.time_ms, &v.leaves, |id| {
+            closed.closed(id)
+        });
+        closed.finish()?;
         let entries = entries.map_err(|e| corrupted(h, e))?;
         if let Some(p) = v.header.header.partitions.first() {
             last_seq = p.last_seq;
@@ -946,24 +965,12 @@ async fn cut(
         let records = inner2.anchors.records_after(index.anchors_recorded()?)?;
         // An index that cannot be read aborts the cut (the book is reloaded), rather than
         // taking a closed transaction for an open one.
-        let failed = std::cell::RefCell::new(None);
-        let (leaves, entries) = lay_out_block(
-            &mut book,
-            height,
-            time_ms,
-            records,
-            messages,
-            |id| match index.is_closed(id) {
-                Ok(s) => s.is_some(),
-                Err(e) => {
-                    *failed.borrow_mut() = Some(e);
-                    true
-                }
-            },
-        );
-        if let Some(e) = failed.into_inner() {
-            return Err(e);
-        }
+        let closed = ClosedLookup::new(index);
+        let (leaves, entries) =
+            lay_out_block(&mut book, height, time_ms, records, messages, |id| {
+                closed.closed(id)
+            });
+        closed.finish()?;
         if leaves.is_empty() {
             return Ok(None);
         }

@@ -78,14 +78,9 @@ impl Index {
                 meta.insert("format", FORMAT.to_be_bytes().as_slice())
                     .map_err(db_err)?;
             }
-            w.open_table(MESSAGES).map_err(db_err)?;
-            w.open_table(TX).map_err(db_err)?;
-            w.open_table(TX_MESSAGES).map_err(db_err)?;
-            w.open_table(OPEN).map_err(db_err)?;
-            w.open_table(BLOCKS).map_err(db_err)?;
-            w.open_table(HEADERS).map_err(db_err)?;
+            drop(meta);
+            create_tables(&w)?;
             if format.is_some_and(|f| f != FORMAT) {
-                drop(meta);
                 drop(w);
                 index.reset()?;
                 return Ok(index);
@@ -98,26 +93,18 @@ impl Index {
     /// Empties the index (to rebuild it from the store).
     pub fn reset(&self) -> Result<()> {
         let w = self.db.begin_write().map_err(db_err)?;
-        for t in [META, TX] {
-            w.delete_table(t).map_err(db_err)?;
-        }
+        w.delete_table(META).map_err(db_err)?;
         w.delete_table(MESSAGES).map_err(db_err)?;
+        w.delete_table(TX).map_err(db_err)?;
         w.delete_table(TX_MESSAGES).map_err(db_err)?;
         w.delete_table(OPEN).map_err(db_err)?;
         w.delete_table(BLOCKS).map_err(db_err)?;
         w.delete_table(HEADERS).map_err(db_err)?;
-        {
-            w.open_table(META)
-                .map_err(db_err)?
-                .insert("format", FORMAT.to_be_bytes().as_slice())
-                .map_err(db_err)?;
-            w.open_table(MESSAGES).map_err(db_err)?;
-            w.open_table(TX).map_err(db_err)?;
-            w.open_table(TX_MESSAGES).map_err(db_err)?;
-            w.open_table(OPEN).map_err(db_err)?;
-            w.open_table(BLOCKS).map_err(db_err)?;
-            w.open_table(HEADERS).map_err(db_err)?;
-        }
+        w.open_table(META)
+            .map_err(db_err)?
+            .insert("format", FORMAT.to_be_bytes().as_slice())
+            .map_err(db_err)?;
+        create_tables(&w)?;
         w.commit().map_err(db_err)?;
         Ok(())
     }
@@ -351,6 +338,17 @@ impl Index {
         w.commit().map_err(db_err)?;
         Ok(())
     }
+}
+
+/// Creates the tables besides `META` (reads need them to exist).
+fn create_tables(w: &redb::WriteTransaction) -> Result<()> {
+    w.open_table(MESSAGES).map_err(db_err)?;
+    w.open_table(TX).map_err(db_err)?;
+    w.open_table(TX_MESSAGES).map_err(db_err)?;
+    w.open_table(OPEN).map_err(db_err)?;
+    w.open_table(BLOCKS).map_err(db_err)?;
+    w.open_table(HEADERS).map_err(db_err)?;
+    Ok(())
 }
 
 fn fill(s: &mut TransactionState, t: &OpenTransaction) {

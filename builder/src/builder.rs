@@ -40,6 +40,10 @@ pub struct BuilderParts {
     pub dir: PathBuf,
     /// The directory log's origin; the ledger's is `<origin>/ledger`.
     pub origin: String,
+    /// The key of the node's gateway's firehose tags: an envelope with a valid tag was
+    /// checked by that gateway, and its signature is not checked again. `None`: every
+    /// signature is checked.
+    pub firehose_mac: Option<wire::FirehoseMac>,
 }
 
 /// A running builder. Cheap to clone.
@@ -58,6 +62,10 @@ struct Inner {
     limits: EnvelopeLimits,
     replica: Arc<Replica>,
     clock: Arc<dyn Clock>,
+    /// Tags of the node's gateway (see [`BuilderParts::firehose_mac`]).
+    mac: Option<wire::FirehoseMac>,
+    /// Firehose messages whose sender signature the builder checked itself (no valid tag).
+    signatures_checked: AtomicU64,
     /// Firehose messages refused (not an envelope, breaks the rules, not signed by its
     /// sender): terminated, never put in a block.
     refused: AtomicU64,
@@ -97,6 +105,7 @@ impl Builder {
     ) -> Result<Self> {
         config.validate().map_err(Error::Config)?;
         let key = parts.key;
+        let mac = parts.firehose_mac;
         let signer = CheckpointSigner::new(&format!("{}/ledger", parts.origin), key.clone())
             .map_err(|e| Error::Config(e.to_string()))?;
         let dir = parts.dir;
@@ -126,6 +135,8 @@ impl Builder {
             limits,
             replica,
             clock,
+            mac,
+            signatures_checked: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             index,
             anchors,
@@ -226,7 +237,14 @@ impl Builder {
         self.inner.last_seq()
     }
 
-    /// Firehose messages refused so far.
+    /// Firehose messages whose sender signature the builder checked itself, because they
+    /// carried no valid tag of the node's gateway.
+    pub fn signatures_checked(&self) -> u64 {
+        self.inner.signatures_checked.load(Ordering::Relaxed)
+    }
+
+    /// Firehose messages refused (not an envelope, breaking the rules, or not signed by
+    /// their sender): never put in a block.
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
     }
@@ -492,8 +510,9 @@ async fn check_all(
     let mut batch = Vec::new();
     let mut slots = Vec::new();
     for (i, (_, m)) in group.iter().enumerate() {
+        // Canonical: the payload is the encoded envelope, whose hash is the message id.
         let parsed = decode_canonical::<Envelope>(&m.payload, "envelope").and_then(|env| {
-            let id = blockpost_core::message_id(&env);
+            let id = blockpost_core::message_id_of_encoded(&m.payload);
             ParsedEnvelope::parse(env, &inner.limits).map(|p| (id, p))
         });
         let (id, parsed) = match parsed {
@@ -543,9 +562,22 @@ async fn check_all(
         };
         keys.insert((parsed.sender().to_string(), index), key);
         verdicts.push(Ok(TxMessage::new(id, parsed.content())));
-        slots.push(i);
-        batch.push((parsed, key));
+        // Checked by the node's gateway (its tag verifies): the signature need not be
+        // checked again.
+        let tagged = inner.mac.as_ref().is_some_and(|mac| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(wire::GATEWAY_MAC_HEADER))
+                .is_some_and(|t| mac.check(&m.payload, t.as_str()))
+        });
+        if !tagged {
+            slots.push(i);
+            batch.push((parsed, key));
+        }
     }
+    inner
+        .signatures_checked
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
     // Split over the cores: one batch verification per thread.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = batch.len().div_ceil(threads).max(VERIFY_CHUNK_MIN);

@@ -55,6 +55,12 @@ pub fn message_id(env: &Envelope) -> [u8; 32] {
     sha2::Sha256::digest(env.encode_to_vec()).into()
 }
 
+/// The message id of an envelope already encoded (canonically, as [`message_id`] would):
+/// the same hash, without encoding it again.
+pub fn message_id_of_encoded(encoded: &[u8]) -> [u8; 32] {
+    sha2::Sha256::digest(encoded).into()
+}
+
 /// The bytes an inbox challenge answer covers.
 pub fn inbox_message(challenge: &[u8], address: &str) -> Vec<u8> {
     prefixed(INBOX_CONTEXT, &[challenge, address.as_bytes()])

@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | `BLOCKPOST_T_DIRECTORY` | `blockpost.T.directory.entry` | a `LogEntry` | [`LEAF_INDEX_HEADER`], [`TREE_SIZE_HEADER`] and [`PROOF_HEADER`] (its inclusion proof in a checkpoint published before it), `Nats-Msg-Id` = [`entry_msg_id`] |
 //! | | `blockpost.T.directory.checkpoint` | a signed checkpoint note | [`TREE_SIZE_HEADER`], `Nats-Msg-Id` = [`checkpoint_msg_id`] |
-//! | `BLOCKPOST_T_FIREHOSE` | `blockpost.T.firehose` | an `Envelope` | [`MESSAGE_ID_HEADER`], `Nats-Msg-Id` = [`nonce_msg_id`] |
+//! | `BLOCKPOST_T_FIREHOSE` | `blockpost.T.firehose` | an `Envelope` | [`MESSAGE_ID_HEADER`], [`GATEWAY_MAC_HEADER`], `Nats-Msg-Id` = [`nonce_msg_id`] |
 //! | `BLOCKPOST_T_INBOX` | `blockpost.T.inbox.<address>` | an `Envelope` | [`MESSAGE_ID_HEADER`], [`FIREHOSE_SEQ_HEADER`], `Nats-Msg-Id` = [`inbox_msg_id`] |
 //!
 //! Each stream's description is [`Namespace::description`]: a node refuses to use a stream
@@ -125,6 +125,61 @@ pub const PROOF_HEADER: &str = "Blockpost-Inclusion-Proof";
 pub const MESSAGE_ID_HEADER: &str = "Blockpost-Message-Id";
 /// Firehose sequence of an inbox copy.
 pub const FIREHOSE_SEQ_HEADER: &str = "Blockpost-Firehose-Seq";
+/// The gateway's [`FirehoseMac`] tag of a firehose envelope, hex.
+pub const GATEWAY_MAC_HEADER: &str = "Blockpost-Gateway-Mac";
+
+/// Tags the gateway puts on each firehose envelope it checked: HMAC-SHA256 (RFC 2104) over
+/// the envelope's bytes, under a key derived with HKDF-SHA256 (RFC 5869) from the gateway's
+/// signing key. The node's block builder holds the same key: a tag that verifies tells it
+/// that its own gateway checked the sender's signature, so it need not check it again,
+/// while an envelope published on the firehose by anyone else (no tag, or a wrong one) is
+/// checked in full. A node-internal shortcut, not evidence: nobody outside the node can
+/// check a tag, and an auditor checks every signature itself.
+#[derive(Clone)]
+pub struct FirehoseMac(ring::hmac::Key);
+
+impl std::fmt::Debug for FirehoseMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FirehoseMac(..)")
+    }
+}
+
+/// What the gateway's firehose tags are bound to besides the envelope.
+const FIREHOSE_MAC_CONTEXT: &[u8] = b"blockpost/v1 firehose mac\n";
+
+impl FirehoseMac {
+    /// The key of the gateway whose signing key is `gateway_key`.
+    pub fn derive(gateway_key: &ed25519_dalek::SigningKey) -> Self {
+        let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"blockpost/v1")
+            .extract(gateway_key.as_bytes());
+        let info = [FIREHOSE_MAC_CONTEXT];
+        // 32 bytes out of HKDF-SHA256 cannot fail (the limit is 255 hash lengths).
+        let key = prk
+            .expand(&info, ring::hmac::HMAC_SHA256)
+            .map(ring::hmac::Key::from)
+            .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[]));
+        Self(key)
+    }
+
+    /// The tag of an envelope (its encoded bytes), as a header value.
+    pub fn tag(&self, envelope: &[u8]) -> String {
+        let mut c = ring::hmac::Context::with_key(&self.0);
+        c.update(FIREHOSE_MAC_CONTEXT);
+        c.update(envelope);
+        hex::encode(c.sign().as_ref())
+    }
+
+    /// Whether `tag` (a header value) is this key's tag of `envelope` (in constant time).
+    pub fn check(&self, envelope: &[u8], tag: &str) -> bool {
+        let Ok(raw) = hex::decode(tag) else {
+            return false;
+        };
+        let mut m = Vec::with_capacity(FIREHOSE_MAC_CONTEXT.len() + envelope.len());
+        m.extend_from_slice(FIREHOSE_MAC_CONTEXT);
+        m.extend_from_slice(envelope);
+        ring::hmac::verify(&self.0, &m, &raw).is_ok()
+    }
+}
 
 /// An inclusion proof as a header value: the hashes in order, concatenated, base64.
 pub fn encode_proof(hashes: &[[u8; 32]]) -> String {
@@ -193,5 +248,21 @@ mod tests {
         );
         let alice = Address::parse("alice").unwrap();
         assert_ne!(a.inbox_subject(&alice), b.inbox_subject(&alice));
+    }
+
+    #[test]
+    fn firehose_tags_bind_key_and_bytes() {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let mac = FirehoseMac::derive(&k);
+        let tag = mac.tag(b"envelope");
+        assert_eq!(tag.len(), 64);
+        assert!(mac.check(b"envelope", &tag));
+        assert!(!mac.check(b"envelopf", &tag));
+        assert!(!mac.check(b"envelope", &tag[..62]));
+        assert!(!mac.check(b"envelope", "not hex"));
+        // Deterministic per key, different across keys.
+        assert_eq!(FirehoseMac::derive(&k).tag(b"envelope"), tag);
+        let other = FirehoseMac::derive(&ed25519_dalek::SigningKey::from_bytes(&[8; 32]));
+        assert!(!other.check(b"envelope", &tag));
     }
 }

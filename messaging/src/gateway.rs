@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     verifier: BatchVerifier,
     key: SigningKey,
+    /// Tags each firehose envelope for the node's builder.
+    mac: wire::FirehoseMac,
     /// One inbox session per address on this gateway, so that a new reader starts only
     /// after the previous one has handed back what it did not acknowledge (order per sender).
     pub(crate) sessions:
@@ -120,6 +122,7 @@ impl Gateway {
                 config,
                 clock,
                 verifier: BatchVerifier::start(),
+                mac: wire::FirehoseMac::derive(&key),
                 key,
                 sessions: Default::default(),
                 refused_deliveries: Default::default(),
@@ -151,6 +154,11 @@ impl Gateway {
     /// Refuse messages for the transactions `gate` says are closed (set once).
     pub fn set_transaction_gate(&self, gate: Arc<dyn TransactionGate>) {
         let _ = self.inner.gate.set(gate);
+    }
+
+    /// The key of the tags this gateway puts on the firehose, for the node's builder.
+    pub fn firehose_mac(&self) -> wire::FirehoseMac {
+        self.inner.mac.clone()
     }
 
     /// The directory replica, to share with another service of the node (the builder).
@@ -271,6 +279,7 @@ impl Gateway {
             wire::nonce_msg_id(sender, nonce).as_str(),
         );
         h.insert(wire::MESSAGE_ID_HEADER, id_hex.as_str());
+        h.insert(wire::GATEWAY_MAC_HEADER, self.inner.mac.tag(&bytes).as_str());
         let ack = js
             .publish_with_headers(self.inner.ns.firehose_subject(), h, bytes.clone().into())
             .await

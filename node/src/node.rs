@@ -130,6 +130,7 @@ impl Node {
                         key: load_or_create_key(&data.builder_key())?,
                         dir: data.ledger(),
                         origin: directory.info().origin,
+                        firehose_mac: Some(g.firehose_mac()),
                     },
                     directory.namespace(),
                     config.messaging.limits(),

@@ -625,3 +625,105 @@ async fn a_nats_restart_under_load_loses_nothing_and_repeats_nothing() {
     .unwrap();
     sb.stop().await;
 }
+
+/// An envelope from `from` (registered at log index `index`) to bank-b, signed by `key`.
+fn envelope(key: &ed25519_dalek::SigningKey, index: u64, body: &str) -> Vec<u8> {
+    use blockpost_proto::v1::{EnvelopeContent, envelope_content::Body};
+    let c = EnvelopeContent {
+        sender: "bank-a".into(),
+        sender_key_index: index,
+        recipients: vec!["bank-b".into()],
+        transaction_id: "direct".into(),
+        kind: MessageKind::Message as i32,
+        content_type: "text/plain".into(),
+        timestamp_ms: blockpost_core::now_ms(),
+        nonce: rand::random(),
+        body: Some(Body::Plaintext(body.as_bytes().to_vec())),
+        transaction_deadline_ms: None,
+    };
+    blockpost_core::sign_envelope(key, c.encode_to_vec()).encode_to_vec()
+}
+
+#[tokio::test]
+async fn the_builder_checks_every_signature_its_gateway_did_not_tag() {
+    use blockpost_core::wire::{FirehoseMac, GATEWAY_MAC_HEADER};
+    let sb = Sandbox::start_with(|c| c.builder.max_block_delay_ms = 50)
+        .await
+        .unwrap();
+    let a = Identity::generate();
+    let b = Identity::generate();
+    let mut c = sb.client().await.unwrap();
+    let ea = c.register(&a, "bank-a", "Bank A AG", None).await.unwrap();
+    c.register(&b, "bank-b", "Bank B AG", None).await.unwrap();
+    let builder = sb.node.builder().unwrap().clone();
+
+    // Through the gateway: tagged, so the builder takes the gateway's check.
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let mut sent = send_n(&mut m, &a, 3, "settle-1").await;
+    wait_for(Duration::from_secs(20), "3 messages in blocks", || {
+        let n = builder.last_sequence();
+        async move { (n >= 3).then_some(()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(builder.signatures_checked(), 0);
+
+    // Straight onto the firehose, as anyone with publish rights on it could.
+    let ns = sb.directory.namespace();
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    let publish = |bytes: Vec<u8>, tag: Option<String>| {
+        let js = js.clone();
+        let subject = ns.firehose_subject();
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            if let Some(t) = tag {
+                h.insert(GATEWAY_MAC_HEADER, t.as_str());
+            }
+            js.publish_with_headers(subject, h, bytes.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    let mallory = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    // 1. Signed by the sender, no tag: checked in full, and taken.
+    let good = envelope(&a.signing, ea.leaf_index, "untagged but signed");
+    publish(good.clone(), None).await;
+    sent.push(good);
+    // 2. Not signed by the sender, no tag: refused.
+    let forged = envelope(&mallory, ea.leaf_index, "forged, no tag");
+    publish(forged.clone(), None).await;
+    // 3. Not signed by the sender, a made-up tag: refused.
+    let forged2 = envelope(&mallory, ea.leaf_index, "forged, made-up tag");
+    publish(forged2.clone(), Some("00".repeat(32))).await;
+    // 4. Not signed by the sender, tagged under another key: refused.
+    let forged3 = envelope(&mallory, ea.leaf_index, "forged, foreign tag");
+    let other = FirehoseMac::derive(&mallory);
+    publish(forged3.clone(), Some(other.tag(&forged3))).await;
+    // 5. A genuine tag of another envelope: refused.
+    let forged4 = envelope(&mallory, ea.leaf_index, "forged, borrowed tag");
+    let borrowed = FirehoseMac::derive(&mallory).tag(&sent[0]);
+    publish(forged4.clone(), Some(borrowed)).await;
+    // Then one more through the gateway, so that everything before it was decided.
+    sent.extend(send_n(&mut m, &a, 1, "settle-1").await);
+
+    wait_for(Duration::from_secs(20), "every message decided", || {
+        let n = builder.last_sequence();
+        async move { (n >= 9).then_some(()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(builder.refused(), 4);
+    assert_eq!(builder.signatures_checked(), 5);
+    let seen = verify_ledger(&sb);
+    for e in &sent {
+        assert_eq!(seen.get(e), Some(&1), "a sent message is not in one block");
+    }
+    for f in [&forged, &forged2, &forged3, &forged4] {
+        assert!(!seen.contains_key(f), "a forged message is in a block");
+    }
+    sb.stop().await;
+}

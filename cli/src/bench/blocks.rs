@@ -116,6 +116,7 @@ pub async fn run(args: BenchBlocksArgs) -> anyhow::Result<()> {
         key: key.clone(),
         dir: ledger_dir.clone(),
         origin: directory.info().origin,
+        firehose_mac: Some(gateway.firehose_mac()),
     };
     let start = |key: &ed25519_dalek::SigningKey| {
         Builder::start(

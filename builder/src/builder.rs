@@ -300,7 +300,7 @@ fn open_store(dir: &std::path::Path) -> Result<(BlockStore, Index)> {
         },
         |_, _| Ok(()),
     )?;
-    let index = Index::open(&dir.join("index.redb"))?;
+    let index = Index::open(&dir.join("index"))?;
     Ok((store, index))
 }
 

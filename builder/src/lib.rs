@@ -13,7 +13,7 @@
 //!   loop.
 //! - `anchor`: anchoring the ledger root (an anchor file, or Bitcoin OP_RETURN
 //!   transactions) with OpenTimestamps proofs.
-//! - `index`: the redb indexes (message, block, transaction), derived from the store and
+//! - `index`: the fjall (LSM) indexes (message, block, transaction), derived from the store and
 //!   brought up to it at open.
 //! - `grpc`: the `blockpost.v1.Ledger` service (blocks and messages with their proofs).
 //! - `error`: [`Error`].

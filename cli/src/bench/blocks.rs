@@ -155,7 +155,7 @@ pub async fn run(args: BenchBlocksArgs) -> anyhow::Result<()> {
     // 3. What it stored.
     let blocks = dir_size(&ledger_dir.join("blocks"));
     let ledger = dir_size(&ledger_dir.join("ledger"));
-    let index = dir_size(&ledger_dir.join("index.redb"));
+    let index = dir_size(&ledger_dir.join("index"));
     let per = |b: u64| b as f64 / envelope_bytes as f64;
     say!(
         "stored per message, against the envelope's own size: blocks {:.3}x, ledger log {:.4}x, indexes {:.3}x, total {:.3}x ({:.1} MB for {:.1} MB of envelopes)",

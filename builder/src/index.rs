@@ -390,3 +390,118 @@ fn fill(s: &mut TransactionState, t: &OpenTransaction) {
     s.opened_height = t.opened_height;
     s.deadline_ms = t.deadline_ms;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use blockpost_core::transaction::{TxMessage, lay_out_block};
+
+    fn msg(n: u8, tx: &str, from: &str, to: &str, finish: bool) -> (Vec<u8>, TxMessage) {
+        let m = TxMessage {
+            id: [n; 32],
+            transaction_id: tx.into(),
+            sender: from.into(),
+            recipients: vec![to.into()],
+            finish,
+            deadline_ms: None,
+        };
+        (vec![n], m)
+    }
+
+    fn check(index: &Index) {
+        assert_eq!(
+            index.head().unwrap(),
+            IndexHead {
+                blocks: 2,
+                last_id: [11; 32],
+                last_seq: 5
+            }
+        );
+        assert_eq!(index.locate(&[2; 32]).unwrap(), Some((0, 1)));
+        assert_eq!(index.locate(&[5; 32]).unwrap(), Some((1, 1)));
+        assert_eq!(index.locate(&[9; 32]).unwrap(), None);
+        assert_eq!(index.height_of(&[11; 32]).unwrap(), Some(1));
+        assert_eq!(index.header(1).unwrap().as_deref(), Some(b"h1".as_slice()));
+        assert_eq!(index.header(2).unwrap(), None);
+        assert_eq!(
+            index.is_closed("t1").unwrap(),
+            Some(TransactionStatus::Finished)
+        );
+        assert_eq!(index.is_closed("t2").unwrap(), None);
+        assert_eq!(index.is_closed("t3").unwrap(), None);
+        let t1 = index.transaction("t1").unwrap().unwrap();
+        assert_eq!((t1.message_count, t1.closing_height), (4, Some(1)));
+        assert_eq!(t1.closing_leaf_index, 2);
+        assert_eq!(
+            index.transaction_messages("t1", 0, 10).unwrap(),
+            vec![[1; 32], [3; 32], [4; 32], [5; 32]]
+        );
+        assert_eq!(
+            index.transaction_messages("t1", 1, 2).unwrap(),
+            vec![[3; 32], [4; 32]]
+        );
+        // "t" is a prefix of "t1" and "t2": its keys must not run into theirs.
+        assert!(index.transaction_messages("t", 0, 10).unwrap().is_empty());
+        let book = index.book(60_000).unwrap();
+        assert_eq!(book.len(), 1);
+        let t2 = book.get("t2").unwrap();
+        assert_eq!(t2.messages, vec![[2; 32]]);
+        assert_eq!(t2.opened_height, 0);
+    }
+
+    #[test]
+    fn blocks_indexed_survive_a_reopen_and_a_reset_empties_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        // An index of the earlier format beside it is removed.
+        std::fs::write(dir.path().join("index.redb"), b"old").unwrap();
+        {
+            let index = Index::open(&path).unwrap();
+            assert!(!dir.path().join("index.redb").exists());
+            assert_eq!(index.head().unwrap(), IndexHead::default());
+            let mut book = Book::new(60_000, []);
+            let block0 = vec![
+                msg(1, "t1", "a", "b", false),
+                msg(2, "t2", "a", "c", false),
+                msg(3, "t1", "b", "a", false),
+            ];
+            let (_, e) = lay_out_block(&mut book, 0, 1_000, vec![], block0, |_| false);
+            index.commit(0, [10; 32], b"h0", &e, &book, 3).unwrap();
+            // Both parties finish t1: its closing record follows the second finish.
+            let block1 = vec![
+                msg(4, "t1", "a", "b", true),
+                msg(5, "t1", "b", "a", true),
+            ];
+            let (_, e) = lay_out_block(&mut book, 1, 2_000, vec![], block1, |_| false);
+            assert!(matches!(e[2], Entry::Closing(..)));
+            index.commit(1, [11; 32], b"h1", &e, &book, 5).unwrap();
+            check(&index);
+        }
+        let index = Index::open(&path).unwrap();
+        check(&index);
+        index.reset().unwrap();
+        assert_eq!(index.head().unwrap(), IndexHead::default());
+        assert_eq!(index.locate(&[2; 32]).unwrap(), None);
+        assert_eq!(index.book(60_000).unwrap().len(), 0);
+        drop(index);
+        // A reset that did not finish (another format) is done again at open.
+        let index = Index::open(&path).unwrap();
+        let (_, e) = lay_out_block(
+            &mut Book::new(60_000, []),
+            0,
+            1_000,
+            vec![],
+            vec![msg(1, "t1", "a", "b", false)],
+            |_| false,
+        );
+        index
+            .commit(0, [10; 32], b"h0", &e, &Book::new(60_000, []), 1)
+            .unwrap();
+        index.write_format(0).unwrap();
+        drop(index);
+        let index = Index::open(&path).unwrap();
+        assert_eq!(index.head().unwrap(), IndexHead::default());
+        assert_eq!(index.locate(&[1; 32]).unwrap(), None);
+    }
+}

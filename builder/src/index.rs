@@ -102,7 +102,8 @@ impl Index {
             && old.exists()
         {
             tracing::info!(path = %old.display(), "removing the index of an earlier format; it is rebuilt from the block store");
-            std::fs::remove_file(&old).map_err(|e| db_err(format!("removing {}: {e}", old.display())))?;
+            std::fs::remove_file(&old)
+                .map_err(|e| db_err(format!("removing {}: {e}", old.display())))?;
         }
         let index = match Self::open_at(path) {
             Ok(i) => i,
@@ -112,7 +113,11 @@ impl Index {
                 Self::open_at(path)?
             }
         };
-        let format = index.meta.get(b"format").map_err(db_err)?.map(|v| u64_at(&v));
+        let format = index
+            .meta
+            .get(b"format")
+            .map_err(db_err)?
+            .map(|v| u64_at(&v));
         match format {
             Some(FORMAT) => {}
             None if index.meta.get(b"head").map_err(db_err)?.is_none() => {
@@ -296,10 +301,7 @@ impl Index {
         book: &Book,
         last_seq: u64,
     ) -> Result<()> {
-        let mut w = self
-            .db
-            .batch()
-            .durability(Some(PersistMode::SyncAll));
+        let mut w = self.db.batch().durability(Some(PersistMode::SyncAll));
         let mut touched: BTreeMap<&str, TransactionState> = BTreeMap::new();
         fn state<'e>(
             index: &Index,
@@ -359,7 +361,11 @@ impl Index {
             w.insert(&self.transactions, tx, s.encode_to_vec());
         }
         w.insert(&self.blocks, id.to_vec(), height.to_be_bytes().to_vec());
-        w.insert(&self.headers, height.to_be_bytes().to_vec(), header.to_vec());
+        w.insert(
+            &self.headers,
+            height.to_be_bytes().to_vec(),
+            header.to_vec(),
+        );
         let anchors = entries.iter().filter(|e| matches!(e, Entry::Other)).count() as u64;
         if anchors > 0 {
             let before = self.anchors_recorded()?;
@@ -469,10 +475,7 @@ mod tests {
             let (_, e) = lay_out_block(&mut book, 0, 1_000, vec![], block0, |_| false);
             index.commit(0, [10; 32], b"h0", &e, &book, 3).unwrap();
             // Both parties finish t1: its closing record follows the second finish.
-            let block1 = vec![
-                msg(4, "t1", "a", "b", true),
-                msg(5, "t1", "b", "a", true),
-            ];
+            let block1 = vec![msg(4, "t1", "a", "b", true), msg(5, "t1", "b", "a", true)];
             let (_, e) = lay_out_block(&mut book, 1, 2_000, vec![], block1, |_| false);
             assert!(matches!(e[2], Entry::Closing(..)));
             index.commit(1, [11; 32], b"h1", &e, &book, 5).unwrap();

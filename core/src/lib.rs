@@ -71,8 +71,8 @@ pub use authorize::{AuthorizedRequest, MAX_REASON_LEN, authorize_entry, authoriz
 pub use clock::{Clock, FixedClock, SystemClock, check_clock, deadline_ms, now_ms};
 pub use entry::{Binding, X25519_EXTENSION_OID, decode_entry};
 pub use envelope::{
-    SealTo, body_aad, envelope_message, inbox_message, message_id, message_id_of_encoded, open_body, seal_body,
-    sign_envelope, sign_receipt, verify_envelope, verify_receipt,
+    SealTo, body_aad, envelope_message, inbox_message, message_id, message_id_of_encoded,
+    open_body, seal_body, sign_envelope, sign_receipt, verify_envelope, verify_receipt,
 };
 pub use error::{Error, Result};
 pub use evidence::{

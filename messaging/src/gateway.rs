@@ -279,7 +279,10 @@ impl Gateway {
             wire::nonce_msg_id(sender, nonce).as_str(),
         );
         h.insert(wire::MESSAGE_ID_HEADER, id_hex.as_str());
-        h.insert(wire::GATEWAY_MAC_HEADER, self.inner.mac.tag(&bytes).as_str());
+        h.insert(
+            wire::GATEWAY_MAC_HEADER,
+            self.inner.mac.tag(&bytes).as_str(),
+        );
         let ack = js
             .publish_with_headers(self.inner.ns.firehose_subject(), h, bytes.clone().into())
             .await

@@ -1,0 +1,245 @@
+//! The chain of blocks, checked block by block with the code the builder runs
+//! ([`blockpost_core::block`], [`blockpost_core::transaction`]): the builder's signature,
+//! the Merkle root over the leaves, the link to the previous header, the transaction
+//! closings replayed, and no message in two blocks. No I/O.
+
+use std::collections::{HashMap, HashSet};
+
+use blockpost_core::block::{VerifiedHeader, verify_block, verify_header};
+use blockpost_core::transaction::{Book, Entry, replay_block};
+use blockpost_proto::v1::Block;
+use ed25519_dalek::VerifyingKey;
+use prost::Message as _;
+
+use crate::alert::{Alert, AlertKind};
+
+/// What a verified block holds, for the promise checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockSeen {
+    /// Its height.
+    pub height: u64,
+    /// Its time (ms since the Unix epoch).
+    pub time_ms: i64,
+    /// The ids of its messages.
+    pub messages: Vec<[u8; 32]>,
+    /// The firehose sequences it took, first and last, if any.
+    pub range: Option<(u64, u64)>,
+}
+
+/// The chain as verified so far.
+pub struct Chain {
+    key: VerifyingKey,
+    /// Verified block ids, by height.
+    ids: Vec<[u8; 32]>,
+    tip: Option<VerifiedHeader>,
+    book: Book,
+    closed: HashSet<String>,
+    /// Where each message is: its height.
+    placed: HashMap<[u8; 32], u64>,
+}
+
+fn short(id: &[u8]) -> String {
+    hex::encode(id.get(..8).unwrap_or(id))
+}
+
+impl Chain {
+    /// An empty chain of the builder with `key`, whose transactions time out after
+    /// `timeout_ms`.
+    pub fn new(key: VerifyingKey, timeout_ms: u64) -> Self {
+        Self {
+            key,
+            ids: Vec::new(),
+            tip: None,
+            book: Book::new(timeout_ms, []),
+            closed: HashSet::new(),
+            placed: HashMap::new(),
+        }
+    }
+
+    /// Blocks verified.
+    pub fn len(&self) -> u64 {
+        self.ids.len() as u64
+    }
+
+    /// Whether no block was verified yet.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Checks the next block read from the blocks stream (its encoded bytes). Returns the
+    /// problems found, and what the block holds if it extended the chain.
+    pub fn block(&mut self, bytes: &[u8], now_ms: i64) -> (Vec<Alert>, Option<BlockSeen>) {
+        let evidence = |extra: serde_json::Value| {
+            let mut e = serde_json::json!({ "block": hex::encode(bytes) });
+            if let (Some(m), serde_json::Value::Object(x)) = (e.as_object_mut(), extra) {
+                m.extend(x);
+            }
+            e
+        };
+        let block = match Block::decode(bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                let subject = format!("block bytes {}", short(&blockpost_core::block::block_id(bytes)));
+                return (
+                    vec![Alert::new(
+                        AlertKind::BlockInvalid,
+                        subject,
+                        now_ms,
+                        format!("a message on the blocks stream is not a block: {e}"),
+                        evidence(serde_json::json!({})),
+                    )],
+                    None,
+                );
+            }
+        };
+        // The height it claims, for the alert, even when it does not verify.
+        let claimed = block
+            .header
+            .as_ref()
+            .and_then(|h| verify_header(h, &self.key).ok())
+            .map(|h| h.header.height);
+        let v = match verify_block(&block, &self.key) {
+            Ok(v) => v,
+            Err(e) => {
+                let subject = match claimed {
+                    Some(h) => format!("block {h}"),
+                    None => format!(
+                        "block bytes {}",
+                        short(&blockpost_core::block::block_id(bytes))
+                    ),
+                };
+                return (
+                    vec![Alert::new(
+                        AlertKind::BlockInvalid,
+                        subject,
+                        now_ms,
+                        format!("the block does not verify: {e}"),
+                        evidence(serde_json::json!({ "height": claimed })),
+                    )],
+                    None,
+                );
+            }
+        };
+        let h = v.header.header.height;
+        let id = v.header.id;
+        let next = self.len();
+        if h < next {
+            let known = self.ids[h as usize];
+            if known == id {
+                return (Vec::new(), None); // the same block again
+            }
+            return (
+                vec![Alert::new(
+                    AlertKind::Fork,
+                    format!("block {h}"),
+                    now_ms,
+                    format!(
+                        "two different blocks signed by the builder at height {h}: {} and {}",
+                        hex::encode(known),
+                        hex::encode(id)
+                    ),
+                    evidence(serde_json::json!({
+                        "height": h,
+                        "verified_id": hex::encode(known),
+                        "other_id": hex::encode(id),
+                    })),
+                )],
+                None,
+            );
+        }
+        if h > next {
+            return (
+                vec![Alert::new(
+                    AlertKind::ChainBroken,
+                    format!("block {next}"),
+                    now_ms,
+                    format!("block {h} came, but block {next} never did"),
+                    evidence(serde_json::json!({ "height": h, "missing": next })),
+                )],
+                None,
+            );
+        }
+        if let Some(prev) = &self.tip
+            && let Err(e) = v.header.check_follows(prev)
+        {
+            return (
+                vec![Alert::new(
+                    AlertKind::ChainBroken,
+                    format!("block {h}"),
+                    now_ms,
+                    format!("block {h} does not follow block {}: {e}", h - 1),
+                    evidence(serde_json::json!({
+                        "height": h,
+                        "previous_id": hex::encode(prev.id),
+                    })),
+                )],
+                None,
+            );
+        }
+        let mut alerts = Vec::new();
+        let closed = &self.closed;
+        let entries = match replay_block(
+            &mut self.book,
+            h,
+            v.header.header.time_ms,
+            &v.leaves,
+            |t| closed.contains(t),
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                alerts.push(Alert::new(
+                    AlertKind::ClosingWrong,
+                    format!("block {h}"),
+                    now_ms,
+                    format!("the transaction closings of block {h} are not the rules': {e}"),
+                    evidence(serde_json::json!({ "height": h })),
+                ));
+                Vec::new()
+            }
+        };
+        let mut messages = Vec::new();
+        for e in &entries {
+            match e {
+                Entry::Message(m, _) => {
+                    if let Some(first) = self.placed.get(&m.id) {
+                        alerts.push(Alert::new(
+                            AlertKind::DuplicateMessage,
+                            format!("message {}", hex::encode(m.id)),
+                            now_ms,
+                            format!(
+                                "message {} is in block {first} and again in block {h}",
+                                hex::encode(m.id)
+                            ),
+                            serde_json::json!({
+                                "message_id": hex::encode(m.id),
+                                "heights": [first, h],
+                            }),
+                        ));
+                    } else {
+                        self.placed.insert(m.id, h);
+                    }
+                    messages.push(m.id);
+                }
+                Entry::Closing(t, _) => {
+                    self.closed.insert(t.id.clone());
+                }
+                Entry::Other => {}
+            }
+        }
+        let range = v
+            .header
+            .header
+            .partitions
+            .first()
+            .map(|p| (p.first_seq, p.last_seq));
+        let seen = BlockSeen {
+            height: h,
+            time_ms: v.header.header.time_ms,
+            messages,
+            range,
+        };
+        self.ids.push(id);
+        self.tip = Some(v.header);
+        (alerts, Some(seen))
+    }
+}

@@ -1,0 +1,49 @@
+//! Blockpost's auditor: a daemon that anyone runs on their own machine, to know whether a
+//! node keeps its promises without trusting its operator. It reads the node's firehose and
+//! blocks streams from NATS (read-only credentials are enough), pins the node's keys on
+//! first contact as the client does, and re-verifies everything with the code of
+//! [`blockpost_core`] and [`blockpost_client`] — the same checks the servers run, and no
+//! server crate (CI checks this with `cargo tree`).
+//!
+//! What it checks today:
+//! - every block: the builder's signature, the Merkle root over its leaves, the link to the
+//!   previous header, its transaction closings replayed by the rules, no message in two
+//!   blocks, no two blocks at one height;
+//! - every firehose message: canonical envelope, the envelope rules and its sender's
+//!   signature against the verified directory history; no sequence missing;
+//! - the promises: each valid firehose message in a block by its deadline (the gateway's
+//!   promise), and no block holding a message that is not on the firehose in the range the
+//!   block names, nor one that is not valid.
+//!
+//! Each problem is an [`Alert`] with its kind and evidence, appended once to
+//! `DATA/alerts.jsonl`. At each start it reads both streams from the beginning again (at
+//! full speed) and raises only alerts it had not raised before.
+//!
+//! # Layout
+//! - `auditor`: [`Auditor`], the daemon: the stream followers and the status.
+//! - `chain`: [`Chain`], the chain of blocks checked block by block (no I/O).
+//! - `promises`: [`Promises`], firehose against blocks (no I/O).
+//! - `alert`: [`Alert`], [`AlertKind`], and the alert file [`AlertLog`].
+//! - `error`: [`Error`].
+//!
+//! ```
+//! use blockpost_auditor::{Alert, AlertKind, Promises};
+//!
+//! // A valid firehose message that no block takes is an omission after its deadline.
+//! let mut p = Promises::new(1_000, 500);
+//! assert!(p.firehose(1, Some([7; 32]), 0, None, 0).is_empty());
+//! let alerts: Vec<Alert> = p.tick(2_000, true);
+//! assert_eq!(alerts[0].kind, AlertKind::Omission);
+//! ```
+
+mod alert;
+mod auditor;
+mod chain;
+mod error;
+mod promises;
+
+pub use alert::{Alert, AlertKind, AlertLog};
+pub use auditor::{AuditStatus, Auditor, AuditorConfig};
+pub use chain::{BlockSeen, Chain};
+pub use error::{Error, Result};
+pub use promises::Promises;

@@ -1,0 +1,267 @@
+//! The node's promises, checked from the firehose and the verified blocks: every valid
+//! firehose message in a block by its deadline; no block holding a message that is not on
+//! the firehose in the range the block names, nor one that is not valid; no sequence
+//! missing from the firehose. No I/O.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::alert::{Alert, AlertKind};
+use crate::chain::BlockSeen;
+
+/// A valid firehose message not in a block yet.
+struct Waiting {
+    id: [u8; 32],
+    deadline_ms: i64,
+}
+
+/// What the auditor knows of the firehose and how the blocks kept to it.
+pub struct Promises {
+    promise_ms: i64,
+    grace_ms: i64,
+    /// Valid firehose messages not in a block yet, by sequence.
+    waiting: BTreeMap<u64, Waiting>,
+    /// Every firehose message: its sequence, and why it is not valid if it is not.
+    seen: HashMap<[u8; 32], (u64, Option<String>)>,
+    last_seq: u64,
+    /// Blocks whose range the firehose has not reached yet, in order.
+    early: VecDeque<BlockSeen>,
+    /// The time of the newest verified block.
+    ledger_time_ms: i64,
+}
+
+impl Promises {
+    /// Checks promises of `promise_ms` (receipt to block), allowing `grace_ms` more.
+    pub fn new(promise_ms: u64, grace_ms: u64) -> Self {
+        Self {
+            promise_ms: i64::try_from(promise_ms).unwrap_or(i64::MAX),
+            grace_ms: i64::try_from(grace_ms).unwrap_or(i64::MAX),
+            waiting: BTreeMap::new(),
+            seen: HashMap::new(),
+            last_seq: 0,
+            early: VecDeque::new(),
+            ledger_time_ms: i64::MIN,
+        }
+    }
+
+    /// The last firehose sequence read.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Valid firehose messages not in a block yet.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Firehose message `seq`, published at `published_ms`: its id (if it is an envelope)
+    /// and, if it is not valid (envelope rules, sender signature), why.
+    pub fn firehose(
+        &mut self,
+        seq: u64,
+        id: Option<[u8; 32]>,
+        published_ms: i64,
+        invalid: Option<String>,
+        now_ms: i64,
+    ) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        if seq <= self.last_seq {
+            return alerts;
+        }
+        if seq > self.last_seq + 1 {
+            let (from, to) = (self.last_seq + 1, seq - 1);
+            alerts.push(Alert::new(
+                AlertKind::FirehoseGap,
+                format!("firehose {from}..{to}"),
+                now_ms,
+                format!("firehose sequences {from} to {to} are missing: deleted from the stream"),
+                serde_json::json!({ "first_missing": from, "last_missing": to, "next_seen": seq }),
+            ));
+        }
+        self.last_seq = seq;
+        if let Some(id) = id {
+            if invalid.is_none() {
+                self.waiting.insert(
+                    seq,
+                    Waiting {
+                        id,
+                        deadline_ms: published_ms.saturating_add(self.promise_ms),
+                    },
+                );
+            }
+            self.seen.entry(id).or_insert((seq, invalid));
+        }
+        while self
+            .early
+            .front()
+            .is_some_and(|b| b.range.is_none_or(|(_, last)| last <= self.last_seq))
+        {
+            if let Some(b) = self.early.pop_front() {
+                alerts.extend(self.check_block(&b, now_ms));
+            }
+        }
+        alerts
+    }
+
+    /// A verified block (in chain order).
+    pub fn block(&mut self, b: BlockSeen, now_ms: i64) -> Vec<Alert> {
+        self.ledger_time_ms = self.ledger_time_ms.max(b.time_ms);
+        let ahead = b.range.is_some_and(|(_, last)| last > self.last_seq);
+        if ahead || !self.early.is_empty() {
+            self.early.push_back(b);
+            return Vec::new();
+        }
+        self.check_block(&b, now_ms)
+    }
+
+    fn check_block(&mut self, b: &BlockSeen, now_ms: i64) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        for id in &b.messages {
+            let in_range = |seq: u64| b.range.is_some_and(|(f, l)| (f..=l).contains(&seq));
+            match self.seen.get(id) {
+                Some((seq, None)) if in_range(*seq) => {
+                    self.waiting.remove(seq);
+                }
+                Some((seq, Some(why))) if in_range(*seq) => alerts.push(Alert::new(
+                    AlertKind::BlockInvalid,
+                    format!("message {}", hex::encode(id)),
+                    now_ms,
+                    format!(
+                        "block {} holds message {} (firehose {seq}), which is not valid: {why}",
+                        b.height,
+                        hex::encode(id)
+                    ),
+                    serde_json::json!({
+                        "height": b.height,
+                        "message_id": hex::encode(id),
+                        "firehose_sequence": seq,
+                    }),
+                )),
+                other => alerts.push(Alert::new(
+                    AlertKind::UnknownMessage,
+                    format!("message {}", hex::encode(id)),
+                    now_ms,
+                    format!(
+                        "block {} holds message {}, which is not on the firehose in the range it names ({:?})",
+                        b.height,
+                        hex::encode(id),
+                        b.range
+                    ),
+                    serde_json::json!({
+                        "height": b.height,
+                        "message_id": hex::encode(id),
+                        "range": b.range,
+                        "firehose_sequence": other.map(|(s, _)| *s),
+                    }),
+                )),
+            }
+        }
+        alerts
+    }
+
+    /// Omissions at `now_ms`: valid firehose messages past their deadline plus the grace
+    /// and in no block. Only once the ledger has moved past a deadline, or the auditor has
+    /// read every block there is (`blocks_current`), since a block not read yet may hold
+    /// the message.
+    pub fn tick(&mut self, now_ms: i64, blocks_current: bool) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        let due: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| {
+                let past = w.deadline_ms.saturating_add(self.grace_ms);
+                past < now_ms && (blocks_current || self.ledger_time_ms > past)
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in due {
+            if let Some(w) = self.waiting.remove(&seq) {
+                alerts.push(Alert::new(
+                    AlertKind::Omission,
+                    format!("message {}", hex::encode(w.id)),
+                    now_ms,
+                    format!(
+                        "message {} (firehose {seq}) is in no block {} ms after its deadline",
+                        hex::encode(w.id),
+                        now_ms - w.deadline_ms
+                    ),
+                    serde_json::json!({
+                        "message_id": hex::encode(w.id),
+                        "firehose_sequence": seq,
+                        "deadline_ms": w.deadline_ms,
+                    }),
+                ));
+            }
+        }
+        alerts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn block(height: u64, time_ms: i64, ids: &[u8], range: (u64, u64)) -> BlockSeen {
+        BlockSeen {
+            height,
+            time_ms,
+            messages: ids.iter().map(|i| [*i; 32]).collect(),
+            range: Some(range),
+        }
+    }
+
+    fn kinds(a: &[Alert]) -> Vec<AlertKind> {
+        a.iter().map(|a| a.kind).collect()
+    }
+
+    #[test]
+    fn kept_promises_raise_nothing() {
+        let mut p = Promises::new(1_000, 500);
+        for s in 1..=3u8 {
+            assert!(p.firehose(u64::from(s), Some([s; 32]), 0, None, 0).is_empty());
+        }
+        // A refused (invalid) message is not expected in a block.
+        assert!(p.firehose(4, Some([4; 32]), 0, Some("bad signature".into()), 0).is_empty());
+        assert!(p.block(block(0, 100, &[1, 2, 3], (1, 4)), 100).is_empty());
+        assert_eq!(p.waiting(), 0);
+        assert!(p.tick(10_000, true).is_empty());
+    }
+
+    #[test]
+    fn each_broken_promise_has_its_alert() {
+        let mut p = Promises::new(1_000, 500);
+        p.firehose(1, Some([1; 32]), 0, None, 0);
+        p.firehose(2, Some([2; 32]), 0, Some("not signed by its sender".into()), 0);
+        // 3 and 4 deleted from the stream.
+        let gap = p.firehose(5, Some([5; 32]), 0, None, 0);
+        assert_eq!(kinds(&gap), vec![AlertKind::FirehoseGap]);
+        assert_eq!(gap[0].subject, "firehose 3..4");
+        // Block 0 holds 1, the invalid 2, and 9 which the firehose never had; 5 is left out.
+        let a = p.block(block(0, 100, &[1, 2, 9], (1, 5)), 100);
+        assert_eq!(
+            kinds(&a),
+            vec![AlertKind::BlockInvalid, AlertKind::UnknownMessage]
+        );
+        // Not before deadline + grace...
+        assert!(p.tick(1_400, true).is_empty());
+        // ... nor while a block not read yet may hold it.
+        assert!(p.tick(1_600, false).is_empty());
+        let o = p.tick(1_600, true);
+        assert_eq!(kinds(&o), vec![AlertKind::Omission]);
+        assert_eq!(o[0].subject, format!("message {}", hex::encode([5; 32])));
+        assert!(p.tick(5_000, true).is_empty(), "an omission is raised once");
+    }
+
+    #[test]
+    fn a_block_ahead_of_the_firehose_waits_for_it() {
+        let mut p = Promises::new(1_000, 0);
+        p.firehose(1, Some([1; 32]), 0, None, 0);
+        assert!(p.block(block(0, 100, &[1, 2], (1, 2)), 100).is_empty());
+        assert!(p.block(block(1, 200, &[3], (3, 3)), 200).is_empty());
+        assert!(p.firehose(2, Some([2; 32]), 0, None, 0).is_empty());
+        assert!(p.firehose(3, Some([3; 32]), 0, None, 0).is_empty());
+        assert_eq!(p.waiting(), 0);
+        // The ledger moved past the deadlines: a late tick knows without reading more.
+        assert!(p.tick(10_000, false).is_empty());
+    }
+}

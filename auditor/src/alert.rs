@@ -148,10 +148,7 @@ impl AlertLog {
         if file.metadata().map_err(|e| state(e.to_string()))?.len() != good_len {
             file.set_len(good_len).map_err(|e| state(e.to_string()))?;
         }
-        let raised = all
-            .iter()
-            .map(|a| (a.kind, a.subject.clone()))
-            .collect();
+        let raised = all.iter().map(|a| (a.kind, a.subject.clone())).collect();
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -240,7 +237,10 @@ mod tests {
         assert_eq!(new, vec![alert(AlertKind::Fork, "block 4")]);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3);
-        assert!(text.lines().all(|l| serde_json::from_str::<Alert>(l).is_ok()));
+        assert!(
+            text.lines()
+                .all(|l| serde_json::from_str::<Alert>(l).is_ok())
+        );
         // A damaged file is refused, not overwritten.
         std::fs::write(&path, "not json\n").unwrap();
         assert!(matches!(AlertLog::open(&path), Err(Error::State { .. })));

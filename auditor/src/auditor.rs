@@ -14,10 +14,10 @@ use blockpost_proto::v1::{Envelope, GetGatewayInfoRequest};
 use futures::StreamExt as _;
 use serde::Serialize;
 
+use crate::Result;
 use crate::alert::{Alert, AlertLog};
 use crate::chain::Chain;
 use crate::promises::Promises;
-use crate::Result;
 
 /// How the auditor reaches the node and where it keeps its files.
 #[derive(Clone, Debug)]
@@ -251,7 +251,14 @@ async fn firehose_loop(
 ) {
     loop {
         let start = match weak.upgrade() {
-            Some(i) => i.state.lock().unwrap_or_else(|e| e.into_inner()).promises.last_seq() + 1,
+            Some(i) => {
+                i.state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .promises
+                    .last_seq()
+                    + 1
+            }
             None => return,
         };
         let r: std::result::Result<(), String> = async {

@@ -79,7 +79,10 @@ impl Chain {
         let block = match Block::decode(bytes) {
             Ok(b) => b,
             Err(e) => {
-                let subject = format!("block bytes {}", short(&blockpost_core::block::block_id(bytes)));
+                let subject = format!(
+                    "block bytes {}",
+                    short(&blockpost_core::block::block_id(bytes))
+                );
                 return (
                     vec![Alert::new(
                         AlertKind::BlockInvalid,
@@ -151,7 +154,7 @@ impl Chain {
             return (
                 vec![Alert::new(
                     AlertKind::ChainBroken,
-                    format!("block {next}"),
+                    format!("block {next} missing"),
                     now_ms,
                     format!("block {h} came, but block {next} never did"),
                     evidence(serde_json::json!({ "height": h, "missing": next })),
@@ -178,25 +181,22 @@ impl Chain {
         }
         let mut alerts = Vec::new();
         let closed = &self.closed;
-        let entries = match replay_block(
-            &mut self.book,
-            h,
-            v.header.header.time_ms,
-            &v.leaves,
-            |t| closed.contains(t),
-        ) {
-            Ok(e) => e,
-            Err(e) => {
-                alerts.push(Alert::new(
-                    AlertKind::ClosingWrong,
-                    format!("block {h}"),
-                    now_ms,
-                    format!("the transaction closings of block {h} are not the rules': {e}"),
-                    evidence(serde_json::json!({ "height": h })),
-                ));
-                Vec::new()
-            }
-        };
+        let entries =
+            match replay_block(&mut self.book, h, v.header.header.time_ms, &v.leaves, |t| {
+                closed.contains(t)
+            }) {
+                Ok(e) => e,
+                Err(e) => {
+                    alerts.push(Alert::new(
+                        AlertKind::ClosingWrong,
+                        format!("block {h}"),
+                        now_ms,
+                        format!("the transaction closings of block {h} are not the rules': {e}"),
+                        evidence(serde_json::json!({ "height": h })),
+                    ));
+                    Vec::new()
+                }
+            };
         let mut messages = Vec::new();
         for e in &entries {
             match e {
@@ -241,5 +241,128 @@ impl Chain {
         self.ids.push(id);
         self.tip = Some(v.header);
         (alerts, Some(seen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use blockpost_core::block::{builder_key_id, merkle_root, sign_header};
+    use blockpost_core::sign_envelope;
+    use blockpost_proto::v1::{BlockHeader, EnvelopeContent, MessageKind, PartitionRange};
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::alert::AlertKind;
+
+    fn envelope(n: u8) -> Vec<u8> {
+        let c = EnvelopeContent {
+            sender: "bank-a".into(),
+            recipients: vec!["bank-b".into()],
+            transaction_id: format!("tx-{n}"),
+            kind: MessageKind::Message as i32,
+            content_type: "text/plain".into(),
+            nonce: u64::from(n),
+            body: Some(blockpost_proto::v1::envelope_content::Body::Plaintext(
+                vec![n; 8],
+            )),
+            ..Default::default()
+        };
+        let k = SigningKey::from_bytes(&[1; 32]);
+        sign_envelope(&k, c.encode_to_vec()).encode_to_vec()
+    }
+
+    fn block(
+        key: &SigningKey,
+        height: u64,
+        prev: Option<[u8; 32]>,
+        ns: &[u8],
+    ) -> (Vec<u8>, [u8; 32]) {
+        let leaves: Vec<Vec<u8>> = ns.iter().map(|n| envelope(*n)).collect();
+        let hashes: Vec<[u8; 32]> = leaves
+            .iter()
+            .map(|l| blockpost_core::leaf_hash(l))
+            .collect();
+        let header = BlockHeader {
+            height,
+            previous_hash: prev.map_or_else(Vec::new, |p| p.to_vec()),
+            merkle_root: merkle_root(&hashes).to_vec(),
+            leaf_count: leaves.len() as u64,
+            partitions: vec![PartitionRange {
+                partition: 0,
+                first_seq: height * 10 + 1,
+                last_seq: height * 10 + 9,
+            }],
+            directory_size: 0,
+            directory_root: blockpost_core::block::empty_root().to_vec(),
+            time_ms: 1_000 + i64::try_from(height).unwrap(),
+            builder_key_id: builder_key_id(&key.verifying_key()).to_vec(),
+        };
+        let signed = sign_header(key, &header);
+        let id = blockpost_core::block::block_id(&signed.header);
+        let b = Block {
+            header: Some(signed),
+            leaves,
+        };
+        (b.encode_to_vec(), id)
+    }
+
+    fn kinds(a: &[Alert]) -> Vec<AlertKind> {
+        a.iter().map(|a| a.kind).collect()
+    }
+
+    #[test]
+    fn a_good_chain_verifies_and_each_fault_has_its_alert() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let mut chain = Chain::new(key.verifying_key(), 3_600_000);
+        let (b0, id0) = block(&key, 0, None, &[1, 2]);
+        let (b1, id1) = block(&key, 1, Some(id0), &[3]);
+        let (a, seen) = chain.block(&b0, 5);
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(seen.unwrap().messages.len(), 2);
+        let (a, _) = chain.block(&b1, 5);
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(chain.len(), 2);
+        // The same block again (a redelivery) is fine.
+        assert_eq!(chain.block(&b1, 5), (Vec::new(), None));
+
+        // One byte of one leaf changed.
+        let (b2, id2) = block(&key, 2, Some(id1), &[4]);
+        let mut tampered = b2.clone();
+        let at = tampered.len() - 3;
+        tampered[at] ^= 1;
+        let (a, seen) = chain.block(&tampered, 5);
+        assert_eq!(kinds(&a), vec![AlertKind::BlockInvalid]);
+        assert_eq!(a[0].subject, "block 2");
+        assert!(seen.is_none());
+        // Signed by another key.
+        let other = SigningKey::from_bytes(&[8; 32]);
+        assert_eq!(
+            kinds(&chain.block(&block(&other, 2, Some(id1), &[4]).0, 5).0),
+            vec![AlertKind::BlockInvalid]
+        );
+        // Another block at height 1, signed by the builder.
+        let (fork, _) = block(&key, 1, Some(id0), &[5]);
+        assert_eq!(kinds(&chain.block(&fork, 5).0), vec![AlertKind::Fork]);
+        // A block that skips a height, and one that links to the wrong block.
+        assert_eq!(
+            kinds(&chain.block(&block(&key, 3, Some(id2), &[6]).0, 5).0),
+            vec![AlertKind::ChainBroken]
+        );
+        assert_eq!(
+            kinds(&chain.block(&block(&key, 2, Some(id0), &[6]).0, 5).0),
+            vec![AlertKind::ChainBroken]
+        );
+        assert_eq!(chain.len(), 2, "no bad block extends the chain");
+        // A message already in block 0.
+        let (dup, _) = block(&key, 2, Some(id1), &[7, 1]);
+        let (a, seen) = chain.block(&dup, 5);
+        assert_eq!(kinds(&a), vec![AlertKind::DuplicateMessage]);
+        assert_eq!(seen.unwrap().height, 2);
+        // Not a block at all.
+        assert_eq!(
+            kinds(&chain.block(b"junk", 5).0),
+            vec![AlertKind::BlockInvalid]
+        );
     }
 }

@@ -218,10 +218,16 @@ mod tests {
     fn kept_promises_raise_nothing() {
         let mut p = Promises::new(1_000, 500);
         for s in 1..=3u8 {
-            assert!(p.firehose(u64::from(s), Some([s; 32]), 0, None, 0).is_empty());
+            assert!(
+                p.firehose(u64::from(s), Some([s; 32]), 0, None, 0)
+                    .is_empty()
+            );
         }
         // A refused (invalid) message is not expected in a block.
-        assert!(p.firehose(4, Some([4; 32]), 0, Some("bad signature".into()), 0).is_empty());
+        assert!(
+            p.firehose(4, Some([4; 32]), 0, Some("bad signature".into()), 0)
+                .is_empty()
+        );
         assert!(p.block(block(0, 100, &[1, 2, 3], (1, 4)), 100).is_empty());
         assert_eq!(p.waiting(), 0);
         assert!(p.tick(10_000, true).is_empty());
@@ -231,7 +237,13 @@ mod tests {
     fn each_broken_promise_has_its_alert() {
         let mut p = Promises::new(1_000, 500);
         p.firehose(1, Some([1; 32]), 0, None, 0);
-        p.firehose(2, Some([2; 32]), 0, Some("not signed by its sender".into()), 0);
+        p.firehose(
+            2,
+            Some([2; 32]),
+            0,
+            Some("not signed by its sender".into()),
+            0,
+        );
         // 3 and 4 deleted from the stream.
         let gap = p.firehose(5, Some([5; 32]), 0, None, 0);
         assert_eq!(kinds(&gap), vec![AlertKind::FirehoseGap]);

@@ -9,6 +9,7 @@
 //! - `messages`: `send`, `finish`, `inbox`, `firehose`.
 //! - `ledger`: `block`, `message`, `tx`: blocks, messages and transactions from the ledger,
 //!   verified.
+//! - `audit`: `blockpost auditor` (the daemon) and `audit alerts`.
 //! - `anchor`: `anchor verify`: OpenTimestamps proofs of the ledger's Bitcoin anchors.
 //! - `bench`: `blockpost bench directory|messages|attack|blocks`.
 //! - `render`: every human and `--json` output.
@@ -19,6 +20,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 mod anchor;
+mod audit;
 mod bench;
 mod directory;
 mod keys;
@@ -92,6 +94,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: anchor::AnchorCmd,
     },
+    /// Run an auditor: re-verify a node's blocks and firehose from NATS, and raise alerts
+    /// with evidence (to stdout and DATA/alerts.jsonl).
+    Auditor(audit::AuditorArgs),
+    /// What an auditor found.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
+    },
     /// Print the read-only NATS user of a node's managed nats-server, for auditors and
     /// monitors (they may read the directory and firehose streams, and publish nothing).
     NatsCredentials {
@@ -158,6 +168,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Messages(cmd) => messages::run(cmd).await,
         Cmd::Ledger(cmd) => ledger::run(cmd).await,
         Cmd::Anchor { cmd } => anchor::run(cmd),
+        Cmd::Auditor(args) => audit::run_auditor(args).await,
+        Cmd::Audit { cmd } => audit::run(cmd).await,
         Cmd::NatsCredentials { data, json } => up::nats_credentials(&data, json),
         Cmd::Bench { cmd } => bench::run(cmd).await,
     }

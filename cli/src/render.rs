@@ -635,3 +635,44 @@ mod tests {
         assert_eq!(party("", "bank-a"), "bank-a");
     }
 }
+
+/// One alert: a JSON line, or `time  kind  subject: detail`.
+pub fn alert(a: &blockpost_auditor::Alert, json: bool) -> anyhow::Result<()> {
+    if json {
+        say!("{}", serde_json::to_string(a)?);
+    } else {
+        say!(
+            "{}  {}  {}: {}",
+            date(a.time_ms),
+            a.kind,
+            a.subject,
+            a.detail
+        );
+    }
+    Ok(())
+}
+
+/// The auditor's status, as one line.
+pub fn audit_status(s: &blockpost_auditor::AuditStatus, json: bool) -> anyhow::Result<()> {
+    if json {
+        say!("{}", serde_json::to_string(s)?);
+    } else {
+        say!(
+            "auditor: {} blocks verified{}, firehose checked to {}, {} messages waiting for a block, {} alerts",
+            s.blocks_verified,
+            if s.ledger {
+                if s.blocks_current {
+                    " (current)"
+                } else {
+                    " (catching up)"
+                }
+            } else {
+                " (the node has no ledger)"
+            },
+            s.firehose_checked,
+            s.waiting,
+            s.alerts
+        );
+    }
+    Ok(())
+}

@@ -189,7 +189,7 @@ pub fn nats_credentials(data: &std::path::Path, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,

@@ -1,0 +1,297 @@
+//! The auditor against a real node and nats-server: a clean run raises nothing (also after
+//! the auditor restarts); broken promises, forks, tampered blocks and messages deleted from
+//! the firehose each raise their own alert with evidence.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use blockpost_auditor::{AlertKind, Auditor, AuditorConfig};
+use blockpost_client::{Messenger, Outgoing};
+use blockpost_core::Identity;
+use blockpost_core::block::{merkle_root, sign_header};
+use blockpost_proto::v1::{Block, BlockHeader, MessageKind};
+use blockpost_tests::{Sandbox, wait_for};
+use prost::Message as _;
+
+async fn send(m: &mut Messenger, id: &Identity, from: &str, to: &str, kind: MessageKind, tx: &str) {
+    let to = vec![to.to_owned()];
+    m.send(
+        id,
+        Outgoing {
+            from,
+            to: &to,
+            transaction_id: tx,
+            kind,
+            content_type: "text/plain",
+            body: b"deliver 100 Megacorp against 5,000 EUR".to_vec(),
+            encrypt: false,
+            transaction_deadline_ms: None,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// A sandbox with bank-a and bank-b registered, and a messenger.
+async fn parties(sb: &Sandbox) -> (Identity, Identity, Messenger) {
+    let a = Identity::generate();
+    let b = Identity::generate();
+    let mut c = sb.client().await.unwrap();
+    c.register(&a, "bank-a", "Bank A AG", None).await.unwrap();
+    c.register(&b, "bank-b", "Bank B AG", None).await.unwrap();
+    let m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    (a, b, m)
+}
+
+async fn auditor(sb: &Sandbox, data: &std::path::Path, grace_ms: u64) -> Auditor {
+    let nats = blockpost_node::connect(&sb.nats.url(), Some(&sb.nats.reader_auth()))
+        .await
+        .unwrap();
+    let mut config = AuditorConfig::new(sb.endpoint.clone(), data);
+    config.grace_ms = grace_ms;
+    Auditor::start(config, nats).await.unwrap()
+}
+
+/// Waits until the auditor has verified every block and read the whole firehose.
+async fn caught_up(sb: &Sandbox, a: &Auditor, firehose: u64) {
+    let builder = sb.node.builder().unwrap().clone();
+    wait_for(Duration::from_secs(30), "the auditor caught up", || {
+        let s = a.status();
+        let done = s.blocks_verified == builder.height()
+            && s.blocks_verified > 0
+            && s.firehose_checked == firehose
+            && s.waiting == 0
+            && s.blocks_current;
+        async move { done.then_some(()) }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
+    let sb = Sandbox::start_with(|c| {
+        c.builder.max_block_delay_ms = 50;
+        c.builder.max_block_messages = 7;
+    })
+    .await
+    .unwrap();
+    let (a, b, mut m) = parties(&sb).await;
+    for _ in 0..20 {
+        send(
+            &mut m,
+            &a,
+            "bank-a",
+            "bank-b",
+            MessageKind::Message,
+            "settle-1",
+        )
+        .await;
+    }
+    // Both parties finish: the transaction's closing record is replayed by the auditor.
+    send(
+        &mut m,
+        &a,
+        "bank-a",
+        "bank-b",
+        MessageKind::Finish,
+        "settle-1",
+    )
+    .await;
+    send(
+        &mut m,
+        &b,
+        "bank-b",
+        "bank-a",
+        MessageKind::Finish,
+        "settle-1",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let au = auditor(&sb, tmp.path(), 1_000).await;
+    caught_up(&sb, &au, 22).await;
+    assert!(au.status().ledger);
+    // Messages that come while it runs.
+    send(
+        &mut m,
+        &a,
+        "bank-a",
+        "bank-b",
+        MessageKind::Message,
+        "settle-2",
+    )
+    .await;
+    caught_up(&sb, &au, 23).await;
+    assert_eq!(au.alerts(), Vec::new());
+    drop(au);
+
+    // Restarted on its data: it reads everything again and still finds nothing.
+    let au = auditor(&sb, tmp.path(), 1_000).await;
+    caught_up(&sb, &au, 23).await;
+    // Past every deadline (the test config's promise), still nothing.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(au.alerts(), Vec::new());
+    assert!(
+        !std::fs::read_to_string(tmp.path().join("alerts.jsonl"))
+            .unwrap()
+            .contains('{')
+    );
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_no_block_by_its_deadline_is_an_omission() {
+    // A node whose builder never runs: every receipt's promise is broken.
+    let sb = Sandbox::start_with(|c| {
+        c.builder.enabled = false;
+        c.messaging.max_block_delay_ms = 1_000;
+    })
+    .await
+    .unwrap();
+    let (a, _, mut m) = parties(&sb).await;
+    send(
+        &mut m,
+        &a,
+        "bank-a",
+        "bank-b",
+        MessageKind::Message,
+        "settle-1",
+    )
+    .await;
+    send(
+        &mut m,
+        &a,
+        "bank-a",
+        "bank-b",
+        MessageKind::Message,
+        "settle-1",
+    )
+    .await;
+    let sent = std::time::Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let au = auditor(&sb, tmp.path(), 300).await;
+    let alerts = wait_for(Duration::from_secs(10), "two omissions", || {
+        let found: Vec<_> = au
+            .alerts()
+            .into_iter()
+            .filter(|a| a.kind == AlertKind::Omission)
+            .collect();
+        async move { (found.len() == 2).then_some(found) }
+    })
+    .await
+    .unwrap();
+    // Within the deadline (1 s) plus the grace (0.3 s) plus one second.
+    assert!(
+        sent.elapsed() < Duration::from_millis(2_300),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert!(!au.status().ledger);
+    for a in &alerts {
+        assert!(a.evidence["message_id"].as_str().unwrap().len() == 64);
+        assert!(a.evidence["deadline_ms"].as_i64().is_some());
+    }
+    // Kept in the alert file, each once.
+    let text = std::fs::read_to_string(tmp.path().join("alerts.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 2);
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forks_tampered_blocks_and_deleted_messages_each_raise_their_alert() {
+    let sb = Sandbox::start_with(|c| c.builder.max_block_delay_ms = 50)
+        .await
+        .unwrap();
+    let (a, _, mut m) = parties(&sb).await;
+    for _ in 0..5 {
+        send(
+            &mut m,
+            &a,
+            "bank-a",
+            "bank-b",
+            MessageKind::Message,
+            "settle-1",
+        )
+        .await;
+    }
+    let builder = sb.node.builder().unwrap().clone();
+    wait_for(Duration::from_secs(20), "5 messages in blocks", || {
+        let n = builder.last_sequence();
+        async move { (n >= 5).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let ns = sb.directory.namespace();
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+
+    // A message deleted from the firehose through the JetStream API (it is in a block).
+    let firehose = js.get_stream(ns.firehose_stream()).await.unwrap();
+    assert!(firehose.delete_message(2).await.unwrap());
+
+    // Block 0 again, one byte of its last leaf changed.
+    let b0 = builder.store().block(0).unwrap();
+    let mut tampered = b0.clone();
+    let at = tampered.len() - 70;
+    tampered[at] ^= 1;
+    js.publish(ns.blocks_subject(), tampered.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Another block 0, signed with the builder's own key, without its last message.
+    let key = blockpost_storage::load_or_create_key(
+        &blockpost_storage::DataDir::new(&sb.data_dir).builder_key(),
+    )
+    .unwrap();
+    let mut forged = Block::decode(b0.as_slice()).unwrap();
+    forged.leaves.pop();
+    let mut header =
+        BlockHeader::decode(forged.header.as_ref().unwrap().header.as_slice()).unwrap();
+    let hashes: Vec<[u8; 32]> = forged
+        .leaves
+        .iter()
+        .map(|l| blockpost_core::leaf_hash(l))
+        .collect();
+    header.merkle_root = merkle_root(&hashes).to_vec();
+    header.leaf_count = forged.leaves.len() as u64;
+    forged.header = Some(sign_header(&key, &header));
+    js.publish(ns.blocks_subject(), forged.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let au = auditor(&sb, tmp.path(), 1_000).await;
+    let want = [
+        AlertKind::FirehoseGap,
+        AlertKind::UnknownMessage,
+        AlertKind::BlockInvalid,
+        AlertKind::Fork,
+    ];
+    let alerts = wait_for(Duration::from_secs(20), "four alerts", || {
+        let all = au.alerts();
+        let done = want.iter().all(|k| all.iter().any(|a| a.kind == *k));
+        async move { done.then_some(all) }
+    })
+    .await
+    .unwrap();
+    let by = |k: AlertKind| alerts.iter().find(|a| a.kind == k).unwrap();
+    assert_eq!(by(AlertKind::FirehoseGap).subject, "firehose 2..2");
+    assert_eq!(by(AlertKind::BlockInvalid).subject, "block 0");
+    assert_eq!(by(AlertKind::Fork).subject, "block 0");
+    assert_eq!(
+        by(AlertKind::Fork).evidence["verified_id"]
+            .as_str()
+            .unwrap(),
+        hex::encode(builder.store().id(0).unwrap())
+    );
+    // The message deleted from the firehose is the one the block holds unannounced.
+    let unknown = by(AlertKind::UnknownMessage);
+    assert_eq!(unknown.evidence["height"], 0);
+    // Nothing else: the other messages are all accounted for.
+    assert_eq!(alerts.len(), 4, "{alerts:#?}");
+    sb.stop().await;
+}

@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/blockpost/v1/directory.proto",
         "proto/blockpost/v1/messaging.proto",
         "proto/blockpost/v1/ledger.proto",
+        "proto/blockpost/v1/audit.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -33,6 +33,9 @@ pub enum AlertKind {
     Omission,
     /// Firehose sequence numbers missing from the stream: messages deleted.
     FirehoseGap,
+    /// An open transaction past its deadline, with no block closing it although one was
+    /// due.
+    TransactionNotClosed,
 }
 
 impl AlertKind {
@@ -47,6 +50,7 @@ impl AlertKind {
             Self::UnknownMessage => "unknown_message",
             Self::Omission => "omission",
             Self::FirehoseGap => "firehose_gap",
+            Self::TransactionNotClosed => "transaction_not_closed",
         }
     }
 }

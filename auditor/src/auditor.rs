@@ -9,15 +9,15 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
 use blockpost_client::{ConnectOptions, Ledger, Messenger};
 use blockpost_core::wire::Namespace;
-use blockpost_core::{decode_canonical, message_id_of_encoded, now_ms};
-use blockpost_proto::v1::{Envelope, GetGatewayInfoRequest};
+use blockpost_core::{decode_canonical, message_id_of_encoded, now_ms, verify_receipt};
+use blockpost_proto::v1::{Envelope, GetGatewayInfoRequest, Receipt};
 use futures::StreamExt as _;
 use serde::Serialize;
 
-use crate::Result;
 use crate::alert::{Alert, AlertLog};
 use crate::chain::Chain;
 use crate::promises::Promises;
+use crate::{Error, Result};
 
 /// How the auditor reaches the node and where it keeps its files.
 #[derive(Clone, Debug)]
@@ -59,11 +59,39 @@ pub struct AuditStatus {
     pub blocks_current: bool,
     /// Whether the node has a ledger whose blocks are checked.
     pub ledger: bool,
+    /// Receipts handed in whose message is not in a block yet.
+    pub receipts_waiting: usize,
+}
+
+/// What a receipt handed to the auditor says, after its signature was checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum ReceiptVerdict {
+    /// The message is in the verified block at `height`.
+    InBlock {
+        /// The block's height.
+        height: u64,
+    },
+    /// Not in a verified block, and its deadline (plus the grace) has not passed: the
+    /// auditor keeps the receipt and raises an omission if the deadline passes.
+    Pending {
+        /// The receipt's promise.
+        deadline_ms: i64,
+    },
+    /// Past its deadline and in no block: an omission alert was raised, with the receipt
+    /// as evidence.
+    Omitted {
+        /// The receipt's promise.
+        deadline_ms: i64,
+    },
 }
 
 struct State {
     chain: Option<Chain>,
     promises: Promises,
+    /// The gateway's promise (receipt to block) and the grace allowed past it.
+    promise_ms: i64,
+    grace_ms: i64,
     /// The next blocks stream sequence to read.
     next_block_seq: u64,
 }
@@ -72,7 +100,13 @@ struct Inner {
     state: Mutex<State>,
     log: Mutex<AlertLog>,
     blocks_current: AtomicBool,
-    alerts: tokio::sync::broadcast::Sender<Alert>,
+    /// New alerts, with their index in the alert file.
+    alerts: tokio::sync::broadcast::Sender<(u64, Alert)>,
+    /// The gateway's receipt key, pinned on first contact.
+    gateway_key: ed25519_dalek::VerifyingKey,
+    /// Receipts handed in (`DATA/receipts.jsonl`), kept across restarts.
+    receipts: Mutex<std::fs::File>,
+    receipts_path: PathBuf,
 }
 
 impl Inner {
@@ -81,10 +115,11 @@ impl Inner {
             return;
         }
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let before = log.all().len() as u64;
         match log.raise(alerts) {
             Ok(new) => {
-                for a in new {
-                    let _ = self.alerts.send(a);
+                for (i, a) in new.into_iter().enumerate() {
+                    let _ = self.alerts.send((before + i as u64, a));
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot write the alert file"),
@@ -92,17 +127,80 @@ impl Inner {
     }
 }
 
-/// A running auditor; its tasks stop when it is dropped.
+/// A running auditor. Cheap to clone; its tasks stop when the last clone is dropped.
+#[derive(Clone)]
 pub struct Auditor {
     inner: Arc<Inner>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _tasks: Arc<Tasks>,
 }
 
-impl Drop for Auditor {
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in &self.0 {
             t.abort();
         }
+    }
+}
+
+/// The gateway key as pinned in `DATA/gateway.json`.
+#[derive(serde::Deserialize, Serialize, PartialEq, Eq)]
+struct PinnedGateway {
+    receipt_key: String,
+}
+
+/// Pins the gateway's receipt key on first contact; refuses another one later.
+fn pin_gateway(path: &std::path::Path, key: &[u8]) -> Result<()> {
+    let state = |why: String| Error::State {
+        path: path.display().to_string(),
+        why,
+    };
+    let presented = PinnedGateway {
+        receipt_key: hex::encode(key),
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let pinned: PinnedGateway = serde_json::from_str(&text)
+                .map_err(|e| state(format!("damaged ({e}); delete it to trust anew")))?;
+            if pinned != presented {
+                return Err(state(format!(
+                    "the gateway now presents receipt key {}, but {} was pinned: refusing to continue",
+                    presented.receipt_key, pinned.receipt_key
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let json = serde_json::to_vec_pretty(&presented).map_err(|e| state(e.to_string()))?;
+            std::fs::write(path, json).map_err(|e| state(e.to_string()))
+        }
+        Err(e) => Err(state(e.to_string())),
+    }
+}
+
+/// A receipt as kept in `DATA/receipts.jsonl` and shown in evidence.
+#[derive(serde::Deserialize, Serialize)]
+struct ReceiptRecord {
+    /// The encoded `ReceiptBody`, hex.
+    body: String,
+    /// The gateway's signature, hex.
+    signature: String,
+}
+
+impl ReceiptRecord {
+    fn of(r: &Receipt) -> Self {
+        Self {
+            body: hex::encode(&r.body),
+            signature: hex::encode(&r.signature),
+        }
+    }
+
+    fn receipt(&self) -> Option<Receipt> {
+        Some(Receipt {
+            body: hex::decode(&self.body).ok()?,
+            signature: hex::decode(&self.signature).ok()?,
+        })
     }
 }
 
@@ -114,13 +212,16 @@ impl Auditor {
         let log = AlertLog::open(&config.data.join("alerts.jsonl"))?;
         let mut messenger =
             Messenger::connect_with(&config.node, &client_dir, &config.connect).await?;
-        let promise_ms = messenger
+        let gateway = messenger
             .grpc()
             .get_gateway_info(GetGatewayInfoRequest {})
             .await
             .map_err(blockpost_client::Error::from)?
-            .into_inner()
-            .max_block_delay_ms;
+            .into_inner();
+        let promise_ms = gateway.max_block_delay_ms;
+        pin_gateway(&config.data.join("gateway.json"), &gateway.receipt_key)?;
+        let gateway_key = blockpost_core::ed25519_key(&gateway.receipt_key)
+            .map_err(blockpost_client::Error::from)?;
         let ns = Namespace::for_origin(&messenger.directory.info().origin);
         let chain = match Ledger::connect(&messenger.directory, &client_dir).await {
             Ok(l) => {
@@ -137,16 +238,43 @@ impl Auditor {
         // Refresh the directory so that sender keys are looked up against a verified state.
         messenger.directory.checkpoint().await?;
         let (alerts, _) = tokio::sync::broadcast::channel(1024);
+        let receipts_path = config.data.join("receipts.jsonl");
+        let kept = std::fs::read_to_string(&receipts_path).unwrap_or_default();
+        let receipts = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&receipts_path)
+            .map_err(|e| Error::State {
+                path: receipts_path.display().to_string(),
+                why: e.to_string(),
+            })?;
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 chain,
                 promises: Promises::new(promise_ms, config.grace_ms),
+                promise_ms: i64::try_from(promise_ms).unwrap_or(i64::MAX),
+                grace_ms: i64::try_from(config.grace_ms).unwrap_or(i64::MAX),
                 next_block_seq: 1,
             }),
             log: Mutex::new(log),
             blocks_current: AtomicBool::new(false),
             alerts,
+            gateway_key,
+            receipts: Mutex::new(receipts),
+            receipts_path,
         });
+        // Receipts handed in before a restart are watched again (a torn last line is
+        // dropped: its receipt was never answered).
+        for line in kept.lines() {
+            let kept = serde_json::from_str::<ReceiptRecord>(line)
+                .ok()
+                .and_then(|r| r.receipt());
+            if let Some(r) = kept
+                && let Err(e) = inner.watch_receipt(&r, false)
+            {
+                tracing::warn!(error = %e, "a kept receipt does not verify; ignored");
+            }
+        }
         let js = jetstream::new(nats);
         let tasks = vec![
             tokio::spawn(firehose_loop(
@@ -155,10 +283,27 @@ impl Auditor {
                 ns.clone(),
                 messenger,
             )),
+            tokio::spawn(firehose_tail_loop(
+                Arc::downgrade(&inner),
+                js.clone(),
+                ns.clone(),
+            )),
             tokio::spawn(blocks_loop(Arc::downgrade(&inner), js, ns)),
             tokio::spawn(tick_loop(Arc::downgrade(&inner))),
         ];
-        Ok(Self { inner, tasks })
+        Ok(Self {
+            inner,
+            _tasks: Arc::new(Tasks(tasks)),
+        })
+    }
+
+    /// Checks a receipt the node's gateway signed (against the pinned gateway key) and
+    /// whether its message is in a verified block. A receipt whose message is in no block
+    /// yet is kept (`DATA/receipts.jsonl`, also across restarts), and an omission with the
+    /// receipt as evidence is raised if its deadline passes, even if the message never
+    /// appears on the firehose.
+    pub fn check_receipt(&self, r: &Receipt) -> Result<ReceiptVerdict> {
+        self.inner.watch_receipt(r, true)
     }
 
     /// Where the auditor stands.
@@ -177,6 +322,7 @@ impl Auditor {
                 .len(),
             blocks_current: self.inner.blocks_current.load(Ordering::SeqCst),
             ledger: s.chain.is_some(),
+            receipts_waiting: s.promises.receipts_waiting(),
         }
     }
 
@@ -190,9 +336,53 @@ impl Auditor {
             .to_vec()
     }
 
-    /// New alerts as they are raised.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Alert> {
+    /// New alerts as they are raised, with their index in the alert file.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(u64, Alert)> {
         self.inner.alerts.subscribe()
+    }
+}
+
+impl Inner {
+    fn watch_receipt(&self, r: &Receipt, keep: bool) -> Result<ReceiptVerdict> {
+        let body =
+            verify_receipt(&self.gateway_key, r).map_err(|e| Error::BadReceipt(e.to_string()))?;
+        let id = <[u8; 32]>::try_from(body.message_id.as_slice())
+            .map_err(|_| Error::BadReceipt("its message id is not 32 bytes".into()))?;
+        let deadline_ms = body.block_deadline_ms;
+        let alerts;
+        let verdict;
+        {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(height) = s.chain.as_ref().and_then(|c| c.placed(&id)) {
+                return Ok(ReceiptVerdict::InBlock { height });
+            }
+            let evidence = serde_json::to_value(ReceiptRecord::of(r)).unwrap_or_default();
+            s.promises.receipt(id, deadline_ms, evidence);
+            alerts = s
+                .promises
+                .tick(now_ms(), self.blocks_current.load(Ordering::SeqCst));
+            verdict = if alerts
+                .iter()
+                .any(|a| a.subject == format!("message {}", hex::encode(id)))
+            {
+                ReceiptVerdict::Omitted { deadline_ms }
+            } else {
+                ReceiptVerdict::Pending { deadline_ms }
+            };
+        }
+        if keep && verdict != (ReceiptVerdict::Omitted { deadline_ms }) {
+            let mut line = serde_json::to_vec(&ReceiptRecord::of(r)).unwrap_or_default();
+            line.push(b'\n');
+            let mut f = self.receipts.lock().unwrap_or_else(|e| e.into_inner());
+            std::io::Write::write_all(&mut *f, &line)
+                .and_then(|()| f.sync_data())
+                .map_err(|e| Error::State {
+                    path: self.receipts_path.display().to_string(),
+                    why: e.to_string(),
+                })?;
+        }
+        self.raise(alerts);
+        Ok(verdict)
     }
 }
 
@@ -302,6 +492,70 @@ async fn firehose_loop(
     }
 }
 
+/// A message deleted from the end of the firehose leaves no gap for the next message to
+/// show. So once a second: when the stream's last sequence is past the last one read and
+/// reading has not moved for a second, ask the stream for the next sequence; those it no
+/// longer holds were deleted.
+async fn firehose_tail_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
+    /// Most sequences probed at once.
+    const MAX_PROBE: u64 = 1_000;
+    let mut still: Option<(u64, tokio::time::Instant)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let ours = match weak.upgrade() {
+            Some(i) => i
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .promises
+                .last_seq(),
+            None => return,
+        };
+        let Ok(mut stream) = js.get_stream(ns.firehose_stream()).await else {
+            continue;
+        };
+        let Ok(info) = stream.info().await else {
+            continue;
+        };
+        let last = info.state.last_sequence;
+        if last <= ours {
+            still = None;
+            continue;
+        }
+        match still {
+            Some((o, since)) if o == ours && since.elapsed() >= Duration::from_secs(1) => {
+                still = None;
+                let mut through = ours;
+                while through < last && through - ours < MAX_PROBE {
+                    match stream.get_raw_message(through + 1).await {
+                        Err(e) if e.to_string().to_lowercase().contains("no message") => {
+                            through += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                if through > ours
+                    && let Some(inner) = weak.upgrade()
+                {
+                    let alerts = {
+                        let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+                        // Only if reading did not move meanwhile.
+                        if s.promises.last_seq() == ours {
+                            s.promises.gap_through(through, now_ms())
+                        } else {
+                            Vec::new()
+                        }
+                    };
+                    inner.raise(alerts);
+                }
+            }
+            Some((o, _)) if o == ours => {}
+            _ => still = Some((ours, tokio::time::Instant::now())),
+        }
+    }
+}
+
 async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
@@ -386,12 +640,36 @@ async fn tick_loop(weak: Weak<Inner>) {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
         let current = inner.blocks_current.load(Ordering::SeqCst);
-        let alerts = inner
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .promises
-            .tick(now_ms(), current);
+        let now = now_ms();
+        let alerts = {
+            let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut alerts = s.promises.tick(now, current);
+            // A transaction must be closed by the first block cut at or after its
+            // deadline: once every block is read, one still open past its deadline plus
+            // the gateway's promise (the longest a block may be in coming) and the grace
+            // was not closed in time.
+            let late = now.saturating_sub(s.promise_ms).saturating_sub(s.grace_ms);
+            if current && let Some(chain) = &s.chain {
+                for (id, deadline_ms) in chain.overdue(late) {
+                    alerts.push(Alert::new(
+                        crate::alert::AlertKind::TransactionNotClosed,
+                        format!("transaction {id}"),
+                        now,
+                        format!(
+                            "transaction {id} is still open {} ms after its deadline",
+                            now - deadline_ms
+                        ),
+                        serde_json::json!({
+                            "transaction_id": id,
+                            "deadline_ms": deadline_ms,
+                            "blocks_verified": chain.len(),
+                            "newest_block_time_ms": chain.time_ms(),
+                        }),
+                    ));
+                }
+            }
+            alerts
+        };
         inner.raise(alerts);
     }
 }

@@ -66,6 +66,26 @@ impl Chain {
         self.ids.is_empty()
     }
 
+    /// The height of the verified block holding message `id`.
+    pub fn placed(&self, id: &[u8; 32]) -> Option<u64> {
+        self.placed.get(id).copied()
+    }
+
+    /// The time of the newest verified block.
+    pub fn time_ms(&self) -> Option<i64> {
+        self.tip.as_ref().map(|t| t.header.time_ms)
+    }
+
+    /// Open transactions (after the verified blocks) whose deadline is at or before
+    /// `time_ms`: their id and deadline.
+    pub fn overdue(&self, time_ms: i64) -> Vec<(String, i64)> {
+        self.book
+            .overdue(time_ms)
+            .into_iter()
+            .map(|t| (t.id.clone(), t.deadline_ms))
+            .collect()
+    }
+
     /// Checks the next block read from the blocks stream (its encoded bytes). Returns the
     /// problems found, and what the block holds if it extended the chain.
     pub fn block(&mut self, bytes: &[u8], now_ms: i64) -> (Vec<Alert>, Option<BlockSeen>) {

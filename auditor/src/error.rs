@@ -10,6 +10,9 @@ pub enum Error {
     /// NATS.
     #[error("NATS: {0}")]
     Bus(String),
+    /// A receipt that does not verify against the pinned gateway key.
+    #[error("receipt: {0}")]
+    BadReceipt(String),
     /// The auditor's own files.
     #[error("{path}: {why}")]
     State {

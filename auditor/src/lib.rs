@@ -24,6 +24,8 @@
 //! - `chain`: [`Chain`], the chain of blocks checked block by block (no I/O).
 //! - `promises`: [`Promises`], firehose against blocks (no I/O).
 //! - `alert`: [`Alert`], [`AlertKind`], and the alert file [`AlertLog`].
+//! - `grpc`: the `blockpost.v1.Audit` service ([`Auditor::into_service`]): status, alerts
+//!   (streamed), receipts handed in.
 //! - `error`: [`Error`].
 //!
 //! ```
@@ -40,10 +42,11 @@ mod alert;
 mod auditor;
 mod chain;
 mod error;
+mod grpc;
 mod promises;
 
 pub use alert::{Alert, AlertKind, AlertLog};
-pub use auditor::{AuditStatus, Auditor, AuditorConfig};
+pub use auditor::{AuditStatus, Auditor, AuditorConfig, ReceiptVerdict};
 pub use chain::{BlockSeen, Chain};
 pub use error::{Error, Result};
 pub use promises::Promises;

@@ -14,6 +14,12 @@ struct Waiting {
     deadline_ms: i64,
 }
 
+/// A receipt handed to the auditor whose message is not in a block yet.
+struct Receipted {
+    deadline_ms: i64,
+    evidence: serde_json::Value,
+}
+
 /// What the auditor knows of the firehose and how the blocks kept to it.
 pub struct Promises {
     promise_ms: i64,
@@ -27,6 +33,8 @@ pub struct Promises {
     early: VecDeque<BlockSeen>,
     /// The time of the newest verified block.
     ledger_time_ms: i64,
+    /// Receipts handed in, by message id, whose message is in no block yet.
+    receipts: HashMap<[u8; 32], Receipted>,
 }
 
 impl Promises {
@@ -40,6 +48,7 @@ impl Promises {
             last_seq: 0,
             early: VecDeque::new(),
             ledger_time_ms: i64::MIN,
+            receipts: HashMap::new(),
         }
     }
 
@@ -51,6 +60,23 @@ impl Promises {
     /// Valid firehose messages not in a block yet.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Receipts handed in whose message is in no block yet.
+    pub fn receipts_waiting(&self) -> usize {
+        self.receipts.len()
+    }
+
+    /// A receipt for message `id` (not in a verified block), promising a block by
+    /// `deadline_ms`; `evidence` is the signed receipt, for the alert if it is broken.
+    pub fn receipt(&mut self, id: [u8; 32], deadline_ms: i64, evidence: serde_json::Value) {
+        self.receipts.insert(
+            id,
+            Receipted {
+                deadline_ms,
+                evidence,
+            },
+        );
     }
 
     /// Firehose message `seq`, published at `published_ms`: its id (if it is an envelope)
@@ -102,6 +128,33 @@ impl Promises {
         alerts
     }
 
+    /// Firehose sequences after the last one read, through `through`, are not in the
+    /// stream (deleted): an alert, and reading goes on after them.
+    pub fn gap_through(&mut self, through: u64, now_ms: i64) -> Vec<Alert> {
+        if through <= self.last_seq {
+            return Vec::new();
+        }
+        let from = self.last_seq + 1;
+        let mut alerts = vec![Alert::new(
+            AlertKind::FirehoseGap,
+            format!("firehose {from}..{through}"),
+            now_ms,
+            format!("firehose sequences {from} to {through} are missing: deleted from the stream"),
+            serde_json::json!({ "first_missing": from, "last_missing": through }),
+        )];
+        self.last_seq = through;
+        while self
+            .early
+            .front()
+            .is_some_and(|b| b.range.is_none_or(|(_, last)| last <= self.last_seq))
+        {
+            if let Some(b) = self.early.pop_front() {
+                alerts.extend(self.check_block(&b, now_ms));
+            }
+        }
+        alerts
+    }
+
     /// A verified block (in chain order).
     pub fn block(&mut self, b: BlockSeen, now_ms: i64) -> Vec<Alert> {
         self.ledger_time_ms = self.ledger_time_ms.max(b.time_ms);
@@ -116,6 +169,7 @@ impl Promises {
     fn check_block(&mut self, b: &BlockSeen, now_ms: i64) -> Vec<Alert> {
         let mut alerts = Vec::new();
         for id in &b.messages {
+            self.receipts.remove(id);
             let in_range = |seq: u64| b.range.is_some_and(|(f, l)| (f..=l).contains(&seq));
             match self.seen.get(id) {
                 Some((seq, None)) if in_range(*seq) => {
@@ -173,6 +227,35 @@ impl Promises {
             })
             .map(|(s, _)| *s)
             .collect();
+        let due_receipts: Vec<[u8; 32]> = self
+            .receipts
+            .iter()
+            .filter(|(_, r)| {
+                let past = r.deadline_ms.saturating_add(self.grace_ms);
+                past < now_ms && (blocks_current || self.ledger_time_ms > past)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due_receipts {
+            if let Some(r) = self.receipts.remove(&id) {
+                alerts.push(Alert::new(
+                    AlertKind::Omission,
+                    format!("message {}", hex::encode(id)),
+                    now_ms,
+                    format!(
+                        "message {} has a receipt promising a block by {}, and is in no block {} ms after it",
+                        hex::encode(id),
+                        r.deadline_ms,
+                        now_ms - r.deadline_ms
+                    ),
+                    serde_json::json!({
+                        "message_id": hex::encode(id),
+                        "deadline_ms": r.deadline_ms,
+                        "receipt": r.evidence,
+                    }),
+                ));
+            }
+        }
         for seq in due {
             if let Some(w) = self.waiting.remove(&seq) {
                 alerts.push(Alert::new(
@@ -262,6 +345,12 @@ mod tests {
         assert_eq!(kinds(&o), vec![AlertKind::Omission]);
         assert_eq!(o[0].subject, format!("message {}", hex::encode([5; 32])));
         assert!(p.tick(5_000, true).is_empty(), "an omission is raised once");
+        // The last messages deleted: found by asking the stream, then reading goes on.
+        let tail = p.gap_through(7, 5_000);
+        assert_eq!(kinds(&tail), vec![AlertKind::FirehoseGap]);
+        assert_eq!(tail[0].subject, "firehose 6..7");
+        assert!(p.gap_through(7, 5_000).is_empty());
+        assert!(p.firehose(8, Some([8; 32]), 5_000, None, 5_000).is_empty());
     }
 
     #[test]

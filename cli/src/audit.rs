@@ -4,7 +4,10 @@ use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use blockpost_auditor::{Alert, Auditor, AuditorConfig};
+use blockpost_proto::v1::audit_client::AuditClient;
+use blockpost_proto::v1::{AlertsRequest, CheckReceiptRequest, GetAuditStatusRequest};
 
 use crate::render;
 
@@ -35,6 +38,13 @@ pub struct AuditorArgs {
     /// Time allowed past a receipt's deadline before a missing message is an omission.
     #[arg(long, default_value_t = 1_000)]
     pub grace_ms: u64,
+    /// Serve `blockpost.v1.Audit` (status, alerts, receipts) on this address.
+    #[arg(
+        long,
+        env = "BLOCKPOST_AUDITOR_LISTEN",
+        default_value = "127.0.0.1:7800"
+    )]
+    pub listen: std::net::SocketAddr,
     /// Verify the node's TLS certificate against the CA certificates in this PEM file.
     #[arg(long, env = "BLOCKPOST_TLS_CA", value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
@@ -49,15 +59,15 @@ pub struct AuditorArgs {
 /// `blockpost audit ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCmd {
-    /// The alerts an auditor raised, oldest first, from its data directory.
+    /// The alerts an auditor raised, oldest first: from a running auditor (--auditor), or
+    /// from its data directory (--data, default ./blockpost-auditor).
     Alerts {
+        /// A running auditor's endpoint.
+        #[arg(long, env = "BLOCKPOST_AUDITOR", conflicts_with = "data")]
+        auditor: Option<String>,
         /// The auditor's data directory.
-        #[arg(
-            long,
-            env = "BLOCKPOST_AUDITOR_DATA",
-            default_value = "blockpost-auditor"
-        )]
-        data: PathBuf,
+        #[arg(long, env = "BLOCKPOST_AUDITOR_DATA")]
+        data: Option<PathBuf>,
         /// Keep printing new alerts as the auditor raises them.
         #[arg(long)]
         follow: bool,
@@ -65,6 +75,87 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hand a receipt (a file `send --receipt-out` wrote) to an auditor: it checks the
+    /// gateway's signature and whether the message is in a block, and raises an omission
+    /// if the deadline passes without one.
+    Receipt {
+        /// The receipt file.
+        file: PathBuf,
+        /// The auditor's endpoint.
+        #[arg(
+            long,
+            env = "BLOCKPOST_AUDITOR",
+            default_value = "http://127.0.0.1:7800"
+        )]
+        auditor: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where a running auditor stands.
+    Status {
+        /// The auditor's endpoint.
+        #[arg(
+            long,
+            env = "BLOCKPOST_AUDITOR",
+            default_value = "http://127.0.0.1:7800"
+        )]
+        auditor: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A receipt file: the signed receipt, hex, as `send --receipt-out` writes it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ReceiptFile {
+    /// The encoded `ReceiptBody`.
+    pub body: String,
+    /// The gateway's ed25519 signature.
+    pub signature: String,
+}
+
+impl ReceiptFile {
+    /// Of a signed receipt.
+    pub fn of(r: &blockpost_proto::v1::Receipt) -> Self {
+        Self {
+            body: hex::encode(&r.body),
+            signature: hex::encode(&r.signature),
+        }
+    }
+
+    fn receipt(&self) -> anyhow::Result<blockpost_proto::v1::Receipt> {
+        Ok(blockpost_proto::v1::Receipt {
+            body: hex::decode(&self.body)?,
+            signature: hex::decode(&self.signature)?,
+        })
+    }
+}
+
+async fn audit_client(endpoint: &str) -> anyhow::Result<AuditClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the auditor at {endpoint}"))?;
+    Ok(AuditClient::new(channel))
+}
+
+/// Hands `receipt` to the auditor at `endpoint` and prints its verdict.
+pub async fn hand_in(
+    endpoint: &str,
+    receipt: blockpost_proto::v1::Receipt,
+    json: bool,
+) -> anyhow::Result<()> {
+    let r = audit_client(endpoint)
+        .await?
+        .check_receipt(CheckReceiptRequest {
+            receipt: Some(receipt),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("the auditor refused the receipt: {}", s.message()))?
+        .into_inner();
+    render::receipt_verdict(&r, json)
 }
 
 /// Runs the auditor until Ctrl-C or SIGTERM, printing alerts as they come and its status
@@ -83,6 +174,15 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
         tls_pin: args.tls_pin.clone(),
     };
     let auditor = Auditor::start(config, nats).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "serving blockpost.v1.Audit");
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(auditor.clone().into_service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
     let mut alerts = auditor.subscribe();
     let mut status = tokio::time::interval(Duration::from_secs(10));
     let shutdown = crate::up::shutdown_signal();
@@ -91,7 +191,7 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
         tokio::select! {
             () = &mut shutdown => break,
             a = alerts.recv() => match a {
-                Ok(a) => render::alert(&a, args.json)?,
+                Ok((_, a)) => render::alert(&a, args.json)?,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "alerts printed too slowly; see alerts.jsonl");
                 }
@@ -100,6 +200,7 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
             _ = status.tick() => render::audit_status(&auditor.status(), args.json)?,
         }
     }
+    server.abort();
     render::audit_status(&auditor.status(), args.json)?;
     Ok(())
 }
@@ -107,7 +208,61 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
 /// `blockpost audit ...`.
 pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
     match cmd {
-        AuditCmd::Alerts { data, follow, json } => alerts(&data, follow, json).await,
+        AuditCmd::Alerts {
+            auditor: Some(endpoint),
+            follow,
+            json,
+            ..
+        } => {
+            let mut s = audit_client(&endpoint)
+                .await?
+                .alerts(AlertsRequest { from: 0, follow })
+                .await?
+                .into_inner();
+            while let Some(a) = s.message().await? {
+                render::audit_alert(&a, json)?;
+            }
+            Ok(())
+        }
+        AuditCmd::Alerts {
+            auditor: None,
+            data,
+            follow,
+            json,
+        } => {
+            let data = data.unwrap_or_else(|| PathBuf::from("blockpost-auditor"));
+            alerts(&data, follow, json).await
+        }
+        AuditCmd::Receipt {
+            file,
+            auditor,
+            json,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let rf: ReceiptFile = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a receipt file", file.display()))?;
+            hand_in(&auditor, rf.receipt()?, json).await
+        }
+        AuditCmd::Status { auditor, json } => {
+            let s = audit_client(&auditor)
+                .await?
+                .get_audit_status(GetAuditStatusRequest {})
+                .await?
+                .into_inner();
+            render::audit_status(
+                &blockpost_auditor::AuditStatus {
+                    blocks_verified: s.blocks_verified,
+                    firehose_checked: s.firehose_checked,
+                    waiting: usize::try_from(s.waiting).unwrap_or(usize::MAX),
+                    alerts: usize::try_from(s.alerts).unwrap_or(usize::MAX),
+                    blocks_current: s.blocks_current,
+                    ledger: s.ledger,
+                    receipts_waiting: usize::try_from(s.receipts_waiting).unwrap_or(usize::MAX),
+                },
+                json,
+            )
+        }
     }
 }
 

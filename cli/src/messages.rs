@@ -25,6 +25,14 @@ pub struct MsgArgs {
     /// Transaction id (a trade, a settlement, an agreement).
     #[arg(long)]
     tx: String,
+    /// Write the gateway's signed receipt to this file (JSON), to hand to an auditor
+    /// later (`blockpost audit receipt FILE`).
+    #[arg(long, value_name = "FILE")]
+    receipt_out: Option<PathBuf>,
+    /// Hand the receipt to the auditor at this endpoint at once: it raises an omission if
+    /// the message is in no block by the receipt's deadline.
+    #[arg(long, value_name = "ENDPOINT")]
+    audit: Option<String>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -213,6 +221,14 @@ async fn send(
         encrypt,
         transaction_deadline_ms,
     };
-    let (_, r) = messenger.send(&id, out).await?;
-    render::receipt(&r, m.conn.json)
+    let (_, signed, r) = messenger.send_receipted(&id, out).await?;
+    if let Some(path) = &m.receipt_out {
+        let text = serde_json::to_string_pretty(&crate::audit::ReceiptFile::of(&signed))?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    render::receipt(&r, m.conn.json)?;
+    if let Some(auditor) = &m.audit {
+        crate::audit::hand_in(auditor, signed, m.conn.json).await?;
+    }
+    Ok(())
 }

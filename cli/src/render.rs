@@ -622,20 +622,6 @@ pub fn transaction(t: &blockpost_client::LedgerTransaction, json: bool) -> anyho
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_and_parties() {
-        assert_eq!(date(0), "1970-01-01T00:00:00Z");
-        assert_eq!(date(1_764_000_000_123), "2025-11-24T16:00:00.123Z");
-        assert_eq!(date(i64::MAX), format!("{} ms", i64::MAX));
-        assert_eq!(party("Bank A AG", "bank-a"), "Bank A AG <bank-a>");
-        assert_eq!(party("", "bank-a"), "bank-a");
-    }
-}
-
 /// One alert: a JSON line, or `time  kind  subject: detail`.
 pub fn alert(a: &blockpost_auditor::Alert, json: bool) -> anyhow::Result<()> {
     if json {
@@ -675,4 +661,87 @@ pub fn audit_status(s: &blockpost_auditor::AuditStatus, json: bool) -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// An alert as the Audit service streams it.
+pub fn audit_alert(a: &blockpost_proto::v1::AuditAlert, json: bool) -> anyhow::Result<()> {
+    if json {
+        let evidence: Value = serde_json::from_str(&a.evidence_json).unwrap_or(Value::Null);
+        say!(
+            "{}",
+            json!({
+                "index": a.index,
+                "kind": a.kind,
+                "subject": a.subject,
+                "time_ms": a.time_ms,
+                "detail": a.detail,
+                "evidence": evidence,
+            })
+        );
+    } else {
+        say!(
+            "{}  {}  {}: {}",
+            date(a.time_ms),
+            a.kind,
+            a.subject,
+            a.detail
+        );
+    }
+    Ok(())
+}
+
+/// An auditor's verdict on a receipt.
+pub fn receipt_verdict(
+    r: &blockpost_proto::v1::CheckReceiptResponse,
+    json: bool,
+) -> anyhow::Result<()> {
+    use blockpost_proto::v1::check_receipt_response::Verdict;
+    let id = hex::encode(&r.message_id);
+    let verdict = match r.verdict() {
+        Verdict::InBlock => "in_block",
+        Verdict::Pending => "pending",
+        Verdict::Omitted => "omitted",
+        Verdict::Unspecified => "unspecified",
+    };
+    if json {
+        say!(
+            "{}",
+            json!({
+                "verdict": verdict,
+                "message_id": id,
+                "height": (r.verdict() == Verdict::InBlock).then_some(r.height),
+                "block_deadline_ms": r.block_deadline_ms,
+            })
+        );
+        return Ok(());
+    }
+    match r.verdict() {
+        Verdict::InBlock => say!(
+            "message {id} is in block {} (verified by the auditor)",
+            r.height
+        ),
+        Verdict::Pending => say!(
+            "message {id} is in no block yet; its receipt promises one by {}: the auditor watches it",
+            date(r.block_deadline_ms)
+        ),
+        _ => say!(
+            "message {id} is in no block past its deadline ({}): the auditor raised an omission",
+            date(r.block_deadline_ms)
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_parties() {
+        assert_eq!(date(0), "1970-01-01T00:00:00Z");
+        assert_eq!(date(1_764_000_000_123), "2025-11-24T16:00:00.123Z");
+        assert_eq!(date(i64::MAX), format!("{} ms", i64::MAX));
+        assert_eq!(party("Bank A AG", "bank-a"), "Bank A AG <bank-a>");
+        assert_eq!(party("", "bank-a"), "bank-a");
+    }
 }

@@ -14,7 +14,7 @@ use blockpost_proto::v1::inbox_server_message::Msg as ServerMsg;
 use blockpost_proto::v1::messaging_client::MessagingClient;
 use blockpost_proto::v1::{
     Envelope, EnvelopeContent, FirehoseRequest, GetGatewayInfoRequest, InboxClientMessage,
-    InboxHello, MessageKind, ReceiptBody,
+    InboxHello, MessageKind, Receipt, ReceiptBody,
 };
 use ed25519_dalek::{Signer as _, VerifyingKey};
 use prost::Message as _;
@@ -112,6 +112,17 @@ impl Messenger {
         id: &Identity,
         out: Outgoing<'_>,
     ) -> Result<(Envelope, ReceiptBody)> {
+        let (env, _, body) = self.send_receipted(id, out).await?;
+        Ok((env, body))
+    }
+
+    /// [`Messenger::send`], also returning the signed receipt (to keep, or to hand to an
+    /// auditor).
+    pub async fn send_receipted(
+        &mut self,
+        id: &Identity,
+        out: Outgoing<'_>,
+    ) -> Result<(Envelope, Receipt, ReceiptBody)> {
         let me = self.directory.current(out.from).await?;
         if me.binding.signing_key != id.signing_public() {
             return Err(Error::Refused(format!(
@@ -164,7 +175,7 @@ impl Messenger {
                 "the receipt is for another message",
             )));
         }
-        Ok((env, r))
+        Ok((env, receipt, r))
     }
 
     /// The verified history of `address`, looked up once and cached; `refresh` looks it up

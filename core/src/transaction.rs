@@ -234,6 +234,15 @@ impl Book {
         Some((t, c))
     }
 
+    /// The open transactions whose deadline is at or before `time_ms`, earliest first.
+    pub fn overdue(&self, time_ms: i64) -> Vec<&OpenTransaction> {
+        self.by_deadline
+            .iter()
+            .take_while(|(d, _)| *d <= time_ms)
+            .filter_map(|(_, id)| self.open.get(id))
+            .collect()
+    }
+
     /// Closes, as timed out, the open transactions whose deadline is at or before
     /// `time_ms`, in order of deadline, then id, as long as their closing records fit in
     /// [`MAX_EXPIRY_BYTES_PER_BLOCK`] (the first always does).

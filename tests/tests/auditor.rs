@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use blockpost_auditor::{AlertKind, Auditor, AuditorConfig};
+use blockpost_auditor::{AlertKind, Auditor, AuditorConfig, ReceiptVerdict};
 use blockpost_client::{Messenger, Outgoing};
 use blockpost_core::Identity;
 use blockpost_core::block::{merkle_root, sign_header};
@@ -13,23 +13,22 @@ use blockpost_proto::v1::{Block, BlockHeader, MessageKind};
 use blockpost_tests::{Sandbox, wait_for};
 use prost::Message as _;
 
+fn outgoing<'a>(from: &'a str, to: &'a [String], kind: MessageKind, tx: &'a str) -> Outgoing<'a> {
+    Outgoing {
+        from,
+        to,
+        transaction_id: tx,
+        kind,
+        content_type: "text/plain",
+        body: b"deliver 100 Megacorp against 5,000 EUR".to_vec(),
+        encrypt: false,
+        transaction_deadline_ms: None,
+    }
+}
+
 async fn send(m: &mut Messenger, id: &Identity, from: &str, to: &str, kind: MessageKind, tx: &str) {
     let to = vec![to.to_owned()];
-    m.send(
-        id,
-        Outgoing {
-            from,
-            to: &to,
-            transaction_id: tx,
-            kind,
-            content_type: "text/plain",
-            body: b"deliver 100 Megacorp against 5,000 EUR".to_vec(),
-            encrypt: false,
-            transaction_deadline_ms: None,
-        },
-    )
-    .await
-    .unwrap();
+    m.send(id, outgoing(from, &to, kind, tx)).await.unwrap();
 }
 
 /// A sandbox with bank-a and bank-b registered, and a messenger.
@@ -113,17 +112,26 @@ async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
     let au = auditor(&sb, tmp.path(), 1_000).await;
     caught_up(&sb, &au, 22).await;
     assert!(au.status().ledger);
-    // Messages that come while it runs.
-    send(
-        &mut m,
-        &a,
-        "bank-a",
-        "bank-b",
-        MessageKind::Message,
-        "settle-2",
-    )
-    .await;
+    // Messages that come while it runs; a receipt handed in is found in its block.
+    let (_, receipt, body) = m
+        .send_receipted(
+            &a,
+            outgoing(
+                "bank-a",
+                &["bank-b".into()],
+                MessageKind::Message,
+                "settle-2",
+            ),
+        )
+        .await
+        .unwrap();
     caught_up(&sb, &au, 23).await;
+    let id: [u8; 32] = body.message_id.clone().try_into().unwrap();
+    let (height, _) = sb.node.builder().unwrap().locate(&id).unwrap().unwrap();
+    assert_eq!(
+        au.check_receipt(&receipt).unwrap(),
+        ReceiptVerdict::InBlock { height }
+    );
     assert_eq!(au.alerts(), Vec::new());
     drop(au);
 
@@ -293,5 +301,133 @@ async fn forks_tampered_blocks_and_deleted_messages_each_raise_their_alert() {
     assert_eq!(unknown.evidence["height"], 0);
     // Nothing else: the other messages are all accounted for.
     assert_eq!(alerts.len(), 4, "{alerts:#?}");
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evidence() {
+    use blockpost_proto::v1::audit_client::AuditClient;
+    use blockpost_proto::v1::check_receipt_response::Verdict;
+    use blockpost_proto::v1::{AlertsRequest, CheckReceiptRequest, GetAuditStatusRequest};
+    // No builder: the receipt's promise (3 s) is broken.
+    let sb = Sandbox::start_with(|c| {
+        c.builder.enabled = false;
+        c.messaging.max_block_delay_ms = 3_000;
+    })
+    .await
+    .unwrap();
+    let (a, _, mut m) = parties(&sb).await;
+    let (_, receipt, body) = m
+        .send_receipted(
+            &a,
+            outgoing(
+                "bank-a",
+                &["bank-b".into()],
+                MessageKind::Message,
+                "settle-1",
+            ),
+        )
+        .await
+        .unwrap();
+    // The operator removes the message from the firehose before any auditor saw it.
+    let ns = sb.directory.namespace();
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    let firehose = js.get_stream(ns.firehose_stream()).await.unwrap();
+    assert!(
+        firehose
+            .delete_message(body.firehose_sequence)
+            .await
+            .unwrap()
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let au = auditor(&sb, tmp.path(), 200).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(au.clone().into_service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client = AuditClient::new(
+        tonic::transport::Channel::from_shared(endpoint)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+
+    // A receipt whose signature was changed is refused.
+    let mut bad = receipt.clone();
+    bad.signature[0] ^= 1;
+    let err = client
+        .check_receipt(CheckReceiptRequest { receipt: Some(bad) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let r = client
+        .check_receipt(CheckReceiptRequest {
+            receipt: Some(receipt.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.verdict(), Verdict::Pending);
+    assert_eq!(r.message_id, body.message_id);
+    assert_eq!(r.block_deadline_ms, body.block_deadline_ms);
+    let status = client
+        .get_audit_status(GetAuditStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.receipts_waiting, 1);
+
+    // Past the deadline (+ 0.2 s grace): an omission, the receipt its evidence.
+    let omission = wait_for(Duration::from_secs(10), "the omission", || {
+        let found = au
+            .alerts()
+            .into_iter()
+            .find(|a| a.kind == AlertKind::Omission);
+        async move { found }
+    })
+    .await
+    .unwrap();
+    assert!(blockpost_core::now_ms() < body.block_deadline_ms + 200 + 1_500);
+    assert_eq!(
+        omission.evidence["receipt"]["signature"].as_str().unwrap(),
+        hex::encode(&receipt.signature)
+    );
+    assert_eq!(
+        omission.evidence["message_id"].as_str().unwrap(),
+        hex::encode(&body.message_id)
+    );
+    // Handed in again: omitted.
+    let r = client
+        .check_receipt(CheckReceiptRequest {
+            receipt: Some(receipt.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.verdict(), Verdict::Omitted);
+
+    // The alerts over gRPC: the firehose gap (the deleted message) and the omission.
+    let mut s = client
+        .alerts(AlertsRequest {
+            from: 0,
+            follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds = Vec::new();
+    while let Some(a) = s.message().await.unwrap() {
+        assert_eq!(a.index, kinds.len() as u64);
+        kinds.push(a.kind);
+    }
+    kinds.sort();
+    assert_eq!(kinds, vec!["firehose_gap", "omission"]);
+    server.abort();
     sb.stop().await;
 }

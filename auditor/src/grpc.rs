@@ -1,0 +1,142 @@
+//! The `blockpost.v1.Audit` service: a thin adapter over [`Auditor`].
+
+use blockpost_proto::v1::audit_server::{Audit, AuditServer};
+use blockpost_proto::v1::check_receipt_response::Verdict;
+use blockpost_proto::v1::{
+    AlertsRequest, AuditAlert, AuditStatus as PbStatus, CheckReceiptRequest, CheckReceiptResponse,
+    GetAuditStatusRequest, ReceiptBody,
+};
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use crate::Error;
+use crate::alert::Alert;
+use crate::auditor::{Auditor, ReceiptVerdict};
+
+/// Errors to gRPC statuses, in one place.
+fn status(e: Error) -> Status {
+    match e {
+        Error::BadReceipt(why) => Status::invalid_argument(format!("receipt: {why}")),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+fn alert(index: u64, a: &Alert) -> AuditAlert {
+    AuditAlert {
+        index,
+        kind: a.kind.as_str().to_owned(),
+        subject: a.subject.clone(),
+        time_ms: a.time_ms,
+        detail: a.detail.clone(),
+        evidence_json: a.evidence.to_string(),
+    }
+}
+
+impl Auditor {
+    /// The auditor as a tonic service.
+    pub fn into_service(self) -> AuditServer<Self> {
+        AuditServer::new(self).max_decoding_message_size(64 * 1024)
+    }
+}
+
+#[tonic::async_trait]
+impl Audit for Auditor {
+    async fn get_audit_status(
+        &self,
+        _: Request<GetAuditStatusRequest>,
+    ) -> Result<Response<PbStatus>, Status> {
+        let s = self.status();
+        Ok(Response::new(PbStatus {
+            blocks_verified: s.blocks_verified,
+            firehose_checked: s.firehose_checked,
+            waiting: s.waiting as u64,
+            alerts: s.alerts as u64,
+            blocks_current: s.blocks_current,
+            ledger: s.ledger,
+            receipts_waiting: s.receipts_waiting as u64,
+        }))
+    }
+
+    type AlertsStream = tokio_stream::wrappers::ReceiverStream<Result<AuditAlert, Status>>;
+
+    async fn alerts(
+        &self,
+        request: Request<AlertsRequest>,
+    ) -> Result<Response<Self::AlertsStream>, Status> {
+        let r = request.into_inner();
+        // Subscribe before reading the file, so that no alert falls between the two.
+        let mut live = self.subscribe();
+        let all = self.alerts();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let auditor = self.clone();
+        tokio::spawn(async move {
+            let mut next = r.from;
+            for (i, a) in all
+                .iter()
+                .enumerate()
+                .skip(usize::try_from(r.from).unwrap_or(usize::MAX))
+            {
+                if tx.send(Ok(alert(i as u64, a))).await.is_err() {
+                    return;
+                }
+                next = i as u64 + 1;
+            }
+            if !r.follow {
+                return;
+            }
+            loop {
+                match live.recv().await {
+                    Ok((i, a)) if i >= next => {
+                        if tx.send(Ok(alert(i, &a))).await.is_err() {
+                            return;
+                        }
+                        next = i + 1;
+                    }
+                    Ok(_) => {}
+                    // Fell behind: read what was missed from the file.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let all = auditor.alerts();
+                        for (i, a) in all
+                            .iter()
+                            .enumerate()
+                            .skip(usize::try_from(next).unwrap_or(usize::MAX))
+                        {
+                            if tx.send(Ok(alert(i as u64, a))).await.is_err() {
+                                return;
+                            }
+                            next = i as u64 + 1;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn check_receipt(
+        &self,
+        request: Request<CheckReceiptRequest>,
+    ) -> Result<Response<CheckReceiptResponse>, Status> {
+        let receipt = request
+            .into_inner()
+            .receipt
+            .ok_or_else(|| Status::invalid_argument("no receipt"))?;
+        let verdict = self.check_receipt(&receipt).map_err(status)?;
+        // It verified, so it decodes.
+        let body = ReceiptBody::decode(receipt.body.as_slice()).unwrap_or_default();
+        let (v, height) = match verdict {
+            ReceiptVerdict::InBlock { height } => (Verdict::InBlock, height),
+            ReceiptVerdict::Pending { .. } => (Verdict::Pending, 0),
+            ReceiptVerdict::Omitted { .. } => (Verdict::Omitted, 0),
+        };
+        Ok(Response::new(CheckReceiptResponse {
+            verdict: v as i32,
+            message_id: body.message_id,
+            height,
+            block_deadline_ms: body.block_deadline_ms,
+        }))
+    }
+}

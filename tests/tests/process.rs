@@ -456,6 +456,142 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
         .count();
     assert_eq!(servers, 1, "exactly one nats-server on the node's store");
 
+    // An auditor, in its own process with the read-only NATS user, verifies what is there
+    // and finds nothing wrong; a receipt handed to it is watched; after a kill -9 it
+    // starts over and still finds nothing.
+    let reader_file = tmp.path().join("reader.creds");
+    std::fs::write(
+        &reader_file,
+        format!(
+            "{}:{}",
+            creds["user"].as_str().unwrap(),
+            creds["password"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let audit_data = tmp.path().join("auditor");
+    let audit_port = free_port().unwrap();
+    let audit_endpoint = format!("http://127.0.0.1:{audit_port}");
+    let spawn_auditor = || {
+        Command::new(blockpost_bin().unwrap())
+            .args([
+                "auditor",
+                "--node",
+                &endpoint,
+                "--nats",
+                nats_url,
+                "--nats-credentials",
+            ])
+            .arg(&reader_file)
+            .arg("--data")
+            .arg(&audit_data)
+            .args(["--listen", &format!("127.0.0.1:{audit_port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let audit_caught_up = |firehose: u64| {
+        let audit_endpoint = audit_endpoint.clone();
+        async move {
+            wait_for(Duration::from_secs(30), "the auditor caught up", || {
+                let o = run(
+                    &["audit", "status", "--auditor", &audit_endpoint, "--json"],
+                    &[],
+                );
+                let s: Option<serde_json::Value> = o
+                    .status
+                    .success()
+                    .then(|| serde_json::from_slice(&o.stdout).ok())
+                    .flatten();
+                let done = s.is_some_and(|s| {
+                    s["blocks_verified"].as_u64() >= Some(1)
+                        && s["firehose_checked"] == firehose
+                        && s["waiting"] == 0
+                        && s["blocks_current"] == true
+                });
+                async move { done.then_some(()) }
+            })
+            .await
+            .unwrap();
+        }
+    };
+    let mut auditor = spawn_auditor();
+    audit_caught_up(5).await;
+    assert_eq!(
+        ok(&run(
+            &["audit", "alerts", "--auditor", &audit_endpoint, "--json"],
+            &[]
+        )),
+        ""
+    );
+    let receipt_file = tmp.path().join("receipt.json");
+    let out = ok(&run(
+        &[
+            "send",
+            "--key",
+            &key_s,
+            "--to",
+            "alice",
+            "--tx",
+            "audited-1",
+            "--receipt-out",
+            receipt_file.to_str().unwrap(),
+            "--audit",
+            &audit_endpoint,
+            "--json",
+            "a note to self",
+        ],
+        &env,
+    ));
+    let verdict: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(
+        ["pending", "in_block"].contains(&verdict["verdict"].as_str().unwrap()),
+        "{out}"
+    );
+    audit_caught_up(6).await;
+    let again: serde_json::Value = serde_json::from_str(&ok(&run(
+        &[
+            "audit",
+            "receipt",
+            receipt_file.to_str().unwrap(),
+            "--auditor",
+            &audit_endpoint,
+            "--json",
+        ],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(again["verdict"], "in_block");
+    assert_eq!(again["message_id"], verdict["message_id"]);
+    refused(
+        &run(
+            &[
+                "audit",
+                "receipt",
+                key_s.as_str(),
+                "--auditor",
+                &audit_endpoint,
+            ],
+            &[],
+        ),
+        "is not a receipt file",
+    );
+    auditor.kill().unwrap();
+    auditor.wait().unwrap();
+    let mut auditor = spawn_auditor();
+    audit_caught_up(6).await;
+    assert_eq!(
+        ok(&run(
+            &["audit", "alerts", "--data", audit_data.to_str().unwrap()],
+            &[]
+        )),
+        ""
+    );
+    auditor.kill().unwrap();
+    auditor.wait().unwrap();
+
     // rotate and revoke take the address from the key file's `.address`, as send does.
     let key2_s = tmp.path().join("alice2.key").to_str().unwrap().to_owned();
     ok(&run(&["key", "new", "--out", &key2_s], &env));

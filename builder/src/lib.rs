@@ -1,6 +1,7 @@
 //! Blockpost's block builder: it reads the accepted firehose through a durable JetStream
-//! consumer, checks every message again (the envelope rules and its sender's signature, with
-//! the node's verified directory replica), cuts a block at a message count, a byte size or a
+//! consumer, checks every message again (the envelope rules, a sender the node's verified
+//! directory replica knows, and its signature unless the node's gateway tagged it as
+//! checked), cuts a block at a message count, a byte size or a
 //! delay after its first message, signs the header, stores the block and the ledger entry
 //! durably ([`blockpost_storage::BlockStore`]), and only then acknowledges the messages and
 //! publishes the block on the blocks stream.

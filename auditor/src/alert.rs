@@ -36,6 +36,17 @@ pub enum AlertKind {
     /// An open transaction past its deadline, with no block closing it although one was
     /// due.
     TransactionNotClosed,
+    /// A directory checkpoint that does not verify with the pinned log key, or an entry
+    /// the rules do not authorise.
+    DirectoryInvalid,
+    /// Two directory checkpoints of one size, both signed, that differ; or two different
+    /// entries at one index.
+    DirectoryFork,
+    /// A signed directory checkpoint whose root is not the root of the entries the log
+    /// carries (so it is not consistent with the checkpoints before it).
+    DirectoryInconsistent,
+    /// Directory entries missing from the stream.
+    DirectoryGap,
 }
 
 impl AlertKind {
@@ -51,6 +62,10 @@ impl AlertKind {
             Self::Omission => "omission",
             Self::FirehoseGap => "firehose_gap",
             Self::TransactionNotClosed => "transaction_not_closed",
+            Self::DirectoryInvalid => "directory_invalid",
+            Self::DirectoryFork => "directory_fork",
+            Self::DirectoryInconsistent => "directory_inconsistent",
+            Self::DirectoryGap => "directory_gap",
         }
     }
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::alert::{Alert, AlertLog};
 use crate::chain::Chain;
+use crate::directory::DirectoryLog;
 use crate::promises::Promises;
 use crate::{Error, Result};
 
@@ -61,6 +62,8 @@ pub struct AuditStatus {
     pub ledger: bool,
     /// Receipts handed in whose message is not in a block yet.
     pub receipts_waiting: usize,
+    /// Directory log entries replayed and checked.
+    pub directory_entries: u64,
 }
 
 /// What a receipt handed to the auditor says, after its signature was checked.
@@ -88,6 +91,7 @@ pub enum ReceiptVerdict {
 
 struct State {
     chain: Option<Chain>,
+    directory: DirectoryLog,
     promises: Promises,
     /// The gateway's promise (receipt to block) and the grace allowed past it.
     promise_ms: i64,
@@ -251,6 +255,7 @@ impl Auditor {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 chain,
+                directory: DirectoryLog::new(messenger.directory.info().verifier_key.clone()),
                 promises: Promises::new(promise_ms, config.grace_ms),
                 promise_ms: i64::try_from(promise_ms).unwrap_or(i64::MAX),
                 grace_ms: i64::try_from(config.grace_ms).unwrap_or(i64::MAX),
@@ -282,6 +287,11 @@ impl Auditor {
                 js.clone(),
                 ns.clone(),
                 messenger,
+            )),
+            tokio::spawn(directory_loop(
+                Arc::downgrade(&inner),
+                js.clone(),
+                ns.clone(),
             )),
             tokio::spawn(firehose_tail_loop(
                 Arc::downgrade(&inner),
@@ -323,6 +333,7 @@ impl Auditor {
             blocks_current: self.inner.blocks_current.load(Ordering::SeqCst),
             ledger: s.chain.is_some(),
             receipts_waiting: s.promises.receipts_waiting(),
+            directory_entries: s.directory.size(),
         }
     }
 
@@ -492,6 +503,65 @@ async fn firehose_loop(
     }
 }
 
+/// Follows the directory stream: checkpoints and entries, in order.
+async fn directory_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
+    let mut next_seq = 1u64;
+    loop {
+        let r: std::result::Result<(), String> = async {
+            let stream = js
+                .get_stream(ns.directory_stream())
+                .await
+                .map_err(|e| e.to_string())?;
+            let consumer = stream
+                .create_consumer(OrderedConfig {
+                    filter_subject: ns.directory_subjects(),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: next_seq,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            let (entry_subject, checkpoint_subject) = (ns.entry_subject(), ns.checkpoint_subject());
+            while let Some(m) = messages.next().await {
+                let m = m.map_err(|e| e.to_string())?;
+                let info = m.info().map_err(|e| e.to_string())?;
+                next_seq = info.stream_sequence + 1;
+                let Some(inner) = weak.upgrade() else {
+                    return Ok(());
+                };
+                let now = now_ms();
+                let alerts = {
+                    let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+                    if m.subject.as_str() == checkpoint_subject {
+                        s.directory.checkpoint(&m.payload, now)
+                    } else if m.subject.as_str() == entry_subject {
+                        let index = m
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(blockpost_core::wire::LEAF_INDEX_HEADER))
+                            .and_then(|v| v.as_str().parse::<u64>().ok());
+                        s.directory.entry(index, &m.payload, now)
+                    } else {
+                        Vec::new()
+                    }
+                };
+                inner.raise(alerts);
+            }
+            Err("the directory consumer ended".into())
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "auditor: following the directory again");
+        }
+        if weak.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A message deleted from the end of the firehose leaves no gap for the next message to
 /// show. So once a second: when the stream's last sequence is past the last one read and
 /// reading has not moved for a second, ask the stream for the next sequence; those it no
@@ -614,6 +684,13 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                     match checked {
                         Some((mut alerts, seen)) => {
                             if let Some(seen) = seen {
+                                let (size, root) = seen.directory;
+                                alerts.extend(s.directory.named_by_block(
+                                    size,
+                                    root,
+                                    seen.height,
+                                    now,
+                                ));
                                 alerts.extend(s.promises.block(seen, now));
                             }
                             alerts

@@ -24,6 +24,8 @@ pub struct BlockSeen {
     pub messages: Vec<[u8; 32]>,
     /// The firehose sequences it took, first and last, if any.
     pub range: Option<(u64, u64)>,
+    /// The directory checkpoint it names: size and root.
+    pub directory: (u64, [u8; 32]),
 }
 
 /// The chain as verified so far.
@@ -252,11 +254,16 @@ impl Chain {
             .partitions
             .first()
             .map(|p| (p.first_seq, p.last_seq));
+        let mut directory_root = [0; 32];
+        if let Ok(r) = <[u8; 32]>::try_from(v.header.header.directory_root.as_slice()) {
+            directory_root = r;
+        }
         let seen = BlockSeen {
             height: h,
             time_ms: v.header.header.time_ms,
             messages,
             range,
+            directory: (v.header.header.directory_size, directory_root),
         };
         self.ids.push(id);
         self.tip = Some(v.header);

@@ -54,6 +54,7 @@ impl Audit for Auditor {
             blocks_current: s.blocks_current,
             ledger: s.ledger,
             receipts_waiting: s.receipts_waiting as u64,
+            directory_entries: s.directory_entries,
         }))
     }
 

@@ -6,9 +6,12 @@
 //! server crate (CI checks this with `cargo tree`).
 //!
 //! What it checks today:
+//! - the directory log: every checkpoint's signature (the pinned log key), every entry
+//!   authorised and applied in order, the replayed root equal to every signed root (which
+//!   makes the checkpoints consistent), no two signed checkpoints of one size that differ;
 //! - every block: the builder's signature, the Merkle root over its leaves, the link to the
 //!   previous header, its transaction closings replayed by the rules, no message in two
-//!   blocks, no two blocks at one height;
+//!   blocks, no two blocks at one height, the directory checkpoint it names;
 //! - every firehose message: canonical envelope, the envelope rules and its sender's
 //!   signature against the verified directory history; no sequence missing;
 //! - the promises: each valid firehose message in a block by its deadline (the gateway's
@@ -22,6 +25,7 @@
 //! # Layout
 //! - `auditor`: [`Auditor`], the daemon: the stream followers and the status.
 //! - `chain`: [`Chain`], the chain of blocks checked block by block (no I/O).
+//! - `directory`: [`DirectoryLog`], the directory log replayed from its stream (no I/O).
 //! - `promises`: [`Promises`], firehose against blocks (no I/O).
 //! - `alert`: [`Alert`], [`AlertKind`], and the alert file [`AlertLog`].
 //! - `grpc`: the `blockpost.v1.Audit` service ([`Auditor::into_service`]): status, alerts
@@ -41,6 +45,7 @@
 mod alert;
 mod auditor;
 mod chain;
+mod directory;
 mod error;
 mod grpc;
 mod promises;
@@ -48,5 +53,6 @@ mod promises;
 pub use alert::{Alert, AlertKind, AlertLog};
 pub use auditor::{AuditStatus, Auditor, AuditorConfig, ReceiptVerdict};
 pub use chain::{BlockSeen, Chain};
+pub use directory::DirectoryLog;
 pub use error::{Error, Result};
 pub use promises::Promises;

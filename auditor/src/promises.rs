@@ -290,6 +290,7 @@ mod tests {
             time_ms,
             messages: ids.iter().map(|i| [*i; 32]).collect(),
             range: Some(range),
+            directory: (0, [0; 32]),
         }
     }
 

@@ -259,6 +259,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                     blocks_current: s.blocks_current,
                     ledger: s.ledger,
                     receipts_waiting: usize::try_from(s.receipts_waiting).unwrap_or(usize::MAX),
+                    directory_entries: s.directory_entries,
                 },
                 json,
             )

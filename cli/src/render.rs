@@ -644,7 +644,8 @@ pub fn audit_status(s: &blockpost_auditor::AuditStatus, json: bool) -> anyhow::R
         say!("{}", serde_json::to_string(s)?);
     } else {
         say!(
-            "auditor: {} blocks verified{}, firehose checked to {}, {} messages waiting for a block, {} alerts",
+            "auditor: {} directory entries replayed, {} blocks verified{}, firehose checked to {}, {} messages waiting for a block, {} alerts",
+            s.directory_entries,
             s.blocks_verified,
             if s.ledger {
                 if s.blocks_current {

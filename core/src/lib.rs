@@ -79,7 +79,9 @@ pub use evidence::{
     CheckedEvidence, MAX_CERT_LEN, MAX_CHAIN_LEN, TrustAnchors, leaf_spki, verify_with_spki,
 };
 pub use keyfile::Identity;
-pub use log::{CheckpointSigner, VerifiedCheckpoint, leaf_hash, parse_hashes, verify_checkpoint};
+pub use log::{
+    CheckpointSigner, ReplayTree, VerifiedCheckpoint, leaf_hash, parse_hashes, verify_checkpoint,
+};
 pub use request::{Operation, decode_canonical, ed25519_key, x25519_key};
 pub use rules::{EnvelopeLimits, MAX_TEXT_LEN, ParsedEnvelope, VerifiedEnvelope, verify_batch};
 pub use state::{Applied, DirectoryState, Participant, Prepared, verify_history};

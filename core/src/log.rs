@@ -210,6 +210,78 @@ pub fn verify_checkpoint(note: &[u8], verifier_key: &str) -> Result<VerifiedChec
     })
 }
 
+/// An RFC 6962 tree built leaf by leaf, as a verifier that replays a log keeps it: append,
+/// and the root at any size reached so far. The hashes are stored in the layout of Go's
+/// sumdb `tlog` (through `tlog_tiles`), about 64 bytes per leaf.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayTree {
+    stored: Vec<Hash>,
+    size: u64,
+}
+
+impl tlog_tiles::HashReader for ReplayTree {
+    fn read_hashes(&self, idx: &[u64]) -> std::result::Result<Vec<Hash>, tlog_tiles::Error> {
+        idx.iter()
+            .map(|&i| {
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| self.stored.get(i))
+                    .copied()
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
+            .collect()
+    }
+}
+
+impl ReplayTree {
+    /// The empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Leaves appended.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends the leaf `entry` (its hash is `SHA-256(0x00 || entry)`).
+    pub fn append(&mut self, entry: &[u8]) -> Result<()> {
+        let new =
+            tlog_tiles::stored_hashes(self.size, entry, self).map_err(|e| Error::Malformed {
+                what: "replayed tree",
+                why: e.to_string(),
+            })?;
+        self.stored.extend(new);
+        self.size += 1;
+        Ok(())
+    }
+
+    /// The leaf hash of leaf `index`.
+    pub fn leaf(&self, index: u64) -> Option<[u8; 32]> {
+        if index >= self.size {
+            return None;
+        }
+        let i = usize::try_from(tlog_tiles::stored_hash_index(0, index)).ok()?;
+        self.stored.get(i).map(|h| h.0)
+    }
+
+    /// The root of the first `size` leaves (at most [`ReplayTree::size`]).
+    pub fn root(&self, size: u64) -> Result<[u8; 32]> {
+        if size > self.size {
+            return Err(Error::Malformed {
+                what: "replayed tree",
+                why: format!("size {size} is beyond the {} leaves replayed", self.size),
+            });
+        }
+        tlog_tiles::tree_hash(size, self)
+            .map(|h| h.0)
+            .map_err(|e| Error::Malformed {
+                what: "replayed tree",
+                why: e.to_string(),
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tlog_tiles::HashReader;
@@ -235,6 +307,24 @@ mod tests {
             leaves.push(data);
         }
         (m, leaves)
+    }
+
+    #[test]
+    fn a_replayed_tree_has_the_roots_and_leaves_of_the_log() {
+        let (m, leaves) = tree(37);
+        let mut r = ReplayTree::new();
+        for (i, l) in leaves.iter().enumerate() {
+            r.append(l).unwrap();
+            let n = i as u64 + 1;
+            assert_eq!(r.root(n).unwrap(), tlog_tiles::tree_hash(n, &m).unwrap().0);
+            assert_eq!(r.leaf(i as u64).unwrap(), leaf_hash(l));
+        }
+        // Every earlier size too, and nothing beyond.
+        for n in 1..=37 {
+            assert_eq!(r.root(n).unwrap(), tlog_tiles::tree_hash(n, &m).unwrap().0);
+        }
+        assert!(r.root(38).is_err());
+        assert_eq!(r.leaf(37), None);
     }
 
     fn signer() -> CheckpointSigner {

@@ -112,6 +112,8 @@ async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
     let au = auditor(&sb, tmp.path(), 1_000).await;
     caught_up(&sb, &au, 22).await;
     assert!(au.status().ledger);
+    // The directory log replayed: both registrations, every checkpoint's root.
+    assert_eq!(au.status().directory_entries, 2);
     // Messages that come while it runs; a receipt handed in is found in its block.
     let (_, receipt, body) = m
         .send_receipted(
@@ -271,6 +273,32 @@ async fn forks_tampered_blocks_and_deleted_messages_each_raise_their_alert() {
         .await
         .unwrap();
 
+    // The directory: a checkpoint of size 1 signed with the log key but another root (a
+    // second history), and one signed with a key that is not the log's.
+    let origin = sb.directory.info().origin;
+    let log_key = blockpost_storage::load_or_create_key(
+        &blockpost_storage::DataDir::new(&sb.data_dir).log_key(),
+    )
+    .unwrap();
+    let forged = blockpost_core::CheckpointSigner::new(&origin, log_key)
+        .unwrap()
+        .sign(1, [7; 32])
+        .unwrap();
+    let stranger = blockpost_core::CheckpointSigner::new(
+        &origin,
+        ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+    )
+    .unwrap()
+    .sign(2, [7; 32])
+    .unwrap();
+    for note in [forged, stranger] {
+        js.publish(ns.checkpoint_subject(), note.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
     let tmp = tempfile::tempdir().unwrap();
     let au = auditor(&sb, tmp.path(), 1_000).await;
     let want = [
@@ -278,8 +306,10 @@ async fn forks_tampered_blocks_and_deleted_messages_each_raise_their_alert() {
         AlertKind::UnknownMessage,
         AlertKind::BlockInvalid,
         AlertKind::Fork,
+        AlertKind::DirectoryFork,
+        AlertKind::DirectoryInvalid,
     ];
-    let alerts = wait_for(Duration::from_secs(20), "four alerts", || {
+    let alerts = wait_for(Duration::from_secs(20), "six alerts", || {
         let all = au.alerts();
         let done = want.iter().all(|k| all.iter().any(|a| a.kind == *k));
         async move { done.then_some(all) }
@@ -300,7 +330,14 @@ async fn forks_tampered_blocks_and_deleted_messages_each_raise_their_alert() {
     let unknown = by(AlertKind::UnknownMessage);
     assert_eq!(unknown.evidence["height"], 0);
     // Nothing else: the other messages are all accounted for.
-    assert_eq!(alerts.len(), 4, "{alerts:#?}");
+    assert_eq!(by(AlertKind::DirectoryFork).subject, "directory size 1");
+    assert!(
+        by(AlertKind::DirectoryFork).evidence["second"]
+            .as_str()
+            .unwrap()
+            .contains(&origin)
+    );
+    assert_eq!(alerts.len(), 6, "{alerts:#?}");
     sb.stop().await;
 }
 

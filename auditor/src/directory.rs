@@ -1,0 +1,306 @@
+//! The directory log, replayed from its stream with the code the gateway's replica runs:
+//! every checkpoint's signature, every entry authorised and applied in order
+//! ([`DirectoryState`]), the replayed tree's root equal to every signed root (so the
+//! checkpoints are consistent with each other and with the entries), no two signed
+//! checkpoints of one size that differ. No I/O.
+
+use std::collections::{BTreeMap, HashMap};
+
+use blockpost_core::{DirectoryState, ReplayTree, VerifiedCheckpoint, verify_checkpoint};
+
+use crate::alert::{Alert, AlertKind};
+
+/// The directory log as replayed so far.
+pub struct DirectoryLog {
+    verifier_key: String,
+    state: DirectoryState,
+    tree: ReplayTree,
+    /// The first signed checkpoint seen at each size.
+    signed: HashMap<u64, VerifiedCheckpoint>,
+    /// Signed checkpoints beyond the replayed tree, by size, to check when it gets there.
+    ahead: BTreeMap<u64, Vec<VerifiedCheckpoint>>,
+    /// Directory checkpoints blocks name beyond the replayed tree: (size, root, height).
+    named: BTreeMap<u64, Vec<([u8; 32], u64)>>,
+}
+
+fn note_text(n: &[u8]) -> String {
+    String::from_utf8_lossy(n).into_owned()
+}
+
+impl DirectoryLog {
+    /// An empty replay of the log whose checkpoints `verifier_key` signs (signed-note form).
+    pub fn new(verifier_key: String) -> Self {
+        Self {
+            verifier_key,
+            state: DirectoryState::new(),
+            tree: ReplayTree::new(),
+            signed: HashMap::new(),
+            ahead: BTreeMap::new(),
+            named: BTreeMap::new(),
+        }
+    }
+
+    /// Entries replayed.
+    pub fn size(&self) -> u64 {
+        self.tree.size()
+    }
+
+    /// A checkpoint note from the stream.
+    pub fn checkpoint(&mut self, note: &[u8], now_ms: i64) -> Vec<Alert> {
+        let cp = match verify_checkpoint(note, &self.verifier_key) {
+            Ok(cp) => cp,
+            Err(e) => {
+                let id = blockpost_core::leaf_hash(note);
+                return vec![Alert::new(
+                    AlertKind::DirectoryInvalid,
+                    format!("directory checkpoint {}", hex::encode(&id[..8])),
+                    now_ms,
+                    format!("a directory checkpoint does not verify with the pinned log key: {e}"),
+                    serde_json::json!({ "checkpoint": note_text(note) }),
+                )];
+            }
+        };
+        if let Some(first) = self.signed.get(&cp.size) {
+            if first.root == cp.root {
+                return Vec::new();
+            }
+            return vec![Alert::new(
+                AlertKind::DirectoryFork,
+                format!("directory size {}", cp.size),
+                now_ms,
+                format!(
+                    "two directory checkpoints of size {}, both signed with the log key, with different roots",
+                    cp.size
+                ),
+                serde_json::json!({
+                    "size": cp.size,
+                    "first": note_text(&first.note),
+                    "second": note_text(&cp.note),
+                }),
+            )];
+        }
+        self.signed.insert(cp.size, cp.clone());
+        if cp.size <= self.tree.size() {
+            return self.compare(&cp, now_ms);
+        }
+        self.ahead.entry(cp.size).or_default().push(cp);
+        Vec::new()
+    }
+
+    /// A signed checkpoint against the replayed tree at its size.
+    fn compare(&self, cp: &VerifiedCheckpoint, now_ms: i64) -> Vec<Alert> {
+        match self.tree.root(cp.size) {
+            Ok(root) if root == cp.root => Vec::new(),
+            Ok(root) => vec![Alert::new(
+                AlertKind::DirectoryInconsistent,
+                format!("directory size {}", cp.size),
+                now_ms,
+                format!(
+                    "the signed directory checkpoint of size {} is not the root of the entries the log carries",
+                    cp.size
+                ),
+                serde_json::json!({
+                    "size": cp.size,
+                    "checkpoint": note_text(&cp.note),
+                    "replayed_root": hex::encode(root),
+                }),
+            )],
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Entry `index` (from its header; `None` if it had none) from the stream.
+    pub fn entry(&mut self, index: Option<u64>, entry: &[u8], now_ms: i64) -> Vec<Alert> {
+        let next = self.tree.size();
+        let Some(index) = index else {
+            return vec![Alert::new(
+                AlertKind::DirectoryInvalid,
+                format!(
+                    "directory entry {}",
+                    hex::encode(&blockpost_core::leaf_hash(entry)[..8])
+                ),
+                now_ms,
+                "a directory entry on the stream without its leaf index",
+                serde_json::json!({ "entry": hex::encode(entry) }),
+            )];
+        };
+        if index < next {
+            // Again: it must be the same entry.
+            if self.tree.leaf(index) == Some(blockpost_core::leaf_hash(entry)) {
+                return Vec::new();
+            }
+            return vec![Alert::new(
+                AlertKind::DirectoryFork,
+                format!("directory entry {index}"),
+                now_ms,
+                format!("the directory stream carries two different entries at index {index}"),
+                serde_json::json!({ "index": index, "entry": hex::encode(entry) }),
+            )];
+        }
+        if index > next {
+            return vec![Alert::new(
+                AlertKind::DirectoryGap,
+                format!("directory entries {next}..{}", index - 1),
+                now_ms,
+                format!(
+                    "directory entries {next} to {} are missing from the stream",
+                    index - 1
+                ),
+                serde_json::json!({ "first_missing": next, "next_seen": index }),
+            )];
+        }
+        let mut alerts = Vec::new();
+        if let Err(e) = self.state.apply(index, entry) {
+            alerts.push(Alert::new(
+                AlertKind::DirectoryInvalid,
+                format!("directory entry {index}"),
+                now_ms,
+                format!("directory entry {index} is not authorised by the rules: {e}"),
+                serde_json::json!({ "index": index, "entry": hex::encode(entry) }),
+            ));
+        }
+        // The log holds it either way: the tree goes on, so the signed roots still compare.
+        if self.tree.append(entry).is_err() {
+            return alerts;
+        }
+        let size = self.tree.size();
+        if let Some(cps) = self.ahead.remove(&size) {
+            for cp in cps {
+                alerts.extend(self.compare(&cp, now_ms));
+            }
+        }
+        if let Some(named) = self.named.remove(&size) {
+            for (root, height) in named {
+                alerts.extend(self.named_check(size, root, height, now_ms));
+            }
+        }
+        alerts
+    }
+
+    /// Block `height` names directory checkpoint (`size`, `root`): it must be the root of
+    /// the log at that size (checked once the replay gets there).
+    pub fn named_by_block(
+        &mut self,
+        size: u64,
+        root: [u8; 32],
+        height: u64,
+        now_ms: i64,
+    ) -> Vec<Alert> {
+        if size > self.tree.size() {
+            self.named.entry(size).or_default().push((root, height));
+            return Vec::new();
+        }
+        self.named_check(size, root, height, now_ms)
+    }
+
+    fn named_check(&self, size: u64, root: [u8; 32], height: u64, now_ms: i64) -> Vec<Alert> {
+        // Size 0: the empty log, whatever hash stands for it.
+        if size == 0 {
+            return Vec::new();
+        }
+        match self.tree.root(size) {
+            Ok(r) if r == root => Vec::new(),
+            Ok(r) => vec![Alert::new(
+                AlertKind::BlockInvalid,
+                format!("block {height} directory"),
+                now_ms,
+                format!(
+                    "block {height} names a directory checkpoint of size {size} whose root is not the log's"
+                ),
+                serde_json::json!({
+                    "height": height,
+                    "directory_size": size,
+                    "named_root": hex::encode(root),
+                    "log_root": hex::encode(r),
+                }),
+            )],
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use blockpost_core::CheckpointSigner;
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+
+    fn kinds(a: &[Alert]) -> Vec<AlertKind> {
+        a.iter().map(|a| a.kind).collect()
+    }
+
+    #[test]
+    fn signed_roots_are_checked_against_the_replay() {
+        let signer =
+            CheckpointSigner::new("test.example/log", SigningKey::from_bytes(&[3; 32])).unwrap();
+        let mut log = DirectoryLog::new(signer.verifier_key());
+        let entries: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 40]).collect();
+        let mut tree = ReplayTree::new();
+        let mut roots = Vec::new();
+        for e in &entries {
+            tree.append(e).unwrap();
+            roots.push(tree.root(tree.size()).unwrap());
+        }
+        // The checkpoint comes before its entry, as the directory publishes them.
+        assert!(
+            log.checkpoint(&signer.sign(1, roots[0]).unwrap(), 0)
+                .is_empty()
+        );
+        // Not a valid entry (the rules refuse junk), but the log holds it.
+        let a = log.entry(Some(0), &entries[0], 0);
+        assert_eq!(kinds(&a), vec![AlertKind::DirectoryInvalid]);
+        // The same checkpoint again is fine; another root at that size is a fork.
+        assert!(
+            log.checkpoint(&signer.sign(1, roots[0]).unwrap(), 0)
+                .is_empty()
+        );
+        assert_eq!(
+            kinds(&log.checkpoint(&signer.sign(1, roots[1]).unwrap(), 0)),
+            vec![AlertKind::DirectoryFork]
+        );
+        // Signed by another key.
+        let other =
+            CheckpointSigner::new("test.example/log", SigningKey::from_bytes(&[4; 32])).unwrap();
+        assert_eq!(
+            kinds(&log.checkpoint(&other.sign(2, roots[1]).unwrap(), 0)),
+            vec![AlertKind::DirectoryInvalid]
+        );
+        // A signed root that is not the entries': found when the replay gets there.
+        assert!(
+            log.checkpoint(&signer.sign(2, [9; 32]).unwrap(), 0)
+                .is_empty()
+        );
+        let a = log.entry(Some(1), &entries[1], 0);
+        assert_eq!(
+            kinds(&a),
+            vec![
+                AlertKind::DirectoryInvalid,
+                AlertKind::DirectoryInconsistent
+            ]
+        );
+        // Entries: the same one again is fine, another at a replayed index is a fork,
+        // and a skipped index a gap.
+        assert!(log.entry(Some(1), &entries[1], 0).is_empty());
+        assert_eq!(
+            kinds(&log.entry(Some(1), &entries[2], 0)),
+            vec![AlertKind::DirectoryFork]
+        );
+        assert_eq!(
+            kinds(&log.entry(Some(5), &entries[2], 0)),
+            vec![AlertKind::DirectoryGap]
+        );
+        // A block naming a directory checkpoint: the log's root at that size, or an alert.
+        assert!(log.named_by_block(1, roots[0], 4, 0).is_empty());
+        assert_eq!(
+            kinds(&log.named_by_block(2, [7; 32], 4, 0)),
+            vec![AlertKind::BlockInvalid]
+        );
+        // Beyond the replay: checked when the log gets there.
+        assert!(log.named_by_block(3, [7; 32], 5, 0).is_empty());
+        let a = log.entry(Some(2), &entries[2], 0);
+        assert!(kinds(&a).contains(&AlertKind::BlockInvalid), "{a:?}");
+        assert_eq!(log.size(), 3);
+    }
+}

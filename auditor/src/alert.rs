@@ -47,6 +47,8 @@ pub enum AlertKind {
     DirectoryInconsistent,
     /// Directory entries missing from the stream.
     DirectoryGap,
+    /// A new, rotated or revoked binding of an address or real name on the watch list.
+    WatchedBinding,
 }
 
 impl AlertKind {
@@ -66,6 +68,7 @@ impl AlertKind {
             Self::DirectoryFork => "directory_fork",
             Self::DirectoryInconsistent => "directory_inconsistent",
             Self::DirectoryGap => "directory_gap",
+            Self::WatchedBinding => "watched_binding",
         }
     }
 }

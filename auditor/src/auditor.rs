@@ -31,6 +31,9 @@ pub struct AuditorConfig {
     pub data: PathBuf,
     /// Time allowed past a receipt's deadline before a missing message is an omission.
     pub grace_ms: u64,
+    /// Addresses and real names to raise an alert for on any new, rotated or revoked
+    /// binding.
+    pub watch: Vec<crate::Watch>,
 }
 
 impl AuditorConfig {
@@ -41,6 +44,7 @@ impl AuditorConfig {
             connect: ConnectOptions::default(),
             data: data.into(),
             grace_ms: 1_000,
+            watch: Vec::new(),
         }
     }
 }
@@ -255,7 +259,8 @@ impl Auditor {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 chain,
-                directory: DirectoryLog::new(messenger.directory.info().verifier_key.clone()),
+                directory: DirectoryLog::new(messenger.directory.info().verifier_key.clone())
+                    .with_watch(config.watch.clone()),
                 promises: Promises::new(promise_ms, config.grace_ms),
                 promise_ms: i64::try_from(promise_ms).unwrap_or(i64::MAX),
                 grace_ms: i64::try_from(config.grace_ms).unwrap_or(i64::MAX),

@@ -7,8 +7,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use blockpost_core::{DirectoryState, ReplayTree, VerifiedCheckpoint, verify_checkpoint};
+use blockpost_proto::v1::{EntryKind, LogEntry};
+use prost::Message as _;
 
 use crate::alert::{Alert, AlertKind};
+use crate::watch::Watch;
 
 /// The directory log as replayed so far.
 pub struct DirectoryLog {
@@ -21,6 +24,8 @@ pub struct DirectoryLog {
     ahead: BTreeMap<u64, Vec<VerifiedCheckpoint>>,
     /// Directory checkpoints blocks name beyond the replayed tree: (size, root, height).
     named: BTreeMap<u64, Vec<([u8; 32], u64)>>,
+    /// The watch list.
+    watch: Vec<Watch>,
 }
 
 fn note_text(n: &[u8]) -> String {
@@ -37,7 +42,15 @@ impl DirectoryLog {
             signed: HashMap::new(),
             ahead: BTreeMap::new(),
             named: BTreeMap::new(),
+            watch: Vec::new(),
         }
+    }
+
+    /// Raise a `watched_binding` alert for every entry of an address or real name that
+    /// matches one of `watch`.
+    pub fn with_watch(mut self, watch: Vec<Watch>) -> Self {
+        self.watch = watch;
+        self
     }
 
     /// Entries replayed.
@@ -150,6 +163,45 @@ impl DirectoryLog {
             )];
         }
         let mut alerts = Vec::new();
+        if !self.watch.is_empty()
+            && let Ok(e) = LogEntry::decode(entry)
+        {
+            let hits: Vec<String> = self
+                .watch
+                .iter()
+                .filter(|w| w.matches(&e.address, &e.real_name))
+                .map(ToString::to_string)
+                .collect();
+            if !hits.is_empty() {
+                let kind = match e.kind() {
+                    EntryKind::Register => "register",
+                    EntryKind::Rotate => "rotate",
+                    EntryKind::Revoke => "revoke",
+                    _ => "entry",
+                };
+                alerts.push(Alert::new(
+                    AlertKind::WatchedBinding,
+                    format!("directory entry {index}"),
+                    now_ms,
+                    format!(
+                        "{kind} of {} ({}) at directory index {index}, on the watch list ({})",
+                        e.address,
+                        e.real_name,
+                        hits.join(", ")
+                    ),
+                    serde_json::json!({
+                        "index": index,
+                        "kind": kind,
+                        "address": e.address,
+                        "real_name": e.real_name,
+                        "signing_key": hex::encode(&e.signing_key),
+                        "logged_at_ms": e.logged_at_ms,
+                        "watch": hits,
+                        "entry": hex::encode(entry),
+                    }),
+                ));
+            }
+        }
         if let Err(e) = self.state.apply(index, entry) {
             alerts.push(Alert::new(
                 AlertKind::DirectoryInvalid,

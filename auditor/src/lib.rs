@@ -9,6 +9,8 @@
 //! - the directory log: every checkpoint's signature (the pinned log key), every entry
 //!   authorised and applied in order, the replayed root equal to every signed root (which
 //!   makes the checkpoints consistent), no two signed checkpoints of one size that differ;
+//! - the watch list: any new, rotated or revoked binding of a watched address or real
+//!   name;
 //! - every block: the builder's signature, the Merkle root over its leaves, the link to the
 //!   previous header, its transaction closings replayed by the rules, no message in two
 //!   blocks, no two blocks at one height, the directory checkpoint it names;
@@ -27,6 +29,7 @@
 //! - `chain`: [`Chain`], the chain of blocks checked block by block (no I/O).
 //! - `directory`: [`DirectoryLog`], the directory log replayed from its stream (no I/O).
 //! - `promises`: [`Promises`], firehose against blocks (no I/O).
+//! - `watch`: [`Watch`], the watch list's patterns.
 //! - `alert`: [`Alert`], [`AlertKind`], and the alert file [`AlertLog`].
 //! - `grpc`: the `blockpost.v1.Audit` service ([`Auditor::into_service`]): status, alerts
 //!   (streamed), receipts handed in.
@@ -49,6 +52,7 @@ mod directory;
 mod error;
 mod grpc;
 mod promises;
+mod watch;
 
 pub use alert::{Alert, AlertKind, AlertLog};
 pub use auditor::{AuditStatus, Auditor, AuditorConfig, ReceiptVerdict};
@@ -56,3 +60,4 @@ pub use chain::{BlockSeen, Chain};
 pub use directory::DirectoryLog;
 pub use error::{Error, Result};
 pub use promises::Promises;
+pub use watch::{Watch, WatchField};

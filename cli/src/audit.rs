@@ -38,6 +38,10 @@ pub struct AuditorArgs {
     /// Time allowed past a receipt's deadline before a missing message is an omission.
     #[arg(long, default_value_t = 1_000)]
     pub grace_ms: u64,
+    /// Alert on any new, rotated or revoked binding that matches: `address:PATTERN`,
+    /// `name:PATTERN` or `PATTERN` (either), with `*` and `?`, ignoring case. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
+    pub watch: Vec<blockpost_auditor::Watch>,
     /// Serve `blockpost.v1.Audit` (status, alerts, receipts) on this address.
     #[arg(
         long,
@@ -169,6 +173,7 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
     let nats = blockpost_node::connect(&args.nats, auth.as_ref()).await?;
     let mut config = AuditorConfig::new(args.node.clone(), args.data.clone());
     config.grace_ms = args.grace_ms;
+    config.watch = args.watch.clone();
     config.connect = blockpost_client::ConnectOptions {
         tls_ca: args.tls_ca.clone(),
         tls_pin: args.tls_pin.clone(),

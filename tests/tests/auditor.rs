@@ -468,3 +468,37 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
     server.abort();
     sb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_name_raises_an_alert_on_its_registration_and_rotation() {
+    let sb = Sandbox::start().await.unwrap();
+    let (_, b, _) = parties(&sb).await;
+    let mut c = sb.client().await.unwrap();
+    let b2 = Identity::generate();
+    c.rotate(&b, &b2, "bank-b").await.unwrap();
+    let nats = blockpost_node::connect(&sb.nats.url(), Some(&sb.nats.reader_auth()))
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = AuditorConfig::new(sb.endpoint.clone(), tmp.path());
+    config.watch = vec!["name:bank b*".parse().unwrap()];
+    let au = Auditor::start(config, nats).await.unwrap();
+    let alerts = wait_for(Duration::from_secs(20), "two watch alerts", || {
+        let s = au.status();
+        let all = au.alerts();
+        async move { (s.directory_entries == 3 && all.len() >= 2).then_some(all) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(alerts.len(), 2, "bank-a is not watched: {alerts:#?}");
+    assert!(alerts.iter().all(|a| a.kind == AlertKind::WatchedBinding));
+    assert_eq!(alerts[0].subject, "directory entry 1");
+    assert_eq!(alerts[0].evidence["kind"], "register");
+    assert_eq!(alerts[1].evidence["kind"], "rotate");
+    assert_eq!(alerts[1].evidence["address"], "bank-b");
+    assert_eq!(
+        alerts[1].evidence["signing_key"].as_str().unwrap(),
+        hex::encode(b2.signing_public())
+    );
+    sb.stop().await;
+}

@@ -49,6 +49,13 @@ pub enum AlertKind {
     DirectoryGap,
     /// A new, rotated or revoked binding of an address or real name on the watch list.
     WatchedBinding,
+    /// A ledger checkpoint that does not verify with the pinned ledger key.
+    LedgerInvalid,
+    /// Two ledger checkpoints of one size, both signed, that differ.
+    LedgerFork,
+    /// A signed ledger checkpoint whose root is not the root of the block ids the chain
+    /// holds.
+    LedgerInconsistent,
 }
 
 impl AlertKind {
@@ -69,6 +76,9 @@ impl AlertKind {
             Self::DirectoryInconsistent => "directory_inconsistent",
             Self::DirectoryGap => "directory_gap",
             Self::WatchedBinding => "watched_binding",
+            Self::LedgerInvalid => "ledger_invalid",
+            Self::LedgerFork => "ledger_fork",
+            Self::LedgerInconsistent => "ledger_inconsistent",
         }
     }
 }

@@ -68,6 +68,10 @@ pub struct AuditStatus {
     pub receipts_waiting: usize,
     /// Directory log entries replayed and checked.
     pub directory_entries: u64,
+    /// The largest signed directory checkpoint verified against the replay (its size).
+    pub directory_checkpoint: u64,
+    /// The largest ledger checkpoint verified against the chain of blocks (its size).
+    pub ledger_checkpoint: u64,
 }
 
 /// What a receipt handed to the auditor says, after its signature was checked.
@@ -235,7 +239,11 @@ impl Auditor {
             Ok(l) => {
                 let key = blockpost_core::ed25519_key(&l.info().builder_key)
                     .map_err(blockpost_client::Error::from)?;
-                Some(Chain::new(key, l.info().transaction_timeout_ms))
+                Some(Chain::new(
+                    key,
+                    l.info().transaction_timeout_ms,
+                    l.info().verifier_key.clone(),
+                ))
             }
             Err(e) if e.code() == Some(tonic::Code::Unimplemented) => {
                 tracing::warn!("the node has no ledger: blocks are not checked, omissions are");
@@ -286,7 +294,9 @@ impl Auditor {
             }
         }
         let js = jetstream::new(nats);
+        let channel = messenger.directory.channel();
         let tasks = vec![
+            tokio::spawn(ledger_loop(Arc::downgrade(&inner), channel)),
             tokio::spawn(firehose_loop(
                 Arc::downgrade(&inner),
                 js.clone(),
@@ -339,6 +349,8 @@ impl Auditor {
             ledger: s.chain.is_some(),
             receipts_waiting: s.promises.receipts_waiting(),
             directory_entries: s.directory.size(),
+            directory_checkpoint: s.directory.checkpoint_verified(),
+            ledger_checkpoint: s.chain.as_ref().map_or(0, Chain::ledger_verified),
         }
     }
 
@@ -505,6 +517,48 @@ async fn firehose_loop(
             tracing::debug!(error = %e, "auditor: following the firehose again");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asks the node for its newest ledger checkpoint once a second, and checks it against the
+/// chain verified.
+async fn ledger_loop(weak: Weak<Inner>, channel: tonic::transport::Channel) {
+    use blockpost_proto::v1::ledger_client::LedgerClient;
+    use blockpost_proto::v1::{GetBlockRequest, get_block_request};
+    let mut grpc = LedgerClient::new(channel).max_decoding_message_size(128 << 20);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .chain
+            .is_none()
+        {
+            return; // no ledger
+        }
+        drop(inner);
+        let r = grpc
+            .get_block(GetBlockRequest {
+                at: Some(get_block_request::At::Latest(true)),
+            })
+            .await;
+        let note = match r {
+            Ok(r) => r.into_inner().ledger_checkpoint,
+            // No block yet, or the node is away: ask again later.
+            Err(_) => continue,
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        let alerts = {
+            let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            match s.chain.as_mut() {
+                Some(c) => c.ledger_checkpoint(&note, now_ms()),
+                None => Vec::new(),
+            }
+        };
+        inner.raise(alerts);
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use blockpost_core::ReplayTree;
 use blockpost_core::block::{VerifiedHeader, verify_block, verify_header};
 use blockpost_core::transaction::{Book, Entry, replay_block};
 use blockpost_proto::v1::Block;
@@ -12,6 +13,7 @@ use ed25519_dalek::VerifyingKey;
 use prost::Message as _;
 
 use crate::alert::{Alert, AlertKind};
+use crate::checkpoints::{Kinds, SignedRoots};
 
 /// What a verified block holds, for the promise checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +40,9 @@ pub struct Chain {
     closed: HashSet<String>,
     /// Where each message is: its height.
     placed: HashMap<[u8; 32], u64>,
+    /// The ledger: the tree of block ids, and its signed checkpoints.
+    ledger: ReplayTree,
+    checkpoints: SignedRoots,
 }
 
 fn short(id: &[u8]) -> String {
@@ -46,9 +51,19 @@ fn short(id: &[u8]) -> String {
 
 impl Chain {
     /// An empty chain of the builder with `key`, whose transactions time out after
-    /// `timeout_ms`.
-    pub fn new(key: VerifyingKey, timeout_ms: u64) -> Self {
+    /// `timeout_ms`, under ledger checkpoints that `ledger_key` signs (signed-note form).
+    pub fn new(key: VerifyingKey, timeout_ms: u64, ledger_key: String) -> Self {
         Self {
+            ledger: ReplayTree::new(),
+            checkpoints: SignedRoots::new(
+                "ledger",
+                ledger_key,
+                Kinds {
+                    invalid: AlertKind::LedgerInvalid,
+                    fork: AlertKind::LedgerFork,
+                    inconsistent: AlertKind::LedgerInconsistent,
+                },
+            ),
             key,
             ids: Vec::new(),
             tip: None,
@@ -63,9 +78,20 @@ impl Chain {
         self.ids.len() as u64
     }
 
+    /// The largest size of a ledger checkpoint verified against the chain's block ids.
+    pub fn ledger_verified(&self) -> u64 {
+        self.checkpoints.verified()
+    }
+
     /// Whether no block was verified yet.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    /// A ledger checkpoint (a note the node handed out): checked against the chain of
+    /// block ids verified, now or once the chain gets to its size.
+    pub fn ledger_checkpoint(&mut self, note: &[u8], now_ms: i64) -> Vec<Alert> {
+        self.checkpoints.note(note, &self.ledger, now_ms)
     }
 
     /// The height of the verified block holding message `id`.
@@ -267,6 +293,9 @@ impl Chain {
         };
         self.ids.push(id);
         self.tip = Some(v.header);
+        if self.ledger.append(&id).is_ok() {
+            alerts.extend(self.checkpoints.grown(&self.ledger, now_ms));
+        }
         (alerts, Some(seen))
     }
 }
@@ -341,7 +370,10 @@ mod tests {
     #[test]
     fn a_good_chain_verifies_and_each_fault_has_its_alert() {
         let key = SigningKey::from_bytes(&[9; 32]);
-        let mut chain = Chain::new(key.verifying_key(), 3_600_000);
+        let ledger =
+            blockpost_core::CheckpointSigner::new("test/ledger", SigningKey::from_bytes(&[6; 32]))
+                .unwrap();
+        let mut chain = Chain::new(key.verifying_key(), 3_600_000, ledger.verifier_key());
         let (b0, id0) = block(&key, 0, None, &[1, 2]);
         let (b1, id1) = block(&key, 1, Some(id0), &[3]);
         let (a, seen) = chain.block(&b0, 5);
@@ -381,10 +413,41 @@ mod tests {
             vec![AlertKind::ChainBroken]
         );
         assert_eq!(chain.len(), 2, "no bad block extends the chain");
-        // A message already in block 0.
+        // Ledger checkpoints: the root of the block ids verified, or an alert.
+        let mut ids = ReplayTree::new();
+        for id in [id0, id1] {
+            ids.append(&id).unwrap();
+        }
+        let good = ledger.sign(2, ids.root(2).unwrap()).unwrap();
+        assert!(chain.ledger_checkpoint(&good, 5).is_empty());
+        assert_eq!(
+            kinds(&chain.ledger_checkpoint(&ledger.sign(2, [1; 32]).unwrap(), 5)),
+            vec![AlertKind::LedgerFork]
+        );
+        assert_eq!(
+            kinds(&chain.ledger_checkpoint(&ledger.sign(1, [1; 32]).unwrap(), 5)),
+            vec![AlertKind::LedgerInconsistent]
+        );
+        let stranger =
+            blockpost_core::CheckpointSigner::new("test/ledger", SigningKey::from_bytes(&[7; 32]))
+                .unwrap();
+        assert_eq!(
+            kinds(&chain.ledger_checkpoint(&stranger.sign(2, ids.root(2).unwrap()).unwrap(), 5)),
+            vec![AlertKind::LedgerInvalid]
+        );
+        // Ahead of the chain: checked when the block comes (block 2, below).
+        assert!(
+            chain
+                .ledger_checkpoint(&ledger.sign(3, [1; 32]).unwrap(), 5)
+                .is_empty()
+        );
+        // A message already in block 0; and the ledger checkpoint of size 3 waiting for it.
         let (dup, _) = block(&key, 2, Some(id1), &[7, 1]);
         let (a, seen) = chain.block(&dup, 5);
-        assert_eq!(kinds(&a), vec![AlertKind::DuplicateMessage]);
+        assert_eq!(
+            kinds(&a),
+            vec![AlertKind::DuplicateMessage, AlertKind::LedgerInconsistent]
+        );
         assert_eq!(seen.unwrap().height, 2);
         // Not a block at all.
         assert_eq!(

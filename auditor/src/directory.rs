@@ -4,43 +4,42 @@
 //! checkpoints are consistent with each other and with the entries), no two signed
 //! checkpoints of one size that differ. No I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use blockpost_core::{DirectoryState, ReplayTree, VerifiedCheckpoint, verify_checkpoint};
+use blockpost_core::{DirectoryState, ReplayTree};
 use blockpost_proto::v1::{EntryKind, LogEntry};
 use prost::Message as _;
 
 use crate::alert::{Alert, AlertKind};
+use crate::checkpoints::{Kinds, SignedRoots};
 use crate::watch::Watch;
 
 /// The directory log as replayed so far.
 pub struct DirectoryLog {
-    verifier_key: String,
     state: DirectoryState,
     tree: ReplayTree,
-    /// The first signed checkpoint seen at each size.
-    signed: HashMap<u64, VerifiedCheckpoint>,
-    /// Signed checkpoints beyond the replayed tree, by size, to check when it gets there.
-    ahead: BTreeMap<u64, Vec<VerifiedCheckpoint>>,
+    checkpoints: SignedRoots,
     /// Directory checkpoints blocks name beyond the replayed tree: (size, root, height).
     named: BTreeMap<u64, Vec<([u8; 32], u64)>>,
     /// The watch list.
     watch: Vec<Watch>,
 }
 
-fn note_text(n: &[u8]) -> String {
-    String::from_utf8_lossy(n).into_owned()
-}
-
 impl DirectoryLog {
     /// An empty replay of the log whose checkpoints `verifier_key` signs (signed-note form).
     pub fn new(verifier_key: String) -> Self {
         Self {
-            verifier_key,
             state: DirectoryState::new(),
             tree: ReplayTree::new(),
-            signed: HashMap::new(),
-            ahead: BTreeMap::new(),
+            checkpoints: SignedRoots::new(
+                "directory",
+                verifier_key,
+                Kinds {
+                    invalid: AlertKind::DirectoryInvalid,
+                    fork: AlertKind::DirectoryFork,
+                    inconsistent: AlertKind::DirectoryInconsistent,
+                },
+            ),
             named: BTreeMap::new(),
             watch: Vec::new(),
         }
@@ -58,68 +57,14 @@ impl DirectoryLog {
         self.tree.size()
     }
 
-    /// A checkpoint note from the stream.
-    pub fn checkpoint(&mut self, note: &[u8], now_ms: i64) -> Vec<Alert> {
-        let cp = match verify_checkpoint(note, &self.verifier_key) {
-            Ok(cp) => cp,
-            Err(e) => {
-                let id = blockpost_core::leaf_hash(note);
-                return vec![Alert::new(
-                    AlertKind::DirectoryInvalid,
-                    format!("directory checkpoint {}", hex::encode(&id[..8])),
-                    now_ms,
-                    format!("a directory checkpoint does not verify with the pinned log key: {e}"),
-                    serde_json::json!({ "checkpoint": note_text(note) }),
-                )];
-            }
-        };
-        if let Some(first) = self.signed.get(&cp.size) {
-            if first.root == cp.root {
-                return Vec::new();
-            }
-            return vec![Alert::new(
-                AlertKind::DirectoryFork,
-                format!("directory size {}", cp.size),
-                now_ms,
-                format!(
-                    "two directory checkpoints of size {}, both signed with the log key, with different roots",
-                    cp.size
-                ),
-                serde_json::json!({
-                    "size": cp.size,
-                    "first": note_text(&first.note),
-                    "second": note_text(&cp.note),
-                }),
-            )];
-        }
-        self.signed.insert(cp.size, cp.clone());
-        if cp.size <= self.tree.size() {
-            return self.compare(&cp, now_ms);
-        }
-        self.ahead.entry(cp.size).or_default().push(cp);
-        Vec::new()
+    /// The largest size of a signed directory checkpoint verified against the replay.
+    pub fn checkpoint_verified(&self) -> u64 {
+        self.checkpoints.verified()
     }
 
-    /// A signed checkpoint against the replayed tree at its size.
-    fn compare(&self, cp: &VerifiedCheckpoint, now_ms: i64) -> Vec<Alert> {
-        match self.tree.root(cp.size) {
-            Ok(root) if root == cp.root => Vec::new(),
-            Ok(root) => vec![Alert::new(
-                AlertKind::DirectoryInconsistent,
-                format!("directory size {}", cp.size),
-                now_ms,
-                format!(
-                    "the signed directory checkpoint of size {} is not the root of the entries the log carries",
-                    cp.size
-                ),
-                serde_json::json!({
-                    "size": cp.size,
-                    "checkpoint": note_text(&cp.note),
-                    "replayed_root": hex::encode(root),
-                }),
-            )],
-            Err(_) => Vec::new(),
-        }
+    /// A checkpoint note from the stream.
+    pub fn checkpoint(&mut self, note: &[u8], now_ms: i64) -> Vec<Alert> {
+        self.checkpoints.note(note, &self.tree, now_ms)
     }
 
     /// Entry `index` (from its header; `None` if it had none) from the stream.
@@ -216,11 +161,7 @@ impl DirectoryLog {
             return alerts;
         }
         let size = self.tree.size();
-        if let Some(cps) = self.ahead.remove(&size) {
-            for cp in cps {
-                alerts.extend(self.compare(&cp, now_ms));
-            }
-        }
+        alerts.extend(self.checkpoints.grown(&self.tree, now_ms));
         if let Some(named) = self.named.remove(&size) {
             for (root, height) in named {
                 alerts.extend(self.named_check(size, root, height, now_ms));

@@ -55,6 +55,8 @@ impl Audit for Auditor {
             ledger: s.ledger,
             receipts_waiting: s.receipts_waiting as u64,
             directory_entries: s.directory_entries,
+            directory_checkpoint: s.directory_checkpoint,
+            ledger_checkpoint: s.ledger_checkpoint,
         }))
     }
 

@@ -27,6 +27,8 @@
 //! # Layout
 //! - `auditor`: [`Auditor`], the daemon: the stream followers and the status.
 //! - `chain`: [`Chain`], the chain of blocks checked block by block (no I/O).
+//! - `checkpoints`: the signed checkpoints of a log the auditor replays (directory,
+//!   ledger) against its own tree.
 //! - `directory`: [`DirectoryLog`], the directory log replayed from its stream (no I/O).
 //! - `promises`: [`Promises`], firehose against blocks (no I/O).
 //! - `watch`: [`Watch`], the watch list's patterns.
@@ -48,6 +50,7 @@
 mod alert;
 mod auditor;
 mod chain;
+mod checkpoints;
 mod directory;
 mod error;
 mod grpc;

@@ -265,6 +265,8 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                     ledger: s.ledger,
                     receipts_waiting: usize::try_from(s.receipts_waiting).unwrap_or(usize::MAX),
                     directory_entries: s.directory_entries,
+                    directory_checkpoint: s.directory_checkpoint,
+                    ledger_checkpoint: s.ledger_checkpoint,
                 },
                 json,
             )

@@ -644,8 +644,9 @@ pub fn audit_status(s: &blockpost_auditor::AuditStatus, json: bool) -> anyhow::R
         say!("{}", serde_json::to_string(s)?);
     } else {
         say!(
-            "auditor: {} directory entries replayed, {} blocks verified{}, firehose checked to {}, {} messages waiting for a block, {} alerts",
+            "auditor: {} directory entries replayed (checkpoint {} verified), {} blocks verified{} (ledger checkpoint {} verified), firehose checked to {}, {} messages waiting for a block, {} alerts",
             s.directory_entries,
+            s.directory_checkpoint,
             s.blocks_verified,
             if s.ledger {
                 if s.blocks_current {
@@ -656,6 +657,7 @@ pub fn audit_status(s: &blockpost_auditor::AuditStatus, json: bool) -> anyhow::R
             } else {
                 " (the node has no ledger)"
             },
+            s.ledger_checkpoint,
             s.firehose_checked,
             s.waiting,
             s.alerts

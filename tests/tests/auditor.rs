@@ -114,6 +114,18 @@ async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
     assert!(au.status().ledger);
     // The directory log replayed: both registrations, every checkpoint's root.
     assert_eq!(au.status().directory_entries, 2);
+    assert_eq!(au.status().directory_checkpoint, 2);
+    // The node's ledger checkpoint, against the chain of block ids.
+    wait_for(
+        Duration::from_secs(10),
+        "a ledger checkpoint verified",
+        || {
+            let n = au.status().ledger_checkpoint;
+            async move { (n >= 3).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
     // Messages that come while it runs; a receipt handed in is found in its block.
     let (_, receipt, body) = m
         .send_receipted(

@@ -1,6 +1,7 @@
 //! `blockpost bench`: load generators against a node started in process, with a summary.
 
 mod attack;
+mod audit;
 mod blocks;
 mod directory;
 mod messages;
@@ -8,6 +9,7 @@ mod messages;
 use std::time::Duration;
 
 pub use attack::BenchAttackArgs;
+pub use audit::BenchAuditArgs;
 pub use blocks::BenchBlocksArgs;
 pub use directory::BenchArgs;
 pub use messages::BenchMessagesArgs;
@@ -26,6 +28,9 @@ pub enum BenchCmd {
     /// The block builder: its rate from a pre-filled firehose beside the gateway's accepted
     /// rate, look-up latency with proofs on a large store, bytes stored per message.
     Blocks(BenchBlocksArgs),
+    /// The auditor: catch-up rate on a backlog beside the gateway's accepted rate, keeping
+    /// up while messages flow, and the latency of an omission alert.
+    Audit(BenchAuditArgs),
 }
 
 /// Runs one benchmark.
@@ -35,6 +40,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Messages(a) => messages::run(a).await,
         BenchCmd::Attack(a) => attack::run(a).await,
         BenchCmd::Blocks(a) => blocks::run(a).await,
+        BenchCmd::Audit(a) => audit::run(a).await,
     }
 }
 

@@ -72,6 +72,24 @@ pub struct AuditStatus {
     pub directory_checkpoint: u64,
     /// The largest ledger checkpoint verified against the chain of blocks (its size).
     pub ledger_checkpoint: u64,
+    /// Firehose messages on the node's stream not checked yet.
+    pub firehose_lag: u64,
+    /// Blocks on the node's stream not verified yet.
+    pub blocks_lag: u64,
+    /// Seconds since the auditor last checked something new.
+    pub seconds_since_progress: u64,
+}
+
+/// How long an auditor may sit behind the node without moving before it counts as stalled.
+pub const STALLED_AFTER: Duration = Duration::from_secs(30);
+
+impl AuditStatus {
+    /// Whether the auditor is behind the node and has not moved for [`STALLED_AFTER`]: it
+    /// vouches for nothing new, and says so.
+    pub fn stalled(&self) -> bool {
+        (self.firehose_lag > 0 || self.blocks_lag > 0)
+            && self.seconds_since_progress >= STALLED_AFTER.as_secs()
+    }
 }
 
 /// What a receipt handed to the auditor says, after its signature was checked.
@@ -119,9 +137,19 @@ struct Inner {
     /// Receipts handed in (`DATA/receipts.jsonl`), kept across restarts.
     receipts: Mutex<std::fs::File>,
     receipts_path: PathBuf,
+    /// The firehose stream's last sequence, as last asked.
+    firehose_stream_last: std::sync::atomic::AtomicU64,
+    /// Blocks on the stream after the last one read.
+    blocks_pending: std::sync::atomic::AtomicU64,
+    /// When the auditor last checked something new.
+    progress: Mutex<std::time::Instant>,
 }
 
 impl Inner {
+    fn moved(&self) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+    }
+
     fn raise(&self, alerts: Vec<Alert>) {
         if alerts.is_empty() {
             return;
@@ -280,6 +308,9 @@ impl Auditor {
             gateway_key,
             receipts: Mutex::new(receipts),
             receipts_path,
+            firehose_stream_last: std::sync::atomic::AtomicU64::new(0),
+            blocks_pending: std::sync::atomic::AtomicU64::new(0),
+            progress: Mutex::new(std::time::Instant::now()),
         });
         // Receipts handed in before a restart are watched again (a torn last line is
         // dropped: its receipt was never answered).
@@ -351,6 +382,19 @@ impl Auditor {
             directory_entries: s.directory.size(),
             directory_checkpoint: s.directory.checkpoint_verified(),
             ledger_checkpoint: s.chain.as_ref().map_or(0, Chain::ledger_verified),
+            firehose_lag: self
+                .inner
+                .firehose_stream_last
+                .load(Ordering::SeqCst)
+                .saturating_sub(s.promises.last_seq()),
+            blocks_lag: self.inner.blocks_pending.load(Ordering::SeqCst),
+            seconds_since_progress: self
+                .inner
+                .progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed()
+                .as_secs(),
         }
     }
 
@@ -362,6 +406,21 @@ impl Auditor {
             .unwrap_or_else(|e| e.into_inner())
             .all()
             .to_vec()
+    }
+
+    /// How many alerts of each kind were raised (also before a restart).
+    pub fn alert_counts(&self) -> std::collections::HashMap<crate::AlertKind, u64> {
+        let mut counts = std::collections::HashMap::new();
+        for a in self
+            .inner
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .all()
+        {
+            *counts.entry(a.kind).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// New alerts as they are raised, with their index in the alert file.
@@ -508,6 +567,7 @@ async fn firehose_loop(
                     .unwrap_or_else(|e| e.into_inner())
                     .promises
                     .firehose(seq, id, published, invalid, now_ms());
+                inner.moved();
                 inner.raise(alerts);
             }
             Err("the firehose consumer ended".into())
@@ -606,6 +666,7 @@ async fn directory_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace
                         Vec::new()
                     }
                 };
+                inner.moved();
                 inner.raise(alerts);
             }
             Err("the directory consumer ended".into())
@@ -648,6 +709,9 @@ async fn firehose_tail_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Names
             continue;
         };
         let last = info.state.last_sequence;
+        if let Some(i) = weak.upgrade() {
+            i.firehose_stream_last.store(last, Ordering::SeqCst);
+        }
         if last <= ours {
             still = None;
             continue;
@@ -758,6 +822,8 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                     }
                 };
                 inner.blocks_current.store(pending == 0, Ordering::SeqCst);
+                inner.blocks_pending.store(pending, Ordering::SeqCst);
+                inner.moved();
                 inner.raise(alerts);
             }
             Err("the blocks consumer ended".into())

@@ -57,6 +57,10 @@ impl Audit for Auditor {
             directory_entries: s.directory_entries,
             directory_checkpoint: s.directory_checkpoint,
             ledger_checkpoint: s.ledger_checkpoint,
+            firehose_lag: s.firehose_lag,
+            blocks_lag: s.blocks_lag,
+            seconds_since_progress: s.seconds_since_progress,
+            stalled: s.stalled(),
         }))
     }
 

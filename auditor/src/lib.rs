@@ -33,6 +33,7 @@
 //! - `promises`: [`Promises`], firehose against blocks (no I/O).
 //! - `watch`: [`Watch`], the watch list's patterns.
 //! - `alert`: [`Alert`], [`AlertKind`], and the alert file [`AlertLog`].
+//! - `metrics`: [`serve_metrics`], Prometheus metrics and a liveness check over HTTP.
 //! - `grpc`: the `blockpost.v1.Audit` service ([`Auditor::into_service`]): status, alerts
 //!   (streamed), receipts handed in.
 //! - `error`: [`Error`].
@@ -54,13 +55,15 @@ mod checkpoints;
 mod directory;
 mod error;
 mod grpc;
+mod metrics;
 mod promises;
 mod watch;
 
 pub use alert::{Alert, AlertKind, AlertLog};
-pub use auditor::{AuditStatus, Auditor, AuditorConfig, ReceiptVerdict};
+pub use auditor::{AuditStatus, Auditor, AuditorConfig, ReceiptVerdict, STALLED_AFTER};
 pub use chain::{BlockSeen, Chain};
 pub use directory::DirectoryLog;
 pub use error::{Error, Result};
+pub use metrics::serve_metrics;
 pub use promises::Promises;
 pub use watch::{Watch, WatchField};

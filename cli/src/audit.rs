@@ -42,6 +42,10 @@ pub struct AuditorArgs {
     /// `name:PATTERN` or `PATTERN` (either), with `*` and `?`, ignoring case. Repeatable.
     #[arg(long, value_name = "PATTERN")]
     pub watch: Vec<blockpost_auditor::Watch>,
+    /// Serve Prometheus metrics (`/metrics`) and a liveness check (`/healthz`, 503 once
+    /// the auditor has stalled behind the node) over HTTP on this address.
+    #[arg(long, env = "BLOCKPOST_AUDITOR_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Serve `blockpost.v1.Audit` (status, alerts, receipts) on this address.
     #[arg(
         long,
@@ -183,6 +187,19 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, "serving blockpost.v1.Audit");
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(listen = %addr, "serving /metrics and /healthz");
+            Some(tokio::spawn(blockpost_auditor::serve_metrics(
+                auditor.clone(),
+                l,
+            )))
+        }
+        None => None,
+    };
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(auditor.clone().into_service())
@@ -206,6 +223,9 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
         }
     }
     server.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     render::audit_status(&auditor.status(), args.json)?;
     Ok(())
 }
@@ -267,6 +287,9 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                     directory_entries: s.directory_entries,
                     directory_checkpoint: s.directory_checkpoint,
                     ledger_checkpoint: s.ledger_checkpoint,
+                    firehose_lag: s.firehose_lag,
+                    blocks_lag: s.blocks_lag,
+                    seconds_since_progress: s.seconds_since_progress,
                 },
                 json,
             )

@@ -147,6 +147,43 @@ async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
         ReceiptVerdict::InBlock { height }
     );
     assert_eq!(au.alerts(), Vec::new());
+    // Its metrics and liveness over HTTP.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = tokio::spawn(blockpost_auditor::serve_metrics(au.clone(), listener));
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let m = get("/metrics").await;
+    assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
+    let height = sb.node.builder().unwrap().height();
+    assert!(
+        m.contains(&format!("\nblockpost_auditor_blocks_verified {height}\n")),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nblockpost_auditor_firehose_checked 23\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nblockpost_auditor_alerts_total{kind=\"omission\"} 0\n"),
+        "{m}"
+    );
+    assert!(m.contains("\nblockpost_auditor_stalled 0\n"), "{m}");
+    let h = get("/healthz").await;
+    assert!(
+        h.starts_with("HTTP/1.1 200 OK") && h.contains("\"blocks_current\":true"),
+        "{h}"
+    );
+    assert!(get("/other").await.starts_with("HTTP/1.1 404"));
+    metrics.abort();
     drop(au);
 
     // Restarted on its data: it reads everything again and still finds nothing.

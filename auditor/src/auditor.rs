@@ -477,47 +477,49 @@ fn published_ms(info: &jetstream::message::Info<'_>) -> i64 {
     i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-/// Whether a client error is the verdict on an envelope (it is not valid), not a failure
-/// to reach the node.
-fn is_verdict(e: &blockpost_client::Error) -> bool {
-    use blockpost_client::Error as E;
-    match e {
-        E::BadEnvelope { .. } | E::Core(_) => true,
-        E::Status(s) => matches!(
-            s.code(),
-            tonic::Code::NotFound | tonic::Code::InvalidArgument
-        ),
-        _ => false,
-    }
-}
+/// Most firehose messages checked together (one batch of signatures, split over the
+/// cores).
+const CHECK_BATCH: usize = 1024;
 
-/// Checks one firehose payload: its id if it is a canonical envelope, and why it is not
-/// valid if it is not. Retries while the node cannot be asked.
-async fn check_envelope(
+/// Checks firehose payloads: for each, its id if it is a canonical envelope, and why it is
+/// not valid if it is not (envelope rules, sender signature against the verified
+/// directory). Retries while the node cannot be asked.
+async fn check_envelopes(
     messenger: &mut Messenger,
-    payload: &[u8],
-) -> (Option<[u8; 32]>, Option<String>) {
-    let env = match decode_canonical::<Envelope>(payload, "envelope") {
-        Ok(e) => e,
-        Err(e) => return (None, Some(e.to_string())),
-    };
-    let id = message_id_of_encoded(payload);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match messenger.open(&env, None).await {
-            Ok(_) => return (Some(id), None),
-            Err(e) if is_verdict(&e) => {
-                let why = std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
-                return (Some(id), Some(why));
+    items: &[(u64, i64, bytes::Bytes)],
+) -> Vec<(Option<[u8; 32]>, Option<String>)> {
+    let mut out: Vec<(Option<[u8; 32]>, Option<String>)> = Vec::with_capacity(items.len());
+    let mut envs = Vec::new();
+    let mut slots = Vec::new();
+    for (_, _, payload) in items {
+        match decode_canonical::<Envelope>(payload, "envelope") {
+            Ok(env) => {
+                slots.push(out.len());
+                out.push((Some(message_id_of_encoded(payload)), None));
+                envs.push(env);
             }
+            Err(e) => out.push((None, Some(e.to_string()))),
+        }
+    }
+    let mut backoff = Duration::from_millis(100);
+    let verdicts = loop {
+        match messenger.check_batch(envs.clone()).await {
+            Ok(v) => break v,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot check a firehose message against the directory; retrying");
+                tracing::warn!(error = %e, "cannot check firehose messages against the directory; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    };
+    for (slot, v) in slots.into_iter().zip(verdicts) {
+        if let Err(e) = v {
+            let why = std::error::Error::source(&e)
+                .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+            out[slot].1 = Some(why);
+        }
     }
+    out
 }
 
 async fn firehose_loop(
@@ -553,20 +555,33 @@ async fn firehose_loop(
                 .await
                 .map_err(|e| e.to_string())?;
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-            while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| e.to_string())?;
-                let info = m.info().map_err(|e| e.to_string())?;
-                let (seq, published) = (info.stream_sequence, published_ms(&info));
-                let (id, invalid) = check_envelope(&mut messenger, &m.payload).await;
+            while let Some(first) = messages.next().await {
+                // Take what else has arrived, to check the signatures in one batch.
+                let mut group = vec![first.map_err(|e| e.to_string())?];
+                while group.len() < CHECK_BATCH {
+                    match futures::FutureExt::now_or_never(messages.next()) {
+                        Some(Some(m)) => group.push(m.map_err(|e| e.to_string())?),
+                        _ => break,
+                    }
+                }
+                let mut items = Vec::with_capacity(group.len());
+                for m in &group {
+                    let info = m.info().map_err(|e| e.to_string())?;
+                    items.push((info.stream_sequence, published_ms(&info), m.payload.clone()));
+                }
+                let verdicts = check_envelopes(&mut messenger, &items).await;
                 let Some(inner) = weak.upgrade() else {
                     return Ok(());
                 };
-                let alerts = inner
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .promises
-                    .firehose(seq, id, published, invalid, now_ms());
+                let alerts = {
+                    let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = now_ms();
+                    let mut alerts = Vec::new();
+                    for ((seq, published, _), (id, invalid)) in items.iter().zip(verdicts) {
+                        alerts.extend(s.promises.firehose(*seq, id, *published, invalid, now));
+                    }
+                    alerts
+                };
                 inner.moved();
                 inner.raise(alerts);
             }

@@ -221,6 +221,80 @@ impl Messenger {
         })
     }
 
+    /// Checks envelopes with the core rules and their senders' signatures against the
+    /// directory (sender histories verified and cached), the signatures in batches split
+    /// over the cores: what [`Messenger::open`] checks, for many envelopes at once and
+    /// without opening bodies or looking up names. Per envelope: its message id, or why it
+    /// is not valid ([`Error::BadEnvelope`], or the node's NOT_FOUND for an unknown
+    /// sender). Any other error (the node cannot be reached) fails the whole call.
+    pub async fn check_batch(
+        &mut self,
+        envs: Vec<Envelope>,
+    ) -> Result<Vec<std::result::Result<[u8; 32], Error>>> {
+        const MIN_CHUNK: usize = 64;
+        let limits = EnvelopeLimits {
+            max_body_len: usize::MAX / 4,
+            max_recipients: usize::MAX / 4,
+        };
+        let mut verdicts: Vec<std::result::Result<[u8; 32], Error>> =
+            Vec::with_capacity(envs.len());
+        let mut batch = Vec::new();
+        let mut slots = Vec::new();
+        for env in envs {
+            let p = match ParsedEnvelope::parse(env, &limits) {
+                Ok(p) => p,
+                Err(source) => {
+                    verdicts.push(Err(Error::BadEnvelope {
+                        sender: "an unknown sender".into(),
+                        source,
+                    }));
+                    continue;
+                }
+            };
+            let sender = p.sender().to_string();
+            match self.sender_key(&sender, p.content().sender_key_index).await {
+                Ok(key) => {
+                    slots.push(verdicts.len());
+                    verdicts.push(Ok([0; 32]));
+                    batch.push((p, key));
+                }
+                Err(e @ Error::BadEnvelope { .. }) => verdicts.push(Err(e)),
+                Err(e) if e.code() == Some(tonic::Code::NotFound) => verdicts.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = batch.len().div_ceil(threads).max(MIN_CHUNK);
+        let mut chunks = Vec::new();
+        let mut rest = batch.into_iter();
+        loop {
+            let chunk: Vec<_> = rest.by_ref().take(per).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(tokio::task::spawn_blocking(move || {
+                blockpost_core::verify_batch(chunk)
+            }));
+        }
+        let mut results = Vec::with_capacity(slots.len());
+        for c in chunks {
+            results.extend(
+                c.await
+                    .map_err(|e| Error::UnexpectedAnswer(format!("checking signatures: {e}")))?,
+            );
+        }
+        for (slot, r) in slots.into_iter().zip(results) {
+            verdicts[slot] = match r {
+                Ok(v) => Ok(v.id()),
+                Err(source) => Err(Error::BadEnvelope {
+                    sender: "its sender".into(),
+                    source,
+                }),
+            };
+        }
+        Ok(verdicts)
+    }
+
     /// Checks an envelope with the core rules and its signature against the directory,
     /// and opens its body.
     pub async fn open(

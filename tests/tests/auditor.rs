@@ -425,6 +425,30 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
             .await
             .unwrap()
     );
+    // And someone with publish rights puts an envelope on the firehose in bank-a's name,
+    // not signed by bank-a: not valid, so no block owes it anything.
+    let forged = {
+        use blockpost_proto::v1::{EnvelopeContent, envelope_content::Body};
+        let c = EnvelopeContent {
+            sender: "bank-a".into(),
+            sender_key_index: 0,
+            recipients: vec!["bank-b".into()],
+            transaction_id: "settle-1".into(),
+            kind: MessageKind::Message as i32,
+            content_type: "text/plain".into(),
+            timestamp_ms: blockpost_core::now_ms(),
+            nonce: 7,
+            body: Some(Body::Plaintext(b"forged".to_vec())),
+            transaction_deadline_ms: None,
+        };
+        let mallory = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        blockpost_core::sign_envelope(&mallory, c.encode_to_vec()).encode_to_vec()
+    };
+    js.publish(ns.firehose_subject(), forged.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
     let tmp = tempfile::tempdir().unwrap();
     let au = auditor(&sb, tmp.path(), 200).await;
@@ -498,6 +522,8 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
         .into_inner();
     assert_eq!(r.verdict(), Verdict::Omitted);
 
+    // Past the forged envelope's deadline too (it came a moment later).
+    tokio::time::sleep(Duration::from_millis(600)).await;
     // The alerts over gRPC: the firehose gap (the deleted message) and the omission.
     let mut s = client
         .alerts(AlertsRequest {
@@ -513,7 +539,9 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
         kinds.push(a.kind);
     }
     kinds.sort();
+    // Not an omission for the forged envelope: the auditor found it not valid.
     assert_eq!(kinds, vec!["firehose_gap", "omission"]);
+    assert_eq!(au.status().firehose_checked, 2);
     server.abort();
     sb.stop().await;
 }

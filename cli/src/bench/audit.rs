@@ -204,6 +204,7 @@ pub async fn run(args: BenchAuditArgs) -> anyhow::Result<()> {
         lat.len()
     );
     drop(auditor);
+    drop(builder);
     bn.stop().await;
     Ok(())
 }

@@ -11,7 +11,7 @@
 //!   verified.
 //! - `audit`: `blockpost auditor` (the daemon) and `audit alerts`.
 //! - `anchor`: `anchor verify`: OpenTimestamps proofs of the ledger's Bitcoin anchors.
-//! - `bench`: `blockpost bench directory|messages|attack|blocks`.
+//! - `bench`: `blockpost bench directory|messages|attack|blocks|audit`.
 //! - `render`: every human and `--json` output.
 
 use std::io::IsTerminal as _;

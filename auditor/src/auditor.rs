@@ -34,6 +34,10 @@ pub struct AuditorConfig {
     /// Addresses and real names to raise an alert for on any new, rotated or revoked
     /// binding.
     pub watch: Vec<crate::Watch>,
+    /// Also publish each alert (JSON) on this NATS connection and subject: the auditor's
+    /// own server or account, since its read-only user on the node's server publishes
+    /// nothing.
+    pub publish: Option<(async_nats::Client, String)>,
 }
 
 impl AuditorConfig {
@@ -45,6 +49,7 @@ impl AuditorConfig {
             data: data.into(),
             grace_ms: 1_000,
             watch: Vec::new(),
+            publish: None,
         }
     }
 }
@@ -143,6 +148,8 @@ struct Inner {
     blocks_pending: std::sync::atomic::AtomicU64,
     /// When the auditor last checked something new.
     progress: Mutex<std::time::Instant>,
+    /// New alerts to publish on NATS ([`AuditorConfig::publish`]).
+    outbox: Option<tokio::sync::mpsc::Sender<Alert>>,
 }
 
 impl Inner {
@@ -159,6 +166,12 @@ impl Inner {
         match log.raise(alerts) {
             Ok(new) => {
                 for (i, a) in new.into_iter().enumerate() {
+                    // The alert file is the record; a full outbox only delays nothing else.
+                    if let Some(o) = &self.outbox
+                        && o.try_send(a.clone()).is_err()
+                    {
+                        tracing::warn!(kind = %a.kind, subject = %a.subject, "alert not published on NATS (outbox full); it is in alerts.jsonl");
+                    }
                     let _ = self.alerts.send((before + i as u64, a));
                 }
             }
@@ -282,6 +295,16 @@ impl Auditor {
         // Refresh the directory so that sender keys are looked up against a verified state.
         messenger.directory.checkpoint().await?;
         let (alerts, _) = tokio::sync::broadcast::channel(1024);
+        let (outbox_tx, publisher) = match config.publish.clone() {
+            Some((client, subject)) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(4096);
+                (
+                    Some(tx),
+                    Some(tokio::spawn(publish_loop(client, subject, rx))),
+                )
+            }
+            None => (None, None),
+        };
         let receipts_path = config.data.join("receipts.jsonl");
         let kept = std::fs::read_to_string(&receipts_path).unwrap_or_default();
         let receipts = std::fs::OpenOptions::new()
@@ -311,6 +334,7 @@ impl Auditor {
             firehose_stream_last: std::sync::atomic::AtomicU64::new(0),
             blocks_pending: std::sync::atomic::AtomicU64::new(0),
             progress: Mutex::new(std::time::Instant::now()),
+            outbox: outbox_tx,
         });
         // Receipts handed in before a restart are watched again (a torn last line is
         // dropped: its receipt was never answered).
@@ -326,7 +350,7 @@ impl Auditor {
         }
         let js = jetstream::new(nats);
         let channel = messenger.directory.channel();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(ledger_loop(Arc::downgrade(&inner), channel)),
             tokio::spawn(firehose_loop(
                 Arc::downgrade(&inner),
@@ -347,6 +371,7 @@ impl Auditor {
             tokio::spawn(blocks_loop(Arc::downgrade(&inner), js, ns)),
             tokio::spawn(tick_loop(Arc::downgrade(&inner))),
         ];
+        tasks.extend(publisher);
         Ok(Self {
             inner,
             _tasks: Arc::new(Tasks(tasks)),
@@ -848,6 +873,23 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
             tracing::debug!(error = %e, "auditor: following the blocks again");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Publishes each new alert, as JSON, on `subject`.
+async fn publish_loop(
+    client: async_nats::Client,
+    subject: String,
+    mut rx: tokio::sync::mpsc::Receiver<Alert>,
+) {
+    while let Some(a) = rx.recv().await {
+        let Ok(json) = serde_json::to_vec(&a) else {
+            continue;
+        };
+        if let Err(e) = client.publish(subject.clone(), json.into()).await {
+            tracing::warn!(error = %e, "cannot publish an alert on NATS; it is in alerts.jsonl");
+        }
+        let _ = client.flush().await;
     }
 }
 

@@ -42,6 +42,20 @@ pub struct AuditorArgs {
     /// `name:PATTERN` or `PATTERN` (either), with `*` and `?`, ignoring case. Repeatable.
     #[arg(long, value_name = "PATTERN")]
     pub watch: Vec<blockpost_auditor::Watch>,
+    /// Also publish each alert (JSON) on NATS, on this server (the auditor's own: the
+    /// node's read-only user publishes nothing).
+    #[arg(long, env = "BLOCKPOST_AUDITOR_ALERTS_NATS", value_name = "URL")]
+    pub alerts_nats: Option<String>,
+    /// Credentials for --alerts-nats (as --nats-credentials).
+    #[arg(long, value_name = "FILE", requires = "alerts_nats")]
+    pub alerts_nats_credentials: Option<PathBuf>,
+    /// The subject of --alerts-nats.
+    #[arg(
+        long,
+        default_value = "blockpost.audit.alerts",
+        requires = "alerts_nats"
+    )]
+    pub alerts_subject: String,
     /// Serve Prometheus metrics (`/metrics`) and a liveness check (`/healthz`, 503 once
     /// the auditor has stalled behind the node) over HTTP on this address.
     #[arg(long, env = "BLOCKPOST_AUDITOR_METRICS", value_name = "ADDR")]
@@ -178,6 +192,15 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
     let mut config = AuditorConfig::new(args.node.clone(), args.data.clone());
     config.grace_ms = args.grace_ms;
     config.watch = args.watch.clone();
+    if let Some(url) = &args.alerts_nats {
+        let auth = args
+            .alerts_nats_credentials
+            .as_deref()
+            .map(blockpost_node::NatsAuth::from_file)
+            .transpose()?;
+        let c = blockpost_node::connect(url, auth.as_ref()).await?;
+        config.publish = Some((c, args.alerts_subject.clone()));
+    }
     config.connect = blockpost_client::ConnectOptions {
         tls_ca: args.tls_ca.clone(),
         tls_pin: args.tls_pin.clone(),

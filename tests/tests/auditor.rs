@@ -11,6 +11,7 @@ use blockpost_core::Identity;
 use blockpost_core::block::{merkle_root, sign_header};
 use blockpost_proto::v1::{Block, BlockHeader, MessageKind};
 use blockpost_tests::{Sandbox, wait_for};
+use futures::StreamExt as _;
 use prost::Message as _;
 
 fn outgoing<'a>(from: &'a str, to: &'a [String], kind: MessageKind, tx: &'a str) -> Outgoing<'a> {
@@ -230,7 +231,17 @@ async fn a_message_in_no_block_by_its_deadline_is_an_omission() {
     .await;
     let sent = std::time::Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let au = auditor(&sb, tmp.path(), 300).await;
+    // Alerts also go out on NATS, on a subject of the auditor's choosing.
+    let bus = sb.nats.connect().await.unwrap();
+    let mut published = bus.subscribe("audit.alerts").await.unwrap();
+    bus.flush().await.unwrap();
+    let nats = blockpost_node::connect(&sb.nats.url(), Some(&sb.nats.reader_auth()))
+        .await
+        .unwrap();
+    let mut config = AuditorConfig::new(sb.endpoint.clone(), tmp.path());
+    config.grace_ms = 300;
+    config.publish = Some((bus.clone(), "audit.alerts".into()));
+    let au = Auditor::start(config, nats).await.unwrap();
     let alerts = wait_for(Duration::from_secs(10), "two omissions", || {
         let found: Vec<_> = au
             .alerts()
@@ -252,9 +263,18 @@ async fn a_message_in_no_block_by_its_deadline_is_an_omission() {
         assert!(a.evidence["message_id"].as_str().unwrap().len() == 64);
         assert!(a.evidence["deadline_ms"].as_i64().is_some());
     }
-    // Kept in the alert file, each once.
+    // Kept in the alert file, each once, and published.
     let text = std::fs::read_to_string(tmp.path().join("alerts.jsonl")).unwrap();
     assert_eq!(text.lines().count(), 2);
+    for _ in 0..2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), published.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let a: blockpost_auditor::Alert = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(a.kind, AlertKind::Omission);
+        assert!(text.contains(&a.subject));
+    }
     sb.stop().await;
 }
 

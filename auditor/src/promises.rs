@@ -218,10 +218,12 @@ impl Promises {
     /// the message.
     pub fn tick(&mut self, now_ms: i64, blocks_current: bool) -> Vec<Alert> {
         let mut alerts = Vec::new();
+        // Deadlines grow with the sequence (JetStream stamps messages in stream order):
+        // stop at the first that is not due, so that a long backlog costs nothing here.
         let due: Vec<u64> = self
             .waiting
             .iter()
-            .filter(|(_, w)| {
+            .take_while(|(_, w)| {
                 let past = w.deadline_ms.saturating_add(self.grace_ms);
                 past < now_ms && (blocks_current || self.ledger_time_ms > past)
             })

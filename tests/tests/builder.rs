@@ -511,6 +511,43 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
         closed.len()
     );
     assert!(closed.values().all(|n| *n == 1));
+
+    // An auditor, started now on the whole history (the kill, the restart, the blocks
+    // cut after it), finds nothing to raise.
+    let reader = blockpost_node::connect(&nats.url(), Some(&nats.reader_auth()))
+        .await
+        .unwrap();
+    let audit_dir = tmp.path().join("auditor");
+    let au = blockpost_auditor::Auditor::start(
+        blockpost_auditor::AuditorConfig::new(endpoint.clone(), &audit_dir),
+        reader,
+    )
+    .await
+    .unwrap();
+    let height = latest.block.header.header.height;
+    let ns = blockpost_core::wire::Namespace::for_origin(&c.info().origin);
+    let on_firehose = async_nats::jetstream::new(nats.connect().await.unwrap())
+        .get_stream(ns.firehose_stream())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .last_sequence;
+    assert!(on_firehose >= receipted.len() as u64);
+    wait_for(Duration::from_secs(60), "the auditor caught up", || {
+        let s = au.status();
+        let done = s.blocks_verified > height
+            && s.firehose_checked == on_firehose
+            && s.firehose_lag == 0
+            && s.waiting == 0
+            && s.blocks_current;
+        async move { done.then_some(()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(au.alerts(), Vec::new());
     node.kill().unwrap();
     node.wait().unwrap();
 }

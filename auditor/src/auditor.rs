@@ -18,6 +18,7 @@ use crate::alert::{Alert, AlertLog};
 use crate::chain::Chain;
 use crate::directory::DirectoryLog;
 use crate::promises::Promises;
+use crate::search::{IndexedMessage, SearchIndex};
 use crate::{Error, Result};
 
 /// How the auditor reaches the node and where it keeps its files.
@@ -150,6 +151,12 @@ struct Inner {
     progress: Mutex<std::time::Instant>,
     /// New alerts to publish on NATS ([`AuditorConfig::publish`]).
     outbox: Option<tokio::sync::mpsc::Sender<Alert>>,
+    /// Every verified message, for full-text search.
+    pub(crate) search: SearchIndex,
+    /// Messages added to the search index since its last commit.
+    search_dirty: AtomicBool,
+    /// The node's ledger, for the proofs of search hits (verified by the client).
+    pub(crate) ledger: Option<tokio::sync::Mutex<Ledger>>,
 }
 
 impl Inner {
@@ -276,22 +283,24 @@ impl Auditor {
         let gateway_key = blockpost_core::ed25519_key(&gateway.receipt_key)
             .map_err(blockpost_client::Error::from)?;
         let ns = Namespace::for_origin(&messenger.directory.info().origin);
-        let chain = match Ledger::connect(&messenger.directory, &client_dir).await {
+        let (chain, ledger) = match Ledger::connect(&messenger.directory, &client_dir).await {
             Ok(l) => {
                 let key = blockpost_core::ed25519_key(&l.info().builder_key)
                     .map_err(blockpost_client::Error::from)?;
-                Some(Chain::new(
+                let chain = Chain::new(
                     key,
                     l.info().transaction_timeout_ms,
                     l.info().verifier_key.clone(),
-                ))
+                );
+                (Some(chain), Some(tokio::sync::Mutex::new(l)))
             }
             Err(e) if e.code() == Some(tonic::Code::Unimplemented) => {
                 tracing::warn!("the node has no ledger: blocks are not checked, omissions are");
-                None
+                (None, None)
             }
             Err(e) => return Err(e.into()),
         };
+        let search = SearchIndex::open(&config.data.join("search"))?;
         // Refresh the directory so that sender keys are looked up against a verified state.
         messenger.directory.checkpoint().await?;
         let (alerts, _) = tokio::sync::broadcast::channel(1024);
@@ -335,6 +344,9 @@ impl Auditor {
             blocks_pending: std::sync::atomic::AtomicU64::new(0),
             progress: Mutex::new(std::time::Instant::now()),
             outbox: outbox_tx,
+            search,
+            search_dirty: AtomicBool::new(false),
+            ledger,
         });
         // Receipts handed in before a restart are watched again (a torn last line is
         // dropped: its receipt was never answered).
@@ -431,6 +443,29 @@ impl Auditor {
             .unwrap_or_else(|e| e.into_inner())
             .all()
             .to_vec()
+    }
+
+    /// Full-text search over every verified message (tantivy query syntax); `Err(why)`
+    /// inside for a query that does not parse.
+    pub fn search(
+        &self,
+        query: &str,
+        limit: usize,
+        offset: usize,
+        by_time: bool,
+    ) -> Result<std::result::Result<Vec<crate::Hit>, String>> {
+        self.inner.search.search(query, limit, offset, by_time)
+    }
+
+    /// A message with its proofs from the node's ledger, verified by the client (header
+    /// signature, chain link, inclusion proof, ledger proof); `None` if the node has no
+    /// ledger.
+    pub async fn proved(
+        &self,
+        id: [u8; 32],
+    ) -> Option<blockpost_client::Result<blockpost_client::LedgerMessage>> {
+        let l = self.inner.ledger.as_ref()?;
+        Some(l.lock().await.message(id).await)
     }
 
     /// How many alerts of each kind were raised (also before a restart).
@@ -839,6 +874,7 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                     return Ok(());
                 };
                 let payload = m.payload.clone();
+                let mut docs = Vec::new();
                 let alerts = {
                     let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                     s.next_block_seq = seq + 1;
@@ -846,7 +882,12 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                     let checked = s.chain.as_mut().map(|c| c.block(&payload, now));
                     match checked {
                         Some((mut alerts, seen)) => {
-                            if let Some(seen) = seen {
+                            if let Some(mut seen) = seen {
+                                docs = indexed(
+                                    &s.directory,
+                                    seen.height,
+                                    std::mem::take(&mut seen.contents),
+                                );
                                 let (size, root) = seen.directory;
                                 alerts.extend(s.directory.named_by_block(
                                     size,
@@ -861,6 +902,12 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                         None => Vec::new(),
                     }
                 };
+                if !docs.is_empty() {
+                    match inner.search.add(docs) {
+                        Ok(()) => inner.search_dirty.store(true, Ordering::SeqCst),
+                        Err(e) => tracing::error!(error = %e, "cannot index messages for search"),
+                    }
+                }
                 inner.blocks_current.store(pending == 0, Ordering::SeqCst);
                 inner.blocks_pending.store(pending, Ordering::SeqCst);
                 inner.moved();
@@ -893,11 +940,57 @@ async fn publish_loop(
     }
 }
 
+/// The search documents of a verified block's messages, with names from the replayed
+/// directory.
+fn indexed(
+    directory: &DirectoryLog,
+    height: u64,
+    contents: Vec<(u64, [u8; 32], blockpost_proto::v1::EnvelopeContent)>,
+) -> Vec<IndexedMessage> {
+    use blockpost_proto::v1::envelope_content::Body;
+    let name = |a: &str| directory.real_name(a).unwrap_or_default();
+    contents
+        .into_iter()
+        .map(|(leaf, id, c)| {
+            let body = match &c.body {
+                Some(Body::Plaintext(b)) => String::from_utf8(b.clone()).ok(),
+                _ => None,
+            };
+            IndexedMessage {
+                message_id: hex::encode(id),
+                transaction_id: c.transaction_id.clone(),
+                kind: match c.kind() {
+                    blockpost_proto::v1::MessageKind::Document => "document",
+                    blockpost_proto::v1::MessageKind::Finish => "finish",
+                    _ => "message",
+                }
+                .to_owned(),
+                sender_name: name(&c.sender),
+                recipient_names: c.recipients.iter().map(|r| name(r)).collect(),
+                sender: c.sender,
+                recipients: c.recipients,
+                time_ms: c.timestamp_ms,
+                height,
+                leaf,
+                content_type: c.content_type,
+                body,
+            }
+        })
+        .collect()
+}
+
 async fn tick_loop(weak: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
+        if inner.search_dirty.swap(false, Ordering::SeqCst) {
+            let i2 = inner.clone();
+            let r = tokio::task::spawn_blocking(move || i2.search.commit()).await;
+            if !matches!(r, Ok(Ok(()))) {
+                tracing::error!("cannot commit the search index");
+            }
+        }
         let current = inner.blocks_current.load(Ordering::SeqCst);
         let now = now_ms();
         let alerts = {

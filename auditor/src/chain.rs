@@ -16,7 +16,7 @@ use crate::alert::{Alert, AlertKind};
 use crate::checkpoints::{Kinds, SignedRoots};
 
 /// What a verified block holds, for the promise checks.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BlockSeen {
     /// Its height.
     pub height: u64,
@@ -28,6 +28,8 @@ pub struct BlockSeen {
     pub range: Option<(u64, u64)>,
     /// The directory checkpoint it names: size and root.
     pub directory: (u64, [u8; 32]),
+    /// Its messages: leaf index, message id, content.
+    pub contents: Vec<(u64, [u8; 32], blockpost_proto::v1::EnvelopeContent)>,
 }
 
 /// The chain as verified so far.
@@ -284,7 +286,16 @@ impl Chain {
         if let Ok(r) = <[u8; 32]>::try_from(v.header.header.directory_root.as_slice()) {
             directory_root = r;
         }
+        let mut contents = Vec::new();
+        for (i, (leaf, kind)) in v.leaves.iter().zip(&v.kinds).enumerate() {
+            if let blockpost_core::block::Leaf::Message(env) = kind
+                && let Ok(c) = blockpost_proto::v1::EnvelopeContent::decode(env.content.as_slice())
+            {
+                contents.push((i as u64, blockpost_core::message_id_of_encoded(leaf), c));
+            }
+        }
         let seen = BlockSeen {
+            contents,
             height: h,
             time_ms: v.header.header.time_ms,
             messages,

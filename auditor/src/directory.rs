@@ -57,6 +57,13 @@ impl DirectoryLog {
         self.tree.size()
     }
 
+    /// The real name of `address` now, if the replay has it.
+    pub fn real_name(&self, address: &str) -> Option<String> {
+        self.state
+            .participant(address)
+            .map(|p| p.binding.real_name.clone())
+    }
+
     /// The largest size of a signed directory checkpoint verified against the replay.
     pub fn checkpoint_verified(&self) -> u64 {
         self.checkpoints.verified()

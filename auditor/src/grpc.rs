@@ -4,7 +4,7 @@ use blockpost_proto::v1::audit_server::{Audit, AuditServer};
 use blockpost_proto::v1::check_receipt_response::Verdict;
 use blockpost_proto::v1::{
     AlertsRequest, AuditAlert, AuditStatus as PbStatus, CheckReceiptRequest, CheckReceiptResponse,
-    GetAuditStatusRequest, ReceiptBody,
+    GetAuditStatusRequest, ReceiptBody, SearchHit, SearchRequest, SearchResponse,
 };
 use prost::Message as _;
 use tonic::{Request, Response, Status};
@@ -121,6 +121,51 @@ impl Audit for Auditor {
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
+    }
+
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
+        let r = request.into_inner();
+        let limit = if r.limit == 0 { 10 } else { r.limit as usize };
+        let hits = self
+            .search(&r.query, limit, r.offset as usize, r.by_time)
+            .map_err(status)?
+            .map_err(Status::invalid_argument)?;
+        let mut out = Vec::with_capacity(hits.len());
+        for h in hits {
+            let id =
+                <[u8; 32]>::try_from(hex::decode(&h.message_id).unwrap_or_default().as_slice())
+                    .map_err(|_| Status::internal("an indexed message id is not 32 bytes"))?;
+            let mut hit = SearchHit {
+                message_id: id.to_vec(),
+                height: h.height,
+                leaf_index: h.leaf,
+                time_ms: h.time_ms,
+                score: h.score,
+                ..Default::default()
+            };
+            match self.proved(id).await {
+                Some(Ok(m)) => {
+                    hit.envelope = m.envelope_bytes;
+                    hit.inclusion_proof = m.inclusion_proof;
+                    hit.header_hash = m.header.id.to_vec();
+                    hit.header = m.header.bytes.clone();
+                    hit.ledger_proof = m.ledger_proof;
+                    hit.ledger_checkpoint = m.checkpoint.note.clone();
+                }
+                Some(Err(e)) => {
+                    return Err(Status::unavailable(format!(
+                        "the proofs of message {}: {e}",
+                        h.message_id
+                    )));
+                }
+                None => {}
+            }
+            out.push(hit);
+        }
+        Ok(Response::new(SearchResponse { hits: out }))
     }
 
     async fn check_receipt(

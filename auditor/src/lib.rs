@@ -31,6 +31,7 @@
 //!   ledger) against its own tree.
 //! - `directory`: [`DirectoryLog`], the directory log replayed from its stream (no I/O).
 //! - `promises`: [`Promises`], firehose against blocks (no I/O).
+//! - `search`: [`SearchIndex`], full-text search (tantivy) over every verified message.
 //! - `watch`: [`Watch`], the watch list's patterns.
 //! - `alert`: [`Alert`], [`AlertKind`], and the alert file [`AlertLog`].
 //! - `metrics`: [`serve_metrics`], Prometheus metrics and a liveness check over HTTP.
@@ -57,6 +58,7 @@ mod error;
 mod grpc;
 mod metrics;
 mod promises;
+mod search;
 mod watch;
 
 pub use alert::{Alert, AlertKind, AlertLog};
@@ -66,4 +68,5 @@ pub use directory::DirectoryLog;
 pub use error::{Error, Result};
 pub use metrics::serve_metrics;
 pub use promises::Promises;
+pub use search::{Hit, IndexedMessage, MAX_HITS, SearchIndex};
 pub use watch::{Watch, WatchField};

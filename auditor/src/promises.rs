@@ -293,6 +293,7 @@ mod tests {
             messages: ids.iter().map(|i| [*i; 32]).collect(),
             range: Some(range),
             directory: (0, [0; 32]),
+            contents: Vec::new(),
         }
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use blockpost_auditor::{Alert, Auditor, AuditorConfig};
 use blockpost_proto::v1::audit_client::AuditClient;
-use blockpost_proto::v1::{AlertsRequest, CheckReceiptRequest, GetAuditStatusRequest};
+use blockpost_proto::v1::{
+    AlertsRequest, CheckReceiptRequest, GetAuditStatusRequest, SearchRequest,
+};
 
 use crate::render;
 
@@ -111,6 +113,32 @@ pub enum AuditCmd {
         )]
         auditor: String,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Full-text search over every message the auditor verified (tantivy query syntax:
+    /// `body:Megacorp AND sender_name:"Bank A"`, `transaction_id:settle-42`,
+    /// `time:[1700000000000 TO 1800000000000]`); each hit with its block and proofs.
+    Search {
+        /// The query.
+        query: String,
+        /// The auditor's endpoint.
+        #[arg(
+            long,
+            env = "BLOCKPOST_AUDITOR",
+            default_value = "http://127.0.0.1:7800"
+        )]
+        auditor: String,
+        /// Hits to show (at most 100).
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        /// Hits to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+        /// Newest first instead of by relevance.
+        #[arg(long)]
+        by_time: bool,
+        /// Print JSON lines.
         #[arg(long)]
         json: bool,
     },
@@ -291,6 +319,30 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
             let rf: ReceiptFile = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a receipt file", file.display()))?;
             hand_in(&auditor, rf.receipt()?, json).await
+        }
+        AuditCmd::Search {
+            query,
+            auditor,
+            limit,
+            offset,
+            by_time,
+            json,
+        } => {
+            let r = audit_client(&auditor)
+                .await?
+                .search(SearchRequest {
+                    query,
+                    limit,
+                    offset,
+                    by_time,
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                .into_inner();
+            for h in &r.hits {
+                render::search_hit(h, json)?;
+            }
+            Ok(())
         }
         AuditCmd::Status { auditor, json } => {
             let s = audit_client(&auditor)

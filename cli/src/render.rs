@@ -735,6 +735,39 @@ pub fn receipt_verdict(
     Ok(())
 }
 
+/// A search hit: one line, or JSON with its proofs.
+pub fn search_hit(h: &blockpost_proto::v1::SearchHit, json: bool) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let hexes = |v: &[Vec<u8>]| v.iter().map(hex::encode).collect::<Vec<_>>();
+    if json {
+        say!(
+            "{}",
+            json!({
+                "message_id": hex::encode(&h.message_id),
+                "height": h.height,
+                "leaf_index": h.leaf_index,
+                "time_ms": h.time_ms,
+                "score": h.score,
+                "envelope": base64::engine::general_purpose::STANDARD.encode(&h.envelope),
+                "inclusion_proof": hexes(&h.inclusion_proof),
+                "header_hash": hex::encode(&h.header_hash),
+                "ledger_proof": hexes(&h.ledger_proof),
+                "ledger_checkpoint": String::from_utf8_lossy(&h.ledger_checkpoint),
+            })
+        );
+    } else {
+        say!(
+            "{}  block {} leaf {}  {}  (score {:.2})",
+            date(h.time_ms),
+            h.height,
+            h.leaf_index,
+            hex::encode(&h.message_id),
+            h.score
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

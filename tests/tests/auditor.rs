@@ -148,6 +148,39 @@ async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
         ReceiptVerdict::InBlock { height }
     );
     assert_eq!(au.alerts(), Vec::new());
+    // Full-text search over what it verified (the index commits within a second).
+    let search = |q: &str| au.search(q, 100, 0, false).unwrap().unwrap();
+    wait_for(Duration::from_secs(5), "the search index", || {
+        let n = search("body:megacorp").len();
+        async move { (n == 23).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let tx = search("transaction_id:settle-2");
+    assert_eq!(tx.len(), 1);
+    assert_eq!(
+        (tx[0].message_id.as_str(), tx[0].height),
+        (hex::encode(id).as_str(), height)
+    );
+    let by_name = search(r#"sender_name:"bank b""#);
+    assert_eq!(by_name.len(), 1, "bank-b sent only its finish");
+    assert_eq!(
+        search(r#"kind:finish AND recipient_name:"bank a ag""#).len(),
+        1
+    );
+    let now = blockpost_core::now_ms();
+    assert_eq!(
+        search(&format!("time:[{} TO {now}]", now - 600_000)).len(),
+        23
+    );
+    assert!(search("time:[0 TO 1000]").is_empty());
+    assert!(au.search("body:(", 10, 0, false).unwrap().is_err());
+    // Newest first: the settle-2 message.
+    let newest = au.search("body:megacorp", 1, 0, true).unwrap().unwrap();
+    assert_eq!(newest[0].message_id, hex::encode(id));
+    // The proofs of a hit, from the node's ledger, verified.
+    let proved = au.proved(id).await.unwrap().unwrap();
+    assert_eq!(proved.header.header.height, height);
     // Its metrics and liveness over HTTP.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,0 +1,241 @@
+//! Full-text audit search: every message of every verified block, in a tantivy index
+//! (`DATA/search/`), searched with tantivy's query syntax. The index is derived: the
+//! auditor rebuilds it as it reads the blocks again at each start.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use tantivy::collector::TopDocs;
+use tantivy::query::QueryParser;
+use tantivy::schema::{
+    FAST, Field, INDEXED, STORED, STRING, Schema, TEXT, TantivyDocument, Value as _,
+};
+use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, doc};
+
+use crate::{Error, Result};
+
+/// Most hits in one answer.
+pub const MAX_HITS: usize = 100;
+/// The writer's memory budget.
+const WRITER_HEAP: usize = 50 << 20;
+
+/// One message, as indexed.
+#[derive(Clone, Debug, Default)]
+pub struct IndexedMessage {
+    /// SHA-256 of the envelope, hex.
+    pub message_id: String,
+    /// Its transaction.
+    pub transaction_id: String,
+    /// message, document or finish.
+    pub kind: String,
+    /// The sender's address and real name (from the replayed directory).
+    pub sender: String,
+    /// The sender's real name.
+    pub sender_name: String,
+    /// The recipients' addresses.
+    pub recipients: Vec<String>,
+    /// The recipients' real names.
+    pub recipient_names: Vec<String>,
+    /// The sender's timestamp (ms since the Unix epoch).
+    pub time_ms: i64,
+    /// The block that holds it, and its leaf there.
+    pub height: u64,
+    /// Its leaf index in the block.
+    pub leaf: u64,
+    /// The body's content type.
+    pub content_type: String,
+    /// The body's text, if it is not encrypted (and is UTF-8).
+    pub body: Option<String>,
+}
+
+/// A search hit.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Hit {
+    /// SHA-256 of the envelope, hex.
+    pub message_id: String,
+    /// The block that holds it.
+    pub height: u64,
+    /// Its leaf index there.
+    pub leaf: u64,
+    /// The sender's timestamp.
+    pub time_ms: i64,
+    /// Relevance (0 when sorted by time).
+    pub score: f32,
+}
+
+struct Fields {
+    message_id: Field,
+    transaction_id: Field,
+    kind: Field,
+    sender: Field,
+    sender_name: Field,
+    recipient: Field,
+    recipient_name: Field,
+    time: Field,
+    height: Field,
+    leaf: Field,
+    content_type: Field,
+    body: Field,
+    encrypted: Field,
+}
+
+/// The search index.
+pub struct SearchIndex {
+    index: Index,
+    writer: Mutex<IndexWriter>,
+    reader: IndexReader,
+    f: Fields,
+}
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::State {
+        path: "search index".into(),
+        why: e.to_string(),
+    }
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let f = Fields {
+        message_id: b.add_text_field("message_id", STRING | STORED),
+        transaction_id: b.add_text_field("transaction_id", STRING | STORED),
+        kind: b.add_text_field("kind", STRING | STORED),
+        sender: b.add_text_field("sender", STRING | STORED),
+        sender_name: b.add_text_field("sender_name", TEXT | STORED),
+        recipient: b.add_text_field("recipient", STRING | STORED),
+        recipient_name: b.add_text_field("recipient_name", TEXT | STORED),
+        time: b.add_i64_field("time", INDEXED | FAST | STORED),
+        height: b.add_u64_field("height", INDEXED | FAST | STORED),
+        leaf: b.add_u64_field("leaf", STORED),
+        content_type: b.add_text_field("content_type", STRING | STORED),
+        body: b.add_text_field("body", TEXT),
+        encrypted: b.add_text_field("encrypted", STRING),
+    };
+    (b.build(), f)
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir`, emptied: the auditor fills it again from the blocks.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let (schema, f) = schema();
+        // Derived data: start from nothing, also when an older schema is there.
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(err)?;
+        }
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let index = Index::create_in_dir(dir, schema).map_err(err)?;
+        let writer = index.writer(WRITER_HEAP).map_err(err)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(err)?;
+        Ok(Self {
+            index,
+            writer: Mutex::new(writer),
+            reader,
+            f,
+        })
+    }
+
+    /// Adds messages (visible after [`SearchIndex::commit`]).
+    pub fn add(&self, messages: Vec<IndexedMessage>) -> Result<()> {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let f = &self.f;
+        for m in messages {
+            let mut d = doc!(
+                f.message_id => m.message_id,
+                f.transaction_id => m.transaction_id,
+                f.kind => m.kind,
+                f.sender => m.sender,
+                f.sender_name => m.sender_name,
+                f.time => m.time_ms,
+                f.height => m.height,
+                f.leaf => m.leaf,
+                f.content_type => m.content_type,
+                f.encrypted => if m.body.is_some() { "no" } else { "yes" },
+            );
+            for r in m.recipients {
+                d.add_text(f.recipient, r);
+            }
+            for n in m.recipient_names {
+                d.add_text(f.recipient_name, n);
+            }
+            if let Some(b) = m.body {
+                d.add_text(f.body, b);
+            }
+            w.add_document(d).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Makes what was added searchable.
+    pub fn commit(&self) -> Result<()> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .commit()
+            .map_err(err)?;
+        self.reader.reload().map_err(err)
+    }
+
+    /// Searches with tantivy's query syntax (`sender_name:"Bank A" AND body:Megacorp`,
+    /// `time:[1700000000000 TO 1800000000000]`); by relevance, or newest first with
+    /// `by_time`. `Err(why)` for a query that does not parse.
+    pub fn search(
+        &self,
+        query: &str,
+        limit: usize,
+        offset: usize,
+        by_time: bool,
+    ) -> Result<std::result::Result<Vec<Hit>, String>> {
+        let f = &self.f;
+        let parser = QueryParser::for_index(
+            &self.index,
+            vec![
+                f.body,
+                f.sender_name,
+                f.recipient_name,
+                f.transaction_id,
+                f.sender,
+                f.recipient,
+                f.message_id,
+            ],
+        );
+        let q = match parser.parse_query(query) {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(format!("query {query:?}: {e}"))),
+        };
+        let searcher = self.reader.searcher();
+        let limit = limit.clamp(1, MAX_HITS);
+        let top = TopDocs::with_limit(limit).and_offset(offset);
+        let found: Vec<(f32, DocAddress)> = if by_time {
+            searcher
+                .search(&q, &top.order_by_fast_field::<i64>("time", Order::Desc))
+                .map_err(err)?
+                .into_iter()
+                .map(|(_, a)| (0.0, a))
+                .collect()
+        } else {
+            searcher.search(&q, &top.order_by_score()).map_err(err)?
+        };
+        let mut hits = Vec::with_capacity(found.len());
+        for (score, addr) in found {
+            let d: TantivyDocument = searcher.doc(addr).map_err(err)?;
+            let text = |field| {
+                d.get_first(field)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            hits.push(Hit {
+                message_id: text(f.message_id),
+                height: d.get_first(f.height).and_then(|v| v.as_u64()).unwrap_or(0),
+                leaf: d.get_first(f.leaf).and_then(|v| v.as_u64()).unwrap_or(0),
+                time_ms: d.get_first(f.time).and_then(|v| v.as_i64()).unwrap_or(0),
+                score,
+            });
+        }
+        Ok(Ok(hits))
+    }
+}

@@ -148,6 +148,38 @@ pub async fn run(args: BenchAuditArgs) -> anyhow::Result<()> {
         backlog as f64 / took.as_secs_f64() / gateway_rate
     );
 
+    // Search on what it verified: a transaction, a sender's name, a time range, a term
+    // every message has.
+    tokio::time::sleep(Duration::from_millis(600)).await; // the index commits each 250 ms
+    let now = blockpost_core::now_ms();
+    let mut lat = Vec::new();
+    let mut found = 0usize;
+    for i in 0..400usize {
+        let q = match i % 4 {
+            0 => format!("transaction_id:tx-{}", (i * 7919) % (backlog / 4).max(1)),
+            1 => format!("sender_name:\"sender {} ag\"", i % args.senders.max(1)),
+            2 => format!("time:[{} TO {now}]", now - 1_000 * (i as i64 % 60)),
+            // A term every message has (the bench's bodies are one long run of "x",
+            // which the tokenizer drops).
+            _ => "kind:message".to_owned(),
+        };
+        let t = Instant::now();
+        let hits = auditor
+            .search(&q, 10, 0, false)?
+            .map_err(|e| anyhow::anyhow!(e))?;
+        lat.push(t.elapsed());
+        found += hits.len();
+    }
+    lat.sort();
+    let search_bytes = super::blocks::dir_size(&tmp.path().join("auditor").join("search"));
+    say!(
+        "search on {backlog} messages (transaction id, sender name, time range, a term in every message; top 10): p50 {:.2} ms  p99 {:.2} ms over {} queries ({found} hits); index {:.0} bytes per message",
+        super::messages::pct(&lat, 0.5),
+        super::messages::pct(&lat, 0.99),
+        lat.len(),
+        search_bytes as f64 / backlog.max(1) as f64
+    );
+
     // 3. Live: submitted while the auditor runs.
     let t = Instant::now();
     let (live, live_rate) = fill(&channel, &senders, args.messages, args.live, &args).await?;

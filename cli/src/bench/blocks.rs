@@ -44,7 +44,7 @@ pub struct BenchBlocksArgs {
     pub nats: Option<String>,
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
+pub(crate) fn dir_size(p: &std::path::Path) -> u64 {
     let Ok(meta) = std::fs::metadata(p) else {
         return 0;
     };

@@ -116,15 +116,7 @@ impl Promises {
             }
             self.seen.entry(id).or_insert((seq, invalid));
         }
-        while self
-            .early
-            .front()
-            .is_some_and(|b| b.range.is_none_or(|(_, last)| last <= self.last_seq))
-        {
-            if let Some(b) = self.early.pop_front() {
-                alerts.extend(self.check_block(&b, now_ms));
-            }
-        }
+        alerts.extend(self.drain_early(now_ms));
         alerts
     }
 
@@ -143,15 +135,7 @@ impl Promises {
             serde_json::json!({ "first_missing": from, "last_missing": through }),
         )];
         self.last_seq = through;
-        while self
-            .early
-            .front()
-            .is_some_and(|b| b.range.is_none_or(|(_, last)| last <= self.last_seq))
-        {
-            if let Some(b) = self.early.pop_front() {
-                alerts.extend(self.check_block(&b, now_ms));
-            }
-        }
+        alerts.extend(self.drain_early(now_ms));
         alerts
     }
 
@@ -164,6 +148,21 @@ impl Promises {
             return Vec::new();
         }
         self.check_block(&b, now_ms)
+    }
+
+    /// Checks the blocks that waited for the firehose, as far as it has been read.
+    fn drain_early(&mut self, now_ms: i64) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        while self
+            .early
+            .front()
+            .is_some_and(|b| b.range.is_none_or(|(_, last)| last <= self.last_seq))
+        {
+            if let Some(b) = self.early.pop_front() {
+                alerts.extend(self.check_block(&b, now_ms));
+            }
+        }
+        alerts
     }
 
     fn check_block(&mut self, b: &BlockSeen, now_ms: i64) -> Vec<Alert> {

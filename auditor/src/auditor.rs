@@ -605,16 +605,7 @@ async fn firehose_loop(
                 .get_stream(ns.firehose_stream())
                 .await
                 .map_err(|e| e.to_string())?;
-            let consumer = stream
-                .create_consumer(OrderedConfig {
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            let mut messages = ordered(&stream, None, start).await?;
             while let Some(first) = messages.next().await {
                 // Take what else has arrived, to check the signatures in one batch.
                 let mut group = vec![first.map_err(|e| e.to_string())?];
@@ -697,6 +688,28 @@ async fn ledger_loop(weak: Weak<Inner>, channel: tonic::transport::Channel) {
     }
 }
 
+/// An ordered consumer of `stream` (its `filter` subjects, or all) from sequence `start`:
+/// how every loop of the auditor reads the node's streams.
+async fn ordered(
+    stream: &jetstream::stream::Stream,
+    filter: Option<String>,
+    start: u64,
+) -> std::result::Result<jetstream::consumer::pull::Ordered, String> {
+    stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.unwrap_or_default(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Follows the directory stream: checkpoints and entries, in order.
 async fn directory_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
     let mut next_seq = 1u64;
@@ -706,17 +719,7 @@ async fn directory_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace
                 .get_stream(ns.directory_stream())
                 .await
                 .map_err(|e| e.to_string())?;
-            let consumer = stream
-                .create_consumer(OrderedConfig {
-                    filter_subject: ns.directory_subjects(),
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: next_seq,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            let mut messages = ordered(&stream, Some(ns.directory_subjects()), next_seq).await?;
             let (entry_subject, checkpoint_subject) = (ns.entry_subject(), ns.checkpoint_subject());
             while let Some(m) = messages.next().await {
                 let m = m.map_err(|e| e.to_string())?;
@@ -856,16 +859,7 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
             {
                 i.blocks_current.store(true, Ordering::SeqCst);
             }
-            let consumer = stream
-                .create_consumer(OrderedConfig {
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: start,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            let mut messages = ordered(&stream, None, start).await?;
             while let Some(m) = messages.next().await {
                 let m = m.map_err(|e| e.to_string())?;
                 let info = m.info().map_err(|e| e.to_string())?;

@@ -126,13 +126,17 @@ impl Chain {
             }
             e
         };
+        // A block whose height cannot be trusted is named by the hash of its bytes.
+        let by_bytes = || {
+            format!(
+                "block bytes {}",
+                short(&blockpost_core::block::block_id(bytes))
+            )
+        };
         let block = match Block::decode(bytes) {
             Ok(b) => b,
             Err(e) => {
-                let subject = format!(
-                    "block bytes {}",
-                    short(&blockpost_core::block::block_id(bytes))
-                );
+                let subject = by_bytes();
                 return (
                     vec![Alert::new(
                         AlertKind::BlockInvalid,
@@ -145,22 +149,16 @@ impl Chain {
                 );
             }
         };
-        // The height it claims, for the alert, even when it does not verify.
-        let claimed = block
-            .header
-            .as_ref()
-            .and_then(|h| verify_header(h, &self.key).ok())
-            .map(|h| h.header.height);
         let v = match verify_block(&block, &self.key) {
             Ok(v) => v,
             Err(e) => {
-                let subject = match claimed {
-                    Some(h) => format!("block {h}"),
-                    None => format!(
-                        "block bytes {}",
-                        short(&blockpost_core::block::block_id(bytes))
-                    ),
-                };
+                // The height it claims, for the alert: only a header that verifies names it.
+                let claimed = block
+                    .header
+                    .as_ref()
+                    .and_then(|h| verify_header(h, &self.key).ok())
+                    .map(|h| h.header.height);
+                let subject = claimed.map_or_else(by_bytes, |h| format!("block {h}"));
                 return (
                     vec![Alert::new(
                         AlertKind::BlockInvalid,

@@ -19,6 +19,7 @@ use crate::chain::Chain;
 use crate::directory::DirectoryLog;
 use crate::promises::Promises;
 use crate::search::{IndexedMessage, SearchIndex};
+use crate::witness::Witness;
 use crate::{Error, Result};
 
 /// How the auditor reaches the node and where it keeps its files.
@@ -39,6 +40,12 @@ pub struct AuditorConfig {
     /// own server or account, since its read-only user on the node's server publishes
     /// nothing.
     pub publish: Option<(async_nats::Client, String)>,
+    /// The witness's name in its cosignatures (default `blockpost-auditor/` and the first
+    /// 8 hex digits of its key).
+    pub witness_name: Option<String>,
+    /// With [`AuditorConfig::publish`]: each cosigned checkpoint is also published there
+    /// on `SUBJECT.directory` and `SUBJECT.ledger`.
+    pub witness_subject: String,
 }
 
 impl AuditorConfig {
@@ -51,6 +58,8 @@ impl AuditorConfig {
             grace_ms: 1_000,
             watch: Vec::new(),
             publish: None,
+            witness_name: None,
+            witness_subject: "blockpost.witness".into(),
         }
     }
 }
@@ -157,9 +166,78 @@ struct Inner {
     search_dirty: AtomicBool,
     /// The node's ledger, for the proofs of search hits (verified by the client).
     pub(crate) ledger: Option<tokio::sync::Mutex<Ledger>>,
+    /// The witness: cosigns the checkpoints verified.
+    witness: Mutex<Witness>,
+    /// The origins of the node's directory log and ledger.
+    directory_origin: String,
+    ledger_origin: Option<String>,
+    /// Where cosigned checkpoints are published, and the subject prefix.
+    witness_publish: Option<(async_nats::Client, String)>,
+}
+
+/// Why the witness does not cosign a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum CosignError {
+    /// Not a checkpoint of the node's logs, or not signed with its key.
+    #[error("{0}")]
+    Invalid(String),
+    /// It conflicts with what the auditor verified, or with what it cosigned.
+    #[error("{0}")]
+    Refused(String),
+    /// Beyond what the auditor has replayed so far: ask again.
+    #[error("{0}")]
+    NotYet(String),
+    /// The auditor's own files.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Inner {
+    /// Cosigns the largest verified checkpoint of each log, if the witness has not, and
+    /// publishes it.
+    async fn cosign_newest(&self) {
+        let newest: Vec<(&'static str, blockpost_core::VerifiedCheckpoint)> = {
+            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut v = Vec::new();
+            if let Some(cp) = s.directory.checkpoints().latest_verified() {
+                v.push(("directory", cp.clone()));
+            }
+            if let Some(cp) = s
+                .chain
+                .as_ref()
+                .and_then(|c| c.checkpoints().latest_verified())
+            {
+                v.push(("ledger", cp.clone()));
+            }
+            v
+        };
+        for (log, cp) in newest {
+            let note = {
+                let mut w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
+                if w.cosigned_size(&cp.origin).is_some_and(|s| s >= cp.size) {
+                    continue;
+                }
+                match w.cosign(&cp, (now_ms() / 1000).max(0) as u64) {
+                    Ok(Ok(_)) => w.newest(&cp.origin),
+                    Ok(Err(refused)) => {
+                        tracing::warn!(log, size = cp.size, %refused, "not cosigned");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record a cosignature");
+                        None
+                    }
+                }
+            };
+            if let (Some(note), Some((client, subject))) = (note, &self.witness_publish) {
+                let subject = format!("{subject}.{log}");
+                if let Err(e) = client.publish(subject, note.into()).await {
+                    tracing::warn!(error = %e, "cannot publish a cosigned checkpoint on NATS");
+                }
+            }
+        }
+    }
+
     fn moved(&self) {
         *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
     }
@@ -283,24 +361,28 @@ impl Auditor {
         let gateway_key = blockpost_core::ed25519_key(&gateway.receipt_key)
             .map_err(blockpost_client::Error::from)?;
         let ns = Namespace::for_origin(&messenger.directory.info().origin);
-        let (chain, ledger) = match Ledger::connect(&messenger.directory, &client_dir).await {
-            Ok(l) => {
-                let key = blockpost_core::ed25519_key(&l.info().builder_key)
-                    .map_err(blockpost_client::Error::from)?;
-                let chain = Chain::new(
-                    key,
-                    l.info().transaction_timeout_ms,
-                    l.info().verifier_key.clone(),
-                );
-                (Some(chain), Some(tokio::sync::Mutex::new(l)))
-            }
-            Err(e) if e.code() == Some(tonic::Code::Unimplemented) => {
-                tracing::warn!("the node has no ledger: blocks are not checked, omissions are");
-                (None, None)
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let (chain, ledger, ledger_origin) =
+            match Ledger::connect(&messenger.directory, &client_dir).await {
+                Ok(l) => {
+                    let key = blockpost_core::ed25519_key(&l.info().builder_key)
+                        .map_err(blockpost_client::Error::from)?;
+                    let chain = Chain::new(
+                        key,
+                        l.info().transaction_timeout_ms,
+                        l.info().verifier_key.clone(),
+                    );
+                    let origin = l.info().origin.clone();
+                    (Some(chain), Some(tokio::sync::Mutex::new(l)), Some(origin))
+                }
+                Err(e) if e.code() == Some(tonic::Code::Unimplemented) => {
+                    tracing::warn!("the node has no ledger: blocks are not checked, omissions are");
+                    (None, None, None)
+                }
+                Err(e) => return Err(e.into()),
+            };
         let search = SearchIndex::open(&config.data.join("search"))?;
+        let witness = Witness::open(&config.data, config.witness_name.as_deref())?;
+        tracing::info!(key = %witness.verifier_key(), "witness key (nodes and clients configure it)");
         // Refresh the directory so that sender keys are looked up against a verified state.
         messenger.directory.checkpoint().await?;
         let (alerts, _) = tokio::sync::broadcast::channel(1024);
@@ -347,6 +429,13 @@ impl Auditor {
             search,
             search_dirty: AtomicBool::new(false),
             ledger,
+            witness: Mutex::new(witness),
+            directory_origin: messenger.directory.info().origin.clone(),
+            ledger_origin,
+            witness_publish: config
+                .publish
+                .as_ref()
+                .map(|(c, _)| (c.clone(), config.witness_subject.clone())),
         });
         // Receipts handed in before a restart are watched again (a torn last line is
         // dropped: its receipt was never answered).
@@ -397,6 +486,83 @@ impl Auditor {
     /// appears on the firehose.
     pub fn check_receipt(&self, r: &Receipt) -> Result<ReceiptVerdict> {
         self.inner.watch_receipt(r, true)
+    }
+
+    /// The witness's verifier key: `name+id+base64(0x04 || key)`.
+    pub fn witness_key(&self) -> String {
+        self.inner
+            .witness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .verifier_key()
+    }
+
+    /// The newest cosigned directory and ledger checkpoints, with the cosignature.
+    pub fn cosigned(&self) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+        let w = self.inner.witness.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            w.newest(&self.inner.directory_origin),
+            self.inner
+                .ledger_origin
+                .as_deref()
+                .and_then(|o| w.newest(o)),
+        )
+    }
+
+    /// Witness: the cosignature line for a checkpoint of the node's directory or ledger,
+    /// if the auditor verified it against its own replay and it is the largest of its log
+    /// the auditor has verified (or was, when it was cosigned). A checkpoint that
+    /// conflicts with the replay raises its alert (fork, inconsistency) as well.
+    pub fn cosign(&self, note: &[u8]) -> std::result::Result<Vec<u8>, CosignError> {
+        let inner = &self.inner;
+        let origin = note
+            .split(|b| *b == b'\n')
+            .next()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .unwrap_or_default();
+        let now = now_ms();
+        let (alerts, verdict) = {
+            let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            let s = &mut *s;
+            let (alerts, roots, replayed) = if origin == inner.directory_origin {
+                let alerts = s.directory.checkpoint(note, now);
+                (alerts, s.directory.checkpoints(), s.directory.size())
+            } else if inner.ledger_origin.as_deref() == Some(origin.as_str())
+                && let Some(chain) = s.chain.as_mut()
+            {
+                let alerts = chain.ledger_checkpoint(note, now);
+                (alerts, chain.checkpoints(), chain.len())
+            } else {
+                return Err(CosignError::Invalid(format!(
+                    "origin {origin:?} is neither the node's directory log nor its ledger"
+                )));
+            };
+            let verdict = match blockpost_core::verify_checkpoint(note, roots.verifier_key()) {
+                Err(e) => Err(CosignError::Invalid(e.to_string())),
+                Ok(cp) if roots.is_verified(&cp) => Ok(cp),
+                Ok(_) if !alerts.is_empty() => Err(CosignError::Refused(format!(
+                    "not cosigned: {}",
+                    alerts[0].detail
+                ))),
+                Ok(cp) if cp.size > replayed => Err(CosignError::NotYet(format!(
+                    "not verified yet: the auditor has replayed {replayed} of the {} leaves of this checkpoint",
+                    cp.size
+                ))),
+                Ok(cp) => Err(CosignError::Refused(format!(
+                    "the checkpoint of size {} is not one the auditor verified (another of its size came first, or it is too old)",
+                    cp.size
+                ))),
+            };
+            (alerts, verdict)
+        };
+        inner.raise(alerts);
+        let cp = verdict?;
+        let mut w = inner.witness.lock().unwrap_or_else(|e| e.into_inner());
+        match w.cosign(&cp, (now / 1000).max(0) as u64) {
+            Ok(Ok(line)) => Ok(line),
+            Ok(Err(refused)) => Err(CosignError::Refused(refused.to_string())),
+            Err(e) => Err(CosignError::Internal(e.to_string())),
+        }
     }
 
     /// Where the auditor stands.
@@ -669,6 +835,7 @@ async fn ledger_loop(weak: Weak<Inner>, channel: tonic::transport::Channel) {
         let r = grpc
             .get_block(GetBlockRequest {
                 at: Some(get_block_request::At::Latest(true)),
+                ..Default::default()
             })
             .await;
         let note = match r {
@@ -1017,5 +1184,6 @@ async fn tick_loop(weak: Weak<Inner>) {
             alerts
         };
         inner.raise(alerts);
+        inner.cosign_newest().await;
     }
 }

@@ -90,6 +90,11 @@ impl Chain {
         self.ids.is_empty()
     }
 
+    /// The signed ledger checkpoints seen and verified.
+    pub fn checkpoints(&self) -> &SignedRoots {
+        &self.checkpoints
+    }
+
     /// A ledger checkpoint (a note the node handed out): checked against the chain of
     /// block ids verified, now or once the chain gets to its size.
     pub fn ledger_checkpoint(&mut self, note: &[u8], now_ms: i64) -> Vec<Alert> {

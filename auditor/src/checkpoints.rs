@@ -30,8 +30,15 @@ pub struct SignedRoots {
     /// Signed checkpoints beyond the replayed tree, by size.
     ahead: BTreeMap<u64, Vec<VerifiedCheckpoint>>,
     /// The largest size whose signed root was found equal to the replayed one.
-    verified: std::cell::Cell<u64>,
+    verified: u64,
+    /// The roots of the last [`KEEP_VERIFIED`] sizes verified, for the witness.
+    verified_roots: BTreeMap<u64, [u8; 32]>,
+    /// The largest checkpoint verified.
+    latest: Option<VerifiedCheckpoint>,
 }
+
+/// How many verified sizes [`SignedRoots::is_verified`] remembers.
+pub const KEEP_VERIFIED: usize = 4096;
 
 fn note_text(n: &[u8]) -> String {
     String::from_utf8_lossy(n).into_owned()
@@ -47,14 +54,32 @@ impl SignedRoots {
             kinds,
             signed: HashMap::new(),
             ahead: BTreeMap::new(),
-            verified: std::cell::Cell::new(0),
+            verified: 0,
+            verified_roots: BTreeMap::new(),
+            latest: None,
         }
     }
 
     /// The largest size of a signed checkpoint whose root was found to be the replayed
     /// tree's.
     pub fn verified(&self) -> u64 {
-        self.verified.get()
+        self.verified
+    }
+
+    /// Whether `cp` (signature checked) is one whose root was found to be the replayed
+    /// tree's (among the last [`KEEP_VERIFIED`] sizes verified).
+    pub fn is_verified(&self, cp: &VerifiedCheckpoint) -> bool {
+        self.verified_roots.get(&cp.size) == Some(&cp.root)
+    }
+
+    /// The largest checkpoint whose root was found to be the replayed tree's.
+    pub fn latest_verified(&self) -> Option<&VerifiedCheckpoint> {
+        self.latest.as_ref()
+    }
+
+    /// The verifier key of the log's checkpoints.
+    pub fn verifier_key(&self) -> &str {
+        &self.verifier_key
     }
 
     /// A checkpoint note, against `tree` as replayed so far.
@@ -114,11 +139,18 @@ impl SignedRoots {
         alerts
     }
 
-    fn compare(&self, cp: &VerifiedCheckpoint, tree: &ReplayTree, now_ms: i64) -> Vec<Alert> {
+    fn compare(&mut self, cp: &VerifiedCheckpoint, tree: &ReplayTree, now_ms: i64) -> Vec<Alert> {
         let log = self.log;
         match tree.root(cp.size) {
             Ok(root) if root == cp.root => {
-                self.verified.set(self.verified.get().max(cp.size));
+                self.verified = self.verified.max(cp.size);
+                self.verified_roots.insert(cp.size, cp.root);
+                if self.verified_roots.len() > KEEP_VERIFIED {
+                    self.verified_roots.pop_first();
+                }
+                if self.latest.as_ref().is_none_or(|l| cp.size > l.size) {
+                    self.latest = Some(cp.clone());
+                }
                 Vec::new()
             }
             Ok(root) => vec![Alert::new(

@@ -69,6 +69,11 @@ impl DirectoryLog {
         self.checkpoints.verified()
     }
 
+    /// The signed checkpoints seen and verified.
+    pub fn checkpoints(&self) -> &SignedRoots {
+        &self.checkpoints
+    }
+
     /// A checkpoint note from the stream.
     pub fn checkpoint(&mut self, note: &[u8], now_ms: i64) -> Vec<Alert> {
         self.checkpoints.note(note, &self.tree, now_ms)

@@ -4,14 +4,15 @@ use blockpost_proto::v1::audit_server::{Audit, AuditServer};
 use blockpost_proto::v1::check_receipt_response::Verdict;
 use blockpost_proto::v1::{
     AlertsRequest, AuditAlert, AuditStatus as PbStatus, CheckReceiptRequest, CheckReceiptResponse,
-    GetAuditStatusRequest, ReceiptBody, SearchHit, SearchRequest, SearchResponse,
+    CosignRequest, CosignResponse, GetAuditStatusRequest, GetWitnessRequest, ReceiptBody,
+    SearchHit, SearchRequest, SearchResponse, WitnessInfo,
 };
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::Error;
 use crate::alert::Alert;
-use crate::auditor::{Auditor, ReceiptVerdict};
+use crate::auditor::{Auditor, CosignError, ReceiptVerdict};
 
 /// Errors to gRPC statuses, in one place.
 fn status(e: Error) -> Status {
@@ -41,6 +42,36 @@ impl Auditor {
 
 #[tonic::async_trait]
 impl Audit for Auditor {
+    async fn cosign(&self, r: Request<CosignRequest>) -> Result<Response<CosignResponse>, Status> {
+        let note = r.into_inner().checkpoint;
+        let this = self.clone();
+        let line = tokio::task::spawn_blocking(move || this.cosign(&note))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                CosignError::Invalid(why) => Status::invalid_argument(why),
+                CosignError::Refused(why) => Status::failed_precondition(why),
+                CosignError::NotYet(why) => Status::unavailable(why),
+                CosignError::Internal(why) => Status::internal(why),
+            })?;
+        Ok(Response::new(CosignResponse {
+            cosignature: line,
+            witness_key: self.witness_key(),
+        }))
+    }
+
+    async fn get_witness(
+        &self,
+        _: Request<GetWitnessRequest>,
+    ) -> Result<Response<WitnessInfo>, Status> {
+        let (directory, ledger) = self.cosigned();
+        Ok(Response::new(WitnessInfo {
+            witness_key: self.witness_key(),
+            directory_checkpoint: directory.unwrap_or_default(),
+            ledger_checkpoint: ledger.unwrap_or_default(),
+        }))
+    }
+
     async fn get_audit_status(
         &self,
         _: Request<GetAuditStatusRequest>,

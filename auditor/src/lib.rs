@@ -60,9 +60,12 @@ mod metrics;
 mod promises;
 mod search;
 mod watch;
+mod witness;
 
 pub use alert::{Alert, AlertKind, AlertLog};
-pub use auditor::{AuditStatus, Auditor, AuditorConfig, ReceiptVerdict, STALLED_AFTER};
+pub use auditor::{
+    AuditStatus, Auditor, AuditorConfig, CosignError, ReceiptVerdict, STALLED_AFTER,
+};
 pub use chain::{BlockSeen, Chain};
 pub use directory::DirectoryLog;
 pub use error::{Error, Result};
@@ -70,3 +73,4 @@ pub use metrics::serve_metrics;
 pub use promises::Promises;
 pub use search::{Hit, IndexedMessage, MAX_HITS, SearchIndex};
 pub use watch::{Watch, WatchField};
+pub use witness::{Refused, Witness};

@@ -78,6 +78,8 @@ struct Inner {
     last_seq: AtomicU64,
     /// Anchors of the ledger root.
     pub(crate) anchors: Anchors,
+    /// The newest ledger checkpoint witnesses cosigned, as the node collected it.
+    witnessed: blockpost_storage::Witnessed,
     /// The number of blocks, for those waiting for new ones.
     pub(crate) blocks: tokio::sync::watch::Sender<u64>,
 }
@@ -142,6 +144,7 @@ impl Builder {
             anchors,
             book: Mutex::new(Book::new(timeout, [])),
             last_seq: AtomicU64::new(0),
+            witnessed: Default::default(),
         });
         let i2 = inner.clone();
         tokio::task::spawn_blocking(move || catch_up(&i2))
@@ -184,6 +187,25 @@ impl Builder {
     /// The newest ledger checkpoint.
     pub fn head(&self) -> Head {
         self.inner.store.head()
+    }
+
+    /// The newest ledger checkpoint witnesses cosigned (the node's witness collector sets
+    /// it).
+    pub fn witnessed(&self) -> &blockpost_storage::Witnessed {
+        &self.inner.witnessed
+    }
+
+    /// The head to prove against: the newest, or with `witnessed` the newest witnessed
+    /// one (FAILED_PRECONDITION when there is none yet).
+    pub(crate) fn head_for(&self, witnessed: bool) -> Result<Head, tonic::Status> {
+        if !witnessed {
+            return Ok(self.head());
+        }
+        self.inner.witnessed.get().ok_or_else(|| {
+            tonic::Status::failed_precondition(
+                "no ledger checkpoint of this node is witnessed yet (it has no witness configured, or none has cosigned)",
+            )
+        })
     }
 
     /// The builder's public key (block headers and ledger checkpoints).

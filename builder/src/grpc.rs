@@ -100,6 +100,13 @@ impl Builder {
     }
 }
 
+fn not_witnessed(height: u64, head: &Head) -> Status {
+    Status::failed_precondition(format!(
+        "block {height} is not witnessed yet: the newest witnessed ledger checkpoint covers {} blocks",
+        head.size
+    ))
+}
+
 fn message_id(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], Status> {
     bytes.try_into().map_err(|v: Vec<u8>| {
         Status::invalid_argument(format!("{what} is 32 bytes (a SHA-256), not {}", v.len()))
@@ -124,8 +131,9 @@ impl ledger_server::Ledger for Builder {
         &self,
         r: Request<GetBlockRequest>,
     ) -> Result<Response<BlockResponse>, Status> {
-        let head = self.head();
-        let height = match r.into_inner().at {
+        let r = r.into_inner();
+        let head = self.head_for(r.witnessed)?;
+        let height = match r.at {
             Some(get_block_request::At::Height(h)) => h,
             Some(get_block_request::At::Latest(true)) => head
                 .size
@@ -147,6 +155,9 @@ impl ledger_server::Ledger for Builder {
             }
         };
         if height >= head.size {
+            if r.witnessed && height < self.head().size {
+                return Err(not_witnessed(height, &head));
+            }
             return Err(Status::not_found(format!(
                 "no block at height {height}: the ledger holds {} blocks",
                 head.size
@@ -159,15 +170,20 @@ impl ledger_server::Ledger for Builder {
         &self,
         r: Request<GetMessageRequest>,
     ) -> Result<Response<MessageResponse>, Status> {
-        let id = message_id(r.into_inner().message_id, "a message id")?;
-        let head = self.head();
+        let r = r.into_inner();
+        let id = message_id(r.message_id, "a message id")?;
+        let head = self.head_for(r.witnessed)?;
+        let newest = self.head().size;
         let (height, leaf) = self
             .locate(&id)
             .map_err(internal)?
-            .filter(|(h, _)| *h < head.size)
+            .filter(|(h, _)| *h < newest)
             .ok_or_else(|| {
                 Status::not_found(format!("message {} is in no block", hex::encode(id)))
             })?;
+        if height >= head.size {
+            return Err(not_witnessed(height, &head));
+        }
         let block = self.read_tree(height)?;
         Ok(Response::new(
             self.leaf_response(&block, height, leaf, &head)?,
@@ -210,13 +226,16 @@ impl ledger_server::Ledger for Builder {
             .index()
             .transaction_messages(&r.transaction_id, r.offset, limit)
             .map_err(internal)?;
-        let head = self.head();
+        let head = self.head_for(r.witnessed)?;
         let mut blocks: HashMap<u64, (Block, BlockTree)> = HashMap::new();
         let mut messages = Vec::with_capacity(ids.len());
         for id in ids {
             let (height, leaf) = self.locate(&id).map_err(internal)?.ok_or_else(|| {
                 Status::data_loss(format!("message {} is not indexed", hex::encode(id)))
             })?;
+            if r.witnessed && height >= head.size {
+                return Err(not_witnessed(height, &head));
+            }
             let block = match blocks.entry(height) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => e.insert(self.read_tree(height)?),
@@ -224,6 +243,7 @@ impl ledger_server::Ledger for Builder {
             messages.push(self.leaf_response(block, height, leaf, &head)?);
         }
         let closing = match state.closing_height {
+            Some(h) if r.witnessed && h >= head.size => return Err(not_witnessed(h, &head)),
             Some(h) if h < head.size => {
                 let block = match blocks.remove(&h) {
                     Some(b) => b,

@@ -58,6 +58,14 @@ pub struct AuditorArgs {
         requires = "alerts_nats"
     )]
     pub alerts_subject: String,
+    /// The witness's name in its cosignatures (default: blockpost-auditor/ and the first 8
+    /// hex digits of its key, `DATA/witness.key`).
+    #[arg(long, env = "BLOCKPOST_WITNESS_NAME")]
+    pub witness_name: Option<String>,
+    /// With --alerts-nats: cosigned checkpoints are also published there, on
+    /// SUBJECT.directory and SUBJECT.ledger.
+    #[arg(long, default_value = "blockpost.witness")]
+    pub witness_subject: String,
     /// Serve Prometheus metrics (`/metrics`) and a liveness check (`/healthz`, 503 once
     /// the auditor has stalled behind the node) over HTTP on this address.
     #[arg(long, env = "BLOCKPOST_AUDITOR_METRICS", value_name = "ADDR")]
@@ -139,6 +147,20 @@ pub enum AuditCmd {
         #[arg(long)]
         by_time: bool,
         /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A running auditor's witness key (what nodes and clients configure with
+    /// `--witness`) and the newest checkpoints it cosigned.
+    Witness {
+        /// The auditor's endpoint.
+        #[arg(
+            long,
+            env = "BLOCKPOST_AUDITOR",
+            default_value = "http://127.0.0.1:7800"
+        )]
+        auditor: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -232,7 +254,10 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
     config.connect = blockpost_client::ConnectOptions {
         tls_ca: args.tls_ca.clone(),
         tls_pin: args.tls_pin.clone(),
+        ..Default::default()
     };
+    config.witness_name = args.witness_name.clone();
+    config.witness_subject = args.witness_subject.clone();
     let auditor = Auditor::start(config, nats).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -341,6 +366,37 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                 .into_inner();
             for h in &r.hits {
                 render::search_hit(h, json)?;
+            }
+            Ok(())
+        }
+        AuditCmd::Witness { auditor, json } => {
+            let w = audit_client(&auditor)
+                .await?
+                .get_witness(blockpost_proto::v1::GetWitnessRequest {})
+                .await?
+                .into_inner();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "witness_key": w.witness_key,
+                        "directory_checkpoint": text(&w.directory_checkpoint),
+                        "ledger_checkpoint": text(&w.ledger_checkpoint),
+                    })
+                );
+            } else {
+                println!("witness key: {}", w.witness_key);
+                for (log, note) in [
+                    ("directory", &w.directory_checkpoint),
+                    ("ledger", &w.ledger_checkpoint),
+                ] {
+                    if note.is_empty() {
+                        println!("\nno {log} checkpoint cosigned yet");
+                    } else {
+                        println!("\nnewest {log} checkpoint cosigned:\n{}", text(note));
+                    }
+                }
             }
             Ok(())
         }

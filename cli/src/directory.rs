@@ -166,7 +166,8 @@ pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
         DirectoryCmd::Checkpoint { conn } => {
             let mut c = connect(&conn).await?;
             let cp = c.checkpoint().await?;
-            render::checkpoint(&cp, conn.json)
+            let witnessed_by = c.witness_policy().cosigners(&cp.note);
+            render::checkpoint(&cp, &witnessed_by, conn.json)
         }
     }
 }

@@ -59,6 +59,20 @@ pub struct Conn {
     /// logs it), required from the first contact on.
     #[arg(long, env = "BLOCKPOST_TLS_PIN", value_name = "PIN")]
     tls_pin: Option<String>,
+    /// A witness (auditor) whose cosignatures the client trusts: its verifier key
+    /// (name+id+base64, as `blockpost auditor` logs it and `blockpost audit witness`
+    /// prints it). Repeat for several. Look-ups are then proved against checkpoints they
+    /// cosigned, and a checkpoint without enough cosignatures is refused.
+    #[arg(
+        long = "witness",
+        env = "BLOCKPOST_WITNESSES",
+        value_delimiter = ',',
+        value_name = "KEY"
+    )]
+    witnesses: Vec<String>,
+    /// How many of the --witness keys must have cosigned (default: 1 when any is given).
+    #[arg(long, env = "BLOCKPOST_MIN_WITNESSES", value_name = "N")]
+    min_witnesses: Option<usize>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -70,6 +84,10 @@ impl Conn {
         blockpost_client::ConnectOptions {
             tls_ca: self.tls_ca.clone(),
             tls_pin: self.tls_pin.clone(),
+            witnesses: self.witnesses.clone(),
+            min_witnesses: self
+                .min_witnesses
+                .unwrap_or(usize::from(!self.witnesses.is_empty())),
         }
     }
 }

@@ -185,7 +185,11 @@ pub fn info(endpoint: &str, i: &GetInfoResponse, json: bool) -> anyhow::Result<(
 }
 
 /// A verified checkpoint.
-pub fn checkpoint(cp: &VerifiedCheckpoint, json: bool) -> anyhow::Result<()> {
+pub fn checkpoint(
+    cp: &VerifiedCheckpoint,
+    witnessed_by: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         say!(
             "{}",
@@ -194,12 +198,16 @@ pub fn checkpoint(cp: &VerifiedCheckpoint, json: bool) -> anyhow::Result<()> {
                 "tree_size": cp.size,
                 "root_hash": hex::encode(cp.root),
                 "checkpoint": String::from_utf8_lossy(&cp.note),
+                "witnessed_by": witnessed_by,
             }))?
         );
         return Ok(());
     }
     say!("{}", String::from_utf8_lossy(&cp.note).trim_end());
     eprintln!("(signature verified; consistent with every checkpoint this client saw before)");
+    if !witnessed_by.is_empty() {
+        eprintln!("(cosigned by the witnesses {})", witnessed_by.join(", "));
+    }
     Ok(())
 }
 

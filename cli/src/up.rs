@@ -47,6 +47,12 @@ pub struct UpArgs {
     /// Refuse names without evidence.
     #[arg(long)]
     pub require_verified: bool,
+    /// A witness's gRPC endpoint (an auditor's `--listen`, `[[witnesses]] endpoint`;
+    /// repeatable): the node hands it each new directory and ledger checkpoint, collects
+    /// its cosignature and serves the cosigned checkpoints to clients that require
+    /// witnesses.
+    #[arg(long = "witness", value_name = "URL")]
+    pub witnesses: Vec<String>,
     /// Largest message body in bytes (`[messaging] max_body_len`).
     #[arg(long, env = "BLOCKPOST_MAX_BODY_LEN")]
     pub max_body_len: Option<usize>,
@@ -92,6 +98,14 @@ impl UpArgs {
             .trust_anchors
             .extend(self.trust_anchors.iter().cloned());
         c.directory.require_verified |= self.require_verified;
+        c.witnesses.extend(
+            self.witnesses
+                .iter()
+                .map(|e| blockpost_node::WitnessConfig {
+                    endpoint: e.clone(),
+                    key: None,
+                }),
+        );
         let m = &mut c.messaging;
         m.max_body_len = self.max_body_len.unwrap_or(m.max_body_len);
         m.max_recipients = self.max_recipients.unwrap_or(m.max_recipients);

@@ -6,13 +6,14 @@
 use std::path::{Path, PathBuf};
 
 use blockpost_core::{
-    Address, Binding, Identity, Operation, VerifiedCheckpoint, authorize_entry,
+    Address, Binding, Identity, Operation, VerifiedCheckpoint, WitnessPolicy, authorize_entry,
     normalize_real_name, now_ms, verify_checkpoint, verify_history,
 };
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use blockpost_proto::v1::{
     ConsistencyProofRequest, EntryProof, EntryResponse, GetCheckpointRequest, GetInfoRequest,
-    GetInfoResponse, LogEntry, LookupRequest, RegisterBody, RevokeBody, RotateBody, SignedRequest,
+    GetInfoResponse, InclusionProofRequest, LogEntry, LookupRequest, RegisterBody, RevokeBody,
+    RotateBody, SignedRequest,
 };
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,8 @@ pub struct Client {
     info: GetInfoResponse,
     state_file: PathBuf,
     newest: Option<VerifiedCheckpoint>,
+    /// The witnesses whose cosignatures look-ups require.
+    witnesses: WitnessPolicy,
 }
 
 /// Where the client keeps what it verified: `$BLOCKPOST_CONFIG_DIR`, else
@@ -96,6 +99,8 @@ impl Client {
         state_dir: &Path,
         opts: &ConnectOptions,
     ) -> Result<Self> {
+        let witnesses = WitnessPolicy::new(&opts.witnesses, opts.min_witnesses)
+            .map_err(Error::WitnessPolicy)?;
         let Connection { channel, url } = transport::connect(endpoint, state_dir, opts).await?;
         let mut grpc = DirectoryClient::new(channel.clone()).max_decoding_message_size(64 << 20);
         let info = match grpc.get_info(GetInfoRequest {}).await {
@@ -146,7 +151,85 @@ impl Client {
             info,
             state_file,
             newest,
+            witnesses,
         })
+    }
+
+    /// The witnesses this client requires.
+    pub fn witness_policy(&self) -> &WitnessPolicy {
+        &self.witnesses
+    }
+
+    /// The node's newest witnessed checkpoint of at least `covering` entries, with the
+    /// cosignatures the client requires, checked for consistency like any other;
+    /// waits up to [`crate::WITNESS_WAIT`] for the witnesses to catch up.
+    pub async fn witnessed_checkpoint(&mut self, covering: u64) -> Result<VerifiedCheckpoint> {
+        let deadline = tokio::time::Instant::now() + crate::WITNESS_WAIT;
+        loop {
+            let note = self
+                .grpc
+                .get_checkpoint(GetCheckpointRequest {})
+                .await?
+                .into_inner()
+                .witnessed_checkpoint;
+            let short = if note.is_empty() {
+                blockpost_core::Error::NotWitnessed {
+                    size: "(none)".into(),
+                    have: 0,
+                    need: self.witnesses.min(),
+                }
+            } else {
+                let cp = verify_checkpoint(&note, &self.info.verifier_key)
+                    .map_err(Error::CheckpointSignature)?;
+                match self.witnesses.check(&note) {
+                    Ok(_) if cp.size >= covering => return self.accept_checkpoint(&note).await,
+                    Ok(_) => blockpost_core::Error::NotWitnessed {
+                        size: format!(
+                            "{} (entry {} not covered yet)",
+                            cp.size,
+                            covering.saturating_sub(1)
+                        ),
+                        have: self.witnesses.min(),
+                        need: self.witnesses.min(),
+                    },
+                    Err(e) => e,
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::NotWitnessed {
+                    log: "directory",
+                    source: short,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Verifies an entry against a checkpoint the required witnesses cosigned: the one in
+    /// `p` if it carries their cosignatures, else the node's newest witnessed checkpoint
+    /// that covers the entry (waiting for it), with a proof at its size.
+    pub async fn accept_witnessed_entry(&mut self, p: EntryProof) -> Result<VerifiedEntry> {
+        if !self.witnesses.is_required() || self.witnesses.check(&p.checkpoint).is_ok() {
+            return self.accept_entry(p).await;
+        }
+        let w = self
+            .witnessed_checkpoint(p.leaf_index.saturating_add(1))
+            .await?;
+        let proof = self
+            .grpc
+            .get_inclusion_proof(InclusionProofRequest {
+                leaf_index: p.leaf_index,
+                tree_size: w.size,
+            })
+            .await?
+            .into_inner()
+            .hashes;
+        self.accept_entry(EntryProof {
+            checkpoint: w.note,
+            inclusion_proof: proof,
+            ..p
+        })
+        .await
     }
 
     /// The node's public identity.
@@ -164,9 +247,25 @@ impl Client {
         &self.endpoint
     }
 
-    /// Verifies a checkpoint and its consistency with the newest one verified before, then
+    /// Verifies a checkpoint (and, when the client requires witnesses, their
+    /// cosignatures on it) and its consistency with the newest one verified before, then
     /// remembers the newer of the two.
     pub async fn accept_checkpoint(&mut self, note: &[u8]) -> Result<VerifiedCheckpoint> {
+        if self.witnesses.is_required() {
+            verify_checkpoint(note, &self.info.verifier_key).map_err(Error::CheckpointSignature)?;
+            self.witnesses
+                .check(note)
+                .map_err(|source| Error::NotWitnessed {
+                    log: "directory",
+                    source,
+                })?;
+        }
+        self.accept_any_checkpoint(note).await
+    }
+
+    /// [`Client::accept_checkpoint`] without the witnesses' cosignatures: for the
+    /// client's own writes, whose entries no witness has seen yet.
+    async fn accept_any_checkpoint(&mut self, note: &[u8]) -> Result<VerifiedCheckpoint> {
         let cp =
             verify_checkpoint(note, &self.info.verifier_key).map_err(Error::CheckpointSignature)?;
         if let Some(old) = self.newest.clone() {
@@ -219,9 +318,11 @@ impl Client {
     }
 
     /// Verifies an entry's checkpoint and inclusion proof and decodes it. Who authorised
-    /// it is checked by the callers, which know the entry it supersedes.
+    /// it is checked by the callers, which know the entry it supersedes. The checkpoint
+    /// need not carry witness cosignatures ([`Client::accept_witnessed_entry`] requires
+    /// them).
     pub async fn accept_entry(&mut self, p: EntryProof) -> Result<VerifiedEntry> {
-        let cp = self.accept_checkpoint(&p.checkpoint).await?;
+        let cp = self.accept_any_checkpoint(&p.checkpoint).await?;
         cp.verify_inclusion(p.leaf_index, &p.entry, &p.inclusion_proof)
             .map_err(|source| Error::BadProof {
                 index: p.leaf_index,
@@ -269,8 +370,12 @@ impl Client {
         Ok(e)
     }
 
-    /// Fetches and verifies the newest checkpoint.
+    /// Fetches and verifies the newest checkpoint (the newest witnessed one, when the
+    /// client requires witnesses).
     pub async fn checkpoint(&mut self) -> Result<VerifiedCheckpoint> {
+        if self.witnesses.is_required() {
+            return self.witnessed_checkpoint(0).await;
+        }
         let note = self
             .grpc
             .get_checkpoint(GetCheckpointRequest {})
@@ -330,7 +435,7 @@ impl Client {
             .into_inner();
         let mut out: Vec<VerifiedEntry> = Vec::with_capacity(resp.history.len());
         for p in resp.history {
-            out.push(self.accept_entry(p).await?);
+            out.push(self.accept_witnessed_entry(p).await?);
         }
         let entries: Vec<(u64, &[u8])> = out
             .iter()

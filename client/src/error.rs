@@ -54,6 +54,18 @@ pub enum Error {
     /// A checkpoint whose signature does not verify with the pinned log key.
     #[error("checkpoint from the directory does not verify")]
     CheckpointSignature(#[source] CoreError),
+    /// A checkpoint without the cosignatures the client requires ([`crate::ConnectOptions`]).
+    #[error("the {log} checkpoint is not witnessed as required: {source}")]
+    NotWitnessed {
+        /// "directory" or "ledger".
+        log: &'static str,
+        /// How many cosignatures it has and needs.
+        #[source]
+        source: CoreError,
+    },
+    /// A witness key or count the client was given that cannot be used.
+    #[error("witness policy: {0}")]
+    WitnessPolicy(#[source] CoreError),
     /// A checkpoint that does not extend the newest one this client verified before.
     #[error("the directory's log is not consistent with what it showed before")]
     InconsistentCheckpoint(#[source] CoreError),

@@ -87,6 +87,38 @@ pub struct Ledger {
     builder_key: VerifyingKey,
     /// Headers verified so far, by height (chain links are checked against them).
     headers: std::collections::HashMap<u64, VerifiedHeader>,
+    /// The witnesses whose cosignatures ledger checkpoints require (the directory
+    /// client's).
+    witnesses: blockpost_core::WitnessPolicy,
+}
+
+/// Calls the node until it answers with something other than "not witnessed yet", for up
+/// to [`crate::WITNESS_WAIT`] (once, when no witness is required).
+async fn until_witnessed<T, F, Fut>(required: bool, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + crate::WITNESS_WAIT;
+    loop {
+        match call().await {
+            Err(s)
+                if required
+                    && s.code() == tonic::Code::FailedPrecondition
+                    && s.message().contains("witnessed")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(s) if required && s.code() == tonic::Code::FailedPrecondition => {
+                return Err(Error::NotWitnessed {
+                    log: "ledger",
+                    source: blockpost_core::Error::CheckpointInvalid(s.message().to_owned()),
+                });
+            }
+            r => return Ok(r?.into_inner()),
+        }
+    }
 }
 
 impl Ledger {
@@ -158,6 +190,7 @@ impl Ledger {
             info,
             builder_key,
             headers: std::collections::HashMap::new(),
+            witnesses: directory.witness_policy().clone(),
         })
     }
 
@@ -167,7 +200,17 @@ impl Ledger {
     }
 
     fn checkpoint(&self, note: &[u8]) -> Result<VerifiedCheckpoint> {
-        verify_checkpoint(note, &self.info.verifier_key).map_err(Error::CheckpointSignature)
+        let cp =
+            verify_checkpoint(note, &self.info.verifier_key).map_err(Error::CheckpointSignature)?;
+        if self.witnesses.is_required() {
+            self.witnesses
+                .check(note)
+                .map_err(|source| Error::NotWitnessed {
+                    log: "ledger",
+                    source,
+                })?;
+        }
+        Ok(cp)
     }
 
     /// The header of block `height`, verified (signature, fields), without the ledger.
@@ -221,11 +264,20 @@ impl Ledger {
             Some(h) => get_block_request::At::Height(h),
             None => get_block_request::At::Latest(true),
         };
-        let r = self
-            .grpc
-            .get_block(GetBlockRequest { at: Some(at) })
-            .await?
-            .into_inner();
+        let witnessed = self.witnesses.is_required();
+        let grpc = self.grpc.clone();
+        let r = until_witnessed(witnessed, || {
+            let mut g = grpc.clone();
+            let at = at.clone();
+            async move {
+                g.get_block(GetBlockRequest {
+                    at: Some(at),
+                    witnessed,
+                })
+                .await
+            }
+        })
+        .await?;
         let block = r
             .block
             .ok_or_else(|| Error::UnexpectedAnswer("no block in the answer".into()))?;
@@ -259,13 +311,19 @@ impl Ledger {
     /// the builder signed, that header follows the one before it, and its id is in the
     /// signed ledger.
     pub async fn message(&mut self, id: [u8; 32]) -> Result<LedgerMessage> {
-        let r = self
-            .grpc
-            .get_message(GetMessageRequest {
-                message_id: id.to_vec(),
-            })
-            .await?
-            .into_inner();
+        let witnessed = self.witnesses.is_required();
+        let grpc = self.grpc.clone();
+        let r = until_witnessed(witnessed, || {
+            let mut g = grpc.clone();
+            async move {
+                g.get_message(GetMessageRequest {
+                    message_id: id.to_vec(),
+                    witnessed,
+                })
+                .await
+            }
+        })
+        .await?;
         let m = self.verify_leaf(r).await?;
         if m.message_id != id {
             return Err(Error::UnexpectedAnswer(
@@ -340,15 +398,21 @@ impl Ledger {
             let offset = u32::try_from(messages.len()).map_err(|_| {
                 Error::UnexpectedAnswer("more than 2^32 messages in a transaction".into())
             })?;
-            let r = self
-                .grpc
-                .get_transaction(GetTransactionRequest {
-                    transaction_id: id.to_owned(),
-                    offset,
-                    limit: 0,
-                })
-                .await?
-                .into_inner();
+            let witnessed = self.witnesses.is_required();
+            let grpc = self.grpc.clone();
+            let r = until_witnessed(witnessed, || {
+                let mut g = grpc.clone();
+                async move {
+                    g.get_transaction(GetTransactionRequest {
+                        transaction_id: id.to_owned(),
+                        offset,
+                        limit: 0,
+                        witnessed,
+                    })
+                    .await
+                }
+            })
+            .await?;
             let page = r.messages.len();
             for m in r.messages {
                 let m = self.verify_leaf(m).await?;

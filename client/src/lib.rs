@@ -41,4 +41,4 @@ pub use error::{Error, PinnedKeyChanged, Result};
 pub use keyfile::{read_key_file, write_key_file};
 pub use ledger::{Ledger, LedgerBlock, LedgerMessage, LedgerTransaction};
 pub use messaging::{Messenger, Outgoing, Received};
-pub use transport::{ConnectOptions, tls_pin_of};
+pub use transport::{ConnectOptions, WITNESS_WAIT, tls_pin_of};

@@ -44,7 +44,18 @@ pub struct ConnectOptions {
     /// the node logs it at start: required from the first contact on, instead of trusting
     /// the key the node presents first.
     pub tls_pin: Option<String>,
+    /// Witnesses (auditors) the client trusts: verifier keys in signed-note form,
+    /// `name+id+base64(0x04 || key)`.
+    pub witnesses: Vec<String>,
+    /// How many of `witnesses` must have cosigned a checkpoint before the client relies on
+    /// it (0: none). With it, look-ups are proved against the node's newest witnessed
+    /// checkpoint, waiting up to [`WITNESS_WAIT`] for witnesses to catch up.
+    pub min_witnesses: usize,
 }
+
+/// How long a client that requires witnesses waits for a checkpoint they cosigned that
+/// covers what it looks up.
+pub const WITNESS_WAIT: Duration = Duration::from_secs(15);
 
 /// `sha256:HEX` of a certificate's SubjectPublicKeyInfo: what the client pins.
 pub fn tls_pin_of(cert_der: &[u8]) -> Result<String> {

@@ -101,6 +101,18 @@ pub enum Error {
     /// A checkpoint whose signature or format does not check out.
     #[error("checkpoint rejected: {0}")]
     CheckpointInvalid(String),
+    /// A checkpoint without the cosignatures a client's witness policy requires.
+    #[error(
+        "the checkpoint of size {size} carries {have} valid cosignature(s) of trusted witnesses; {need} required"
+    )]
+    NotWitnessed {
+        /// The checkpoint's size line.
+        size: String,
+        /// Valid cosignatures of trusted witnesses.
+        have: usize,
+        /// Required.
+        need: usize,
+    },
     /// An inclusion proof that does not lead to the checkpoint's root.
     #[error("inclusion proof for leaf {index} does not match the checkpoint of size {tree_size}")]
     InclusionProofMismatch {

@@ -51,6 +51,7 @@ pub mod anchor;
 mod authorize;
 pub mod block;
 mod clock;
+pub mod cosign;
 mod entry;
 mod envelope;
 mod error;
@@ -69,6 +70,7 @@ mod testkit;
 pub use address::{Address, check_real_name, normalize_real_name};
 pub use authorize::{AuthorizedRequest, MAX_REASON_LEN, authorize_entry, authorize_request};
 pub use clock::{Clock, FixedClock, SystemClock, check_clock, deadline_ms, now_ms};
+pub use cosign::{Cosigner, WitnessKey, WitnessPolicy, add_cosignatures};
 pub use entry::{Binding, X25519_EXTENSION_OID, decode_entry};
 pub use envelope::{
     SealTo, body_aad, envelope_message, inbox_message, message_id, message_id_of_encoded,

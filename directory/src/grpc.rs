@@ -57,6 +57,11 @@ impl directory_server::Directory for Directory {
     ) -> Result<Response<CheckpointResponse>, Status> {
         Ok(Response::new(CheckpointResponse {
             checkpoint: self.checkpoint(),
+            witnessed_checkpoint: self
+                .witnessed()
+                .get()
+                .map(|h| h.checkpoint)
+                .unwrap_or_default(),
         }))
     }
 

@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     seq: mpsc::Sender<Pending>,
     changed: watch::Sender<u64>,
+    /// The newest checkpoint witnesses cosigned, as the node collected it.
+    witnessed: blockpost_storage::Witnessed,
 }
 
 enum Precondition {
@@ -144,6 +146,7 @@ impl Directory {
                 clock,
                 seq: tx,
                 changed,
+                witnessed: Default::default(),
             },
             rx,
         ))
@@ -178,6 +181,16 @@ impl Directory {
     /// The newest checkpoint.
     pub fn checkpoint(&self) -> Vec<u8> {
         self.inner.store.head().checkpoint
+    }
+
+    /// The newest checkpoint witnesses cosigned (the node's witness collector sets it).
+    pub fn witnessed(&self) -> &blockpost_storage::Witnessed {
+        &self.inner.witnessed
+    }
+
+    /// The newest log head (size and signed checkpoint).
+    pub fn head(&self) -> blockpost_storage::Head {
+        self.inner.store.head()
     }
 
     /// Number of entries in the newest checkpoint.

@@ -53,6 +53,22 @@ pub struct NodeConfig {
     pub limits: ServeLimits,
     /// `[tls]`: TLS on the gRPC port (required off loopback).
     pub tls: TlsConfig,
+    /// `[[witnesses]]`: auditors whose cosignatures the node collects for its directory
+    /// and ledger checkpoints, and hands to clients beside them.
+    pub witnesses: Vec<WitnessConfig>,
+}
+
+/// One witness (an auditor's `blockpost.v1.Audit` endpoint).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// The auditor's gRPC endpoint (`http://HOST:PORT`).
+    pub endpoint: String,
+    /// Its verifier key (`name+id+base64`); without it, the key the witness presents is
+    /// taken (its cosignatures are checked with it either way; clients decide whom they
+    /// trust).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -67,6 +83,7 @@ impl Default for NodeConfig {
             builder: BuilderConfig::default(),
             limits: ServeLimits::default(),
             tls: TlsConfig::default(),
+            witnesses: Vec::new(),
         }
     }
 }
@@ -96,6 +113,7 @@ impl NodeConfig {
             builder: BuilderConfig::default(),
             limits: ServeLimits::default(),
             tls: TlsConfig::default(),
+            witnesses: Vec::new(),
         }
     }
 
@@ -108,6 +126,18 @@ impl NodeConfig {
         self.messaging.validate().map_err(Error::Config)?;
         self.tls.validate(&listen)?;
         self.builder.validate().map_err(Error::Config)?;
+        for w in &self.witnesses {
+            if !w.endpoint.starts_with("http://") && !w.endpoint.starts_with("https://") {
+                return Err(Error::Config(format!(
+                    "witness endpoint {:?} is not an http:// or https:// URL",
+                    w.endpoint
+                )));
+            }
+            if let Some(k) = &w.key {
+                blockpost_core::WitnessKey::parse(k)
+                    .map_err(|e| Error::Config(format!("witness {}: {e}", w.endpoint)))?;
+            }
+        }
         if self.builder.enabled
             && self.messaging.enabled
             && self.messaging.max_block_delay_ms

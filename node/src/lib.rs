@@ -36,12 +36,13 @@ mod nats;
 mod node;
 mod serve;
 mod tls;
+pub mod witness;
 
 pub use auth::{
     MANAGED_MAX_PAYLOAD, ManagedCredentials, NODE_USER, NatsAuth, READER_INBOX_PREFIX, READER_USER,
     connect,
 };
-pub use config::NodeConfig;
+pub use config::{NodeConfig, WitnessConfig};
 pub use error::{Error, Result};
 pub use limits::{FD_MARGIN, LimitedConn, ServeLimits};
 pub use nats::{LocalNats, free_port, reap_stale};

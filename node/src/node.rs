@@ -28,6 +28,8 @@ pub struct Node {
     managed: Option<Arc<std::sync::Mutex<LocalNats>>>,
     /// Restarts the managed nats-server when it dies; stopped with the node.
     supervisor: Option<tokio::task::JoinHandle<()>>,
+    /// Collects the witnesses' cosignatures ([`crate::witness`]); stopped with the node.
+    witness: Option<tokio::task::JoinHandle<()>>,
     _health: tonic_health::server::HealthReporter,
     health: Routes,
     /// TLS on the gRPC port, unless it serves plaintext (loopback only).
@@ -150,6 +152,22 @@ impl Node {
         }
         let (health_reporter, health) = crate::serve::health_routes(&services).await;
         let supervisor = managed.clone().map(|n| tokio::spawn(supervise(n)));
+        let witness = (!config.witnesses.is_empty()).then(|| {
+            let d = directory.clone();
+            let mut logs = vec![crate::witness::Log {
+                name: "directory",
+                witnessed: d.witnessed().clone(),
+                head: Box::new(move || d.head()),
+            }];
+            if let Some(b) = builder.clone() {
+                logs.push(crate::witness::Log {
+                    name: "ledger",
+                    witnessed: b.witnessed().clone(),
+                    head: Box::new(move || b.head()),
+                });
+            }
+            tokio::spawn(crate::witness::collect(config.witnesses.clone(), logs))
+        });
         Ok(Self {
             config,
             data,
@@ -160,6 +178,7 @@ impl Node {
             nats: client,
             managed,
             supervisor,
+            witness,
             _health: health_reporter,
             health,
             tls,
@@ -343,6 +362,9 @@ impl Serving {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if let Some(w) = self.witness.take() {
+            w.abort();
+        }
         if let Some(s) = self.supervisor.take() {
             s.abort();
         }

@@ -37,4 +37,4 @@ pub use datadir::DataDir;
 pub use error::{Error, Result};
 pub use files::{load_or_create_key, write_atomic, write_private_atomic, write_private_file};
 pub use record::RecordFile;
-pub use tree::{Head, TreeLog};
+pub use tree::{Head, TreeLog, Witnessed};

@@ -19,6 +19,24 @@ pub struct Head {
     pub checkpoint: Vec<u8>,
 }
 
+/// The newest checkpoint of a log that witnesses cosigned (the signed note with their
+/// cosignature lines), as the node collected it: what it hands to clients that require
+/// witnesses. Shared between the service that serves it and the collector that sets it.
+#[derive(Clone, Debug, Default)]
+pub struct Witnessed(std::sync::Arc<std::sync::RwLock<Option<Head>>>);
+
+impl Witnessed {
+    /// The newest witnessed checkpoint, if any.
+    pub fn get(&self) -> Option<Head> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces it.
+    pub fn set(&self, head: Head) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(head);
+    }
+}
+
 struct State {
     hashes: Vec<Hash>,
     /// Leaves whose hashes are in `hashes`.

@@ -632,3 +632,140 @@ async fn a_watched_name_raises_an_alert_on_its_registration_and_rotation() {
     );
     sb.stop().await;
 }
+
+/// The auditor as a witness: the node hands it each new checkpoint and collects its
+/// cosignature; a client that requires it proves look-ups against cosigned checkpoints.
+/// A second checkpoint of a size already verified, with another root (a node showing
+/// another log to someone else), is refused by the witness, raises a fork, and is refused
+/// by the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_cosigns_what_it_verified_and_refuses_a_split_view() {
+    use blockpost_client::{Client, ConnectOptions, Ledger};
+    use blockpost_proto::v1::CosignRequest;
+    use blockpost_proto::v1::audit_client::AuditClient;
+
+    // The witness's port first: the node is configured with it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let witness_url = format!("http://{}", listener.local_addr().unwrap());
+    let url = witness_url.clone();
+    let sb = Sandbox::start_with(move |c| {
+        c.builder.max_block_delay_ms = 50;
+        c.witnesses = vec![blockpost_node::WitnessConfig {
+            endpoint: url,
+            key: None,
+        }];
+    })
+    .await
+    .unwrap();
+    let (a, _, mut m) = parties(&sb).await;
+    let to = vec!["bank-b".to_owned()];
+    let (env, _) = m
+        .send(
+            &a,
+            outgoing("bank-a", &to, MessageKind::Message, "settle-1"),
+        )
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let au = auditor(&sb, tmp.path(), 1_000).await;
+    let _server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(au.clone().into_service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    caught_up(&sb, &au, 1).await;
+
+    // A client that requires the witness: look-ups and the ledger are proved against
+    // checkpoints it cosigned.
+    let opts = ConnectOptions {
+        witnesses: vec![au.witness_key()],
+        min_witnesses: 1,
+        ..Default::default()
+    };
+    let strict = tempfile::tempdir().unwrap();
+    let mut c = Client::connect_with(&sb.endpoint, strict.path(), &opts)
+        .await
+        .unwrap();
+    let b = c.current("bank-b").await.unwrap();
+    assert_eq!(
+        c.witness_policy().cosigners(&b.checkpoint.note).len(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&b.checkpoint.note)
+    );
+    let cp = c.checkpoint().await.unwrap();
+    assert_eq!(cp.size, 2);
+    let mut ledger = Ledger::connect(&c, strict.path()).await.unwrap();
+    let id = blockpost_core::message_id(&env);
+    let msg = ledger.message(id).await.unwrap();
+    assert_eq!(
+        c.witness_policy().cosigners(&msg.checkpoint.note).len(),
+        1,
+        "the ledger checkpoint is cosigned"
+    );
+    // The witness serves what it cosigned.
+    let (dir_note, ledger_note) = au.cosigned();
+    assert!(c.witness_policy().check(&dir_note.unwrap()).is_ok());
+    assert!(c.witness_policy().check(&ledger_note.unwrap()).is_ok());
+
+    // The node (its log key) signs another checkpoint of size 2, with another root.
+    let data = blockpost_storage::DataDir::new(&sb.data_dir);
+    let key = blockpost_storage::load_or_create_key(&data.log_key()).unwrap();
+    let origin = sb.directory.info().origin;
+    let forged = blockpost_core::CheckpointSigner::new(&origin, key)
+        .unwrap()
+        .sign(2, [0x5a; 32])
+        .unwrap();
+    let mut grpc = AuditClient::new(
+        tonic::transport::Channel::from_shared(witness_url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let e = grpc
+        .cosign(CosignRequest {
+            checkpoint: forged.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+    assert!(
+        au.alerts()
+            .iter()
+            .any(|x| x.kind == AlertKind::DirectoryFork),
+        "{:?}",
+        au.alerts()
+    );
+    // The real one is cosigned (again: the same line).
+    let real = sb.directory.checkpoint();
+    let line = grpc
+        .cosign(CosignRequest {
+            checkpoint: real.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cosigned = blockpost_core::add_cosignatures(&real, &[&line.cosignature]).unwrap();
+    assert!(c.witness_policy().check(&cosigned).is_ok());
+    // A checkpoint of another log is not the witness's business.
+    let e = grpc
+        .cosign(CosignRequest {
+            checkpoint: b"example.org/other\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n"
+                .to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+
+    // The client refuses the forged checkpoint: no cosignature of its witness.
+    let err = c.accept_checkpoint(&forged).await.unwrap_err();
+    assert!(
+        matches!(err, blockpost_client::Error::NotWitnessed { .. }),
+        "{err}"
+    );
+    // A client without witnesses would have caught it only against what it saw before.
+    let lax = tempfile::tempdir().unwrap();
+    let mut fresh = Client::connect(&sb.endpoint, lax.path()).await.unwrap();
+    assert!(fresh.accept_checkpoint(&forged).await.is_ok());
+}

@@ -223,6 +223,7 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
     let e = raw
         .get_block(GetBlockRequest {
             at: Some(get_block_request::At::Height(1_000_000)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -230,6 +231,7 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
     let e = raw
         .get_message(GetMessageRequest {
             message_id: vec![7; 32],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -237,12 +239,16 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
     let e = raw
         .get_message(GetMessageRequest {
             message_id: vec![7; 5],
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
     let e = raw
-        .get_block(GetBlockRequest { at: None })
+        .get_block(GetBlockRequest {
+            at: None,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
@@ -252,6 +258,7 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
     let by_id = raw
         .get_block(GetBlockRequest {
             at: Some(get_block_request::At::Id(first.block.header.id.to_vec())),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -264,6 +271,7 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
     let e = raw
         .get_block(GetBlockRequest {
             at: Some(get_block_request::At::Id(vec![9; 32])),
+            ..Default::default()
         })
         .await
         .unwrap_err();

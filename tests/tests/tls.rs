@@ -14,6 +14,7 @@ fn opts(ca: Option<&Path>, pin: Option<&str>) -> ConnectOptions {
     ConnectOptions {
         tls_ca: ca.map(Path::to_path_buf),
         tls_pin: pin.map(str::to_owned),
+        ..Default::default()
     }
 }
 

@@ -252,6 +252,7 @@ async fn finished_and_timed_out_transactions_close_once_and_refuse_more() {
         transaction_id: id.into(),
         offset: 0,
         limit,
+        ..Default::default()
     };
     let e = raw.get_transaction(get("nope", 0)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
@@ -268,6 +269,7 @@ async fn finished_and_timed_out_transactions_close_once_and_refuse_more() {
             transaction_id: "settle-42".into(),
             offset: 2,
             limit: 2,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::alert::{Alert, AlertLog};
 use crate::chain::Chain;
 use crate::directory::DirectoryLog;
-use crate::promises::Promises;
+use crate::promises::{Promises, ResumePoint};
 use crate::search::{IndexedMessage, SearchIndex};
 use crate::witness::Witness;
 use crate::{Error, Result};
@@ -93,6 +93,8 @@ pub struct AuditStatus {
     pub blocks_lag: u64,
     /// Seconds since the auditor last checked something new.
     pub seconds_since_progress: u64,
+    /// Firehose messages read (their signatures checked) since this run started.
+    pub firehose_read: u64,
 }
 
 /// How long an auditor may sit behind the node without moving before it counts as stalled.
@@ -173,6 +175,42 @@ struct Inner {
     ledger_origin: Option<String>,
     /// Where cosigned checkpoints are published, and the subject prefix.
     witness_publish: Option<(async_nats::Client, String)>,
+    /// State changes whose alerts are not in the alert file yet: the resume point is
+    /// written only when there is none.
+    in_flight: std::sync::atomic::AtomicU64,
+    /// Firehose messages read since the start.
+    firehose_read: std::sync::atomic::AtomicU64,
+    /// `DATA/resume.json`.
+    resume_path: PathBuf,
+}
+
+/// Writes the resume point (synced, then renamed over the old one).
+fn write_resume(path: &std::path::Path, p: &ResumePoint) -> Result<()> {
+    use std::io::Write as _;
+    let err = |e: std::io::Error| Error::State {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    };
+    let tmp = path.with_extension("tmp");
+    let json = serde_json::to_vec(p).map_err(|e| err(std::io::Error::other(e)))?;
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(&json)
+        .and_then(|()| f.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// The resume point of an earlier run, if any (a damaged one is ignored: everything is
+/// checked again, which raises no alert twice).
+fn read_resume(path: &std::path::Path) -> Option<ResumePoint> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "damaged resume point ignored: checking everything again");
+            None
+        }
+    }
 }
 
 /// Why the witness does not cosign a checkpoint.
@@ -436,7 +474,23 @@ impl Auditor {
                 .publish
                 .as_ref()
                 .map(|(c, _)| (c.clone(), config.witness_subject.clone())),
+            in_flight: std::sync::atomic::AtomicU64::new(0),
+            firehose_read: std::sync::atomic::AtomicU64::new(0),
+            resume_path: config.data.join("resume.json"),
         });
+        if let Some(p) = read_resume(&inner.resume_path) {
+            tracing::info!(
+                blocks_checked = p.blocks_checked,
+                firehose_from = p.firehose_from,
+                "resuming where the last run stopped"
+            );
+            inner
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .promises
+                .resume(p);
+        }
         // Receipts handed in before a restart are watched again (a torn last line is
         // dropped: its receipt was never answered).
         for line in kept.lines() {
@@ -591,6 +645,7 @@ impl Auditor {
                 .load(Ordering::SeqCst)
                 .saturating_sub(s.promises.last_seq()),
             blocks_lag: self.inner.blocks_pending.load(Ordering::SeqCst),
+            firehose_read: self.inner.firehose_read.load(Ordering::SeqCst),
             seconds_since_progress: self
                 .inner
                 .progress
@@ -757,14 +812,21 @@ async fn firehose_loop(
     loop {
         let start = match weak.upgrade() {
             Some(i) => {
-                i.state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .promises
-                    .last_seq()
-                    + 1
+                let s = i.state.lock().unwrap_or_else(|e| e.into_inner());
+                // After a restart, the blocks checked before are replayed first, so that
+                // the messages read again are found in them.
+                let replayed = s
+                    .chain
+                    .as_ref()
+                    .is_none_or(|c| c.len() >= s.promises.skip_below())
+                    || i.blocks_current.load(Ordering::SeqCst);
+                replayed.then(|| s.promises.last_seq() + 1)
             }
             None => return,
+        };
+        let Some(start) = start else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
         };
         let r: std::result::Result<(), String> = async {
             let stream = js
@@ -795,12 +857,23 @@ async fn firehose_loop(
                     let now = now_ms();
                     let mut alerts = Vec::new();
                     for ((seq, published, _), (id, invalid)) in items.iter().zip(verdicts) {
-                        alerts.extend(s.promises.firehose(*seq, id, *published, invalid, now));
+                        let placed = id.is_some_and(|id| {
+                            s.chain.as_ref().is_some_and(|c| c.placed(&id).is_some())
+                        });
+                        alerts.extend(
+                            s.promises
+                                .firehose(*seq, id, *published, invalid, placed, now),
+                        );
                     }
+                    inner.in_flight.fetch_add(1, Ordering::SeqCst);
                     alerts
                 };
+                inner
+                    .firehose_read
+                    .fetch_add(items.len() as u64, Ordering::SeqCst);
                 inner.moved();
                 inner.raise(alerts);
+                inner.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
             Err("the firehose consumer ended".into())
         }
@@ -1036,19 +1109,25 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                 };
                 let payload = m.payload.clone();
                 let mut docs = Vec::new();
+                let mut indexed_height = None;
                 let alerts = {
                     let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                     s.next_block_seq = seq + 1;
                     let now = now_ms();
                     let checked = s.chain.as_mut().map(|c| c.block(&payload, now));
-                    match checked {
+                    let alerts = match checked {
                         Some((mut alerts, seen)) => {
                             if let Some(mut seen) = seen {
-                                docs = indexed(
-                                    &s.directory,
-                                    seen.height,
-                                    std::mem::take(&mut seen.contents),
-                                );
+                                // Blocks the search index holds from before a restart
+                                // are not indexed again.
+                                if seen.height >= inner.search.blocks() {
+                                    docs = indexed(
+                                        &s.directory,
+                                        seen.height,
+                                        std::mem::take(&mut seen.contents),
+                                    );
+                                    indexed_height = Some(seen.height);
+                                }
                                 let (size, root) = seen.directory;
                                 alerts.extend(s.directory.named_by_block(
                                     size,
@@ -1061,10 +1140,12 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                             alerts
                         }
                         None => Vec::new(),
-                    }
+                    };
+                    inner.in_flight.fetch_add(1, Ordering::SeqCst);
+                    alerts
                 };
-                if !docs.is_empty() {
-                    match inner.search.add(docs) {
+                if let Some(height) = indexed_height {
+                    match inner.search.add(height, docs) {
                         Ok(()) => inner.search_dirty.store(true, Ordering::SeqCst),
                         Err(e) => tracing::error!(error = %e, "cannot index messages for search"),
                     }
@@ -1073,6 +1154,7 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                 inner.blocks_pending.store(pending, Ordering::SeqCst);
                 inner.moved();
                 inner.raise(alerts);
+                inner.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
             Err("the blocks consumer ended".into())
         }
@@ -1142,6 +1224,7 @@ fn indexed(
 
 async fn tick_loop(weak: Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut written: Option<ResumePoint> = None;
     loop {
         tick.tick().await;
         let Some(inner) = weak.upgrade() else { return };
@@ -1181,9 +1264,24 @@ async fn tick_loop(weak: Weak<Inner>) {
                     ));
                 }
             }
+            inner.in_flight.fetch_add(1, Ordering::SeqCst);
             alerts
         };
         inner.raise(alerts);
+        inner.in_flight.fetch_sub(1, Ordering::SeqCst);
         inner.cosign_newest().await;
+        // The resume point, once every alert of what it covers is in the alert file.
+        let point = {
+            let s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            (inner.in_flight.load(Ordering::SeqCst) == 0).then(|| s.promises.resume_point())
+        };
+        if let Some(p) = point
+            && written != Some(p)
+        {
+            match write_resume(&inner.resume_path, &p) {
+                Ok(()) => written = Some(p),
+                Err(e) => tracing::error!(error = %e, "cannot write the resume point"),
+            }
+        }
     }
 }

@@ -91,6 +91,7 @@ impl Audit for Auditor {
             firehose_lag: s.firehose_lag,
             blocks_lag: s.blocks_lag,
             seconds_since_progress: s.seconds_since_progress,
+            firehose_read: s.firehose_read,
             stalled: s.stalled(),
         }))
     }

@@ -44,7 +44,7 @@
 //!
 //! // A valid firehose message that no block takes is an omission after its deadline.
 //! let mut p = Promises::new(1_000, 500);
-//! assert!(p.firehose(1, Some([7; 32]), 0, None, 0).is_empty());
+//! assert!(p.firehose(1, Some([7; 32]), 0, None, false, 0).is_empty());
 //! let alerts: Vec<Alert> = p.tick(2_000, true);
 //! assert_eq!(alerts[0].kind, AlertKind::Omission);
 //! ```
@@ -70,7 +70,7 @@ pub use chain::{BlockSeen, Chain};
 pub use directory::DirectoryLog;
 pub use error::{Error, Result};
 pub use metrics::serve_metrics;
-pub use promises::Promises;
+pub use promises::{Promises, ResumePoint};
 pub use search::{Hit, IndexedMessage, MAX_HITS, SearchIndex};
 pub use watch::{Watch, WatchField};
 pub use witness::{Refused, Witness};

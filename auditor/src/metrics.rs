@@ -96,6 +96,11 @@ pub fn render(auditor: &Auditor) -> String {
         s.seconds_since_progress,
     );
     gauge(
+        "firehose_read",
+        "Firehose messages read (signatures checked) since the auditor started.",
+        s.firehose_read,
+    );
+    gauge(
         "stalled",
         "1 if the auditor is behind the node and not moving.",
         u64::from(s.stalled()),

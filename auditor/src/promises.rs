@@ -8,6 +8,20 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use crate::alert::{Alert, AlertKind};
 use crate::chain::BlockSeen;
 
+/// Where a restarted auditor takes up the promises (`DATA/resume.json`): the blocks whose
+/// promises were checked are not checked again (they are still verified and replayed),
+/// and the firehose is read again from the first message that may still matter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResumePoint {
+    /// Blocks (heights 0 to this, exclusive) whose promises were checked.
+    pub blocks_checked: u64,
+    /// The last firehose sequence those blocks name.
+    pub matched_through: u64,
+    /// The first firehose sequence to read again: no message before it is waiting for a
+    /// block, or is in a block not checked yet.
+    pub firehose_from: u64,
+}
+
 /// A valid firehose message not in a block yet.
 struct Waiting {
     id: [u8; 32],
@@ -35,6 +49,11 @@ pub struct Promises {
     ledger_time_ms: i64,
     /// Receipts handed in, by message id, whose message is in no block yet.
     receipts: HashMap<[u8; 32], Receipted>,
+    /// Blocks below this height were checked before a restart ([`ResumePoint`]).
+    skip_below: u64,
+    /// Blocks checked, and the last firehose sequence they name.
+    blocks_checked: u64,
+    matched_through: u64,
 }
 
 impl Promises {
@@ -49,7 +68,37 @@ impl Promises {
             early: VecDeque::new(),
             ledger_time_ms: i64::MIN,
             receipts: HashMap::new(),
+            skip_below: 0,
+            blocks_checked: 0,
+            matched_through: 0,
         }
+    }
+
+    /// Takes up where an earlier run stopped.
+    pub fn resume(&mut self, r: ResumePoint) {
+        self.last_seq = r.firehose_from.saturating_sub(1);
+        self.skip_below = r.blocks_checked;
+        self.blocks_checked = r.blocks_checked;
+        self.matched_through = r.matched_through;
+    }
+
+    /// Where a restart would take up now.
+    pub fn resume_point(&self) -> ResumePoint {
+        let mut from = self.last_seq + 1;
+        from = from.min(self.matched_through + 1);
+        if let Some((seq, _)) = self.waiting.first_key_value() {
+            from = from.min(*seq);
+        }
+        ResumePoint {
+            blocks_checked: self.blocks_checked,
+            matched_through: self.matched_through,
+            firehose_from: from,
+        }
+    }
+
+    /// Blocks below this height had their promises checked before a restart.
+    pub fn skip_below(&self) -> u64 {
+        self.skip_below
     }
 
     /// The last firehose sequence read.
@@ -80,13 +129,15 @@ impl Promises {
     }
 
     /// Firehose message `seq`, published at `published_ms`: its id (if it is an envelope)
-    /// and, if it is not valid (envelope rules, sender signature), why.
+    /// and, if it is not valid (envelope rules, sender signature), why. `placed`: it is in a
+    /// verified block (read again after a restart, its block was checked before).
     pub fn firehose(
         &mut self,
         seq: u64,
         id: Option<[u8; 32]>,
         published_ms: i64,
         invalid: Option<String>,
+        placed: bool,
         now_ms: i64,
     ) -> Vec<Alert> {
         let mut alerts = Vec::new();
@@ -105,7 +156,8 @@ impl Promises {
         }
         self.last_seq = seq;
         if let Some(id) = id {
-            if invalid.is_none() {
+            let matched = placed && seq <= self.matched_through;
+            if invalid.is_none() && !matched {
                 self.waiting.insert(
                     seq,
                     Waiting {
@@ -142,6 +194,13 @@ impl Promises {
     /// A verified block (in chain order).
     pub fn block(&mut self, b: BlockSeen, now_ms: i64) -> Vec<Alert> {
         self.ledger_time_ms = self.ledger_time_ms.max(b.time_ms);
+        if b.height < self.skip_below {
+            // Checked before the restart: only the receipts handed in are settled.
+            for id in &b.messages {
+                self.receipts.remove(id);
+            }
+            return Vec::new();
+        }
         let ahead = b.range.is_some_and(|(_, last)| last > self.last_seq);
         if ahead || !self.early.is_empty() {
             self.early.push_back(b);
@@ -167,6 +226,10 @@ impl Promises {
 
     fn check_block(&mut self, b: &BlockSeen, now_ms: i64) -> Vec<Alert> {
         let mut alerts = Vec::new();
+        self.blocks_checked = self.blocks_checked.max(b.height + 1);
+        if let Some((_, last)) = b.range {
+            self.matched_through = self.matched_through.max(last);
+        }
         for id in &b.messages {
             self.receipts.remove(id);
             let in_range = |seq: u64| b.range.is_some_and(|(f, l)| (f..=l).contains(&seq));
@@ -305,13 +368,13 @@ mod tests {
         let mut p = Promises::new(1_000, 500);
         for s in 1..=3u8 {
             assert!(
-                p.firehose(u64::from(s), Some([s; 32]), 0, None, 0)
+                p.firehose(u64::from(s), Some([s; 32]), 0, None, false, 0)
                     .is_empty()
             );
         }
         // A refused (invalid) message is not expected in a block.
         assert!(
-            p.firehose(4, Some([4; 32]), 0, Some("bad signature".into()), 0)
+            p.firehose(4, Some([4; 32]), 0, Some("bad signature".into()), false, 0)
                 .is_empty()
         );
         assert!(p.block(block(0, 100, &[1, 2, 3], (1, 4)), 100).is_empty());
@@ -322,16 +385,17 @@ mod tests {
     #[test]
     fn each_broken_promise_has_its_alert() {
         let mut p = Promises::new(1_000, 500);
-        p.firehose(1, Some([1; 32]), 0, None, 0);
+        p.firehose(1, Some([1; 32]), 0, None, false, 0);
         p.firehose(
             2,
             Some([2; 32]),
             0,
             Some("not signed by its sender".into()),
+            false,
             0,
         );
         // 3 and 4 deleted from the stream.
-        let gap = p.firehose(5, Some([5; 32]), 0, None, 0);
+        let gap = p.firehose(5, Some([5; 32]), 0, None, false, 0);
         assert_eq!(kinds(&gap), vec![AlertKind::FirehoseGap]);
         assert_eq!(gap[0].subject, "firehose 3..4");
         // Block 0 holds 1, the invalid 2, and 9 which the firehose never had; 5 is left out.
@@ -353,17 +417,53 @@ mod tests {
         assert_eq!(kinds(&tail), vec![AlertKind::FirehoseGap]);
         assert_eq!(tail[0].subject, "firehose 6..7");
         assert!(p.gap_through(7, 5_000).is_empty());
-        assert!(p.firehose(8, Some([8; 32]), 5_000, None, 5_000).is_empty());
+        assert!(
+            p.firehose(8, Some([8; 32]), 5_000, None, false, 5_000)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_restart_resumes_without_checking_a_block_twice_or_losing_an_omission() {
+        let mut p = Promises::new(1_000, 0);
+        for s in 1..=3u8 {
+            p.firehose(u64::from(s), Some([s; 32]), 0, None, false, 0);
+        }
+        // Block 0 names firehose 1 to 3 and omits 2.
+        assert!(p.block(block(0, 100, &[1, 3], (1, 3)), 100).is_empty());
+        let point = p.resume_point();
+        assert_eq!(
+            point,
+            ResumePoint {
+                blocks_checked: 1,
+                matched_through: 3,
+                firehose_from: 2,
+            }
+        );
+        // A new run: block 0 is replayed (not checked again), the firehose read from 2.
+        let mut q = Promises::new(1_000, 0);
+        q.resume(point);
+        assert_eq!(q.skip_below(), 1);
+        assert!(q.block(block(0, 100, &[1, 3], (1, 3)), 100).is_empty());
+        assert!(q.firehose(2, Some([2; 32]), 0, None, false, 100).is_empty());
+        // 3 is in block 0, which was checked: not waiting.
+        assert!(q.firehose(3, Some([3; 32]), 0, None, true, 100).is_empty());
+        assert_eq!(q.waiting(), 1);
+        assert_eq!(kinds(&q.tick(5_000, true)), vec![AlertKind::Omission]);
+        // Then on as usual.
+        q.firehose(4, Some([4; 32]), 5_000, None, false, 5_000);
+        assert!(q.block(block(1, 5_100, &[4], (4, 4)), 5_100).is_empty());
+        assert_eq!(q.resume_point().firehose_from, 5);
     }
 
     #[test]
     fn a_block_ahead_of_the_firehose_waits_for_it() {
         let mut p = Promises::new(1_000, 0);
-        p.firehose(1, Some([1; 32]), 0, None, 0);
+        p.firehose(1, Some([1; 32]), 0, None, false, 0);
         assert!(p.block(block(0, 100, &[1, 2], (1, 2)), 100).is_empty());
         assert!(p.block(block(1, 200, &[3], (3, 3)), 200).is_empty());
-        assert!(p.firehose(2, Some([2; 32]), 0, None, 0).is_empty());
-        assert!(p.firehose(3, Some([3; 32]), 0, None, 0).is_empty());
+        assert!(p.firehose(2, Some([2; 32]), 0, None, false, 0).is_empty());
+        assert!(p.firehose(3, Some([3; 32]), 0, None, false, 0).is_empty());
         assert_eq!(p.waiting(), 0);
         // The ledger moved past the deadlines: a late tick knows without reading more.
         assert!(p.tick(10_000, false).is_empty());

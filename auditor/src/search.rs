@@ -1,6 +1,8 @@
 //! Full-text audit search: every message of every verified block, in a tantivy index
-//! (`DATA/search/`), searched with tantivy's query syntax. The index is derived: the
-//! auditor rebuilds it as it reads the blocks again at each start.
+//! (`DATA/search/`), searched with tantivy's query syntax. The index is derived data: each
+//! commit records (as its payload) how many blocks it covers, so that after a restart the
+//! auditor indexes only the blocks after them; an index of another format, or one whose
+//! payload cannot be read, is rebuilt from the blocks.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -18,6 +20,8 @@ use crate::{Error, Result};
 pub const MAX_HITS: usize = 100;
 /// The writer's memory budget.
 const WRITER_HEAP: usize = 50 << 20;
+/// The index's format (its schema and payload): another one is rebuilt.
+const FORMAT: &str = "blockpost-search 2";
 
 /// One message, as indexed.
 #[derive(Clone, Debug, Default)]
@@ -82,7 +86,10 @@ struct Fields {
 /// The search index.
 pub struct SearchIndex {
     index: Index,
-    writer: Mutex<IndexWriter>,
+    /// The writer, and the number of blocks whose messages it holds.
+    writer: Mutex<(IndexWriter, u64)>,
+    /// Blocks covered by the last commit (at open: what the index on disk covers).
+    committed: std::sync::atomic::AtomicU64,
     reader: IndexReader,
     f: Fields,
 }
@@ -115,15 +122,32 @@ fn schema() -> (Schema, Fields) {
 }
 
 impl SearchIndex {
-    /// Opens the index in `dir`, emptied: the auditor fills it again from the blocks.
+    /// Opens the index in `dir`: the one there if it is of this format (see
+    /// [`SearchIndex::blocks`]), else a new, empty one.
     pub fn open(dir: &Path) -> Result<Self> {
         let (schema, f) = schema();
-        // Derived data: start from nothing, also when an older schema is there.
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(err)?;
-        }
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let index = Index::create_in_dir(dir, schema).map_err(err)?;
+        let format = dir.join("FORMAT");
+        let kept = std::fs::read_to_string(&format).is_ok_and(|v| v.trim() == FORMAT);
+        let opened = kept
+            .then(|| Index::open_in_dir(dir).ok())
+            .flatten()
+            .and_then(|index| {
+                let blocks = index.load_metas().ok()?.payload?.parse::<u64>().ok()?;
+                Some((index, blocks))
+            });
+        let (index, blocks) = match opened {
+            Some(o) => o,
+            None => {
+                // Derived data: start from nothing.
+                if dir.exists() {
+                    std::fs::remove_dir_all(dir).map_err(err)?;
+                }
+                std::fs::create_dir_all(dir).map_err(err)?;
+                let index = Index::create_in_dir(dir, schema).map_err(err)?;
+                std::fs::write(&format, FORMAT).map_err(err)?;
+                (index, 0)
+            }
+        };
         let writer = index.writer(WRITER_HEAP).map_err(err)?;
         let reader = index
             .reader_builder()
@@ -132,15 +156,28 @@ impl SearchIndex {
             .map_err(err)?;
         Ok(Self {
             index,
-            writer: Mutex::new(writer),
+            writer: Mutex::new((writer, blocks)),
+            committed: std::sync::atomic::AtomicU64::new(blocks),
             reader,
             f,
         })
     }
 
-    /// Adds messages (visible after [`SearchIndex::commit`]).
-    pub fn add(&self, messages: Vec<IndexedMessage>) -> Result<()> {
-        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+    /// How many blocks (heights 0 to this, exclusive) the index holds the messages of, as
+    /// of its last commit: a restarted auditor indexes the blocks from there on.
+    pub fn blocks(&self) -> u64 {
+        self.committed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Adds the messages of block `height` (visible after [`SearchIndex::commit`]); a
+    /// block the index holds already is skipped.
+    pub fn add(&self, height: u64, messages: Vec<IndexedMessage>) -> Result<()> {
+        let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if height < guard.1 {
+            return Ok(());
+        }
+        guard.1 = height + 1;
+        let w = &guard.0;
         let f = &self.f;
         for m in messages {
             let mut d = doc!(
@@ -171,11 +208,14 @@ impl SearchIndex {
 
     /// Makes what was added searchable.
     pub fn commit(&self) -> Result<()> {
-        self.writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .commit()
-            .map_err(err)?;
+        let mut guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let blocks = guard.1;
+        let mut prepared = guard.0.prepare_commit().map_err(err)?;
+        prepared.set_payload(&blocks.to_string());
+        prepared.commit().map_err(err)?;
+        drop(guard);
+        self.committed
+            .store(blocks, std::sync::atomic::Ordering::SeqCst);
         self.reader.reload().map_err(err)
     }
 

@@ -421,6 +421,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                     firehose_lag: s.firehose_lag,
                     blocks_lag: s.blocks_lag,
                     seconds_since_progress: s.seconds_since_progress,
+                    firehose_read: s.firehose_read,
                 },
                 json,
             )

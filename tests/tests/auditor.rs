@@ -220,9 +220,38 @@ async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
     metrics.abort();
     drop(au);
 
-    // Restarted on its data: it reads everything again and still finds nothing.
+    // Restarted on its data: it replays the directory and the blocks, resumes the
+    // firehose where it stopped (every message read was in a checked block: none is read
+    // again), keeps its search index, and still finds nothing.
     let au = auditor(&sb, tmp.path(), 1_000).await;
     caught_up(&sb, &au, 23).await;
+    assert_eq!(au.status().firehose_read, 0, "{:?}", au.status());
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    send(
+        &mut m,
+        &b,
+        "bank-b",
+        "bank-a",
+        MessageKind::Message,
+        "settle-3",
+    )
+    .await;
+    caught_up(&sb, &au, 24).await;
+    assert_eq!(au.status().firehose_read, 1);
+    let search = |q: &str| au.search(q, 100, 0, false).unwrap().unwrap();
+    wait_for(Duration::from_secs(5), "the search index", || {
+        let n = search("body:megacorp").len();
+        async move { (n == 24).then_some(()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        search("transaction_id:settle-2").len(),
+        1,
+        "not indexed twice"
+    );
     // Past every deadline (the test config's promise), still nothing.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(au.alerts(), Vec::new());

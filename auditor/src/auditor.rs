@@ -40,6 +40,9 @@ pub struct AuditorConfig {
     /// own server or account, since its read-only user on the node's server publishes
     /// nothing.
     pub publish: Option<(async_nats::Client, String)>,
+    /// Participants whose keys the auditor holds (a regulator's, say): the encrypted
+    /// bodies sealed for them are opened and indexed for search, and only those.
+    pub open_for: Vec<OpenFor>,
     /// The witness's name in its cosignatures (default `blockpost-auditor/` and the first
     /// 8 hex digits of its key).
     pub witness_name: Option<String>,
@@ -60,7 +63,25 @@ impl AuditorConfig {
             publish: None,
             witness_name: None,
             witness_subject: "blockpost.witness".into(),
+            open_for: Vec::new(),
         }
+    }
+}
+
+/// A participant whose encrypted bodies the auditor opens: its address and keys.
+#[derive(Clone)]
+pub struct OpenFor {
+    /// The participant's address.
+    pub address: String,
+    /// Its keys (only the x25519 one is used).
+    pub keys: Arc<blockpost_core::Identity>,
+}
+
+impl std::fmt::Debug for OpenFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenFor")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
     }
 }
 
@@ -182,6 +203,8 @@ struct Inner {
     firehose_read: std::sync::atomic::AtomicU64,
     /// `DATA/resume.json`.
     resume_path: PathBuf,
+    /// The participants whose bodies are opened for search.
+    open_for: Vec<OpenFor>,
 }
 
 /// Writes the resume point (synced, then renamed over the old one).
@@ -418,7 +441,8 @@ impl Auditor {
                 }
                 Err(e) => return Err(e.into()),
             };
-        let search = SearchIndex::open(&config.data.join("search"))?;
+        let opened: Vec<&str> = config.open_for.iter().map(|o| o.address.as_str()).collect();
+        let search = SearchIndex::open(&config.data.join("search"), &opened)?;
         let witness = Witness::open(&config.data, config.witness_name.as_deref())?;
         tracing::info!(key = %witness.verifier_key(), "witness key (nodes and clients configure it)");
         // Refresh the directory so that sender keys are looked up against a verified state.
@@ -477,6 +501,7 @@ impl Auditor {
             in_flight: std::sync::atomic::AtomicU64::new(0),
             firehose_read: std::sync::atomic::AtomicU64::new(0),
             resume_path: config.data.join("resume.json"),
+            open_for: config.open_for.clone(),
         });
         if let Some(p) = read_resume(&inner.resume_path) {
             tracing::info!(
@@ -1123,6 +1148,7 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                                 if seen.height >= inner.search.blocks() {
                                     docs = indexed(
                                         &s.directory,
+                                        &inner.open_for,
                                         seen.height,
                                         std::mem::take(&mut seen.contents),
                                     );
@@ -1187,6 +1213,7 @@ async fn publish_loop(
 /// directory.
 fn indexed(
     directory: &DirectoryLog,
+    open_for: &[OpenFor],
     height: u64,
     contents: Vec<(u64, [u8; 32], blockpost_proto::v1::EnvelopeContent)>,
 ) -> Vec<IndexedMessage> {
@@ -1197,7 +1224,19 @@ fn indexed(
         .map(|(leaf, id, c)| {
             let body = match &c.body {
                 Some(Body::Plaintext(b)) => String::from_utf8(b.clone()).ok(),
-                _ => None,
+                // Sealed for a participant whose key the auditor holds: opened.
+                Some(Body::Encrypted(e)) => open_for.iter().find_map(|o| {
+                    e.ciphertexts.iter().find(|r| r.recipient == o.address)?;
+                    let plain = blockpost_core::open_body(
+                        e,
+                        &o.address,
+                        &o.keys.encryption,
+                        &blockpost_core::body_aad(&c.sender, &c.transaction_id),
+                    )
+                    .ok()?;
+                    String::from_utf8(plain).ok()
+                }),
+                None => None,
             };
             IndexedMessage {
                 message_id: hex::encode(id),
@@ -1216,6 +1255,7 @@ fn indexed(
                 height,
                 leaf,
                 content_type: c.content_type,
+                encrypted: matches!(c.body, Some(Body::Encrypted(_))),
                 body,
             }
         })

@@ -64,7 +64,7 @@ mod witness;
 
 pub use alert::{Alert, AlertKind, AlertLog};
 pub use auditor::{
-    AuditStatus, Auditor, AuditorConfig, CosignError, ReceiptVerdict, STALLED_AFTER,
+    AuditStatus, Auditor, AuditorConfig, CosignError, OpenFor, ReceiptVerdict, STALLED_AFTER,
 };
 pub use chain::{BlockSeen, Chain};
 pub use directory::DirectoryLog;

@@ -48,8 +48,10 @@ pub struct IndexedMessage {
     pub leaf: u64,
     /// The body's content type.
     pub content_type: String,
-    /// The body's text, if it is not encrypted (and is UTF-8).
+    /// The body's text, if it is not encrypted or the auditor opened it (and is UTF-8).
     pub body: Option<String>,
+    /// Whether the body was sent encrypted.
+    pub encrypted: bool,
 }
 
 /// A search hit.
@@ -122,12 +124,16 @@ fn schema() -> (Schema, Fields) {
 }
 
 impl SearchIndex {
-    /// Opens the index in `dir`: the one there if it is of this format (see
+    /// Opens the index in `dir`: the one there if it is of this format and was made with
+    /// the same `opened` (the addresses whose encrypted bodies are indexed; see
     /// [`SearchIndex::blocks`]), else a new, empty one.
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub fn open(dir: &Path, opened: &[&str]) -> Result<Self> {
         let (schema, f) = schema();
         let format = dir.join("FORMAT");
-        let kept = std::fs::read_to_string(&format).is_ok_and(|v| v.trim() == FORMAT);
+        let mut opened = opened.to_vec();
+        opened.sort_unstable();
+        let stamp = format!("{FORMAT}\nopened: {}\n", opened.join(" "));
+        let kept = std::fs::read_to_string(&format).is_ok_and(|v| v == stamp);
         let opened = kept
             .then(|| Index::open_in_dir(dir).ok())
             .flatten()
@@ -144,7 +150,7 @@ impl SearchIndex {
                 }
                 std::fs::create_dir_all(dir).map_err(err)?;
                 let index = Index::create_in_dir(dir, schema).map_err(err)?;
-                std::fs::write(&format, FORMAT).map_err(err)?;
+                std::fs::write(&format, &stamp).map_err(err)?;
                 (index, 0)
             }
         };
@@ -190,7 +196,7 @@ impl SearchIndex {
                 f.height => m.height,
                 f.leaf => m.leaf,
                 f.content_type => m.content_type,
-                f.encrypted => if m.body.is_some() { "no" } else { "yes" },
+                f.encrypted => if m.encrypted { "yes" } else { "no" },
             );
             for r in m.recipients {
                 d.add_text(f.recipient, r);

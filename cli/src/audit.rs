@@ -44,6 +44,11 @@ pub struct AuditorArgs {
     /// `name:PATTERN` or `PATTERN` (either), with `*` and `?`, ignoring case. Repeatable.
     #[arg(long, value_name = "PATTERN")]
     pub watch: Vec<blockpost_auditor::Watch>,
+    /// `ADDRESS=KEYFILE`: the auditor holds this participant's key file (a regulator's,
+    /// say; its passphrase from BLOCKPOST_PASSPHRASE or the terminal) and opens and
+    /// indexes the encrypted bodies sealed for it, and only those. Repeatable.
+    #[arg(long, value_name = "ADDRESS=KEYFILE")]
+    pub open_for: Vec<String>,
     /// Also publish each alert (JSON) on NATS, on this server (the auditor's own: the
     /// node's read-only user publishes nothing).
     #[arg(long, env = "BLOCKPOST_AUDITOR_ALERTS_NATS", value_name = "URL")]
@@ -242,6 +247,18 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
     let mut config = AuditorConfig::new(args.node.clone(), args.data.clone());
     config.grace_ms = args.grace_ms;
     config.watch = args.watch.clone();
+    for spec in &args.open_for {
+        let Some((address, file)) = spec.split_once('=') else {
+            anyhow::bail!("--open-for {spec:?}: expected ADDRESS=KEYFILE");
+        };
+        blockpost_core::Address::parse(address).with_context(|| format!("--open-for {spec:?}"))?;
+        let keys = crate::keys::read_key(std::path::Path::new(file))
+            .with_context(|| format!("--open-for {address}"))?;
+        config.open_for.push(blockpost_auditor::OpenFor {
+            address: address.to_owned(),
+            keys: std::sync::Arc::new(keys),
+        });
+    }
     if let Some(url) = &args.alerts_nats {
         let auth = args
             .alerts_nats_credentials

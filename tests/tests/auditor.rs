@@ -798,3 +798,67 @@ async fn a_witness_cosigns_what_it_verified_and_refuses_a_split_view() {
     let mut fresh = Client::connect(&sb.endpoint, lax.path()).await.unwrap();
     assert!(fresh.accept_checkpoint(&forged).await.is_ok());
 }
+
+/// An auditor given a participant's key (a regulator's) opens and indexes the encrypted
+/// bodies sealed for it, and only those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participants_key_opens_the_bodies_sealed_for_it_and_only_those() {
+    let sb = Sandbox::start_with(|c| c.builder.max_block_delay_ms = 50)
+        .await
+        .unwrap();
+    let (a, b, mut m) = parties(&sb).await;
+    let regulator = Identity::generate();
+    let mut c = sb.client().await.unwrap();
+    c.register(&regulator, "regulator", "Market Regulator", None)
+        .await
+        .unwrap();
+    let sealed = |to: &'static [&'static str], body: &str| Outgoing {
+        from: "bank-a",
+        to: Box::leak(
+            to.iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        ),
+        transaction_id: "settle-9",
+        kind: MessageKind::Message,
+        content_type: "text/plain",
+        body: body.as_bytes().to_vec(),
+        encrypt: true,
+        transaction_deadline_ms: None,
+    };
+    m.send(
+        &a,
+        sealed(&["bank-b", "regulator"], "copy to regulator: Megacorp"),
+    )
+    .await
+    .unwrap();
+    m.send(&a, sealed(&["bank-b"], "between banks only: Megacorp"))
+        .await
+        .unwrap();
+    let _ = b;
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = blockpost_node::connect(&sb.nats.url(), Some(&sb.nats.reader_auth()))
+        .await
+        .unwrap();
+    let mut config = AuditorConfig::new(sb.endpoint.clone(), tmp.path());
+    config.open_for = vec![blockpost_auditor::OpenFor {
+        address: "regulator".into(),
+        keys: std::sync::Arc::new(regulator),
+    }];
+    let au = Auditor::start(config, nats).await.unwrap();
+    caught_up(&sb, &au, 2).await;
+    let search = |q: &str| au.search(q, 100, 0, false).unwrap().unwrap();
+    wait_for(Duration::from_secs(5), "the search index", || {
+        let n = search("transaction_id:settle-9").len();
+        async move { (n == 2).then_some(()) }
+    })
+    .await
+    .unwrap();
+    // Both are indexed by their metadata; only the one sealed for the regulator by body.
+    assert_eq!(search("body:megacorp").len(), 1);
+    assert_eq!(search("body:regulator").len(), 1);
+    assert!(search("body:banks").is_empty());
+    assert_eq!(search("encrypted:yes").len(), 2);
+    assert_eq!(au.alerts(), Vec::new());
+}

@@ -80,6 +80,8 @@ struct Inner {
     pub(crate) anchors: Anchors,
     /// The newest ledger checkpoint witnesses cosigned, as the node collected it.
     witnessed: blockpost_storage::Witnessed,
+    /// Fault injection for the auditor's tests ([`Builder::misbehave_by_omitting`]).
+    omit: Mutex<Vec<String>>,
     /// The number of blocks, for those waiting for new ones.
     pub(crate) blocks: tokio::sync::watch::Sender<u64>,
 }
@@ -145,6 +147,7 @@ impl Builder {
             book: Mutex::new(Book::new(timeout, [])),
             last_seq: AtomicU64::new(0),
             witnessed: Default::default(),
+            omit: Mutex::new(Vec::new()),
         });
         let i2 = inner.clone();
         tokio::task::spawn_blocking(move || catch_up(&i2))
@@ -187,6 +190,19 @@ impl Builder {
     /// The newest ledger checkpoint.
     pub fn head(&self) -> Head {
         self.inner.store.head()
+    }
+
+    /// Fault injection, for tests of auditors only: from now on the builder drops (acks
+    /// and never puts in a block) every valid message of `transaction_id`, breaking the
+    /// gateway's receipts for them, in blocks it signs with its own key. Nothing in the
+    /// node calls this.
+    #[doc(hidden)]
+    pub fn misbehave_by_omitting(&self, transaction_id: &str) {
+        self.inner
+            .omit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(transaction_id.to_owned());
     }
 
     /// The newest ledger checkpoint witnesses cosigned (the node's witness collector sets
@@ -480,6 +496,11 @@ async fn run(inner: std::sync::Weak<Inner>, js: jetstream::Context, ns: Namespac
 }
 
 impl Inner {
+    fn misbehaves_on(&self, transaction_id: &str) -> bool {
+        let omit = self.omit.lock().unwrap_or_else(|e| e.into_inner());
+        !omit.is_empty() && omit.iter().any(|t| t == transaction_id)
+    }
+
     /// The last firehose sequence in a block.
     fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::SeqCst)
@@ -939,6 +960,10 @@ async fn follow_with(
                     continue;
                 }
             };
+            if inner.misbehaves_on(&tx.transaction_id) {
+                let _ = m.ack_with(AckKind::Term).await;
+                continue;
+            }
             let payload = m.payload.to_vec();
             // Cut before a message would take the block past its limits.
             if !pending.is_empty()

@@ -862,3 +862,70 @@ async fn a_participants_key_opens_the_bodies_sealed_for_it_and_only_those() {
     assert_eq!(search("encrypted:yes").len(), 2);
     assert_eq!(au.alerts(), Vec::new());
 }
+
+/// A builder that signs, with its own key, blocks that leave out a receipted message (a
+/// fault switch): the auditor raises the omission within a second of the receipt's
+/// deadline, with the receipt's message named, and nothing about the messages kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_signed_by_the_builder_that_omits_a_receipted_message_is_caught_in_time() {
+    let sb = Sandbox::start_with(|c| {
+        c.builder.max_block_delay_ms = 50;
+        c.messaging.max_block_delay_ms = 1_100;
+    })
+    .await
+    .unwrap();
+    let (a, _, mut m) = parties(&sb).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = AuditorConfig::new(sb.endpoint.clone(), tmp.path());
+    config.grace_ms = 200;
+    let nats = blockpost_node::connect(&sb.nats.url(), Some(&sb.nats.reader_auth()))
+        .await
+        .unwrap();
+    let au = Auditor::start(config, nats).await.unwrap();
+    sb.node.builder().unwrap().misbehave_by_omitting("evil-1");
+    send(
+        &mut m,
+        &a,
+        "bank-a",
+        "bank-b",
+        MessageKind::Message,
+        "good-1",
+    )
+    .await;
+    let to = vec!["bank-b".to_owned()];
+    let (_, _, omitted) = m
+        .send_receipted(&a, outgoing("bank-a", &to, MessageKind::Message, "evil-1"))
+        .await
+        .unwrap();
+    send(
+        &mut m,
+        &a,
+        "bank-a",
+        "bank-b",
+        MessageKind::Message,
+        "good-2",
+    )
+    .await;
+    let alert = wait_for(Duration::from_secs(10), "the omission", || {
+        let found = au
+            .alerts()
+            .into_iter()
+            .find(|x| x.kind == AlertKind::Omission);
+        async move { found }
+    })
+    .await
+    .unwrap();
+    assert!(
+        alert.subject.contains(&hex::encode(&omitted.message_id)),
+        "{alert:?}"
+    );
+    let late = alert.time_ms - omitted.block_deadline_ms;
+    assert!(
+        (0..=1_000).contains(&late),
+        "raised {late} ms after the deadline"
+    );
+    // The other messages are in blocks: one alert in all.
+    caught_up(&sb, &au, 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(au.alerts().len(), 1, "{:?}", au.alerts());
+}

@@ -371,11 +371,21 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
     sb.stop().await;
 }
 
+/// The node is killed (`kill -9`) under load twice, and the auditor, its own process on
+/// the read-only NATS user, once in between: thousands of receipted messages, each in
+/// exactly one block by its deadline, and the auditor, which resumes where it was killed,
+/// raises no alert at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
+    use std::process::{Command, Stdio};
     use std::sync::{Arc, Mutex};
 
     use blockpost_client::{Client, Ledger};
+    use blockpost_proto::v1::GetAuditStatusRequest;
+    use blockpost_proto::v1::audit_client::AuditClient;
+
+    /// Receipted messages per round before the node is killed.
+    const PER_ROUND: usize = 1_000;
 
     let nats = tokio::task::spawn_blocking(blockpost_tests::NatsServer::start)
         .await
@@ -385,6 +395,29 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
     let data = tmp.path().join("node");
     let port = blockpost_node::free_port().unwrap();
     let endpoint = format!("http://127.0.0.1:{port}");
+    let blockpost_node::NatsAuth::UserPassword { user, password } = nats.reader_auth() else {
+        panic!("the test server has a read-only user");
+    };
+    let reader_file = tmp.path().join("reader.creds");
+    std::fs::write(&reader_file, format!("{user}:{password}")).unwrap();
+    let audit_data = tmp.path().join("auditor");
+    let audit_port = blockpost_node::free_port().unwrap();
+    let audit_endpoint = format!("http://127.0.0.1:{audit_port}");
+    let spawn_auditor = || {
+        Command::new(blockpost_tests::blockpost_bin().unwrap())
+            .args(["auditor", "--node", &endpoint, "--nats", &nats.url()])
+            .arg("--nats-credentials")
+            .arg(&reader_file)
+            .arg("--data")
+            .arg(&audit_data)
+            .args(["--listen", &format!("127.0.0.1:{audit_port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut auditor: Option<std::process::Child> = None;
     let a = Arc::new(Identity::generate());
     let b = Arc::new(Identity::generate());
     // (envelope, receipt deadline) of every receipted message.
@@ -400,6 +433,7 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
         if round == 0 {
             c.register(&a, "bank-a", "Bank A AG", None).await.unwrap();
             c.register(&b, "bank-b", "Bank B AG", None).await.unwrap();
+            auditor = Some(spawn_auditor());
         }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -443,8 +477,23 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
                 }
             }));
         }
-        // Let blocks be cut under load, then kill the node in the middle of it.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Let blocks be cut under load, then kill the node in the middle of it; in the
+        // second round the auditor is killed first, halfway, and started again.
+        let target = PER_ROUND * (round + 1);
+        let mut auditor_killed = false;
+        wait_for(Duration::from_secs(120), "messages receipted", || {
+            let n = receipted.lock().unwrap().len();
+            if round == 1 && !auditor_killed && n >= target - PER_ROUND / 2 {
+                let mut au = auditor.take().unwrap();
+                au.kill().unwrap();
+                au.wait().unwrap();
+                auditor = Some(spawn_auditor());
+                auditor_killed = true;
+            }
+            async move { (n >= target).then_some(()) }
+        })
+        .await
+        .unwrap();
         node.kill().unwrap();
         node.wait().unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -453,7 +502,11 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
         }
     }
     let receipted = receipted.lock().unwrap().clone();
-    assert!(receipted.len() > 20, "only {} receipts", receipted.len());
+    assert!(
+        receipted.len() >= 2 * PER_ROUND,
+        "only {} receipts",
+        receipted.len()
+    );
 
     // After the restart, every receipted message is in exactly one block, by its deadline.
     let mut node = blockpost_tests::spawn_node(&data, port, Some(&nats));
@@ -519,19 +572,8 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
         closed.len()
     );
     assert!(closed.values().all(|n| *n == 1));
-
-    // An auditor, started now on the whole history (the kill, the restart, the blocks
-    // cut after it), finds nothing to raise.
-    let reader = blockpost_node::connect(&nats.url(), Some(&nats.reader_auth()))
-        .await
-        .unwrap();
-    let audit_dir = tmp.path().join("auditor");
-    let au = blockpost_auditor::Auditor::start(
-        blockpost_auditor::AuditorConfig::new(endpoint.clone(), &audit_dir),
-        reader,
-    )
-    .await
-    .unwrap();
+    // The auditor that ran through it all (the kills, the restarts, its own kill) finds
+    // nothing to raise once it has caught up.
     let height = latest.block.header.header.height;
     let ns = blockpost_core::wire::Namespace::for_origin(&c.info().origin);
     let on_firehose = async_nats::jetstream::new(nats.connect().await.unwrap())
@@ -544,18 +586,38 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
         .state
         .last_sequence;
     assert!(on_firehose >= receipted.len() as u64);
-    wait_for(Duration::from_secs(60), "the auditor caught up", || {
-        let s = au.status();
-        let done = s.blocks_verified > height
-            && s.firehose_checked == on_firehose
-            && s.firehose_lag == 0
-            && s.waiting == 0
-            && s.blocks_current;
-        async move { done.then_some(()) }
+    let status = wait_for(Duration::from_secs(60), "the auditor caught up", || {
+        let audit_endpoint = audit_endpoint.clone();
+        async move {
+            let channel = tonic::transport::Channel::from_shared(audit_endpoint)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let mut grpc = AuditClient::new(channel);
+            let s = grpc
+                .get_audit_status(GetAuditStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (s.blocks_verified > height
+                && s.firehose_checked == on_firehose
+                && s.firehose_lag == 0
+                && s.waiting == 0
+                && s.blocks_current)
+                .then_some(s)
+        }
     })
     .await
     .unwrap();
-    assert_eq!(au.alerts(), Vec::new());
+    // It resumed where it was killed: it did not read the whole firehose again.
+    assert!(status.firehose_read < on_firehose, "{status:?}");
+    assert_eq!(status.alerts, 0, "{status:?}");
+    let alerts = std::fs::read_to_string(audit_data.join("alerts.jsonl")).unwrap_or_default();
+    assert!(!alerts.contains('{'), "{alerts}");
+    let mut au = auditor.take().unwrap();
+    au.kill().unwrap();
+    au.wait().unwrap();
     node.kill().unwrap();
     node.wait().unwrap();
 }

@@ -276,6 +276,9 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
     config.witness_name = args.witness_name.clone();
     config.witness_subject = args.witness_subject.clone();
     let auditor = Auditor::start(config, nats).await?;
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        tokio::spawn(progress(auditor.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -442,6 +445,46 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                 },
                 json,
             )
+        }
+    }
+}
+
+/// On a terminal: a progress bar while the auditor catches up with the node (firehose
+/// messages checked of those on the stream, blocks verified, rate), until it is current.
+async fn progress(auditor: Auditor) {
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "catching up {bar:30} {pos}/{len} firehose messages ({per_sec}, eta {eta})  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    // Give the streams a moment to report their length.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    loop {
+        tick.tick().await;
+        let s = auditor.status();
+        pb.set_length(s.firehose_checked + s.firehose_lag);
+        pb.set_position(s.firehose_checked);
+        pb.set_message(format!(
+            "blocks {}/{}  directory {}  alerts {}",
+            s.blocks_verified,
+            s.blocks_verified + s.blocks_lag,
+            s.directory_entries,
+            s.alerts
+        ));
+        if s.firehose_lag == 0 && s.blocks_current {
+            pb.finish_and_clear();
+            eprintln!(
+                "caught up in {:.1} s: {} firehose messages, {} blocks, {} directory entries; {} alerts",
+                pb.elapsed().as_secs_f64(),
+                s.firehose_checked,
+                s.blocks_verified,
+                s.directory_entries,
+                s.alerts
+            );
+            return;
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct BenchAuditArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 256)]
     pub body: usize,
+    /// Skip the side-by-side with SQLite FTS5.
+    #[arg(long)]
+    pub no_fts5: bool,
 }
 
 /// Submits `n` envelopes in rounds; returns how many were accepted and the rate.
@@ -179,6 +182,16 @@ pub async fn run(args: BenchAuditArgs) -> anyhow::Result<()> {
         lat.len(),
         search_bytes as f64 / backlog.max(1) as f64
     );
+
+    // The same corpus in SQLite FTS5, beside a fresh tantivy index of it.
+    if !args.no_fts5 {
+        let corpus =
+            super::fts::corpus(&mut dir, &tmp.path().join("client"), builder.height()).await?;
+        let fdir = tmp.path().join("fts");
+        std::fs::create_dir_all(&fdir)?;
+        let senders = args.senders;
+        tokio::task::spawn_blocking(move || super::fts::compare(&corpus, &fdir, senders)).await??;
+    }
 
     // 3. Live: submitted while the auditor runs.
     let t = Instant::now();

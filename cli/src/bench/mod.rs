@@ -4,6 +4,7 @@ mod attack;
 mod audit;
 mod blocks;
 mod directory;
+mod fts;
 mod messages;
 
 use std::time::Duration;

@@ -280,26 +280,40 @@ impl Promises {
     /// the message.
     pub fn tick(&mut self, now_ms: i64, blocks_current: bool) -> Vec<Alert> {
         let mut alerts = Vec::new();
+        // A block read but waiting for the firehose to be read through its range may hold
+        // any message from the start of that range on: those are not due yet (on a
+        // backlog older than the promise, every message would be, wrongly).
+        let unchecked_from = self
+            .early
+            .iter()
+            .find_map(|b| b.range.map(|(first, _)| first))
+            .unwrap_or(u64::MAX);
         // Deadlines grow with the sequence (JetStream stamps messages in stream order):
         // stop at the first that is not due, so that a long backlog costs nothing here.
         let due: Vec<u64> = self
             .waiting
             .iter()
-            .take_while(|(_, w)| {
+            .take_while(|(seq, w)| {
                 let past = w.deadline_ms.saturating_add(self.grace_ms);
-                past < now_ms && (blocks_current || self.ledger_time_ms > past)
+                **seq < unchecked_from
+                    && past < now_ms
+                    && (blocks_current || self.ledger_time_ms > past)
             })
             .map(|(s, _)| *s)
             .collect();
-        let due_receipts: Vec<[u8; 32]> = self
-            .receipts
-            .iter()
-            .filter(|(_, r)| {
-                let past = r.deadline_ms.saturating_add(self.grace_ms);
-                past < now_ms && (blocks_current || self.ledger_time_ms > past)
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        // A receipt's message may be in any block not checked yet.
+        let due_receipts: Vec<[u8; 32]> = if self.early.is_empty() {
+            self.receipts
+                .iter()
+                .filter(|(_, r)| {
+                    let past = r.deadline_ms.saturating_add(self.grace_ms);
+                    past < now_ms && (blocks_current || self.ledger_time_ms > past)
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        } else {
+            Vec::new()
+        };
         for id in due_receipts {
             if let Some(r) = self.receipts.remove(&id) {
                 alerts.push(Alert::new(
@@ -462,6 +476,10 @@ mod tests {
         p.firehose(1, Some([1; 32]), 0, None, false, 0);
         assert!(p.block(block(0, 100, &[1, 2], (1, 2)), 100).is_empty());
         assert!(p.block(block(1, 200, &[3], (3, 3)), 200).is_empty());
+        // Message 1 is read and long past its deadline, but block 0 (which holds it) waits
+        // for message 2: not an omission (a backlog older than the promise).
+        assert!(p.tick(10_000, true).is_empty());
+        assert_eq!(p.waiting(), 1);
         assert!(p.firehose(2, Some([2; 32]), 0, None, false, 0).is_empty());
         assert!(p.firehose(3, Some([3; 32]), 0, None, false, 0).is_empty());
         assert_eq!(p.waiting(), 0);

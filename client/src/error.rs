@@ -55,7 +55,7 @@ pub enum Error {
     #[error("checkpoint from the directory does not verify")]
     CheckpointSignature(#[source] CoreError),
     /// A checkpoint without the cosignatures the client requires ([`crate::ConnectOptions`]).
-    #[error("the {log} checkpoint is not witnessed as required: {source}")]
+    #[error("the {log} checkpoint is not witnessed as required")]
     NotWitnessed {
         /// "directory" or "ledger".
         log: &'static str,

@@ -219,9 +219,20 @@ pub fn spawn_node(
     port: u16,
     nats: Option<&NatsServer>,
 ) -> std::process::Child {
+    spawn_node_with(data, port, nats, &[])
+}
+
+/// [`spawn_node`] with more arguments to `blockpost up`.
+pub fn spawn_node_with(
+    data: &std::path::Path,
+    port: u16,
+    nats: Option<&NatsServer>,
+    more: &[&str],
+) -> std::process::Child {
     let mut cmd = std::process::Command::new(blockpost_bin().expect("the blockpost binary"));
     cmd.args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(data);
+        .arg(data)
+        .args(more);
     if let Some(n) = nats {
         cmd.args(["--nats", &n.url(), "--nats-credentials"])
             .arg(n.credentials_file());
@@ -235,6 +246,41 @@ pub fn spawn_node(
         .stderr(log)
         .spawn()
         .expect("blockpost up starts")
+}
+
+/// `blockpost auditor` from this build, for the node at `node`, on the NATS server at
+/// `nats` with the credentials in `credentials`, its files in `data`, serving
+/// `blockpost.v1.Audit` on `127.0.0.1:port` (its stderr appended to `data.log`).
+pub fn spawn_auditor(
+    node: &str,
+    nats: &str,
+    credentials: &std::path::Path,
+    data: &std::path::Path,
+    port: u16,
+) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .expect("the auditor's log file");
+    std::process::Command::new(blockpost_bin().expect("the blockpost binary"))
+        .args([
+            "auditor",
+            "--node",
+            node,
+            "--nats",
+            nats,
+            "--nats-credentials",
+        ])
+        .arg(credentials)
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("blockpost auditor starts")
 }
 
 /// The `blockpost` binary of this build.

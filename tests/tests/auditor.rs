@@ -929,3 +929,124 @@ async fn a_block_signed_by_the_builder_that_omits_a_receipted_message_is_caught_
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(au.alerts().len(), 1, "{:?}", au.alerts());
 }
+
+/// Blocks signed with the builder's key that break the chain: one whose link is wrong, one
+/// that links but holds a message an earlier block holds; and a ledger checkpoint, signed
+/// with the ledger's key, whose root is not the chain's, handed to the auditor as a
+/// client would gossip it. Each raises its own alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_link_a_repeated_message_and_a_ledger_checkpoint_off_the_chain_are_alerts() {
+    let sb = Sandbox::start_with(|c| c.builder.max_block_delay_ms = 50)
+        .await
+        .unwrap();
+    let (a, _, mut m) = parties(&sb).await;
+    for _ in 0..3 {
+        send(
+            &mut m,
+            &a,
+            "bank-a",
+            "bank-b",
+            MessageKind::Message,
+            "settle-1",
+        )
+        .await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let au = auditor(&sb, tmp.path(), 1_000).await;
+    caught_up(&sb, &au, 3).await;
+    let builder = sb.node.builder().unwrap().clone();
+    let height = builder.height();
+    let key = blockpost_storage::load_or_create_key(
+        &blockpost_storage::DataDir::new(&sb.data_dir).builder_key(),
+    )
+    .unwrap();
+    let tip = Block::decode(builder.store().block(height - 1).unwrap().as_slice()).unwrap();
+    let tip_header = BlockHeader::decode(tip.header.as_ref().unwrap().header.as_slice()).unwrap();
+    let first = Block::decode(builder.store().block(0).unwrap().as_slice()).unwrap();
+    // A block at the next height that holds the first block's first message again.
+    let block_with = |previous: Vec<u8>| {
+        let leaves = vec![first.leaves[0].clone()];
+        let hashes: Vec<[u8; 32]> = leaves
+            .iter()
+            .map(|l| blockpost_core::leaf_hash(l))
+            .collect();
+        // It names the next firehose range, as the next real block would.
+        let partitions = tip_header
+            .partitions
+            .iter()
+            .map(|r| blockpost_proto::v1::PartitionRange {
+                partition: r.partition,
+                first_seq: r.last_seq + 1,
+                last_seq: r.last_seq + 1,
+            })
+            .collect();
+        let header = BlockHeader {
+            height,
+            previous_hash: previous,
+            merkle_root: merkle_root(&hashes).to_vec(),
+            leaf_count: 1,
+            time_ms: tip_header.time_ms + 1,
+            partitions,
+            ..tip_header.clone()
+        };
+        Block {
+            header: Some(sign_header(&key, &header)),
+            leaves,
+        }
+        .encode_to_vec()
+    };
+    let ns = sb.directory.namespace();
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    for block in [
+        block_with(vec![9; 32]),
+        block_with(builder.store().id(height - 1).unwrap().to_vec()),
+    ] {
+        js.publish(ns.blocks_subject(), block.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // A ledger checkpoint of the chain's size, with another root.
+    let ledger_key = blockpost_storage::load_or_create_key(
+        &blockpost_storage::DataDir::new(&sb.data_dir).builder_key(),
+    )
+    .unwrap();
+    let origin = sb.node.builder().unwrap().origin().to_owned();
+    let off = blockpost_core::CheckpointSigner::new(&origin, ledger_key)
+        .unwrap()
+        .sign(height, [3; 32])
+        .unwrap();
+    assert!(matches!(
+        au.cosign(&off),
+        Err(blockpost_auditor::CosignError::Refused(_))
+    ));
+    let want = [AlertKind::ChainBroken, AlertKind::DuplicateMessage];
+    let alerts = wait_for(Duration::from_secs(20), "the alerts", || {
+        let all = au.alerts();
+        let done = want.iter().all(|k| all.iter().any(|a| a.kind == *k))
+            && all.iter().any(|a| {
+                matches!(
+                    a.kind,
+                    AlertKind::LedgerFork | AlertKind::LedgerInconsistent
+                )
+            });
+        async move { done.then_some(all) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:#?}", au.alerts()));
+    let by = |k: AlertKind| alerts.iter().find(|a| a.kind == k).unwrap();
+    assert_eq!(
+        by(AlertKind::ChainBroken).subject,
+        format!("block {height}")
+    );
+    assert!(
+        by(AlertKind::DuplicateMessage)
+            .subject
+            .contains(&hex::encode(blockpost_core::message_id_of_encoded(
+                &first.leaves[0]
+            ))),
+        "{:?}",
+        by(AlertKind::DuplicateMessage)
+    );
+}

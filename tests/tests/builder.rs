@@ -377,7 +377,6 @@ async fn ledger_lookups_verify_and_bad_ones_are_refused() {
 /// raises no alert at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
-    use std::process::{Command, Stdio};
     use std::sync::{Arc, Mutex};
 
     use blockpost_client::{Client, Ledger};
@@ -403,19 +402,9 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
     let audit_data = tmp.path().join("auditor");
     let audit_port = blockpost_node::free_port().unwrap();
     let audit_endpoint = format!("http://127.0.0.1:{audit_port}");
+    let nats_url = nats.url();
     let spawn_auditor = || {
-        Command::new(blockpost_tests::blockpost_bin().unwrap())
-            .args(["auditor", "--node", &endpoint, "--nats", &nats.url()])
-            .arg("--nats-credentials")
-            .arg(&reader_file)
-            .arg("--data")
-            .arg(&audit_data)
-            .args(["--listen", &format!("127.0.0.1:{audit_port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        blockpost_tests::spawn_auditor(&endpoint, &nats_url, &reader_file, &audit_data, audit_port)
     };
     let mut auditor: Option<std::process::Child> = None;
     let a = Arc::new(Identity::generate());

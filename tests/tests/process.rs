@@ -193,8 +193,12 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     std::fs::create_dir_all(&data).unwrap();
     let port = free_port().unwrap();
     let endpoint = format!("http://127.0.0.1:{port}");
+    // The auditor's port, which the node takes as its witness.
+    let audit_port = free_port().unwrap();
+    let audit_endpoint = format!("http://127.0.0.1:{audit_port}");
     // No --nats: the node starts and manages its own nats-server.
-    let mut node = spawn_node(&data, port, None);
+    let mut node =
+        blockpost_tests::spawn_node_with(&data, port, None, &["--witness", &audit_endpoint]);
     let state = tmp.path().join("cfg");
     wait_ready(&endpoint, &state).await;
     let state_s = state.to_str().unwrap().to_owned();
@@ -433,7 +437,8 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     // ends that server before starting its own, and serves the same log.
     node.kill().unwrap();
     node.wait().unwrap();
-    let mut node = spawn_node(&data, port, None);
+    let mut node =
+        blockpost_tests::spawn_node_with(&data, port, None, &["--witness", &audit_endpoint]);
     wait_ready(&endpoint, &state).await;
     let again: serde_json::Value =
         serde_json::from_str(&ok(&run(&["lookup", "alice", "--json"], &env))).unwrap();
@@ -470,27 +475,8 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     )
     .unwrap();
     let audit_data = tmp.path().join("auditor");
-    let audit_port = free_port().unwrap();
-    let audit_endpoint = format!("http://127.0.0.1:{audit_port}");
     let spawn_auditor = || {
-        Command::new(blockpost_bin().unwrap())
-            .args([
-                "auditor",
-                "--node",
-                &endpoint,
-                "--nats",
-                nats_url,
-                "--nats-credentials",
-            ])
-            .arg(&reader_file)
-            .arg("--data")
-            .arg(&audit_data)
-            .args(["--listen", &format!("127.0.0.1:{audit_port}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        blockpost_tests::spawn_auditor(&endpoint, nats_url, &reader_file, &audit_data, audit_port)
     };
     let audit_caught_up = |firehose: u64| {
         let audit_endpoint = audit_endpoint.clone();
@@ -525,6 +511,54 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
             &[]
         )),
         ""
+    );
+    // It is the node's witness: a client that requires its cosignature gets checkpoints
+    // and look-ups proved against what it cosigned.
+    let witness: serde_json::Value = serde_json::from_str(&ok(&run(
+        &["audit", "witness", "--auditor", &audit_endpoint, "--json"],
+        &[],
+    )))
+    .unwrap();
+    let witness_key = witness["witness_key"].as_str().unwrap().to_owned();
+    assert!(witness_key.starts_with("blockpost-auditor/"), "{witness}");
+    let strict_state = tmp.path().join("strict");
+    let strict_env = [
+        ("BLOCKPOST_ENDPOINT", endpoint.as_str()),
+        ("BLOCKPOST_CONFIG_DIR", strict_state.to_str().unwrap()),
+    ];
+    let cp: serde_json::Value = serde_json::from_str(&ok(&run(
+        &["checkpoint", "--witness", &witness_key, "--json"],
+        &strict_env,
+    )))
+    .unwrap();
+    assert_eq!(cp["witnessed_by"].as_array().unwrap().len(), 1, "{cp}");
+    ok(&run(
+        &[
+            "lookup",
+            "alice",
+            "--witness",
+            &witness_key,
+            "--min-witnesses",
+            "1",
+        ],
+        &strict_env,
+    ));
+    refused(
+        &run(
+            &[
+                "checkpoint",
+                "--witness",
+                &witness_key,
+                "--min-witnesses",
+                "2",
+            ],
+            &strict_env,
+        ),
+        "2 witnesses required",
+    );
+    refused(
+        &run(&["checkpoint", "--witness", "not-a-key"], &strict_env),
+        "witness key",
     );
     let receipt_file = tmp.path().join("receipt.json");
     let out = ok(&run(

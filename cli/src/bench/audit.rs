@@ -206,6 +206,29 @@ pub async fn run(args: BenchAuditArgs) -> anyhow::Result<()> {
         live as f64 / (submit + after).as_secs_f64()
     );
 
+    // A restart on the same data: it replays the directory and the blocks, and resumes the
+    // firehose where it stopped.
+    drop(auditor);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reader = bn
+        .node
+        .reader_credentials()
+        .ok_or_else(|| anyhow::anyhow!("the bench node has no managed nats-server"))?;
+    let nats = blockpost_node::connect(bn.node.nats_url(), Some(&reader)).await?;
+    let t = Instant::now();
+    let config = AuditorConfig::new(bn.endpoint.clone(), tmp.path().join("auditor"));
+    let auditor = Auditor::start(config, nats).await?;
+    let resumed =
+        t.elapsed() + until_current(&auditor, &builder, total, Duration::from_secs(600)).await?;
+    let s = auditor.status();
+    say!(
+        "restart: current again {:.2} s after the start ({} blocks replayed, {} firehose messages read again of {}, search index kept)",
+        resumed.as_secs_f64(),
+        s.blocks_verified,
+        s.firehose_read,
+        s.firehose_checked
+    );
+
     // 4. An injected omission: a receipt the gateway's key signed for a message that never
     // reaches the firehose.
     let key = blockpost_storage::load_or_create_key(

@@ -858,8 +858,10 @@ async fn firehose_loop(
                 .get_stream(ns.firehose_stream())
                 .await
                 .map_err(|e| e.to_string())?;
+            let mut stream = stream;
             let mut messages = ordered(&stream, None, start).await?;
-            while let Some(first) = messages.next().await {
+            let mut read = start.saturating_sub(1);
+            while let Some(first) = next_or_stalled(&mut messages, &mut stream, read).await? {
                 // Take what else has arrived, to check the signatures in one batch.
                 let mut group = vec![first.map_err(|e| e.to_string())?];
                 while group.len() < CHECK_BATCH {
@@ -871,6 +873,7 @@ async fn firehose_loop(
                 let mut items = Vec::with_capacity(group.len());
                 for m in &group {
                     let info = m.info().map_err(|e| e.to_string())?;
+                    read = read.max(info.stream_sequence);
                     items.push((info.stream_sequence, published_ms(&info), m.payload.clone()));
                 }
                 let verdicts = check_envelopes(&mut messenger, &items).await;
@@ -955,6 +958,47 @@ async fn ledger_loop(weak: Weak<Inner>, channel: tonic::transport::Channel) {
 
 /// An ordered consumer of `stream` (its `filter` subjects, or all) from sequence `start`:
 /// how every loop of the auditor reads the node's streams.
+/// The next message of an ordered consumer. When none comes for [`STALL_CHECK`] although
+/// the stream holds messages after `read` (the last sequence read), the consumer is
+/// stalled (seen with multi-megabyte blocks: it delivered again only when a new message
+/// came): an error, so that the caller follows the stream again from where it is.
+async fn next_or_stalled(
+    messages: &mut jetstream::consumer::pull::Ordered,
+    stream: &mut jetstream::stream::Stream,
+    read: u64,
+) -> std::result::Result<
+    Option<std::result::Result<jetstream::Message, jetstream::consumer::pull::OrderedError>>,
+    String,
+> {
+    loop {
+        match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+            Ok(m) => return Ok(m),
+            Err(_) => {
+                let last = stream
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .state
+                    .last_sequence;
+                if last > read {
+                    tracing::warn!(
+                        read,
+                        last,
+                        "a stream consumer delivered nothing for 2 s with messages left: following the stream again"
+                    );
+                    return Err(format!(
+                        "the consumer stalled at {read} with the stream at {last}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// How long an ordered consumer may deliver nothing before the stream is asked whether it
+/// holds more.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
 async fn ordered(
     stream: &jetstream::stream::Stream,
     filter: Option<String>,
@@ -1125,9 +1169,11 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                 i.blocks_current.store(true, Ordering::SeqCst);
             }
             let mut messages = ordered(&stream, None, start).await?;
-            while let Some(m) = messages.next().await {
+            let mut read = start.saturating_sub(1);
+            while let Some(m) = next_or_stalled(&mut messages, &mut stream, read).await? {
                 let m = m.map_err(|e| e.to_string())?;
                 let info = m.info().map_err(|e| e.to_string())?;
+                read = info.stream_sequence;
                 let (seq, pending) = (info.stream_sequence, info.pending);
                 let Some(inner) = weak.upgrade() else {
                     return Ok(());

@@ -14,6 +14,9 @@
 //!
 //! [tls]                               # off loopback TLS is required; default: self-issued
 //! names = ["node.example.org"]
+//!
+//! [[witnesses]]                       # auditors that cosign the node's checkpoints
+//! endpoint = "http://auditor.example.org:7800"
 //! ```
 
 use std::net::SocketAddr;
@@ -236,5 +239,29 @@ mod tests {
             ..NodeConfig::default()
         };
         assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("HOST:PORT")));
+    }
+
+    #[test]
+    fn witnesses_are_checked() {
+        let c = NodeConfig::from_toml(
+            "[[witnesses]]\nendpoint = \"http://127.0.0.1:7800\"\n[[witnesses]]\nendpoint = \"https://w.example.org\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.witnesses.len(), 2);
+        c.validate().unwrap();
+        for (toml, why) in [
+            ("[[witnesses]]\nendpoint = \"w.example.org\"", "http"),
+            (
+                "[[witnesses]]\nendpoint = \"http://w\"\nkey = \"example.com/log+00000000+AQ==\"",
+                "witness key",
+            ),
+        ] {
+            let c = NodeConfig::from_toml(toml).unwrap();
+            assert!(
+                matches!(c.validate(), Err(Error::Config(m)) if m.contains(why)),
+                "{toml}"
+            );
+        }
+        assert!(NodeConfig::from_toml("[[witnesses]]\nurl = \"http://w\"").is_err());
     }
 }

@@ -239,16 +239,12 @@ pub fn add_cosignatures(note: &[u8], lines: &[impl AsRef<[u8]>]) -> Result<Vec<u
             .map_err(|e| invalid(format!("cosignature line: {e}")))?;
         let prefix = format!("— {} ", sig.name());
         let id = sig.id().to_be_bytes();
-        let present = Note::from_bytes(&out)
-            .ok()
-            .map(|_| {
-                String::from_utf8_lossy(&out).lines().any(|l| {
-                    l.strip_prefix(&prefix)
-                        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                        .is_some_and(|b| b.starts_with(&id))
-                })
-            })
-            .unwrap_or(false);
+        // `out` is a well-formed note: the one given, plus well-formed signature lines.
+        let present = String::from_utf8_lossy(&out).lines().any(|l| {
+            l.strip_prefix(&prefix)
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .is_some_and(|b| b.starts_with(&id))
+        });
         if !present {
             out.extend_from_slice(&sig.to_bytes());
         }

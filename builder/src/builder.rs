@@ -10,7 +10,9 @@ use blockpost_core::block::{
     VerifiedBlock, VerifiedHeader, builder_key_id, empty_root, merkle_root, sign_header,
     verify_block,
 };
-use blockpost_core::transaction::{Book, TxMessage, lay_out_block, replay_block};
+use blockpost_core::transaction::{
+    BlockBudget, Book, TxMessage, lay_out_block_within, replay_block,
+};
 use blockpost_core::wire::{self, Namespace};
 use blockpost_core::{
     CheckpointSigner, Clock, EnvelopeLimits, ParsedEnvelope, decode_canonical, leaf_hash,
@@ -27,7 +29,7 @@ use crate::index::Index;
 use crate::{BuilderConfig, Error, Result};
 
 /// Largest stored block, in bytes.
-pub const MAX_BLOCK_LEN: usize = 64 << 20;
+pub const MAX_BLOCK_LEN: usize = wire::MAX_BLOCK_LEN;
 
 /// The durable consumer's name on the firehose.
 const CONSUMER: &str = "builder";
@@ -84,6 +86,42 @@ struct Inner {
     omit: Mutex<Vec<String>>,
     /// The number of blocks, for those waiting for new ones.
     pub(crate) blocks: tokio::sync::watch::Sender<u64>,
+    /// The last firehose sequence the builder is done with (in a block, or refused).
+    handled_seq: AtomicU64,
+    /// Blocks the blocks stream is known to hold.
+    published: AtomicU64,
+    /// When the builder last made progress (ms, its clock).
+    progress_ms: std::sync::atomic::AtomicI64,
+    /// Why the firehose loop last started over, until it makes progress again.
+    last_error: Mutex<Option<String>>,
+    /// Whether it keeps the gateway's promises.
+    health: tokio::sync::watch::Sender<Health>,
+}
+
+/// Whether the builder keeps the promise of the gateway's receipts (a block by the
+/// deadline).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// It makes progress, or has nothing to do.
+    Serving,
+    /// Firehose messages wait for a block, or stored blocks for the blocks stream, and it
+    /// made no progress for `stall_after_ms`.
+    Stalled {
+        /// What it last failed on, or what waits.
+        reason: String,
+        /// Since when it made no progress (ms since the Unix epoch).
+        since_ms: i64,
+    },
+}
+
+impl Health {
+    /// Why it is stalled, if it is.
+    pub fn stalled(&self) -> Option<&str> {
+        match self {
+            Health::Serving => None,
+            Health::Stalled { reason, .. } => Some(reason),
+        }
+    }
 }
 
 /// A firehose message waiting for its block.
@@ -148,7 +186,15 @@ impl Builder {
             last_seq: AtomicU64::new(0),
             witnessed: Default::default(),
             omit: Mutex::new(Vec::new()),
+            handled_seq: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            progress_ms: std::sync::atomic::AtomicI64::new(0),
+            last_error: Mutex::new(None),
+            health: tokio::sync::watch::Sender::new(Health::Serving),
         });
+        inner
+            .progress_ms
+            .store(inner.clock.now_ms(), Ordering::SeqCst);
         let i2 = inner.clone();
         tokio::task::spawn_blocking(move || catch_up(&i2))
             .await
@@ -170,6 +216,7 @@ impl Builder {
         })
         .await
         .map_err(|e| Error::Bus(format!("blocks stream: {e}")))?;
+        tokio::spawn(watch_health(Arc::downgrade(&inner), js.clone(), ns.clone()));
         tokio::spawn(run(Arc::downgrade(&inner), js, ns));
         if inner.anchors.enabled() {
             tokio::spawn(anchor_loop(Arc::downgrade(&inner)));
@@ -281,16 +328,37 @@ impl Builder {
         self.inner.signatures_checked.load(Ordering::Relaxed)
     }
 
-    /// Firehose messages refused (not an envelope, breaking the rules, or not signed by
-    /// their sender): never put in a block.
+    /// Firehose messages refused (not an envelope, breaking the rules, not signed by
+    /// their sender, or too large for any block on the bus): never put in a block.
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// Whether it keeps the gateway's promises now.
+    pub fn health(&self) -> Health {
+        self.inner.health.borrow().clone()
+    }
+
+    /// Tells of every change of [`Builder::health`].
+    pub fn subscribe_health(&self) -> tokio::sync::watch::Receiver<Health> {
+        self.inner.health.subscribe()
+    }
+
+    /// Blocks the blocks stream is known to hold.
+    pub fn published(&self) -> u64 {
+        self.inner.published.load(Ordering::SeqCst)
     }
 }
 
 struct Gate(std::sync::Weak<Inner>);
 
 impl blockpost_messaging::TransactionGate for Gate {
+    fn unavailable(&self) -> Option<String> {
+        let inner = self.0.upgrade()?;
+        let h = inner.health.borrow();
+        h.stalled().map(str::to_owned)
+    }
+
     fn refusal(&self, id: &str) -> Option<String> {
         let inner = self.0.upgrade()?;
         let s = match inner.index.transaction(id) {
@@ -488,6 +556,9 @@ async fn run(inner: std::sync::Weak<Inner>, js: jetstream::Context, ns: Namespac
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "builder: following the firehose again");
+                if let Some(i) = inner.upgrade() {
+                    *i.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -496,6 +567,11 @@ async fn run(inner: std::sync::Weak<Inner>, js: jetstream::Context, ns: Namespac
 }
 
 impl Inner {
+    /// The builder is done with firehose messages up to `seq`.
+    fn handled(&self, seq: u64) {
+        self.handled_seq.fetch_max(seq, Ordering::SeqCst);
+    }
+
     fn misbehaves_on(&self, transaction_id: &str) -> bool {
         let omit = self.omit.lock().unwrap_or_else(|e| e.into_inner());
         !omit.is_empty() && omit.iter().any(|t| t == transaction_id)
@@ -736,8 +812,99 @@ async fn republish(inner: &Arc<Inner>, js: &jetstream::Context, ns: &Namespace) 
     }
     for h in next..len {
         publish_block(js, ns, h, inner.store.block(h)?).await?;
+        inner.published.fetch_max(h + 1, Ordering::SeqCst);
     }
+    inner.published.fetch_max(len, Ordering::SeqCst);
     Ok(())
+}
+
+/// How often the builder looks at its own progress.
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// Watches the builder's progress until it is dropped: it is stalled when firehose
+/// messages wait for a block (or stored blocks for the blocks stream) and it made no
+/// progress for `stall_after_ms`. Each change is logged (an error naming the cause when it
+/// stalls) and told to [`Builder::subscribe_health`]; the gateway refuses receipts while
+/// it is stalled.
+async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: Namespace) {
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = (0, 0, 0);
+    let mut firehose: Option<stream::Stream> = None;
+    loop {
+        tick.tick().await;
+        if weak.strong_count() == 0 {
+            return;
+        }
+        // How far the firehose goes (unknown while NATS is away: the gateway answers for
+        // that itself, and the backlog is judged again once it is back).
+        let last = match firehose.as_mut() {
+            Some(f) => f.info().await.ok().map(|i| i.state.last_sequence),
+            None => match js.get_stream(ns.firehose_stream()).await {
+                Ok(f) => {
+                    firehose = Some(f);
+                    None
+                }
+                Err(_) => None,
+            },
+        };
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let now = inner.clock.now_ms();
+        let handled = inner
+            .handled_seq
+            .load(Ordering::SeqCst)
+            .max(inner.last_seq());
+        let (stored, published) = (inner.store.len(), inner.published.load(Ordering::SeqCst));
+        if (handled, stored, published) != seen {
+            seen = (handled, stored, published);
+            inner.progress_ms.store(now, Ordering::SeqCst);
+            *inner.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        let waiting = last.map_or(0, |l| l.saturating_sub(handled));
+        let unpublished = stored.saturating_sub(published);
+        let since_ms = inner.progress_ms.load(Ordering::SeqCst);
+        let idle_ms = now.saturating_sub(since_ms);
+        let stalled = (waiting > 0 || unpublished > 0)
+            && idle_ms >= i64::try_from(inner.config.stall_after_ms).unwrap_or(i64::MAX);
+        let health = if stalled {
+            let cause = inner
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let reason = match cause {
+                Some(e) => format!("no progress for {idle_ms} ms: {e}"),
+                None if unpublished > 0 => format!(
+                    "no progress for {idle_ms} ms: {unpublished} stored blocks wait to be published"
+                ),
+                None => format!(
+                    "no progress for {idle_ms} ms: {waiting} firehose messages wait for a block"
+                ),
+            };
+            Health::Stalled { reason, since_ms }
+        } else {
+            Health::Serving
+        };
+        let was_stalled = inner.health.borrow().stalled().is_some();
+        match (&health, was_stalled) {
+            (Health::Stalled { reason, .. }, false) => {
+                tracing::error!(reason = %reason, waiting, unpublished, "block builder stalled: the gateway refuses receipts until it recovers");
+            }
+            (Health::Serving, true) => {
+                tracing::info!(blocks = stored, "block builder recovered");
+            }
+            _ => {}
+        }
+        // A stalled builder's reason (its idle time) changes every tick: tell only of
+        // turns between serving and stalled.
+        inner.health.send_if_modified(|h| {
+            let turned = h.stalled().is_some() != health.stalled().is_some();
+            *h = health;
+            turned
+        });
+    }
 }
 
 /// Publishes block `height` on the blocks stream (de-duplicated by height).
@@ -759,11 +926,12 @@ async fn publish_block(
 
 /// The block being cut, stored and published while the next one fills: at most one at a
 /// time, in order.
-#[derive(Default)]
 struct Cutter {
     flight: Option<tokio::task::JoinHandle<Result<()>>>,
     /// The last firehose sequence handed to a cut.
     through: u64,
+    /// What one block may hold on this bus.
+    budget: BlockBudget,
 }
 
 impl Cutter {
@@ -789,10 +957,10 @@ impl Cutter {
         if let Some(p) = pending.last() {
             self.through = p.seq;
         }
-        let (inner, js, ns) = (inner.clone(), js.clone(), ns.clone());
-        self.flight = Some(tokio::spawn(
-            async move { cut(&inner, &js, &ns, pending).await },
-        ));
+        let (inner, js, ns, budget) = (inner.clone(), js.clone(), ns.clone(), self.budget);
+        self.flight = Some(tokio::spawn(async move {
+            cut(&inner, &js, &ns, pending, budget).await
+        }));
         Ok(())
     }
 }
@@ -804,7 +972,14 @@ async fn follow(
     js: &jetstream::Context,
     ns: &Namespace,
 ) -> Result<()> {
-    let mut cutter = Cutter::default();
+    let Some(config) = weak.upgrade().map(|i| i.config.clone()) else {
+        return Ok(());
+    };
+    let mut cutter = Cutter {
+        flight: None,
+        through: 0,
+        budget: budget(&config, js.client().server_info().max_payload),
+    };
     let r = follow_with(weak, js, ns, &mut cutter).await;
     // Never start over (catch_up) while a block is being cut.
     let last = cutter.finish().await;
@@ -868,14 +1043,8 @@ async fn follow_with(
         .await
         .map_err(|e| bus(&e))?;
     let delay = Duration::from_millis(config.max_block_delay_ms);
-    // Every block is published whole: keep it under the server's max_payload.
-    let max_block_bytes = config.max_block_bytes.min(
-        js.client()
-            .server_info()
-            .max_payload
-            .saturating_sub(64 * 1024)
-            .max(1),
-    );
+    // When to cut; the cut itself splits what it is given into blocks within the budget.
+    let max_block_bytes = config.max_block_bytes.min(cutter.budget.capacity);
     let mut pending: Vec<Pending> = Vec::new();
     let mut bytes = 0usize;
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -957,11 +1126,17 @@ async fn follow_with(
                     inner.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(seq, why, "firehose message refused by the builder");
                     let _ = m.ack_with(AckKind::Term).await;
+                    if pending.is_empty() {
+                        inner.handled(seq);
+                    }
                     continue;
                 }
             };
             if inner.misbehaves_on(&tx.transaction_id) {
                 let _ = m.ack_with(AckKind::Term).await;
+                if pending.is_empty() {
+                    inner.handled(seq);
+                }
                 continue;
             }
             let payload = m.payload.to_vec();
@@ -1007,115 +1182,245 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Cuts, stores, indexes and publishes one block of `pending` messages and the closing
+/// What one block may hold: the configured fill, within what one message of a NATS server
+/// whose `max_payload` is given carries.
+fn budget(config: &BuilderConfig, max_payload: usize) -> BlockBudget {
+    BlockBudget {
+        max_fill_bytes: config.max_block_bytes,
+        max_leaves: config.max_block_messages,
+        capacity: wire::block_capacity(max_payload),
+    }
+}
+
+/// What one cut made: the blocks, in order, and the firehose messages too large for any
+/// block on this bus.
+struct Cut {
+    blocks: Vec<(u64, Vec<u8>)>,
+    too_large: Vec<u64>,
+}
+
+/// Cuts, stores, indexes and publishes the blocks of `pending` messages and the closing
 /// records the transaction rules put with them (a block may hold only closings: a
-/// transaction timed out while no message came), then acknowledges the messages.
+/// transaction timed out while no message came), each within `budget`, as many as they
+/// need; then acknowledges the messages.
 async fn cut(
     inner: &Arc<Inner>,
     js: &jetstream::Context,
     ns: &Namespace,
     pending: Vec<Pending>,
+    budget: BlockBudget,
 ) -> Result<()> {
     let now = inner.clock.now_ms();
     if pending.is_empty() && !inner.due(now) {
         return Ok(());
     }
-    let messages: Vec<(Vec<u8>, TxMessage)> = pending
+    let offered: Vec<(u64, Vec<u8>, TxMessage)> = pending
         .iter()
-        .map(|p| (p.payload.clone(), p.tx.clone()))
+        .map(|p| (p.seq, p.payload.clone(), p.tx.clone()))
         .collect();
-    let range = (!pending.is_empty()).then(|| PartitionRange {
-        partition: 0,
-        first_seq: pending.first().map_or(0, |p| p.seq),
-        last_seq: pending.last().map_or(0, |p| p.seq),
-    });
     let (directory_size, directory_root) = inner
         .replica
         .checkpoint_in_force()
         .map_or((0, empty_root()), |cp| (cp.size, cp.root));
     let inner2 = inner.clone();
-    let done = tokio::task::spawn_blocking(move || -> Result<Option<(u64, Vec<u8>)>> {
-        let tip = inner2.tip.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let height = inner2.store.len();
-        let time_ms = tip.as_ref().map_or(now, |t| now.max(t.header.time_ms));
-        let t0 = std::time::Instant::now();
-        let mut book = inner2.book.lock().unwrap_or_else(|e| e.into_inner());
-        let index = &inner2.index;
-        let records = inner2.anchors.records_after(index.anchors_recorded()?)?;
-        // An index that cannot be read aborts the cut (the book is reloaded), rather than
-        // taking a closed transaction for an open one.
-        let closed = ClosedLookup::new(index);
-        let (leaves, entries) =
-            lay_out_block(&mut book, height, time_ms, records, messages, |id| {
-                closed.closed(id)
-            });
-        closed.finish()?;
-        if leaves.is_empty() {
-            return Ok(None);
-        }
-        let t1 = t0.elapsed();
-        let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(l)).collect();
-        let header = BlockHeader {
-            height,
-            previous_hash: tip.as_ref().map_or_else(Vec::new, |t| t.id.to_vec()),
-            merkle_root: merkle_root(&hashes).to_vec(),
-            leaf_count: leaves.len() as u64,
-            partitions: range.into_iter().collect(),
-            directory_size,
-            directory_root: directory_root.to_vec(),
-            time_ms,
-            builder_key_id: builder_key_id(&inner2.key.verifying_key()).to_vec(),
+    let done = tokio::task::spawn_blocking(move || -> Result<Cut> {
+        let mut seqs: std::collections::VecDeque<u64> =
+            offered.iter().map(|(s, _, _)| *s).collect();
+        let mut messages: std::collections::VecDeque<(Vec<u8>, TxMessage)> =
+            offered.into_iter().map(|(_, b, t)| (b, t)).collect();
+        let mut out = Cut {
+            blocks: Vec::new(),
+            too_large: Vec::new(),
         };
-        let last_seq = header
-            .partitions
-            .first()
-            .map_or_else(|| inner2.last_seq(), |p| p.last_seq);
-        let signed = sign_header(&inner2.key, &header);
-        let id = blockpost_core::block::block_id(&signed.header);
-        let verified = VerifiedHeader {
-            header,
-            bytes: signed.header.clone(),
-            id,
-        };
-        let signed_bytes = signed.encode_to_vec();
-        let encoded = Block {
-            header: Some(signed),
-            leaves,
+        // One block at least (time-outs and anchors may be due), then until every
+        // message is in one.
+        loop {
+            let made = cut_one(
+                &inner2,
+                now,
+                &mut messages,
+                &budget,
+                (directory_size, directory_root),
+                &seqs,
+            )?;
+            let taken: Vec<u64> = seqs.drain(..made.taken).collect();
+            out.too_large
+                .extend(made.too_large.iter().map(|&i| taken[i]));
+            let progressed = made.block.is_some() || made.taken > 0;
+            if let Some(b) = made.block {
+                out.blocks.push(b);
+            }
+            if messages.is_empty() || !progressed {
+                break;
+            }
         }
-        .encode_to_vec();
-        let t2 = t0.elapsed();
-        inner2.store.append(encoded.clone(), id, |size, root| {
-            inner2
-                .signer
-                .sign(size, root)
-                .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
-        })?;
-        *inner2.tip.lock().unwrap_or_else(|e| e.into_inner()) = Some(verified);
-        inner2.last_seq.store(last_seq, Ordering::SeqCst);
-        let t3 = t0.elapsed();
-        index.commit(height, id, &signed_bytes, &entries, &book, last_seq)?;
-        tracing::debug!(
-            height,
-            lay_out_ms = t1.as_secs_f64() * 1e3,
-            hash_sign_ms = (t2 - t1).as_secs_f64() * 1e3,
-            store_ms = (t3 - t2).as_secs_f64() * 1e3,
-            index_ms = (t0.elapsed() - t3).as_secs_f64() * 1e3,
-            "block timings"
-        );
-        Ok(Some((height, encoded)))
+        Ok(out)
     })
     .await
     .map_err(|e| Error::Corrupted(format!("cutting a block: {e}")))??;
-    let Some((height, encoded)) = done else {
+    for &seq in &done.too_large {
+        inner.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            seq,
+            capacity = budget.capacity,
+            "firehose message too large for any block on this bus: refused (it is in no block, and auditors report it as omitted)"
+        );
+        if let Some(p) = pending.iter().find(|p| p.seq == seq) {
+            let _ = p.message.ack_with(AckKind::Term).await;
+        }
+    }
+    let Some(&(height, _)) = done.blocks.last() else {
+        if let Some(p) = pending.last() {
+            inner.handled(p.seq);
+        }
         return Ok(());
     };
     inner.blocks.send_replace(height + 1);
     // Durable: now the messages may go (acknowledging the last acknowledges all).
-    if let Some(p) = pending.last() {
+    if let Some(p) = pending
+        .iter()
+        .rev()
+        .find(|p| !done.too_large.contains(&p.seq))
+    {
         let _ = p.message.ack().await;
     }
+    if let Some(p) = pending.last() {
+        inner.handled(p.seq);
+    }
     tracing::debug!(height, messages = pending.len(), "block cut");
-    // The block is durable and acknowledged; if NATS does not take it now, start over:
-    // `republish` sends it (and any after it) once NATS is back.
-    publish_block(js, ns, height, encoded).await
+    // The blocks are durable and acknowledged; if NATS does not take them now, start
+    // over: `republish` sends them (and any after them) once NATS is back.
+    for (height, encoded) in done.blocks {
+        publish_block(js, ns, height, encoded).await?;
+        inner.published.fetch_max(height + 1, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// One block made by [`cut_one`].
+struct OneBlock {
+    /// How many of the messages offered it took (`too_large` among them).
+    taken: usize,
+    /// Those too large for any block (their places among the taken).
+    too_large: Vec<usize>,
+    /// Its height and encoding, unless it holds nothing.
+    block: Option<(u64, Vec<u8>)>,
+}
+
+/// Lays out, signs, stores and indexes the next block: as many of `messages` as fit in
+/// `budget` (taken from the front), with the records and closings the rules add. A block
+/// that would not travel whole on the bus is never stored.
+fn cut_one(
+    inner: &Inner,
+    now: i64,
+    messages: &mut std::collections::VecDeque<(Vec<u8>, TxMessage)>,
+    budget: &BlockBudget,
+    (directory_size, directory_root): (u64, [u8; 32]),
+    seqs: &std::collections::VecDeque<u64>,
+) -> Result<OneBlock> {
+    let tip = inner.tip.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let height = inner.store.len();
+    let time_ms = tip.as_ref().map_or(now, |t| now.max(t.header.time_ms));
+    let t0 = std::time::Instant::now();
+    let mut book = inner.book.lock().unwrap_or_else(|e| e.into_inner());
+    let index = &inner.index;
+    let records = inner.anchors.records_after(index.anchors_recorded()?)?;
+    // An index that cannot be read aborts the cut (the book is reloaded), rather than
+    // taking a closed transaction for an open one.
+    let closed = ClosedLookup::new(index);
+    let layout = lay_out_block_within(
+        &mut book,
+        height,
+        time_ms,
+        records,
+        messages,
+        |id| closed.closed(id),
+        budget,
+    );
+    closed.finish()?;
+    let mut made = OneBlock {
+        taken: layout.taken,
+        too_large: layout.too_large,
+        block: None,
+    };
+    if layout.leaves.is_empty() {
+        return Ok(made);
+    }
+    let placed: Vec<u64> = seqs
+        .iter()
+        .take(made.taken)
+        .enumerate()
+        .filter(|(i, _)| !made.too_large.contains(i))
+        .map(|(_, s)| *s)
+        .collect();
+    let range = match (placed.first(), placed.last()) {
+        (Some(&first_seq), Some(&last_seq)) => Some(PartitionRange {
+            partition: 0,
+            first_seq,
+            last_seq,
+        }),
+        _ => None,
+    };
+    let (leaves, entries) = (layout.leaves, layout.entries);
+    let t1 = t0.elapsed();
+    let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(l)).collect();
+    let header = BlockHeader {
+        height,
+        previous_hash: tip.as_ref().map_or_else(Vec::new, |t| t.id.to_vec()),
+        merkle_root: merkle_root(&hashes).to_vec(),
+        leaf_count: leaves.len() as u64,
+        partitions: range.into_iter().collect(),
+        directory_size,
+        directory_root: directory_root.to_vec(),
+        time_ms,
+        builder_key_id: builder_key_id(&inner.key.verifying_key()).to_vec(),
+    };
+    let last_seq = header
+        .partitions
+        .first()
+        .map_or_else(|| inner.last_seq(), |p| p.last_seq);
+    let signed = sign_header(&inner.key, &header);
+    let id = blockpost_core::block::block_id(&signed.header);
+    let verified = VerifiedHeader {
+        header,
+        bytes: signed.header.clone(),
+        id,
+    };
+    let signed_bytes = signed.encode_to_vec();
+    let encoded = Block {
+        header: Some(signed),
+        leaves,
+    }
+    .encode_to_vec();
+    if encoded.len() > budget.capacity {
+        // The layout keeps within the budget; should it ever not, nothing is stored (the
+        // book is reloaded from the index) and the builder reports itself stalled.
+        return Err(Error::Corrupted(format!(
+            "block {height} would take {} bytes, more than the {} one message on the bus carries: not stored",
+            encoded.len(),
+            budget.capacity
+        )));
+    }
+    let t2 = t0.elapsed();
+    inner.store.append(encoded.clone(), id, |size, root| {
+        inner
+            .signer
+            .sign(size, root)
+            .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
+    })?;
+    *inner.tip.lock().unwrap_or_else(|e| e.into_inner()) = Some(verified);
+    inner.last_seq.store(last_seq, Ordering::SeqCst);
+    let t3 = t0.elapsed();
+    index.commit(height, id, &signed_bytes, &entries, &book, last_seq)?;
+    tracing::debug!(
+        height,
+        bytes = encoded.len(),
+        lay_out_ms = t1.as_secs_f64() * 1e3,
+        hash_sign_ms = (t2 - t1).as_secs_f64() * 1e3,
+        store_ms = (t3 - t2).as_secs_f64() * 1e3,
+        index_ms = (t0.elapsed() - t3).as_secs_f64() * 1e3,
+        "block timings"
+    );
+    made.block = Some((height, encoded));
+    Ok(made)
 }

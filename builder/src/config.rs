@@ -15,6 +15,10 @@ pub struct BuilderConfig {
     pub max_block_bytes: usize,
     /// A block is cut at most this long after its first message arrived.
     pub max_block_delay_ms: u64,
+    /// The builder counts as stalled (gRPC health of the Ledger service NOT_SERVING, the
+    /// gateway refusing receipts with UNAVAILABLE) when messages or blocks wait and it made
+    /// no progress for this long.
+    pub stall_after_ms: u64,
     /// An unfinished transaction times out this long after the block holding its first
     /// message (or at the earlier deadline that message asks for).
     pub transaction_timeout_ms: u64,
@@ -96,6 +100,7 @@ impl Default for BuilderConfig {
             max_block_messages: 10_000,
             max_block_bytes: 4 << 20,
             max_block_delay_ms: 250,
+            stall_after_ms: 5_000,
             transaction_timeout_ms: blockpost_core::transaction::DEFAULT_TRANSACTION_TIMEOUT_MS,
             anchor: AnchorConfig::default(),
         }
@@ -144,6 +149,19 @@ impl BuilderConfig {
         }
         if a.every_blocks < 2 || a.every_ms == 0 {
             return Err("builder.anchor.every_blocks must be at least 2 (each anchor's record takes a block) and every_ms at least 1".into());
+        }
+        if self.stall_after_ms <= self.max_block_delay_ms {
+            return Err(format!(
+                "builder.stall_after_ms ({}) must be longer than max_block_delay_ms ({})",
+                self.stall_after_ms, self.max_block_delay_ms
+            ));
+        }
+        // Room for the time-out closings the rules add to any block.
+        let most_leaves = blockpost_core::block::MAX_BLOCK_LEAVES as usize / 2;
+        if self.max_block_messages > most_leaves {
+            return Err(format!(
+                "builder.max_block_messages is at most {most_leaves}"
+            ));
         }
         if self.max_block_bytes > crate::MAX_BLOCK_LEN / 2 {
             return Err(format!(

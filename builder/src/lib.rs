@@ -27,6 +27,6 @@ mod grpc;
 mod index;
 
 pub use anchor::AnchorLine;
-pub use builder::{Builder, BuilderParts, MAX_BLOCK_LEN};
+pub use builder::{Builder, BuilderParts, Health, MAX_BLOCK_LEN};
 pub use config::{AnchorConfig, BitcoinConfig, BuilderConfig};
 pub use error::{Error, Result};

@@ -114,6 +114,106 @@ pub fn closing_leaf(c: &TransactionClosing) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Bytes a leaf of `len` bytes takes in an encoded block (field tag, length, bytes).
+pub const fn framed_len(len: usize) -> usize {
+    let mut varint = 1;
+    let mut rest = len >> 7;
+    while rest > 0 {
+        varint += 1;
+        rest >>= 7;
+    }
+    1 + varint + len
+}
+
+/// The longest closing leaf there can be: [`MAX_TRANSACTION_MESSAGES`] message ids, as
+/// many parties that sent `finish`, each address and the transaction id at their longest.
+pub const MAX_CLOSING_LEAF_LEN: usize = {
+    let ids = MAX_TRANSACTION_MESSAGES * (1 + 1 + 32);
+    let finished_by = MAX_TRANSACTION_MESSAGES * (1 + 1 + crate::Address::MAX_LEN);
+    let transaction_id = framed_len(crate::MAX_TEXT_LEN);
+    let (status, root, time) = (2, framed_len(32), 1 + 10);
+    framed_len(ids + finished_by + transaction_id + status + root + time)
+};
+
+/// The shortest closing leaf there can be (one message id, its root, a status).
+const MIN_CLOSING_LEAF_LEN: usize = framed_len(2 + framed_len(32) + framed_len(32));
+
+/// Most bytes the time-out closings at the end of one block take in the encoded block,
+/// framing included: [`MAX_EXPIRY_BYTES_PER_BLOCK`] of records (or one record longer than
+/// that), each framed as a leaf.
+pub const MAX_EXPIRY_LEAVES_LEN: usize = {
+    let bytes = if MAX_EXPIRY_BYTES_PER_BLOCK > MAX_CLOSING_LEAF_LEN {
+        MAX_EXPIRY_BYTES_PER_BLOCK
+    } else {
+        MAX_CLOSING_LEAF_LEN
+    };
+    let leaves = 1 + bytes / MIN_CLOSING_LEAF_LEN;
+    bytes + leaves * (framed_len(MAX_CLOSING_LEAF_LEN) - MAX_CLOSING_LEAF_LEN)
+};
+
+/// Bytes an encoded block keeps for its signed header and its own framing.
+pub const BLOCK_HEADER_ROOM: usize = 4096;
+
+/// What a builder may put in one block. Every leaf counts: anchors and other records,
+/// messages, the closing record a message brings, and room for the time-out closings the
+/// rules add at the end of every block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockBudget {
+    /// Most bytes of records, messages and their closings the builder fills a block with
+    /// (its `max_block_bytes`). A block's first message goes in even when it alone is
+    /// larger, as long as the block stays within `capacity`.
+    pub max_fill_bytes: usize,
+    /// Most records, messages and closing records in one block, before time-outs.
+    pub max_leaves: usize,
+    /// The largest encoded block, time-out closings at their worst included: a block that
+    /// would not fit is never laid out.
+    pub capacity: usize,
+}
+
+impl BlockBudget {
+    /// No limit (replaying a block someone else laid out).
+    pub const UNLIMITED: Self = Self {
+        max_fill_bytes: usize::MAX,
+        max_leaves: usize::MAX,
+        capacity: usize::MAX,
+    };
+
+    /// The largest message (encoded envelope) a block within this budget always carries,
+    /// whatever records come with it: a block whose records leave no room for it holds
+    /// only them, and the message goes first in the next one.
+    pub fn max_message_len(&self) -> usize {
+        let room = self
+            .capacity
+            .saturating_sub(BLOCK_HEADER_ROOM)
+            .saturating_sub(MAX_EXPIRY_LEAVES_LEN)
+            .saturating_sub(framed_len(MAX_CLOSING_LEAF_LEN));
+        // The largest `n` with framed_len(n) <= room.
+        let mut n = room.saturating_sub(framed_len(room) - room);
+        while n > 0 && framed_len(n) > room {
+            n -= 1;
+        }
+        while framed_len(n + 1) <= room {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// A block as laid out within a [`BlockBudget`].
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    /// Its leaves.
+    pub leaves: Vec<Vec<u8>>,
+    /// One [`Entry`] per leaf.
+    pub entries: Vec<Entry>,
+    /// How many of the messages offered it took, from the front (`too_large` among them);
+    /// the rest go in the next block.
+    pub taken: usize,
+    /// Messages (their places among those offered) too large for any block within the
+    /// budget: they are in no block, and the builder refuses them.
+    pub too_large: Vec<usize>,
+}
+
 /// What a message did to its transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -174,6 +274,46 @@ impl Book {
     /// The earliest deadline of an open transaction.
     pub fn next_deadline(&self) -> Option<i64> {
         self.by_deadline.first().map(|(d, _)| *d)
+    }
+
+    /// The length of the closing leaf (its [`closing_leaf`] bytes) that message `m` would
+    /// bring with it, in a block cut at `time_ms` (0 when it would not finish its
+    /// transaction), without taking it.
+    /// `closed(id)` says whether a transaction that is not open was closed before.
+    pub fn closing_len_after(
+        &self,
+        m: &TxMessage,
+        time_ms: i64,
+        closed: impl FnOnce(&str) -> bool,
+    ) -> usize {
+        if !m.finish {
+            return 0;
+        }
+        let empty = BTreeSet::new();
+        let (count, parties, finished) = match self.open.get(&m.transaction_id) {
+            Some(t) if t.messages.len() >= MAX_TRANSACTION_MESSAGES => return 0,
+            Some(t) => (t.messages.len() + 1, &t.parties, &t.finished),
+            None if closed(&m.transaction_id) => return 0,
+            None => (1, &empty, &empty),
+        };
+        let done = |p: &String| *p == m.sender || finished.contains(p);
+        if !(parties.iter().all(done) && m.recipients.iter().all(done)) {
+            return 0;
+        }
+        let mut finished_by: Vec<String> = finished.iter().cloned().collect();
+        if !finished.contains(&m.sender) {
+            finished_by.push(m.sender.clone());
+        }
+        // Everything but the ids, encoded; each id is one more 34-byte field.
+        let c = TransactionClosing {
+            transaction_id: m.transaction_id.clone(),
+            status: TransactionStatus::Finished as i32,
+            message_ids: Vec::new(),
+            messages_root: vec![0; 32],
+            finished_by,
+            time_ms,
+        };
+        framed_len(c.encoded_len() + count * framed_len(32))
     }
 
     /// Takes message `m`, in the block at `height` cut at `time_ms`. `closed(id)` says
@@ -293,32 +433,96 @@ pub fn lay_out_block(
     messages: Vec<(Vec<u8>, TxMessage)>,
     closed: impl Fn(&str) -> bool,
 ) -> (Vec<Vec<u8>>, Vec<Entry>) {
-    let mut leaves = Vec::with_capacity(records.len() + messages.len());
-    let mut entries = Vec::with_capacity(leaves.capacity());
+    let l = lay_out_block_within(
+        book,
+        height,
+        time_ms,
+        records,
+        &mut messages.into(),
+        closed,
+        &BlockBudget::UNLIMITED,
+    );
+    (l.leaves, l.entries)
+}
+
+/// [`lay_out_block`] within `budget`: it takes messages from the front of `messages` while
+/// each, with the closing record it brings, keeps the block within the budget (the first
+/// one within `capacity` alone), and leaves the rest in `messages` for the next block. The rules do not
+/// depend on where the builder cut: a replay lays out the messages a block holds.
+pub fn lay_out_block_within(
+    book: &mut Book,
+    height: u64,
+    time_ms: i64,
+    records: Vec<Vec<u8>>,
+    messages: &mut std::collections::VecDeque<(Vec<u8>, TxMessage)>,
+    closed: impl Fn(&str) -> bool,
+    budget: &BlockBudget,
+) -> Layout {
+    let mut out = Layout {
+        leaves: Vec::with_capacity(records.len() + messages.len()),
+        entries: Vec::with_capacity(records.len() + messages.len()),
+        ..Layout::default()
+    };
+    // Bytes of the encoded block so far, its header and the worst time-outs included.
+    let mut used = BLOCK_HEADER_ROOM.saturating_add(MAX_EXPIRY_LEAVES_LEN);
+    // Bytes of leaves the builder chose to fill (records, messages, their closings).
+    let mut filled = 0usize;
     for r in records {
-        leaves.push(r);
-        entries.push(Entry::Other);
+        used = used.saturating_add(framed_len(r.len()));
+        filled = filled.saturating_add(r.len());
+        out.leaves.push(r);
+        out.entries.push(Entry::Other);
     }
     let mut closed_here = std::collections::HashSet::new();
-    for (bytes, m) in messages {
+    let mut i = 0;
+    while let Some((bytes, m)) = messages.front() {
+        let closing =
+            book.closing_len_after(&m, time_ms, |id| closed_here.contains(id) || closed(id));
+        let mut cost = framed_len(bytes.len());
+        let mut leaves = 1;
+        if closing > 0 {
+            cost = cost.saturating_add(framed_len(closing));
+            leaves += 1;
+        }
+        let fits_capacity = used.saturating_add(cost) <= budget.capacity;
+        if out.leaves.is_empty() && !fits_capacity {
+            // No block within the budget can hold it.
+            messages.pop_front();
+            out.too_large.push(i);
+            i += 1;
+            out.taken = i;
+            continue;
+        }
+        let fits_fill = filled.saturating_add(cost) <= budget.max_fill_bytes
+            && out.leaves.len().saturating_add(leaves) <= budget.max_leaves;
+        if !out.leaves.is_empty() && !(fits_capacity && fits_fill) {
+            break;
+        }
+        let Some((bytes, m)) = messages.pop_front() else {
+            break;
+        };
+        i += 1;
+        out.taken = i;
+        used = used.saturating_add(cost);
+        filled = filled.saturating_add(cost);
         let step = book.message(&m, height, time_ms, |id| {
             closed_here.contains(id) || closed(id)
         });
-        leaves.push(bytes);
+        out.leaves.push(bytes);
         let finished = step == Step::Finished;
         let id = m.transaction_id.clone();
-        entries.push(Entry::Message(m, step));
+        out.entries.push(Entry::Message(m, step));
         if finished && let Some((t, c)) = book.close(&id, TransactionStatus::Finished, time_ms) {
-            leaves.push(closing_leaf(&c));
-            entries.push(Entry::Closing(t, c));
+            out.leaves.push(closing_leaf(&c));
+            out.entries.push(Entry::Closing(t, c));
             closed_here.insert(id);
         }
     }
     for (t, c) in book.expire(time_ms) {
-        leaves.push(closing_leaf(&c));
-        entries.push(Entry::Closing(t, c));
+        out.leaves.push(closing_leaf(&c));
+        out.entries.push(Entry::Closing(t, c));
     }
-    (leaves, entries)
+    out
 }
 
 /// Replays a block's leaves (checked by [`crate::block::verify_block`]) through `book`:
@@ -662,5 +866,242 @@ mod tests {
             b.close("t", TransactionStatus::Finished, 20)
         );
         assert_eq!(copy.next_deadline(), Some(1010));
+    }
+
+    /// The encoded block a layout gives, as the builder would store it (header at its
+    /// largest room).
+    fn block_len(leaves: &[Vec<u8>]) -> usize {
+        BLOCK_HEADER_ROOM + leaves.iter().map(|l| framed_len(l.len())).sum::<usize>()
+    }
+
+    #[test]
+    fn framed_len_is_what_prost_writes() {
+        for n in [
+            0usize,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            8 << 20,
+        ] {
+            let b = blockpost_proto::v1::Block {
+                header: None,
+                leaves: vec![vec![0; n]],
+            };
+            assert_eq!(b.encoded_len(), framed_len(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn the_longest_closing_is_within_max_closing_leaf_len() {
+        let tx = "t".repeat(crate::MAX_TEXT_LEN);
+        let mut t = OpenTransaction {
+            id: tx,
+            opened_height: 0,
+            deadline_ms: 0,
+            parties: BTreeSet::new(),
+            finished: BTreeSet::new(),
+            messages: Vec::new(),
+        };
+        for i in 0..MAX_TRANSACTION_MESSAGES {
+            t.messages.push([7; 32]);
+            let a = format!("{i:0>63}");
+            t.parties.insert(a.clone());
+            t.finished.insert(a);
+        }
+        // A negative time takes the longest varint.
+        let len = closing_leaf(&t.closing(TransactionStatus::TimedOut, -1)).len();
+        assert!(
+            len <= MAX_CLOSING_LEAF_LEN,
+            "{len} > {MAX_CLOSING_LEAF_LEN}"
+        );
+        assert!(
+            MAX_CLOSING_LEAF_LEN - len < 16,
+            "the bound is loose by {}",
+            MAX_CLOSING_LEAF_LEN - len
+        );
+        assert!(MAX_CLOSING_LEAF_LEN <= MAX_EXPIRY_LEAVES_LEN);
+    }
+
+    #[test]
+    fn closing_len_after_is_the_length_of_the_closing_laid_out() {
+        let mut b = Book::new(1000, []);
+        let never = |_: &str| false;
+        let first = msg(1, "t", "alice", &["bob", "carol"], true);
+        assert_eq!(
+            b.closing_len_after(&first, 10, never),
+            0,
+            "bob has not finished"
+        );
+        b.message(&first, 0, 10, never);
+        let second = msg(2, "t", "bob", &["alice"], true);
+        assert_eq!(
+            b.closing_len_after(&second, 10, never),
+            0,
+            "carol has not finished"
+        );
+        b.message(&second, 0, 10, never);
+        assert_eq!(
+            b.closing_len_after(&msg(3, "t", "carol", &["alice"], false), 10, never),
+            0
+        );
+        let last = msg(4, "t", "carol", &["alice", "bob"], true);
+        let predicted = b.closing_len_after(&last, 77, never);
+        let l = lay_out_block_within(
+            &mut b,
+            1,
+            77,
+            Vec::new(),
+            &mut vec![(vec![1; 10], last)].into(),
+            never,
+            &BlockBudget::UNLIMITED,
+        );
+        assert_eq!(l.leaves.len(), 2);
+        assert_eq!(l.leaves[1].len(), predicted);
+        // A lone message that finishes at once (it names only its sender) brings one too.
+        let alone = msg(5, "solo", "dora", &[], true);
+        let predicted = b.closing_len_after(&alone, 5, never);
+        let l = lay_out_block(&mut b, 2, 5, Vec::new(), vec![(vec![1; 3], alone)], never);
+        assert_eq!(l.0[1].len(), predicted);
+        // Closed before: no closing.
+        let late = msg(6, "t", "carol", &["alice"], true);
+        assert_eq!(b.closing_len_after(&late, 10, |id| id == "t"), 0);
+    }
+
+    #[test]
+    fn the_largest_message_fits_with_its_closing_and_the_worst_time_outs() {
+        let budget = BlockBudget {
+            max_fill_bytes: 64 << 10,
+            max_leaves: 10,
+            capacity: (8 << 20) - 1024,
+        };
+        let max = budget.max_message_len();
+        assert!(max > 5 << 20 && max < budget.capacity, "{max}");
+        // The longest closing there can be: 10,000 parties at the longest address each
+        // sent finish in one transaction with the longest id; the last one finishes it
+        // with the largest message.
+        let tx = "t".repeat(crate::MAX_TEXT_LEN);
+        let mut b = Book::new(1000, []);
+        let party = |i: usize| format!("{i:0>63}");
+        for i in 0..MAX_TRANSACTION_MESSAGES - 1 {
+            let mut m = msg(0, &tx, &party(i), &[], true);
+            m.id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            // Everyone who joins must finish too: name the last party from the start.
+            m.recipients = vec![party(MAX_TRANSACTION_MESSAGES - 1)];
+            assert_eq!(b.message(&m, 0, 10, |_| false), Step::Open);
+        }
+        // Transactions overdue by the block's time take their worst share of it.
+        for t in 0..40u64 {
+            for i in 0..1_000u64 {
+                let mut m = msg(0, &format!("old-{t}"), "x", &["y"], false);
+                m.id[..8].copy_from_slice(&i.to_be_bytes());
+                m.id[8..16].copy_from_slice(&t.to_be_bytes());
+                b.message(&m, 0, 0, |_| false);
+            }
+        }
+        let last = msg(200, &tx, &party(MAX_TRANSACTION_MESSAGES - 1), &[], true);
+        let closing = b.closing_len_after(&last, 5_000, |_| false);
+        assert!(closing + 64 > MAX_CLOSING_LEAF_LEN, "{closing}");
+        let l = lay_out_block_within(
+            &mut b,
+            1,
+            5_000,
+            Vec::new(),
+            &mut vec![(vec![0; max], last)].into(),
+            |_| false,
+            &budget,
+        );
+        assert_eq!((l.taken, l.too_large.len()), (1, 0));
+        assert_eq!(l.leaves[1].len(), closing, "the closing follows it");
+        assert!(l.entries.len() > 3, "time-outs close in the same block");
+        assert!(block_len(&l.leaves) <= budget.capacity);
+        // A message larger than a block's room for messages can never be in one; the one
+        // after it still is.
+        let room = budget.capacity - BLOCK_HEADER_ROOM - MAX_EXPIRY_LEAVES_LEN;
+        let mut b = Book::new(1000, []);
+        let l = lay_out_block_within(
+            &mut b,
+            1,
+            5,
+            Vec::new(),
+            &mut vec![
+                (vec![0; room], msg(1, "too-big", "a", &[], false)),
+                (vec![1; 10], msg(2, "u", "a", &[], false)),
+            ]
+            .into(),
+            |_| false,
+            &budget,
+        );
+        assert_eq!((l.taken, l.too_large.clone()), (2, vec![0]));
+        assert!(matches!(&l.entries[0], Entry::Message(m, Step::Open) if m.transaction_id == "u"));
+        // With records first, a message that does not fit beside them waits for the next
+        // block, where it fits.
+        let mut offered = vec![(vec![0; room - 8], msg(3, "v", "a", &[], false))].into();
+        let l = lay_out_block_within(
+            &mut b,
+            2,
+            5,
+            vec![vec![7; 100]],
+            &mut offered,
+            |_| false,
+            &budget,
+        );
+        assert_eq!((l.taken, l.leaves.len(), offered.len()), (0, 1, 1));
+        let l = lay_out_block_within(&mut b, 3, 5, Vec::new(), &mut offered, |_| false, &budget);
+        assert_eq!((l.taken, l.too_large.len(), offered.len()), (1, 0, 0));
+        assert!(block_len(&l.leaves) <= budget.capacity);
+    }
+
+    #[test]
+    fn a_budget_splits_messages_over_blocks_that_replay_the_same() {
+        let budget = BlockBudget {
+            max_fill_bytes: 3_000,
+            max_leaves: 8,
+            capacity: 2 << 20,
+        };
+        let mut offered: std::collections::VecDeque<(Vec<u8>, TxMessage)> = (0..60u8)
+            .map(|i| {
+                let tx = format!("t{}", i / 3);
+                let m = msg(i, &tx, &format!("p{}", i % 3), &["p0", "p1", "p2"], true);
+                (vec![i; 100 + 40 * usize::from(i % 7)], m)
+            })
+            .collect();
+        // A record comes first in the first block.
+        let mut records = vec![vec![9u8; 200]];
+        let mut builder = Book::new(1000, []);
+        let mut auditor = Book::new(1000, []);
+        let mut height = 0;
+        while !offered.is_empty() {
+            let before: Vec<_> = offered.iter().cloned().collect();
+            let records_here = std::mem::take(&mut records);
+            let l = lay_out_block_within(
+                &mut builder,
+                height,
+                10,
+                records_here.clone(),
+                &mut offered,
+                |_| false,
+                &budget,
+            );
+            assert!(l.taken > 0 && l.too_large.is_empty());
+            let filled: usize = l.leaves.iter().map(|x| framed_len(x.len())).sum();
+            let first_alone = l.taken == 1;
+            assert!(filled <= budget.max_fill_bytes || first_alone, "{filled}");
+            assert!(l.leaves.len() <= budget.max_leaves || first_alone);
+            // Laid out again without a budget, the messages the block took give the same
+            // block: the rules do not depend on where the builder cut.
+            let taken = before[..l.taken].to_vec();
+            let again = lay_out_block(&mut auditor, height, 10, records_here, taken, |_| false);
+            assert_eq!((again.0, again.1), (l.leaves.clone(), l.entries.clone()));
+            height += 1;
+        }
+        assert!(height > 5, "{height} blocks");
+        assert!(
+            builder.is_empty() && auditor.is_empty(),
+            "every transaction finished"
+        );
     }
 }

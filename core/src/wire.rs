@@ -19,6 +19,34 @@ use sha2::Digest as _;
 
 use crate::Address;
 
+/// Bytes a message on the bus keeps, within the server's `max_payload`, for its NATS
+/// headers (ids, sequences, tags).
+pub const HEADER_ROOM: usize = 1024;
+
+/// Largest stored block, in bytes, whatever the bus allows.
+pub const MAX_BLOCK_LEN: usize = 64 << 20;
+
+/// The largest encoded block that travels whole in one message of a NATS server whose
+/// `max_payload` is given.
+pub fn block_capacity(max_payload: usize) -> usize {
+    max_payload.saturating_sub(HEADER_ROOM).min(MAX_BLOCK_LEN)
+}
+
+/// The largest envelope a gateway may accept on a NATS server whose `max_payload` is given:
+/// it fits in one firehose message, and in one block together with the closing record it
+/// may bring and the time-out closings of that block at their worst
+/// ([`crate::transaction::BlockBudget::max_message_len`]). A gateway that accepted more
+/// would receipt a message no block can carry.
+pub fn max_envelope_len(max_payload: usize) -> usize {
+    let budget = crate::transaction::BlockBudget {
+        capacity: block_capacity(max_payload),
+        ..crate::transaction::BlockBudget::UNLIMITED
+    };
+    max_payload
+        .saturating_sub(HEADER_ROOM)
+        .min(budget.max_message_len())
+}
+
 /// The names of one directory log's streams and subjects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {

@@ -60,6 +60,10 @@ pub enum Error {
     /// NATS failed or is unreachable.
     #[error("message bus: {0}")]
     Bus(String),
+    /// The block builder is stalled: no receipt is issued while its promise (a block by
+    /// the deadline) cannot be kept.
+    #[error("no receipts while the block builder is stalled ({0}); retry later")]
+    Stalled(String),
     /// Storage or config failure.
     #[error("gateway: {0}")]
     Internal(String),
@@ -102,7 +106,7 @@ impl Error {
             {
                 Code::ResourceExhausted
             }
-            Error::Bus(_) => Code::Unavailable,
+            Error::Bus(_) | Error::Stalled(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
     }

@@ -22,13 +22,12 @@ use crate::{Error, Result};
 /// How long a check waits for the replica to learn of a participant it does not know yet
 /// (a registration may be a few milliseconds ahead of its NATS copy).
 const REPLICA_PATIENCE: Duration = Duration::from_millis(500);
-/// Room kept in a NATS message for the headers beside an envelope.
-const HEADER_ROOM: usize = 1024;
 
 fn replica_busy() -> Error {
     Error::Bus(format!(
-        "{} requests are already waiting for the directory replica to catch up; retry",
-        crate::MAX_WAITERS
+        "{} requests or {} MiB are already waiting for the directory replica to catch up; retry",
+        crate::MAX_WAITERS,
+        crate::MAX_WAITING_BYTES >> 20
     ))
 }
 
@@ -39,6 +38,12 @@ pub trait TransactionGate: Send + Sync {
     /// Why transaction `id` takes no more messages ("transaction settle-42 is finished"),
     /// if it does not.
     fn refusal(&self, id: &str) -> Option<String>;
+
+    /// Why no receipt can be issued now, if it cannot: the builder behind the gate is
+    /// stalled, so a receipt's promise of a block by its deadline would not be kept.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A running gateway. Cheap to clone.
@@ -70,6 +75,27 @@ pub(crate) struct Inner {
     pub(crate) refused_deliveries: std::sync::atomic::AtomicU64,
     /// Asked whether a transaction is closed.
     gate: std::sync::OnceLock<Arc<dyn TransactionGate>>,
+    /// Whether the NATS connection is up, as last seen ([`watch_bus`]).
+    bus_up: tokio::sync::watch::Sender<bool>,
+}
+
+/// How often the gateway looks at its NATS connection's state.
+const BUS_POLL: Duration = Duration::from_millis(50);
+
+/// Keeps `bus_up` current while the gateway lives.
+async fn watch_bus(inner: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(BUS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let up = inner.nats.connection_state() == async_nats::connection::State::Connected;
+        inner
+            .bus_up
+            .send_if_modified(|was| std::mem::replace(was, up) != up);
+    }
 }
 
 impl Gateway {
@@ -85,8 +111,9 @@ impl Gateway {
         nats: async_nats::Client,
     ) -> Result<Self> {
         config.validate().map_err(Error::Internal)?;
-        // Headers (ids, sequence) take well under this.
-        let max_envelope = nats.server_info().max_payload.saturating_sub(HEADER_ROOM);
+        // It must fit in a firehose message, and in a block with the records it may bring:
+        // a receipt must never promise a block that cannot be cut.
+        let max_envelope = wire::max_envelope_len(nats.server_info().max_payload);
         let mut js = jetstream::new(nats.clone());
         js.set_timeout(Duration::from_secs(10));
         let window = Duration::from_millis(config.max_clock_skew_ms.saturating_mul(2));
@@ -111,24 +138,25 @@ impl Gateway {
         .await
         .map_err(bus)?;
         let replica = Replica::start(js.clone(), &ns, log_verifier_key);
-        Ok(Self {
-            inner: Arc::new(Inner {
-                js,
-                nats,
-                replica,
-                limits: config.limits(),
-                ns,
-                max_envelope,
-                config,
-                clock,
-                verifier: BatchVerifier::start(),
-                mac: wire::FirehoseMac::derive(&key),
-                key,
-                sessions: Default::default(),
-                refused_deliveries: Default::default(),
-                gate: Default::default(),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            js,
+            nats,
+            replica,
+            limits: config.limits(),
+            ns,
+            max_envelope,
+            config,
+            clock,
+            verifier: BatchVerifier::start(),
+            mac: wire::FirehoseMac::derive(&key),
+            key,
+            sessions: Default::default(),
+            refused_deliveries: Default::default(),
+            gate: Default::default(),
+            bus_up: tokio::sync::watch::Sender::new(true),
+        });
+        tokio::spawn(watch_bus(Arc::downgrade(&inner)));
+        Ok(Self { inner })
     }
 
     /// The receipt key and the promised delay.
@@ -168,9 +196,23 @@ impl Gateway {
 
     /// Checks, routes and receipts one envelope. Returns only after JetStream stored it
     /// in the firehose and in every recipient's inbox.
+    ///
+    /// Once the connection to NATS is known to be gone, it answers at once (UNAVAILABLE)
+    /// rather than after the publish timeout: a retry of the same envelope is safe, since
+    /// the firehose de-duplicates it and answers with the same receipt.
     pub async fn submit(&self, env: Envelope) -> Result<Receipt> {
-        let c = self.check(env).await?;
-        self.publish(c).await
+        let mut up = self.inner.bus_up.subscribe();
+        let work = async {
+            let c = self.check(env).await?;
+            self.publish(c).await
+        };
+        tokio::select! {
+            biased;
+            r = work => r,
+            _ = up.wait_for(|up| !*up) => Err(Error::Bus(
+                "the connection to NATS was lost while this envelope was handled; retry (a retry of the same envelope is safe)".into(),
+            )),
+        }
     }
 
     /// The core rules first (cheap, stateless), then the clock, then the directory.
@@ -179,13 +221,15 @@ impl Gateway {
         let len = prost::Message::encoded_len(&env);
         if len > self.inner.max_envelope {
             return Err(blockpost_core::Error::TooLarge {
-                field: "envelope (the message bus's max_payload)",
+                field: "envelope (what one block on this node's message bus carries, with its worst-case records)",
                 len,
                 limit: self.inner.max_envelope,
             }
             .into());
         }
         let p = ParsedEnvelope::parse(env, &self.inner.limits)?;
+        // What this request holds while it waits (the envelope and its decoded content).
+        let held = len.saturating_mul(2);
         if self.inner.nats.connection_state() != async_nats::connection::State::Connected {
             // Answer at once, retryable, instead of holding the request for the publish
             // timeout while the bus is away (the managed server is restarted within a second).
@@ -199,13 +243,13 @@ impl Gateway {
             ));
         }
         let c = p.content();
-        if let Some(why) = self
-            .inner
-            .gate
-            .get()
-            .and_then(|g| g.refusal(&c.transaction_id))
-        {
-            return Err(Error::TransactionClosed(why));
+        if let Some(gate) = self.inner.gate.get() {
+            if let Some(why) = gate.unavailable() {
+                return Err(Error::Stalled(why));
+            }
+            if let Some(why) = gate.refusal(&c.transaction_id) {
+                return Err(Error::TransactionClosed(why));
+            }
         }
         check_clock(
             c.timestamp_ms,
@@ -215,7 +259,12 @@ impl Gateway {
         let replica = &self.inner.replica;
         let sender = p.sender();
         let s = replica
-            .participant(sender.as_str(), Some(c.sender_key_index), REPLICA_PATIENCE)
+            .participant_holding(
+                sender.as_str(),
+                Some(c.sender_key_index),
+                REPLICA_PATIENCE,
+                held,
+            )
             .await
             .map_err(|_| replica_busy())?
             .ok_or_else(|| Error::UnknownSender(sender.to_string()))?;
@@ -235,10 +284,11 @@ impl Gateway {
         }
         for r in p.recipients() {
             let rp = replica
-                .participant(
+                .participant_holding(
                     r.as_str(),
                     p.recipient_key_index(r.as_str()),
                     REPLICA_PATIENCE,
+                    held,
                 )
                 .await
                 .map_err(|_| replica_busy())?

@@ -45,5 +45,5 @@ mod verify;
 pub use config::MessagingConfig;
 pub use error::{Error, Result};
 pub use gateway::{Gateway, TransactionGate};
-pub use replica::{Busy, MAX_WAITERS, Replica};
+pub use replica::{Busy, MAX_WAITERS, MAX_WAITING_BYTES, Replica};
 pub use verify::{BatchVerifier, MAX_BATCH};

@@ -32,12 +32,19 @@ pub struct Replica {
     /// Requests waiting for the replica to learn of a participant; beyond
     /// [`MAX_WAITERS`], a request is answered from what the replica knows now.
     waiters: tokio::sync::Semaphore,
+    /// Bytes of requests held while they wait; beyond [`MAX_WAITING_BYTES`], [`Busy`].
+    waiting_bytes: tokio::sync::Semaphore,
     /// The newest signed checkpoint whose every entry is applied.
     in_force: Mutex<Option<VerifiedCheckpoint>>,
 }
 
 /// Most requests held at once waiting for the replica (each holds its request's bytes).
 pub const MAX_WAITERS: usize = 1024;
+
+/// Most bytes of requests held at once waiting for the replica: requests from senders the
+/// replica does not know yet are unauthenticated, so what they may hold is bounded in
+/// bytes, not only in number (1,024 envelopes of 6 MiB would be 6 GiB).
+pub const MAX_WAITING_BYTES: usize = 64 << 20;
 
 /// [`MAX_WAITERS`] requests are waiting for the replica already: try again shortly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +74,7 @@ impl Replica {
             verifier_key,
             checkpoints: Mutex::new(BTreeMap::new()),
             waiters: tokio::sync::Semaphore::new(MAX_WAITERS),
+            waiting_bytes: tokio::sync::Semaphore::new(MAX_WAITING_BYTES),
             in_force: Mutex::new(None),
         });
         tokio::spawn(follow(r.clone(), js, ns.clone()));
@@ -113,6 +121,20 @@ impl Replica {
         at_index: Option<u64>,
         patience: Duration,
     ) -> Result<Option<Participant>, Busy> {
+        self.participant_holding(address, at_index, patience, 0)
+            .await
+    }
+
+    /// [`Replica::participant`] for a request that holds `bytes` while it waits: at most
+    /// [`MAX_WAITING_BYTES`] are held by waiting requests at once, beyond that the answer
+    /// is [`Busy`].
+    pub async fn participant_holding(
+        &self,
+        address: &str,
+        at_index: Option<u64>,
+        patience: Duration,
+        bytes: usize,
+    ) -> Result<Option<Participant>, Busy> {
         // `applied` is read before the state: the follower commits the state first.
         let settled = |applied: u64, p: &Option<Participant>| match at_index {
             Some(i) => i < applied || p.as_ref().is_some_and(|p| p.current >= i),
@@ -124,6 +146,10 @@ impl Replica {
             return Ok(now);
         }
         let Ok(_permit) = self.waiters.try_acquire() else {
+            return Err(Busy);
+        };
+        let held = u32::try_from(bytes.min(MAX_WAITING_BYTES)).unwrap_or(u32::MAX);
+        let Ok(_bytes) = self.waiting_bytes.try_acquire_many(held) else {
             return Err(Busy);
         };
         let mut rx = self.applied.subscribe();

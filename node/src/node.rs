@@ -30,6 +30,8 @@ pub struct Node {
     supervisor: Option<tokio::task::JoinHandle<()>>,
     /// Collects the witnesses' cosignatures ([`crate::witness`]); stopped with the node.
     witness: Option<tokio::task::JoinHandle<()>>,
+    /// Reports the builder's health as the Ledger service's; stopped with the node.
+    ledger_health: Option<tokio::task::JoinHandle<()>>,
     _health: tonic_health::server::HealthReporter,
     health: Routes,
     /// TLS on the gRPC port, unless it serves plaintext (loopback only).
@@ -151,6 +153,13 @@ impl Node {
             services.push("blockpost.v1.Ledger");
         }
         let (health_reporter, health) = crate::serve::health_routes(&services).await;
+        // A stalled builder turns the Ledger service NOT_SERVING until it recovers.
+        let ledger_health = builder.as_ref().map(|b| {
+            tokio::spawn(report_builder_health(
+                b.subscribe_health(),
+                health_reporter.clone(),
+            ))
+        });
         let supervisor = managed.clone().map(|n| tokio::spawn(supervise(n)));
         let witness = (!config.witnesses.is_empty()).then(|| {
             let d = directory.clone();
@@ -179,6 +188,7 @@ impl Node {
             managed,
             supervisor,
             witness,
+            ledger_health,
             _health: health_reporter,
             health,
             tls,
@@ -365,6 +375,9 @@ impl Drop for Node {
         if let Some(w) = self.witness.take() {
             w.abort();
         }
+        if let Some(h) = self.ledger_health.take() {
+            h.abort();
+        }
         if let Some(s) = self.supervisor.take() {
             s.abort();
         }
@@ -418,4 +431,25 @@ async fn check_streams(nats: &async_nats::Client, ns: &Namespace) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Reports the builder's health as the gRPC health of `blockpost.v1.Ledger`, until the
+/// builder is dropped.
+async fn report_builder_health(
+    mut health: tokio::sync::watch::Receiver<blockpost_builder::Health>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    loop {
+        let status = if health.borrow_and_update().stalled().is_some() {
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tonic_health::ServingStatus::Serving
+        };
+        reporter
+            .set_service_status("blockpost.v1.Ledger", status)
+            .await;
+        if health.changed().await.is_err() {
+            return;
+        }
+    }
 }

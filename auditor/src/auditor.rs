@@ -1170,15 +1170,27 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
             }
             let mut messages = ordered(&stream, None, start).await?;
             let mut read = start.saturating_sub(1);
+            // Blocks longer than one message of the bus travel in parts.
+            let mut parts = blockpost_core::wire::BlockParts::default();
             while let Some(m) = next_or_stalled(&mut messages, &mut stream, read).await? {
                 let m = m.map_err(|e| e.to_string())?;
                 let info = m.info().map_err(|e| e.to_string())?;
                 read = info.stream_sequence;
                 let (seq, pending) = (info.stream_sequence, info.pending);
+                let part = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(blockpost_core::wire::BLOCK_PART_HEADER))
+                    .map(|v| v.as_str().to_owned());
+                let Some(payload) = parts.push(part.as_deref(), &m.payload) else {
+                    if !parts.joining() {
+                        tracing::warn!(seq, "a block part that follows no part before it: skipped");
+                    }
+                    continue;
+                };
                 let Some(inner) = weak.upgrade() else {
                     return Ok(());
                 };
-                let payload = m.payload.clone();
                 let mut docs = Vec::new();
                 let mut indexed_height = None;
                 let alerts = {

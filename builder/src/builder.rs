@@ -84,6 +84,8 @@ struct Inner {
     witnessed: blockpost_storage::Witnessed,
     /// Fault injection for the auditor's tests ([`Builder::misbehave_by_omitting`]).
     omit: Mutex<Vec<String>>,
+    /// Fault injection for liveness tests ([`Builder::misbehave_by_failing`]).
+    fail_cuts: std::sync::atomic::AtomicBool,
     /// The number of blocks, for those waiting for new ones.
     pub(crate) blocks: tokio::sync::watch::Sender<u64>,
     /// The last firehose sequence the builder is done with (in a block, or refused).
@@ -186,6 +188,7 @@ impl Builder {
             last_seq: AtomicU64::new(0),
             witnessed: Default::default(),
             omit: Mutex::new(Vec::new()),
+            fail_cuts: Default::default(),
             handled_seq: AtomicU64::new(0),
             published: AtomicU64::new(0),
             progress_ms: std::sync::atomic::AtomicI64::new(0),
@@ -250,6 +253,13 @@ impl Builder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(transaction_id.to_owned());
+    }
+
+    /// Fault injection, for tests of liveness only: while `on`, every cut fails before it
+    /// stores anything, as if the disk or the bus refused. Nothing in the node calls this.
+    #[doc(hidden)]
+    pub fn misbehave_by_failing(&self, on: bool) {
+        self.inner.fail_cuts.store(on, Ordering::SeqCst);
     }
 
     /// The newest ledger checkpoint witnesses cosigned (the node's witness collector sets
@@ -795,11 +805,20 @@ async fn republish(inner: &Arc<Inner>, js: &jetstream::Context, ns: &Namespace) 
         .get_last_raw_message_by_subject(&ns.blocks_subject())
         .await
     {
-        Ok(m) => Block::decode(m.payload.as_ref())
-            .ok()
-            .and_then(|b| b.header)
-            .and_then(|h| BlockHeader::decode(h.header.as_slice()).ok())
-            .map_or(0, |h| h.height + 1),
+        // The last message is a part: its block is on the stream once its last part is.
+        Ok(m) => match m
+            .headers
+            .get(wire::BLOCK_PART_HEADER)
+            .and_then(|v| wire::parse_block_part(v.as_str()))
+        {
+            Some((height, part, parts)) if part == parts => height + 1,
+            Some((height, _, _)) => height,
+            None => Block::decode(m.payload.as_ref())
+                .ok()
+                .and_then(|b| b.header)
+                .and_then(|h| BlockHeader::decode(h.header.as_slice()).ok())
+                .map_or(0, |h| h.height + 1),
+        },
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
         Err(e) => return Err(bus(&e)),
     };
@@ -907,20 +926,51 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
     }
 }
 
-/// Publishes block `height` on the blocks stream (de-duplicated by height).
+/// Publishes block `height` on the blocks stream (de-duplicated by height): whole when it
+/// fits in one message of this bus, else in parts ([`wire::BLOCK_PART_HEADER`]).
 async fn publish_block(
     js: &jetstream::Context,
     ns: &Namespace,
     height: u64,
     encoded: Vec<u8>,
 ) -> Result<()> {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(wire::MSG_ID_HEADER, wire::block_msg_id(height).as_str());
-    js.publish_with_headers(ns.blocks_subject(), headers, encoded.into())
-        .await
-        .map_err(|e| Error::Bus(format!("publishing block {height}: {e}")))?
-        .await
-        .map_err(|e| Error::Bus(format!("publishing block {height}: {e}")))?;
+    let part_len = wire::block_part_len(js.client().server_info().max_payload);
+    let failed = |e: &dyn std::fmt::Display| Error::Bus(format!("publishing block {height}: {e}"));
+    if encoded.len() <= part_len {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(wire::MSG_ID_HEADER, wire::block_msg_id(height).as_str());
+        js.publish_with_headers(ns.blocks_subject(), headers, encoded.into())
+            .await
+            .map_err(|e| failed(&e))?
+            .await
+            .map_err(|e| failed(&e))?;
+        return Ok(());
+    }
+    let encoded = bytes::Bytes::from(encoded);
+    let parts = encoded.len().div_ceil(part_len);
+    tracing::debug!(
+        height,
+        bytes = encoded.len(),
+        parts,
+        "block travels in parts"
+    );
+    for k in 1..=parts {
+        let chunk = encoded.slice((k - 1) * part_len..(k * part_len).min(encoded.len()));
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            wire::MSG_ID_HEADER,
+            wire::block_part_msg_id(height, k).as_str(),
+        );
+        headers.insert(
+            wire::BLOCK_PART_HEADER,
+            wire::block_part(height, k, parts).as_str(),
+        );
+        js.publish_with_headers(ns.blocks_subject(), headers, chunk)
+            .await
+            .map_err(|e| failed(&e))?
+            .await
+            .map_err(|e| failed(&e))?;
+    }
     Ok(())
 }
 
@@ -978,7 +1028,7 @@ async fn follow(
     let mut cutter = Cutter {
         flight: None,
         through: 0,
-        budget: budget(&config, js.client().server_info().max_payload),
+        budget: budget(&config),
     };
     let r = follow_with(weak, js, ns, &mut cutter).await;
     // Never start over (catch_up) while a block is being cut.
@@ -1044,7 +1094,7 @@ async fn follow_with(
         .map_err(|e| bus(&e))?;
     let delay = Duration::from_millis(config.max_block_delay_ms);
     // When to cut; the cut itself splits what it is given into blocks within the budget.
-    let max_block_bytes = config.max_block_bytes.min(cutter.budget.capacity);
+    let max_block_bytes = config.max_block_bytes;
     let mut pending: Vec<Pending> = Vec::new();
     let mut bytes = 0usize;
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -1182,13 +1232,13 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// What one block may hold: the configured fill, within what one message of a NATS server
-/// whose `max_payload` is given carries.
-fn budget(config: &BuilderConfig, max_payload: usize) -> BlockBudget {
+/// What one block may hold: the configured fill, within the largest block there may be
+/// (blocks longer than one message of the bus travel in parts).
+fn budget(config: &BuilderConfig) -> BlockBudget {
     BlockBudget {
         max_fill_bytes: config.max_block_bytes,
         max_leaves: config.max_block_messages,
-        capacity: wire::block_capacity(max_payload),
+        capacity: MAX_BLOCK_LEN,
     }
 }
 
@@ -1213,6 +1263,11 @@ async fn cut(
     let now = inner.clock.now_ms();
     if pending.is_empty() && !inner.due(now) {
         return Ok(());
+    }
+    if inner.fail_cuts.load(Ordering::SeqCst) {
+        return Err(Error::Corrupted(
+            "fault injected: cutting blocks fails".into(),
+        ));
     }
     let offered: Vec<(u64, Vec<u8>, TxMessage)> = pending
         .iter()
@@ -1263,7 +1318,7 @@ async fn cut(
         tracing::error!(
             seq,
             capacity = budget.capacity,
-            "firehose message too large for any block on this bus: refused (it is in no block, and auditors report it as omitted)"
+            "firehose message too large for any block: refused (it is in no block, and auditors report it as omitted)"
         );
         if let Some(p) = pending.iter().find(|p| p.seq == seq) {
             let _ = p.message.ack_with(AckKind::Term).await;
@@ -1396,7 +1451,7 @@ fn cut_one(
         // The layout keeps within the budget; should it ever not, nothing is stored (the
         // book is reloaded from the index) and the builder reports itself stalled.
         return Err(Error::Corrupted(format!(
-            "block {height} would take {} bytes, more than the {} one message on the bus carries: not stored",
+            "block {height} would take {} bytes, more than the largest block ({}): not stored",
             encoded.len(),
             budget.capacity
         )));

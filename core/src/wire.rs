@@ -20,31 +20,98 @@ use sha2::Digest as _;
 use crate::Address;
 
 /// Bytes a message on the bus keeps, within the server's `max_payload`, for its NATS
-/// headers (ids, sequences, tags).
+/// headers (ids, sequences, tags, parts).
 pub const HEADER_ROOM: usize = 1024;
 
-/// Largest stored block, in bytes, whatever the bus allows.
+/// Largest block, in bytes, whatever the bus carries in one message: a larger block is
+/// never laid out ([`crate::transaction::BlockBudget::capacity`]).
 pub const MAX_BLOCK_LEN: usize = 64 << 20;
 
-/// The largest encoded block that travels whole in one message of a NATS server whose
-/// `max_payload` is given.
-pub fn block_capacity(max_payload: usize) -> usize {
-    max_payload.saturating_sub(HEADER_ROOM).min(MAX_BLOCK_LEN)
+/// The largest part of a block in one message of a NATS server whose `max_payload` is
+/// given. A block longer than that travels in parts ([`BLOCK_PART_HEADER`]).
+pub fn block_part_len(max_payload: usize) -> usize {
+    max_payload.saturating_sub(HEADER_ROOM).max(1)
 }
 
 /// The largest envelope a gateway may accept on a NATS server whose `max_payload` is given:
-/// it fits in one firehose message, and in one block together with the closing record it
-/// may bring and the time-out closings of that block at their worst
+/// it fits in one firehose message, and in a block of at most [`MAX_BLOCK_LEN`] together
+/// with the closing record it may bring and that block's time-out closings at their worst
 /// ([`crate::transaction::BlockBudget::max_message_len`]). A gateway that accepted more
 /// would receipt a message no block can carry.
 pub fn max_envelope_len(max_payload: usize) -> usize {
     let budget = crate::transaction::BlockBudget {
-        capacity: block_capacity(max_payload),
+        capacity: MAX_BLOCK_LEN,
         ..crate::transaction::BlockBudget::UNLIMITED
     };
     max_payload
         .saturating_sub(HEADER_ROOM)
         .min(budget.max_message_len())
+}
+
+/// A part of a block that travels in parts: `HEIGHT K N`, the block's height, the part's
+/// number (1 to N) and the number of parts. Parts are published in order, each with
+/// `Nats-Msg-Id` = [`block_part_msg_id`]; a reader joins parts 1 to N of one height that
+/// follow each other on the stream, and starts over at a part 1. A block that fits in one
+/// message travels whole, without this header.
+pub const BLOCK_PART_HEADER: &str = "Blockpost-Block-Part";
+
+/// The value of [`BLOCK_PART_HEADER`].
+pub fn block_part(height: u64, part: usize, parts: usize) -> String {
+    format!("{height} {part} {parts}")
+}
+
+/// Reads a [`BLOCK_PART_HEADER`] value: height, part, parts (1 <= part <= parts).
+pub fn parse_block_part(value: &str) -> Option<(u64, usize, usize)> {
+    let mut it = value.split(' ');
+    let height = it.next()?.parse().ok()?;
+    let part: usize = it.next()?.parse().ok()?;
+    let parts: usize = it.next()?.parse().ok()?;
+    (it.next().is_none() && part >= 1 && part <= parts).then_some((height, part, parts))
+}
+
+/// De-duplication id of part `part` of the block at `height`.
+pub fn block_part_msg_id(height: u64, part: usize) -> String {
+    format!("block-{height}-part-{part}")
+}
+
+/// Joins the parts of blocks read from the blocks stream, in stream order: each message
+/// goes in with its [`BLOCK_PART_HEADER`] value (`None` for a block that travels whole),
+/// and a whole block comes out. Parts that do not follow each other are dropped; what it
+/// holds never exceeds [`MAX_BLOCK_LEN`].
+#[derive(Debug, Default)]
+pub struct BlockParts {
+    /// The block being joined: height, parts, the next part wanted, the bytes so far.
+    joining: Option<(u64, usize, usize, Vec<u8>)>,
+}
+
+impl BlockParts {
+    /// Takes one message of the blocks stream: the whole block when it is one or completes
+    /// one.
+    pub fn push(&mut self, part: Option<&str>, payload: &[u8]) -> Option<Vec<u8>> {
+        let Some(part) = part else {
+            self.joining = None;
+            return Some(payload.to_vec());
+        };
+        let (height, k, n) = parse_block_part(part)?;
+        if k == 1 {
+            self.joining = Some((height, n, 1, Vec::new()));
+        }
+        let (h, parts, want, mut bytes) = self.joining.take()?;
+        if (h, parts, want) != (height, n, k) || bytes.len() + payload.len() > MAX_BLOCK_LEN {
+            return None;
+        }
+        bytes.extend_from_slice(payload);
+        if k == n {
+            return Some(bytes);
+        }
+        self.joining = Some((h, parts, want + 1, bytes));
+        None
+    }
+
+    /// Whether a block is being joined (its first parts were read, not its last).
+    pub fn joining(&self) -> bool {
+        self.joining.is_some()
+    }
 }
 
 /// The names of one directory log's streams and subjects.
@@ -292,5 +359,35 @@ mod tests {
         assert_eq!(FirehoseMac::derive(&k).tag(b"envelope"), tag);
         let other = FirehoseMac::derive(&ed25519_dalek::SigningKey::from_bytes(&[8; 32]));
         assert!(!other.check(b"envelope", &tag));
+    }
+
+    #[test]
+    fn block_parts_join_in_order_and_drop_what_does_not_follow() {
+        let mut p = BlockParts::default();
+        assert_eq!(p.push(None, b"whole"), Some(b"whole".to_vec()));
+        assert_eq!(p.push(Some(&block_part(7, 1, 3)), b"ab"), None);
+        assert!(p.joining());
+        assert_eq!(p.push(Some(&block_part(7, 2, 3)), b"cd"), None);
+        assert_eq!(
+            p.push(Some(&block_part(7, 3, 3)), b"e"),
+            Some(b"abcde".to_vec())
+        );
+        // A part that does not follow: nothing, until a part 1 starts over.
+        assert_eq!(p.push(Some(&block_part(8, 2, 2)), b"x"), None);
+        assert_eq!(p.push(Some(&block_part(8, 1, 2)), b"x"), None);
+        assert_eq!(p.push(Some(&block_part(9, 2, 2)), b"y"), None);
+        assert!(!p.joining());
+        // A republished block: its parts come again from part 1.
+        assert_eq!(p.push(Some(&block_part(8, 1, 2)), b"x"), None);
+        assert_eq!(p.push(Some(&block_part(8, 1, 2)), b"x"), None);
+        assert_eq!(
+            p.push(Some(&block_part(8, 2, 2)), b"y"),
+            Some(b"xy".to_vec())
+        );
+        for bad in ["", "1 2", "1 0 1", "1 3 2", "1 1 1 1", "a 1 1"] {
+            assert_eq!(parse_block_part(bad), None, "{bad:?}");
+        }
+        assert_eq!(max_envelope_len(8 << 20), (8 << 20) - HEADER_ROOM);
+        assert_eq!(max_envelope_len(1 << 20), (1 << 20) - HEADER_ROOM);
     }
 }

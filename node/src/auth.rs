@@ -159,6 +159,17 @@ impl ManagedCredentials {
     /// The nats-server configuration: loopback only, JetStream in `store`, the two users.
     /// With `ns`, the reader may not touch that log's inbox stream.
     pub fn server_config(&self, store: &Path, ns: Option<&Namespace>) -> String {
+        self.server_config_with(store, ns, MANAGED_MAX_PAYLOAD)
+    }
+
+    /// [`ManagedCredentials::server_config`] with another `max_payload` (tests of what a
+    /// smaller bus carries).
+    pub fn server_config_with(
+        &self,
+        store: &Path,
+        ns: Option<&Namespace>,
+        max_payload: usize,
+    ) -> String {
         let q = |s: &str| format!("{s:?}");
         let mut reader_deny = Vec::new();
         if let Some(ns) = ns {
@@ -208,7 +219,6 @@ impl ManagedCredentials {
              \x20       subscribe: {{ allow: [\"{READER_INBOX_PREFIX}.>\"] }}\n\
              \x20   }} }}\n  ]\n}}\n",
             port = self.port,
-            max_payload = MANAGED_MAX_PAYLOAD,
             store = q(&store.display().to_string()),
             node_user = q(NODE_USER),
             node_pw = q(&self.node_password),

@@ -28,6 +28,11 @@ impl LocalNats {
     /// connections. The port is kept in the store, so it stays the same across restarts
     /// when it is free. With `ns`, the reader may not read that log's inboxes.
     pub fn start(store: &Path, ns: Option<&Namespace>) -> Result<Self> {
+        Self::start_with(store, ns, crate::MANAGED_MAX_PAYLOAD)
+    }
+
+    /// [`LocalNats::start`] with another `max_payload`.
+    pub fn start_with(store: &Path, ns: Option<&Namespace>, max_payload: usize) -> Result<Self> {
         reap_stale(store);
         let mut credentials = ManagedCredentials::load_or_create(store)?;
         if TcpListener::bind(("127.0.0.1", credentials.port)).is_err() {
@@ -36,7 +41,9 @@ impl LocalNats {
         let config = store.join("nats.conf");
         blockpost_storage::write_private_atomic(
             &config,
-            credentials.server_config(store, ns).as_bytes(),
+            credentials
+                .server_config_with(store, ns, max_payload)
+                .as_bytes(),
         )?;
         // The store holds the server's passwords and the streams: its owner's only.
         {

@@ -45,8 +45,13 @@ impl NatsServer {
     /// Starts one and waits until it accepts connections: users `node` and `reader`, no
     /// anonymous access, as `blockpost up` runs it.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with_max_payload(blockpost_node::MANAGED_MAX_PAYLOAD)
+    }
+
+    /// [`NatsServer::start`] with another `max_payload` (a bus that carries less).
+    pub fn start_with_max_payload(max_payload: usize) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let inner = LocalNats::start(&dir.path().join("js"), None)?;
+        let inner = LocalNats::start_with(&dir.path().join("js"), None, max_payload)?;
         let NatsAuth::UserPassword { user, password } = inner.node_auth() else {
             bail!("the managed server has user and password credentials");
         };

@@ -1,0 +1,361 @@
+//! Liveness under attack: the largest message the gateway accepts, with the worst records a
+//! block adds beside it, still makes blocks that travel on the bus (on the managed server,
+//! on an external one that carries less, and with `max_block_bytes` set low); a stalled
+//! builder is reported and the gateway stops promising blocks; a lost bus is answered at
+//! once.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use blockpost_core::{Identity, message_id, now_ms, sign_envelope, wire};
+use blockpost_node::NodeConfig;
+use blockpost_proto::v1::envelope_content::Body;
+use blockpost_proto::v1::messaging_client::MessagingClient;
+use blockpost_proto::v1::{Block, Envelope, EnvelopeContent, MessageKind, TransactionStatus};
+use blockpost_tests::{NatsServer, Sandbox, wait_for};
+use prost::Message as _;
+use tonic::Code;
+
+async fn sandbox(max_payload: usize, adjust: impl FnOnce(&mut NodeConfig)) -> Sandbox {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = tokio::task::spawn_blocking(move || NatsServer::start_with_max_payload(max_payload))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut cfg = NodeConfig::for_test(tmp.path().join("data"), &nats.url());
+    // The body limit does not bind here: what the bus and a block carry does.
+    cfg.messaging.max_body_len = 16 << 20;
+    adjust(&mut cfg);
+    Sandbox::start_on(cfg, nats, tmp).await.unwrap()
+}
+
+/// An envelope of `kind` from `from` whose plaintext body is `body_len` bytes, stamped `ts`
+/// with a nonce whose encoding is always 10 bytes (so that lengths are predictable).
+#[allow(clippy::too_many_arguments)]
+fn envelope(
+    id: &Identity,
+    from: &str,
+    index: u64,
+    to: &[String],
+    tx: &str,
+    kind: MessageKind,
+    body_len: usize,
+    ts: i64,
+) -> Envelope {
+    let c = EnvelopeContent {
+        transaction_deadline_ms: None,
+        sender: from.into(),
+        sender_key_index: index,
+        recipients: to.to_vec(),
+        transaction_id: tx.into(),
+        kind: kind as i32,
+        content_type: "application/octet-stream".into(),
+        timestamp_ms: ts,
+        nonce: rand::random::<u64>() | (1 << 63),
+        body: Some(Body::Plaintext(vec![b'x'; body_len])),
+    };
+    sign_envelope(&id.signing, c.encode_to_vec())
+}
+
+/// A `finish` from `from` to `to` that encodes to exactly `len` bytes.
+fn finish_of_len(
+    id: &Identity,
+    from: &str,
+    index: u64,
+    to: &[String],
+    tx: &str,
+    len: usize,
+) -> Envelope {
+    let ts = now_ms();
+    let make = |n| envelope(id, from, index, to, tx, MessageKind::Finish, n, ts);
+    let mut body = len.saturating_sub(make(0).encoded_len());
+    loop {
+        let e = make(body);
+        match e.encoded_len() {
+            l if l == len => return e,
+            l if l > len => body -= 1,
+            _ => body += 1,
+        }
+    }
+}
+
+/// 33 registered parties: (identity, address, leaf index).
+async fn parties(sb: &Sandbox, n: usize) -> Vec<(Identity, String, u64)> {
+    let mut c = sb.client().await.unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let id = Identity::generate();
+        let address = format!("party-{i:02}");
+        let e = c
+            .register(&id, &address, &format!("Party {i} AG"), None)
+            .await
+            .unwrap();
+        out.push((id, address, e.leaf_index));
+    }
+    sb.gateway
+        .replica()
+        .wait_applied(n as u64, Duration::from_secs(10))
+        .await;
+    out
+}
+
+/// The attack: 32 parties send a small `finish` in one transaction; the 33rd sends
+/// the largest envelope the gateway accepts, which finishes it. The block holding it also
+/// holds the closing record. Then: every block is on the blocks stream (whole or in
+/// parts, each within the bus's max_payload), the transaction is closed, and blocks keep
+/// coming for the next message.
+async fn the_largest_finish_closes_its_transaction_and_blocks_keep_coming(sb: Sandbox) {
+    let max_payload = sb.node.nats().server_info().max_payload;
+    let largest = wire::max_envelope_len(max_payload);
+    let p = parties(&sb, 33).await;
+    let mut m = MessagingClient::new(sb.channel().await.unwrap())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let last = p[32].1.clone();
+    for (id, address, index) in &p[..32] {
+        let e = envelope(
+            id,
+            address,
+            *index,
+            std::slice::from_ref(&last),
+            "big",
+            MessageKind::Finish,
+            16,
+            now_ms(),
+        );
+        m.submit(e).await.unwrap();
+    }
+    let others: Vec<String> = p[..32].iter().map(|(_, a, _)| a.clone()).collect();
+    let (id, address, index) = &p[32];
+    // One byte more than the gateway takes is refused for good, before NATS.
+    let over = finish_of_len(id, address, *index, &others, "big", largest + 1);
+    let st = m.submit(over).await.unwrap_err();
+    assert!(
+        matches!(st.code(), Code::InvalidArgument | Code::OutOfRange),
+        "{st:?}"
+    );
+    let env = finish_of_len(id, address, *index, &others, "big", largest);
+    let big_id = message_id(&env);
+    let receipt = m.submit(env).await.unwrap().into_inner();
+    assert!(!receipt.signature.is_empty());
+    let builder = sb.node.builder().unwrap().clone();
+    let (height, _) = wait_for(
+        Duration::from_secs(60),
+        "the largest message in a block",
+        || {
+            let b = builder.clone();
+            async move { b.locate(&big_id).ok().flatten() }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        builder.transaction_closed("big").unwrap(),
+        Some(TransactionStatus::Finished)
+    );
+    // The block holds the message and, right after it, the closing record.
+    let block = Block::decode(builder.store().block(height).unwrap().as_slice()).unwrap();
+    assert!(block.encoded_len() > largest, "{}", block.encoded_len());
+    assert!(block.encoded_len() <= wire::MAX_BLOCK_LEN);
+    // Blocks keep coming: a new message is in a block, and every block is on the stream.
+    let (id0, a0, i0) = &p[0];
+    let next = envelope(
+        id0,
+        a0,
+        *i0,
+        std::slice::from_ref(&p[1].1),
+        "after",
+        MessageKind::Message,
+        8,
+        now_ms(),
+    );
+    let next_id = message_id(&next);
+    m.submit(next).await.unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the next message in a block",
+        || {
+            let b = builder.clone();
+            async move { b.locate(&next_id).ok().flatten() }
+        },
+    )
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(30), "every block published", || {
+        let b = builder.clone();
+        async move { (b.published() == b.height()).then_some(()) }
+    })
+    .await
+    .unwrap();
+    // What the blocks stream holds joins up into exactly the stored blocks, each message
+    // within the bus's max_payload.
+    let js = async_nats::jetstream::new(sb.node.nats().clone());
+    let ns = sb.directory.namespace();
+    let stream = js.get_stream(ns.blocks_stream()).await.unwrap();
+    let last = stream.cached_info().state.last_sequence;
+    let mut parts = wire::BlockParts::default();
+    let mut joined = Vec::new();
+    let mut in_parts = 0;
+    for seq in 1..=last {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        assert!(msg.payload.len() <= max_payload - wire::HEADER_ROOM);
+        let part = msg
+            .headers
+            .get(wire::BLOCK_PART_HEADER)
+            .map(|v| v.as_str().to_owned());
+        in_parts += usize::from(part.is_some());
+        if let Some(b) = parts.push(part.as_deref(), &msg.payload) {
+            joined.push(b);
+        }
+    }
+    assert!(in_parts >= 2, "the largest block travels in parts");
+    assert_eq!(joined.len() as u64, builder.height());
+    for (h, b) in joined.iter().enumerate() {
+        assert_eq!(b, &builder.store().block(h as u64).unwrap(), "block {h}");
+    }
+    assert!(builder.health().stalled().is_none());
+}
+
+#[tokio::test]
+async fn the_largest_message_and_its_closing_travel_on_the_managed_bus() {
+    let sb = sandbox(blockpost_node::MANAGED_MAX_PAYLOAD, |_| {}).await;
+    the_largest_finish_closes_its_transaction_and_blocks_keep_coming(sb).await;
+}
+
+#[tokio::test]
+async fn the_largest_message_travels_on_an_external_bus_that_carries_less() {
+    // NATS's own default max_payload is 1 MiB.
+    let sb = sandbox(1 << 20, |_| {}).await;
+    the_largest_finish_closes_its_transaction_and_blocks_keep_coming(sb).await;
+}
+
+#[tokio::test]
+async fn the_largest_message_travels_with_max_block_bytes_set_low() {
+    let sb = sandbox(2 << 20, |c| {
+        c.builder.max_block_bytes = 4 << 10;
+        c.builder.max_block_messages = 3;
+    })
+    .await;
+    the_largest_finish_closes_its_transaction_and_blocks_keep_coming(sb).await;
+}
+
+#[tokio::test]
+async fn a_stalled_builder_is_reported_and_the_gateway_stops_promising() {
+    let sb = sandbox(blockpost_node::MANAGED_MAX_PAYLOAD, |c| {
+        c.builder.stall_after_ms = 1_000;
+    })
+    .await;
+    let p = parties(&sb, 2).await;
+    let mut m = MessagingClient::new(sb.channel().await.unwrap());
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(sb.channel().await.unwrap());
+    let ledger = || tonic_health::pb::HealthCheckRequest {
+        service: "blockpost.v1.Ledger".into(),
+    };
+    let send = |n: u8| {
+        let (id, a, i) = &p[0];
+        envelope(
+            id,
+            a,
+            *i,
+            std::slice::from_ref(&p[1].1),
+            &format!("tx-{n}"),
+            MessageKind::Message,
+            8,
+            now_ms(),
+        )
+    };
+    m.submit(send(1)).await.unwrap();
+    let builder = sb.node.builder().unwrap().clone();
+    wait_for(Duration::from_secs(20), "a first block", || {
+        let b = builder.clone();
+        async move { (b.height() > 0).then_some(()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        health.check(ledger()).await.unwrap().into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // Cutting fails from now on (a fault switch; in the field: a disk that refuses, a
+    // bus that refuses its blocks). A message receipted just before waits for its block.
+    builder.misbehave_by_failing(true);
+    let waiting = send(2);
+    let waiting_id = message_id(&waiting);
+    m.submit(waiting).await.unwrap();
+    let refused = wait_for(Duration::from_secs(20), "receipts refused", || {
+        let mut m = m.clone();
+        let e = send(3);
+        async move { m.submit(e).await.err() }
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("block builder is stalled")
+            && refused.message().contains("fault injected"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        health.check(ledger()).await.unwrap().into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    assert!(builder.health().stalled().is_some());
+    assert!(builder.locate(&waiting_id).unwrap().is_none());
+    // It recovers: the waiting message gets its block, receipts come again.
+    builder.misbehave_by_failing(false);
+    wait_for(
+        Duration::from_secs(30),
+        "the waiting message in a block",
+        || {
+            let b = builder.clone();
+            async move { b.locate(&waiting_id).ok().flatten() }
+        },
+    )
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(20), "receipts again", || {
+        let mut m = m.clone();
+        let e = send(4);
+        async move { m.submit(e).await.ok() }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        health.check(ledger()).await.unwrap().into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn a_submission_is_answered_within_a_second_once_the_bus_is_gone() {
+    let mut sb = sandbox(blockpost_node::MANAGED_MAX_PAYLOAD, |_| {}).await;
+    let p = parties(&sb, 2).await;
+    let mut m = MessagingClient::new(sb.channel().await.unwrap());
+    let (id, a, i) = &p[0];
+    let make = |n: u8| {
+        envelope(
+            id,
+            a,
+            *i,
+            std::slice::from_ref(&p[1].1),
+            &format!("bus-{n}"),
+            MessageKind::Message,
+            8,
+            now_ms(),
+        )
+    };
+    m.submit(make(0)).await.unwrap();
+    sb.nats.kill();
+    let t = Instant::now();
+    let st = m.submit(make(1)).await.unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    tokio::task::spawn_blocking(move || sb.nats.restart().map(|()| sb))
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -56,6 +56,11 @@ pub enum AlertKind {
     /// A signed ledger checkpoint whose root is not the root of the block ids the chain
     /// holds.
     LedgerInconsistent,
+    /// The node's block builder stopped putting messages in blocks: every block is read,
+    /// and firehose messages past their deadline all come after the last one any block
+    /// names. Raised once per stall episode (its subject names that last sequence), next
+    /// to the omission of each message.
+    BuilderStalled,
 }
 
 impl AlertKind {
@@ -79,6 +84,7 @@ impl AlertKind {
             Self::LedgerInvalid => "ledger_invalid",
             Self::LedgerFork => "ledger_fork",
             Self::LedgerInconsistent => "ledger_inconsistent",
+            Self::BuilderStalled => "builder_stalled",
         }
     }
 }

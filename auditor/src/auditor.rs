@@ -441,6 +441,11 @@ impl Auditor {
                 }
                 Err(e) => return Err(e.into()),
             };
+        let mut promises = Promises::new(promise_ms, config.grace_ms);
+        if chain.is_none() {
+            // No builder: messages in no block are omissions, not a stalled builder.
+            promises.without_builder();
+        }
         let opened: Vec<&str> = config.open_for.iter().map(|o| o.address.as_str()).collect();
         let search = SearchIndex::open(&config.data.join("search"), &opened)?;
         let witness = Witness::open(&config.data, config.witness_name.as_deref())?;
@@ -473,7 +478,7 @@ impl Auditor {
                 chain,
                 directory: DirectoryLog::new(messenger.directory.info().verifier_key.clone())
                     .with_watch(config.watch.clone()),
-                promises: Promises::new(promise_ms, config.grace_ms),
+                promises,
                 promise_ms: i64::try_from(promise_ms).unwrap_or(i64::MAX),
                 grace_ms: i64::try_from(config.grace_ms).unwrap_or(i64::MAX),
                 next_block_seq: 1,

@@ -18,7 +18,9 @@
 //!   signature against the verified directory history; no sequence missing;
 //! - the promises: each valid firehose message in a block by its deadline (the gateway's
 //!   promise), and no block holding a message that is not on the firehose in the range the
-//!   block names, nor one that is not valid.
+//!   block names, nor one that is not valid;
+//! - the builder: one alert per stall episode when no block takes the messages past their
+//!   deadline (each message's omission is raised as well).
 //!
 //! Each problem is an [`Alert`] with its kind and evidence, appended once to
 //! `DATA/alerts.jsonl`. At each start it reads both streams from the beginning again (at

@@ -16,7 +16,7 @@ const MAX_REQUEST: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every alert kind, for counters that start at zero.
-const KINDS: [AlertKind; 17] = [
+const KINDS: [AlertKind; 18] = [
     AlertKind::BlockInvalid,
     AlertKind::ChainBroken,
     AlertKind::Fork,
@@ -34,6 +34,7 @@ const KINDS: [AlertKind; 17] = [
     AlertKind::LedgerInvalid,
     AlertKind::LedgerFork,
     AlertKind::LedgerInconsistent,
+    AlertKind::BuilderStalled,
 ];
 
 /// The metrics, in the text exposition format.

@@ -1,7 +1,8 @@
 //! The node's promises, checked from the firehose and the verified blocks: every valid
 //! firehose message in a block by its deadline; no block holding a message that is not on
 //! the firehose in the range the block names, nor one that is not valid; no sequence
-//! missing from the firehose. No I/O.
+//! missing from the firehose; and, once per episode, a builder that has stopped putting
+//! messages in blocks. No I/O.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -54,6 +55,12 @@ pub struct Promises {
     /// Blocks checked, and the last firehose sequence they name.
     blocks_checked: u64,
     matched_through: u64,
+    /// Whether the node has a block builder (a ledger): if not, messages in no block are
+    /// omissions only, never a stalled builder.
+    builder: bool,
+    /// The stall episode already reported: the `matched_through` at which the builder was
+    /// found stalled. A block that names later messages ends it.
+    stalled_at: Option<u64>,
 }
 
 impl Promises {
@@ -71,7 +78,15 @@ impl Promises {
             skip_below: 0,
             blocks_checked: 0,
             matched_through: 0,
+            builder: true,
+            stalled_at: None,
         }
+    }
+
+    /// The node has no block builder (no ledger): no block is expected, so messages past
+    /// their deadline are omissions, and no [`AlertKind::BuilderStalled`] is raised.
+    pub fn without_builder(&mut self) {
+        self.builder = false;
     }
 
     /// Takes up where an earlier run stopped.
@@ -278,6 +293,18 @@ impl Promises {
     /// and in no block. Only once the ledger has moved past a deadline, or the auditor has
     /// read every block there is (`blocks_current`), since a block not read yet may hold
     /// the message.
+    ///
+    /// And a stalled builder, once per episode ([`AlertKind::BuilderStalled`], after the
+    /// omissions): every block is read (`blocks_current`, none waiting for the firehose),
+    /// and the messages past their deadline all come after the last firehose sequence any
+    /// block names (`matched_through`), so no block has taken a message for at least the
+    /// promise. Its subject names `matched_through`: the episode lasts until a block names
+    /// later messages, and a later stall is another alert. A message skipped by blocks
+    /// that name messages after it is an omission only (the builder is running).
+    ///
+    /// Known limit: a builder that keeps running but omits only the newest messages, with
+    /// no message after them on the firehose for a block to name, looks like a stall (the
+    /// alert's detail says so); the omissions are raised either way.
     pub fn tick(&mut self, now_ms: i64, blocks_current: bool) -> Vec<Alert> {
         let mut alerts = Vec::new();
         // A block read but waiting for the firehose to be read through its range may hold
@@ -301,6 +328,7 @@ impl Promises {
             })
             .map(|(s, _)| *s)
             .collect();
+        let stalled = self.stalled(&due, now_ms, blocks_current);
         // A receipt's message may be in any block not checked yet.
         let due_receipts: Vec<[u8; 32]> = if self.early.is_empty() {
             self.receipts
@@ -353,7 +381,42 @@ impl Promises {
                 ));
             }
         }
+        alerts.extend(stalled);
         alerts
+    }
+
+    /// The stalled-builder alert for the firehose messages `due` (in sequence order, still
+    /// waiting), if this is a new episode ([`Promises::tick`]).
+    fn stalled(&mut self, due: &[u64], now_ms: i64, blocks_current: bool) -> Option<Alert> {
+        let first = *due.first()?;
+        let through = self.matched_through;
+        if !self.builder
+            || !blocks_current
+            || !self.early.is_empty()
+            || first <= through
+            || self.stalled_at == Some(through)
+        {
+            return None;
+        }
+        let deadline_ms = self.waiting.get(&first)?.deadline_ms;
+        self.stalled_at = Some(through);
+        Some(Alert::new(
+            AlertKind::BuilderStalled,
+            format!("builder at firehose {through}"),
+            now_ms,
+            format!(
+                "no block covers firehose messages past {through}, and {} of them are past their deadline: the builder is stalled (or omits the newest messages)",
+                due.len()
+            ),
+            serde_json::json!({
+                "matched_through": through,
+                "blocks_checked": self.blocks_checked,
+                "newest_block_time_ms": (self.ledger_time_ms != i64::MIN).then_some(self.ledger_time_ms),
+                "first_overdue_seq": first,
+                "first_deadline_ms": deadline_ms,
+                "overdue": due.len(),
+            }),
+        ))
     }
 }
 
@@ -485,5 +548,69 @@ mod tests {
         assert_eq!(p.waiting(), 0);
         // The ledger moved past the deadlines: a late tick knows without reading more.
         assert!(p.tick(10_000, false).is_empty());
+    }
+
+    #[test]
+    fn a_stalled_builder_is_one_alert_per_episode() {
+        let mut p = Promises::new(1_000, 500);
+        p.firehose(1, Some([1; 32]), 0, None, false, 0);
+        p.firehose(2, Some([2; 32]), 0, None, false, 0);
+        assert!(p.block(block(0, 100, &[1], (1, 1)), 100).is_empty());
+        // Not while a block not read yet may hold message 2.
+        assert!(p.tick(2_000, false).is_empty());
+        // No block covers message 2, past its deadline: an omission, and the stall.
+        let a = p.tick(2_000, true);
+        assert_eq!(
+            kinds(&a),
+            vec![AlertKind::Omission, AlertKind::BuilderStalled]
+        );
+        assert_eq!(a[1].subject, "builder at firehose 1");
+        assert_eq!(a[1].evidence["matched_through"], 1);
+        assert_eq!(a[1].evidence["blocks_checked"], 1);
+        assert_eq!(a[1].evidence["newest_block_time_ms"], 100);
+        assert_eq!(a[1].evidence["first_overdue_seq"], 2);
+        assert_eq!(a[1].evidence["first_deadline_ms"], 1_000);
+        assert_eq!(a[1].evidence["overdue"], 1);
+        // Still stalled: message 3 is an omission of its own, the stall is not raised again.
+        p.firehose(3, Some([3; 32]), 3_000, None, false, 3_000);
+        assert!(p.tick(4_000, true).is_empty());
+        assert_eq!(kinds(&p.tick(4_600, true)), vec![AlertKind::Omission]);
+        assert!(p.tick(10_000, true).is_empty());
+        // A block ends the episode (it names message 3, omitted before); the next stall
+        // is another alert.
+        assert!(p.block(block(1, 10_000, &[3], (3, 3)), 10_000).is_empty());
+        p.firehose(4, Some([4; 32]), 10_000, None, false, 10_000);
+        let a = p.tick(12_000, true);
+        assert_eq!(
+            kinds(&a),
+            vec![AlertKind::Omission, AlertKind::BuilderStalled]
+        );
+        assert_eq!(a[1].subject, "builder at firehose 3");
+        assert_eq!(a[1].evidence["first_overdue_seq"], 4);
+    }
+
+    #[test]
+    fn a_builder_that_skips_a_message_is_an_omission_not_a_stall() {
+        let mut p = Promises::new(1_000, 500);
+        for s in 1..=3u8 {
+            p.firehose(u64::from(s), Some([s; 32]), 0, None, false, 0);
+        }
+        assert!(p.block(block(0, 100, &[1], (1, 1)), 100).is_empty());
+        assert!(p.block(block(1, 200, &[3], (3, 3)), 200).is_empty());
+        assert_eq!(kinds(&p.tick(2_000, true)), vec![AlertKind::Omission]);
+        assert!(p.tick(10_000, true).is_empty());
+    }
+
+    #[test]
+    fn without_a_builder_messages_in_no_block_are_omissions_only() {
+        let mut p = Promises::new(1_000, 500);
+        p.without_builder();
+        p.firehose(1, Some([1; 32]), 0, None, false, 0);
+        p.firehose(2, Some([2; 32]), 0, None, false, 0);
+        assert_eq!(
+            kinds(&p.tick(2_000, true)),
+            vec![AlertKind::Omission, AlertKind::Omission]
+        );
+        assert!(p.tick(10_000, true).is_empty());
     }
 }

@@ -477,7 +477,7 @@ pub fn lay_out_block_within(
     let mut i = 0;
     while let Some((bytes, m)) = messages.front() {
         let closing =
-            book.closing_len_after(&m, time_ms, |id| closed_here.contains(id) || closed(id));
+            book.closing_len_after(m, time_ms, |id| closed_here.contains(id) || closed(id));
         let mut cost = framed_len(bytes.len());
         let mut leaves = 1;
         if closing > 0 {
@@ -495,7 +495,8 @@ pub fn lay_out_block_within(
         }
         let fits_fill = filled.saturating_add(cost) <= budget.max_fill_bytes
             && out.leaves.len().saturating_add(leaves) <= budget.max_leaves;
-        if !out.leaves.is_empty() && !(fits_capacity && fits_fill) {
+        let fits = fits_capacity && fits_fill;
+        if !fits && !out.leaves.is_empty() {
             break;
         }
         let Some((bytes, m)) = messages.pop_front() else {
@@ -923,7 +924,7 @@ mod tests {
             "the bound is loose by {}",
             MAX_CLOSING_LEAF_LEN - len
         );
-        assert!(MAX_CLOSING_LEAF_LEN <= MAX_EXPIRY_LEAVES_LEN);
+        const { assert!(MAX_CLOSING_LEAF_LEN <= MAX_EXPIRY_LEAVES_LEN) };
     }
 
     #[test]

@@ -19,6 +19,16 @@ pub struct MessagingConfig {
     pub max_clock_skew_ms: u64,
     /// The promise in every receipt: in a block within this delay.
     pub max_block_delay_ms: u64,
+    /// Most firehose streams served at once (`Firehose` calls), from everyone.
+    pub max_followers: usize,
+    /// Most firehose streams served at once to one peer (IP address).
+    pub max_followers_per_peer: usize,
+    /// Bytes of firehose messages held for one follower that has not taken them yet (at
+    /// least one message, whatever its size).
+    pub follower_buffer_bytes: usize,
+    /// A follower whose buffer stays full this long is dropped: its stream ends with
+    /// RESOURCE_EXHAUSTED.
+    pub slow_follower_ms: u64,
 }
 
 impl Default for MessagingConfig {
@@ -30,6 +40,10 @@ impl Default for MessagingConfig {
             max_recipients: limits.max_recipients,
             max_clock_skew_ms: 5 * 60 * 1000,
             max_block_delay_ms: 10_000,
+            max_followers: 256,
+            max_followers_per_peer: 32,
+            follower_buffer_bytes: 1 << 20,
+            slow_follower_ms: 10_000,
         }
     }
 }
@@ -53,6 +67,13 @@ impl MessagingConfig {
         }
         if self.max_clock_skew_ms == 0 || self.max_clock_skew_ms > 24 * 3600 * 1000 {
             return Err("messaging.max_clock_skew_ms must be between 1 ms and 24 h".into());
+        }
+        if self.max_followers == 0
+            || self.max_followers_per_peer == 0
+            || self.follower_buffer_bytes == 0
+            || self.slow_follower_ms == 0
+        {
+            return Err("messaging.max_followers, max_followers_per_peer, follower_buffer_bytes and slow_follower_ms must be at least 1".into());
         }
         if self.max_block_delay_ms == 0 || i64::try_from(self.max_block_delay_ms).is_err() {
             return Err("messaging.max_block_delay_ms must be a positive number of ms".into());

@@ -77,6 +77,10 @@ pub(crate) struct Inner {
     gate: std::sync::OnceLock<Arc<dyn TransactionGate>>,
     /// Whether the NATS connection is up, as last seen ([`watch_bus`]).
     bus_up: tokio::sync::watch::Sender<bool>,
+    /// The connection firehose followers read on ([`Gateway::follow_on`]).
+    pub(crate) followers_nats: std::sync::OnceLock<jetstream::Context>,
+    /// Firehose followers served now, in all and per peer.
+    pub(crate) followers: std::sync::Mutex<crate::grpc::Followers>,
 }
 
 /// How often the gateway looks at its NATS connection's state.
@@ -154,6 +158,8 @@ impl Gateway {
             refused_deliveries: Default::default(),
             gate: Default::default(),
             bus_up: tokio::sync::watch::Sender::new(true),
+            followers_nats: Default::default(),
+            followers: Default::default(),
         });
         tokio::spawn(watch_bus(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -177,6 +183,24 @@ impl Gateway {
     /// The directory replica.
     pub fn replica(&self) -> &Replica {
         &self.inner.replica
+    }
+
+    /// Serve firehose followers from their own connection to NATS (set once), so that no
+    /// public reader can slow the gateway's own traffic or get its connection cut as a slow
+    /// consumer. Without it they read on the gateway's connection.
+    pub fn follow_on(&self, nats: async_nats::Client) {
+        let _ = self.inner.followers_nats.set(jetstream::new(nats));
+    }
+
+    /// Firehose streams served now, and those dropped so far because they read too
+    /// slowly.
+    pub fn followers(&self) -> (usize, u64) {
+        let f = self
+            .inner
+            .followers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (f.total, f.dropped)
     }
 
     /// Refuse messages for the transactions `gate` says are closed (set once).

@@ -132,12 +132,18 @@ impl messaging_server::Messaging for Gateway {
         &self,
         r: Request<FirehoseRequest>,
     ) -> Result<Response<Self::FirehoseStream>, Status> {
+        let peer = r.remote_addr().map(|a| a.ip());
         let r = r.into_inner();
-        let (tx, rx) = mpsc::channel(1024);
         let gw = self.clone();
-        let mut stream = gw
+        let config = &gw.inner.config;
+        let slot = FollowerSlot::take(&gw, peer)?;
+        let js = gw
             .inner
-            .js
+            .followers_nats
+            .get()
+            .cloned()
+            .unwrap_or_else(|| gw.inner.js.clone());
+        let mut stream = js
             .get_stream(gw.inner.ns.firehose_stream())
             .await
             .map_err(|e| Status::from(bus(e)))?;
@@ -148,47 +154,217 @@ impl messaging_server::Messaging for Gateway {
             .state
             .last_sequence;
         let from = r.from_sequence.max(1);
+        let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
+        let (fail, failed) = mpsc::channel(1);
         if !r.follow && from > last {
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+            return Ok(Response::new(follower_stream(rx, failed)));
         }
+        // An ephemeral pull consumer that delivers only what this follower asks for, in
+        // batches it has room for; removed as soon as the follower ends.
         let consumer = stream
-            .create_consumer(pull::OrderedConfig {
+            .create_consumer(pull::Config {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: from,
                 },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
                 ..Default::default()
             })
             .await
             .map_err(|e| Status::from(bus(e)))?;
+        let name = consumer.cached_info().name.clone();
+        let buffer = Arc::new(tokio::sync::Semaphore::new(config.follower_buffer_bytes));
+        let (room, slow) = (
+            config.follower_buffer_bytes,
+            Duration::from_millis(config.slow_follower_ms),
+        );
+        let max_payload = js.client().server_info().max_payload;
         tokio::spawn(async move {
-            let mut msgs = match consumer.messages().await {
-                Ok(m) => m,
-                Err(e) => {
-                    let _ = tx.send(Err(bus(e).into())).await;
-                    return;
-                }
+            let _slot = slot;
+            let outcome = tokio::select! {
+                // The client went away: end at once, not at the next message.
+                () = tx.closed() => Ok(()),
+                r = feed(&consumer, &tx, &buffer, room, slow, max_payload, r.follow.then_some(()), last) => r,
             };
-            while let Some(m) = msgs.next().await {
-                let Ok(m) = m else { break };
-                let Ok(info) = m.info() else { break };
-                let seq = info.stream_sequence;
-                let Ok(envelope) = Envelope::decode(m.payload.as_ref()) else {
-                    continue;
-                };
-                let message_id = header(&m, wire::MESSAGE_ID_HEADER)
-                    .and_then(|h| hex::decode(h).ok())
-                    .unwrap_or_default();
-                let item = FirehoseMessage {
-                    sequence: seq,
-                    envelope: Some(envelope),
-                    message_id,
-                };
-                if tx.send(Ok(item)).await.is_err() || (!r.follow && seq >= last) {
-                    break;
+            if let Err(status) = outcome {
+                if status.code() == tonic::Code::ResourceExhausted {
+                    gw.inner
+                        .followers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .dropped += 1;
                 }
+                let _ = fail.try_send(status);
             }
+            let _ = stream.delete_consumer(&name).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(follower_stream(rx, failed)))
+    }
+}
+
+/// Firehose messages queued for one follower, at most (bytes are bounded too).
+const FOLLOWER_QUEUE: usize = 1024;
+
+/// Messages asked of the server in one pull for a follower.
+const FOLLOWER_PULL: usize = 256;
+
+/// How long one pull of a follower waits for new messages.
+const FOLLOWER_PULL_WAIT: Duration = Duration::from_secs(5);
+
+/// Firehose followers served now.
+#[derive(Debug, Default)]
+pub(crate) struct Followers {
+    /// In all.
+    pub(crate) total: usize,
+    /// Per peer.
+    per_peer: HashMap<std::net::IpAddr, usize>,
+    /// Dropped so far for reading too slowly.
+    pub(crate) dropped: u64,
+}
+
+/// One follower's place among [`Followers`], given back when dropped.
+struct FollowerSlot {
+    gw: Gateway,
+    peer: Option<std::net::IpAddr>,
+}
+
+impl FollowerSlot {
+    fn take(gw: &Gateway, peer: Option<std::net::IpAddr>) -> Result<Self, Status> {
+        let c = &gw.inner.config;
+        let mut f = gw.inner.followers.lock().unwrap_or_else(|e| e.into_inner());
+        if f.total >= c.max_followers {
+            return Err(Status::resource_exhausted(format!(
+                "this gateway serves at most {} firehose streams at once; retry later",
+                c.max_followers
+            )));
+        }
+        if let Some(p) = peer {
+            let n = f.per_peer.entry(p).or_default();
+            if *n >= c.max_followers_per_peer {
+                return Err(Status::resource_exhausted(format!(
+                    "this gateway serves at most {} firehose streams at once to one peer ({p})",
+                    c.max_followers_per_peer
+                )));
+            }
+            *n += 1;
+        }
+        f.total += 1;
+        Ok(Self {
+            gw: gw.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for FollowerSlot {
+    fn drop(&mut self) {
+        let mut f = self
+            .gw
+            .inner
+            .followers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        f.total = f.total.saturating_sub(1);
+        if let Some(p) = self.peer
+            && let Some(n) = f.per_peer.get_mut(&p)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                f.per_peer.remove(&p);
+            }
+        }
+    }
+}
+
+/// A firehose message and the room it takes in its follower's buffer.
+type Queued = (FirehoseMessage, tokio::sync::OwnedSemaphorePermit);
+
+/// What a follower reads: its queue, and the error that ends it first.
+fn follower_stream(
+    rx: mpsc::Receiver<Queued>,
+    failed: mpsc::Receiver<Status>,
+) -> BoxStream<FirehoseMessage> {
+    Box::pin(futures::stream::unfold(
+        (rx, failed, false),
+        |(mut rx, mut failed, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                Some(status) = failed.recv() => Some((Err(status), (rx, failed, true))),
+                item = rx.recv() => match item {
+                    // Its room is given back once tonic took it.
+                    Some((m, _room)) => Some((Ok(m), (rx, failed, false))),
+                    None => failed.try_recv().ok().map(|st| (Err(st), (rx, failed, true))),
+                },
+            }
+        },
+    ))
+}
+
+/// Pulls the firehose for one follower, each pull only once its buffer has room, until
+/// it has what it asked for (`follow` = `None`: up to `last`). A follower whose buffer stays
+/// full for `slow` is dropped (RESOURCE_EXHAUSTED).
+#[allow(clippy::too_many_arguments)]
+async fn feed(
+    consumer: &async_nats::jetstream::consumer::Consumer<pull::Config>,
+    tx: &mpsc::Sender<Queued>,
+    buffer: &Arc<tokio::sync::Semaphore>,
+    room: usize,
+    slow: Duration,
+    max_payload: usize,
+    follow: Option<()>,
+    last: u64,
+) -> Result<(), Status> {
+    let too_slow = || {
+        Status::resource_exhausted(format!(
+            "this firehose stream was read too slowly (its {room} bytes of buffer stayed full for {} ms): it ends here; follow again from the next sequence",
+            slow.as_millis()
+        ))
+    };
+    loop {
+        // Pull only with room for at least one more message.
+        let first = tokio::time::timeout(slow, buffer.clone().acquire_owned())
+            .await
+            .map_err(|_| too_slow())?
+            .map_err(|_| Status::internal("follower buffer closed"))?;
+        drop(first);
+        let mut batch = consumer
+            .batch()
+            .max_messages(FOLLOWER_PULL)
+            .max_bytes(max_payload.max(room))
+            .expires(FOLLOWER_PULL_WAIT)
+            .messages()
+            .await
+            .map_err(|e| Status::from(bus(e)))?;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| Status::from(bus(e)))?;
+            let Ok(info) = m.info() else { continue };
+            let seq = info.stream_sequence;
+            let Ok(envelope) = Envelope::decode(m.payload.as_ref()) else {
+                continue;
+            };
+            let message_id = header(&m, wire::MESSAGE_ID_HEADER)
+                .and_then(|h| hex::decode(h).ok())
+                .unwrap_or_default();
+            let item = FirehoseMessage {
+                sequence: seq,
+                envelope: Some(envelope),
+                message_id,
+            };
+            let held = u32::try_from(m.payload.len().clamp(1, room)).unwrap_or(u32::MAX);
+            let permit = tokio::time::timeout(slow, buffer.clone().acquire_many_owned(held))
+                .await
+                .map_err(|_| too_slow())?
+                .map_err(|_| Status::internal("follower buffer closed"))?;
+            let queued = tokio::time::timeout(slow, tx.send((item, permit)))
+                .await
+                .map_err(|_| too_slow())?;
+            if queued.is_err() || (follow.is_none() && seq >= last) {
+                return Ok(());
+            }
+        }
     }
 }
 

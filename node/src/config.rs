@@ -127,6 +127,7 @@ impl NodeConfig {
             .parse()
             .map_err(|_| Error::Config(format!("listen {:?} is not HOST:PORT", self.listen)))?;
         self.messaging.validate().map_err(Error::Config)?;
+        self.directory.validate().map_err(Error::Config)?;
         self.tls.validate(&listen)?;
         self.builder.validate().map_err(Error::Config)?;
         for w in &self.witnesses {

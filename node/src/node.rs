@@ -126,6 +126,11 @@ impl Node {
         } else {
             None
         };
+        if let Some(g) = &gateway {
+            // Public firehose readers get a connection of their own: a slow one can never
+            // get the node's own connection cut as a slow consumer.
+            g.follow_on(crate::connect(&nats_url, auth.as_ref()).await?);
+        }
         let builder = match (&gateway, config.builder.enabled) {
             (Some(g), true) => Some(
                 Builder::start(

@@ -359,3 +359,164 @@ async fn a_submission_is_answered_within_a_second_once_the_bus_is_gone() {
         .unwrap()
         .unwrap();
 }
+
+/// Consumers on the firehose stream now, but the builder's.
+async fn firehose_consumers(sb: &Sandbox) -> usize {
+    use futures::TryStreamExt as _;
+    let js = async_nats::jetstream::new(sb.node.nats().clone());
+    let st = js
+        .get_stream(sb.directory.namespace().firehose_stream())
+        .await
+        .unwrap();
+    let names: Vec<String> = st.consumer_names().try_collect().await.unwrap();
+    names.iter().filter(|n| n.as_str() != "builder").count()
+}
+
+fn follow_from(seq: u64) -> blockpost_proto::v1::FirehoseRequest {
+    blockpost_proto::v1::FirehoseRequest {
+        from_sequence: seq,
+        follow: true,
+    }
+}
+
+#[tokio::test]
+async fn followers_are_capped_and_cleaned_up_as_soon_as_they_go() {
+    let sb = sandbox(blockpost_node::MANAGED_MAX_PAYLOAD, |c| {
+        c.messaging.max_followers = 4;
+        c.messaging.max_followers_per_peer = 3;
+    })
+    .await;
+    let mut m = MessagingClient::new(sb.channel().await.unwrap());
+    let base = 0;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(m.firehose(follow_from(1)).await.unwrap().into_inner());
+    }
+    let st = m.firehose(follow_from(1)).await.unwrap_err();
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(st.message().contains("one peer"), "{}", st.message());
+    assert_eq!(sb.gateway.followers().0, 3);
+    assert_eq!(firehose_consumers(&sb).await, base + 3);
+    // Clients that go away are noticed at once, with no firehose message coming.
+    open.truncate(1);
+    wait_for(Duration::from_secs(5), "followers cleaned up", || async {
+        (sb.gateway.followers().0 == 1 && firehose_consumers(&sb).await == base + 1).then_some(())
+    })
+    .await
+    .unwrap();
+    // And their places are free again.
+    open.push(m.firehose(follow_from(1)).await.unwrap().into_inner());
+    drop(open);
+    wait_for(Duration::from_secs(5), "every follower gone", || async {
+        (sb.gateway.followers().0 == 0 && firehose_consumers(&sb).await == base).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn hundreds_of_stalled_followers_do_not_disturb_the_node() {
+    const FOLLOWERS: usize = 200;
+    let sb = sandbox(blockpost_node::MANAGED_MAX_PAYLOAD, |c| {
+        c.messaging.max_followers = FOLLOWERS;
+        c.messaging.max_followers_per_peer = FOLLOWERS;
+        c.messaging.follower_buffer_bytes = 32 << 10;
+        c.messaging.slow_follower_ms = 2_000;
+    })
+    .await;
+    let p = parties(&sb, 2).await;
+    let mut m = MessagingClient::new(sb.channel().await.unwrap());
+    let send = |i: usize, body: usize| {
+        let (id, a, idx) = &p[0];
+        envelope(
+            id,
+            a,
+            *idx,
+            std::slice::from_ref(&p[1].1),
+            &format!("fill-{i}"),
+            MessageKind::Message,
+            body,
+            now_ms(),
+        )
+    };
+    // Enough on the firehose to fill every follower's buffer and its HTTP/2 window.
+    for i in 0..400 {
+        m.submit(send(i, 16 << 10)).await.unwrap();
+    }
+    // Followers that never read, over several connections (streams per connection are
+    // capped).
+    let mut stalled = Vec::new();
+    for _ in 0..FOLLOWERS / 50 {
+        let mut c = MessagingClient::new(sb.channel().await.unwrap());
+        for _ in 0..50 {
+            stalled.push(c.firehose(follow_from(1)).await.unwrap().into_inner());
+        }
+    }
+    let (now, dropped) = sb.gateway.followers();
+    assert_eq!(now + dropped as usize, FOLLOWERS);
+    // The node's own work goes on: a new participant registers and is known at once to
+    // the gateway, and messages are receipted and put in blocks.
+    let mut c = sb.client().await.unwrap();
+    let newcomer = Identity::generate();
+    let e = c
+        .register(&newcomer, "newcomer", "Newcomer AG", None)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let first = envelope(
+        &newcomer,
+        "newcomer",
+        e.leaf_index,
+        std::slice::from_ref(&p[0].1),
+        "newcomer-1",
+        MessageKind::Message,
+        8,
+        now_ms(),
+    );
+    let first_id = message_id(&first);
+    m.submit(first).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    for i in 0..200 {
+        m.submit(send(1000 + i, 64)).await.unwrap();
+    }
+    let builder = sb.node.builder().unwrap().clone();
+    wait_for(
+        Duration::from_secs(30),
+        "the newcomer's message in a block",
+        || {
+            let b = builder.clone();
+            async move { b.locate(&first_id).ok().flatten() }
+        },
+    )
+    .await
+    .unwrap();
+    // The stalled followers are dropped, not the node.
+    wait_for(
+        Duration::from_secs(30),
+        "stalled followers dropped",
+        || async {
+            let (now, dropped) = sb.gateway.followers();
+            (now == 0 && dropped as usize == FOLLOWERS).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let status = loop {
+        match stalled[0].message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a dropped follower's stream ends with its reason"),
+            Err(st) => break st,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("too slowly"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        sb.node.nats().connection_state(),
+        async_nats::connection::State::Connected
+    );
+    assert!(builder.health().stalled().is_none());
+}

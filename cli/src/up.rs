@@ -53,6 +53,10 @@ pub struct UpArgs {
     /// witnesses.
     #[arg(long = "witness", value_name = "URL")]
     pub witnesses: Vec<String>,
+    /// Serve Prometheus metrics (`/metrics`) and a liveness check (`/healthz`, 503 while
+    /// the block builder is stalled) on this address.
+    #[arg(long, env = "BLOCKPOST_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Largest message body in bytes (`[messaging] max_body_len`).
     #[arg(long, env = "BLOCKPOST_MAX_BODY_LEN")]
     pub max_body_len: Option<usize>,
@@ -166,7 +170,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             c.messaging.max_block_delay_ms
         );
     }
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            say!(
+                "  metrics   http://{}/metrics and /healthz",
+                l.local_addr()?
+            );
+            Some(tokio::spawn(blockpost_node::serve_metrics(
+                node.metrics(),
+                l,
+            )))
+        }
+        None => None,
+    };
     node.serve(listener, shutdown_signal()).await?;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     Ok(())
 }
 

@@ -65,6 +65,32 @@ pub enum Error {
     /// Configuration error.
     #[error("config: {0}")]
     Config(String),
+    /// Too many unverified registrations (`[directory] unverified_*`); nothing was logged.
+    #[error(
+        "unverified registrations from {scope} are limited to {limit} a {per}; retry in {} s, \
+         or register with evidence of your real name",
+        secs(.retry_after_ms)
+    )]
+    RateLimited {
+        /// Whose limit: "this peer" or "all peers".
+        scope: &'static str,
+        /// Registrations admitted per `per`, after a burst.
+        limit: u64,
+        /// "minute" or "second".
+        per: &'static str,
+        /// How long until the request would be admitted; also in the status metadata as
+        /// `grpc-retry-pushback-ms`.
+        retry_after_ms: u64,
+    },
+}
+
+/// The gRPC metadata key of a retry hint in milliseconds (gRPC's retry pushback).
+pub const RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+
+/// Milliseconds as seconds with one decimal, rounded up.
+fn secs(ms: &u64) -> String {
+    let tenths = ms.div_ceil(100);
+    format!("{}.{}", tenths / 10, tenths % 10)
 }
 
 /// `Result` with [`Error`].
@@ -108,12 +134,20 @@ impl Error {
             Error::OutOfRange(_) => Code::OutOfRange,
             Error::ShuttingDown => Code::Unavailable,
             Error::Certificate(_) | Error::Config(_) => Code::Internal,
+            Error::RateLimited { .. } => Code::ResourceExhausted,
         }
     }
 }
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
+        let mut status = tonic::Status::new(e.code(), e.to_string());
+        if let Error::RateLimited { retry_after_ms, .. } = e {
+            status.metadata_mut().insert(
+                RETRY_PUSHBACK_MS,
+                tonic::metadata::MetadataValue::from(retry_after_ms),
+            );
+        }
+        status
     }
 }

@@ -30,7 +30,9 @@ impl directory_server::Directory for Directory {
     }
 
     async fn register(&self, r: Request<SignedRequest>) -> Result<Response<EntryResponse>, Status> {
-        let proof = Directory::register(self, r.into_inner()).await?;
+        // The TCP peer (through TLS too): the key of the per-peer registration limit.
+        let peer = r.remote_addr().map(|a| a.ip());
+        let proof = Directory::register_from(self, r.into_inner(), peer).await?;
         Ok(Response::new(EntryResponse { proof: Some(proof) }))
     }
 

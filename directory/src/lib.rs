@@ -19,6 +19,7 @@
 //! - `grpc`: the `blockpost.v1.Directory` tonic service, a thin adapter.
 //! - `storage`: the address index on top of the tree log from `blockpost-storage`.
 //! - `ca`: the directory CA and certificate issuance (rcgen).
+//! - `limit`: rate limits for unverified registrations, per client address and for all.
 //! - `publish`: trails the log into a JetStream stream for gateways and auditors.
 //! - `error`: [`Error`] and its one mapping to gRPC status codes.
 //!
@@ -44,13 +45,14 @@ mod ca;
 mod config;
 mod error;
 mod grpc;
+mod limit;
 mod publish;
 mod service;
 mod storage;
 
 pub use ca::{CERT_VALIDITY, x25519_spki};
 pub use config::DirectoryConfig;
-pub use error::{Error, Result};
+pub use error::{Error, RETRY_PUSHBACK_MS, Result};
 pub use grpc::MAX_MESSAGE_LEN;
 pub use service::{
     Directory, DirectoryParts, MAX_BODY_LEN, MAX_ENTRIES_BYTES, MAX_ENTRIES_PER_CALL,

@@ -3,6 +3,7 @@
 //! top of [`Directory`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::ca::{Ca, Subject};
 use crate::config::DirectoryConfig;
+use crate::limit::RegistrationLimiter;
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -65,6 +67,8 @@ pub(crate) struct Inner {
     changed: watch::Sender<u64>,
     /// The newest checkpoint witnesses cosigned, as the node collected it.
     witnessed: blockpost_storage::Witnessed,
+    /// Rate limits of unverified registrations.
+    limiter: RegistrationLimiter,
 }
 
 enum Precondition {
@@ -114,6 +118,7 @@ impl Directory {
         parts: DirectoryParts,
         clock: Arc<dyn Clock>,
     ) -> Result<(Inner, mpsc::Receiver<Pending>)> {
+        config.validate().map_err(Error::Config)?;
         let origin = parts.origin;
         let signer = CheckpointSigner::new(&origin, parts.log_key)?;
         let ca = Ca::load_or_create(&parts.ca_key, &parts.ca_cert, &origin)?;
@@ -138,6 +143,7 @@ impl Directory {
         );
         Ok((
             Inner {
+                limiter: RegistrationLimiter::new(&config),
                 store,
                 config,
                 ca,
@@ -199,9 +205,23 @@ impl Directory {
     }
 
     /// Registers a new binding; returns once it is durable and covered by a checkpoint.
+    /// A call in process: only the limit for all peers applies to an unverified
+    /// registration (see [`Directory::register_from`]).
     pub async fn register(&self, req: SignedRequest) -> Result<EntryProof> {
+        self.register_from(req, None).await
+    }
+
+    /// [`Directory::register`] for a client at `peer`: an unverified registration (one
+    /// without evidence) is held to the limits for its address and for all peers
+    /// (`[directory] unverified_*`), and refused with [`Error::RateLimited`] beyond them.
+    /// Registrations with evidence are not limited.
+    pub async fn register_from(
+        &self,
+        req: SignedRequest,
+        peer: Option<IpAddr>,
+    ) -> Result<EntryProof> {
         let inner = self.inner.clone();
-        let pending = blocking(move || inner.check_register(req)).await??;
+        let pending = blocking(move || inner.check_register(req, peer)).await??;
         self.sequence(pending).await
     }
 
@@ -344,7 +364,7 @@ impl Inner {
         )?)
     }
 
-    fn check_register(&self, req: SignedRequest) -> Result<Checked> {
+    fn check_register(&self, req: SignedRequest, peer: Option<IpAddr>) -> Result<Checked> {
         check_len("body", req.body.len(), MAX_BODY_LEN)?;
         let body: RegisterBody = decode_canonical(&req.body, "RegisterBody")?;
         let address = Address::parse(&body.address)?;
@@ -382,6 +402,11 @@ impl Inner {
             return Err(Error::AddressTaken(address.to_string()));
         }
         let logged_at_ms = self.clock.now_ms();
+        // Only a request that would be logged spends a token: garbage, forged signatures
+        // and taken addresses are refused above without draining anyone's limit.
+        if !verified {
+            self.limiter.admit(peer, logged_at_ms)?;
+        }
         let certificate = self.issue(
             &body.real_name,
             &address,

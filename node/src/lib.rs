@@ -32,6 +32,7 @@ mod auth;
 mod config;
 mod error;
 mod limits;
+mod metrics;
 mod nats;
 mod node;
 mod serve;
@@ -45,6 +46,7 @@ pub use auth::{
 pub use config::{NodeConfig, WitnessConfig};
 pub use error::{Error, Result};
 pub use limits::{FD_MARGIN, LimitedConn, ServeLimits};
+pub use metrics::{Metrics, serve_metrics};
 pub use nats::{LocalNats, free_port, reap_stale};
 pub use node::{Node, Serving};
 pub use serve::{health_routes, serve, serve_with};

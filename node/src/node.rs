@@ -321,6 +321,15 @@ impl Node {
         self.managed.is_some()
     }
 
+    /// What its Prometheus metrics and liveness check read ([`crate::serve_metrics`]).
+    pub fn metrics(&self) -> crate::Metrics {
+        crate::Metrics {
+            gateway: self.gateway.clone(),
+            builder: self.builder.clone(),
+            directory: self.directory.clone(),
+        }
+    }
+
     /// The node's own NATS connection.
     pub fn nats(&self) -> &async_nats::Client {
         &self.nats

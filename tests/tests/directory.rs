@@ -747,6 +747,143 @@ async fn entries_and_checkpoints_reach_jetstream_across_a_nats_restart() {
 }
 
 #[tokio::test]
+async fn unverified_registrations_are_rate_limited_per_peer_and_for_all() {
+    use std::sync::Arc;
+
+    use blockpost_core::FixedClock;
+    use blockpost_proto::v1::directory_server::Directory as DirectoryService;
+    use tonic::transport::server::TcpConnectInfo;
+
+    let ev = evidence("Megacorp Bank AG", &rcgen::PKCS_ECDSA_P256_SHA256, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let anchor = tmp.path().join("anchor.pem");
+    std::fs::write(&anchor, &ev.root_pem).unwrap();
+    let clock = Arc::new(FixedClock::new(now_ms()));
+    let sb = Sandbox::start_with_clock(
+        |c| {
+            c.directory.trust_anchors = vec![anchor.clone()];
+            c.directory.unverified_per_peer_per_minute = 3;
+            c.directory.unverified_per_peer_burst = 3;
+            c.directory.unverified_per_second = 1;
+            c.directory.unverified_burst = 5;
+        },
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let anon = |address: &str| {
+        let id = Identity::generate();
+        sign_register(&id, &register_body(&id, address, "Anonymous AG"))
+    };
+    // The sandbox listens on loopback, which has no per-peer bucket (it is the operator's
+    // own tools, or a proxy): remote peers are called through the gRPC service with the
+    // connection info its server attaches.
+    let remote = |peer: &str, req: SignedRequest| {
+        let mut r = tonic::Request::new(req);
+        r.extensions_mut().insert(TcpConnectInfo {
+            local_addr: None,
+            remote_addr: Some(peer.parse().unwrap()),
+        });
+        DirectoryService::register(&sb.directory, r)
+    };
+    let pushback = |st: &tonic::Status| {
+        st.metadata()
+            .get("grpc-retry-pushback-ms")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // One peer: its burst of three, then RESOURCE_EXHAUSTED with a retry hint, and nothing
+    // reaches the log.
+    for i in 0..3 {
+        remote("203.0.113.7:40000", anon(&format!("anon-{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sb.directory.size(), 3);
+    let st = remote("203.0.113.7:40001", anon("anon-3"))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::ResourceExhausted, "{}", st.message());
+    assert!(
+        st.message().contains(
+            "from this peer are limited to 3 a minute; retry in 20.0 s, or register with evidence"
+        ),
+        "{}",
+        st.message()
+    );
+    assert_eq!(pushback(&st).as_deref(), Some("20000"));
+    assert_eq!(
+        sb.directory.size(),
+        3,
+        "a refused registration is not logged"
+    );
+    // Checks come first: a forged or taken registration is refused for what it is.
+    let mut forged = anon("anon-4");
+    forged.signature[0] ^= 1;
+    let st = remote("203.0.113.7:40001", forged).await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied, "{}", st.message());
+    let st = remote("203.0.113.7:40001", anon("anon-0"))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::AlreadyExists, "{}", st.message());
+    // A name backed by evidence is not limited.
+    let id = Identity::generate();
+    let r = remote(
+        "203.0.113.7:40002",
+        with_evidence(&id, &ev, "megacorp", "Megacorp Bank AG"),
+    )
+    .await
+    .unwrap();
+    let (_, b) = decode_entry(&r.into_inner().proof.unwrap().entry).unwrap();
+    assert!(b.verified);
+    assert_eq!(sb.directory.size(), 4);
+
+    // Another peer has its own bucket; all together are held to five, then one a second.
+    remote("203.0.113.8:40000", anon("other-0")).await.unwrap();
+    let mut g = sb.grpc().await.unwrap();
+    // Over the real transport from loopback, garbage drains nothing: the last token of the
+    // global bucket goes to the valid request after it.
+    let mut forged = anon("local-0");
+    forged.signature[0] ^= 1;
+    let st = g.register(forged).await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied, "{}", st.message());
+    g.register(anon("local-0")).await.unwrap();
+    assert_eq!(sb.directory.size(), 6);
+    let st = g.register(anon("local-1")).await.unwrap_err();
+    assert_eq!(st.code(), Code::ResourceExhausted, "{}", st.message());
+    assert!(
+        st.message()
+            .contains("from all peers are limited to 1 a second; retry in 1.0 s"),
+        "{}",
+        st.message()
+    );
+    assert_eq!(
+        pushback(&st).as_deref(),
+        Some("1000"),
+        "the hint reaches the client"
+    );
+    let st = remote("203.0.113.9:40000", anon("new-0"))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::ResourceExhausted, "{}", st.message());
+    assert_eq!(sb.directory.size(), 6);
+
+    // A second later: one more for all, but the first peer still waits for its own.
+    clock.advance(1_000);
+    let st = remote("203.0.113.7:40003", anon("anon-3"))
+        .await
+        .unwrap_err();
+    assert!(st.message().contains("this peer"), "{}", st.message());
+    assert_eq!(pushback(&st).as_deref(), Some("19000"));
+    g.register(anon("local-1")).await.unwrap();
+    // Twenty seconds after its burst, it may register again.
+    clock.advance(19_000);
+    remote("203.0.113.7:40004", anon("anon-3")).await.unwrap();
+    assert_eq!(sb.directory.size(), 8);
+    assert!(sb.directory.lookup("anon-3").is_ok());
+}
+
+#[tokio::test]
 async fn client_detects_a_forked_log() {
     // One node, one client that has seen checkpoint 2.
     let sb = Sandbox::start().await.unwrap();

@@ -112,8 +112,17 @@ pub async fn run(args: BenchAttackArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let port = blockpost_node::free_port()?;
     let endpoint = format!("http://127.0.0.1:{port}");
+    // No limit on unverified registrations: the log is filled with thousands of them
+    // before the floods.
+    let config = tmp.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[directory]\nunverified_per_peer_per_minute = 0\nunverified_per_second = 0\n",
+    )?;
     let child = Command::new(std::env::current_exe()?)
         .args(["up", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(&config)
         .arg("--data")
         .arg(tmp.path().join("data"))
         .env("BLOCKPOST_CONFIG_DIR", tmp.path().join("client"))

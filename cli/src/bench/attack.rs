@@ -43,6 +43,23 @@ pub struct BenchAttackArgs {
     /// Directory entries registered before the floods (what `GetEntries` pages over).
     #[arg(long, default_value_t = 3000)]
     pub entries: usize,
+    /// Firehose streams opened and never read, in the followers attack.
+    #[arg(long, default_value_t = 200)]
+    pub followers: usize,
+    /// Run only these attacks (repeatable): idle, entries, huge, big, padded, followers,
+    /// oversized. Default: all.
+    #[arg(long = "only", value_name = "ATTACK")]
+    pub only: Vec<String>,
+    /// Run the node from this `blockpost` binary instead of this one (an older build, for
+    /// a before-and-after table in one run).
+    #[arg(long, value_name = "PATH")]
+    pub node_bin: Option<std::path::PathBuf>,
+}
+
+impl BenchAttackArgs {
+    fn runs(&self, attack: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|a| a == attack)
+    }
 }
 
 /// The node's resident memory, sampled.
@@ -119,12 +136,17 @@ pub async fn run(args: BenchAttackArgs) -> anyhow::Result<()> {
         &config,
         "[directory]\nunverified_per_peer_per_minute = 0\nunverified_per_second = 0\n",
     )?;
-    let child = Command::new(std::env::current_exe()?)
+    let bin = match &args.node_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?,
+    };
+    let data = tmp.path().join("data");
+    let child = Command::new(bin)
         .args(["up", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--config")
         .arg(&config)
         .arg("--data")
-        .arg(tmp.path().join("data"))
+        .arg(&data)
         .env("BLOCKPOST_CONFIG_DIR", tmp.path().join("client"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -165,37 +187,38 @@ pub async fn run(args: BenchAttackArgs) -> anyhow::Result<()> {
 
     for round in 1..=args.rounds.max(1) {
         // 1. Idle connections: opened and held, sending nothing.
-        rss.reset_peak();
-        let mut conns = Vec::new();
-        let mut failed = 0usize;
-        let mut peak_fds = 0;
-        // This process needs files of its own too.
-        let idle = args
-            .idle
-            .min(usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX));
-        for i in 0..idle {
-            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                Ok(c) => conns.push(c),
-                Err(_) => failed += 1,
+        if args.runs("idle") {
+            rss.reset_peak();
+            let mut conns = Vec::new();
+            let mut failed = 0usize;
+            let mut peak_fds = 0;
+            // This process needs files of its own too.
+            let idle = args
+                .idle
+                .min(usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX));
+            for i in 0..idle {
+                match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(c) => conns.push(c),
+                    Err(_) => failed += 1,
+                }
+                if i % 1000 == 0 {
+                    peak_fds = peak_fds.max(open_fds(pid));
+                }
             }
-            if i % 1000 == 0 {
+            // Hold them past the node's handshake timeout (10 s by default).
+            let until = Instant::now() + Duration::from_secs(12);
+            while Instant::now() < until {
                 peak_fds = peak_fds.max(open_fds(pid));
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-        }
-        // Hold them past the node's handshake timeout (10 s by default).
-        let until = Instant::now() + Duration::from_secs(12);
-        while Instant::now() < until {
-            peak_fds = peak_fds.max(open_fds(pid));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let fds_after_timeout = open_fds(pid);
-        // A real client still gets through while they are held.
-        let served = DirectoryClient::new(connect(&endpoint).await?)
-            .get_info(blockpost_proto::v1::GetInfoRequest {})
-            .await
-            .is_ok();
-        drop(conns);
-        rows.push(Row {
+            let fds_after_timeout = open_fds(pid);
+            // A real client still gets through while they are held.
+            let served = DirectoryClient::new(connect(&endpoint).await?)
+                .get_info(blockpost_proto::v1::GetInfoRequest {})
+                .await
+                .is_ok();
+            drop(conns);
+            rows.push(Row {
             round,
             attack: format!("{idle} idle connections, held 12 s"),
             answers: format!(
@@ -205,97 +228,132 @@ pub async fn run(args: BenchAttackArgs) -> anyhow::Result<()> {
             peak: rss.peak(),
             after: after(&rss, settle).await,
         });
+        }
 
         // 2. GetEntries over the whole log from every attacker at once.
-        rss.reset_peak();
-        let size = args.entries as u64;
-        let (n, bytes, codes) = flood(args.concurrency, args.seconds, {
-            let channel = channel.clone();
-            move || {
-                let mut c =
-                    DirectoryClient::new(channel.clone()).max_decoding_message_size(64 << 20);
-                async move {
-                    c.get_entries(GetEntriesRequest {
-                        start: 0,
-                        end: size,
-                    })
-                    .await
-                    .map(|r| r.into_inner().entries.iter().map(Vec::len).sum::<usize>())
+        if args.runs("entries") {
+            rss.reset_peak();
+            let size = args.entries as u64;
+            let (n, bytes, codes) = flood(args.concurrency, args.seconds, {
+                let channel = channel.clone();
+                move || {
+                    let mut c =
+                        DirectoryClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+                    async move {
+                        c.get_entries(GetEntriesRequest {
+                            start: 0,
+                            end: size,
+                        })
+                        .await
+                        .map(|r| r.into_inner().entries.iter().map(Vec::len).sum::<usize>())
+                    }
                 }
-            }
-        })
-        .await;
-        rows.push(Row {
-            round,
-            attack: format!("GetEntries(0, {size}) x{}", args.concurrency),
-            answers: format!("{n} calls, {} MiB sent, {}", bytes >> 20, fmt_codes(&codes)),
-            peak: rss.peak(),
-            after: after(&rss, settle).await,
-        });
+            })
+            .await;
+            rows.push(Row {
+                round,
+                attack: format!("GetEntries(0, {size}) x{}", args.concurrency),
+                answers: format!("{n} calls, {} MiB sent, {}", bytes >> 20, fmt_codes(&codes)),
+                peak: rss.peak(),
+                after: after(&rss, settle).await,
+            });
+        }
 
         // 3. 8.5 MB envelopes from an unknown sender.
-        rss.reset_peak();
-        let huge = envelope(8_500_000);
-        let (n, _, codes) = flood(args.concurrency, args.seconds, {
-            let channel = channel.clone();
-            move || {
-                let mut m = MessagingClient::new(channel.clone())
-                    .max_encoding_message_size(usize::MAX)
-                    .max_decoding_message_size(usize::MAX);
-                let e = huge.clone();
-                async move { m.submit(e).await.map(|_| 0) }
-            }
-        })
-        .await;
-        rows.push(Row {
-            round,
-            attack: format!("8.5 MB envelopes, unknown sender x{}", args.concurrency),
-            answers: format!("{n} calls, {}", fmt_codes(&codes)),
-            peak: rss.peak(),
-            after: after(&rss, settle).await,
-        });
+        if args.runs("huge") {
+            rss.reset_peak();
+            let huge = envelope(8_500_000);
+            let (n, _, codes) = flood(args.concurrency, args.seconds, {
+                let channel = channel.clone();
+                move || {
+                    let mut m = MessagingClient::new(channel.clone())
+                        .max_encoding_message_size(usize::MAX)
+                        .max_decoding_message_size(usize::MAX);
+                    let e = huge.clone();
+                    async move { m.submit(e).await.map(|_| 0) }
+                }
+            })
+            .await;
+            rows.push(Row {
+                round,
+                attack: format!("8.5 MB envelopes, unknown sender x{}", args.concurrency),
+                answers: format!("{n} calls, {}", fmt_codes(&codes)),
+                peak: rss.peak(),
+                after: after(&rss, settle).await,
+            });
+        }
 
         // 4. Envelopes at the largest valid size from an unknown sender.
-        rss.reset_peak();
-        let big = envelope(96 * 1024);
-        let (n, _, codes) = flood(args.concurrency, args.seconds, {
-            let channel = channel.clone();
-            move || {
-                let mut m = MessagingClient::new(channel.clone());
-                let e = big.clone();
-                async move { m.submit(e).await.map(|_| 0) }
-            }
-        })
-        .await;
-        rows.push(Row {
-            round,
-            attack: format!("96 KiB envelopes, unknown sender x{}", args.concurrency),
-            answers: format!("{n} calls, {}", fmt_codes(&codes)),
-            peak: rss.peak(),
-            after: after(&rss, settle).await,
-        });
+        if args.runs("big") {
+            rss.reset_peak();
+            let big = envelope(96 * 1024);
+            let (n, _, codes) = flood(args.concurrency, args.seconds, {
+                let channel = channel.clone();
+                move || {
+                    let mut m = MessagingClient::new(channel.clone());
+                    let e = big.clone();
+                    async move { m.submit(e).await.map(|_| 0) }
+                }
+            })
+            .await;
+            rows.push(Row {
+                round,
+                attack: format!("96 KiB envelopes, unknown sender x{}", args.concurrency),
+                answers: format!("{n} calls, {}", fmt_codes(&codes)),
+                peak: rss.peak(),
+                after: after(&rss, settle).await,
+            });
+        }
 
         // 5. Registrations padded with 95 KiB of unknown fields.
-        rss.reset_peak();
-        let (n, _, codes) = flood(args.concurrency, args.seconds, {
-            let channel = channel.clone();
-            move || {
-                let mut c = DirectoryClient::new(channel.clone());
-                let r = padded_registration();
-                async move { c.register(r).await.map(|_| 0) }
-            }
-        })
-        .await;
-        rows.push(Row {
-            round,
-            attack: format!(
-                "registrations padded with 95 KiB of unknown fields x{}",
-                args.concurrency
-            ),
-            answers: format!("{n} calls, {}", fmt_codes(&codes)),
-            peak: rss.peak(),
-            after: after(&rss, settle).await,
-        });
+        if args.runs("padded") {
+            rss.reset_peak();
+            let (n, _, codes) = flood(args.concurrency, args.seconds, {
+                let channel = channel.clone();
+                move || {
+                    let mut c = DirectoryClient::new(channel.clone());
+                    let r = padded_registration();
+                    async move { c.register(r).await.map(|_| 0) }
+                }
+            })
+            .await;
+            rows.push(Row {
+                round,
+                attack: format!(
+                    "registrations padded with 95 KiB of unknown fields x{}",
+                    args.concurrency
+                ),
+                answers: format!("{n} calls, {}", fmt_codes(&codes)),
+                peak: rss.peak(),
+                after: after(&rss, settle).await,
+            });
+        }
+
+        // 6. Firehose followers that never read, while the node goes on with its own work.
+        if args.runs("followers") {
+            rss.reset_peak();
+            let answers = followers(&endpoint, &channel, &data, args.followers, round).await?;
+            rows.push(Row {
+                round,
+                attack: format!("{} firehose followers that never read", args.followers),
+                answers,
+                peak: rss.peak(),
+                after: after(&rss, settle).await,
+            });
+        }
+
+        // 7. The largest finish after 32 small ones: its block holds its closing record.
+        if args.runs("oversized") {
+            rss.reset_peak();
+            let answers = oversized(&channel, round).await?;
+            rows.push(Row {
+                round,
+                attack: "33 parties: 32 small finishes, then the largest one".into(),
+                answers,
+                peak: rss.peak(),
+                after: after(&rss, settle).await,
+            });
+        }
     }
     sampler.abort();
 
@@ -478,4 +536,291 @@ fn padded_registration() -> SignedRequest {
         body,
         second_signature: Vec::new(),
     }
+}
+
+/// Registers a participant with a key this bench keeps: its leaf index.
+async fn register_known(
+    dir: &mut DirectoryClient<Channel>,
+    id: &Identity,
+    address: &str,
+) -> anyhow::Result<u64> {
+    let body = blockpost_proto::v1::RegisterBody {
+        address: address.into(),
+        real_name: format!("{address} AG"),
+        signing_key: id.signing_public().to_vec(),
+        encryption_key: id.encryption_public().to_vec(),
+        evidence_chain: Vec::new(),
+        timestamp_ms: now_ms(),
+    }
+    .encode_to_vec();
+    let r = dir
+        .register(SignedRequest {
+            signature: blockpost_core::Operation::Register.sign(&id.signing, &body),
+            body,
+            second_signature: Vec::new(),
+        })
+        .await
+        .with_context(|| format!("registering {address}"))?;
+    Ok(r.into_inner().proof.map_or(0, |p| p.leaf_index))
+}
+
+/// A signed envelope of `kind` from a registered sender.
+fn known_envelope(
+    id: &Identity,
+    from: &str,
+    index: u64,
+    to: &[String],
+    tx: &str,
+    kind: MessageKind,
+    body: usize,
+) -> blockpost_proto::v1::Envelope {
+    let c = EnvelopeContent {
+        transaction_deadline_ms: None,
+        sender: from.into(),
+        sender_key_index: index,
+        recipients: to.to_vec(),
+        transaction_id: tx.into(),
+        kind: kind as i32,
+        content_type: "application/octet-stream".into(),
+        timestamp_ms: now_ms(),
+        nonce: rand::random::<u64>() | (1 << 63),
+        body: Some(Body::Plaintext(vec![b'x'; body])),
+    };
+    sign_envelope(&id.signing, c.encode_to_vec())
+}
+
+/// Submits until it is receipted (a just-registered sender may be unknown to the gateway
+/// for a moment), for at most `limit`: how long it took, or the last refusal.
+async fn submit_until_receipted(
+    m: &mut MessagingClient<Channel>,
+    env: &blockpost_proto::v1::Envelope,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let t = Instant::now();
+    loop {
+        match m.submit(env.clone()).await {
+            Ok(_) => return Ok(t.elapsed()),
+            Err(s) if t.elapsed() < limit => {
+                if s.code() != tonic::Code::NotFound && s.code() != tonic::Code::Unavailable {
+                    return Err(format!("{:?}: {}", s.code(), s.message()));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+/// Waits until the message is in a block: how long it took.
+async fn in_block(channel: &Channel, id: [u8; 32], limit: Duration) -> Option<Duration> {
+    let mut l = blockpost_proto::v1::ledger_client::LedgerClient::new(channel.clone())
+        .max_decoding_message_size(128 << 20);
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        let r = l
+            .get_message(blockpost_proto::v1::GetMessageRequest {
+                message_id: id.to_vec(),
+                witnessed: false,
+            })
+            .await;
+        if r.is_ok() {
+            return Some(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// Lines of the managed nats-server's log that report a slow consumer.
+fn slow_consumer_events(data: &std::path::Path) -> usize {
+    std::fs::read_to_string(data.join("nats").join("nats-server.log"))
+        .map_or(0, |l| l.matches("Slow Consumer").count())
+}
+
+/// Opens `n` firehose streams from sequence 1 that never read (over several connections),
+/// then registers a newcomer and sends 256 messages: how the node answered.
+async fn followers(
+    endpoint: &str,
+    channel: &Channel,
+    data: &std::path::Path,
+    n: usize,
+    round: usize,
+) -> anyhow::Result<String> {
+    let mut dir = DirectoryClient::new(channel.clone());
+    let mut m = MessagingClient::new(channel.clone());
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let (an, bn) = (format!("fa-{round}"), format!("fb-{round}"));
+    let ai = register_known(&mut dir, &a, &an).await?;
+    register_known(&mut dir, &b, &bn).await?;
+    let to = vec![bn.clone()];
+    // Something to follow: 400 messages of 16 KiB.
+    let fill = known_envelope(&a, &an, ai, &to, "fill", MessageKind::Message, 16 << 10);
+    submit_until_receipted(&mut m, &fill, Duration::from_secs(20))
+        .await
+        .map_err(|e| anyhow::anyhow!("filling the firehose: {e}"))?;
+    for i in 0..399 {
+        let e = known_envelope(
+            &a,
+            &an,
+            ai,
+            &to,
+            &format!("fill-{i}"),
+            MessageKind::Message,
+            16 << 10,
+        );
+        m.submit(e).await?;
+    }
+    let slow_before = slow_consumer_events(data);
+    let mut streams = Vec::new();
+    let mut refused = BTreeMap::new();
+    for chunk in 0..n.div_ceil(50) {
+        let mut c = MessagingClient::new(connect(endpoint).await?);
+        for _ in 0..50.min(n - chunk * 50) {
+            match c
+                .firehose(blockpost_proto::v1::FirehoseRequest {
+                    from_sequence: 1,
+                    follow: true,
+                })
+                .await
+            {
+                Ok(s) => streams.push(s.into_inner()),
+                Err(s) => *refused.entry(format!("{:?}", s.code())).or_insert(0u64) += 1,
+            }
+        }
+    }
+    // The node's own work while they stall: a newcomer registers and sends at once.
+    let newcomer = Identity::generate();
+    let nn = format!("newcomer-{round}");
+    let t = Instant::now();
+    let ni = register_known(&mut dir, &newcomer, &nn).await?;
+    let first = known_envelope(&newcomer, &nn, ni, &to, &nn, MessageKind::Message, 64);
+    let known = submit_until_receipted(&mut m, &first, Duration::from_secs(30)).await;
+    let registered_and_sent = t.elapsed();
+    let mut codes = BTreeMap::new();
+    let mut slowest = Duration::ZERO;
+    for i in 0..256 {
+        let e = known_envelope(
+            &a,
+            &an,
+            ai,
+            &to,
+            &format!("during-{round}-{i}"),
+            MessageKind::Message,
+            64,
+        );
+        let t = Instant::now();
+        let code = match tokio::time::timeout(Duration::from_secs(15), m.submit(e)).await {
+            Ok(Ok(_)) => "OK".to_owned(),
+            Ok(Err(s)) => format!("{:?}", s.code()),
+            Err(_) => "no answer in 15 s".to_owned(),
+        };
+        slowest = slowest.max(t.elapsed());
+        *codes.entry(code).or_insert(0u64) += 1;
+    }
+    // The stalled followers: dropped (their streams end with RESOURCE_EXHAUSTED), or not.
+    let t = Instant::now();
+    let mut ended = BTreeMap::new();
+    for s in &mut streams {
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(60), s.message()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => break "ended".to_owned(),
+                Ok(Err(st)) => break format!("{:?}", st.code()),
+                Err(_) => break "still open after 60 s".to_owned(),
+            }
+        };
+        *ended.entry(end).or_insert(0u64) += 1;
+    }
+    let drained = t.elapsed();
+    let opened = streams.len();
+    drop(streams);
+    Ok(format!(
+        "{opened} opened ({}); newcomer registered and receipted in {} ms ({}); 256 sends during: {}, slowest {} ms; followers ended: {} (read out in {:.1} s); nats-server slow-consumer events: {}",
+        if refused.is_empty() {
+            "none refused".to_owned()
+        } else {
+            fmt_codes(&refused)
+        },
+        registered_and_sent.as_millis(),
+        match &known {
+            Ok(d) => format!("first try after {} ms", d.as_millis()),
+            Err(e) => format!("refused: {e}"),
+        },
+        fmt_codes(&codes),
+        slowest.as_millis(),
+        fmt_codes(&ended),
+        drained.as_secs_f64(),
+        slow_consumer_events(data) - slow_before,
+    ))
+}
+
+/// 33 parties: 32 send a small `finish` in one transaction, the 33rd the largest envelope
+/// the node's bus carries, which finishes it (its block also holds the closing record).
+/// Then one more message: are both in blocks?
+async fn oversized(channel: &Channel, round: usize) -> anyhow::Result<String> {
+    let mut dir = DirectoryClient::new(channel.clone());
+    let mut m = MessagingClient::new(channel.clone())
+        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(usize::MAX);
+    let mut parties = Vec::new();
+    for i in 0..33 {
+        let id = Identity::generate();
+        let address = format!("o{round}-{i:02}");
+        let index = register_known(&mut dir, &id, &address).await?;
+        parties.push((id, address, index));
+    }
+    let tx = format!("oversized-{round}");
+    let last = vec![parties[32].1.clone()];
+    for (n, (id, a, i)) in parties[..32].iter().enumerate() {
+        let e = known_envelope(id, a, *i, &last, &tx, MessageKind::Finish, 16);
+        if n == 0 {
+            submit_until_receipted(&mut m, &e, Duration::from_secs(20))
+                .await
+                .map_err(|e| anyhow::anyhow!("first finish: {e}"))?;
+        } else {
+            m.submit(e).await?;
+        }
+    }
+    let others: Vec<String> = parties[..32].iter().map(|(_, a, _)| a.clone()).collect();
+    let (id, a, i) = &parties[32];
+    // The largest the managed server carries: its max_payload less room for headers.
+    let largest = blockpost_node::MANAGED_MAX_PAYLOAD - blockpost_core::wire::HEADER_ROOM;
+    let make = |body| known_envelope(id, a, *i, &others, &tx, MessageKind::Finish, body);
+    let mut body = largest - make(0).encoded_len();
+    while make(body).encoded_len() > largest {
+        body -= 1;
+    }
+    let big = make(body);
+    let big_id = blockpost_core::message_id(&big);
+    let receipt = match m.submit(big).await {
+        Ok(_) => "receipted".to_owned(),
+        Err(s) => format!("{:?}", s.code()),
+    };
+    let block = in_block(channel, big_id, Duration::from_secs(60)).await;
+    let next = known_envelope(
+        &parties[0].0,
+        &parties[0].1,
+        parties[0].2,
+        &last,
+        &format!("{tx}-after"),
+        MessageKind::Message,
+        16,
+    );
+    let next_id = blockpost_core::message_id(&next);
+    let next_receipt = match m.submit(next).await {
+        Ok(_) => "receipted".to_owned(),
+        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+    };
+    let next_block = in_block(channel, next_id, Duration::from_secs(30)).await;
+    let when = |d: Option<Duration>| {
+        d.map_or("NOT in a block".to_owned(), |d| {
+            format!("in a block after {} ms", d.as_millis())
+        })
+    };
+    Ok(format!(
+        "the largest finish ({} bytes) {receipt}, {}; the next message {next_receipt}, {}",
+        largest,
+        when(block),
+        when(next_block),
+    ))
 }

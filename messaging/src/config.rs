@@ -29,6 +29,9 @@ pub struct MessagingConfig {
     /// A follower whose buffer stays full this long is dropped: its stream ends with
     /// RESOURCE_EXHAUSTED.
     pub slow_follower_ms: u64,
+    /// Most bytes of envelopes the gateway holds while it checks and stores them, from
+    /// every caller together; beyond it a submission is answered UNAVAILABLE at once.
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for MessagingConfig {
@@ -44,6 +47,7 @@ impl Default for MessagingConfig {
             max_followers_per_peer: 32,
             follower_buffer_bytes: 1 << 20,
             slow_follower_ms: 10_000,
+            max_inflight_bytes: 256 << 20,
         }
     }
 }
@@ -72,8 +76,9 @@ impl MessagingConfig {
             || self.max_followers_per_peer == 0
             || self.follower_buffer_bytes == 0
             || self.slow_follower_ms == 0
+            || self.max_inflight_bytes == 0
         {
-            return Err("messaging.max_followers, max_followers_per_peer, follower_buffer_bytes and slow_follower_ms must be at least 1".into());
+            return Err("messaging.max_followers, max_followers_per_peer, follower_buffer_bytes, slow_follower_ms and max_inflight_bytes must be at least 1".into());
         }
         if self.max_block_delay_ms == 0 || i64::try_from(self.max_block_delay_ms).is_err() {
             return Err("messaging.max_block_delay_ms must be a positive number of ms".into());

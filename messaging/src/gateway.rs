@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     pub(crate) followers_nats: std::sync::OnceLock<jetstream::Context>,
     /// Firehose followers served now, in all and per peer.
     pub(crate) followers: std::sync::Mutex<crate::grpc::Followers>,
+    /// Bytes of envelopes being checked and stored ([`MessagingConfig::max_inflight_bytes`]).
+    inflight: tokio::sync::Semaphore,
 }
 
 /// How often the gateway looks at its NATS connection's state.
@@ -142,6 +144,7 @@ impl Gateway {
         .await
         .map_err(bus)?;
         let replica = Replica::start(js.clone(), &ns, log_verifier_key);
+        let inflight = config.max_inflight_bytes.min(u32::MAX as usize);
         let inner = Arc::new(Inner {
             js,
             nats,
@@ -160,6 +163,7 @@ impl Gateway {
             bus_up: tokio::sync::watch::Sender::new(true),
             followers_nats: Default::default(),
             followers: Default::default(),
+            inflight: tokio::sync::Semaphore::new(inflight),
         });
         tokio::spawn(watch_bus(Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -225,6 +229,19 @@ impl Gateway {
     /// rather than after the publish timeout: a retry of the same envelope is safe, since
     /// the firehose de-duplicates it and answers with the same receipt.
     pub async fn submit(&self, env: Envelope) -> Result<Receipt> {
+        // Bytes held while it is checked and stored: bounded for all callers together, and
+        // refused at once beyond, so that a flood of large envelopes (from anyone: the
+        // sender is not known yet) cannot pile up.
+        // The envelope and its decoded content: twice its length.
+        let len = prost::Message::encoded_len(&env).saturating_mul(2);
+        let held =
+            u32::try_from(len.clamp(1, self.inner.config.max_inflight_bytes)).unwrap_or(u32::MAX);
+        let Ok(_held) = self.inner.inflight.try_acquire_many(held) else {
+            return Err(Error::Bus(format!(
+                "the gateway holds {} MiB of envelopes being checked already; retry",
+                self.inner.config.max_inflight_bytes >> 20
+            )));
+        };
         let mut up = self.inner.bus_up.subscribe();
         let work = async {
             let c = self.check(env).await?;

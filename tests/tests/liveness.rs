@@ -520,3 +520,115 @@ async fn hundreds_of_stalled_followers_do_not_disturb_the_node() {
     );
     assert!(builder.health().stalled().is_none());
 }
+
+/// A `kB` field of `/proc/PID/status`, in bytes.
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test]
+async fn memory_under_a_flood_of_unauthenticated_envelopes_stays_bounded() {
+    const CLIENTS: usize = 32;
+    const INFLIGHT: usize = 64 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = blockpost_node::free_port().unwrap();
+    let config = tmp.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!("[messaging]\nmax_body_len = 16777216\nmax_inflight_bytes = {INFLIGHT}\n"),
+    )
+    .unwrap();
+    let mut child = blockpost_tests::spawn_node_with(
+        &tmp.path().join("data"),
+        port,
+        None,
+        &["--config", config.to_str().unwrap()],
+    );
+    let pid = child.id();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let channel = wait_for(Duration::from_secs(60), "the node up", || {
+        let e = endpoint.clone();
+        async move {
+            let c = tonic::transport::Channel::from_shared(e)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let mut d = blockpost_proto::v1::directory_client::DirectoryClient::new(c.clone());
+            d.get_info(blockpost_proto::v1::GetInfoRequest {})
+                .await
+                .ok()?;
+            Some(c)
+        }
+    })
+    .await
+    .unwrap();
+    // The largest envelope the managed bus carries, from a sender nobody registered.
+    let largest = wire::max_envelope_len(blockpost_node::MANAGED_MAX_PAYLOAD);
+    let stranger = Identity::generate();
+    let env = finish_of_len(
+        &stranger,
+        "nobody-here",
+        0,
+        &["nobody-there".into()],
+        "flood",
+        largest,
+    );
+    let baseline = proc_status(pid, "VmRSS:");
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (channel, env) = (channel.clone(), env.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut m = MessagingClient::new(channel)
+                .max_encoding_message_size(64 << 20)
+                .max_decoding_message_size(64 << 20);
+            let mut codes = std::collections::BTreeMap::<String, u64>::new();
+            while Instant::now() < until {
+                let code = match m.submit(env.clone()).await {
+                    Ok(_) => "OK".to_owned(),
+                    Err(s) => format!("{:?}", s.code()),
+                };
+                *codes.entry(code).or_default() += 1;
+            }
+            codes
+        }));
+    }
+    let mut codes = std::collections::BTreeMap::<String, u64>::new();
+    for t in tasks {
+        for (k, v) in t.await.unwrap() {
+            *codes.entry(k).or_default() += v;
+        }
+    }
+    let peak = proc_status(pid, "VmHWM:");
+    let _ = child.kill();
+    let _ = child.wait();
+    // Nothing from a stranger is accepted.
+    assert!(!codes.contains_key("OK"), "{codes:?}");
+    assert!(codes.values().sum::<u64>() >= CLIENTS as u64, "{codes:?}");
+    // The bound: what the gateway holds while it checks (max_inflight_bytes, counting an
+    // envelope and its decoding), the waiting room of the replica (64 MiB), and each
+    // client's request while it is received and decoded (twice its size).
+    let bound = INFLIGHT as u64
+        + blockpost_messaging::MAX_WAITING_BYTES as u64
+        + (CLIENTS * 2 * largest) as u64;
+    let grew = peak.saturating_sub(baseline);
+    assert!(
+        grew <= bound,
+        "peak {} MiB over a baseline of {} MiB: {} MiB more than the bound of {} MiB ({codes:?})",
+        peak >> 20,
+        baseline >> 20,
+        (grew - bound) >> 20,
+        bound >> 20
+    );
+    eprintln!(
+        "node memory: baseline {} MiB, peak {} MiB, bound {} MiB; answers {codes:?}",
+        baseline >> 20,
+        peak >> 20,
+        (baseline + bound) >> 20
+    );
+}

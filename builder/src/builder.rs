@@ -982,6 +982,9 @@ struct Cutter {
     through: u64,
     /// What one block may hold on this bus.
     budget: BlockBudget,
+    /// The last firehose sequence the loop has disposed of (pending or refused): done
+    /// once the next cut is stored.
+    disposed: u64,
 }
 
 impl Cutter {
@@ -1008,8 +1011,9 @@ impl Cutter {
             self.through = p.seq;
         }
         let (inner, js, ns, budget) = (inner.clone(), js.clone(), ns.clone(), self.budget);
+        let disposed = self.disposed;
         self.flight = Some(tokio::spawn(async move {
-            cut(&inner, &js, &ns, pending, budget).await
+            cut(&inner, &js, &ns, pending, budget, disposed).await
         }));
         Ok(())
     }
@@ -1029,6 +1033,7 @@ async fn follow(
         flight: None,
         through: 0,
         budget: budget(&config),
+        disposed: 0,
     };
     let r = follow_with(weak, js, ns, &mut cutter).await;
     // Never start over (catch_up) while a block is being cut.
@@ -1176,7 +1181,10 @@ async fn follow_with(
                     inner.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(seq, why, "firehose message refused by the builder");
                     let _ = m.ack_with(AckKind::Term).await;
+                    cutter.disposed = cutter.disposed.max(seq);
                     if pending.is_empty() {
+                        // Done with it once the block before it is stored.
+                        cutter.finish().await?;
                         inner.handled(seq);
                     }
                     continue;
@@ -1184,7 +1192,9 @@ async fn follow_with(
             };
             if inner.misbehaves_on(&tx.transaction_id) {
                 let _ = m.ack_with(AckKind::Term).await;
+                cutter.disposed = cutter.disposed.max(seq);
                 if pending.is_empty() {
+                    cutter.finish().await?;
                     inner.handled(seq);
                 }
                 continue;
@@ -1202,6 +1212,7 @@ async fn follow_with(
                 deadline = None;
             }
             bytes += payload.len();
+            cutter.disposed = cutter.disposed.max(seq);
             pending.push(Pending {
                 seq,
                 payload,
@@ -1259,6 +1270,7 @@ async fn cut(
     ns: &Namespace,
     pending: Vec<Pending>,
     budget: BlockBudget,
+    disposed: u64,
 ) -> Result<()> {
     let now = inner.clock.now_ms();
     if pending.is_empty() && !inner.due(now) {
@@ -1325,9 +1337,7 @@ async fn cut(
         }
     }
     let Some(&(height, _)) = done.blocks.last() else {
-        if let Some(p) = pending.last() {
-            inner.handled(p.seq);
-        }
+        inner.handled(disposed);
         return Ok(());
     };
     inner.blocks.send_replace(height + 1);
@@ -1339,9 +1349,7 @@ async fn cut(
     {
         let _ = p.message.ack().await;
     }
-    if let Some(p) = pending.last() {
-        inner.handled(p.seq);
-    }
+    inner.handled(disposed);
     tracing::debug!(height, messages = pending.len(), "block cut");
     // The blocks are durable and acknowledged; if NATS does not take them now, start
     // over: `republish` sends them (and any after them) once NATS is back.

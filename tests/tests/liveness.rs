@@ -304,6 +304,27 @@ async fn a_stalled_builder_is_reported_and_the_gateway_stops_promising() {
     );
     assert!(builder.health().stalled().is_some());
     assert!(builder.locate(&waiting_id).unwrap().is_none());
+    // The node's metrics and liveness check say so too, over HTTP.
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let maddr = metrics.local_addr().unwrap();
+    let served = tokio::spawn(blockpost_node::serve_metrics(sb.node.metrics(), metrics));
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut c = tokio::net::TcpStream::connect(maddr).await.unwrap();
+        c.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let text = get("/metrics").await;
+    assert!(text.contains("\nblockpost_builder_stalled 1\n"), "{text}");
+    let h = get("/healthz").await;
+    assert!(
+        h.starts_with("HTTP/1.1 503") && h.contains("fault injected"),
+        "{h}"
+    );
     // It recovers: the waiting message gets its block, receipts come again.
     builder.misbehave_by_failing(false);
     wait_for(
@@ -327,6 +348,10 @@ async fn a_stalled_builder_is_reported_and_the_gateway_stops_promising() {
         health.check(ledger()).await.unwrap().into_inner().status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    let text = get("/metrics").await;
+    assert!(text.contains("\nblockpost_builder_stalled 0\n"), "{text}");
+    assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+    served.abort();
 }
 
 #[tokio::test]

@@ -849,6 +849,7 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = (0, 0, 0);
+    let mut busy = false;
     let mut firehose: Option<stream::Stream> = None;
     loop {
         tick.tick().await;
@@ -883,10 +884,17 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
         }
         let waiting = last.map_or(0, |l| l.saturating_sub(handled));
         let unpublished = stored.saturating_sub(published);
+        // Time without progress counts from when work came, not from the last block of
+        // an idle builder.
+        let work = waiting > 0 || unpublished > 0;
+        if work && !busy {
+            inner.progress_ms.store(now, Ordering::SeqCst);
+        }
+        busy = work;
         let since_ms = inner.progress_ms.load(Ordering::SeqCst);
         let idle_ms = now.saturating_sub(since_ms);
-        let stalled = (waiting > 0 || unpublished > 0)
-            && idle_ms >= i64::try_from(inner.config.stall_after_ms).unwrap_or(i64::MAX);
+        let stalled =
+            work && idle_ms >= i64::try_from(inner.config.stall_after_ms).unwrap_or(i64::MAX);
         let health = if stalled {
             let cause = inner
                 .last_error

@@ -45,7 +45,7 @@ impl Default for MessagingConfig {
             max_block_delay_ms: 10_000,
             max_followers: 256,
             max_followers_per_peer: 32,
-            follower_buffer_bytes: 1 << 20,
+            follower_buffer_bytes: 256 << 10,
             slow_follower_ms: 10_000,
             max_inflight_bytes: 256 << 20,
         }

@@ -323,6 +323,9 @@ async fn feed(
             slow.as_millis()
         ))
     };
+    // A pull asks for at most the room the buffer has, so that what a follower holds is
+    // its buffer and one pull; a message larger than that room is asked for alone.
+    let mut whole = false;
     loop {
         // Pull only with room for at least one more message.
         let first = tokio::time::timeout(slow, buffer.clone().acquire_owned())
@@ -330,16 +333,27 @@ async fn feed(
             .map_err(|_| too_slow())?
             .map_err(|_| Status::internal("follower buffer closed"))?;
         drop(first);
+        let (messages, bytes) = if whole {
+            (1, max_payload)
+        } else {
+            (FOLLOWER_PULL, buffer.available_permits().clamp(1, room))
+        };
+        let asked = tokio::time::Instant::now();
+        let mut got = 0usize;
         let mut batch = consumer
             .batch()
-            .max_messages(FOLLOWER_PULL)
-            .max_bytes(max_payload.max(room))
+            .max_messages(messages)
+            .max_bytes(bytes)
             .expires(FOLLOWER_PULL_WAIT)
             .messages()
             .await
             .map_err(|e| Status::from(bus(e)))?;
         while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| Status::from(bus(e)))?;
+            let Ok(m) = m else {
+                // The server refuses a pull whose byte limit a message exceeds.
+                break;
+            };
+            got += 1;
             let Ok(info) = m.info() else { continue };
             let seq = info.stream_sequence;
             let Ok(envelope) = Envelope::decode(m.payload.as_ref()) else {
@@ -365,6 +379,9 @@ async fn feed(
                 return Ok(());
             }
         }
+        // Nothing came, and sooner than the pull's wait: the next message is larger than
+        // the room asked for. Ask for it alone.
+        whole = !whole && got == 0 && asked.elapsed() < FOLLOWER_PULL_WAIT / 2;
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use blockpost_core::{Identity, message_id, now_ms, sign_envelope, wire};
+use blockpost_core::{Clock as _, Identity, message_id, now_ms, sign_envelope, wire};
 use blockpost_node::NodeConfig;
 use blockpost_proto::v1::envelope_content::Body;
 use blockpost_proto::v1::messaging_client::MessagingClient;
@@ -656,4 +656,48 @@ async fn memory_under_a_flood_of_unauthenticated_envelopes_stays_bounded() {
         peak >> 20,
         (baseline + bound) >> 20
     );
+}
+
+#[tokio::test]
+async fn a_builder_idle_for_long_is_not_stalled_when_work_comes() {
+    let clock = std::sync::Arc::new(blockpost_core::FixedClock::new(now_ms()));
+    // A message waits 2 s for its block: the builder's health is looked at meanwhile.
+    let sb = Sandbox::start_with_clock(
+        |c| {
+            c.builder.max_block_delay_ms = 2_000;
+            c.builder.stall_after_ms = 3_000;
+        },
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let p = parties(&sb, 2).await;
+    let builder = sb.node.builder().unwrap().clone();
+    let mut health = builder.subscribe_health();
+    health.borrow_and_update();
+    // A minute with nothing to do.
+    clock.advance(60_000);
+    let mut m = MessagingClient::new(sb.channel().await.unwrap());
+    let (id, a, i) = &p[0];
+    let e = envelope(
+        id,
+        a,
+        *i,
+        std::slice::from_ref(&p[1].1),
+        "after-a-quiet-minute",
+        MessageKind::Message,
+        8,
+        clock.now_ms(),
+    );
+    let eid = message_id(&e);
+    m.submit(e).await.unwrap();
+    wait_for(Duration::from_secs(20), "the message in a block", || {
+        let b = builder.clone();
+        async move { b.locate(&eid).ok().flatten() }
+    })
+    .await
+    .unwrap();
+    // Waiting work counts from when it came: the builder was never reported stalled.
+    assert!(!health.has_changed().unwrap(), "{:?}", builder.health());
+    assert!(builder.health().stalled().is_none());
 }

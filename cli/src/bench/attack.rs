@@ -134,22 +134,32 @@ pub async fn run(args: BenchAttackArgs) -> anyhow::Result<()> {
     let config = tmp.path().join("node.toml");
     std::fs::write(
         &config,
-        "[directory]\nunverified_per_peer_per_minute = 0\nunverified_per_second = 0\n",
+        format!(
+            "[directory]\nunverified_per_peer_per_minute = 0\nunverified_per_second = 0\n\
+             [messaging]\nmax_followers_per_peer = {}\n",
+            args.followers.max(1)
+        ),
     )?;
     let bin = match &args.node_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?,
     };
     let data = tmp.path().join("data");
-    let child = Command::new(bin)
-        .args(["up", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--config")
-        .arg(&config)
+    let mut cmd = Command::new(bin);
+    cmd.args(["up", "--listen", &format!("127.0.0.1:{port}")]);
+    // An older build (--node-bin) knows no such limit, nor the keys that turn it off.
+    if args.node_bin.is_none() {
+        cmd.arg("--config").arg(&config);
+    }
+    let child = cmd
         .arg("--data")
         .arg(&data)
         .env("BLOCKPOST_CONFIG_DIR", tmp.path().join("client"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("BLOCKPOST_BENCH_NODE_LOG") {
+            Some(path) => Stdio::from(std::fs::File::create(path)?),
+            None => Stdio::null(),
+        })
         .spawn()
         .context("starting the node")?;
     let node = NodeProcess { child, _tmp: tmp };
@@ -717,7 +727,10 @@ async fn followers(
         slowest = slowest.max(t.elapsed());
         *codes.entry(code).or_insert(0u64) += 1;
     }
-    // The stalled followers: dropped (their streams end with RESOURCE_EXHAUSTED), or not.
+    // The stalled followers: dropped after the node's slow-follower limit (10 s by
+    // default; their streams end with RESOURCE_EXHAUSTED), or not. Reading one before
+    // would make it a live reader.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let t = Instant::now();
     let mut ended = BTreeMap::new();
     for s in &mut streams {
@@ -781,20 +794,47 @@ async fn oversized(channel: &Channel, round: usize) -> anyhow::Result<String> {
             m.submit(e).await?;
         }
     }
-    let others: Vec<String> = parties[..32].iter().map(|(_, a, _)| a.clone()).collect();
     let (id, a, i) = &parties[32];
-    // The largest the managed server carries: its max_payload less room for headers.
+    // The largest envelope the managed server carries (its max_payload less room for
+    // headers), under the default limits: a body sealed to 32 recipients.
     let largest = blockpost_node::MANAGED_MAX_PAYLOAD - blockpost_core::wire::HEADER_ROOM;
-    let make = |body| known_envelope(id, a, *i, &others, &tx, MessageKind::Finish, body);
-    let mut body = largest - make(0).encoded_len();
-    while make(body).encoded_len() > largest {
-        body -= 1;
+    let to: Vec<blockpost_core::SealTo<'_>> = parties[..32]
+        .iter()
+        .map(|(id, a, i)| blockpost_core::SealTo {
+            address: a,
+            key_index: *i,
+            key: id.encryption_public(),
+        })
+        .collect();
+    let addresses: Vec<String> = to.iter().map(|t| t.address.to_owned()).collect();
+    let aad = blockpost_core::body_aad(a, &tx);
+    let make = |len: usize| -> anyhow::Result<blockpost_proto::v1::Envelope> {
+        let sealed = blockpost_core::seal_body(&to, &vec![b'x'; len], &aad)?;
+        let c = EnvelopeContent {
+            transaction_deadline_ms: None,
+            sender: a.clone(),
+            sender_key_index: *i,
+            recipients: addresses.clone(),
+            transaction_id: tx.clone(),
+            kind: MessageKind::Finish as i32,
+            content_type: "application/octet-stream".into(),
+            timestamp_ms: now_ms(),
+            nonce: rand::random::<u64>() | (1 << 63),
+            body: Some(Body::Encrypted(sealed)),
+        };
+        Ok(sign_envelope(&id.signing, c.encode_to_vec()))
+    };
+    // Each byte of plaintext is 32 bytes of envelope: the largest within 32 bytes.
+    let mut len = (largest - make(0)?.encoded_len()) / 32;
+    while make(len)?.encoded_len() > largest {
+        len -= 1;
     }
-    let big = make(body);
+    let big = make(len)?;
+    let size = big.encoded_len();
     let big_id = blockpost_core::message_id(&big);
     let receipt = match m.submit(big).await {
         Ok(_) => "receipted".to_owned(),
-        Err(s) => format!("{:?}", s.code()),
+        Err(s) => format!("{:?} ({})", s.code(), s.message()),
     };
     let block = in_block(channel, big_id, Duration::from_secs(60)).await;
     let next = known_envelope(
@@ -818,8 +858,7 @@ async fn oversized(channel: &Channel, round: usize) -> anyhow::Result<String> {
         })
     };
     Ok(format!(
-        "the largest finish ({} bytes) {receipt}, {}; the next message {next_receipt}, {}",
-        largest,
+        "the largest finish ({size} bytes, sealed to 32) {receipt}, {}; the next message {next_receipt}, {}",
         when(block),
         when(next_block),
     ))

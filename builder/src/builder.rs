@@ -339,7 +339,7 @@ impl Builder {
     }
 
     /// Firehose messages refused (not an envelope, breaking the rules, not signed by
-    /// their sender, or too large for any block on the bus): never put in a block.
+    /// their sender, or too large for any block): never put in a block.
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
     }
@@ -680,6 +680,10 @@ async fn check_all(
             if Arc::strong_count(inner) == 1 {
                 return None;
             }
+            // Waiting for the directory (bounded by MAX_REPLICA_WAIT) is not a stall.
+            inner
+                .progress_ms
+                .store(inner.clock.now_ms(), Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let Some(key) = key else {
@@ -856,18 +860,29 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
         if weak.strong_count() == 0 {
             return;
         }
-        // How far the firehose goes (unknown while NATS is away: the gateway answers for
-        // that itself, and the backlog is judged again once it is back).
-        let last = match firehose.as_mut() {
-            Some(f) => f.info().await.ok().map(|i| i.state.last_sequence),
-            None => match js.get_stream(ns.firehose_stream()).await {
-                Ok(f) => {
-                    firehose = Some(f);
-                    None
-                }
-                Err(_) => None,
-            },
+        // How far the firehose goes. Unknown while NATS is away: the tick is skipped (the
+        // gateway answers for the bus itself), so that a flaky bus neither hides a stall
+        // nor ends one.
+        let Some(f) = firehose.as_mut() else {
+            firehose = js.get_stream(ns.firehose_stream()).await.ok();
+            continue;
         };
+        let Ok((last, first)) = f
+            .info()
+            .await
+            .map(|i| (i.state.last_sequence, i.state.first_sequence))
+        else {
+            continue;
+        };
+        // Messages deleted from the stream (its head by age or a purge, or its newest by
+        // hand) are no work: what the builder's own consumer has left says so, when it
+        // is there.
+        let left = f
+            .consumer_info(CONSUMER)
+            .await
+            .ok()
+            .map(|c| c.num_pending + c.num_ack_pending as u64);
+        let last = Some(last);
         let Some(inner) = weak.upgrade() else {
             return;
         };
@@ -882,7 +897,12 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
             inner.progress_ms.store(now, Ordering::SeqCst);
             *inner.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-        let waiting = last.map_or(0, |l| l.saturating_sub(handled));
+        let waiting = match left {
+            Some(0) => 0,
+            _ => last.map_or(0, |l| {
+                l.saturating_sub(handled.max(first.saturating_sub(1)))
+            }),
+        };
         let unpublished = stored.saturating_sub(published);
         // Time without progress counts from when work came, not from the last block of
         // an idle builder.
@@ -904,7 +924,7 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
             let reason = match cause {
                 Some(e) => format!("no progress for {idle_ms} ms: {e}"),
                 None if unpublished > 0 => format!(
-                    "no progress for {idle_ms} ms: {unpublished} stored blocks wait to be published"
+                    "no progress for {idle_ms} ms: {unpublished} stored blocks are not known to be on the blocks stream"
                 ),
                 None => format!(
                     "no progress for {idle_ms} ms: {waiting} firehose messages wait for a block"
@@ -967,7 +987,7 @@ async fn publish_block(
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             wire::MSG_ID_HEADER,
-            wire::block_part_msg_id(height, k).as_str(),
+            wire::block_part_msg_id(height, k, parts).as_str(),
         );
         headers.insert(
             wire::BLOCK_PART_HEADER,
@@ -988,7 +1008,7 @@ struct Cutter {
     flight: Option<tokio::task::JoinHandle<Result<()>>>,
     /// The last firehose sequence handed to a cut.
     through: u64,
-    /// What one block may hold on this bus.
+    /// What one block may hold.
     budget: BlockBudget,
     /// The last firehose sequence the loop has disposed of (pending or refused): done
     /// once the next cut is stored.
@@ -1086,8 +1106,8 @@ async fn follow_with(
             consumer::pull::Config {
                 durable_name: Some(CONSUMER.into()),
                 filter_subject: ns.firehose_subject(),
-                // One acknowledgement per block, of its last message: it covers every
-                // message before it (in this block or an earlier one, or refused).
+                // One acknowledgement per cut, of its last message in a block: it covers
+                // every message before it (in these blocks or earlier ones, or refused).
                 ack_policy: consumer::AckPolicy::All,
                 ack_wait: Duration::from_secs(60),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -1262,7 +1282,7 @@ fn budget(config: &BuilderConfig) -> BlockBudget {
 }
 
 /// What one cut made: the blocks, in order, and the firehose messages too large for any
-/// block on this bus.
+/// block.
 struct Cut {
     blocks: Vec<(u64, Vec<u8>)>,
     too_large: Vec<u64>,
@@ -1380,7 +1400,7 @@ struct OneBlock {
 
 /// Lays out, signs, stores and indexes the next block: as many of `messages` as fit in
 /// `budget` (taken from the front), with the records and closings the rules add. A block
-/// that would not travel whole on the bus is never stored.
+/// larger than the budget's capacity is never stored.
 fn cut_one(
     inner: &Inner,
     now: i64,

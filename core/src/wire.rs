@@ -50,9 +50,8 @@ pub fn max_envelope_len(max_payload: usize) -> usize {
 
 /// A part of a block that travels in parts: `HEIGHT K N`, the block's height, the part's
 /// number (1 to N) and the number of parts. Parts are published in order, each with
-/// `Nats-Msg-Id` = [`block_part_msg_id`]; a reader joins parts 1 to N of one height that
-/// follow each other on the stream, and starts over at a part 1. A block that fits in one
-/// message travels whole, without this header.
+/// `Nats-Msg-Id` = [`block_part_msg_id`]; a reader joins parts 1 to N of one height
+/// ([`BlockParts`]). A block that fits in one message travels whole, without this header.
 pub const BLOCK_PART_HEADER: &str = "Blockpost-Block-Part";
 
 /// The value of [`BLOCK_PART_HEADER`].
@@ -69,19 +68,23 @@ pub fn parse_block_part(value: &str) -> Option<(u64, usize, usize)> {
     (it.next().is_none() && part >= 1 && part <= parts).then_some((height, part, parts))
 }
 
-/// De-duplication id of part `part` of the block at `height`.
-pub fn block_part_msg_id(height: u64, part: usize) -> String {
-    format!("block-{height}-part-{part}")
+/// De-duplication id of part `part` of `parts` of the block at `height` (a block cut into
+/// another number of parts, on a bus that carries another size, has other ids).
+pub fn block_part_msg_id(height: u64, part: usize, parts: usize) -> String {
+    format!("block-{height}-part-{part}-of-{parts}")
 }
 
 /// Joins the parts of blocks read from the blocks stream, in stream order: each message
 /// goes in with its [`BLOCK_PART_HEADER`] value (`None` for a block that travels whole),
-/// and a whole block comes out. Parts that do not follow each other are dropped; what it
-/// holds never exceeds [`MAX_BLOCK_LEN`].
+/// and a whole block comes out once every part 1 to N of one height is in. A part of
+/// another height or number of parts starts over; a part that comes again (a republish)
+/// takes its place. What it holds never exceeds [`MAX_BLOCK_LEN`]. The block that comes out
+/// is checked like any other (its signature and root): joining wrong parts gives a block
+/// that fails, never a forgery.
 #[derive(Debug, Default)]
 pub struct BlockParts {
-    /// The block being joined: height, parts, the next part wanted, the bytes so far.
-    joining: Option<(u64, usize, usize, Vec<u8>)>,
+    /// The block being joined: height, its parts so far (by number), their bytes.
+    joining: Option<(u64, Vec<Option<Vec<u8>>>, usize)>,
 }
 
 impl BlockParts {
@@ -92,23 +95,35 @@ impl BlockParts {
             self.joining = None;
             return Some(payload.to_vec());
         };
-        let (height, k, n) = parse_block_part(part)?;
-        if k == 1 {
-            self.joining = Some((height, n, 1, Vec::new()));
-        }
-        let (h, parts, want, mut bytes) = self.joining.take()?;
-        if (h, parts, want) != (height, n, k) || bytes.len() + payload.len() > MAX_BLOCK_LEN {
+        let Some((height, k, n)) = parse_block_part(part) else {
+            self.joining = None;
+            return None;
+        };
+        if n > MAX_BLOCK_LEN {
+            self.joining = None;
             return None;
         }
-        bytes.extend_from_slice(payload);
-        if k == n {
-            return Some(bytes);
+        let fresh =
+            !matches!(&self.joining, Some((h, slots, _)) if *h == height && slots.len() == n);
+        if fresh {
+            self.joining = Some((height, vec![None; n], 0));
         }
-        self.joining = Some((h, parts, want + 1, bytes));
-        None
+        let (_, slots, held) = self.joining.as_mut()?;
+        let before = slots[k - 1].as_ref().map_or(0, Vec::len);
+        if *held - before + payload.len() > MAX_BLOCK_LEN {
+            self.joining = None;
+            return None;
+        }
+        *held = *held - before + payload.len();
+        slots[k - 1] = Some(payload.to_vec());
+        if slots.iter().any(Option::is_none) {
+            return None;
+        }
+        let (_, slots, _) = self.joining.take()?;
+        Some(slots.into_iter().flatten().flatten().collect())
     }
 
-    /// Whether a block is being joined (its first parts were read, not its last).
+    /// Whether a block is being joined (some of its parts were read, not all).
     pub fn joining(&self) -> bool {
         self.joining.is_some()
     }
@@ -362,7 +377,7 @@ mod tests {
     }
 
     #[test]
-    fn block_parts_join_in_order_and_drop_what_does_not_follow() {
+    fn block_parts_join_by_number_and_start_over_for_another_block() {
         let mut p = BlockParts::default();
         assert_eq!(p.push(None, b"whole"), Some(b"whole".to_vec()));
         assert_eq!(p.push(Some(&block_part(7, 1, 3)), b"ab"), None);
@@ -372,21 +387,38 @@ mod tests {
             p.push(Some(&block_part(7, 3, 3)), b"e"),
             Some(b"abcde".to_vec())
         );
-        // A part that does not follow: nothing, until a part 1 starts over.
-        assert_eq!(p.push(Some(&block_part(8, 2, 2)), b"x"), None);
+        assert!(!p.joining());
+        // A part of another block starts over; the first one's parts are dropped.
         assert_eq!(p.push(Some(&block_part(8, 1, 2)), b"x"), None);
         assert_eq!(p.push(Some(&block_part(9, 2, 2)), b"y"), None);
-        assert!(!p.joining());
-        // A republished block: its parts come again from part 1.
-        assert_eq!(p.push(Some(&block_part(8, 1, 2)), b"x"), None);
-        assert_eq!(p.push(Some(&block_part(8, 1, 2)), b"x"), None);
+        assert_eq!(p.push(Some(&block_part(8, 2, 2)), b"y"), None);
         assert_eq!(
-            p.push(Some(&block_part(8, 2, 2)), b"y"),
+            p.push(Some(&block_part(8, 1, 2)), b"x"),
             Some(b"xy".to_vec())
         );
+        // A republish that the de-duplication window cut in half: [1][2][1'][3'].
+        assert_eq!(p.push(Some(&block_part(10, 1, 3)), b"a"), None);
+        assert_eq!(p.push(Some(&block_part(10, 2, 3)), b"b"), None);
+        assert_eq!(p.push(Some(&block_part(10, 1, 3)), b"a"), None);
+        assert_eq!(
+            p.push(Some(&block_part(10, 3, 3)), b"c"),
+            Some(b"abc".to_vec())
+        );
+        // The same block cut into another number of parts starts over.
+        assert_eq!(p.push(Some(&block_part(11, 1, 3)), b"a"), None);
+        assert_eq!(p.push(Some(&block_part(11, 1, 2)), b"ab"), None);
+        assert_eq!(
+            p.push(Some(&block_part(11, 2, 2)), b"c"),
+            Some(b"abc".to_vec())
+        );
+        // A bad header drops what was being joined.
+        assert_eq!(p.push(Some(&block_part(12, 1, 2)), b"a"), None);
+        assert_eq!(p.push(Some("12 3 2"), b"a"), None);
+        assert!(!p.joining());
         for bad in ["", "1 2", "1 0 1", "1 3 2", "1 1 1 1", "a 1 1"] {
             assert_eq!(parse_block_part(bad), None, "{bad:?}");
         }
+        assert_ne!(block_part_msg_id(5, 1, 2), block_part_msg_id(5, 1, 3));
         assert_eq!(max_envelope_len(8 << 20), (8 << 20) - HEADER_ROOM);
         assert_eq!(max_envelope_len(1 << 20), (1 << 20) - HEADER_ROOM);
     }

@@ -167,7 +167,10 @@ impl messaging_server::Messaging for Gateway {
                     start_sequence: from,
                 },
                 ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
+                // Outlives the longest wait of a follower that does not read.
+                inactive_threshold: Duration::from_millis(config.slow_follower_ms)
+                    + FOLLOWER_PULL_WAIT
+                    + Duration::from_secs(30),
                 ..Default::default()
             })
             .await
@@ -210,6 +213,9 @@ const FOLLOWER_PULL: usize = 256;
 
 /// How long one pull of a follower waits for new messages.
 const FOLLOWER_PULL_WAIT: Duration = Duration::from_secs(5);
+
+/// Pause before a follower pulls again after a pull that returned nothing at once.
+const FOLLOWER_RETRY: Duration = Duration::from_millis(100);
 
 /// Firehose followers served now.
 #[derive(Debug, Default)]
@@ -348,10 +354,23 @@ async fn feed(
             .messages()
             .await
             .map_err(|e| Status::from(bus(e)))?;
+        let mut too_small = false;
         while let Some(m) = batch.next().await {
-            let Ok(m) = m else {
-                // The server refuses a pull whose byte limit a message exceeds.
-                break;
+            let m = match m {
+                Ok(m) => m,
+                // The server refuses a pull whose byte limit the next message exceeds
+                // (409 Message Size Exceeds MaxBytes): ask for it alone.
+                Err(e) if e.to_string().contains("MaxBytes") => {
+                    too_small = true;
+                    break;
+                }
+                // Anything else (the consumer is gone, the bus is away) ends the stream: the
+                // follower follows again from its next sequence.
+                Err(e) => {
+                    return Err(Status::unavailable(format!(
+                        "reading the firehose failed ({e}); follow again from the next sequence"
+                    )));
+                }
             };
             got += 1;
             let Ok(info) = m.info() else { continue };
@@ -380,8 +399,13 @@ async fn feed(
             }
         }
         // Nothing came, and sooner than the pull's wait: the next message is larger than
-        // the room asked for. Ask for it alone.
-        whole = !whole && got == 0 && asked.elapsed() < FOLLOWER_PULL_WAIT / 2;
+        // the room asked for. Ask for it alone (once; a pull that returns nothing again
+        // waits a moment before the next).
+        let quick = got == 0 && asked.elapsed() < FOLLOWER_PULL_WAIT / 2;
+        if quick && whole {
+            tokio::time::sleep(FOLLOWER_RETRY).await;
+        }
+        whole = !whole && (too_small || quick);
     }
 }
 

@@ -140,16 +140,24 @@ async fn answer(metrics: &Metrics, mut conn: tokio::net::TcpStream) -> std::io::
     conn.shutdown().await
 }
 
+/// Most connections answered at once; more are closed when accepted.
+const MAX_CONNECTIONS: usize = 64;
+
 /// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
 pub async fn serve_metrics(metrics: Metrics, listener: tokio::net::TcpListener) {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
         let m = metrics.clone();
         tokio::spawn(async move {
             let _ = answer(&m, conn).await;
+            drop(permit);
         });
     }
 }

@@ -431,6 +431,30 @@ async fn followers_are_capped_and_cleaned_up_as_soon_as_they_go() {
     .unwrap();
     // And their places are free again.
     open.push(m.firehose(follow_from(1)).await.unwrap().into_inner());
+    // A follower whose consumer is gone (deleted, a server restart) ends with UNAVAILABLE,
+    // at once, and its place is free: it does not pull in a loop.
+    {
+        use futures::TryStreamExt as _;
+        let js = async_nats::jetstream::new(sb.node.nats().clone());
+        let st = js
+            .get_stream(sb.directory.namespace().firehose_stream())
+            .await
+            .unwrap();
+        let names: Vec<String> = st.consumer_names().try_collect().await.unwrap();
+        for n in names.iter().filter(|n| n.as_str() != "builder") {
+            st.delete_consumer(n).await.unwrap();
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(15), open[0].message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    wait_for(Duration::from_secs(15), "followers whose consumers are gone end", || async {
+        (sb.gateway.followers().0 == 0).then_some(())
+    })
+    .await
+    .unwrap();
     drop(open);
     wait_for(Duration::from_secs(5), "every follower gone", || async {
         (sb.gateway.followers().0 == 0 && firehose_consumers(&sb).await == base).then_some(())

@@ -450,9 +450,11 @@ async fn followers_are_capped_and_cleaned_up_as_soon_as_they_go() {
         .unwrap()
         .unwrap_err();
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
-    wait_for(Duration::from_secs(15), "followers whose consumers are gone end", || async {
-        (sb.gateway.followers().0 == 0).then_some(())
-    })
+    wait_for(
+        Duration::from_secs(15),
+        "followers whose consumers are gone end",
+        || async { (sb.gateway.followers().0 == 0).then_some(()) },
+    )
     .await
     .unwrap();
     drop(open);

@@ -84,8 +84,11 @@ pub fn block_part_msg_id(height: u64, part: usize, parts: usize) -> String {
 #[derive(Debug, Default)]
 pub struct BlockParts {
     /// The block being joined: height, its parts so far (by number), their bytes.
-    joining: Option<(u64, Vec<Option<Vec<u8>>>, usize)>,
+    joining: Option<(u64, Vec<Part>, usize)>,
 }
+
+/// One part of a block being joined, once read.
+type Part = Option<Vec<u8>>;
 
 impl BlockParts {
     /// Takes one message of the blocks stream: the whole block when it is one or completes

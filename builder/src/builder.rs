@@ -1026,6 +1026,18 @@ impl Cutter {
         }
     }
 
+    /// Firehose message `seq` goes in no block (terminated). With nothing pending, the
+    /// builder is done with it once the block in flight before it is stored; else once
+    /// the next cut is.
+    async fn dropped(&mut self, inner: &Inner, seq: u64, nothing_pending: bool) -> Result<()> {
+        self.disposed = self.disposed.max(seq);
+        if nothing_pending {
+            self.finish().await?;
+            inner.handled(seq);
+        }
+        Ok(())
+    }
+
     /// Waits for the block in flight, then starts cutting `pending`.
     async fn start(
         &mut self,
@@ -1209,22 +1221,13 @@ async fn follow_with(
                     inner.refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(seq, why, "firehose message refused by the builder");
                     let _ = m.ack_with(AckKind::Term).await;
-                    cutter.disposed = cutter.disposed.max(seq);
-                    if pending.is_empty() {
-                        // Done with it once the block before it is stored.
-                        cutter.finish().await?;
-                        inner.handled(seq);
-                    }
+                    cutter.dropped(inner, seq, pending.is_empty()).await?;
                     continue;
                 }
             };
             if inner.misbehaves_on(&tx.transaction_id) {
                 let _ = m.ack_with(AckKind::Term).await;
-                cutter.disposed = cutter.disposed.max(seq);
-                if pending.is_empty() {
-                    cutter.finish().await?;
-                    inner.handled(seq);
-                }
+                cutter.dropped(inner, seq, pending.is_empty()).await?;
                 continue;
             }
             let payload = m.payload.to_vec();

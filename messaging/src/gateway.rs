@@ -229,14 +229,24 @@ impl Gateway {
     /// rather than after the publish timeout: a retry of the same envelope is safe, since
     /// the firehose de-duplicates it and answers with the same receipt.
     pub async fn submit(&self, env: Envelope) -> Result<Receipt> {
-        // Bytes held while it is checked and stored: bounded for all callers together, and
-        // refused at once beyond, so that a flood of large envelopes (from anyone: the
-        // sender is not known yet) cannot pile up.
-        // The envelope and its decoded content: twice its length.
-        let len = prost::Message::encoded_len(&env).saturating_mul(2);
-        let held =
-            u32::try_from(len.clamp(1, self.inner.config.max_inflight_bytes)).unwrap_or(u32::MAX);
-        let Ok(_held) = self.inner.inflight.try_acquire_many(held) else {
+        // An envelope NATS cannot carry is refused for good, before anything else.
+        let len = prost::Message::encoded_len(&env);
+        if len > self.inner.max_envelope {
+            return Err(blockpost_core::Error::TooLarge {
+                field: "envelope (what one block on this node's message bus carries, with its worst-case records)",
+                len,
+                limit: self.inner.max_envelope,
+            }
+            .into());
+        }
+        // Bytes held while it is checked and stored (the envelope and its decoded content:
+        // twice its length): bounded for all callers together, and refused at once beyond,
+        // so that a flood of large envelopes (from anyone: the sender is not known yet)
+        // cannot pile up.
+        let held = len.saturating_mul(2);
+        let permits =
+            u32::try_from(held.clamp(1, self.inner.config.max_inflight_bytes)).unwrap_or(u32::MAX);
+        let Ok(_held) = self.inner.inflight.try_acquire_many(permits) else {
             return Err(Error::Bus(format!(
                 "the gateway holds {} MiB of envelopes being checked already; retry",
                 self.inner.config.max_inflight_bytes >> 20
@@ -244,7 +254,7 @@ impl Gateway {
         };
         let mut up = self.inner.bus_up.subscribe();
         let work = async {
-            let c = self.check(env).await?;
+            let c = self.check(env, held).await?;
             self.publish(c).await
         };
         tokio::select! {
@@ -257,20 +267,9 @@ impl Gateway {
     }
 
     /// The core rules first (cheap, stateless), then the clock, then the directory.
-    async fn check(&self, env: Envelope) -> Result<VerifiedEnvelope> {
-        // An envelope NATS cannot carry is refused for good, before anything else.
-        let len = prost::Message::encoded_len(&env);
-        if len > self.inner.max_envelope {
-            return Err(blockpost_core::Error::TooLarge {
-                field: "envelope (what one block on this node's message bus carries, with its worst-case records)",
-                len,
-                limit: self.inner.max_envelope,
-            }
-            .into());
-        }
+    /// `held`: the bytes this request holds while it waits for the replica.
+    async fn check(&self, env: Envelope, held: usize) -> Result<VerifiedEnvelope> {
         let p = ParsedEnvelope::parse(env, &self.inner.limits)?;
-        // What this request holds while it waits (the envelope and its decoded content).
-        let held = len.saturating_mul(2);
         if self.inner.nats.connection_state() != async_nats::connection::State::Connected {
             // Answer at once, retryable, instead of holding the request for the publish
             // timeout while the bus is away (the managed server is restarted within a second).

@@ -187,7 +187,7 @@ impl messaging_server::Messaging for Gateway {
             let outcome = tokio::select! {
                 // The client went away: end at once, not at the next message.
                 () = tx.closed() => Ok(()),
-                r = feed(&consumer, &tx, &buffer, room, slow, max_payload, r.follow.then_some(()), last) => r,
+                r = feed(&consumer, &tx, &buffer, room, slow, max_payload, r.follow, last) => r,
             };
             if let Err(status) = outcome {
                 if status.code() == tonic::Code::ResourceExhausted {
@@ -310,7 +310,7 @@ fn follower_stream(
 }
 
 /// Pulls the firehose for one follower, each pull only once its buffer has room, until
-/// it has what it asked for (`follow` = `None`: up to `last`). A follower whose buffer stays
+/// it has what it asked for (without `follow`: up to `last`). A follower whose buffer stays
 /// full for `slow` is dropped (RESOURCE_EXHAUSTED).
 #[allow(clippy::too_many_arguments)]
 async fn feed(
@@ -320,7 +320,7 @@ async fn feed(
     room: usize,
     slow: Duration,
     max_payload: usize,
-    follow: Option<()>,
+    follow: bool,
     last: u64,
 ) -> Result<(), Status> {
     let too_slow = || {
@@ -394,7 +394,7 @@ async fn feed(
             let queued = tokio::time::timeout(slow, tx.send((item, permit)))
                 .await
                 .map_err(|_| too_slow())?;
-            if queued.is_err() || (follow.is_none() && seq >= last) {
+            if queued.is_err() || (!follow && seq >= last) {
                 return Ok(());
             }
         }

@@ -58,6 +58,21 @@ fn envelope(
     sign_envelope(&id.signing, c.encode_to_vec())
 }
 
+/// A plain message of `body` bytes from the first of `p` to the second, in `tx`.
+fn message(p: &[(Identity, String, u64)], tx: &str, body: usize) -> Envelope {
+    let (id, from, index) = &p[0];
+    envelope(
+        id,
+        from,
+        *index,
+        std::slice::from_ref(&p[1].1),
+        tx,
+        MessageKind::Message,
+        body,
+        now_ms(),
+    )
+}
+
 /// A `finish` from `from` to `to` that encodes to exactly `len` bytes.
 fn finish_of_len(
     id: &Identity,
@@ -159,17 +174,7 @@ async fn the_largest_finish_closes_its_transaction_and_blocks_keep_coming(sb: Sa
     assert!(block.encoded_len() > largest, "{}", block.encoded_len());
     assert!(block.encoded_len() <= wire::MAX_BLOCK_LEN);
     // Blocks keep coming: a new message is in a block, and every block is on the stream.
-    let (id0, a0, i0) = &p[0];
-    let next = envelope(
-        id0,
-        a0,
-        *i0,
-        std::slice::from_ref(&p[1].1),
-        "after",
-        MessageKind::Message,
-        8,
-        now_ms(),
-    );
+    let next = message(&p, "after", 8);
     let next_id = message_id(&next);
     m.submit(next).await.unwrap();
     wait_for(
@@ -253,19 +258,7 @@ async fn a_stalled_builder_is_reported_and_the_gateway_stops_promising() {
     let ledger = || tonic_health::pb::HealthCheckRequest {
         service: "blockpost.v1.Ledger".into(),
     };
-    let send = |n: u8| {
-        let (id, a, i) = &p[0];
-        envelope(
-            id,
-            a,
-            *i,
-            std::slice::from_ref(&p[1].1),
-            &format!("tx-{n}"),
-            MessageKind::Message,
-            8,
-            now_ms(),
-        )
-    };
+    let send = |n: u8| message(&p, &format!("tx-{n}"), 8);
     m.submit(send(1)).await.unwrap();
     let builder = sb.node.builder().unwrap().clone();
     wait_for(Duration::from_secs(20), "a first block", || {
@@ -359,19 +352,7 @@ async fn a_submission_is_answered_within_a_second_once_the_bus_is_gone() {
     let mut sb = sandbox(blockpost_node::MANAGED_MAX_PAYLOAD, |_| {}).await;
     let p = parties(&sb, 2).await;
     let mut m = MessagingClient::new(sb.channel().await.unwrap());
-    let (id, a, i) = &p[0];
-    let make = |n: u8| {
-        envelope(
-            id,
-            a,
-            *i,
-            std::slice::from_ref(&p[1].1),
-            &format!("bus-{n}"),
-            MessageKind::Message,
-            8,
-            now_ms(),
-        )
-    };
+    let make = |n: u8| message(&p, &format!("bus-{n}"), 8);
     m.submit(make(0)).await.unwrap();
     sb.nats.kill();
     let t = Instant::now();
@@ -477,19 +458,7 @@ async fn hundreds_of_stalled_followers_do_not_disturb_the_node() {
     .await;
     let p = parties(&sb, 2).await;
     let mut m = MessagingClient::new(sb.channel().await.unwrap());
-    let send = |i: usize, body: usize| {
-        let (id, a, idx) = &p[0];
-        envelope(
-            id,
-            a,
-            *idx,
-            std::slice::from_ref(&p[1].1),
-            &format!("fill-{i}"),
-            MessageKind::Message,
-            body,
-            now_ms(),
-        )
-    };
+    let send = |i: usize, body: usize| message(&p, &format!("fill-{i}"), body);
     // Enough on the firehose to fill every follower's buffer and its HTTP/2 window.
     for i in 0..400 {
         m.submit(send(i, 16 << 10)).await.unwrap();

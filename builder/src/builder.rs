@@ -86,6 +86,8 @@ struct Inner {
     omit: Mutex<Vec<String>>,
     /// Fault injection for liveness tests ([`Builder::misbehave_by_failing`]).
     fail_cuts: std::sync::atomic::AtomicBool,
+    /// Fault injection for fencing tests ([`Builder::misbehave_by_ignoring_the_lease`]).
+    ignore_lease: std::sync::atomic::AtomicBool,
     /// The number of blocks, for those waiting for new ones.
     pub(crate) blocks: tokio::sync::watch::Sender<u64>,
     /// The last firehose sequence the builder is done with (in a block, or refused).
@@ -98,6 +100,16 @@ struct Inner {
     last_error: Mutex<Option<String>>,
     /// Whether it keeps the gateway's promises.
     health: tokio::sync::watch::Sender<Health>,
+    /// Whether it holds the lease and cuts blocks (else it stands by).
+    active: std::sync::atomic::AtomicBool,
+    /// Who it is, in the lease ([`crate::lease`]).
+    holder: String,
+    /// The blocks stream's last sequence as this builder last saw it: every block it
+    /// publishes expects it (the fence), so that a block published by another builder in
+    /// between makes its publish fail.
+    fence: AtomicU64,
+    /// The blocks stream sequence where following it goes on (0: not known yet).
+    sync_next: AtomicU64,
 }
 
 /// Whether the builder keeps the promise of the gateway's receipts (a block by the
@@ -153,6 +165,9 @@ impl Builder {
         let signer = CheckpointSigner::new(&format!("{}/ledger", parts.origin), key.clone())
             .map_err(|e| Error::Config(e.to_string()))?;
         let dir = parts.dir;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Config(format!("creating {}: {e}", dir.display())))?;
+        let holder = crate::lease::holder_id(&dir)?;
         let anchor_config = config.anchor.clone();
         let timeout = config.transaction_timeout_ms;
         let (store, index, anchors) = tokio::task::spawn_blocking(move || {
@@ -189,11 +204,16 @@ impl Builder {
             witnessed: Default::default(),
             omit: Mutex::new(Vec::new()),
             fail_cuts: Default::default(),
+            ignore_lease: Default::default(),
             handled_seq: AtomicU64::new(0),
             published: AtomicU64::new(0),
             progress_ms: std::sync::atomic::AtomicI64::new(0),
             last_error: Mutex::new(None),
             health: tokio::sync::watch::Sender::new(Health::Serving),
+            active: Default::default(),
+            holder,
+            fence: AtomicU64::new(0),
+            sync_next: AtomicU64::new(0),
         });
         inner
             .progress_ms
@@ -215,6 +235,7 @@ impl Builder {
             storage: stream::StorageType::File,
             max_message_size: -1,
             duplicate_window: Duration::from_secs(120),
+            num_replicas: inner.config.replicas.max(1),
             ..Default::default()
         })
         .await
@@ -352,6 +373,23 @@ impl Builder {
     /// Tells of every change of [`Builder::health`].
     pub fn subscribe_health(&self) -> tokio::sync::watch::Receiver<Health> {
         self.inner.health.subscribe()
+    }
+
+    /// Fault injection: cut blocks without the lease, as a builder whose lease lapsed
+    /// unnoticed (a paused process) would. Only the fence on the blocks stream keeps two
+    /// such builders from forking the chain.
+    pub fn misbehave_by_ignoring_the_lease(&self) {
+        self.inner.ignore_lease.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether it holds the lease and cuts blocks; a standby follows the blocks stream.
+    pub fn active(&self) -> bool {
+        self.inner.active.load(Ordering::SeqCst)
+    }
+
+    /// Its id in the builder lease.
+    pub fn holder(&self) -> &str {
+        &self.inner.holder
     }
 
     /// Blocks the blocks stream is known to hold.
@@ -555,15 +593,22 @@ fn catch_up(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
-/// Follows the firehose until the builder is dropped, starting over after NATS errors.
+/// Stands by or cuts blocks until the builder is dropped, starting over after errors: it
+/// follows the blocks stream into its store until it holds the lease, then follows the
+/// firehose and cuts blocks until it loses the lease (or another builder's block fences
+/// it off), then stands by again.
 async fn run(inner: std::sync::Weak<Inner>, js: jetstream::Context, ns: Namespace) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if inner.strong_count() == 0 {
             return;
         }
-        match follow(&inner, &js, &ns).await {
+        match lead(&inner, &js, &ns).await {
             Ok(()) => return,
+            Err(Error::Fenced(why)) => {
+                tracing::warn!(why, "builder: another builder cuts blocks; standing by");
+                backoff = Duration::from_millis(100);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "builder: following the firehose again");
                 if let Some(i) = inner.upgrade() {
@@ -574,6 +619,194 @@ async fn run(inner: std::sync::Weak<Inner>, js: jetstream::Context, ns: Namespac
             }
         }
     }
+}
+
+/// How often a standby looks at the blocks stream and the lease.
+const STANDBY_POLL: Duration = Duration::from_millis(250);
+
+/// One turn: stand by until the lease is ours, then cut blocks until it is lost.
+async fn lead(
+    weak: &std::sync::Weak<Inner>,
+    js: &jetstream::Context,
+    ns: &Namespace,
+) -> Result<()> {
+    let Some((config, holder)) = weak
+        .upgrade()
+        .map(|i| (i.config.clone(), i.holder.clone()))
+    else {
+        return Ok(());
+    };
+    let lease = Duration::from_millis(config.lease_ms);
+    let kv = crate::lease::bucket(js, ns, config.replicas, lease).await?;
+    let mut told = None;
+    let revision = loop {
+        let Some(inner) = weak.upgrade() else {
+            return Ok(());
+        };
+        sync_from_stream(&inner, js, ns).await?;
+        if inner.ignore_lease.load(Ordering::SeqCst) {
+            break None;
+        }
+        match crate::lease::take(&kv, &holder).await? {
+            crate::lease::Taken::Ours(rev) => break Some(rev),
+            crate::lease::Taken::Held(other) => {
+                if told.as_ref() != Some(&other) {
+                    tracing::info!(
+                        active = other,
+                        blocks = inner.store.len(),
+                        "block builder standing by: another builder holds the lease"
+                    );
+                    told = Some(other);
+                }
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(STANDBY_POLL).await;
+    };
+    let (lost_tx, lost) = tokio::sync::watch::channel(false);
+    let keeper = match revision {
+        Some(revision) => tokio::spawn(crate::lease::keep(
+            kv,
+            holder.clone(),
+            revision,
+            lease,
+            lost_tx,
+        )),
+        // Ignoring the lease (a fault injected): never lost.
+        None => tokio::spawn(async move {
+            let _keep = lost_tx;
+            std::future::pending::<()>().await;
+        }),
+    };
+    if let Some(i) = weak.upgrade() {
+        tracing::info!(holder, blocks = i.store.len(), "block builder active: it holds the lease");
+        i.active.store(true, Ordering::SeqCst);
+    }
+    let r = follow(weak, js, ns, lost).await;
+    keeper.abort();
+    if let Some(i) = weak.upgrade() {
+        i.active.store(false, Ordering::SeqCst);
+    }
+    r
+}
+
+/// Where a message of the blocks stream belongs: its block's height (from its part
+/// header, or its own header), if it is a block or a part of one.
+fn height_of(headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> Option<u64> {
+    if let Some(p) = headers.and_then(|h| h.get(wire::BLOCK_PART_HEADER)) {
+        return wire::parse_block_part(p.as_str()).map(|(h, _, _)| h);
+    }
+    Block::decode(payload)
+        .ok()
+        .and_then(|b| b.header)
+        .and_then(|h| BlockHeader::decode(h.header.as_slice()).ok())
+        .map(|h| h.height)
+}
+
+/// The first sequence of the blocks stream at or after `from` whose block is at `height`
+/// or later (a binary search: heights only grow along the stream).
+async fn seek(stream: &stream::Stream, height: u64, from: u64, last: u64) -> Result<u64> {
+    let (mut lo, mut hi) = (from, last + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let h = match stream.get_raw_message(mid).await {
+            Ok(m) => height_of(Some(&m.headers), &m.payload),
+            Err(_) => None,
+        };
+        match h {
+            Some(h) if h >= height => hi = mid,
+            Some(_) => lo = mid + 1,
+            // Deleted or not a block: look from the next one (a linear step).
+            None => lo = mid + 1,
+        }
+    }
+    Ok(lo)
+}
+
+/// Brings the store up to the blocks stream: every block the stream holds beyond the
+/// store is read, fully verified (signature, height, link, root) and stored, then indexed
+/// (its transactions replayed by [`catch_up`]). Remembers the stream's last sequence as
+/// the fence for the next publish.
+async fn sync_from_stream(inner: &Arc<Inner>, js: &jetstream::Context, ns: &Namespace) -> Result<()> {
+    let bus = |e: &dyn std::fmt::Display| Error::Bus(format!("blocks stream: {e}"));
+    let mut stream = js.get_stream(ns.blocks_stream()).await.map_err(|e| bus(&e))?;
+    let state = stream.info().await.map_err(|e| bus(&e))?.state.clone();
+    let (first, last) = (state.first_sequence, state.last_sequence);
+    inner.fence.store(last, Ordering::SeqCst);
+    if state.messages == 0 {
+        return Ok(());
+    }
+    let local = inner.store.len();
+    let mut next = inner.sync_next.load(Ordering::SeqCst);
+    if next == 0 || next < first {
+        next = seek(&stream, local, first, last).await?;
+    }
+    let mut parts = wire::BlockParts::default();
+    let mut adopted = 0u64;
+    let mut prev = inner.tip.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    while next <= last {
+        let m = match stream.get_raw_message(next).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
+                next += 1;
+                continue;
+            }
+            Err(e) => return Err(bus(&e)),
+        };
+        next += 1;
+        let part = m
+            .headers
+            .get(wire::BLOCK_PART_HEADER)
+            .map(|v| v.as_str().to_owned());
+        let Some(bytes) = parts.push(part.as_deref(), &m.payload) else {
+            continue;
+        };
+        let h = inner.store.len();
+        let b = Block::decode(bytes.as_slice()).map_err(|e| corrupted(h, e))?;
+        let v = verify_block(&b, &inner.key.verifying_key()).map_err(|e| corrupted(h, e))?;
+        let at = v.header.header.height;
+        if at < h {
+            continue; // a block the store has (a republish)
+        }
+        if at > h {
+            return Err(corrupted(
+                h,
+                format!("the blocks stream skips from height {h} to {at}"),
+            ));
+        }
+        if let Some(p) = &prev {
+            v.header.check_follows(p).map_err(|e| corrupted(h, e))?;
+        }
+        let id = v.header.id;
+        let i2 = inner.clone();
+        tokio::task::spawn_blocking(move || {
+            i2.store.append(bytes, id, |size, root| {
+                i2.signer
+                    .sign(size, root)
+                    .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
+            })
+        })
+        .await
+        .map_err(|e| Error::Corrupted(format!("storing a block: {e}")))??;
+        prev = Some(v.header);
+        adopted += 1;
+        // Resume after the last whole block: parts of one being published come again.
+        inner.sync_next.store(next, Ordering::SeqCst);
+    }
+    if !parts.joining() {
+        inner.sync_next.store(next, Ordering::SeqCst);
+    }
+    if adopted > 0 {
+        let i2 = inner.clone();
+        tokio::task::spawn_blocking(move || catch_up(&i2))
+            .await
+            .map_err(|e| Error::Corrupted(format!("indexing the store: {e}")))??;
+        let len = inner.store.len();
+        inner.published.fetch_max(len, Ordering::SeqCst);
+        inner.blocks.send_replace(len);
+        tracing::debug!(adopted, blocks = len, "blocks read from the blocks stream");
+    }
+    Ok(())
 }
 
 impl Inner {
@@ -748,6 +981,10 @@ async fn anchor_loop(weak: std::sync::Weak<Inner>) {
         let Some(inner) = weak.upgrade() else {
             return;
         };
+        // Only the builder that cuts blocks anchors them (it records its anchors in them).
+        if !inner.active.load(Ordering::SeqCst) {
+            continue;
+        }
         let poll = inner.config.anchor.sink == "bitcoin"
             && last_poll.elapsed() >= Duration::from_millis(inner.config.anchor.bitcoin.poll_ms);
         if poll {
@@ -834,7 +1071,7 @@ async fn republish(inner: &Arc<Inner>, js: &jetstream::Context, ns: &Namespace) 
         );
     }
     for h in next..len {
-        publish_block(js, ns, h, inner.store.block(h)?).await?;
+        publish_block(js, ns, h, inner.store.block(h)?, &inner.fence).await?;
         inner.published.fetch_max(h + 1, Ordering::SeqCst);
     }
     inner.published.fetch_max(len, Ordering::SeqCst);
@@ -887,6 +1124,17 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
             return;
         };
         let now = inner.clock.now_ms();
+        // A standby has no firehose work: another builder cuts the blocks.
+        if !inner.active.load(Ordering::SeqCst) {
+            inner.progress_ms.store(now, Ordering::SeqCst);
+            busy = false;
+            inner.health.send_if_modified(|h| {
+                let turned = h.stalled().is_some();
+                *h = Health::Serving;
+                turned
+            });
+            continue;
+        }
         let handled = inner
             .handled_seq
             .load(Ordering::SeqCst)
@@ -955,49 +1203,71 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
 }
 
 /// Publishes block `height` on the blocks stream (de-duplicated by height): whole when it
-/// fits in one message of this bus, else in parts ([`wire::BLOCK_PART_HEADER`]).
+/// fits in one message of this bus, else in parts ([`wire::BLOCK_PART_HEADER`]). Each
+/// message expects the stream's last sequence to be `fence` (what this builder last saw or
+/// published), which it then advances: if another builder published in between, the
+/// stream refuses it and this builder is [`Error::Fenced`].
 async fn publish_block(
     js: &jetstream::Context,
     ns: &Namespace,
     height: u64,
     encoded: Vec<u8>,
+    fence: &AtomicU64,
 ) -> Result<()> {
     let part_len = wire::block_part_len(js.client().server_info().max_payload);
-    let failed = |e: &dyn std::fmt::Display| Error::Bus(format!("publishing block {height}: {e}"));
-    if encoded.len() <= part_len {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(wire::MSG_ID_HEADER, wire::block_msg_id(height).as_str());
-        js.publish_with_headers(ns.blocks_subject(), headers, encoded.into())
-            .await
-            .map_err(|e| failed(&e))?
-            .await
-            .map_err(|e| failed(&e))?;
-        return Ok(());
-    }
     let encoded = bytes::Bytes::from(encoded);
-    let parts = encoded.len().div_ceil(part_len);
-    tracing::debug!(
-        height,
-        bytes = encoded.len(),
-        parts,
-        "block travels in parts"
-    );
+    let parts = encoded.len().div_ceil(part_len).max(1);
+    if parts > 1 {
+        tracing::debug!(
+            height,
+            bytes = encoded.len(),
+            parts,
+            "block travels in parts"
+        );
+    }
     for k in 1..=parts {
         let chunk = encoded.slice((k - 1) * part_len..(k * part_len).min(encoded.len()));
         let mut headers = async_nats::HeaderMap::new();
+        if parts == 1 {
+            headers.insert(wire::MSG_ID_HEADER, wire::block_msg_id(height).as_str());
+        } else {
+            headers.insert(
+                wire::MSG_ID_HEADER,
+                wire::block_part_msg_id(height, k, parts).as_str(),
+            );
+            headers.insert(
+                wire::BLOCK_PART_HEADER,
+                wire::block_part(height, k, parts).as_str(),
+            );
+        }
+        let expected = fence.load(Ordering::SeqCst);
         headers.insert(
-            wire::MSG_ID_HEADER,
-            wire::block_part_msg_id(height, k, parts).as_str(),
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
         );
-        headers.insert(
-            wire::BLOCK_PART_HEADER,
-            wire::block_part(height, k, parts).as_str(),
-        );
-        js.publish_with_headers(ns.blocks_subject(), headers, chunk)
+        let failed =
+            |e: &dyn std::fmt::Display| Error::Bus(format!("publishing block {height}: {e}"));
+        let ack = js
+            .publish_with_headers(ns.blocks_subject(), headers, chunk)
             .await
             .map_err(|e| failed(&e))?
-            .await
-            .map_err(|e| failed(&e))?;
+            .await;
+        let ack = match ack {
+            Ok(a) => a,
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                return Err(Error::Fenced(format!(
+                    "block {height}: the blocks stream moved past sequence {expected}"
+                )));
+            }
+            Err(e) => return Err(failed(&e)),
+        };
+        if ack.duplicate {
+            return Err(Error::Fenced(format!(
+                "block {height}: the blocks stream holds it already (sequence {})",
+                ack.sequence
+            )));
+        }
+        fence.store(ack.sequence, Ordering::SeqCst);
     }
     Ok(())
 }
@@ -1065,6 +1335,7 @@ async fn follow(
     weak: &std::sync::Weak<Inner>,
     js: &jetstream::Context,
     ns: &Namespace,
+    lost: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let Some(config) = weak.upgrade().map(|i| i.config.clone()) else {
         return Ok(());
@@ -1075,7 +1346,7 @@ async fn follow(
         budget: budget(&config),
         disposed: 0,
     };
-    let r = follow_with(weak, js, ns, &mut cutter).await;
+    let r = follow_with(weak, js, ns, &mut cutter, lost).await;
     // Never start over (catch_up) while a block is being cut.
     let last = cutter.finish().await;
     r.and(last)
@@ -1086,6 +1357,7 @@ async fn follow_with(
     js: &jetstream::Context,
     ns: &Namespace,
     cutter: &mut Cutter,
+    mut lost: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let bus = |e: &dyn std::fmt::Display| Error::Bus(e.to_string());
     let Some(inner) = weak.upgrade() else {
@@ -1096,6 +1368,8 @@ async fn follow_with(
     tokio::task::spawn_blocking(move || catch_up(&i2))
         .await
         .map_err(|e| Error::Corrupted(format!("indexing the store: {e}")))??;
+    // Blocks another builder published (or this one, before it died storing them).
+    sync_from_stream(&inner, js, ns).await?;
     republish(&inner, js, ns).await?;
     let (start, config) = (inner.last_seq() + 1, inner.config.clone());
     cutter.through = inner.last_seq();
@@ -1148,6 +1422,9 @@ async fn follow_with(
     loop {
         let next = tokio::select! {
             m = messages.next() => m,
+            _ = lost.changed() => {
+                return Err(Error::Fenced("the lease was lost".into()));
+            }
             _ = tick.tick() => {
                 let Some(inner) = weak.upgrade() else {
                     return Ok(()); // the builder was dropped
@@ -1287,7 +1564,7 @@ fn budget(config: &BuilderConfig) -> BlockBudget {
 /// What one cut made: the blocks, in order, and the firehose messages too large for any
 /// block.
 struct Cut {
-    blocks: Vec<(u64, Vec<u8>)>,
+    blocks: Vec<u64>,
     too_large: Vec<u64>,
 }
 
@@ -1320,19 +1597,20 @@ async fn cut(
         .replica
         .checkpoint_in_force()
         .map_or((0, empty_root()), |cp| (cp.size, cp.root));
-    let inner2 = inner.clone();
-    let done = tokio::task::spawn_blocking(move || -> Result<Cut> {
-        let mut seqs: std::collections::VecDeque<u64> =
-            offered.iter().map(|(s, _, _)| *s).collect();
-        let mut messages: std::collections::VecDeque<(Vec<u8>, TxMessage)> =
-            offered.into_iter().map(|(_, b, t)| (b, t)).collect();
-        let mut out = Cut {
-            blocks: Vec::new(),
-            too_large: Vec::new(),
-        };
-        // One block at least (time-outs and anchors may be due), then until every
-        // message is in one.
-        loop {
+    let mut seqs: std::collections::VecDeque<u64> = offered.iter().map(|(s, _, _)| *s).collect();
+    let mut messages: std::collections::VecDeque<(Vec<u8>, TxMessage)> =
+        offered.into_iter().map(|(_, b, t)| (b, t)).collect();
+    let mut done = Cut {
+        blocks: Vec::new(),
+        too_large: Vec::new(),
+    };
+    // One block at least (time-outs and anchors may be due), then until every message is
+    // in one. Each block is on the blocks stream (fenced) before it is stored: a builder
+    // fenced off by another never stores, serves or signs a checkpoint over a block that
+    // is not the chain's.
+    loop {
+        let inner2 = inner.clone();
+        let (made, s2, m2) = tokio::task::spawn_blocking(move || {
             let made = cut_one(
                 &inner2,
                 now,
@@ -1340,22 +1618,31 @@ async fn cut(
                 &budget,
                 (directory_size, directory_root),
                 &seqs,
-            )?;
-            let taken: Vec<u64> = seqs.drain(..made.taken).collect();
-            out.too_large
-                .extend(made.too_large.iter().map(|&i| taken[i]));
-            let progressed = made.block.is_some() || made.taken > 0;
-            if let Some(b) = made.block {
-                out.blocks.push(b);
-            }
-            if messages.is_empty() || !progressed {
-                break;
-            }
+            );
+            (made, seqs, messages)
+        })
+        .await
+        .map_err(|e| Error::Corrupted(format!("cutting a block: {e}")))?;
+        (seqs, messages) = (s2, m2);
+        let made = made?;
+        let taken: Vec<u64> = seqs.drain(..made.taken).collect();
+        done.too_large
+            .extend(made.too_large.iter().map(|&i| taken[i]));
+        let progressed = made.block.is_some() || made.taken > 0;
+        if let Some(b) = made.block {
+            publish_block(js, ns, b.height, b.encoded.clone(), &inner.fence).await?;
+            inner.published.fetch_max(b.height + 1, Ordering::SeqCst);
+            let inner2 = inner.clone();
+            let height = b.height;
+            tokio::task::spawn_blocking(move || keep_block(&inner2, b))
+                .await
+                .map_err(|e| Error::Corrupted(format!("storing a block: {e}")))??;
+            done.blocks.push(height);
         }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| Error::Corrupted(format!("cutting a block: {e}")))??;
+        if messages.is_empty() || !progressed {
+            break;
+        }
+    }
     for &seq in &done.too_large {
         inner.refused.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
@@ -1367,7 +1654,7 @@ async fn cut(
             let _ = p.message.ack_with(AckKind::Term).await;
         }
     }
-    let Some(&(height, _)) = done.blocks.last() else {
+    let Some(&height) = done.blocks.last() else {
         inner.handled(disposed);
         return Ok(());
     };
@@ -1382,12 +1669,6 @@ async fn cut(
     }
     inner.handled(disposed);
     tracing::debug!(height, messages = pending.len(), "block cut");
-    // The blocks are durable and acknowledged; if NATS does not take them now, start
-    // over: `republish` sends them (and any after them) once NATS is back.
-    for (height, encoded) in done.blocks {
-        publish_block(js, ns, height, encoded).await?;
-        inner.published.fetch_max(height + 1, Ordering::SeqCst);
-    }
     Ok(())
 }
 
@@ -1397,8 +1678,50 @@ struct OneBlock {
     taken: usize,
     /// Those too large for any block (their places among the taken).
     too_large: Vec<usize>,
-    /// Its height and encoding, unless it holds nothing.
-    block: Option<(u64, Vec<u8>)>,
+    /// The block, unless it holds nothing: published, then kept ([`keep_block`]).
+    block: Option<Made>,
+}
+
+/// A block laid out and signed, not yet stored.
+struct Made {
+    height: u64,
+    encoded: Vec<u8>,
+    verified: VerifiedHeader,
+    signed_bytes: Vec<u8>,
+    entries: Vec<blockpost_core::transaction::Entry>,
+    last_seq: u64,
+}
+
+/// Stores and indexes a block made by [`cut_one`] (and published).
+fn keep_block(inner: &Inner, b: Made) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let (height, id) = (b.height, b.verified.id);
+    if inner.store.len() != height {
+        return Err(Error::Corrupted(format!(
+            "block {height} was made on a store of {} blocks",
+            inner.store.len()
+        )));
+    }
+    inner.store.append(b.encoded, id, |size, root| {
+        inner
+            .signer
+            .sign(size, root)
+            .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
+    })?;
+    *inner.tip.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.verified);
+    inner.last_seq.store(b.last_seq, Ordering::SeqCst);
+    let t1 = t0.elapsed();
+    let book = inner.book.lock().unwrap_or_else(|e| e.into_inner());
+    inner
+        .index
+        .commit(height, id, &b.signed_bytes, &b.entries, &book, b.last_seq)?;
+    tracing::debug!(
+        height,
+        store_ms = t1.as_secs_f64() * 1e3,
+        index_ms = (t0.elapsed() - t1).as_secs_f64() * 1e3,
+        "block kept"
+    );
+    Ok(())
 }
 
 /// Lays out, signs, stores and indexes the next block: as many of `messages` as fit in
@@ -1495,26 +1818,21 @@ fn cut_one(
             budget.capacity
         )));
     }
-    let t2 = t0.elapsed();
-    inner.store.append(encoded.clone(), id, |size, root| {
-        inner
-            .signer
-            .sign(size, root)
-            .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
-    })?;
-    *inner.tip.lock().unwrap_or_else(|e| e.into_inner()) = Some(verified);
-    inner.last_seq.store(last_seq, Ordering::SeqCst);
-    let t3 = t0.elapsed();
-    index.commit(height, id, &signed_bytes, &entries, &book, last_seq)?;
     tracing::debug!(
         height,
         bytes = encoded.len(),
         lay_out_ms = t1.as_secs_f64() * 1e3,
-        hash_sign_ms = (t2 - t1).as_secs_f64() * 1e3,
-        store_ms = (t3 - t2).as_secs_f64() * 1e3,
-        index_ms = (t0.elapsed() - t3).as_secs_f64() * 1e3,
-        "block timings"
+        hash_sign_ms = (t0.elapsed() - t1).as_secs_f64() * 1e3,
+        "block made"
     );
-    made.block = Some((height, encoded));
+    drop(book);
+    made.block = Some(Made {
+        height,
+        encoded,
+        verified,
+        signed_bytes,
+        entries,
+        last_seq,
+    });
     Ok(made)
 }

@@ -19,11 +19,18 @@ pub struct BuilderConfig {
     /// gateway refusing receipts with UNAVAILABLE) when messages or blocks wait and it made
     /// no progress for this long.
     pub stall_after_ms: u64,
+    /// Length of the lease that lets one builder cut blocks while others stand by: a
+    /// standby takes over at most this long (plus a poll) after the active one dies.
+    pub lease_ms: u64,
     /// An unfinished transaction times out this long after the block holding its first
     /// message (or at the earlier deadline that message asks for).
     pub transaction_timeout_ms: u64,
     /// Anchoring the ledger outside the system (`[builder.anchor]`).
     pub anchor: AnchorConfig,
+    /// Replicas of the JetStream streams this service makes (the node's `[nats] replicas`;
+    /// not a setting of this table).
+    #[serde(skip)]
+    pub replicas: usize,
 }
 
 /// Where and how often the builder anchors the newest ledger root.
@@ -96,11 +103,13 @@ impl Default for BitcoinConfig {
 impl Default for BuilderConfig {
     fn default() -> Self {
         Self {
+            replicas: 1,
             enabled: true,
             max_block_messages: 10_000,
             max_block_bytes: 4 << 20,
             max_block_delay_ms: 250,
             stall_after_ms: 5_000,
+            lease_ms: 3_000,
             transaction_timeout_ms: blockpost_core::transaction::DEFAULT_TRANSACTION_TIMEOUT_MS,
             anchor: AnchorConfig::default(),
         }
@@ -149,6 +158,12 @@ impl BuilderConfig {
         }
         if a.every_blocks < 2 || a.every_ms == 0 {
             return Err("builder.anchor.every_blocks must be at least 2 (each anchor's record takes a block) and every_ms at least 1".into());
+        }
+        if !(300..=60_000).contains(&self.lease_ms) {
+            return Err(format!(
+                "builder.lease_ms is {}: it must be between 300 and 60000",
+                self.lease_ms
+            ));
         }
         if self.stall_after_ms <= self.max_block_delay_ms {
             return Err(format!(

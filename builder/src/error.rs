@@ -12,6 +12,9 @@ pub enum Error {
     /// NATS.
     #[error("NATS: {0}")]
     Bus(String),
+    /// Another builder published on the blocks stream: this one stands by.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// A bad setting.
     #[error("builder config: {0}")]
     Config(String),

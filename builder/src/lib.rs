@@ -25,6 +25,7 @@ mod config;
 mod error;
 mod grpc;
 mod index;
+mod lease;
 
 pub use anchor::AnchorLine;
 pub use builder::{Builder, BuilderParts, Health, MAX_BLOCK_LEN};

@@ -32,9 +32,24 @@ pub struct UpArgs {
     /// repeatable).
     #[arg(long = "tls-name", value_name = "NAME")]
     pub tls_names: Vec<String>,
-    /// NATS server URL; without it a local nats-server is started and managed.
+    /// NATS server URL, or several seed URLs of one cluster separated by commas
+    /// (`[nats] url`); without it a local nats-server is started and managed.
     #[arg(long, env = "BLOCKPOST_NATS")]
     pub nats: Option<String>,
+    /// Replicas of every stream the node makes: 1, 3 or 5 (`[nats] replicas`; 3 or 5
+    /// need a NATS cluster). Fixed when the streams are made.
+    #[arg(long, env = "BLOCKPOST_NATS_REPLICAS", requires = "nats")]
+    pub nats_replicas: Option<usize>,
+    /// What this process runs: any of directory, gateway, builder, comma-separated
+    /// (`roles`; default all three). A process without the directory forwards Directory
+    /// calls to --directory-endpoint; any number of gateways and builders may run at once
+    /// (one builder cuts blocks, the others stand by).
+    #[arg(long, env = "BLOCKPOST_ROLES", value_name = "ROLES")]
+    pub roles: Option<String>,
+    /// Where the directory is, for a process without the directory role
+    /// (`directory_endpoint`, `http://HOST:PORT`).
+    #[arg(long, env = "BLOCKPOST_DIRECTORY_ENDPOINT", value_name = "URL")]
+    pub directory_endpoint: Option<String>,
     /// With --nats: the node's credentials (a `.creds` file, `user:password` or a token).
     #[arg(long, env = "BLOCKPOST_NATS_CREDENTIALS", requires = "nats")]
     pub nats_credentials: Option<PathBuf>,
@@ -85,7 +100,16 @@ impl UpArgs {
             c.listen = l.clone();
         }
         if self.nats.is_some() {
-            c.nats = self.nats.clone();
+            c.nats.url = self.nats.clone();
+        }
+        if let Some(r) = self.nats_replicas {
+            c.nats.replicas = r;
+        }
+        if let Some(r) = &self.roles {
+            c.roles = blockpost_node::Roles::parse(r)?;
+        }
+        if self.directory_endpoint.is_some() {
+            c.directory_endpoint = self.directory_endpoint.clone();
         }
         if self.tls_cert.is_some() {
             c.tls.cert = self.tls_cert.clone();
@@ -128,7 +152,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let info = node.directory().info();
     let c = node.config();
     let scheme = if node.tls().is_some() {
         "https"
@@ -149,9 +172,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    say!("  log       {}", info.origin);
-    say!("  log key   {}", info.verifier_key);
-    say!("  entries   {}", node.directory().size());
+    say!("  roles     {}", c.roles.names());
+    if let Some(d) = node.directory() {
+        let info = d.info();
+        say!("  log       {}", info.origin);
+        say!("  log key   {}", info.verifier_key);
+        say!("  entries   {}", d.size());
+    } else if let Some(e) = &c.directory_endpoint {
+        say!("  directory {e} (Directory calls are forwarded there)");
+    }
+    if c.nats.replicas > 1 {
+        say!("  replicas  {} per stream", c.nats.replicas);
+    }
     if let Some(t) = node.tls() {
         let whose = if t.self_issued {
             format!(

@@ -209,6 +209,12 @@ impl Namespace {
         self.stream("BLOCKS")
     }
 
+    /// The key-value bucket whose one key says which builder cuts blocks (its lease):
+    /// `blockpost_T_builder` (its stream is `KV_blockpost_T_builder`).
+    pub fn builder_lease_bucket(&self) -> String {
+        format!("blockpost_{}_builder", self.token)
+    }
+
     /// `blockpost.T.blocks`: every block (a `Block`), in height order.
     pub fn blocks_subject(&self) -> String {
         format!("blockpost.{}.blocks", self.token)

@@ -33,11 +33,16 @@ pub struct DirectoryConfig {
     /// Unverified registrations all clients together may make at once before
     /// `unverified_per_second` applies.
     pub unverified_burst: u32,
+    /// Replicas of the JetStream streams this service makes (the node's `[nats] replicas`;
+    /// not a setting of this table).
+    #[serde(skip)]
+    pub replicas: usize,
 }
 
 impl Default for DirectoryConfig {
     fn default() -> Self {
         Self {
+            replicas: 1,
             origin: None,
             trust_anchors: Vec::new(),
             require_verified: false,

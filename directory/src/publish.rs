@@ -62,6 +62,7 @@ async fn publish_missing(
             subjects: vec![ns.directory_subjects()],
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
+            num_replicas: inner.config.replicas.max(1),
             ..Default::default()
         })
         .await?;

@@ -32,12 +32,17 @@ pub struct MessagingConfig {
     /// Most bytes of envelopes the gateway holds while it checks and stores them, from
     /// every caller together; beyond it a submission is answered UNAVAILABLE at once.
     pub max_inflight_bytes: usize,
+    /// Replicas of the JetStream streams this service makes (the node's `[nats] replicas`;
+    /// not a setting of this table).
+    #[serde(skip)]
+    pub replicas: usize,
 }
 
 impl Default for MessagingConfig {
     fn default() -> Self {
         let limits = EnvelopeLimits::default();
         Self {
+            replicas: 1,
             enabled: true,
             max_body_len: limits.max_body_len,
             max_recipients: limits.max_recipients,

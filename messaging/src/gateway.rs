@@ -129,6 +129,7 @@ impl Gateway {
             subjects: vec![ns.firehose_subject()],
             storage: stream::StorageType::File,
             duplicate_window: window,
+            num_replicas: config.replicas.max(1),
             ..Default::default()
         })
         .await
@@ -139,6 +140,7 @@ impl Gateway {
             subjects: vec![ns.inbox_subjects()],
             storage: stream::StorageType::File,
             duplicate_window: window,
+            num_replicas: config.replicas.max(1),
             ..Default::default()
         })
         .await

@@ -69,8 +69,28 @@ impl NatsAuth {
     }
 }
 
-/// Connects to `url` with `auth` (or anonymously), giving up after 10 s.
+/// The seed URLs of a NATS cluster: `url` is one URL or several separated by commas
+/// (`nats://a:4222,nats://b:4222`). Empty items are an error.
+pub fn seed_urls(url: &str) -> Result<Vec<String>> {
+    let urls: Vec<String> = url.split(',').map(|u| u.trim().to_owned()).collect();
+    if urls.iter().any(String::is_empty) {
+        return Err(Error::Config(format!(
+            "nats {url:?}: expected one URL or several separated by commas"
+        )));
+    }
+    for u in &urls {
+        u.parse::<async_nats::ServerAddr>()
+            .map_err(|e| Error::Config(format!("nats URL {u:?}: {e}")))?;
+    }
+    Ok(urls)
+}
+
+/// Connects to `url` with `auth` (or anonymously), giving up after 10 s. `url` may list
+/// several servers of one cluster, separated by commas ([`seed_urls`]): the client
+/// connects to any that answers, and reconnects to any other (and to the servers the
+/// cluster tells of) when it loses one.
 pub async fn connect(url: &str, auth: Option<&NatsAuth>) -> Result<async_nats::Client> {
+    let seeds = seed_urls(url)?;
     let mut opts = match auth {
         Some(a) => a.options().await?,
         None => async_nats::ConnectOptions::new(),
@@ -81,13 +101,52 @@ pub async fn connect(url: &str, auth: Option<&NatsAuth>) -> Result<async_nats::C
     // Reconnect for ever once connected: the managed server is restarted within a second,
     // an external one is an operator's to bring back.
     let opts = opts.max_reconnects(None);
-    match tokio::time::timeout(std::time::Duration::from_secs(10), opts.connect(url)).await {
+    match tokio::time::timeout(std::time::Duration::from_secs(10), opts.connect(seeds)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(Error::Nats(format!("cannot connect to NATS at {url}: {e}"))),
         Err(_) => Err(Error::Nats(format!(
             "cannot connect to NATS at {url}: timed out"
         ))),
     }
+}
+
+/// How a managed (or test) nats-server is set up beyond its users.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerOptions {
+    /// Largest message it takes.
+    pub max_payload: usize,
+    /// `sync_interval: always` (NATS 2.10+): fsync every write before acknowledging it.
+    pub sync_always: bool,
+    /// A member of a cluster (the test kit's).
+    pub cluster: Option<ClusterMember>,
+    /// The `nats-server` binary; `None`: [`crate::nats_server_bin`].
+    pub bin: Option<std::path::PathBuf>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            max_payload: MANAGED_MAX_PAYLOAD,
+            sync_always: false,
+            cluster: None,
+            bin: None,
+        }
+    }
+}
+
+/// One server's place in a loopback cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterMember {
+    /// The cluster's name.
+    pub name: String,
+    /// This server's name (unique in the cluster).
+    pub server_name: String,
+    /// Its route port.
+    pub port: u16,
+    /// Every member's route port (its own may be among them).
+    pub routes: Vec<u16>,
+    /// Its HTTP monitoring port (`/jsz` tells the meta leader).
+    pub monitor_port: u16,
 }
 
 /// The managed server's users, made once and kept beside its store.
@@ -159,7 +218,7 @@ impl ManagedCredentials {
     /// The nats-server configuration: loopback only, JetStream in `store`, the two users.
     /// With `ns`, the reader may not touch that log's inbox stream.
     pub fn server_config(&self, store: &Path, ns: Option<&Namespace>) -> String {
-        self.server_config_with(store, ns, MANAGED_MAX_PAYLOAD)
+        self.server_config_with(store, ns, &ServerOptions::default())
     }
 
     /// [`ManagedCredentials::server_config`] with another `max_payload` (tests of what a
@@ -168,7 +227,7 @@ impl ManagedCredentials {
         &self,
         store: &Path,
         ns: Option<&Namespace>,
-        max_payload: usize,
+        opts: &ServerOptions,
     ) -> String {
         let q = |s: &str| format!("{s:?}");
         let mut reader_deny = Vec::new();
@@ -207,11 +266,35 @@ impl ManagedCredentials {
         ]
         .map(q)
         .join(", ");
+        // fsync every write where the server can (2.10+): a receipt then survives a power
+        // cut of this one server, not only a process kill.
+        let sync = if opts.sync_always {
+            "\n  sync_interval: always"
+        } else {
+            ""
+        };
+        let cluster = match &opts.cluster {
+            Some(c) => format!(
+                "server_name: {name}\nhttp: \"127.0.0.1:{monitor}\"\ncluster {{\n  name: {cluster}\n  listen: \"127.0.0.1:{port}\"\n  routes: [{routes}]\n}}\n",
+                name = q(&c.server_name),
+                cluster = q(&c.name),
+                port = c.port,
+                monitor = c.monitor_port,
+                routes = c
+                    .routes
+                    .iter()
+                    .map(|p| q(&format!("nats-route://127.0.0.1:{p}")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => String::new(),
+        };
         format!(
             "# Written by blockpost at every start; edits are lost.\n\
              listen: \"127.0.0.1:{port}\"\n\
              max_payload: {max_payload}\n\
-             jetstream {{\n  store_dir: {store}\n}}\n\
+             {cluster}\
+             jetstream {{\n  store_dir: {store}{sync}\n}}\n\
              authorization {{\n  users = [\n\
              \x20   {{ user: {node_user}, password: {node_pw} }}\n\
              \x20   {{ user: {reader_user}, password: {reader_pw}, permissions: {{\n\
@@ -219,6 +302,7 @@ impl ManagedCredentials {
              \x20       subscribe: {{ allow: [\"{READER_INBOX_PREFIX}.>\"] }}\n\
              \x20   }} }}\n  ]\n}}\n",
             port = self.port,
+            max_payload = opts.max_payload,
             store = q(&store.display().to_string()),
             node_user = q(NODE_USER),
             node_pw = q(&self.node_password),

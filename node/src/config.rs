@@ -3,8 +3,13 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:7700"
-//! nats = "nats://127.0.0.1:4222"     # omit: the node runs its own nats-server
 //! data_dir = "/var/lib/blockpost"
+//! roles = ["directory", "gateway", "builder"]   # the default: all three
+//!
+//! [nats]                              # omit: the node runs its own nats-server
+//! url = "nats://a:4222,nats://b:4222,nats://c:4222"   # seed servers of one cluster
+//! replicas = 3                        # of every stream the node makes: 1, 3 or 5
+//! credentials = "/etc/blockpost/nats.creds"
 //!
 //! [directory]
 //! origin = "directory.example.org/blockpost"
@@ -39,11 +44,15 @@ pub const BUILDER_MARGIN_MS: u64 = 1_000;
 pub struct NodeConfig {
     /// gRPC listen address, `HOST:PORT`.
     pub listen: String,
-    /// NATS server URL; `None`: start and manage a local nats-server in the data directory.
-    pub nats: Option<String>,
-    /// With `nats`: a file with the node's credentials (a `.creds` file, `user:password`
-    /// or a token).
+    /// `[nats]` (or `nats = "URL"`): the bus.
+    pub nats: NatsConfig,
+    /// Same as `[nats] credentials` (kept for configs written before the table).
     pub nats_credentials: Option<PathBuf>,
+    /// What this process runs (default: all three).
+    pub roles: Roles,
+    /// Where the directory is, for a process that does not run it: its Directory calls
+    /// are forwarded there (`http://HOST:PORT`).
+    pub directory_endpoint: Option<String>,
     /// The data directory (see [`blockpost_storage::DataDir`]).
     pub data_dir: PathBuf,
     /// `[directory]`.
@@ -78,8 +87,10 @@ impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:7700".into(),
-            nats: None,
+            nats: NatsConfig::default(),
             nats_credentials: None,
+            roles: Roles::default(),
+            directory_endpoint: None,
             data_dir: PathBuf::from("blockpost-data"),
             directory: DirectoryConfig::default(),
             messaging: MessagingConfig::default(),
@@ -108,8 +119,13 @@ impl NodeConfig {
     pub fn for_test(data_dir: impl Into<PathBuf>, nats: &str) -> Self {
         Self {
             listen: "127.0.0.1:0".into(),
-            nats: Some(nats.into()),
+            nats: NatsConfig {
+                url: Some(nats.into()),
+                ..NatsConfig::default()
+            },
             nats_credentials: None,
+            roles: Roles::default(),
+            directory_endpoint: None,
             data_dir: data_dir.into(),
             directory: DirectoryConfig::for_test(),
             messaging: MessagingConfig::default(),
@@ -127,6 +143,32 @@ impl NodeConfig {
             .parse()
             .map_err(|_| Error::Config(format!("listen {:?} is not HOST:PORT", self.listen)))?;
         self.messaging.validate().map_err(Error::Config)?;
+        self.nats.validate()?;
+        self.roles.validate()?;
+        if !self.roles.directory {
+            match &self.directory_endpoint {
+                Some(e) if e.starts_with("http://") || e.starts_with("https://") => {}
+                Some(e) => {
+                    return Err(Error::Config(format!(
+                        "directory_endpoint {e:?} is not an http:// or https:// URL"
+                    )));
+                }
+                None => {
+                    return Err(Error::Config(
+                        "a process without the directory role needs directory_endpoint \
+                         (--directory-endpoint URL): where registrations and look-ups go"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if self.roles.builder && !self.roles.gateway {
+            return Err(Error::Config(
+                "the builder role runs beside a gateway (it reads the gateway's directory \
+                 replica): use --roles gateway,builder"
+                    .into(),
+            ));
+        }
         self.directory.validate().map_err(Error::Config)?;
         self.tls.validate(&listen)?;
         self.builder.validate().map_err(Error::Config)?;
@@ -182,6 +224,171 @@ impl NodeConfig {
             ));
         }
         Ok(listen)
+    }
+}
+
+/// `[nats]`: where the bus is and how the node's streams are made. In TOML either a table
+/// or, as before the table, one string: `nats = "URL"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// One URL or several seed URLs of one cluster, separated by commas; `None`: start
+    /// and manage a local nats-server in the data directory.
+    pub url: Option<String>,
+    /// A file with the node's credentials (a `.creds` file, `user:password` or a token).
+    pub credentials: Option<PathBuf>,
+    /// Replicas of every stream (and key-value bucket) the node makes: 1, 3 or 5. Fixed
+    /// when a stream is made; a node refuses to start on streams with another count.
+    pub replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            credentials: None,
+            replicas: 1,
+        }
+    }
+}
+
+impl NatsConfig {
+    fn validate(&self) -> Result<()> {
+        if ![1, 3, 5].contains(&self.replicas) {
+            return Err(Error::Config(format!(
+                "nats.replicas is {}: JetStream streams take 1, 3 or 5 replicas",
+                self.replicas
+            )));
+        }
+        if let Some(u) = &self.url {
+            crate::auth::seed_urls(u)?;
+        }
+        if self.replicas > 1 && self.url.is_none() {
+            return Err(Error::Config(format!(
+                "nats.replicas = {} needs a NATS cluster (nats.url); the managed nats-server is one server",
+                self.replicas
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for NatsConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            url: Option<String>,
+            credentials: Option<PathBuf>,
+            #[serde(default = "one")]
+            replicas: usize,
+        }
+        fn one() -> usize {
+            1
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = NatsConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a NATS URL or a [nats] table (url, credentials, replicas)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(NatsConfig {
+                    url: Some(v.to_owned()),
+                    ..NatsConfig::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(NatsConfig {
+                    url: t.url,
+                    credentials: t.credentials,
+                    replicas: t.replicas,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What one process runs: any of the directory (the single writer of the key log), a
+/// gateway (Messaging; any number of them per cluster) and the block builder (one active,
+/// any number standing by).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// The directory: its log, its CA, registrations.
+    pub directory: bool,
+    /// A messaging gateway.
+    pub gateway: bool,
+    /// A block builder (active or standby).
+    pub builder: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Self {
+            directory: true,
+            gateway: true,
+            builder: true,
+        }
+    }
+}
+
+impl Roles {
+    /// Parses `directory,gateway,builder` (any non-empty subset, in any order).
+    pub fn parse(list: &str) -> Result<Self> {
+        let mut r = Roles {
+            directory: false,
+            gateway: false,
+            builder: false,
+        };
+        for item in list.split(',').map(str::trim) {
+            match item {
+                "directory" => r.directory = true,
+                "gateway" => r.gateway = true,
+                "builder" => r.builder = true,
+                other => {
+                    return Err(Error::Config(format!(
+                        "unknown role {other:?}: the roles are directory, gateway and builder"
+                    )));
+                }
+            }
+        }
+        r.validate()?;
+        Ok(r)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.directory || self.gateway || self.builder) {
+            return Err(Error::Config(
+                "a process needs at least one role: directory, gateway or builder".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The names of the roles, comma-separated.
+    pub fn names(&self) -> String {
+        let mut v = Vec::new();
+        if self.directory {
+            v.push("directory");
+        }
+        if self.gateway {
+            v.push("gateway");
+        }
+        if self.builder {
+            v.push("builder");
+        }
+        v.join(",")
+    }
+}
+
+impl<'de> Deserialize<'de> for Roles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        Roles::parse(&names.join(",")).map_err(serde::de::Error::custom)
     }
 }
 

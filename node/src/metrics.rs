@@ -20,7 +20,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Metrics {
     pub(crate) gateway: Option<Gateway>,
     pub(crate) builder: Option<Builder>,
-    pub(crate) directory: blockpost_directory::Directory,
+    pub(crate) directory: Option<blockpost_directory::Directory>,
 }
 
 impl Metrics {
@@ -32,12 +32,14 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE blockpost_{name} {kind}");
             let _ = writeln!(out, "blockpost_{name} {v}");
         };
-        metric(
-            "gauge",
-            "directory_entries",
-            "Entries in the directory log.",
-            self.directory.size(),
-        );
+        if let Some(d) = &self.directory {
+            metric(
+                "gauge",
+                "directory_entries",
+                "Entries in the directory log.",
+                d.size(),
+            );
+        }
         if let Some(g) = &self.gateway {
             let (followers, dropped) = g.followers();
             metric(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use blockpost_core::wire::Namespace;
 
-use crate::auth::{ManagedCredentials, NatsAuth};
+use crate::auth::{ManagedCredentials, NatsAuth, ServerOptions};
 use crate::{Error, Result};
 
 /// A running `nats-server`, killed when dropped.
@@ -20,6 +20,8 @@ pub struct LocalNats {
     log: PathBuf,
     config: PathBuf,
     credentials: ManagedCredentials,
+    bin: std::ffi::OsString,
+    monitor_port: Option<u16>,
 }
 
 impl LocalNats {
@@ -33,6 +35,20 @@ impl LocalNats {
 
     /// [`LocalNats::start`] with another `max_payload`.
     pub fn start_with(store: &Path, ns: Option<&Namespace>, max_payload: usize) -> Result<Self> {
+        Self::start_opts(
+            store,
+            ns,
+            ServerOptions {
+                max_payload,
+                sync_always: sync_always_supported(),
+                cluster: None,
+                bin: None,
+            },
+        )
+    }
+
+    /// [`LocalNats::start`] with every option: a member of a cluster among them.
+    pub fn start_opts(store: &Path, ns: Option<&Namespace>, opts: ServerOptions) -> Result<Self> {
         reap_stale(store);
         let mut credentials = ManagedCredentials::load_or_create(store)?;
         if TcpListener::bind(("127.0.0.1", credentials.port)).is_err() {
@@ -42,7 +58,7 @@ impl LocalNats {
         blockpost_storage::write_private_atomic(
             &config,
             credentials
-                .server_config_with(store, ns, max_payload)
+                .server_config_with(store, ns, &opts)
                 .as_bytes(),
         )?;
         // The store holds the server's passwords and the streams: its owner's only.
@@ -57,6 +73,11 @@ impl LocalNats {
             log: store.join("nats-server.log"),
             config,
             credentials,
+            bin: opts
+                .bin
+                .clone()
+                .map_or_else(nats_server_bin, PathBuf::into_os_string),
+            monitor_port: opts.cluster.as_ref().map(|c| c.monitor_port),
         };
         me.spawn()?;
         Ok(me)
@@ -79,7 +100,7 @@ impl LocalNats {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let bin = std::env::var_os("NATS_SERVER_BIN").unwrap_or_else(|| "nats-server".into());
+        let bin = self.bin.clone();
         let child = Command::new(&bin)
             .arg("-c")
             .arg(&self.config)
@@ -140,6 +161,16 @@ impl LocalNats {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Its HTTP monitoring port, when it has one (a cluster member).
+    pub fn monitor_port(&self) -> Option<u16> {
+        self.monitor_port
+    }
+
+    /// Its JetStream store.
+    pub fn store(&self) -> &Path {
+        &self.store
     }
 
     /// Kills the server with SIGKILL and waits for it to exit.
@@ -212,7 +243,50 @@ pub fn reap_stale(store: &Path) {
     let _ = std::fs::remove_file(pid_file);
 }
 
+/// The `nats-server` this process runs: `NATS_SERVER_BIN`, else `nats-server` on PATH.
+pub fn nats_server_bin() -> std::ffi::OsString {
+    std::env::var_os("NATS_SERVER_BIN").unwrap_or_else(|| "nats-server".into())
+}
+
+/// The version of [`nats_server_bin`] (`nats-server --version`), if it runs.
+pub fn nats_server_version() -> Option<(u32, u32, u32)> {
+    version_of(&nats_server_bin())
+}
+
+/// The version of the `nats-server` at `bin`, if it runs.
+pub fn version_of(bin: &std::ffi::OsStr) -> Option<(u32, u32, u32)> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `nats-server: v2.10.3` → `(2, 10, 3)`.
+fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
+    let v = s.trim().rsplit(' ').next()?.trim_start_matches('v');
+    let mut it = v.split(['.', '-', '+']).map(|p| p.parse::<u32>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// Whether the server takes `sync_interval: always` (2.10 and later).
+pub fn sync_always_supported() -> bool {
+    nats_server_version().is_some_and(|v| v >= (2, 10, 0))
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_parse() {
+        assert_eq!(super::parse_version("nats-server: v2.9.10\n"), Some((2, 9, 10)));
+        assert_eq!(super::parse_version("nats-server: v2.15.1"), Some((2, 15, 1)));
+        assert_eq!(super::parse_version("nats-server: v2.12.0-RC.1"), Some((2, 12, 0)));
+        assert_eq!(super::parse_version("garbage"), None);
+    }
 }

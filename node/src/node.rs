@@ -20,7 +20,9 @@ use crate::{Error, LocalNats, NatsAuth, NodeConfig, Result, ServerTls, serve_wit
 pub struct Node {
     config: NodeConfig,
     data: DataDir,
-    directory: Directory,
+    directory: Option<Directory>,
+    /// Forwards the Directory service when this process does not run the directory.
+    forward: Option<crate::forward::DirectoryForward>,
     gateway: Option<Gateway>,
     builder: Option<Builder>,
     nats_url: String,
@@ -53,12 +55,33 @@ impl Node {
         // Lock the data dir before touching anything in it (such as a nats-server left by a
         // killed node, which must not be a running node's).
         let lock = data.create_and_lock()?;
-        let origin = data.origin(config.directory.origin.as_deref())?;
+        let roles = config.roles;
+        let origin = if roles.directory || data.root().join("origin").exists() {
+            data.origin(config.directory.origin.as_deref())?
+        } else {
+            match &config.directory.origin {
+                Some(o) => data.origin(Some(o))?,
+                None => {
+                    return Err(Error::Config(format!(
+                        "{} has no `origin`: a process without the directory role serves the \
+                         directory's log; copy `origin` and `keys/` (less log.key and ca.key) from \
+                         the directory's data directory, or give [directory] origin",
+                        data.root().display()
+                    )));
+                }
+            }
+        };
         let ns = Namespace::for_origin(&origin);
+        let replicas = config.nats.replicas;
         let mut managed = None;
-        let (nats_url, auth) = match &config.nats {
+        let (nats_url, auth) = match &config.nats.url {
             Some(u) => {
-                let auth = match &config.nats_credentials {
+                let creds = config
+                    .nats
+                    .credentials
+                    .as_ref()
+                    .or(config.nats_credentials.as_ref());
+                let auth = match creds {
                     Some(p) => Some(NatsAuth::from_file(p)?),
                     None => None,
                 };
@@ -79,27 +102,53 @@ impl Node {
         };
         let nats = crate::connect(&nats_url, auth.as_ref()).await?;
 
-        check_streams(&nats, &ns).await?;
-        let parts = DirectoryParts {
-            origin,
-            log_key: load_or_create_key(&data.log_key())?,
-            ca_key: load_or_create_key(&data.ca_key())?,
-            ca_cert: data.ca_cert(),
-            log_dir: data.log(),
+        check_streams(&nats, &ns, replicas).await?;
+        let directory = if roles.directory {
+            let parts = DirectoryParts {
+                origin,
+                log_key: load_or_create_key(&data.log_key())?,
+                ca_key: load_or_create_key(&data.ca_key())?,
+                ca_cert: data.ca_cert(),
+                log_dir: data.log(),
+            };
+            let mut dc = config.directory.clone();
+            dc.replicas = replicas;
+            let d = Directory::start(dc, parts, clock.clone(), Some(nats.clone())).await?;
+            // What the other processes of this node need to trust the log, and no more.
+            blockpost_storage::write_atomic(
+                &directory_vkey_path(&data),
+                format!("{}\n", d.info().verifier_key).as_bytes(),
+            )?;
+            Some(d)
+        } else {
+            None
         };
-        let directory = Directory::start(
-            config.directory.clone(),
-            parts,
-            clock.clone(),
-            Some(nats.clone()),
-        )
-        .await?;
+        let verifier_key = match &directory {
+            Some(d) => d.info().verifier_key,
+            None => {
+                let path = directory_vkey_path(&data);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        Error::Config(format!(
+                            "{}: {e}: a process without the directory role needs the directory's \
+                             verifier key; copy keys/directory.vkey from the directory's data directory",
+                            path.display()
+                        ))
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        let forward = match (&directory, &config.directory_endpoint) {
+            (None, Some(e)) => Some(crate::forward::DirectoryForward::new(e)?),
+            _ => None,
+        };
         let tls = crate::tls::server_tls(
             &config.tls,
             &listen,
             config.limits.handshake_timeout(),
             &data,
-            &directory,
+            directory.as_ref(),
         )?;
         if let Some(t) = &tls {
             tracing::info!(
@@ -110,14 +159,19 @@ impl Node {
         }
         let client = nats.clone();
         let mut services = vec!["blockpost.v1.Directory"];
-        let gateway = if config.messaging.enabled {
+        if directory.is_none() && forward.is_none() {
+            services.clear();
+        }
+        let gateway = if roles.gateway && config.messaging.enabled {
             services.push("blockpost.v1.Messaging");
+            let mut mc = config.messaging.clone();
+            mc.replicas = replicas;
             Some(
                 Gateway::start(
-                    config.messaging.clone(),
+                    mc,
                     load_or_create_key(&data.gateway_key())?,
-                    ns,
-                    directory.info().verifier_key,
+                    ns.clone(),
+                    verifier_key,
                     clock.clone(),
                     nats,
                 )
@@ -131,17 +185,20 @@ impl Node {
             // get the node's own connection cut as a slow consumer.
             g.follow_on(crate::connect(&nats_url, auth.as_ref()).await?);
         }
-        let builder = match (&gateway, config.builder.enabled) {
+        let builder = match (&gateway, roles.builder && config.builder.enabled) {
             (Some(g), true) => Some(
                 Builder::start(
-                    config.builder.clone(),
+                    blockpost_builder::BuilderConfig {
+                        replicas,
+                        ..config.builder.clone()
+                    },
                     BuilderParts {
                         key: load_or_create_key(&data.builder_key())?,
                         dir: data.ledger(),
-                        origin: directory.info().origin,
+                        origin: ns.origin().to_owned(),
                         firehose_mac: Some(g.firehose_mac()),
                     },
-                    directory.namespace(),
+                    ns.clone(),
                     config.messaging.limits(),
                     g.shared_replica(),
                     clock,
@@ -167,12 +224,14 @@ impl Node {
         });
         let supervisor = managed.clone().map(|n| tokio::spawn(supervise(n)));
         let witness = (!config.witnesses.is_empty()).then(|| {
-            let d = directory.clone();
-            let mut logs = vec![crate::witness::Log {
-                name: "directory",
-                witnessed: d.witnessed().clone(),
-                head: Box::new(move || d.head()),
-            }];
+            let mut logs = Vec::new();
+            if let Some(d) = directory.clone() {
+                logs.push(crate::witness::Log {
+                    name: "directory",
+                    witnessed: d.witnessed().clone(),
+                    head: Box::new(move || d.head()),
+                });
+            }
             if let Some(b) = builder.clone() {
                 logs.push(crate::witness::Log {
                     name: "ledger",
@@ -186,6 +245,7 @@ impl Node {
             config,
             data,
             directory,
+            forward,
             gateway,
             builder,
             nats_url,
@@ -203,10 +263,12 @@ impl Node {
 
     /// Every service's gRPC routes.
     pub fn routes(&self) -> Routes {
-        let mut routes = self
-            .health
-            .clone()
-            .add_service(self.directory.clone().into_service());
+        let mut routes = self.health.clone();
+        if let Some(d) = &self.directory {
+            routes = routes.add_service(d.clone().into_service());
+        } else if let Some(f) = &self.forward {
+            routes = routes.add_service(f.clone().into_service());
+        }
         if let Some(g) = &self.gateway {
             routes = routes.add_service(g.clone().into_service());
         }
@@ -290,9 +352,9 @@ impl Node {
         &self.data
     }
 
-    /// The directory service.
-    pub fn directory(&self) -> &Directory {
-        &self.directory
+    /// The directory service, when this process runs it (the `directory` role).
+    pub fn directory(&self) -> Option<&Directory> {
+        self.directory.as_ref()
     }
 
     /// The messaging gateway, unless `[messaging] enabled = false`.
@@ -420,13 +482,20 @@ async fn supervise(nats: Arc<std::sync::Mutex<LocalNats>>) {
 }
 
 /// Refuses streams of this log's names that another log made: they would mix two logs.
-async fn check_streams(nats: &async_nats::Client, ns: &Namespace) -> Result<()> {
+/// `keys/directory.vkey`: the directory's checkpoint verifier key, written by the process
+/// that runs the directory and read by the node's other processes.
+pub fn directory_vkey_path(data: &DataDir) -> std::path::PathBuf {
+    data.keys().join("directory.vkey")
+}
+
+async fn check_streams(nats: &async_nats::Client, ns: &Namespace, replicas: usize) -> Result<()> {
     let js = async_nats::jetstream::new(nats.clone());
     for name in [
         ns.directory_stream(),
         ns.firehose_stream(),
         ns.inbox_stream(),
         ns.blocks_stream(),
+        format!("KV_{}", ns.builder_lease_bucket()),
     ] {
         let Ok(mut stream) = js.get_stream(&name).await else {
             continue; // not made yet (or NATS is down: the services will retry)
@@ -441,6 +510,16 @@ async fn check_streams(nats: &async_nats::Client, ns: &Namespace) -> Result<()> 
                  refusing to mix two logs (give this node another NATS server or remove that stream)",
                 info.config.description.clone().unwrap_or_default(),
                 ns.origin()
+            )));
+        }
+        if info.config.num_replicas.max(1) != replicas {
+            return Err(Error::Config(format!(
+                "stream {name} has {have} replica(s) and this node's [nats] replicas is {replicas}: \
+                 a stream's replica count is fixed when it is made. Either set [nats] replicas = {have}, \
+                 or move the stream to {replicas} replica(s) first (NATS 2.10+ changes it in place: \
+                 `nats stream edit {name} --replicas {replicas}`; on 2.9, back it up, delete it and \
+                 restore it with the new count), then start the node",
+                have = info.config.num_replicas.max(1)
             )));
         }
     }

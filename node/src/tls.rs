@@ -145,7 +145,7 @@ pub(crate) fn server_tls(
     listen: &SocketAddr,
     handshake_timeout: Duration,
     data: &DataDir,
-    directory: &Directory,
+    directory: Option<&Directory>,
 ) -> Result<Option<ServerTls>> {
     if !config.enabled_for(listen) {
         return Ok(None);
@@ -161,6 +161,12 @@ pub(crate) fn server_tls(
         _ => {
             let key = load_or_create_key(&data.tls_key())?;
             let names = self_issued_names(listen, &config.names);
+            let Some(directory) = directory else {
+                return Err(Error::Config(format!(
+                    "tls: {listen} is off loopback and this process does not run the directory, \
+                     whose CA issues the node's own certificates: give --tls-cert and --tls-key"
+                )));
+            };
             let chain = directory
                 .issue_server_certificate(key.verifying_key().to_bytes(), &names)
                 .map_err(|e| Error::Config(format!("tls: issuing the node's certificate: {e}")))?;

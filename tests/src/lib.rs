@@ -99,6 +99,227 @@ impl NatsServer {
     }
 }
 
+/// The `nats-server` binaries the cluster tests run against: Debian's (`nats-server` on
+/// PATH, 2.9) and the current release that `scripts/setup-nats --current` puts in
+/// `.nats/current/nats-server` (or `BLOCKPOST_NATS_CURRENT`). A missing current release
+/// is an error unless `BLOCKPOST_NATS_VERSIONS=system`.
+pub fn nats_binaries() -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = vec![PathBuf::from("nats-server")];
+    if std::env::var("BLOCKPOST_NATS_VERSIONS").as_deref() == Ok("system") {
+        return Ok(out);
+    }
+    let current = match std::env::var_os("BLOCKPOST_NATS_CURRENT") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.nats/current/nats-server"),
+    };
+    if !current.exists() {
+        bail!(
+            "{} is missing: run scripts/setup-nats --current (the cluster tests run against \
+             Debian's nats-server and a current release), or set BLOCKPOST_NATS_VERSIONS=system",
+            current.display()
+        );
+    }
+    out.push(current);
+    Ok(out)
+}
+
+/// A JetStream cluster of three `nats-server`s on loopback (own ports, own stores,
+/// routes to each other), users `node` and `reader` as `blockpost up` runs them. Any one
+/// may be killed with SIGKILL, restarted, or restarted with its store lost.
+pub struct NatsCluster {
+    servers: Vec<LocalNats>,
+    bin: PathBuf,
+    dir: TempDir,
+}
+
+impl NatsCluster {
+    /// Starts three servers of `bin` and waits until JetStream has a meta leader.
+    pub async fn start(bin: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let first = blockpost_node::ManagedCredentials::load_or_create(&dir.path().join("s0"))?;
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| {
+                Ok((
+                    blockpost_node::free_port()?,
+                    blockpost_node::free_port()?,
+                    blockpost_node::free_port()?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let routes: Vec<u16> = ports.iter().map(|p| p.1).collect();
+        let version = blockpost_node::version_of(bin.as_os_str())
+            .with_context(|| format!("{} --version", bin.display()))?;
+        let mut servers = Vec::new();
+        for (i, &(client, route, monitor)) in ports.iter().enumerate() {
+            let store = dir.path().join(format!("s{i}"));
+            std::fs::create_dir_all(&store)?;
+            let creds = blockpost_node::ManagedCredentials {
+                port: client,
+                ..first.clone()
+            };
+            std::fs::write(store.join("credentials.json"), serde_json::to_vec(&creds)?)?;
+            let opts = blockpost_node::ServerOptions {
+                sync_always: version >= (2, 10, 0),
+                cluster: Some(blockpost_node::ClusterMember {
+                    name: "blockpost-test".into(),
+                    server_name: format!("s{i}"),
+                    port: route,
+                    routes: routes.clone(),
+                    monitor_port: monitor,
+                }),
+                bin: Some(bin.to_owned()),
+                ..Default::default()
+            };
+            let b = store.clone();
+            servers.push(
+                tokio::task::spawn_blocking(move || LocalNats::start_opts(&b, None, opts))
+                    .await??,
+            );
+        }
+        let NatsAuth::UserPassword { user, password } = servers[0].node_auth() else {
+            bail!("the managed server has user and password credentials");
+        };
+        std::fs::write(
+            dir.path().join("node.credentials"),
+            format!("{user}:{password}\n"),
+        )?;
+        let me = Self {
+            servers,
+            bin: bin.to_owned(),
+            dir,
+        };
+        me.wait_meta_leader(Duration::from_secs(30)).await?;
+        Ok(me)
+    }
+
+    /// The binary it runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Every server's URL, comma-separated (the seed list).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(LocalNats::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A file with the node user's credentials.
+    pub fn credentials_file(&self) -> PathBuf {
+        self.dir.path().join("node.credentials")
+    }
+
+    /// The node user's credentials.
+    pub fn node_auth(&self) -> NatsAuth {
+        self.servers[0].node_auth()
+    }
+
+    /// The read-only user's credentials.
+    pub fn reader_auth(&self) -> NatsAuth {
+        self.servers[0].reader_auth()
+    }
+
+    /// A client of the node user, with every server as a seed.
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(blockpost_node::connect(&self.urls(), Some(&self.node_auth())).await?)
+    }
+
+    /// SIGKILL to server `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.servers[i].kill();
+    }
+
+    /// Starts server `i` again on its port and store.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut s = std::mem::replace(&mut self.servers, Vec::new());
+        let r = tokio::task::spawn_blocking(move || {
+            let r = s[i].restart();
+            (s, r)
+        })
+        .await?;
+        self.servers = r.0;
+        Ok(r.1?)
+    }
+
+    /// Kills server `i`, deletes its whole JetStream store, and starts it again empty.
+    pub async fn lose_store(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        let js = self.servers[i].store().join("jetstream");
+        if js.exists() {
+            std::fs::remove_dir_all(&js)?;
+        }
+        self.restart(i).await
+    }
+
+    /// The index of the server named `name` (`s0`, `s1`, `s2`).
+    fn index_of(name: &str) -> Option<usize> {
+        name.strip_prefix('s')?.parse().ok()
+    }
+
+    /// Which server leads stream `name`, asking until one does.
+    pub async fn stream_leader(&self, name: &str, limit: Duration) -> anyhow::Result<usize> {
+        let js = async_nats::jetstream::new(self.connect().await?);
+        wait_for(limit, &format!("a leader of stream {name}"), || {
+            let js = js.clone();
+            async move {
+                let mut st = js.get_stream(name).await.ok()?;
+                let info = st.info().await.ok()?;
+                Self::index_of(info.cluster.as_ref()?.leader.as_deref()?)
+            }
+        })
+        .await
+    }
+
+    /// Which server is the JetStream meta leader (from a live server's `/jsz`).
+    pub async fn meta_leader(&self) -> anyhow::Result<Option<usize>> {
+        for s in &self.servers {
+            let Some(port) = s.monitor_port() else {
+                continue;
+            };
+            let Ok(body) = http_get(port, "/jsz").await else {
+                continue;
+            };
+            let v: serde_json::Value = match serde_json::from_str(&body) {
+                Ok(v) => v,
+                Err(_) => continue,
+            };
+            if let Some(l) = v["meta_cluster"]["leader"].as_str().and_then(Self::index_of) {
+                return Ok(Some(l));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits for a meta leader.
+    pub async fn wait_meta_leader(&self, limit: Duration) -> anyhow::Result<usize> {
+        wait_for(limit, "a JetStream meta leader", || async {
+            self.meta_leader().await.ok().flatten()
+        })
+        .await
+    }
+}
+
+/// `GET path` from the monitoring port on loopback: the body.
+async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await??;
+    let text = String::from_utf8_lossy(&out);
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
 /// A whole node in process, on ephemeral ports and a temporary data directory.
 pub struct Sandbox {
     /// The node.
@@ -157,12 +378,12 @@ impl Sandbox {
         tmp: TempDir,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
-        cfg.nats = Some(nats.url());
+        cfg.nats.url = Some(nats.url());
         cfg.nats_credentials = Some(nats.credentials_file());
         let listen: SocketAddr = cfg.validate()?;
         let data_dir = cfg.data_dir.clone();
         let node = Arc::new(Node::start_with_clock(cfg, clock).await?);
-        let directory = node.directory().clone();
+        let directory = node.directory().cloned().context("the sandbox runs the directory")?;
         let gateway = node
             .gateway()
             .context("the sandbox needs the gateway enabled")?

@@ -219,7 +219,7 @@ async fn two_nodes_share_one_nats_server_without_crossing() {
     cfg.directory.origin = Some("second.test/directory".into());
     let second = Node::start(cfg).await.unwrap();
     assert_ne!(
-        second.directory().namespace(),
+        second.directory().unwrap().namespace(),
         sb.directory.namespace(),
         "each log has its own streams and subjects"
     );
@@ -231,6 +231,7 @@ async fn two_nodes_share_one_nats_server_without_crossing() {
         .unwrap();
     second
         .directory()
+        .unwrap()
         .register(register(&b, "bob", blockpost_core::now_ms()))
         .await
         .unwrap();
@@ -347,8 +348,9 @@ async fn nats_is_a_trust_boundary() {
     };
     let node = Node::start(cfg).await.unwrap();
     let url = node.nats_url().to_owned();
-    let ns = node.directory().namespace();
+    let ns = node.directory().unwrap().namespace();
     node.directory()
+        .unwrap()
         .register(register(
             &Identity::generate(),
             "alice",

@@ -74,7 +74,10 @@ impl BenchNode {
         let data = data.unwrap_or_else(|| tmp.path().join("data"));
         let mut cfg = blockpost_node::NodeConfig {
             data_dir: data,
-            nats,
+            nats: blockpost_node::NatsConfig {
+                url: nats,
+                ..Default::default()
+            },
             ..blockpost_node::NodeConfig::default()
         };
         cfg.directory.origin = Some("bench.blockpost/directory".into());

@@ -630,9 +630,7 @@ async fn lead(
     js: &jetstream::Context,
     ns: &Namespace,
 ) -> Result<()> {
-    let Some((config, holder)) = weak
-        .upgrade()
-        .map(|i| (i.config.clone(), i.holder.clone()))
+    let Some((config, holder)) = weak.upgrade().map(|i| (i.config.clone(), i.holder.clone()))
     else {
         return Ok(());
     };
@@ -679,7 +677,11 @@ async fn lead(
         }),
     };
     if let Some(i) = weak.upgrade() {
-        tracing::info!(holder, blocks = i.store.len(), "block builder active: it holds the lease");
+        tracing::info!(
+            holder,
+            blocks = i.store.len(),
+            "block builder active: it holds the lease"
+        );
         i.active.store(true, Ordering::SeqCst);
     }
     let r = follow(weak, js, ns, lost).await;
@@ -727,9 +729,16 @@ async fn seek(stream: &stream::Stream, height: u64, from: u64, last: u64) -> Res
 /// store is read, fully verified (signature, height, link, root) and stored, then indexed
 /// (its transactions replayed by [`catch_up`]). Remembers the stream's last sequence as
 /// the fence for the next publish.
-async fn sync_from_stream(inner: &Arc<Inner>, js: &jetstream::Context, ns: &Namespace) -> Result<()> {
+async fn sync_from_stream(
+    inner: &Arc<Inner>,
+    js: &jetstream::Context,
+    ns: &Namespace,
+) -> Result<()> {
     let bus = |e: &dyn std::fmt::Display| Error::Bus(format!("blocks stream: {e}"));
-    let mut stream = js.get_stream(ns.blocks_stream()).await.map_err(|e| bus(&e))?;
+    let mut stream = js
+        .get_stream(ns.blocks_stream())
+        .await
+        .map_err(|e| bus(&e))?;
     let state = stream.info().await.map_err(|e| bus(&e))?.state.clone();
     let (first, last) = (state.first_sequence, state.last_sequence);
     inner.fence.store(last, Ordering::SeqCst);

@@ -1,18 +1,20 @@
-//! Which builder cuts blocks: a lease in a JetStream key-value bucket.
+//! Which builder cuts blocks: a lease in JetStream.
 //!
 //! Any number of builders may run against one log; one holds the lease and cuts, the
-//! others stand by, following the blocks stream into their own stores. The lease is one
-//! key (`active`) in the bucket [`Namespace::builder_lease_bucket`], whose value names
-//! its holder. It is taken with `create` (only when the key is absent), renewed with
-//! `update` at the revision last written (compare-and-set), and lapses on its own: the
-//! bucket's `max_age` is the lease's length, so a holder killed with `kill -9` stops
-//! renewing and its key is gone `lease_ms` later, when a standby's `create` succeeds.
+//! others stand by, following the blocks stream into their own stores. The lease is the
+//! one message of the stream [`Namespace::lease_stream`] (a key-value bucket of one key,
+//! built as JetStream builds them: one message per subject, `max_age` the lease's
+//! length), whose payload names its holder. It is taken by publishing when the subject
+//! holds nothing (`Nats-Expected-Last-Subject-Sequence: 0`), renewed by publishing at
+//! the sequence last written (compare-and-set), and lapses on its own: a holder killed
+//! with `kill -9` stops renewing, its message ages out `lease_ms` later, and a standby's
+//! publish then succeeds.
 //!
 //! The lease only says who should cut. What keeps two builders from ever publishing two
 //! blocks at one height is the fence on the blocks stream: every block is published with
-//! the stream sequence its publisher last saw (`Nats-Expected-Last-Subject-Sequence`),
-//! and the stream refuses it if anything was published since ([`crate::builder`]). A
-//! holder that cannot renew in time gives the lease up before it may have lapsed.
+//! the stream sequence its publisher last saw, and the stream refuses it if anything was
+//! published since ([`crate::builder`]). A holder that cannot renew in time gives the
+//! lease up before it may have lapsed.
 //!
 //! A builder's holder id is kept in its ledger directory, so that the same builder
 //! restarted (one process per data directory, by its lock) takes its own lease back at
@@ -20,42 +22,90 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use blockpost_core::wire::Namespace;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::{Error, Result};
 
-/// The lease's key.
-const KEY: &str = "active";
-
 fn bus(e: impl std::fmt::Display) -> Error {
     Error::Bus(format!("builder lease: {e}"))
 }
 
-/// The lease bucket of `ns`, made (with `replicas` and the lease's length as `max_age`)
-/// when it is missing.
+/// The lease: its stream (made with `replicas` and the lease's length as `max_age` when
+/// it is missing) and subject.
+#[derive(Clone)]
+pub(crate) struct Lease {
+    js: jetstream::Context,
+    subject: String,
+    stream: String,
+}
+
 pub(crate) async fn bucket(
     js: &jetstream::Context,
     ns: &Namespace,
     replicas: usize,
     lease: Duration,
-) -> Result<kv::Store> {
-    let name = ns.builder_lease_bucket();
-    match js.get_key_value(&name).await {
-        Ok(s) => Ok(s),
-        Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: name,
-                description: ns.description(),
-                history: 1,
-                max_age: lease,
-                num_replicas: replicas.max(1),
-                ..Default::default()
-            })
+) -> Result<Lease> {
+    js.get_or_create_stream(stream::Config {
+        name: ns.lease_stream(),
+        description: Some(ns.description()),
+        subjects: vec![ns.builder_lease_subject()],
+        storage: stream::StorageType::File,
+        max_messages_per_subject: 1,
+        max_age: lease,
+        duplicate_window: lease,
+        discard: stream::DiscardPolicy::Old,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    })
+    .await
+    .map_err(bus)?;
+    Ok(Lease {
+        js: js.clone(),
+        subject: ns.builder_lease_subject(),
+        stream: ns.lease_stream(),
+    })
+}
+
+impl Lease {
+    /// Publishes `holder` if the subject's last message is `expected` (0: none); the new
+    /// sequence, or `None` when another was published since.
+    async fn write(&self, holder: &str, expected: u64) -> Result<Option<u64>> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(
+                self.subject.clone(),
+                headers,
+                holder.as_bytes().to_vec().into(),
+            )
             .await
-            .map_err(bus),
+            .map_err(bus)?
+            .await;
+        match ack {
+            Ok(a) => Ok(Some(a.sequence)),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) => Err(bus(e)),
+        }
+    }
+
+    /// The holder and sequence of the lease's message, if there is one.
+    async fn read(&self) -> Result<Option<(String, u64)>> {
+        let s = self.js.get_stream(&self.stream).await.map_err(bus)?;
+        match s.get_last_raw_message_by_subject(&self.subject).await {
+            Ok(m) => Ok(Some((
+                String::from_utf8_lossy(&m.payload).into_owned(),
+                m.sequence,
+            ))),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(bus(e)),
+        }
     }
 }
 
@@ -90,34 +140,28 @@ pub(crate) enum Taken {
 }
 
 /// Takes the lease if it is free, or ours already (this builder restarted).
-pub(crate) async fn take(kv: &kv::Store, holder: &str) -> Result<Taken> {
-    match kv.create(KEY, holder.as_bytes().to_vec().into()).await {
-        Ok(rev) => return Ok(Taken::Ours(rev)),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-        Err(e) => return Err(bus(e)),
+pub(crate) async fn take(lease: &Lease, holder: &str) -> Result<Taken> {
+    if let Some(seq) = lease.write(holder, 0).await? {
+        return Ok(Taken::Ours(seq));
     }
-    let Some(entry) = kv.entry(KEY).await.map_err(bus)? else {
+    let Some((other, seq)) = lease.read().await? else {
         return Ok(Taken::Held("(lapsing)".into()));
     };
-    let other = String::from_utf8_lossy(&entry.value).into_owned();
-    if entry.operation == kv::Operation::Put && other == holder {
-        return match kv
-            .update(KEY, holder.as_bytes().to_vec().into(), entry.revision)
-            .await
-        {
-            Ok(rev) => Ok(Taken::Ours(rev)),
-            Err(_) => Ok(Taken::Held(other)),
+    if other == holder {
+        return match lease.write(holder, seq).await? {
+            Some(seq) => Ok(Taken::Ours(seq)),
+            None => Ok(Taken::Held(other)),
         };
     }
     Ok(Taken::Held(other))
 }
 
-/// Renews the lease (taken at `revision`) every third of its length, until this task is
-/// ended; tells `lost` once it may no longer hold it: a renewal found another revision,
-/// or none succeeded for two thirds of its length (it gives the lease up before the
-/// bucket could let it lapse).
+/// Renews the lease (written at sequence `revision`) every third of its length, until
+/// this task is ended; tells `lost` once it may no longer hold it: a renewal found another
+/// sequence, or none succeeded for two thirds of its length (it gives the lease up before
+/// it could lapse).
 pub(crate) async fn keep(
-    kv: kv::Store,
+    lease_: Lease,
     holder: String,
     mut revision: u64,
     lease: Duration,
@@ -127,17 +171,13 @@ pub(crate) async fn keep(
     let mut renewed = Instant::now();
     loop {
         tokio::time::sleep(every).await;
-        let attempt = tokio::time::timeout(
-            every,
-            kv.update(KEY, holder.as_bytes().to_vec().into(), revision),
-        )
-        .await;
+        let attempt = tokio::time::timeout(every, lease_.write(&holder, revision)).await;
         match attempt {
-            Ok(Ok(rev)) => {
-                revision = rev;
+            Ok(Ok(Some(seq))) => {
+                revision = seq;
                 renewed = Instant::now();
             }
-            Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            Ok(Ok(None)) => {
                 tracing::warn!(holder, "the builder lease was taken by another builder");
                 let _ = lost.send(true);
                 return;

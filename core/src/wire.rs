@@ -209,10 +209,15 @@ impl Namespace {
         self.stream("BLOCKS")
     }
 
-    /// The key-value bucket whose one key says which builder cuts blocks (its lease):
-    /// `blockpost_T_builder` (its stream is `KV_blockpost_T_builder`).
-    pub fn builder_lease_bucket(&self) -> String {
-        format!("blockpost_{}_builder", self.token)
+    /// The stream whose one message says which builder cuts blocks (its lease): a
+    /// key-value bucket of one key, as JetStream makes them.
+    pub fn lease_stream(&self) -> String {
+        self.stream("LEASE")
+    }
+
+    /// `blockpost.T.lease.builder`: the builder lease.
+    pub fn builder_lease_subject(&self) -> String {
+        format!("blockpost.{}.lease.builder", self.token)
     }
 
     /// `blockpost.T.blocks`: every block (a `Block`), in height order.

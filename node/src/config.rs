@@ -291,7 +291,10 @@ impl<'de> Deserialize<'de> for NatsConfig {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a NATS URL or a [nats] table (url, credentials, replicas)")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+            fn visit_str<E: serde::de::Error>(
+                self,
+                v: &str,
+            ) -> std::result::Result<Self::Value, E> {
                 Ok(NatsConfig {
                     url: Some(v.to_owned()),
                     ..NatsConfig::default()

@@ -86,7 +86,10 @@ fn pass<T>(f: &DirectoryForward, r: Result<Response<T>, Status>) -> Result<Respo
 // Each call forwards the request's message only: the caller's metadata stays here.
 #[tonic::async_trait]
 impl directory_server::Directory for DirectoryForward {
-    async fn get_info(&self, r: Request<GetInfoRequest>) -> Result<Response<GetInfoResponse>, Status> {
+    async fn get_info(
+        &self,
+        r: Request<GetInfoRequest>,
+    ) -> Result<Response<GetInfoResponse>, Status> {
         let mut c = self.client.clone();
         pass(self, c.get_info(r.into_inner()).await)
     }
@@ -111,22 +114,34 @@ impl directory_server::Directory for DirectoryForward {
         pass(self, c.lookup(r.into_inner()).await)
     }
 
-    async fn get_checkpoint(&self, r: Request<GetCheckpointRequest>) -> Result<Response<CheckpointResponse>, Status> {
+    async fn get_checkpoint(
+        &self,
+        r: Request<GetCheckpointRequest>,
+    ) -> Result<Response<CheckpointResponse>, Status> {
         let mut c = self.client.clone();
         pass(self, c.get_checkpoint(r.into_inner()).await)
     }
 
-    async fn get_inclusion_proof(&self, r: Request<InclusionProofRequest>) -> Result<Response<ProofResponse>, Status> {
+    async fn get_inclusion_proof(
+        &self,
+        r: Request<InclusionProofRequest>,
+    ) -> Result<Response<ProofResponse>, Status> {
         let mut c = self.client.clone();
         pass(self, c.get_inclusion_proof(r.into_inner()).await)
     }
 
-    async fn get_consistency_proof(&self, r: Request<ConsistencyProofRequest>) -> Result<Response<ProofResponse>, Status> {
+    async fn get_consistency_proof(
+        &self,
+        r: Request<ConsistencyProofRequest>,
+    ) -> Result<Response<ProofResponse>, Status> {
         let mut c = self.client.clone();
         pass(self, c.get_consistency_proof(r.into_inner()).await)
     }
 
-    async fn get_entries(&self, r: Request<GetEntriesRequest>) -> Result<Response<GetEntriesResponse>, Status> {
+    async fn get_entries(
+        &self,
+        r: Request<GetEntriesRequest>,
+    ) -> Result<Response<GetEntriesResponse>, Status> {
         let mut c = self.client.clone();
         pass(self, c.get_entries(r.into_inner()).await)
     }

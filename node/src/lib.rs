@@ -31,28 +31,28 @@
 mod auth;
 mod config;
 mod error;
+mod forward;
 mod limits;
 mod metrics;
 mod nats;
 mod node;
-mod forward;
 mod serve;
 mod tls;
 pub mod witness;
 
 pub use auth::{
-    ClusterMember, MANAGED_MAX_PAYLOAD, ManagedCredentials, ServerOptions, NODE_USER, NatsAuth, READER_INBOX_PREFIX, READER_USER,
-    connect, seed_urls,
+    ClusterMember, MANAGED_MAX_PAYLOAD, ManagedCredentials, NODE_USER, NatsAuth,
+    READER_INBOX_PREFIX, READER_USER, ServerOptions, connect, seed_urls,
 };
 pub use config::{NatsConfig, NodeConfig, Roles, WitnessConfig};
 pub use error::{Error, Result};
+pub use forward::DirectoryForward;
 pub use limits::{FD_MARGIN, LimitedConn, ServeLimits};
 pub use metrics::{Metrics, serve_metrics};
 pub use nats::{
     LocalNats, free_port, nats_server_bin, nats_server_version, reap_stale, sync_always_supported,
     version_of,
 };
-pub use forward::DirectoryForward;
 pub use node::{Node, Serving, directory_vkey_path};
 pub use serve::{health_routes, serve, serve_with};
 pub use tls::{ServerTls, TlsConfig, TlsMode, certificate_pin};

@@ -57,9 +57,7 @@ impl LocalNats {
         let config = store.join("nats.conf");
         blockpost_storage::write_private_atomic(
             &config,
-            credentials
-                .server_config_with(store, ns, &opts)
-                .as_bytes(),
+            credentials.server_config_with(store, ns, &opts).as_bytes(),
         )?;
         // The store holds the server's passwords and the streams: its owner's only.
         {
@@ -284,9 +282,18 @@ pub fn free_port() -> Result<u16> {
 mod tests {
     #[test]
     fn versions_parse() {
-        assert_eq!(super::parse_version("nats-server: v2.9.10\n"), Some((2, 9, 10)));
-        assert_eq!(super::parse_version("nats-server: v2.15.1"), Some((2, 15, 1)));
-        assert_eq!(super::parse_version("nats-server: v2.12.0-RC.1"), Some((2, 12, 0)));
+        assert_eq!(
+            super::parse_version("nats-server: v2.9.10\n"),
+            Some((2, 9, 10))
+        );
+        assert_eq!(
+            super::parse_version("nats-server: v2.15.1"),
+            Some((2, 15, 1))
+        );
+        assert_eq!(
+            super::parse_version("nats-server: v2.12.0-RC.1"),
+            Some((2, 12, 0))
+        );
         assert_eq!(super::parse_version("garbage"), None);
     }
 }

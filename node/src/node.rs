@@ -495,7 +495,7 @@ async fn check_streams(nats: &async_nats::Client, ns: &Namespace, replicas: usiz
         ns.firehose_stream(),
         ns.inbox_stream(),
         ns.blocks_stream(),
-        format!("KV_{}", ns.builder_lease_bucket()),
+        ns.lease_stream(),
     ] {
         let Ok(mut stream) = js.get_stream(&name).await else {
             continue; // not made yet (or NATS is down: the services will retry)

@@ -35,6 +35,20 @@ use prost::Message as _;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+/// Logs of the services under test to stderr, when `RUST_LOG` asks for them
+/// (`RUST_LOG=blockpost_builder=debug cargo test ...`); once per test process.
+pub fn trace() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var_os("RUST_LOG").is_some() {
+        ONCE.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        });
+    }
+}
+
 /// A `nats-server` with JetStream on a free loopback port and a temporary store.
 pub struct NatsServer {
     inner: LocalNats,
@@ -285,7 +299,10 @@ impl NatsCluster {
                 Ok(v) => v,
                 Err(_) => continue,
             };
-            if let Some(l) = v["meta_cluster"]["leader"].as_str().and_then(Self::index_of) {
+            if let Some(l) = v["meta_cluster"]["leader"]
+                .as_str()
+                .and_then(Self::index_of)
+            {
                 return Ok(Some(l));
             }
         }
@@ -348,6 +365,7 @@ impl Sandbox {
 
     /// A sandbox whose config `adjust` may change.
     pub async fn start_with(adjust: impl FnOnce(&mut NodeConfig)) -> anyhow::Result<Self> {
+        trace();
         let tmp = tempfile::tempdir()?;
         let nats = tokio::task::spawn_blocking(NatsServer::start).await??;
         let mut cfg = NodeConfig::for_test(tmp.path().join("data"), &nats.url());
@@ -383,7 +401,10 @@ impl Sandbox {
         let listen: SocketAddr = cfg.validate()?;
         let data_dir = cfg.data_dir.clone();
         let node = Arc::new(Node::start_with_clock(cfg, clock).await?);
-        let directory = node.directory().cloned().context("the sandbox runs the directory")?;
+        let directory = node
+            .directory()
+            .cloned()
+            .context("the sandbox runs the directory")?;
         let gateway = node
             .gateway()
             .context("the sandbox needs the gateway enabled")?

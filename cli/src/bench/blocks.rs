@@ -68,7 +68,11 @@ pub async fn run(args: BenchBlocksArgs) -> anyhow::Result<()> {
         .gateway()
         .ok_or_else(|| anyhow::anyhow!("the bench node has no gateway"))?
         .clone();
-    let directory = bn.node.directory().cloned().ok_or_else(|| anyhow::anyhow!("the bench node runs no directory"))?;
+    let directory = bn
+        .node
+        .directory()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the bench node runs no directory"))?;
     say!(
         "blockpost bench blocks: {} messages ({}-byte bodies) through the gateway, then the builder on the full firehose",
         args.messages,

@@ -109,7 +109,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         c.directory.unverified_per_second = 0;
     })
     .await?;
-    let dir = bn.node.directory().cloned().ok_or_else(|| anyhow::anyhow!("the bench node runs no directory"))?;
+    let dir = bn
+        .node
+        .directory()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the bench node runs no directory"))?;
     let channel = tonic::transport::Channel::from_shared(bn.endpoint.clone())?
         .connect()
         .await?;

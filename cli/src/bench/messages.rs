@@ -79,7 +79,11 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
     let bn = BenchNode::start(None, args.nats.clone(), true).await?;
     let tmp = tempfile::tempdir()?;
     let endpoint = bn.endpoint.clone();
-    let directory = bn.node.directory().cloned().ok_or_else(|| anyhow::anyhow!("the bench node runs no directory"))?;
+    let directory = bn
+        .node
+        .directory()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the bench node runs no directory"))?;
     let gateway = bn
         .node
         .gateway()

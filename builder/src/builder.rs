@@ -31,8 +31,18 @@ use crate::{BuilderConfig, Error, Result};
 /// Largest stored block, in bytes.
 pub const MAX_BLOCK_LEN: usize = wire::MAX_BLOCK_LEN;
 
-/// The durable consumer's name on the firehose.
-const CONSUMER: &str = "builder";
+/// The durable consumer's name on the firehose: `builder-` and the builder's holder id
+/// (each builder its own, so that a builder taking over never pulls from under another).
+fn consumer_name(holder: &str) -> String {
+    let id: String = holder
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    format!("builder-{id}")
+}
+
+/// How long the consumer of a builder that stopped stays on the firehose.
+const CONSUMER_LINGERS: Duration = Duration::from_secs(600);
 
 /// What the builder is made of (the node gives it its key, its directory and its origin).
 pub struct BuilderParts {
@@ -648,6 +658,7 @@ async fn lead(
         match crate::lease::take(&kv, &holder).await? {
             crate::lease::Taken::Ours(rev) => break Some(rev),
             crate::lease::Taken::Held(other) => {
+                inner.active.store(false, Ordering::SeqCst);
                 if told.as_ref() != Some(&other) {
                     tracing::info!(
                         active = other,
@@ -686,7 +697,12 @@ async fn lead(
     }
     let r = follow(weak, js, ns, lost).await;
     keeper.abort();
-    if let Some(i) = weak.upgrade() {
+    // Fenced off, it stands by. After any other error it is still the one that should
+    // cut (it takes its own lease back at once), and a builder that keeps failing is a
+    // stalled one, not a standby.
+    if matches!(r, Err(Error::Fenced(_)))
+        && let Some(i) = weak.upgrade()
+    {
         i.active.store(false, Ordering::SeqCst);
     }
     r
@@ -1101,6 +1117,9 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
     let mut seen = (0, 0, 0);
     let mut busy = false;
     let mut firehose: Option<stream::Stream> = None;
+    let Some(inner_holder) = weak.upgrade().map(|i| i.holder.clone()) else {
+        return;
+    };
     loop {
         tick.tick().await;
         if weak.strong_count() == 0 {
@@ -1124,7 +1143,7 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
         // hand) are no work: what the builder's own consumer has left says so, when it
         // is there.
         let left = f
-            .consumer_info(CONSUMER)
+            .consumer_info(consumer_name(&inner_holder))
             .await
             .ok()
             .map(|c| c.num_pending + c.num_ack_pending as u64);
@@ -1381,6 +1400,7 @@ async fn follow_with(
     sync_from_stream(&inner, js, ns).await?;
     republish(&inner, js, ns).await?;
     let (start, config) = (inner.last_seq() + 1, inner.config.clone());
+    let holder = inner.holder.clone();
     cutter.through = inner.last_seq();
     drop(inner);
     let stream = js
@@ -1390,16 +1410,18 @@ async fn follow_with(
     // The store, not the consumer, says where the builder stands: start a fresh consumer
     // right after the last block, so that messages a previous run had been handed (and
     // never acknowledged, say before a kill -9) come again at once, not after the ack wait.
-    match stream.delete_consumer(CONSUMER).await {
+    let name = consumer_name(&holder);
+    match stream.delete_consumer(&name).await {
         Ok(_) => {}
         Err(e) if e.to_string().contains("not found") => {}
         Err(e) => return Err(bus(&e)),
     }
     let consumer = stream
         .get_or_create_consumer(
-            CONSUMER,
+            &name,
             consumer::pull::Config {
-                durable_name: Some(CONSUMER.into()),
+                durable_name: Some(name.clone()),
+                inactive_threshold: CONSUMER_LINGERS,
                 filter_subject: ns.firehose_subject(),
                 // One acknowledgement per cut, of its last message in a block: it covers
                 // every message before it (in these blocks or earlier ones, or refused).

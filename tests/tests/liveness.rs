@@ -375,7 +375,7 @@ async fn firehose_consumers(sb: &Sandbox) -> usize {
         .await
         .unwrap();
     let names: Vec<String> = st.consumer_names().try_collect().await.unwrap();
-    names.iter().filter(|n| n.as_str() != "builder").count()
+    names.iter().filter(|n| !n.starts_with("builder-")).count()
 }
 
 fn follow_from(seq: u64) -> blockpost_proto::v1::FirehoseRequest {
@@ -422,7 +422,7 @@ async fn followers_are_capped_and_cleaned_up_as_soon_as_they_go() {
             .await
             .unwrap();
         let names: Vec<String> = st.consumer_names().try_collect().await.unwrap();
-        for n in names.iter().filter(|n| n.as_str() != "builder") {
+        for n in names.iter().filter(|n| !n.starts_with("builder-")) {
             st.delete_consumer(n).await.unwrap();
         }
     }

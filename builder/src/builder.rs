@@ -41,6 +41,9 @@ fn consumer_name(holder: &str) -> String {
     format!("builder-{id}")
 }
 
+/// How long a block's publish is tried again in place before the builder starts over.
+const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(20);
+
 /// How long the consumer of a builder that stopped stays on the firehose.
 const CONSUMER_LINGERS: Duration = Duration::from_secs(600);
 
@@ -729,7 +732,8 @@ async fn seek(stream: &stream::Stream, height: u64, from: u64, last: u64) -> Res
         let mid = lo + (hi - lo) / 2;
         let h = match stream.get_raw_message(mid).await {
             Ok(m) => height_of(Some(&m.headers), &m.payload),
-            Err(_) => None,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+            Err(e) => return Err(Error::Bus(format!("blocks stream: {e}"))),
         };
         match h {
             Some(h) if h >= height => hi = mid,
@@ -1152,17 +1156,8 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
             return;
         };
         let now = inner.clock.now_ms();
-        // A standby has no firehose work: another builder cuts the blocks.
-        if !inner.active.load(Ordering::SeqCst) {
-            inner.progress_ms.store(now, Ordering::SeqCst);
-            busy = false;
-            inner.health.send_if_modified(|h| {
-                let turned = h.stalled().is_some();
-                *h = Health::Serving;
-                turned
-            });
-            continue;
-        }
+        // A standby watches the same: firehose messages no block took, whoever should
+        // cut them. Its gateway then stops promising too, until a builder takes over.
         let handled = inner
             .handled_seq
             .load(Ordering::SeqCst)
@@ -1275,19 +1270,34 @@ async fn publish_block(
         );
         let failed =
             |e: &dyn std::fmt::Display| Error::Bus(format!("publishing block {height}: {e}"));
-        let ack = js
-            .publish_with_headers(ns.blocks_subject(), headers, chunk)
-            .await
-            .map_err(|e| failed(&e))?
-            .await;
-        let ack = match ack {
-            Ok(a) => a,
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                return Err(Error::Fenced(format!(
-                    "block {height}: the blocks stream moved past sequence {expected}"
-                )));
+        // A stream electing a leader answers nothing for a few seconds: try again in place
+        // (the same message, the same fence) rather than start the firehose over, which
+        // needs the cluster's meta leader too. If an attempt did land, the next is a
+        // duplicate, and the builder reads its own block back from the stream.
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let ack = loop {
+            let sent = match js
+                .publish_with_headers(ns.blocks_subject(), headers.clone(), chunk.clone())
+                .await
+            {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(a) => break a,
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    return Err(Error::Fenced(format!(
+                        "block {height}: the blocks stream moved past sequence {expected}"
+                    )));
+                }
+                Err(e) if started.elapsed() < PUBLISH_RETRY_FOR => {
+                    tracing::debug!(height, error = %e, "publishing a block: trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(failed(&e)),
             }
-            Err(e) => return Err(failed(&e)),
         };
         if ack.duplicate {
             return Err(Error::Fenced(format!(

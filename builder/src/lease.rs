@@ -13,8 +13,8 @@
 //! The lease only says who should cut. What keeps two builders from ever publishing two
 //! blocks at one height is the fence on the blocks stream: every block is published with
 //! the stream sequence its publisher last saw, and the stream refuses it if anything was
-//! published since ([`crate::builder`]). A holder that cannot renew in time gives the
-//! lease up before it may have lapsed.
+//! published since ([`crate::builder`]). A holder whose renewals fail keeps cutting
+//! until a renewal finds the lease taken or lapsed: the fence settles any overlap.
 //!
 //! A builder's holder id is kept in its ledger directory, so that the same builder
 //! restarted (one process per data directory, by its lock) takes its own lease back at
@@ -48,6 +48,9 @@ pub(crate) async fn bucket(
     replicas: usize,
     lease: Duration,
 ) -> Result<Lease> {
+    // Lease requests fail fast, so that a builder tries again soon after an election.
+    let mut js = js.clone();
+    js.set_timeout(lease.min(Duration::from_secs(3)));
     js.get_or_create_stream(stream::Config {
         name: ns.lease_stream(),
         description: Some(ns.description()),
@@ -63,7 +66,7 @@ pub(crate) async fn bucket(
     .await
     .map_err(bus)?;
     Ok(Lease {
-        js: js.clone(),
+        js,
         subject: ns.builder_lease_subject(),
         stream: ns.lease_stream(),
     })
@@ -157,9 +160,10 @@ pub(crate) async fn take(lease: &Lease, holder: &str) -> Result<Taken> {
 }
 
 /// Renews the lease (written at sequence `revision`) every third of its length, until
-/// this task is ended; tells `lost` once it may no longer hold it: a renewal found another
-/// sequence, or none succeeded for two thirds of its length (it gives the lease up before
-/// it could lapse).
+/// this task is ended; tells `lost` once a renewal finds the lease taken by another
+/// builder or lapsed. Renewals that fail (the lease stream electing a leader, say) are
+/// retried: a holder keeps cutting meanwhile, since the fence on the blocks stream, not
+/// the lease, is what keeps two builders from publishing at one height.
 pub(crate) async fn keep(
     lease_: Lease,
     holder: String,
@@ -178,20 +182,16 @@ pub(crate) async fn keep(
                 renewed = Instant::now();
             }
             Ok(Ok(None)) => {
-                tracing::warn!(holder, "the builder lease was taken by another builder");
+                tracing::warn!(
+                    holder,
+                    unrenewed_ms = renewed.elapsed().as_millis() as u64,
+                    "the builder lease was taken by another builder, or lapsed"
+                );
                 let _ = lost.send(true);
                 return;
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "renewing the builder lease"),
             Err(_) => tracing::warn!("renewing the builder lease timed out"),
-        }
-        if renewed.elapsed() >= every * 2 {
-            tracing::warn!(
-                holder,
-                "the builder lease could not be renewed in time: standing by"
-            );
-            let _ = lost.send(true);
-            return;
         }
     }
 }

@@ -556,6 +556,8 @@ fn build_bin() -> anyhow::Result<PathBuf> {
         .context("workspace root")?;
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
     let sources = [
+        "auditor",
+        "builder",
         "cli",
         "client",
         "core",

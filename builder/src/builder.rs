@@ -36,7 +36,13 @@ pub const MAX_BLOCK_LEN: usize = wire::MAX_BLOCK_LEN;
 fn consumer_name(holder: &str) -> String {
     let id: String = holder
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("builder-{id}")
 }
@@ -1446,9 +1452,13 @@ async fn follow_with(
         )
         .await
         .map_err(|e| bus(&e))?;
+    // Short pulls with heartbeats: a consumer whose leader died (a server killed, its
+    // election) is noticed in about two seconds, not after the default 30 s pull.
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(PULL_BATCH)
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_secs(1))
         .messages()
         .await
         .map_err(|e| bus(&e))?;

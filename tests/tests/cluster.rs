@@ -111,10 +111,14 @@ async fn channel(endpoint: &str) -> tonic::transport::Channel {
 /// Waits until the process answers gRPC (the Directory service: served or forwarded).
 async fn wait_serving(p: &Proc) {
     let ch = channel(&p.endpoint()).await;
-    wait_for(Duration::from_secs(60), &format!("{} serving", p.name), || {
-        let mut c = DirectoryClient::new(ch.clone());
-        async move { c.get_info(GetInfoRequest {}).await.ok().map(|_| ()) }
-    })
+    wait_for(
+        Duration::from_secs(60),
+        &format!("{} serving", p.name),
+        || {
+            let mut c = DirectoryClient::new(ch.clone());
+            async move { c.get_info(GetInfoRequest {}).await.ok().map(|_| ()) }
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", p.log_tail(40)));
 }
@@ -304,7 +308,12 @@ async fn cluster_survives(bin: &Path) {
     // The directory, alone.
     let mut args = nats_args.clone();
     args.extend(["--roles".into(), "directory".into()]);
-    let d = Proc::start("directory", tmp.path().join("d"), blockpost_node::free_port().unwrap(), args);
+    let d = Proc::start(
+        "directory",
+        tmp.path().join("d"),
+        blockpost_node::free_port().unwrap(),
+        args,
+    );
     wait_serving(&d).await;
     let gateway_args = |nats: &[String]| {
         let mut a = nats.to_vec();
@@ -319,14 +328,29 @@ async fn cluster_survives(bin: &Path) {
     // Two gateway processes, each with a builder; the second shares the first's keys.
     let (g1_data, g2_data) = (tmp.path().join("g1"), tmp.path().join("g2"));
     share_keys(&d.data, &g1_data, &["origin", "keys/directory.vkey"]);
-    let mut g1 = Proc::start("gateway 1", g1_data.clone(), blockpost_node::free_port().unwrap(), gateway_args(&nats_args));
+    let mut g1 = Proc::start(
+        "gateway 1",
+        g1_data.clone(),
+        blockpost_node::free_port().unwrap(),
+        gateway_args(&nats_args),
+    );
     wait_serving(&g1).await;
     share_keys(
         &g1_data,
         &g2_data,
-        &["origin", "keys/directory.vkey", "keys/gateway.key", "keys/builder.key"],
+        &[
+            "origin",
+            "keys/directory.vkey",
+            "keys/gateway.key",
+            "keys/builder.key",
+        ],
     );
-    let g2 = Proc::start("gateway 2", g2_data.clone(), blockpost_node::free_port().unwrap(), gateway_args(&nats_args));
+    let g2 = Proc::start(
+        "gateway 2",
+        g2_data.clone(),
+        blockpost_node::free_port().unwrap(),
+        gateway_args(&nats_args),
+    );
     wait_serving(&g2).await;
 
     let gateway_key = MessagingClient::new(channel(&g1.endpoint()).await)
@@ -336,15 +360,21 @@ async fn cluster_survives(bin: &Path) {
         .into_inner()
         .receipt_key;
     let gateway_key =
-        ed25519_dalek::VerifyingKey::from_bytes(gateway_key.as_slice().try_into().unwrap()).unwrap();
+        ed25519_dalek::VerifyingKey::from_bytes(gateway_key.as_slice().try_into().unwrap())
+            .unwrap();
     let builder_key = blockpost_storage::load_or_create_key(&g1_data.join("keys/builder.key"))
         .unwrap()
         .verifying_key();
 
     // Participants, registered through the directory.
-    let mut dir = Client::connect(&d.endpoint(), &tmp.path().join("client")).await.unwrap();
+    let mut dir = Client::connect(&d.endpoint(), &tmp.path().join("client"))
+        .await
+        .unwrap();
     let (alice, bob) = (Identity::generate(), Identity::generate());
-    let a = dir.register(&alice, "alice", "Alice AG", None).await.unwrap();
+    let a = dir
+        .register(&alice, "alice", "Alice AG", None)
+        .await
+        .unwrap();
     dir.register(&bob, "bob", "Bob Ltd", None).await.unwrap();
 
     // The auditor, throughout, reading the cluster and the second gateway process.
@@ -387,14 +417,22 @@ async fn cluster_survives(bin: &Path) {
     cluster.kill(meta);
     progress(&load, 20, "receipts with the meta leader killed").await;
     cluster.restart(meta).await.unwrap();
-    cluster.wait_meta_leader(Duration::from_secs(30)).await.unwrap();
+    cluster
+        .wait_meta_leader(Duration::from_secs(30))
+        .await
+        .unwrap();
 
     // kill -9 the first gateway process, whose builder cuts: the other gateway accepts,
     // its builder takes over the chain.
     let js = async_nats::jetstream::new(cluster.connect().await.unwrap());
     let height_before = read_chain(&js, &ns, &builder_key).await.len();
     g1.kill9();
-    progress(&load, 30, "receipts with one gateway and its builder killed").await;
+    progress(
+        &load,
+        30,
+        "receipts with one gateway and its builder killed",
+    )
+    .await;
     wait_for(Duration::from_secs(30), "blocks cut by the standby", || {
         let js = js.clone();
         let ns = ns.clone();
@@ -435,8 +473,7 @@ async fn cluster_survives(bin: &Path) {
                         seen.insert(message_id_of_encoded(leaf));
                     }
                 }
-                (receipts.iter().filter(|r| seen.contains(&r.id)).count() == want)
-                    .then_some(())
+                (receipts.iter().filter(|r| seen.contains(&r.id)).count() == want).then_some(())
             }
         },
     )
@@ -497,7 +534,7 @@ async fn a_cluster_on_debian_nats_loses_nothing_receipted_through_server_gateway
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_on_current_nats_loses_nothing_receipted_through_server_gateway_and_builder_kills()
-{
+ {
     let bins = nats_binaries().unwrap();
     let Some(current) = bins.get(1) else {
         eprintln!("BLOCKPOST_NATS_VERSIONS=system: the current release is not tested here");
@@ -555,7 +592,9 @@ async fn two_builders_ignoring_the_lease_never_publish_two_blocks_at_one_height(
     let mut c = sb.client().await.unwrap();
     c.register(&a, "bank-a", "Bank A AG", None).await.unwrap();
     c.register(&b, "bank-b", "Bank B AG", None).await.unwrap();
-    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir).await.unwrap();
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
     let to = vec!["bank-b".to_owned()];
     let mut ids = Vec::new();
     for i in 0..40 {
@@ -592,10 +631,14 @@ async fn two_builders_ignoring_the_lease_never_publish_two_blocks_at_one_height(
     // Neither store holds a block that is not the stream's: each is a prefix of the chain
     // (a builder that lost the last race reads the rest when it next cuts), and the one
     // that won the last race holds all of it.
-    wait_for(Duration::from_secs(20), "a store holding the whole chain", || {
-        let done = first.height().max(second.height()) >= chain.len() as u64;
-        async move { done.then_some(()) }
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "a store holding the whole chain",
+        || {
+            let done = first.height().max(second.height()) >= chain.len() as u64;
+            async move { done.then_some(()) }
+        },
+    )
     .await
     .unwrap();
     for b in [&first, &second] {

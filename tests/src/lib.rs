@@ -247,7 +247,7 @@ impl NatsCluster {
 
     /// Starts server `i` again on its port and store.
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
-        let mut s = std::mem::replace(&mut self.servers, Vec::new());
+        let mut s = std::mem::take(&mut self.servers);
         let r = tokio::task::spawn_blocking(move || {
             let r = s[i].restart();
             (s, r)

@@ -6,6 +6,8 @@
 //! exactly one block by its deadline, and the auditor must raise no alert. Each scenario
 //! runs against Debian's nats-server (2.9) and a current release.
 
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

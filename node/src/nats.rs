@@ -218,6 +218,46 @@ impl Drop for LocalNats {
     }
 }
 
+/// Starts `n` servers of `bin` as one JetStream cluster on loopback, each in `dir/sI`
+/// (own client, route and monitoring ports, own store), with the same users (`node`,
+/// `reader`) on each, and `sync_interval: always` where `bin` supports it. Returns once
+/// each accepts connections (not yet once JetStream elected its meta leader).
+pub fn start_cluster(dir: &Path, n: usize, bin: &Path) -> Result<Vec<LocalNats>> {
+    let first = ManagedCredentials::load_or_create(&dir.join("s0"))?;
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        ports.push((free_port()?, free_port()?, free_port()?));
+    }
+    let routes: Vec<u16> = ports.iter().map(|p| p.1).collect();
+    let version = version_of(bin.as_os_str())
+        .ok_or_else(|| Error::Nats(format!("{} --version did not answer", bin.display())))?;
+    let mut servers = Vec::new();
+    for (i, &(client, route, monitor)) in ports.iter().enumerate() {
+        let store = dir.join(format!("s{i}"));
+        std::fs::create_dir_all(&store)?;
+        let creds = ManagedCredentials {
+            port: client,
+            ..first.clone()
+        };
+        let json = serde_json::to_vec(&creds).map_err(|e| Error::Config(e.to_string()))?;
+        blockpost_storage::write_private_atomic(&store.join("credentials.json"), &json)?;
+        let opts = ServerOptions {
+            sync_always: version >= (2, 10, 0),
+            cluster: Some(crate::ClusterMember {
+                name: "blockpost".into(),
+                server_name: format!("s{i}"),
+                port: route,
+                routes: routes.clone(),
+                monitor_port: monitor,
+            }),
+            bin: Some(bin.to_owned()),
+            ..Default::default()
+        };
+        servers.push(LocalNats::start_opts(&store, None, opts)?);
+    }
+    Ok(servers)
+}
+
 /// Ends a `nats-server` left running on `store` by a process that was killed, so that two
 /// servers never share one JetStream store.
 pub fn reap_stale(store: &Path) {

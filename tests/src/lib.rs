@@ -150,46 +150,9 @@ impl NatsCluster {
     /// Starts three servers of `bin` and waits until JetStream has a meta leader.
     pub async fn start(bin: &Path) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let first = blockpost_node::ManagedCredentials::load_or_create(&dir.path().join("s0"))?;
-        let ports: Vec<(u16, u16, u16)> = (0..3)
-            .map(|_| {
-                Ok((
-                    blockpost_node::free_port()?,
-                    blockpost_node::free_port()?,
-                    blockpost_node::free_port()?,
-                ))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let routes: Vec<u16> = ports.iter().map(|p| p.1).collect();
-        let version = blockpost_node::version_of(bin.as_os_str())
-            .with_context(|| format!("{} --version", bin.display()))?;
-        let mut servers = Vec::new();
-        for (i, &(client, route, monitor)) in ports.iter().enumerate() {
-            let store = dir.path().join(format!("s{i}"));
-            std::fs::create_dir_all(&store)?;
-            let creds = blockpost_node::ManagedCredentials {
-                port: client,
-                ..first.clone()
-            };
-            std::fs::write(store.join("credentials.json"), serde_json::to_vec(&creds)?)?;
-            let opts = blockpost_node::ServerOptions {
-                sync_always: version >= (2, 10, 0),
-                cluster: Some(blockpost_node::ClusterMember {
-                    name: "blockpost-test".into(),
-                    server_name: format!("s{i}"),
-                    port: route,
-                    routes: routes.clone(),
-                    monitor_port: monitor,
-                }),
-                bin: Some(bin.to_owned()),
-                ..Default::default()
-            };
-            let b = store.clone();
-            servers.push(
-                tokio::task::spawn_blocking(move || LocalNats::start_opts(&b, None, opts))
-                    .await??,
-            );
-        }
+        let (d, b) = (dir.path().to_owned(), bin.to_owned());
+        let servers =
+            tokio::task::spawn_blocking(move || blockpost_node::start_cluster(&d, 3, &b)).await??;
         let NatsAuth::UserPassword { user, password } = servers[0].node_auth() else {
             bail!("the managed server has user and password credentials");
         };

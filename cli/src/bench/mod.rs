@@ -3,6 +3,7 @@
 mod attack;
 mod audit;
 mod blocks;
+mod cluster;
 mod directory;
 mod fts;
 mod messages;
@@ -12,6 +13,7 @@ use std::time::Duration;
 pub use attack::BenchAttackArgs;
 pub use audit::BenchAuditArgs;
 pub use blocks::BenchBlocksArgs;
+pub use cluster::BenchClusterArgs;
 pub use directory::BenchArgs;
 pub use messages::BenchMessagesArgs;
 
@@ -32,6 +34,9 @@ pub enum BenchCmd {
     /// The auditor: catch-up rate on a backlog beside the gateway's accepted rate, keeping
     /// up while messages flow, and the latency of an omission alert.
     Audit(BenchAuditArgs),
+    /// The node as processes on a JetStream cluster: G gateway processes loaded at once,
+    /// the builder, and JetStream writes and bytes per envelope.
+    Cluster(BenchClusterArgs),
 }
 
 /// Runs one benchmark.
@@ -42,6 +47,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Attack(a) => attack::run(a).await,
         BenchCmd::Blocks(a) => blocks::run(a).await,
         BenchCmd::Audit(a) => audit::run(a).await,
+        BenchCmd::Cluster(a) => cluster::run(a).await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The gateway's logic: check an envelope with the core rules and against the directory
-//! replica, publish it to the firehose and to each recipient's inbox, and sign a receipt.
+//! replica, publish it to the firehose and a pointer to it to each recipient's inbox, and
+//! sign a receipt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -401,8 +402,10 @@ impl Gateway {
             h.insert(wire::MSG_ID_HEADER, wire::inbox_msg_id(&id_hex, r).as_str());
             h.insert(wire::MESSAGE_ID_HEADER, id_hex.as_str());
             h.insert(wire::FIREHOSE_SEQ_HEADER, ack.sequence.to_string().as_str());
+            // The entry points at the firehose message (its sequence and id) and carries
+            // no copy of it: the gateway that delivers it reads the envelope there.
             acks.push(
-                js.publish_with_headers(self.inner.ns.inbox_subject(r), h, bytes.clone().into())
+                js.publish_with_headers(self.inner.ns.inbox_subject(r), h, Default::default())
                     .await
                     .map_err(bus)?,
             );

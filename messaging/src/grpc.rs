@@ -427,12 +427,6 @@ async fn verified_delivery(
     firehose_sequence: u64,
 ) -> Result<Envelope, Undeliverable> {
     use Undeliverable::{Never, NotYet};
-    let envelope = Envelope::decode(m.payload.as_ref()).map_err(|_| Never("not an envelope"))?;
-    let parsed = blockpost_core::ParsedEnvelope::parse(envelope.clone(), &gw.inner.limits)
-        .map_err(|_| Never("breaks the envelope rules"))?;
-    if !parsed.recipients().contains(address) {
-        return Err(Never("not addressed to this inbox"));
-    }
     let on_firehose = match firehose.get_raw_message(firehose_sequence).await {
         Ok(m) => m,
         Err(e) => {
@@ -443,8 +437,26 @@ async fn verified_delivery(
             });
         }
     };
-    if on_firehose.payload.as_ref() != m.payload.as_ref() {
+    // An inbox entry points at its firehose message (sequence and id); one written by an
+    // older gateway carries a copy, which must be that message.
+    let bytes: &[u8] = if m.payload.is_empty() {
+        let named = header(m, wire::MESSAGE_ID_HEADER).unwrap_or_default();
+        if named != hex::encode(blockpost_core::message_id_of_encoded(&on_firehose.payload)) {
+            return Err(Never(
+                "names another message than the firehose holds at its sequence",
+            ));
+        }
+        on_firehose.payload.as_ref()
+    } else if on_firehose.payload.as_ref() != m.payload.as_ref() {
         return Err(Never("differs from the firehose message at its sequence"));
+    } else {
+        m.payload.as_ref()
+    };
+    let envelope = Envelope::decode(bytes).map_err(|_| Never("not an envelope"))?;
+    let parsed = blockpost_core::ParsedEnvelope::parse(envelope.clone(), &gw.inner.limits)
+        .map_err(|_| Never("breaks the envelope rules"))?;
+    if !parsed.recipients().contains(address) {
+        return Err(Never("not addressed to this inbox"));
     }
     // The replica may be a moment behind the directory (after a restart, say).
     let sender = gw

@@ -51,8 +51,7 @@ pub use limits::{FD_MARGIN, LimitedConn, ServeLimits};
 pub use metrics::{Metrics, serve_metrics};
 pub use nats::{
     LocalNats, free_port, nats_server_bin, nats_server_version, reap_stale, start_cluster,
-    sync_always_supported,
-    version_of,
+    sync_always_supported, version_of,
 };
 pub use node::{Node, Serving, directory_vkey_path};
 pub use serve::{health_routes, serve, serve_with};

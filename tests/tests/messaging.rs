@@ -795,6 +795,17 @@ async fn junk_on_an_inbox_subject_is_never_delivered() {
             .await
             .unwrap();
     }
+    // Inbox entries point at their firehose message: one that names another message than
+    // the firehose holds at its sequence is junk too.
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(wire::MSG_ID_HEADER, "junk-pointer");
+    h.insert(wire::FIREHOSE_SEQ_HEADER, "1");
+    h.insert(wire::MESSAGE_ID_HEADER, hex::encode([7u8; 32]).as_str());
+    js.publish_with_headers(ns.inbox_subject(&bob), h, Default::default())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let mut mb = Messenger::connect(&sb.endpoint, &sb.client_dir)
         .await
         .unwrap();
@@ -806,7 +817,18 @@ async fn junk_on_an_inbox_subject_is_never_delivered() {
     .await
     .unwrap();
     assert_eq!(bodies, vec![b"genuine".to_vec()]);
-    assert_eq!(sb.gateway.refused_deliveries(), 3);
+    assert_eq!(sb.gateway.refused_deliveries(), 4);
+    // The genuine entry itself holds no copy of the envelope, only where it is.
+    let inbox = js.get_stream(ns.inbox_stream()).await.unwrap();
+    let first = inbox.get_raw_message(1).await.unwrap();
+    assert!(first.payload.is_empty(), "an inbox entry is a pointer");
+    assert_eq!(
+        first
+            .headers
+            .get(wire::FIREHOSE_SEQ_HEADER)
+            .map(|v| v.as_str()),
+        Some("1")
+    );
 }
 
 /// A registration signed by its own key, with a certificate of the right shape from a CA

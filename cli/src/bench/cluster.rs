@@ -89,7 +89,10 @@ async fn wait_serving(p: &Proc, data: &Path) -> anyhow::Result<()> {
             .await
         {
             let mut c = blockpost_proto::v1::directory_client::DirectoryClient::new(ch);
-            if c.get_info(blockpost_proto::v1::GetInfoRequest {}).await.is_ok() {
+            if c.get_info(blockpost_proto::v1::GetInfoRequest {})
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
         }
@@ -189,13 +192,15 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
                 .map(blockpost_node::LocalNats::url)
                 .collect::<Vec<_>>()
                 .join(",");
-            let blockpost_node::NatsAuth::UserPassword { user, password } =
-                servers[0].node_auth()
+            let blockpost_node::NatsAuth::UserPassword { user, password } = servers[0].node_auth()
             else {
                 anyhow::bail!("the managed servers have user and password credentials");
             };
             let creds = tmp.path().join("node.credentials");
-            blockpost_storage::write_private_file(&creds, format!("{user}:{password}\n").as_bytes())?;
+            blockpost_storage::write_private_file(
+                &creds,
+                format!("{user}:{password}\n").as_bytes(),
+            )?;
             (servers, seeds, creds)
         }
     };
@@ -234,7 +239,12 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
             copy(
                 &tmp.path().join("g0"),
                 &data,
-                &["origin", "keys/directory.vkey", "keys/gateway.key", "keys/builder.key"],
+                &[
+                    "origin",
+                    "keys/directory.vkey",
+                    "keys/gateway.key",
+                    "keys/builder.key",
+                ],
             )?;
         }
         let mut a = nats_args.clone();
@@ -281,8 +291,9 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
 
     let origin = std::fs::read_to_string(d_data.join("origin"))?;
     let ns = Namespace::for_origin(origin.trim());
-    let client = blockpost_node::connect(&seeds, Some(&blockpost_node::NatsAuth::from_file(&creds)?))
-        .await?;
+    let client =
+        blockpost_node::connect(&seeds, Some(&blockpost_node::NatsAuth::from_file(&creds)?))
+            .await?;
     let js = async_nats::jetstream::new(client);
     let before = stream_totals(&js, &ns).await?;
 

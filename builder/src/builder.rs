@@ -780,20 +780,11 @@ async fn sync_from_stream(
     let mut adopted = 0u64;
     let mut prev = inner.tip.lock().unwrap_or_else(|e| e.into_inner()).clone();
     while next <= last {
-        let m = match stream.get_raw_message(next).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                next += 1;
-                continue;
-            }
-            Err(e) => return Err(bus(&e)),
-        };
+        let read = blockpost_messaging::read_block_message(&stream, next, &mut parts)
+            .await
+            .map_err(|e| bus(&e))?;
         next += 1;
-        let part = m
-            .headers
-            .get(wire::BLOCK_PART_HEADER)
-            .map(|v| v.as_str().to_owned());
-        let Some(bytes) = parts.push(part.as_deref(), &m.payload) else {
+        let Some(bytes) = read else {
             continue;
         };
         let h = inner.store.len();

@@ -35,6 +35,7 @@
 //! # drop(service); Ok(()) }
 //! ```
 
+mod blocks;
 mod config;
 mod error;
 mod gateway;
@@ -42,6 +43,7 @@ mod grpc;
 mod replica;
 mod verify;
 
+pub use blocks::read_block_message;
 pub use config::MessagingConfig;
 pub use error::{Error, Result};
 pub use gateway::{Gateway, TransactionGate};

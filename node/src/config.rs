@@ -453,6 +453,61 @@ mod tests {
     }
 
     #[test]
+    fn nats_is_a_url_or_a_table_and_roles_are_checked() {
+        let c = NodeConfig::from_toml("nats = \"nats://a:4222\"").unwrap();
+        assert_eq!(c.nats.url.as_deref(), Some("nats://a:4222"));
+        assert_eq!(c.nats.replicas, 1);
+        let c = NodeConfig::from_toml(
+            "roles = [\"gateway\", \"builder\"]\ndirectory_endpoint = \"http://10.0.0.1:7700\"\n\
+             [nats]\nurl = \"nats://a:4222, nats://b:4222,nats://c:4222\"\nreplicas = 3\ncredentials = \"/x\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.nats.replicas, 3);
+        assert_eq!(c.nats.credentials.as_deref(), Some(Path::new("/x")));
+        assert_eq!(
+            crate::seed_urls(c.nats.url.as_deref().unwrap()).unwrap(),
+            vec!["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert!(!c.roles.directory && c.roles.gateway && c.roles.builder);
+        c.validate().unwrap();
+        for (toml, why) in [
+            ("[nats]\nurl = \"nats://a\"\nreplicas = 2", "1, 3 or 5"),
+            ("[nats]\nreplicas = 3", "needs a NATS cluster"),
+            (
+                "nats = \"nats://a,,nats://b\"",
+                "several separated by commas",
+            ),
+            ("roles = [\"gateway\"]", "directory_endpoint"),
+            (
+                "roles = [\"gateway\"]\ndirectory_endpoint = \"10.0.0.1:7700\"",
+                "http://",
+            ),
+            (
+                "roles = [\"directory\", \"builder\"]",
+                "the builder role runs beside a gateway",
+            ),
+        ] {
+            let c = NodeConfig::from_toml(toml).unwrap();
+            assert!(
+                matches!(c.validate(), Err(Error::Config(ref m)) if m.contains(why)),
+                "{toml}: {:?}",
+                c.validate()
+            );
+        }
+        for bad in [
+            "roles = [\"miner\"]",
+            "roles = []",
+            "[nats]\nurls = \"nats://a\"",
+        ] {
+            assert!(NodeConfig::from_toml(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Roles::parse("builder,gateway").unwrap().names(),
+            "gateway,builder"
+        );
+    }
+
+    #[test]
     fn witnesses_are_checked() {
         let c = NodeConfig::from_toml(
             "[[witnesses]]\nendpoint = \"http://127.0.0.1:7800\"\n[[witnesses]]\nendpoint = \"https://w.example.org\"\n",

@@ -243,21 +243,10 @@ async fn try_read_chain(
     let mut parts = wire::BlockParts::default();
     let mut chain: Vec<(VerifiedHeader, Vec<Vec<u8>>)> = Vec::new();
     for seq in 1..=last {
-        let m = match stream.get_raw_message(seq).await {
-            Ok(m) => m,
-            Err(e)
-                if e.kind()
-                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-            {
-                continue;
-            }
-            Err(_) => return None,
-        };
-        let part = m
-            .headers
-            .get(wire::BLOCK_PART_HEADER)
-            .map(|v| v.as_str().to_owned());
-        let Some(bytes) = parts.push(part.as_deref(), &m.payload) else {
+        let Some(bytes) = blockpost_messaging::read_block_message(&stream, seq, &mut parts)
+            .await
+            .ok()?
+        else {
             continue;
         };
         let b = Block::decode(bytes.as_slice()).unwrap();
@@ -656,4 +645,64 @@ async fn two_builders_ignoring_the_lease_never_publish_two_blocks_at_one_height(
     }
     drop(second);
     sb.stop().await;
+}
+
+/// Streams keep the replica count they were made with: a node configured with another
+/// refuses to start, and says how to move them; the same count starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_streams_with_another_replica_count() {
+    use blockpost_node::{Node, NodeConfig};
+
+    let cluster = NatsCluster::start(&nats_binaries().unwrap()[0])
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = |replicas: usize| {
+        let mut c = NodeConfig::for_test(tmp.path().join("node"), &cluster.urls());
+        c.nats.credentials = Some(cluster.credentials_file());
+        c.nats.replicas = replicas;
+        c
+    };
+    let node = Node::start(config(1)).await.unwrap();
+    let ns = node.directory().unwrap().namespace();
+    let js = async_nats::jetstream::new(cluster.connect().await.unwrap());
+    wait_for(Duration::from_secs(20), "the node's streams", || {
+        let (js, ns) = (js.clone(), ns.clone());
+        async move {
+            let mut n = 0;
+            for name in [
+                ns.directory_stream(),
+                ns.firehose_stream(),
+                ns.blocks_stream(),
+                ns.lease_stream(),
+            ] {
+                let mut s = js.get_stream(&name).await.ok()?;
+                let info = s.info().await.ok()?;
+                assert_eq!(info.config.num_replicas, 1, "{name}");
+                n += 1;
+            }
+            (n == 4).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    drop(node);
+    let refused = match Node::start(config(3)).await {
+        Ok(_) => panic!("a node with [nats] replicas = 3 started on R1 streams"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        refused.contains("replica") && refused.contains("--replicas 3"),
+        "{refused}"
+    );
+    // The count they were made with still starts (once the first node's tasks let go of
+    // its stores).
+    let again = wait_for(
+        Duration::from_secs(20),
+        "the node again with R1",
+        || async { Node::start(config(1)).await.ok() },
+    )
+    .await
+    .unwrap();
+    drop(again);
 }

@@ -142,14 +142,8 @@ async fn block_times(
     let last = stream.info().await?.state.last_sequence;
     let mut parts = wire::BlockParts::default();
     for seq in 1..=last {
-        let Ok(m) = stream.get_raw_message(seq).await else {
-            continue;
-        };
-        let part = m
-            .headers
-            .get(wire::BLOCK_PART_HEADER)
-            .map(|v| v.as_str().to_owned());
-        let Some(bytes) = parts.push(part.as_deref(), &m.payload) else {
+        let Some(bytes) = blockpost_messaging::read_block_message(&stream, seq, &mut parts).await?
+        else {
             continue;
         };
         let b = Block::decode(bytes.as_slice())?;

@@ -118,7 +118,15 @@ impl From<Error> for tonic::Status {
     }
 }
 
-/// Turns any NATS error into [`Error::Bus`].
+/// Turns any NATS error into [`Error::Bus`]. "No stream found" is what a publish gets when
+/// no server answers for the stream: on a cluster, while it elects a leader.
 pub(crate) fn bus(e: impl std::fmt::Display) -> Error {
-    Error::Bus(e.to_string())
+    let text = e.to_string();
+    if text.contains("no stream found") {
+        return Error::Bus(format!(
+            "{text} (no JetStream server answers for the stream right now: a leader election \
+             on a cluster takes a few seconds; retry the same envelope)"
+        ));
+    }
+    Error::Bus(text)
 }

@@ -417,13 +417,8 @@ async fn cluster_survives(bin: &Path) {
     // its builder takes over the chain.
     let js = async_nats::jetstream::new(cluster.connect().await.unwrap());
     let height_before = read_chain(&js, &ns, &builder_key).await.len();
+    let killed = Instant::now();
     g1.kill9();
-    progress(
-        &load,
-        30,
-        "receipts with one gateway and its builder killed",
-    )
-    .await;
     wait_for(Duration::from_secs(30), "blocks cut by the standby", || {
         let js = js.clone();
         let ns = ns.clone();
@@ -433,6 +428,18 @@ async fn cluster_survives(bin: &Path) {
     })
     .await
     .unwrap();
+    // The lease (3 s) lapses, the standby takes it within a poll, and cuts: a few seconds.
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_secs(15),
+        "the standby took {takeover:?} to continue the chain"
+    );
+    progress(
+        &load,
+        30,
+        "receipts with one gateway and its builder killed",
+    )
+    .await;
     g1.spawn(); // back, as a standby
     wait_serving(&g1).await;
 
@@ -505,7 +512,7 @@ async fn cluster_survives(bin: &Path) {
         auditor.alerts()
     );
     eprintln!(
-        "{}: {} receipts, {} blocks, {} submissions retried, slowest receipt {:?}",
+        "{}: {} receipts, {} blocks, {} submissions retried, slowest receipt {:?}, builder takeover {takeover:?}",
         bin.display(),
         l.receipts.len(),
         height,

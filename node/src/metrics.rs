@@ -68,6 +68,12 @@ impl Metrics {
                 "1 while the block builder makes no progress with work waiting (the gateway refuses receipts).",
                 u64::from(b.health().stalled().is_some()),
             );
+            metric(
+                "gauge",
+                "builder_active",
+                "1 while this builder holds the lease and cuts blocks; 0 while it stands by.",
+                u64::from(b.active()),
+            );
             metric("gauge", "ledger_blocks", "Blocks stored.", b.height());
             metric(
                 "gauge",

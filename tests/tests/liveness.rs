@@ -343,6 +343,7 @@ async fn a_stalled_builder_is_reported_and_the_gateway_stops_promising() {
     );
     let text = get("/metrics").await;
     assert!(text.contains("\nblockpost_builder_stalled 0\n"), "{text}");
+    assert!(text.contains("\nblockpost_builder_active 1\n"), "{text}");
     assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
     served.abort();
 }

@@ -71,7 +71,12 @@ pub struct Messenger {
     grpc: MessagingClient<Channel>,
     gateway_key: VerifyingKey,
     history: HashMap<String, Vec<VerifiedEntry>>,
+    resend_for: std::time::Duration,
 }
+
+/// How long [`Messenger::send`] sends an envelope again while the gateway answers
+/// UNAVAILABLE, by default.
+pub const RESEND_FOR: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Messenger {
     /// Connects to a node.
@@ -98,7 +103,17 @@ impl Messenger {
             grpc,
             gateway_key,
             history: HashMap::new(),
+            resend_for: RESEND_FOR,
         })
+    }
+
+    /// How long a send is tried again, with the same envelope, while the gateway answers
+    /// UNAVAILABLE (a bus that is away, a JetStream election on a cluster, a stalled
+    /// builder); zero: not at all. The envelope keeps its nonce, so the gateway takes it
+    /// once however often it comes.
+    pub fn resend_for(mut self, d: std::time::Duration) -> Self {
+        self.resend_for = d;
+        self
     }
 
     /// The raw gRPC client.
@@ -168,7 +183,21 @@ impl Messenger {
             body: Some(body),
         };
         let env = sign_envelope(&id.signing, content.encode_to_vec());
-        let receipt = self.grpc.submit(env.clone()).await?.into_inner();
+        let until = std::time::Instant::now() + self.resend_for;
+        let mut pause = std::time::Duration::from_millis(100);
+        let receipt = loop {
+            match self.grpc.submit(env.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && std::time::Instant::now() + pause < until =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(s) => return Err(s.into()),
+            }
+        };
         let r = verify_receipt(&self.gateway_key, &receipt).map_err(Error::Receipt)?;
         if r.message_id != message_id(&env) {
             return Err(Error::Receipt(blockpost_core::Error::SignatureInvalid(

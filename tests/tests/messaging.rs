@@ -898,3 +898,46 @@ fn self_signed_registration(
         ..Default::default()
     }
 }
+
+/// A send while the bus is away is sent again, as it was, until the gateway takes it: the
+/// message is on the firehose once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_while_the_bus_is_away_goes_through_once_it_is_back() {
+    let mut sb = Sandbox::start().await.unwrap();
+    let a = party(&sb, "alice", "Alice AG").await;
+    let _b = party(&sb, "bob", "Bob Ltd").await;
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let to = vec!["bob".to_owned()];
+    let out = |body: &str| Outgoing {
+        from: "alice",
+        to: &to,
+        transaction_id: "resend-1",
+        kind: MessageKind::Message,
+        content_type: "text/plain",
+        body: body.as_bytes().to_vec(),
+        encrypt: false,
+        transaction_deadline_ms: None,
+    };
+    // The first send, once the gateway's replica knows alice.
+    sb.gateway
+        .replica()
+        .wait_applied(2, Duration::from_secs(5))
+        .await;
+    m.send(&a.id, out("before")).await.unwrap();
+    let before = firehose_len(&sb).await;
+    sb.nats.kill();
+    let nats = &mut sb.nats;
+    let back = async move {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        tokio::task::block_in_place(|| nats.restart()).unwrap();
+    };
+    let (sent, ()) = tokio::join!(m.send(&a.id, out("during")), back);
+    let (env, receipt) = sent.expect("sent again until the bus was back");
+    assert_eq!(
+        receipt.message_id,
+        blockpost_core::message_id(&env).to_vec()
+    );
+    assert_eq!(firehose_len(&sb).await, before + 1, "on the firehose once");
+}

@@ -95,8 +95,10 @@ struct Inner {
     /// The open transactions after the newest indexed block. The cutting loop owns it; after
     /// an error it is reloaded from the index ([`catch_up`]).
     book: Mutex<Book>,
-    /// The last firehose sequence in a block.
-    last_seq: AtomicU64,
+    /// The last firehose sequence in a block, per partition.
+    last_seqs: Mutex<Vec<u64>>,
+    /// The firehose's partitions.
+    firehose: wire::Firehose,
     /// Anchors of the ledger root.
     pub(crate) anchors: Anchors,
     /// The newest ledger checkpoint witnesses cosigned, as the node collected it.
@@ -109,8 +111,9 @@ struct Inner {
     ignore_lease: std::sync::atomic::AtomicBool,
     /// The number of blocks, for those waiting for new ones.
     pub(crate) blocks: tokio::sync::watch::Sender<u64>,
-    /// The last firehose sequence the builder is done with (in a block, or refused).
-    handled_seq: AtomicU64,
+    /// The last firehose sequence the builder is done with (in a block, or refused), per
+    /// partition.
+    handled_seqs: Mutex<Vec<u64>>,
     /// Blocks the blocks stream is known to hold.
     published: AtomicU64,
     /// When the builder last made progress (ms, its clock).
@@ -159,6 +162,7 @@ impl Health {
 
 /// A firehose message waiting for its block.
 struct Pending {
+    partition: u32,
     seq: u64,
     payload: Vec<u8>,
     tx: TxMessage,
@@ -189,9 +193,10 @@ impl Builder {
         let holder = crate::lease::holder_id(&dir)?;
         let anchor_config = config.anchor.clone();
         let timeout = config.transaction_timeout_ms;
+        let partitions = config.firehose_partitions.max(1);
         let (store, index, anchors) = tokio::task::spawn_blocking(move || {
             let (store, index) = open_store(&dir)?;
-            fix_timeout(&dir, timeout)?;
+            fix_rules(&dir, timeout, partitions)?;
             let anchors = Anchors::open(&dir.join("anchors"), anchor_config)?;
             Ok::<_, Error>((store, index, anchors))
         })
@@ -203,6 +208,7 @@ impl Builder {
                 .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
         })?;
         let timeout = config.transaction_timeout_ms;
+        let firehose = ns.firehose(partitions);
         let inner = Arc::new(Inner {
             config,
             blocks: tokio::sync::watch::Sender::new(store.len()),
@@ -219,12 +225,13 @@ impl Builder {
             index,
             anchors,
             book: Mutex::new(Book::new(timeout, [])),
-            last_seq: AtomicU64::new(0),
+            last_seqs: Mutex::new(vec![0; partitions as usize]),
+            firehose,
             witnessed: Default::default(),
             omit: Mutex::new(Vec::new()),
             fail_cuts: Default::default(),
             ignore_lease: Default::default(),
-            handled_seq: AtomicU64::new(0),
+            handled_seqs: Mutex::new(vec![0; partitions as usize]),
             published: AtomicU64::new(0),
             progress_ms: std::sync::atomic::AtomicI64::new(0),
             last_error: Mutex::new(None),
@@ -259,7 +266,7 @@ impl Builder {
         })
         .await
         .map_err(|e| Error::Bus(format!("blocks stream: {e}")))?;
-        tokio::spawn(watch_health(Arc::downgrade(&inner), js.clone(), ns.clone()));
+        tokio::spawn(watch_health(Arc::downgrade(&inner), js.clone()));
         tokio::spawn(run(Arc::downgrade(&inner), js, ns));
         if inner.anchors.enabled() {
             tokio::spawn(anchor_loop(Arc::downgrade(&inner)));
@@ -367,9 +374,20 @@ impl Builder {
         self.inner.signer.origin()
     }
 
-    /// The last firehose sequence in a block.
+    /// The last firehose sequence in a block, summed over the partitions (on a firehose
+    /// of one partition, that partition's).
     pub fn last_sequence(&self) -> u64 {
-        self.inner.last_seq()
+        self.inner.last_seqs().iter().sum()
+    }
+
+    /// The last firehose sequence in a block, per partition.
+    pub fn last_sequences(&self) -> Vec<u64> {
+        self.inner.last_seqs()
+    }
+
+    /// The firehose's partitions.
+    pub fn firehose_partitions(&self) -> u32 {
+        self.inner.firehose.partitions()
     }
 
     /// Firehose messages whose sender signature the builder checked itself, because they
@@ -477,15 +495,18 @@ fn open_store(dir: &std::path::Path) -> Result<(BlockStore, Index)> {
     Ok((store, index))
 }
 
-/// The transaction timeout is a rule of the ledger, not a setting: every replay of the
-/// blocks depends on it. It is recorded at the first start (`DATA/ledger/rules.json`) and
-/// a different one in the config is refused.
-fn fix_timeout(dir: &std::path::Path, timeout_ms: u64) -> Result<()> {
+/// The transaction timeout and the firehose's partitions are rules of the ledger, not
+/// settings: every replay of the blocks depends on the first, and blocks name sequences by
+/// partition. They are recorded at the first start (`DATA/ledger/rules.json`; one written
+/// before partitions existed means one partition) and different ones in the config are
+/// refused.
+fn fix_rules(dir: &std::path::Path, timeout_ms: u64, partitions: u32) -> Result<()> {
     let path = dir.join("rules.json");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let fixed = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
+            let v = serde_json::from_str::<serde_json::Value>(&text).ok();
+            let fixed = v
+                .as_ref()
                 .and_then(|v| v["transaction_timeout_ms"].as_u64())
                 .ok_or_else(|| {
                     Error::Corrupted(format!("{} is damaged: {text:?}", path.display()))
@@ -496,15 +517,30 @@ fn fix_timeout(dir: &std::path::Path, timeout_ms: u64) -> Result<()> {
                     path.display()
                 )));
             }
+            let made = v
+                .as_ref()
+                .map_or(Some(1), |v| match &v["firehose_partitions"] {
+                    serde_json::Value::Null => Some(1),
+                    n => n.as_u64(),
+                })
+                .ok_or_else(|| {
+                    Error::Corrupted(format!("{} is damaged: {text:?}", path.display()))
+                })?;
+            if made != u64::from(partitions) {
+                return Err(Error::Config(format!(
+                    "messaging.firehose_partitions is {partitions}, but this ledger was started with {made} ({}): it cannot change, since blocks name firehose sequences by partition",
+                    path.display()
+                )));
+            }
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = serde_json::json!({ "transaction_timeout_ms": timeout_ms }).to_string();
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text)
-                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+            let text = serde_json::json!({
+                "transaction_timeout_ms": timeout_ms,
+                "firehose_partitions": partitions,
+            })
+            .to_string();
+            blockpost_storage::write_atomic(&path, text.as_bytes())
                 .map_err(|e| Error::Corrupted(format!("writing {}: {e}", path.display())))
         }
         Err(e) => Err(Error::Corrupted(format!("reading {}: {e}", path.display()))),
@@ -588,7 +624,9 @@ fn catch_up(inner: &Inner) -> Result<()> {
         None => None,
     };
     let mut book = index.book(inner.config.transaction_timeout_ms)?;
-    let mut last_seq = head.last_seq;
+    let partitions = inner.firehose.partitions();
+    let mut last_seqs = head.last_seqs.clone();
+    last_seqs.resize(partitions as usize, 0);
     if head.blocks < len {
         tracing::info!(from = head.blocks, to = len, "indexing blocks");
     }
@@ -600,15 +638,24 @@ fn catch_up(inner: &Inner) -> Result<()> {
         });
         closed.finish()?;
         let entries = entries.map_err(|e| corrupted(h, e))?;
-        if let Some(p) = v.header.header.partitions.first() {
-            last_seq = p.last_seq;
+        for p in &v.header.header.partitions {
+            let Some(last) = last_seqs.get_mut(p.partition as usize) else {
+                return Err(corrupted(
+                    h,
+                    format!(
+                        "it names firehose partition {}, and the firehose has {partitions}",
+                        p.partition
+                    ),
+                ));
+            };
+            *last = p.last_seq;
         }
-        index.commit(h, v.header.id, &signed, &entries, &book, last_seq)?;
+        index.commit(h, v.header.id, &signed, &entries, &book, &last_seqs)?;
         tip = Some(v.header);
     }
     *inner.tip.lock().unwrap_or_else(|e| e.into_inner()) = tip;
     *inner.book.lock().unwrap_or_else(|e| e.into_inner()) = book;
-    inner.last_seq.store(last_seq, Ordering::SeqCst);
+    *inner.last_seqs.lock().unwrap_or_else(|e| e.into_inner()) = last_seqs;
     Ok(())
 }
 
@@ -836,9 +883,12 @@ async fn sync_from_stream(
 }
 
 impl Inner {
-    /// The builder is done with firehose messages up to `seq`.
-    fn handled(&self, seq: u64) {
-        self.handled_seq.fetch_max(seq, Ordering::SeqCst);
+    /// The builder is done with firehose messages up to `seqs` (per partition).
+    fn handled(&self, seqs: &[u64]) {
+        let mut h = self.handled_seqs.lock().unwrap_or_else(|e| e.into_inner());
+        for (h, s) in h.iter_mut().zip(seqs) {
+            *h = (*h).max(*s);
+        }
     }
 
     fn misbehaves_on(&self, transaction_id: &str) -> bool {
@@ -846,9 +896,12 @@ impl Inner {
         !omit.is_empty() && omit.iter().any(|t| t == transaction_id)
     }
 
-    /// The last firehose sequence in a block.
-    fn last_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::SeqCst)
+    /// The last firehose sequence in a block, per partition.
+    fn last_seqs(&self) -> Vec<u64> {
+        self.last_seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether an open transaction is due to time out by `now_ms`, or an anchor waits
@@ -889,7 +942,7 @@ const MAX_REPLICA_WAIT: Duration = Duration::from_secs(10);
 /// `None` if the builder was dropped meanwhile.
 async fn check_all(
     inner: &Arc<Inner>,
-    group: &[(u64, jetstream::Message)],
+    group: &[(u32, u64, jetstream::Message)],
 ) -> Option<Vec<std::result::Result<TxMessage, String>>> {
     let mut verdicts: Vec<std::result::Result<TxMessage, String>> = Vec::with_capacity(group.len());
     // Senders repeat within a group: ask the replica once per (sender, key index).
@@ -897,7 +950,7 @@ async fn check_all(
         std::collections::HashMap::new();
     let mut batch = Vec::new();
     let mut slots = Vec::new();
-    for (i, (_, m)) in group.iter().enumerate() {
+    for (i, (partition, _, m)) in group.iter().enumerate() {
         // Canonical: the payload is the encoded envelope, whose hash is the message id.
         let parsed = decode_canonical::<Envelope>(&m.payload, "envelope").and_then(|env| {
             let id = blockpost_core::message_id_of_encoded(&m.payload);
@@ -910,6 +963,16 @@ async fn check_all(
                 continue;
             }
         };
+        // A sender's envelopes are in its partition only: there, and only there, the
+        // firehose de-duplicates its nonces.
+        let own = inner.firehose.partition_of(parsed.sender());
+        if own != *partition {
+            verdicts.push(Err(format!(
+                "on firehose partition {partition}, but sender {} is on partition {own}",
+                parsed.sender()
+            )));
+            continue;
+        }
         let index = parsed.content().sender_key_index;
         let waited_since = tokio::time::Instant::now();
         let cached = keys.get(&(parsed.sender().to_string(), index)).copied();
@@ -1112,12 +1175,15 @@ const HEALTH_EVERY: Duration = Duration::from_millis(250);
 /// progress for `stall_after_ms`. Each change is logged (an error naming the cause when it
 /// stalls) and told to [`Builder::subscribe_health`]; the gateway refuses receipts while
 /// it is stalled.
-async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: Namespace) {
+async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context) {
     let mut tick = tokio::time::interval(HEALTH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen = (0, 0, 0);
+    let mut seen = (Vec::new(), 0, 0);
     let mut busy = false;
-    let mut firehose: Option<stream::Stream> = None;
+    let Some(layout) = weak.upgrade().map(|i| i.firehose.clone()) else {
+        return;
+    };
+    let mut firehose: Vec<Option<stream::Stream>> = layout.all().map(|_| None).collect();
     let Some(inner_holder) = weak.upgrade().map(|i| i.holder.clone()) else {
         return;
     };
@@ -1129,48 +1195,60 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context, ns: 
         // How far the firehose goes. Unknown while NATS is away: the tick is skipped (the
         // gateway answers for the bus itself), so that a flaky bus neither hides a stall
         // nor ends one.
-        let Some(f) = firehose.as_mut() else {
-            firehose = js.get_stream(ns.firehose_stream()).await.ok();
+        let mut ends = Vec::with_capacity(firehose.len());
+        for (k, slot) in layout.all().zip(firehose.iter_mut()) {
+            if slot.is_none() {
+                *slot = js.get_stream(layout.stream(k)).await.ok();
+            }
+            let Some(f) = slot.as_mut() else { break };
+            let Ok((last, first)) = f
+                .info()
+                .await
+                .map(|i| (i.state.last_sequence, i.state.first_sequence))
+            else {
+                break;
+            };
+            // Messages deleted from the stream (its head by age or a purge, or its newest
+            // by hand) are no work: what the builder's own consumer has left says so,
+            // when it is there.
+            let left = f
+                .consumer_info(consumer_name(&inner_holder))
+                .await
+                .ok()
+                .map(|c| c.num_pending + c.num_ack_pending as u64);
+            ends.push((last, first, left));
+        }
+        if ends.len() != firehose.len() {
             continue;
-        };
-        let Ok((last, first)) = f
-            .info()
-            .await
-            .map(|i| (i.state.last_sequence, i.state.first_sequence))
-        else {
-            continue;
-        };
-        // Messages deleted from the stream (its head by age or a purge, or its newest by
-        // hand) are no work: what the builder's own consumer has left says so, when it
-        // is there.
-        let left = f
-            .consumer_info(consumer_name(&inner_holder))
-            .await
-            .ok()
-            .map(|c| c.num_pending + c.num_ack_pending as u64);
-        let last = Some(last);
+        }
         let Some(inner) = weak.upgrade() else {
             return;
         };
         let now = inner.clock.now_ms();
         // A standby watches the same: firehose messages no block took, whoever should
         // cut them. Its gateway then stops promising too, until a builder takes over.
-        let handled = inner
-            .handled_seq
-            .load(Ordering::SeqCst)
-            .max(inner.last_seq());
+        let mut handled = inner
+            .handled_seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (h, l) in handled.iter_mut().zip(inner.last_seqs()) {
+            *h = (*h).max(l);
+        }
         let (stored, published) = (inner.store.len(), inner.published.load(Ordering::SeqCst));
-        if (handled, stored, published) != seen {
-            seen = (handled, stored, published);
+        if (&handled, stored, published) != (&seen.0, seen.1, seen.2) {
+            seen = (handled.clone(), stored, published);
             inner.progress_ms.store(now, Ordering::SeqCst);
             *inner.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-        let waiting = match left {
-            Some(0) => 0,
-            _ => last.map_or(0, |l| {
-                l.saturating_sub(handled.max(first.saturating_sub(1)))
-            }),
-        };
+        let waiting: u64 = ends
+            .iter()
+            .zip(&handled)
+            .map(|(&(last, first, left), &handled)| match left {
+                Some(0) => 0,
+                _ => last.saturating_sub(handled.max(first.saturating_sub(1))),
+            })
+            .sum();
         let unpublished = stored.saturating_sub(published);
         // Time without progress counts from when work came, not from the last block of
         // an idle builder.
@@ -1311,13 +1389,11 @@ async fn publish_block(
 /// time, in order.
 struct Cutter {
     flight: Option<tokio::task::JoinHandle<Result<()>>>,
-    /// The last firehose sequence handed to a cut.
-    through: u64,
     /// What one block may hold.
     budget: BlockBudget,
-    /// The last firehose sequence the loop has disposed of (pending or refused): done
-    /// once the next cut is stored.
-    disposed: u64,
+    /// The last firehose sequence the loop has disposed of (pending or refused), per
+    /// partition: done once the next cut is stored.
+    disposed: Vec<u64>,
 }
 
 impl Cutter {
@@ -1331,14 +1407,16 @@ impl Cutter {
         }
     }
 
-    /// Firehose message `seq` goes in no block (terminated). With nothing pending, the
-    /// builder is done with it once the block in flight before it is stored; else once
-    /// the next cut is.
-    async fn dropped(&mut self, inner: &Inner, seq: u64, nothing_pending: bool) -> Result<()> {
-        self.disposed = self.disposed.max(seq);
+    /// Firehose message `seq` of partition `k` goes in no block (terminated). With
+    /// nothing pending, the builder is done with it once the block in flight before it is
+    /// stored; else once the next cut is.
+    async fn dropped(&mut self, inner: &Inner, k: u32, seq: u64, nothing_pending: bool) -> Result<()> {
+        if let Some(d) = self.disposed.get_mut(k as usize) {
+            *d = (*d).max(seq);
+        }
         if nothing_pending {
             self.finish().await?;
-            inner.handled(seq);
+            inner.handled(&self.disposed);
         }
         Ok(())
     }
@@ -1352,11 +1430,8 @@ impl Cutter {
         pending: Vec<Pending>,
     ) -> Result<()> {
         self.finish().await?;
-        if let Some(p) = pending.last() {
-            self.through = p.seq;
-        }
         let (inner, js, ns, budget) = (inner.clone(), js.clone(), ns.clone(), self.budget);
-        let disposed = self.disposed;
+        let disposed = self.disposed.clone();
         self.flight = Some(tokio::spawn(async move {
             cut(&inner, &js, &ns, pending, budget, disposed).await
         }));
@@ -1372,19 +1447,92 @@ async fn follow(
     ns: &Namespace,
     lost: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let Some(config) = weak.upgrade().map(|i| i.config.clone()) else {
+    let Some((config, partitions)) = weak
+        .upgrade()
+        .map(|i| (i.config.clone(), i.firehose.partitions()))
+    else {
         return Ok(());
     };
     let mut cutter = Cutter {
         flight: None,
-        through: 0,
         budget: budget(&config),
-        disposed: 0,
+        disposed: vec![0; partitions as usize],
     };
     let r = follow_with(weak, js, ns, &mut cutter, lost).await;
     // Never start over (catch_up) while a block is being cut.
     let last = cutter.finish().await;
     r.and(last)
+}
+
+/// The messages of one firehose partition's consumer, each with the partition.
+type Tagged = std::pin::Pin<
+    Box<
+        dyn futures::Stream<
+                Item = (
+                    u32,
+                    std::result::Result<jetstream::Message, String>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// A fresh consumer of partition `k` of the firehose right after the last block: the
+/// store, not the consumer, says where the builder stands, so that messages a previous
+/// run had been handed (and never acknowledged, say before a kill -9) come again at once,
+/// not after the ack wait.
+async fn partition_consumer(
+    js: &jetstream::Context,
+    firehose: &wire::Firehose,
+    k: u32,
+    holder: &str,
+    start: u64,
+    config: &BuilderConfig,
+) -> Result<Tagged> {
+    let bus = |e: &dyn std::fmt::Display| Error::Bus(format!("firehose partition {k}: {e}"));
+    let stream = js
+        .get_stream(firehose.stream(k))
+        .await
+        .map_err(|e| bus(&e))?;
+    let name = consumer_name(holder);
+    match stream.delete_consumer(&name).await {
+        Ok(_) => {}
+        Err(e) if e.to_string().contains("not found") => {}
+        Err(e) => return Err(bus(&e)),
+    }
+    let consumer = stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                inactive_threshold: CONSUMER_LINGERS,
+                filter_subject: firehose.subject(k),
+                // One acknowledgement per cut and partition, of its last message in a
+                // block: it covers every message before it (in these blocks or earlier
+                // ones, or refused).
+                ack_policy: consumer::AckPolicy::All,
+                ack_wait: Duration::from_secs(60),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                max_ack_pending: (config.max_block_messages as i64).saturating_mul(4),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| bus(&e))?;
+    // Short pulls with heartbeats: a consumer whose leader died (a server killed, its
+    // election) is noticed in about two seconds, not after the default 30 s pull.
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_secs(1))
+        .messages()
+        .await
+        .map_err(|e| bus(&e))?;
+    Ok(Box::pin(
+        messages.map(move |m| (k, m.map_err(|e| format!("firehose partition {k}: {e}")))),
+    ))
 }
 
 async fn follow_with(
@@ -1406,53 +1554,20 @@ async fn follow_with(
     // Blocks another builder published (or this one, before it died storing them).
     sync_from_stream(&inner, js, ns).await?;
     republish(&inner, js, ns).await?;
-    let (start, config) = (inner.last_seq() + 1, inner.config.clone());
+    let config = inner.config.clone();
     let holder = inner.holder.clone();
-    cutter.through = inner.last_seq();
+    let firehose = inner.firehose.clone();
+    // The last sequence taken, per partition: in a block, being cut, or pending.
+    let mut taken = inner.last_seqs();
+    cutter.disposed.clone_from(&taken);
     drop(inner);
-    let stream = js
-        .get_stream(ns.firehose_stream())
-        .await
-        .map_err(|e| bus(&e))?;
-    // The store, not the consumer, says where the builder stands: start a fresh consumer
-    // right after the last block, so that messages a previous run had been handed (and
-    // never acknowledged, say before a kill -9) come again at once, not after the ack wait.
-    let name = consumer_name(&holder);
-    match stream.delete_consumer(&name).await {
-        Ok(_) => {}
-        Err(e) if e.to_string().contains("not found") => {}
-        Err(e) => return Err(bus(&e)),
+    let mut partitions = Vec::with_capacity(taken.len());
+    for k in firehose.all() {
+        let start = taken[k as usize] + 1;
+        partitions.push(partition_consumer(js, &firehose, k, &holder, start, &config).await?);
     }
-    let consumer = stream
-        .get_or_create_consumer(
-            &name,
-            consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                inactive_threshold: CONSUMER_LINGERS,
-                filter_subject: ns.firehose_subject(),
-                // One acknowledgement per cut, of its last message in a block: it covers
-                // every message before it (in these blocks or earlier ones, or refused).
-                ack_policy: consumer::AckPolicy::All,
-                ack_wait: Duration::from_secs(60),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                max_ack_pending: (config.max_block_messages as i64).saturating_mul(4),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| bus(&e))?;
-    // Short pulls with heartbeats: a consumer whose leader died (a server killed, its
-    // election) is noticed in about two seconds, not after the default 30 s pull.
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(PULL_BATCH)
-        .expires(Duration::from_secs(5))
-        .heartbeat(Duration::from_secs(1))
-        .messages()
-        .await
-        .map_err(|e| bus(&e))?;
+    // Every partition at once, each in its order; a block takes from each a range.
+    let mut messages = futures::stream::select_all(partitions);
     let delay = Duration::from_millis(config.max_block_delay_ms);
     // When to cut; the cut itself splits what it is given into blocks within the budget.
     let max_block_bytes = config.max_block_bytes;
@@ -1490,16 +1605,16 @@ async fn follow_with(
             }
         };
         let first = match next {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => return Err(bus(&e)),
-            None => return Err(Error::Bus("the firehose consumer ended".into())),
+            Some((k, Ok(m))) => (k, m),
+            Some((_, Err(e))) => return Err(Error::Bus(e)),
+            None => return Err(Error::Bus("the firehose consumers ended".into())),
         };
         // Take what else has arrived, to check signatures in batches.
         let mut group = vec![first];
         while group.len() < CHECK_BATCH {
             match futures::FutureExt::now_or_never(messages.next()) {
-                Some(Some(Ok(m))) => group.push(m),
-                Some(Some(Err(e))) => return Err(bus(&e)),
+                Some(Some((k, Ok(m)))) => group.push((k, m)),
+                Some(Some((_, Err(e)))) => return Err(Error::Bus(e)),
                 _ => break,
             }
         }
@@ -1507,22 +1622,22 @@ async fn follow_with(
             return Ok(());
         };
         let inner = &inner;
+        let in_blocks = inner.last_seqs();
         let mut fresh = Vec::with_capacity(group.len());
-        for m in group {
+        for (k, m) in group {
             let seq = m.info().map_err(|e| bus(&e))?.stream_sequence;
-            let last = fresh
-                .last()
-                .map(|(s, _)| *s)
-                .or_else(|| pending.last().map(|p| p.seq))
-                .unwrap_or_else(|| inner.last_seq().max(cutter.through));
-            if seq <= last {
+            let Some(last) = taken.get_mut(k as usize) else {
+                continue;
+            };
+            if seq <= *last {
                 // Already in a block (redelivered after a restart), being cut, or pending.
-                if seq <= inner.last_seq() {
+                if seq <= in_blocks[k as usize] {
                     let _ = m.ack().await;
                 }
                 continue;
             }
-            fresh.push((seq, m));
+            *last = seq;
+            fresh.push((k, seq, m));
         }
         let tc = std::time::Instant::now();
         let Some(verdicts) = check_all(inner, &fresh).await else {
@@ -1533,20 +1648,20 @@ async fn follow_with(
             ms = tc.elapsed().as_secs_f64() * 1e3,
             "checked"
         );
-        for ((seq, m), verdict) in fresh.into_iter().zip(verdicts) {
+        for ((k, seq, m), verdict) in fresh.into_iter().zip(verdicts) {
             let tx = match verdict {
                 Ok(tx) => tx,
                 Err(why) => {
                     inner.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(seq, why, "firehose message refused by the builder");
+                    tracing::warn!(partition = k, seq, why, "firehose message refused by the builder");
                     let _ = m.ack_with(AckKind::Term).await;
-                    cutter.dropped(inner, seq, pending.is_empty()).await?;
+                    cutter.dropped(inner, k, seq, pending.is_empty()).await?;
                     continue;
                 }
             };
             if inner.misbehaves_on(&tx.transaction_id) {
                 let _ = m.ack_with(AckKind::Term).await;
-                cutter.dropped(inner, seq, pending.is_empty()).await?;
+                cutter.dropped(inner, k, seq, pending.is_empty()).await?;
                 continue;
             }
             let payload = m.payload.to_vec();
@@ -1562,8 +1677,11 @@ async fn follow_with(
                 deadline = None;
             }
             bytes += payload.len();
-            cutter.disposed = cutter.disposed.max(seq);
+            if let Some(d) = cutter.disposed.get_mut(k as usize) {
+                *d = (*d).max(seq);
+            }
             pending.push(Pending {
+                partition: k,
                 seq,
                 payload,
                 tx,
@@ -1603,25 +1721,27 @@ fn budget(config: &BuilderConfig) -> BlockBudget {
     }
 }
 
-/// What one cut made: the blocks, in order, and the firehose messages too large for any
-/// block.
+/// What one cut made: the blocks, in order, and the firehose messages (partition,
+/// sequence) too large for any block.
 struct Cut {
     blocks: Vec<u64>,
-    too_large: Vec<u64>,
+    too_large: Vec<(u32, u64)>,
 }
 
 /// Cuts, stores, indexes and publishes the blocks of `pending` messages and the closing
 /// records the transaction rules put with them (a block may hold only closings: a
 /// transaction timed out while no message came), each within `budget`, as many as they
-/// need; then acknowledges the messages.
+/// need; then acknowledges the messages. Messages go in ledger order: by partition, then
+/// by sequence, so that every block takes from each partition one range.
 async fn cut(
     inner: &Arc<Inner>,
     js: &jetstream::Context,
     ns: &Namespace,
-    pending: Vec<Pending>,
+    mut pending: Vec<Pending>,
     budget: BlockBudget,
-    disposed: u64,
+    disposed: Vec<u64>,
 ) -> Result<()> {
+    pending.sort_by_key(|p| (p.partition, p.seq));
     let now = inner.clock.now_ms();
     if pending.is_empty() && !inner.due(now) {
         return Ok(());
@@ -1631,15 +1751,16 @@ async fn cut(
             "fault injected: cutting blocks fails".into(),
         ));
     }
-    let offered: Vec<(u64, Vec<u8>, TxMessage)> = pending
+    let offered: Vec<((u32, u64), Vec<u8>, TxMessage)> = pending
         .iter()
-        .map(|p| (p.seq, p.payload.clone(), p.tx.clone()))
+        .map(|p| ((p.partition, p.seq), p.payload.clone(), p.tx.clone()))
         .collect();
     let (directory_size, directory_root) = inner
         .replica
         .checkpoint_in_force()
         .map_or((0, empty_root()), |cp| (cp.size, cp.root));
-    let mut seqs: std::collections::VecDeque<u64> = offered.iter().map(|(s, _, _)| *s).collect();
+    let mut seqs: std::collections::VecDeque<(u32, u64)> =
+        offered.iter().map(|(s, _, _)| *s).collect();
     let mut messages: std::collections::VecDeque<(Vec<u8>, TxMessage)> =
         offered.into_iter().map(|(_, b, t)| (b, t)).collect();
     let mut done = Cut {
@@ -1667,7 +1788,7 @@ async fn cut(
         .map_err(|e| Error::Corrupted(format!("cutting a block: {e}")))?;
         (seqs, messages) = (s2, m2);
         let made = made?;
-        let taken: Vec<u64> = seqs.drain(..made.taken).collect();
+        let taken: Vec<(u32, u64)> = seqs.drain(..made.taken).collect();
         done.too_large
             .extend(made.too_large.iter().map(|&i| taken[i]));
         let progressed = made.block.is_some() || made.taken > 0;
@@ -1685,31 +1806,38 @@ async fn cut(
             break;
         }
     }
-    for &seq in &done.too_large {
+    for &(partition, seq) in &done.too_large {
         inner.refused.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
+            partition,
             seq,
             capacity = budget.capacity,
             "firehose message too large for any block: refused (it is in no block, and auditors report it as omitted)"
         );
-        if let Some(p) = pending.iter().find(|p| p.seq == seq) {
+        if let Some(p) = pending
+            .iter()
+            .find(|p| (p.partition, p.seq) == (partition, seq))
+        {
             let _ = p.message.ack_with(AckKind::Term).await;
         }
     }
     let Some(&height) = done.blocks.last() else {
-        inner.handled(disposed);
+        inner.handled(&disposed);
         return Ok(());
     };
     inner.blocks.send_replace(height + 1);
-    // Durable: now the messages may go (acknowledging the last acknowledges all).
-    if let Some(p) = pending
-        .iter()
-        .rev()
-        .find(|p| !done.too_large.contains(&p.seq))
-    {
+    // Durable: now the messages may go (acknowledging the last of a partition
+    // acknowledges all of it before).
+    let mut last_of: std::collections::BTreeMap<u32, &Pending> = Default::default();
+    for p in &pending {
+        if !done.too_large.contains(&(p.partition, p.seq)) {
+            last_of.insert(p.partition, p);
+        }
+    }
+    for p in last_of.values() {
         let _ = p.message.ack().await;
     }
-    inner.handled(disposed);
+    inner.handled(&disposed);
     tracing::debug!(height, messages = pending.len(), "block cut");
     Ok(())
 }
@@ -1731,7 +1859,7 @@ struct Made {
     verified: VerifiedHeader,
     signed_bytes: Vec<u8>,
     entries: Vec<blockpost_core::transaction::Entry>,
-    last_seq: u64,
+    last_seqs: Vec<u64>,
 }
 
 /// Stores and indexes a block made by [`cut_one`] (and published).
@@ -1751,12 +1879,16 @@ fn keep_block(inner: &Inner, b: Made) -> Result<()> {
             .map_err(|e| blockpost_storage::Error::Corrupted(e.to_string()))
     })?;
     *inner.tip.lock().unwrap_or_else(|e| e.into_inner()) = Some(b.verified);
-    inner.last_seq.store(b.last_seq, Ordering::SeqCst);
+    inner
+        .last_seqs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone_from(&b.last_seqs);
     let t1 = t0.elapsed();
     let book = inner.book.lock().unwrap_or_else(|e| e.into_inner());
     inner
         .index
-        .commit(height, id, &b.signed_bytes, &b.entries, &book, b.last_seq)?;
+        .commit(height, id, &b.signed_bytes, &b.entries, &book, &b.last_seqs)?;
     tracing::debug!(
         height,
         store_ms = t1.as_secs_f64() * 1e3,
@@ -1775,7 +1907,7 @@ fn cut_one(
     messages: &mut std::collections::VecDeque<(Vec<u8>, TxMessage)>,
     budget: &BlockBudget,
     (directory_size, directory_root): (u64, [u8; 32]),
-    seqs: &std::collections::VecDeque<u64>,
+    seqs: &std::collections::VecDeque<(u32, u64)>,
 ) -> Result<OneBlock> {
     let tip = inner.tip.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let height = inner.store.len();
@@ -1805,21 +1937,28 @@ fn cut_one(
     if layout.leaves.is_empty() {
         return Ok(made);
     }
-    let placed: Vec<u64> = seqs
+    // One range per partition the block took from, in partition order (the messages
+    // are sorted so).
+    let mut ranges: Vec<PartitionRange> = Vec::new();
+    let mut last_seqs = inner.last_seqs();
+    for (_, &(partition, seq)) in seqs
         .iter()
         .take(made.taken)
         .enumerate()
         .filter(|(i, _)| !made.too_large.contains(i))
-        .map(|(_, s)| *s)
-        .collect();
-    let range = match (placed.first(), placed.last()) {
-        (Some(&first_seq), Some(&last_seq)) => Some(PartitionRange {
-            partition: 0,
-            first_seq,
-            last_seq,
-        }),
-        _ => None,
-    };
+    {
+        match ranges.last_mut() {
+            Some(r) if r.partition == partition => r.last_seq = seq,
+            _ => ranges.push(PartitionRange {
+                partition,
+                first_seq: seq,
+                last_seq: seq,
+            }),
+        }
+        if let Some(l) = last_seqs.get_mut(partition as usize) {
+            *l = seq;
+        }
+    }
     let (leaves, entries) = (layout.leaves, layout.entries);
     let t1 = t0.elapsed();
     let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(l)).collect();
@@ -1828,16 +1967,12 @@ fn cut_one(
         previous_hash: tip.as_ref().map_or_else(Vec::new, |t| t.id.to_vec()),
         merkle_root: merkle_root(&hashes).to_vec(),
         leaf_count: leaves.len() as u64,
-        partitions: range.into_iter().collect(),
+        partitions: ranges,
         directory_size,
         directory_root: directory_root.to_vec(),
         time_ms,
         builder_key_id: builder_key_id(&inner.key.verifying_key()).to_vec(),
     };
-    let last_seq = header
-        .partitions
-        .first()
-        .map_or_else(|| inner.last_seq(), |p| p.last_seq);
     let signed = sign_header(&inner.key, &header);
     let id = blockpost_core::block::block_id(&signed.header);
     let verified = VerifiedHeader {
@@ -1874,7 +2009,7 @@ fn cut_one(
         verified,
         signed_bytes,
         entries,
-        last_seq,
+        last_seqs,
     });
     Ok(made)
 }

@@ -31,6 +31,10 @@ pub struct BuilderConfig {
     /// not a setting of this table).
     #[serde(skip)]
     pub replicas: usize,
+    /// Partitions of the firehose (the node's `[messaging] firehose_partitions`; not a
+    /// setting of this table).
+    #[serde(skip)]
+    pub firehose_partitions: u32,
 }
 
 /// Where and how often the builder anchors the newest ledger root.
@@ -104,6 +108,7 @@ impl Default for BuilderConfig {
     fn default() -> Self {
         Self {
             replicas: 1,
+            firehose_partitions: 1,
             enabled: true,
             max_block_messages: 10_000,
             max_block_bytes: 4 << 20,

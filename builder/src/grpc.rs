@@ -124,6 +124,7 @@ impl ledger_server::Ledger for Builder {
             verifier_key: self.ledger_verifier_key(),
             builder_key: self.public_key().to_bytes().to_vec(),
             transaction_timeout_ms: self.transaction_timeout_ms(),
+            firehose_partitions: self.firehose_partitions(),
         }))
     }
 

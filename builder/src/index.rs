@@ -31,14 +31,15 @@ use crate::{Error, Result};
 const FORMAT: u64 = 2;
 
 /// Where the index stands.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IndexHead {
     /// Blocks indexed.
     pub blocks: u64,
     /// The id of the last one.
     pub last_id: [u8; 32],
-    /// The last firehose sequence in them.
-    pub last_seq: u64,
+    /// The last firehose sequence in them, per partition (as many as there are, or none
+    /// before the first block).
+    pub last_seqs: Vec<u64>,
 }
 
 /// The indexes: one keyspace each.
@@ -183,15 +184,17 @@ impl Index {
         let Some(v) = self.meta.get(b"head").map_err(db_err)? else {
             return Ok(IndexHead::default());
         };
-        if v.len() != 48 {
-            return Err(db_err("head record is not 48 bytes"));
+        if v.len() < 48 || (v.len() - 40) % 8 != 0 {
+            return Err(db_err(
+                "head record is not 40 bytes and a sequence per partition",
+            ));
         }
         let mut last_id = [0; 32];
         last_id.copy_from_slice(&v[8..40]);
         Ok(IndexHead {
             blocks: u64_at(&v),
             last_id,
-            last_seq: u64_at(&v[40..]),
+            last_seqs: v[40..].chunks(8).map(u64_at).collect(),
         })
     }
 
@@ -290,7 +293,8 @@ impl Index {
     }
 
     /// Indexes block `height` (id `id`), whose leaves are `entries`; `book` holds the open
-    /// transactions after it, `last_seq` the last firehose sequence in the blocks so far.
+    /// transactions after it, `last_seqs` the last firehose sequence in the blocks so far,
+    /// per partition.
     /// One atomic write batch, fsynced before it returns.
     pub fn commit(
         &self,
@@ -299,7 +303,7 @@ impl Index {
         header: &[u8],
         entries: &[Entry],
         book: &Book,
-        last_seq: u64,
+        last_seqs: &[u64],
     ) -> Result<()> {
         let mut w = self.db.batch().durability(Some(PersistMode::SyncAll));
         let mut touched: BTreeMap<&str, TransactionState> = BTreeMap::new();
@@ -375,10 +379,15 @@ impl Index {
                 (before + anchors).to_be_bytes().to_vec(),
             );
         }
-        let mut head = Vec::with_capacity(48);
+        let mut head = Vec::with_capacity(40 + 8 * last_seqs.len().max(1));
         head.extend_from_slice(&(height + 1).to_be_bytes());
         head.extend_from_slice(&id);
-        head.extend_from_slice(&last_seq.to_be_bytes());
+        for s in last_seqs {
+            head.extend_from_slice(&s.to_be_bytes());
+        }
+        if last_seqs.is_empty() {
+            head.extend_from_slice(&0u64.to_be_bytes());
+        }
         w.insert(&self.meta, "head", head);
         w.commit().map_err(db_err)
     }
@@ -421,7 +430,7 @@ mod tests {
             IndexHead {
                 blocks: 2,
                 last_id: [11; 32],
-                last_seq: 5
+                last_seqs: vec![5, 2]
             }
         );
         assert_eq!(index.locate(&[2; 32]).unwrap(), Some((0, 1)));
@@ -473,12 +482,12 @@ mod tests {
                 msg(3, "t1", "b", "a", false),
             ];
             let (_, e) = lay_out_block(&mut book, 0, 1_000, vec![], block0, |_| false);
-            index.commit(0, [10; 32], b"h0", &e, &book, 3).unwrap();
+            index.commit(0, [10; 32], b"h0", &e, &book, &[3]).unwrap();
             // Both parties finish t1: its closing record follows the second finish.
             let block1 = vec![msg(4, "t1", "a", "b", true), msg(5, "t1", "b", "a", true)];
             let (_, e) = lay_out_block(&mut book, 1, 2_000, vec![], block1, |_| false);
             assert!(matches!(e[2], Entry::Closing(..)));
-            index.commit(1, [11; 32], b"h1", &e, &book, 5).unwrap();
+            index.commit(1, [11; 32], b"h1", &e, &book, &[5, 2]).unwrap();
             check(&index);
         }
         let index = Index::open(&path).unwrap();
@@ -499,7 +508,7 @@ mod tests {
             |_| false,
         );
         index
-            .commit(0, [10; 32], b"h0", &e, &Book::new(60_000, []), 1)
+            .commit(0, [10; 32], b"h0", &e, &Book::new(60_000, []), &[1])
             .unwrap();
         index.write_format(0).unwrap();
         drop(index);

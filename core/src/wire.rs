@@ -9,8 +9,8 @@
 //! |---|---|---|---|
 //! | `BLOCKPOST_T_DIRECTORY` | `blockpost.T.directory.entry` | a `LogEntry` | [`LEAF_INDEX_HEADER`], [`TREE_SIZE_HEADER`] and [`PROOF_HEADER`] (its inclusion proof in a checkpoint published before it), `Nats-Msg-Id` = [`entry_msg_id`] |
 //! | | `blockpost.T.directory.checkpoint` | a signed checkpoint note | [`TREE_SIZE_HEADER`], `Nats-Msg-Id` = [`checkpoint_msg_id`] |
-//! | `BLOCKPOST_T_FIREHOSE` | `blockpost.T.firehose` | an `Envelope` | [`MESSAGE_ID_HEADER`], [`GATEWAY_MAC_HEADER`], `Nats-Msg-Id` = [`nonce_msg_id`] |
-//! | `BLOCKPOST_T_INBOX` | `blockpost.T.inbox.<address>` | an `Envelope` | [`MESSAGE_ID_HEADER`], [`FIREHOSE_SEQ_HEADER`], `Nats-Msg-Id` = [`inbox_msg_id`] |
+//! | `BLOCKPOST_T_FIREHOSE` (one partition) or `BLOCKPOST_T_FIREHOSE_K_OF_P` (partition `K` of `P`, [`Firehose`]) | `blockpost.T.firehose` or `blockpost.T.firehose.P.K` | an `Envelope` | [`MESSAGE_ID_HEADER`], [`GATEWAY_MAC_HEADER`], `Nats-Msg-Id` = [`nonce_msg_id`] |
+//! | `BLOCKPOST_T_INBOX` | `blockpost.T.inbox.<address>` | nothing: a pointer to the firehose | [`MESSAGE_ID_HEADER`], [`FIREHOSE_SEQ_HEADER`], [`FIREHOSE_PARTITION_HEADER`] (absent: 0), `Nats-Msg-Id` = [`inbox_msg_id`] |
 //!
 //! Each stream's description is [`Namespace::description`]: a node refuses to use a stream
 //! whose description names another log.
@@ -174,9 +174,17 @@ impl Namespace {
         self.stream("DIRECTORY")
     }
 
-    /// The firehose stream.
+    /// The firehose stream of a one-partition firehose ([`Firehose::stream`] in general).
     pub fn firehose_stream(&self) -> String {
         self.stream("FIREHOSE")
+    }
+
+    /// The firehose of `partitions` partitions ([`Firehose`]).
+    pub fn firehose(&self, partitions: u32) -> Firehose {
+        Firehose {
+            ns: self.clone(),
+            partitions: partitions.clamp(1, MAX_FIREHOSE_PARTITIONS),
+        }
     }
 
     /// The inbox stream.
@@ -199,7 +207,8 @@ impl Namespace {
         format!("blockpost.{}.directory.checkpoint", self.token)
     }
 
-    /// Subject of the firehose: every accepted envelope, once.
+    /// Subject of a one-partition firehose: every accepted envelope, once
+    /// ([`Firehose::subject`] in general).
     pub fn firehose_subject(&self) -> String {
         format!("blockpost.{}.firehose", self.token)
     }
@@ -236,6 +245,88 @@ impl Namespace {
     }
 }
 
+/// Most partitions a firehose may have.
+pub const MAX_FIREHOSE_PARTITIONS: u32 = 256;
+
+/// The firehose of one log: `P` partitions, one JetStream stream each, so that each has
+/// its own leader (and its own servers, in a cluster). A sender's envelopes all go to one
+/// partition ([`Firehose::partition_of`]), so order per sender is kept. `P` is fixed when
+/// the firehose is made: it is in every partition's stream name and subject, so that a
+/// node started with another `P` finds streams that are not its own
+/// ([`Firehose::partitions_of_stream`]) instead of forking the log. With `P` = 1 the names
+/// are those of a firehose made before partitions existed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Firehose {
+    ns: Namespace,
+    partitions: u32,
+}
+
+impl Firehose {
+    /// How many partitions (1 to [`MAX_FIREHOSE_PARTITIONS`]).
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition of envelopes from `sender`: the first 8 bytes of
+    /// SHA-256(`"blockpost/v1 partition\n"` || address), big-endian, modulo `P`.
+    pub fn partition_of(&self, sender: &Address) -> u32 {
+        partition_of(sender, self.partitions)
+    }
+
+    /// The stream of partition `k`: `BLOCKPOST_T_FIREHOSE` when `P` = 1, else
+    /// `BLOCKPOST_T_FIREHOSE_K_OF_P`.
+    pub fn stream(&self, k: u32) -> String {
+        if self.partitions == 1 {
+            self.ns.firehose_stream()
+        } else {
+            format!("{}_{k}_OF_{}", self.ns.firehose_stream(), self.partitions)
+        }
+    }
+
+    /// The subject of partition `k`: `blockpost.T.firehose` when `P` = 1, else
+    /// `blockpost.T.firehose.P.K`.
+    pub fn subject(&self, k: u32) -> String {
+        if self.partitions == 1 {
+            self.ns.firehose_subject()
+        } else {
+            format!("{}.{}.{k}", self.ns.firehose_subject(), self.partitions)
+        }
+    }
+
+    /// Every partition: `0..P`.
+    pub fn all(&self) -> std::ops::Range<u32> {
+        0..self.partitions
+    }
+
+    /// For a stream name of this log's firehose, the number of partitions of the firehose
+    /// it belongs to (whichever `P` made it); `None` for any other stream.
+    pub fn partitions_of_stream(&self, name: &str) -> Option<u32> {
+        let base = self.ns.firehose_stream();
+        let rest = name.strip_prefix(base.as_str())?;
+        if rest.is_empty() {
+            return Some(1);
+        }
+        let (k, p) = rest.strip_prefix('_')?.split_once("_OF_")?;
+        let (k, p): (u32, u32) = (k.parse().ok()?, p.parse().ok()?);
+        (k < p).then_some(p)
+    }
+}
+
+/// The partition of envelopes from `sender` on a firehose of `partitions` partitions
+/// ([`Firehose::partition_of`]).
+pub fn partition_of(sender: &Address, partitions: u32) -> u32 {
+    if partitions <= 1 {
+        return 0;
+    }
+    let mut h = sha2::Sha256::new();
+    h.update(b"blockpost/v1 partition\n");
+    h.update(sender.as_str().as_bytes());
+    let d = h.finalize();
+    let mut first = [0; 8];
+    first.copy_from_slice(&d[..8]);
+    (u64::from_be_bytes(first) % u64::from(partitions)) as u32
+}
+
 /// JetStream's de-duplication header.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Leaf index of a directory entry message.
@@ -247,8 +338,10 @@ pub const TREE_SIZE_HEADER: &str = "Blockpost-Tree-Size";
 pub const PROOF_HEADER: &str = "Blockpost-Inclusion-Proof";
 /// Hex message id (SHA-256 of the encoded envelope).
 pub const MESSAGE_ID_HEADER: &str = "Blockpost-Message-Id";
-/// Firehose sequence of an inbox copy.
+/// Firehose sequence of an inbox entry.
 pub const FIREHOSE_SEQ_HEADER: &str = "Blockpost-Firehose-Seq";
+/// Firehose partition of an inbox entry (absent: partition 0).
+pub const FIREHOSE_PARTITION_HEADER: &str = "Blockpost-Firehose-Partition";
 /// The gateway's [`FirehoseMac`] tag of a firehose envelope, hex.
 pub const GATEWAY_MAC_HEADER: &str = "Blockpost-Gateway-Mac";
 
@@ -372,6 +465,37 @@ mod tests {
         );
         let alice = Address::parse("alice").unwrap();
         assert_ne!(a.inbox_subject(&alice), b.inbox_subject(&alice));
+    }
+
+    #[test]
+    fn firehose_partitions_are_named_with_their_count_and_keep_a_sender_in_one() {
+        let ns = Namespace::for_origin("bank.example/log");
+        let one = ns.firehose(1);
+        assert_eq!(one.stream(0), ns.firehose_stream());
+        assert_eq!(one.subject(0), ns.firehose_subject());
+        let alice = Address::parse("alice").unwrap();
+        assert_eq!(one.partition_of(&alice), 0);
+        let four = ns.firehose(4);
+        assert_eq!(four.stream(2), format!("{}_2_OF_4", ns.firehose_stream()));
+        assert_eq!(four.subject(3), format!("{}.4.3", ns.firehose_subject()));
+        assert_eq!(four.partitions_of_stream(&four.stream(3)), Some(4));
+        assert_eq!(four.partitions_of_stream(&one.stream(0)), Some(1));
+        assert_eq!(four.partitions_of_stream(&ns.firehose(8).stream(7)), Some(8));
+        assert_eq!(four.partitions_of_stream(&ns.inbox_stream()), None);
+        assert_eq!(four.partitions_of_stream(&format!("{}_4_OF_4", ns.firehose_stream())), None);
+        // Stable: the same sender, the same partition, every time and everywhere.
+        let p = four.partition_of(&alice);
+        assert_eq!(p, partition_of(&alice, 4));
+        assert!(p < 4);
+        // Every partition gets senders.
+        let mut hit = [0usize; 4];
+        for i in 0..400 {
+            let a = Address::parse(&format!("sender{i}")).unwrap();
+            hit[four.partition_of(&a) as usize] += 1;
+        }
+        assert!(hit.iter().all(|&n| n > 50), "{hit:?}");
+        assert_eq!(ns.firehose(0).partitions(), 1);
+        assert_eq!(ns.firehose(100_000).partitions(), MAX_FIREHOSE_PARTITIONS);
     }
 
     #[test]

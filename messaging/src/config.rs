@@ -32,6 +32,10 @@ pub struct MessagingConfig {
     /// Most bytes of envelopes the gateway holds while it checks and stores them, from
     /// every caller together; beyond it a submission is answered UNAVAILABLE at once.
     pub max_inflight_bytes: usize,
+    /// Partitions of the firehose: one JetStream stream each, a sender's envelopes all in
+    /// one (a stable hash of its address). Fixed when the firehose is made: a node started
+    /// with another number on the same log refuses to run.
+    pub firehose_partitions: u32,
     /// Replicas of the JetStream streams this service makes (the node's `[nats] replicas`;
     /// not a setting of this table).
     #[serde(skip)]
@@ -53,6 +57,7 @@ impl Default for MessagingConfig {
             follower_buffer_bytes: 256 << 10,
             slow_follower_ms: 10_000,
             max_inflight_bytes: 256 << 20,
+            firehose_partitions: 1,
         }
     }
 }
@@ -84,6 +89,14 @@ impl MessagingConfig {
             || self.max_inflight_bytes == 0
         {
             return Err("messaging.max_followers, max_followers_per_peer, follower_buffer_bytes, slow_follower_ms and max_inflight_bytes must be at least 1".into());
+        }
+        if self.firehose_partitions == 0
+            || self.firehose_partitions > blockpost_core::wire::MAX_FIREHOSE_PARTITIONS
+        {
+            return Err(format!(
+                "messaging.firehose_partitions must be between 1 and {}",
+                blockpost_core::wire::MAX_FIREHOSE_PARTITIONS
+            ));
         }
         if self.max_block_delay_ms == 0 || i64::try_from(self.max_block_delay_ms).is_err() {
             return Err("messaging.max_block_delay_ms must be a positive number of ms".into());

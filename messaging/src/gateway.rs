@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) config: MessagingConfig,
     /// The streams and subjects of the directory log this gateway serves.
     pub(crate) ns: wire::Namespace,
+    /// Its firehose's partitions.
+    pub(crate) firehose: wire::Firehose,
     pub(crate) limits: EnvelopeLimits,
     /// Largest envelope NATS takes in one message (its `max_payload`, less room for headers).
     pub(crate) max_envelope: usize,
@@ -124,17 +126,20 @@ impl Gateway {
         let mut js = jetstream::new(nats.clone());
         js.set_timeout(Duration::from_secs(10));
         let window = Duration::from_millis(config.max_clock_skew_ms.saturating_mul(2));
-        js.get_or_create_stream(stream::Config {
-            name: ns.firehose_stream(),
-            description: Some(ns.description()),
-            subjects: vec![ns.firehose_subject()],
-            storage: stream::StorageType::File,
-            duplicate_window: window,
-            num_replicas: config.replicas.max(1),
-            ..Default::default()
-        })
-        .await
-        .map_err(bus)?;
+        let firehose = ns.firehose(config.firehose_partitions);
+        for k in firehose.all() {
+            js.get_or_create_stream(stream::Config {
+                name: firehose.stream(k),
+                description: Some(ns.description()),
+                subjects: vec![firehose.subject(k)],
+                storage: stream::StorageType::File,
+                duplicate_window: window,
+                num_replicas: config.replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(bus)?;
+        }
         js.get_or_create_stream(stream::Config {
             name: ns.inbox_stream(),
             description: Some(ns.description()),
@@ -154,6 +159,7 @@ impl Gateway {
             replica,
             limits: config.limits(),
             ns,
+            firehose,
             max_envelope,
             config,
             clock,
@@ -177,6 +183,7 @@ impl Gateway {
         GatewayInfo {
             receipt_key: self.inner.key.verifying_key().to_bytes().to_vec(),
             max_block_delay_ms: self.inner.config.max_block_delay_ms,
+            firehose_partitions: self.inner.firehose.partitions(),
         }
     }
 
@@ -376,8 +383,9 @@ impl Gateway {
             wire::GATEWAY_MAC_HEADER,
             self.inner.mac.tag(&bytes).as_str(),
         );
+        let partition = self.inner.firehose.partition_of(sender);
         let ack = js
-            .publish_with_headers(self.inner.ns.firehose_subject(), h, bytes.clone().into())
+            .publish_with_headers(self.inner.firehose.subject(partition), h, bytes.clone().into())
             .await
             .map_err(bus)?
             .await
@@ -385,7 +393,7 @@ impl Gateway {
         if ack.duplicate {
             // The same envelope again (a retry) is fine; another one with that nonce is a replay.
             let stream = js
-                .get_stream(self.inner.ns.firehose_stream())
+                .get_stream(self.inner.firehose.stream(partition))
                 .await
                 .map_err(bus)?;
             let original = stream.get_raw_message(ack.sequence).await.map_err(bus)?;
@@ -402,6 +410,9 @@ impl Gateway {
             h.insert(wire::MSG_ID_HEADER, wire::inbox_msg_id(&id_hex, r).as_str());
             h.insert(wire::MESSAGE_ID_HEADER, id_hex.as_str());
             h.insert(wire::FIREHOSE_SEQ_HEADER, ack.sequence.to_string().as_str());
+            if partition != 0 {
+                h.insert(wire::FIREHOSE_PARTITION_HEADER, partition.to_string().as_str());
+            }
             // The entry points at the firehose message (its sequence and id) and carries
             // no copy of it: the gateway that delivers it reads the envelope there.
             acks.push(
@@ -420,6 +431,7 @@ impl Gateway {
             firehose_sequence: ack.sequence,
             block_deadline_ms: deadline_ms(accepted, self.inner.config.max_block_delay_ms),
             gateway_key: self.inner.key.verifying_key().to_bytes().to_vec(),
+            firehose_partition: partition,
         };
         Ok(sign_receipt(&self.inner.key, &body))
     }

@@ -143,8 +143,17 @@ impl messaging_server::Messaging for Gateway {
             .get()
             .cloned()
             .unwrap_or_else(|| gw.inner.js.clone());
+        let partitions = gw.inner.firehose.partitions();
+        if r.partition >= partitions {
+            return Err(Status::invalid_argument(format!(
+                "partition {} does not exist: this firehose has {partitions} partition(s), 0 to {}",
+                r.partition,
+                partitions - 1
+            )));
+        }
+        let partition = r.partition;
         let mut stream = js
-            .get_stream(gw.inner.ns.firehose_stream())
+            .get_stream(gw.inner.firehose.stream(partition))
             .await
             .map_err(|e| Status::from(bus(e)))?;
         let last = stream
@@ -187,7 +196,7 @@ impl messaging_server::Messaging for Gateway {
             let outcome = tokio::select! {
                 // The client went away: end at once, not at the next message.
                 () = tx.closed() => Ok(()),
-                r = feed(&consumer, &tx, &buffer, room, slow, max_payload, r.follow, last) => r,
+                r = feed(&consumer, &tx, &buffer, room, slow, max_payload, r.follow, last, partition) => r,
             };
             if let Err(status) = outcome {
                 if status.code() == tonic::Code::ResourceExhausted {
@@ -322,6 +331,7 @@ async fn feed(
     max_payload: usize,
     follow: bool,
     last: u64,
+    partition: u32,
 ) -> Result<(), Status> {
     let too_slow = || {
         Status::resource_exhausted(format!(
@@ -385,6 +395,7 @@ async fn feed(
                 sequence: seq,
                 envelope: Some(envelope),
                 message_id,
+                partition,
             };
             let held = u32::try_from(m.payload.len().clamp(1, room)).unwrap_or(u32::MAX);
             let permit = tokio::time::timeout(slow, buffer.clone().acquire_many_owned(held))
@@ -421,12 +432,15 @@ enum Undeliverable {
 /// Checks one inbox message against the firehose and the directory replica.
 async fn verified_delivery(
     gw: &Gateway,
-    firehose: &async_nats::jetstream::stream::Stream,
+    firehose: &[async_nats::jetstream::stream::Stream],
     m: &Message,
     address: &Address,
-    firehose_sequence: u64,
+    (partition, firehose_sequence): (u32, u64),
 ) -> Result<Envelope, Undeliverable> {
     use Undeliverable::{Never, NotYet};
+    let firehose = firehose
+        .get(partition as usize)
+        .ok_or(Never("names a firehose partition that does not exist"))?;
     let on_firehose = match firehose.get_raw_message(firehose_sequence).await {
         Ok(m) => m,
         Err(e) => {
@@ -457,6 +471,9 @@ async fn verified_delivery(
         .map_err(|_| Never("breaks the envelope rules"))?;
     if !parsed.recipients().contains(address) {
         return Err(Never("not addressed to this inbox"));
+    }
+    if gw.inner.firehose.partition_of(parsed.sender()) != partition {
+        return Err(Never("on another firehose partition than its sender's"));
     }
     // The replica may be a moment behind the directory (after a restart, say).
     let sender = gw
@@ -547,12 +564,16 @@ async fn serve_inbox(
         .get_stream(gw.inner.ns.inbox_stream())
         .await
         .map_err(bus)?;
-    let firehose = gw
-        .inner
-        .js
-        .get_stream(gw.inner.ns.firehose_stream())
-        .await
-        .map_err(bus)?;
+    let mut firehose = Vec::new();
+    for k in gw.inner.firehose.all() {
+        firehose.push(
+            gw.inner
+                .js
+                .get_stream(gw.inner.firehose.stream(k))
+                .await
+                .map_err(bus)?,
+        );
+    }
     let consumer = stream
         .get_or_create_consumer(
             &format!("inbox-{address}"),
@@ -634,11 +655,22 @@ async fn serve_inbox(
             let firehose_sequence = header(&m, wire::FIREHOSE_SEQ_HEADER)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
+            let firehose_partition: u32 = header(&m, wire::FIREHOSE_PARTITION_HEADER)
+                .map_or(Some(0), |s| s.parse().ok())
+                .unwrap_or(u32::MAX);
             // Nothing read from NATS is handed out unverified: the delivery must be an
             // envelope for this address, on the firehose at the sequence it names, signed by
             // its sender's key. Anything else is dropped for good and counted.
             let envelope =
-                match verified_delivery(&gw, &firehose, &m, &address, firehose_sequence).await {
+                match verified_delivery(
+                    &gw,
+                    &firehose,
+                    &m,
+                    &address,
+                    (firehose_partition, firehose_sequence),
+                )
+                .await
+                {
                     Ok(e) => e,
                     Err(Undeliverable::Never(why)) => {
                         gw.inner
@@ -670,6 +702,7 @@ async fn serve_inbox(
                 sequence: seq,
                 envelope: Some(envelope),
                 firehose_sequence,
+                firehose_partition,
             };
             if tx
                 .send(Ok(InboxServerMessage {

@@ -102,7 +102,13 @@ impl Node {
         };
         let nats = crate::connect(&nats_url, auth.as_ref()).await?;
 
-        check_streams(&nats, &ns, replicas).await?;
+        check_streams(
+            &nats,
+            &ns,
+            replicas,
+            &ns.firehose(config.messaging.firehose_partitions),
+        )
+        .await?;
         let directory = if roles.directory {
             let parts = DirectoryParts {
                 origin,
@@ -190,6 +196,7 @@ impl Node {
                 Builder::start(
                     blockpost_builder::BuilderConfig {
                         replicas,
+                        firehose_partitions: config.messaging.firehose_partitions,
                         ..config.builder.clone()
                     },
                     BuilderParts {
@@ -488,15 +495,40 @@ pub fn directory_vkey_path(data: &DataDir) -> std::path::PathBuf {
     data.keys().join("directory.vkey")
 }
 
-async fn check_streams(nats: &async_nats::Client, ns: &Namespace, replicas: usize) -> Result<()> {
+async fn check_streams(
+    nats: &async_nats::Client,
+    ns: &Namespace,
+    replicas: usize,
+    firehose: &blockpost_core::wire::Firehose,
+) -> Result<()> {
     let js = async_nats::jetstream::new(nats.clone());
-    for name in [
+    // The firehose's partitions are fixed when it is made: streams of this log's firehose
+    // made with another count mean the config changed.
+    let mut names = js.stream_names();
+    while let Some(name) = futures::StreamExt::next(&mut names).await {
+        let Ok(name) = name else {
+            break; // NATS is away: the services will find out
+        };
+        if let Some(made) = firehose.partitions_of_stream(&name)
+            && made != firehose.partitions()
+        {
+            return Err(Error::Config(format!(
+                "stream {name} holds this log's firehose as {made} partition(s), and this node's \
+                 [messaging] firehose_partitions is {}: the count is fixed when the firehose is made \
+                 (a sender's messages must stay in one partition, and blocks name them by partition). \
+                 Set firehose_partitions = {made}, or start the log anew",
+                firehose.partitions()
+            )));
+        }
+    }
+    let mut streams = vec![
         ns.directory_stream(),
-        ns.firehose_stream(),
         ns.inbox_stream(),
         ns.blocks_stream(),
         ns.lease_stream(),
-    ] {
+    ];
+    streams.extend(firehose.all().map(|k| firehose.stream(k)));
+    for name in streams {
         let Ok(mut stream) = js.get_stream(&name).await else {
             continue; // not made yet (or NATS is down: the services will retry)
         };

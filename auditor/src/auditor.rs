@@ -176,7 +176,9 @@ struct Inner {
     receipts: Mutex<std::fs::File>,
     receipts_path: PathBuf,
     /// The firehose stream's last sequence, as last asked.
-    firehose_stream_last: std::sync::atomic::AtomicU64,
+    firehose_stream_last: Vec<std::sync::atomic::AtomicU64>,
+    /// The node's firehose: its partitions, their streams.
+    firehose: blockpost_core::wire::Firehose,
     /// Blocks on the stream after the last one read.
     blocks_pending: std::sync::atomic::AtomicU64,
     /// When the auditor last checked something new.
@@ -207,8 +209,9 @@ struct Inner {
     open_for: Vec<OpenFor>,
 }
 
-/// Writes the resume point (synced, then renamed over the old one).
-fn write_resume(path: &std::path::Path, p: &ResumePoint) -> Result<()> {
+/// Writes a state file as JSON: synced, then renamed over the old one (so that a crash
+/// leaves the old file or the new one, never half of one).
+fn write_resume(path: &std::path::Path, p: &impl Serialize) -> Result<()> {
     use std::io::Write as _;
     let err = |e: std::io::Error| Error::State {
         path: path.display().to_string(),
@@ -347,33 +350,47 @@ impl Drop for Tasks {
 #[derive(serde::Deserialize, Serialize, PartialEq, Eq)]
 struct PinnedGateway {
     receipt_key: String,
+    /// The firehose's partitions; absent in pins written before partitions, and then
+    /// pinned on the next contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    firehose_partitions: Option<u32>,
 }
 
-/// Pins the gateway's receipt key on first contact; refuses another one later.
-fn pin_gateway(path: &std::path::Path, key: &[u8]) -> Result<()> {
+/// Pins the gateway's receipt key and the firehose's partitions on first contact; refuses
+/// others later.
+fn pin_gateway(path: &std::path::Path, key: &[u8], partitions: u32) -> Result<()> {
     let state = |why: String| Error::State {
         path: path.display().to_string(),
         why,
     };
     let presented = PinnedGateway {
         receipt_key: hex::encode(key),
+        firehose_partitions: Some(partitions),
     };
+    let write = |p: &PinnedGateway| write_resume(path, p);
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let pinned: PinnedGateway = serde_json::from_str(&text)
+            let mut pinned: PinnedGateway = serde_json::from_str(&text)
                 .map_err(|e| state(format!("damaged ({e}); delete it to trust anew")))?;
+            let upgrade = pinned.firehose_partitions.is_none();
+            if upgrade {
+                pinned.firehose_partitions = presented.firehose_partitions;
+            }
             if pinned != presented {
                 return Err(state(format!(
-                    "the gateway now presents receipt key {}, but {} was pinned: refusing to continue",
-                    presented.receipt_key, pinned.receipt_key
+                    "the gateway now presents receipt key {} and {} firehose partition(s), but {} and {:?} were pinned: refusing to continue",
+                    presented.receipt_key,
+                    partitions,
+                    pinned.receipt_key,
+                    pinned.firehose_partitions
                 )));
+            }
+            if upgrade {
+                write(&pinned)?;
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let json = serde_json::to_vec_pretty(&presented).map_err(|e| state(e.to_string()))?;
-            std::fs::write(path, json).map_err(|e| state(e.to_string()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write(&presented),
         Err(e) => Err(state(e.to_string())),
     }
 }
@@ -418,30 +435,46 @@ impl Auditor {
             .map_err(blockpost_client::Error::from)?
             .into_inner();
         let promise_ms = gateway.max_block_delay_ms;
-        pin_gateway(&config.data.join("gateway.json"), &gateway.receipt_key)?;
+        let partitions = gateway.firehose_partitions.max(1);
+        pin_gateway(
+            &config.data.join("gateway.json"),
+            &gateway.receipt_key,
+            partitions,
+        )?;
         let gateway_key = blockpost_core::ed25519_key(&gateway.receipt_key)
             .map_err(blockpost_client::Error::from)?;
         let ns = Namespace::for_origin(&messenger.directory.info().origin);
-        let (chain, ledger, ledger_origin) =
-            match Ledger::connect(&messenger.directory, &client_dir).await {
-                Ok(l) => {
-                    let key = blockpost_core::ed25519_key(&l.info().builder_key)
-                        .map_err(blockpost_client::Error::from)?;
-                    let chain = Chain::new(
-                        key,
-                        l.info().transaction_timeout_ms,
-                        l.info().verifier_key.clone(),
-                    );
-                    let origin = l.info().origin.clone();
-                    (Some(chain), Some(tokio::sync::Mutex::new(l)), Some(origin))
+        let (chain, ledger, ledger_origin) = match Ledger::connect(
+            &messenger.directory,
+            &client_dir,
+        )
+        .await
+        {
+            Ok(l) => {
+                let key = blockpost_core::ed25519_key(&l.info().builder_key)
+                    .map_err(blockpost_client::Error::from)?;
+                if l.info().firehose_partitions.max(1) != partitions {
+                    return Err(blockpost_client::Error::Refused(format!(
+                            "the gateway says the firehose has {partitions} partition(s) and the ledger says {}: refusing to audit a node that contradicts itself",
+                            l.info().firehose_partitions.max(1)
+                        ))
+                        .into());
                 }
-                Err(e) if e.code() == Some(tonic::Code::Unimplemented) => {
-                    tracing::warn!("the node has no ledger: blocks are not checked, omissions are");
-                    (None, None, None)
-                }
-                Err(e) => return Err(e.into()),
-            };
-        let mut promises = Promises::new(promise_ms, config.grace_ms);
+                let chain = Chain::new(
+                    key,
+                    l.info().transaction_timeout_ms,
+                    l.info().verifier_key.clone(),
+                );
+                let origin = l.info().origin.clone();
+                (Some(chain), Some(tokio::sync::Mutex::new(l)), Some(origin))
+            }
+            Err(e) if e.code() == Some(tonic::Code::Unimplemented) => {
+                tracing::warn!("the node has no ledger: blocks are not checked, omissions are");
+                (None, None, None)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut promises = Promises::new(promise_ms, config.grace_ms).with_partitions(partitions);
         if chain.is_none() {
             // No builder: messages in no block are omissions, not a stalled builder.
             promises.without_builder();
@@ -489,7 +522,10 @@ impl Auditor {
             gateway_key,
             receipts: Mutex::new(receipts),
             receipts_path,
-            firehose_stream_last: std::sync::atomic::AtomicU64::new(0),
+            firehose_stream_last: (0..partitions)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            firehose: ns.firehose(partitions),
             blocks_pending: std::sync::atomic::AtomicU64::new(0),
             progress: Mutex::new(std::time::Instant::now()),
             outbox: outbox_tx,
@@ -537,25 +573,29 @@ impl Auditor {
         let channel = messenger.directory.channel();
         let mut tasks = vec![
             tokio::spawn(ledger_loop(Arc::downgrade(&inner), channel)),
-            tokio::spawn(firehose_loop(
-                Arc::downgrade(&inner),
-                js.clone(),
-                ns.clone(),
-                messenger,
-            )),
             tokio::spawn(directory_loop(
                 Arc::downgrade(&inner),
                 js.clone(),
                 ns.clone(),
             )),
-            tokio::spawn(firehose_tail_loop(
+        ];
+        // Each partition of the firehose is read, and its tail watched, on its own.
+        let messenger = Arc::new(tokio::sync::Mutex::new(messenger));
+        for k in 0..partitions {
+            tasks.push(tokio::spawn(firehose_loop(
                 Arc::downgrade(&inner),
                 js.clone(),
-                ns.clone(),
-            )),
-            tokio::spawn(blocks_loop(Arc::downgrade(&inner), js, ns)),
-            tokio::spawn(tick_loop(Arc::downgrade(&inner))),
-        ];
+                k,
+                messenger.clone(),
+            )));
+            tasks.push(tokio::spawn(firehose_tail_loop(
+                Arc::downgrade(&inner),
+                js.clone(),
+                k,
+            )));
+        }
+        tasks.push(tokio::spawn(blocks_loop(Arc::downgrade(&inner), js, ns)));
+        tasks.push(tokio::spawn(tick_loop(Arc::downgrade(&inner))));
         tasks.extend(publisher);
         Ok(Self {
             inner,
@@ -654,7 +694,7 @@ impl Auditor {
         let s = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         AuditStatus {
             blocks_verified: s.chain.as_ref().map_or(0, Chain::len),
-            firehose_checked: s.promises.last_seq(),
+            firehose_checked: s.promises.read(),
             waiting: s.promises.waiting(),
             alerts: self
                 .inner
@@ -672,8 +712,13 @@ impl Auditor {
             firehose_lag: self
                 .inner
                 .firehose_stream_last
-                .load(Ordering::SeqCst)
-                .saturating_sub(s.promises.last_seq()),
+                .iter()
+                .enumerate()
+                .map(|(k, l)| {
+                    l.load(Ordering::SeqCst)
+                        .saturating_sub(s.promises.last_seq(k as u32))
+                })
+                .sum(),
             blocks_lag: self.inner.blocks_pending.load(Ordering::SeqCst),
             firehose_read: self.inner.firehose_read.load(Ordering::SeqCst),
             seconds_since_progress: self
@@ -798,6 +843,7 @@ const CHECK_BATCH: usize = 1024;
 async fn check_envelopes(
     messenger: &mut Messenger,
     items: &[(u64, i64, bytes::Bytes)],
+    partition: (u32, &blockpost_core::wire::Firehose),
 ) -> Vec<(Option<[u8; 32]>, Option<String>)> {
     let mut out: Vec<(Option<[u8; 32]>, Option<String>)> = Vec::with_capacity(items.len());
     let mut envs = Vec::new();
@@ -805,6 +851,25 @@ async fn check_envelopes(
     for (_, _, payload) in items {
         match decode_canonical::<Envelope>(payload, "envelope") {
             Ok(env) => {
+                // A sender's envelopes belong in its partition only (there the firehose
+                // de-duplicates its nonces).
+                let misplaced = <blockpost_proto::v1::EnvelopeContent as prost::Message>::decode(
+                    env.content.as_slice(),
+                )
+                .ok()
+                .and_then(|c| blockpost_core::Address::parse(&c.sender).ok())
+                .map(|a| partition.1.partition_of(&a))
+                .filter(|own| *own != partition.0);
+                if let Some(own) = misplaced {
+                    out.push((
+                        Some(message_id_of_encoded(payload)),
+                        Some(format!(
+                            "on firehose partition {}, but its sender is on partition {own}",
+                            partition.0
+                        )),
+                    ));
+                    continue;
+                }
                 slots.push(out.len());
                 out.push((Some(message_id_of_encoded(payload)), None));
                 envs.push(env);
@@ -833,12 +898,17 @@ async fn check_envelopes(
     out
 }
 
+/// Follows partition `k` of the firehose: each message checked, and handed to the
+/// promises.
 async fn firehose_loop(
     weak: Weak<Inner>,
     js: jetstream::Context,
-    ns: Namespace,
-    mut messenger: Messenger,
+    k: u32,
+    messenger: Arc<tokio::sync::Mutex<Messenger>>,
 ) {
+    let Some(firehose) = weak.upgrade().map(|i| i.firehose.clone()) else {
+        return;
+    };
     loop {
         let start = match weak.upgrade() {
             Some(i) => {
@@ -850,7 +920,7 @@ async fn firehose_loop(
                     .as_ref()
                     .is_none_or(|c| c.len() >= s.promises.skip_below())
                     || i.blocks_current.load(Ordering::SeqCst);
-                replayed.then(|| s.promises.last_seq() + 1)
+                replayed.then(|| s.promises.last_seq(k) + 1)
             }
             None => return,
         };
@@ -859,11 +929,10 @@ async fn firehose_loop(
             continue;
         };
         let r: std::result::Result<(), String> = async {
-            let stream = js
-                .get_stream(ns.firehose_stream())
+            let mut stream = js
+                .get_stream(firehose.stream(k))
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut stream = stream;
             let mut messages = ordered(&stream, None, start).await?;
             let mut read = start.saturating_sub(1);
             while let Some(first) = next_or_stalled(&mut messages, &mut stream, read).await? {
@@ -881,7 +950,8 @@ async fn firehose_loop(
                     read = read.max(info.stream_sequence);
                     items.push((info.stream_sequence, published_ms(&info), m.payload.clone()));
                 }
-                let verdicts = check_envelopes(&mut messenger, &items).await;
+                let verdicts =
+                    check_envelopes(&mut *messenger.lock().await, &items, (k, &firehose)).await;
                 let Some(inner) = weak.upgrade() else {
                     return Ok(());
                 };
@@ -895,7 +965,7 @@ async fn firehose_loop(
                         });
                         alerts.extend(
                             s.promises
-                                .firehose(*seq, id, *published, invalid, placed, now),
+                                .firehose_at(k, *seq, id, *published, invalid, placed, now),
                         );
                     }
                     inner.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -1078,11 +1148,14 @@ async fn directory_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace
 /// show. So once a second: when the stream's last sequence is past the last one read and
 /// reading has not moved for a second, ask the stream for the next sequence; those it no
 /// longer holds were deleted.
-async fn firehose_tail_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
+async fn firehose_tail_loop(weak: Weak<Inner>, js: jetstream::Context, k: u32) {
     /// Most sequences probed at once.
     const MAX_PROBE: u64 = 1_000;
     let mut still: Option<(u64, tokio::time::Instant)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let Some(name) = weak.upgrade().map(|i| i.firehose.stream(k)) else {
+        return;
+    };
     loop {
         tick.tick().await;
         let ours = match weak.upgrade() {
@@ -1091,18 +1164,20 @@ async fn firehose_tail_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Names
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .promises
-                .last_seq(),
+                .last_seq(k),
             None => return,
         };
-        let Ok(mut stream) = js.get_stream(ns.firehose_stream()).await else {
+        let Ok(mut stream) = js.get_stream(&name).await else {
             continue;
         };
         let Ok(info) = stream.info().await else {
             continue;
         };
         let last = info.state.last_sequence;
-        if let Some(i) = weak.upgrade() {
-            i.firehose_stream_last.store(last, Ordering::SeqCst);
+        if let Some(i) = weak.upgrade()
+            && let Some(l) = i.firehose_stream_last.get(k as usize)
+        {
+            l.store(last, Ordering::SeqCst);
         }
         if last <= ours {
             still = None;
@@ -1126,8 +1201,8 @@ async fn firehose_tail_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Names
                     let alerts = {
                         let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                         // Only if reading did not move meanwhile.
-                        if s.promises.last_seq() == ours {
-                            s.promises.gap_through(through, now_ms())
+                        if s.promises.last_seq(k) == ours {
+                            s.promises.gap_through(k, through, now_ms())
                         } else {
                             Vec::new()
                         }
@@ -1379,7 +1454,7 @@ async fn tick_loop(weak: Weak<Inner>) {
             (inner.in_flight.load(Ordering::SeqCst) == 0).then(|| s.promises.resume_point())
         };
         if let Some(p) = point
-            && written != Some(p)
+            && written.as_ref() != Some(&p)
         {
             match write_resume(&inner.resume_path, &p) {
                 Ok(()) => written = Some(p),

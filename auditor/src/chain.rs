@@ -24,8 +24,9 @@ pub struct BlockSeen {
     pub time_ms: i64,
     /// The ids of its messages.
     pub messages: Vec<[u8; 32]>,
-    /// The firehose sequences it took, first and last, if any.
-    pub range: Option<(u64, u64)>,
+    /// The firehose sequences it took: partition, first and last, per partition it took
+    /// from.
+    pub ranges: Vec<(u32, u64, u64)>,
     /// The directory checkpoint it names: size and root.
     pub directory: (u64, [u8; 32]),
     /// Its messages: leaf index, message id, content.
@@ -279,12 +280,13 @@ impl Chain {
                 Entry::Other => {}
             }
         }
-        let range = v
+        let ranges = v
             .header
             .header
             .partitions
-            .first()
-            .map(|p| (p.first_seq, p.last_seq));
+            .iter()
+            .map(|p| (p.partition, p.first_seq, p.last_seq))
+            .collect();
         let mut directory_root = [0; 32];
         if let Ok(r) = <[u8; 32]>::try_from(v.header.header.directory_root.as_slice()) {
             directory_root = r;
@@ -302,7 +304,7 @@ impl Chain {
             height: h,
             time_ms: v.header.header.time_ms,
             messages,
-            range,
+            ranges,
             directory: (v.header.header.directory_size, directory_root),
         };
         self.ids.push(id);

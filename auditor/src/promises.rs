@@ -1,8 +1,11 @@
 //! The node's promises, checked from the firehose and the verified blocks: every valid
 //! firehose message in a block by its deadline; no block holding a message that is not on
 //! the firehose in the range the block names, nor one that is not valid; no sequence
-//! missing from the firehose; and, once per episode, a builder that has stopped putting
-//! messages in blocks. No I/O.
+//! missing from any firehose partition; and, once per episode, a builder that has stopped
+//! putting messages in blocks. No I/O.
+//!
+//! A firehose has one or more partitions, each its own sequence ([`Promises::with_partitions`]);
+//! every position here is a (partition, sequence).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -12,15 +15,41 @@ use crate::chain::BlockSeen;
 /// Where a restarted auditor takes up the promises (`DATA/resume.json`): the blocks whose
 /// promises were checked are not checked again (they are still verified and replayed),
 /// and the firehose is read again from the first message that may still matter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResumePoint {
     /// Blocks (heights 0 to this, exclusive) whose promises were checked.
     pub blocks_checked: u64,
-    /// The last firehose sequence those blocks name.
+    /// The last sequence of firehose partition 0 those blocks name.
     pub matched_through: u64,
-    /// The first firehose sequence to read again: no message before it is waiting for a
-    /// block, or is in a block not checked yet.
+    /// The first sequence of firehose partition 0 to read again: no message before it is
+    /// waiting for a block, or is in a block not checked yet.
     pub firehose_from: u64,
+    /// The same for partitions 1 and on, in order (none on a firehose of one partition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionPoint>,
+}
+
+/// Where reading of one firehose partition takes up ([`ResumePoint`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionPoint {
+    /// The last sequence of the partition the checked blocks name.
+    pub matched_through: u64,
+    /// The first sequence of the partition to read again.
+    pub firehose_from: u64,
+}
+
+impl ResumePoint {
+    /// Partition `k`'s point.
+    fn of(&self, k: usize) -> PartitionPoint {
+        if k == 0 {
+            PartitionPoint {
+                matched_through: self.matched_through,
+                firehose_from: self.firehose_from,
+            }
+        } else {
+            self.partitions.get(k - 1).copied().unwrap_or_default()
+        }
+    }
 }
 
 /// A valid firehose message not in a block yet.
@@ -39,11 +68,13 @@ struct Receipted {
 pub struct Promises {
     promise_ms: i64,
     grace_ms: i64,
-    /// Valid firehose messages not in a block yet, by sequence.
-    waiting: BTreeMap<u64, Waiting>,
-    /// Every firehose message: its sequence, and why it is not valid if it is not.
-    seen: HashMap<[u8; 32], (u64, Option<String>)>,
-    last_seq: u64,
+    /// Valid firehose messages not in a block yet, by partition and sequence.
+    waiting: BTreeMap<(u32, u64), Waiting>,
+    /// Every firehose message: its partition and sequence, and why it is not valid if it
+    /// is not.
+    seen: HashMap<[u8; 32], (u32, u64, Option<String>)>,
+    /// The last sequence read, per partition.
+    last_seq: Vec<u64>,
     /// Blocks whose range the firehose has not reached yet, in order.
     early: VecDeque<BlockSeen>,
     /// The time of the newest verified block.
@@ -52,35 +83,58 @@ pub struct Promises {
     receipts: HashMap<[u8; 32], Receipted>,
     /// Blocks below this height were checked before a restart ([`ResumePoint`]).
     skip_below: u64,
-    /// Blocks checked, and the last firehose sequence they name.
+    /// Blocks checked, and the last firehose sequence they name, per partition.
     blocks_checked: u64,
-    matched_through: u64,
+    matched_through: Vec<u64>,
     /// Whether the node has a block builder (a ledger): if not, messages in no block are
     /// omissions only, never a stalled builder.
     builder: bool,
     /// The stall episode already reported: the `matched_through` at which the builder was
     /// found stalled. A block that names later messages ends it.
-    stalled_at: Option<u64>,
+    stalled_at: Option<Vec<u64>>,
+}
+
+/// How a position reads in an alert: the sequence alone on a firehose of one partition.
+fn at(partitions: usize, k: u32, what: &str) -> String {
+    if partitions == 1 {
+        what.to_owned()
+    } else {
+        format!("partition {k} {what}")
+    }
 }
 
 impl Promises {
-    /// Checks promises of `promise_ms` (receipt to block), allowing `grace_ms` more.
+    /// Checks promises of `promise_ms` (receipt to block), allowing `grace_ms` more, on a
+    /// firehose of one partition.
     pub fn new(promise_ms: u64, grace_ms: u64) -> Self {
         Self {
             promise_ms: i64::try_from(promise_ms).unwrap_or(i64::MAX),
             grace_ms: i64::try_from(grace_ms).unwrap_or(i64::MAX),
             waiting: BTreeMap::new(),
             seen: HashMap::new(),
-            last_seq: 0,
+            last_seq: vec![0],
             early: VecDeque::new(),
             ledger_time_ms: i64::MIN,
             receipts: HashMap::new(),
             skip_below: 0,
             blocks_checked: 0,
-            matched_through: 0,
+            matched_through: vec![0],
             builder: true,
             stalled_at: None,
         }
+    }
+
+    /// On a firehose of `partitions` partitions (at least 1).
+    pub fn with_partitions(mut self, partitions: u32) -> Self {
+        let n = partitions.max(1) as usize;
+        self.last_seq = vec![0; n];
+        self.matched_through = vec![0; n];
+        self
+    }
+
+    /// How many partitions the firehose has.
+    pub fn partitions(&self) -> u32 {
+        self.last_seq.len() as u32
     }
 
     /// The node has no block builder (no ledger): no block is expected, so messages past
@@ -91,23 +145,35 @@ impl Promises {
 
     /// Takes up where an earlier run stopped.
     pub fn resume(&mut self, r: ResumePoint) {
-        self.last_seq = r.firehose_from.saturating_sub(1);
+        for k in 0..self.last_seq.len() {
+            let p = r.of(k);
+            self.last_seq[k] = p.firehose_from.saturating_sub(1);
+            self.matched_through[k] = p.matched_through;
+        }
         self.skip_below = r.blocks_checked;
         self.blocks_checked = r.blocks_checked;
-        self.matched_through = r.matched_through;
     }
 
     /// Where a restart would take up now.
     pub fn resume_point(&self) -> ResumePoint {
-        let mut from = self.last_seq + 1;
-        from = from.min(self.matched_through + 1);
-        if let Some((seq, _)) = self.waiting.first_key_value() {
-            from = from.min(*seq);
-        }
+        let points: Vec<PartitionPoint> = (0..self.last_seq.len())
+            .map(|k| {
+                let mut from = (self.last_seq[k] + 1).min(self.matched_through[k] + 1);
+                let part = (k as u32, 0)..=(k as u32, u64::MAX);
+                if let Some(((_, seq), _)) = self.waiting.range(part).next() {
+                    from = from.min(*seq);
+                }
+                PartitionPoint {
+                    matched_through: self.matched_through[k],
+                    firehose_from: from,
+                }
+            })
+            .collect();
         ResumePoint {
             blocks_checked: self.blocks_checked,
-            matched_through: self.matched_through,
-            firehose_from: from,
+            matched_through: points[0].matched_through,
+            firehose_from: points[0].firehose_from,
+            partitions: points[1..].to_vec(),
         }
     }
 
@@ -116,9 +182,14 @@ impl Promises {
         self.skip_below
     }
 
-    /// The last firehose sequence read.
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq
+    /// The last sequence of partition `k` read.
+    pub fn last_seq(&self, k: u32) -> u64 {
+        self.last_seq.get(k as usize).copied().unwrap_or(0)
+    }
+
+    /// The last sequence read, summed over the partitions.
+    pub fn read(&self) -> u64 {
+        self.last_seq.iter().sum()
     }
 
     /// Valid firehose messages not in a block yet.
@@ -143,9 +214,8 @@ impl Promises {
         );
     }
 
-    /// Firehose message `seq`, published at `published_ms`: its id (if it is an envelope)
-    /// and, if it is not valid (envelope rules, sender signature), why. `placed`: it is in a
-    /// verified block (read again after a restart, its block was checked before).
+    /// [`Promises::firehose_at`] partition 0.
+    #[cfg(test)]
     pub fn firehose(
         &mut self,
         seq: u64,
@@ -155,55 +225,94 @@ impl Promises {
         placed: bool,
         now_ms: i64,
     ) -> Vec<Alert> {
+        self.firehose_at(0, seq, id, published_ms, invalid, placed, now_ms)
+    }
+
+    /// Message `seq` of firehose partition `k`, published at `published_ms`: its id (if
+    /// it is an envelope) and, if it is not valid (envelope rules, sender signature, its
+    /// sender's partition), why. `placed`: it is in a verified block (read again after a
+    /// restart, its block was checked before).
+    #[allow(clippy::too_many_arguments)]
+    pub fn firehose_at(
+        &mut self,
+        k: u32,
+        seq: u64,
+        id: Option<[u8; 32]>,
+        published_ms: i64,
+        invalid: Option<String>,
+        placed: bool,
+        now_ms: i64,
+    ) -> Vec<Alert> {
         let mut alerts = Vec::new();
-        if seq <= self.last_seq {
+        let Some(&last) = self.last_seq.get(k as usize) else {
+            return alerts;
+        };
+        if seq <= last {
             return alerts;
         }
-        if seq > self.last_seq + 1 {
-            let (from, to) = (self.last_seq + 1, seq - 1);
-            alerts.push(Alert::new(
-                AlertKind::FirehoseGap,
-                format!("firehose {from}..{to}"),
-                now_ms,
-                format!("firehose sequences {from} to {to} are missing: deleted from the stream"),
-                serde_json::json!({ "first_missing": from, "last_missing": to, "next_seen": seq }),
-            ));
+        if seq > last + 1 {
+            alerts.extend(self.gap_through(k, seq - 1, now_ms));
         }
-        self.last_seq = seq;
+        self.last_seq[k as usize] = seq;
         if let Some(id) = id {
-            let matched = placed && seq <= self.matched_through;
+            let matched = placed && seq <= self.matched_through[k as usize];
             if invalid.is_none() && !matched {
                 self.waiting.insert(
-                    seq,
+                    (k, seq),
                     Waiting {
                         id,
                         deadline_ms: published_ms.saturating_add(self.promise_ms),
                     },
                 );
             }
-            self.seen.entry(id).or_insert((seq, invalid));
+            // A message seen twice (an envelope published again on another partition, where
+            // it is not valid) is known by its valid sighting.
+            match self.seen.entry(id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((k, seq, invalid));
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if o.get().2.is_some() && invalid.is_none() {
+                        o.insert((k, seq, invalid));
+                    }
+                }
+            }
         }
         alerts.extend(self.drain_early(now_ms));
         alerts
     }
 
-    /// Firehose sequences after the last one read, through `through`, are not in the
-    /// stream (deleted): an alert, and reading goes on after them.
-    pub fn gap_through(&mut self, through: u64, now_ms: i64) -> Vec<Alert> {
-        if through <= self.last_seq {
+    /// Sequences of partition `k` after the last one read, through `through`, are not in
+    /// the stream (deleted): an alert, and reading goes on after them.
+    pub fn gap_through(&mut self, k: u32, through: u64, now_ms: i64) -> Vec<Alert> {
+        let n = self.last_seq.len();
+        let Some(&last) = self.last_seq.get(k as usize) else {
+            return Vec::new();
+        };
+        if through <= last {
             return Vec::new();
         }
-        let from = self.last_seq + 1;
+        let from = last + 1;
         let mut alerts = vec![Alert::new(
             AlertKind::FirehoseGap,
-            format!("firehose {from}..{through}"),
+            format!("firehose {}", at(n, k, &format!("{from}..{through}"))),
             now_ms,
-            format!("firehose sequences {from} to {through} are missing: deleted from the stream"),
-            serde_json::json!({ "first_missing": from, "last_missing": through }),
+            format!(
+                "firehose {} are missing: deleted from the stream",
+                at(n, k, &format!("sequences {from} to {through}"))
+            ),
+            serde_json::json!({ "partition": k, "first_missing": from, "last_missing": through }),
         )];
-        self.last_seq = through;
+        self.last_seq[k as usize] = through;
         alerts.extend(self.drain_early(now_ms));
         alerts
+    }
+
+    /// Whether the firehose has been read through every range of `b`.
+    fn read_through(&self, b: &BlockSeen) -> bool {
+        b.ranges
+            .iter()
+            .all(|&(k, _, last)| last <= self.last_seq(k))
     }
 
     /// A verified block (in chain order).
@@ -216,8 +325,7 @@ impl Promises {
             }
             return Vec::new();
         }
-        let ahead = b.range.is_some_and(|(_, last)| last > self.last_seq);
-        if ahead || !self.early.is_empty() {
+        if !self.read_through(&b) || !self.early.is_empty() {
             self.early.push_back(b);
             return Vec::new();
         }
@@ -227,11 +335,7 @@ impl Promises {
     /// Checks the blocks that waited for the firehose, as far as it has been read.
     fn drain_early(&mut self, now_ms: i64) -> Vec<Alert> {
         let mut alerts = Vec::new();
-        while self
-            .early
-            .front()
-            .is_some_and(|b| b.range.is_none_or(|(_, last)| last <= self.last_seq))
-        {
+        while self.early.front().is_some_and(|b| self.read_through(b)) {
             if let Some(b) = self.early.pop_front() {
                 alerts.extend(self.check_block(&b, now_ms));
             }
@@ -242,28 +346,37 @@ impl Promises {
     fn check_block(&mut self, b: &BlockSeen, now_ms: i64) -> Vec<Alert> {
         let mut alerts = Vec::new();
         self.blocks_checked = self.blocks_checked.max(b.height + 1);
-        if let Some((_, last)) = b.range {
-            self.matched_through = self.matched_through.max(last);
+        for &(k, _, last) in &b.ranges {
+            if let Some(m) = self.matched_through.get_mut(k as usize) {
+                *m = (*m).max(last);
+            }
         }
+        let n = self.last_seq.len();
         for id in &b.messages {
             self.receipts.remove(id);
-            let in_range = |seq: u64| b.range.is_some_and(|(f, l)| (f..=l).contains(&seq));
+            let in_range = |k: u32, seq: u64| {
+                b.ranges
+                    .iter()
+                    .any(|&(p, f, l)| p == k && (f..=l).contains(&seq))
+            };
             match self.seen.get(id) {
-                Some((seq, None)) if in_range(*seq) => {
-                    self.waiting.remove(seq);
+                Some((k, seq, None)) if in_range(*k, *seq) => {
+                    self.waiting.remove(&(*k, *seq));
                 }
-                Some((seq, Some(why))) if in_range(*seq) => alerts.push(Alert::new(
+                Some((k, seq, Some(why))) if in_range(*k, *seq) => alerts.push(Alert::new(
                     AlertKind::BlockInvalid,
                     format!("message {}", hex::encode(id)),
                     now_ms,
                     format!(
-                        "block {} holds message {} (firehose {seq}), which is not valid: {why}",
+                        "block {} holds message {} (firehose {}), which is not valid: {why}",
                         b.height,
-                        hex::encode(id)
+                        hex::encode(id),
+                        at(n, *k, &seq.to_string())
                     ),
                     serde_json::json!({
                         "height": b.height,
                         "message_id": hex::encode(id),
+                        "firehose_partition": k,
                         "firehose_sequence": seq,
                     }),
                 )),
@@ -272,16 +385,17 @@ impl Promises {
                     format!("message {}", hex::encode(id)),
                     now_ms,
                     format!(
-                        "block {} holds message {}, which is not on the firehose in the range it names ({:?})",
+                        "block {} holds message {}, which is not on the firehose in the ranges it names ({:?})",
                         b.height,
                         hex::encode(id),
-                        b.range
+                        b.ranges
                     ),
                     serde_json::json!({
                         "height": b.height,
                         "message_id": hex::encode(id),
-                        "range": b.range,
-                        "firehose_sequence": other.map(|(s, _)| *s),
+                        "ranges": b.ranges,
+                        "firehose_partition": other.map(|(k, _, _)| *k),
+                        "firehose_sequence": other.map(|(_, s, _)| *s),
                     }),
                 )),
             }
@@ -310,24 +424,28 @@ impl Promises {
         // A block read but waiting for the firehose to be read through its range may hold
         // any message from the start of that range on: those are not due yet (on a
         // backlog older than the promise, every message would be, wrongly).
-        let unchecked_from = self
-            .early
-            .iter()
-            .find_map(|b| b.range.map(|(first, _)| first))
-            .unwrap_or(u64::MAX);
-        // Deadlines grow with the sequence (JetStream stamps messages in stream order):
-        // stop at the first that is not due, so that a long backlog costs nothing here.
-        let due: Vec<u64> = self
-            .waiting
-            .iter()
-            .take_while(|(seq, w)| {
-                let past = w.deadline_ms.saturating_add(self.grace_ms);
-                **seq < unchecked_from
-                    && past < now_ms
-                    && (blocks_current || self.ledger_time_ms > past)
-            })
-            .map(|(s, _)| *s)
-            .collect();
+        // Deadlines grow with the sequence of a partition (JetStream stamps messages in
+        // stream order): stop at the first that is not due, so that a long backlog costs
+        // nothing here.
+        let mut due: Vec<(u32, u64)> = Vec::new();
+        for k in 0..self.last_seq.len() as u32 {
+            let unchecked_from = self
+                .early
+                .iter()
+                .find_map(|b| b.ranges.iter().find(|r| r.0 == k).map(|r| r.1))
+                .unwrap_or(u64::MAX);
+            due.extend(
+                self.waiting
+                    .range((k, 0)..=(k, u64::MAX))
+                    .take_while(|((_, seq), w)| {
+                        let past = w.deadline_ms.saturating_add(self.grace_ms);
+                        *seq < unchecked_from
+                            && past < now_ms
+                            && (blocks_current || self.ledger_time_ms > past)
+                    })
+                    .map(|(at, _)| *at),
+            );
+        }
         let stalled = self.stalled(&due, now_ms, blocks_current);
         // A receipt's message may be in any block not checked yet.
         let due_receipts: Vec<[u8; 32]> = if self.early.is_empty() {
@@ -362,19 +480,22 @@ impl Promises {
                 ));
             }
         }
-        for seq in due {
-            if let Some(w) = self.waiting.remove(&seq) {
+        let n = self.last_seq.len();
+        for (k, seq) in due {
+            if let Some(w) = self.waiting.remove(&(k, seq)) {
                 alerts.push(Alert::new(
                     AlertKind::Omission,
                     format!("message {}", hex::encode(w.id)),
                     now_ms,
                     format!(
-                        "message {} (firehose {seq}) is in no block {} ms after its deadline",
+                        "message {} (firehose {}) is in no block {} ms after its deadline",
                         hex::encode(w.id),
+                        at(n, k, &seq.to_string()),
                         now_ms - w.deadline_ms
                     ),
                     serde_json::json!({
                         "message_id": hex::encode(w.id),
+                        "firehose_partition": k,
                         "firehose_sequence": seq,
                         "deadline_ms": w.deadline_ms,
                     }),
@@ -385,33 +506,47 @@ impl Promises {
         alerts
     }
 
-    /// The stalled-builder alert for the firehose messages `due` (in sequence order, still
-    /// waiting), if this is a new episode ([`Promises::tick`]).
-    fn stalled(&mut self, due: &[u64], now_ms: i64, blocks_current: bool) -> Option<Alert> {
-        let first = *due.first()?;
-        let through = self.matched_through;
+    /// The stalled-builder alert for the firehose messages `due` (in partition and
+    /// sequence order, still waiting), if this is a new episode ([`Promises::tick`]): in a
+    /// partition, the first due comes after every sequence any block names.
+    fn stalled(&mut self, due: &[(u32, u64)], now_ms: i64, blocks_current: bool) -> Option<Alert> {
+        let through = self.matched_through.clone();
+        let &(k, first) = due.iter().find(|&&(k, seq)| seq > through[k as usize])?;
+        let first_of_k = due.iter().find(|d| d.0 == k).map(|d| d.1);
         if !self.builder
             || !blocks_current
             || !self.early.is_empty()
-            || first <= through
-            || self.stalled_at == Some(through)
+            || first_of_k != Some(first)
+            || self.stalled_at.as_ref() == Some(&through)
         {
             return None;
         }
-        let deadline_ms = self.waiting.get(&first)?.deadline_ms;
-        self.stalled_at = Some(through);
+        let deadline_ms = self.waiting.get(&(k, first))?.deadline_ms;
+        self.stalled_at = Some(through.clone());
+        let n = through.len();
+        let named = if n == 1 {
+            through[0].to_string()
+        } else {
+            through
+                .iter()
+                .enumerate()
+                .map(|(k, s)| format!("{k}:{s}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         Some(Alert::new(
             AlertKind::BuilderStalled,
-            format!("builder at firehose {through}"),
+            format!("builder at firehose {named}"),
             now_ms,
             format!(
-                "no block covers firehose messages past {through}, and {} of them are past their deadline: the builder is stalled (or omits the newest messages)",
+                "no block covers firehose messages past {named}, and {} of them are past their deadline: the builder is stalled (or omits the newest messages)",
                 due.len()
             ),
             serde_json::json!({
-                "matched_through": through,
+                "matched_through": if n == 1 { serde_json::json!(through[0]) } else { serde_json::json!(through) },
                 "blocks_checked": self.blocks_checked,
                 "newest_block_time_ms": (self.ledger_time_ms != i64::MIN).then_some(self.ledger_time_ms),
+                "first_overdue_partition": k,
                 "first_overdue_seq": first,
                 "first_deadline_ms": deadline_ms,
                 "overdue": due.len(),
@@ -430,7 +565,7 @@ mod tests {
             height,
             time_ms,
             messages: ids.iter().map(|i| [*i; 32]).collect(),
-            range: Some(range),
+            ranges: vec![(0, range.0, range.1)],
             directory: (0, [0; 32]),
             contents: Vec::new(),
         }
@@ -490,10 +625,10 @@ mod tests {
         assert_eq!(o[0].subject, format!("message {}", hex::encode([5; 32])));
         assert!(p.tick(5_000, true).is_empty(), "an omission is raised once");
         // The last messages deleted: found by asking the stream, then reading goes on.
-        let tail = p.gap_through(7, 5_000);
+        let tail = p.gap_through(0, 7, 5_000);
         assert_eq!(kinds(&tail), vec![AlertKind::FirehoseGap]);
         assert_eq!(tail[0].subject, "firehose 6..7");
-        assert!(p.gap_through(7, 5_000).is_empty());
+        assert!(p.gap_through(0, 7, 5_000).is_empty());
         assert!(
             p.firehose(8, Some([8; 32]), 5_000, None, false, 5_000)
                 .is_empty()
@@ -515,6 +650,7 @@ mod tests {
                 blocks_checked: 1,
                 matched_through: 3,
                 firehose_from: 2,
+                partitions: Vec::new(),
             }
         );
         // A new run: block 0 is replayed (not checked again), the firehose read from 2.
@@ -612,5 +748,77 @@ mod tests {
             vec![AlertKind::Omission, AlertKind::Omission]
         );
         assert!(p.tick(10_000, true).is_empty());
+    }
+
+    #[test]
+    fn partitions_are_checked_each_on_its_own_sequence() {
+        let mut p = Promises::new(1_000, 0).with_partitions(2);
+        assert_eq!(p.partitions(), 2);
+        let at = |ids: &[u8], ranges: &[(u32, u64, u64)], height: u64| BlockSeen {
+            height,
+            time_ms: 100,
+            messages: ids.iter().map(|i| [*i; 32]).collect(),
+            ranges: ranges.to_vec(),
+            directory: (0, [0; 32]),
+            contents: Vec::new(),
+        };
+        // Partition 0: 1, 2; partition 1: 1, then 4 (2 and 3 deleted from its stream).
+        assert!(
+            p.firehose_at(0, 1, Some([1; 32]), 0, None, false, 0)
+                .is_empty()
+        );
+        assert!(
+            p.firehose_at(1, 1, Some([11; 32]), 0, None, false, 0)
+                .is_empty()
+        );
+        assert!(
+            p.firehose_at(0, 2, Some([2; 32]), 0, None, false, 0)
+                .is_empty()
+        );
+        let gap = p.firehose_at(1, 4, Some([14; 32]), 0, None, false, 0);
+        assert_eq!(kinds(&gap), vec![AlertKind::FirehoseGap]);
+        assert_eq!(gap[0].subject, "firehose partition 1 2..3");
+        assert_eq!(gap[0].evidence["partition"], 1);
+        assert_eq!((p.last_seq(0), p.last_seq(1), p.read()), (2, 4, 6));
+        // A block naming both partitions, ahead of partition 1's reading: it waits.
+        assert!(
+            p.block(at(&[1, 2, 11], &[(0, 1, 2), (1, 1, 5)], 0), 100)
+                .is_empty()
+        );
+        assert_eq!(p.waiting(), 4);
+        // Read through: checked; partition 1's 4 was left out, which is an omission,
+        // and the same sequence number in the other partition is another message.
+        assert!(
+            p.firehose_at(1, 5, Some([15; 32]), 0, None, false, 0)
+                .is_empty()
+        );
+        assert_eq!(p.waiting(), 2);
+        let o = p.tick(2_000, true);
+        assert_eq!(kinds(&o), vec![AlertKind::Omission, AlertKind::Omission]);
+        assert!(o.iter().all(|a| a.evidence["firehose_partition"] == 1));
+        // A message found in another partition than the range names is unknown there.
+        p.firehose_at(0, 3, Some([3; 32]), 2_000, None, false, 2_000);
+        let a = p.block(at(&[3], &[(1, 5, 5)], 1), 2_000);
+        assert_eq!(kinds(&a), vec![AlertKind::UnknownMessage]);
+        // The resume point keeps each partition's own place.
+        let r = p.resume_point();
+        assert_eq!((r.matched_through, r.firehose_from), (2, 3));
+        assert_eq!(
+            r.partitions,
+            vec![PartitionPoint {
+                matched_through: 5,
+                firehose_from: 6
+            }]
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        let mut q = Promises::new(1_000, 0).with_partitions(2);
+        q.resume(serde_json::from_str(&json).unwrap());
+        assert_eq!((q.last_seq(0), q.last_seq(1)), (2, 5));
+        // A resume point of one partition reads as before partitions.
+        let one = Promises::new(1_000, 0).resume_point();
+        assert_eq!(
+            serde_json::to_string(&one).unwrap(),
+            r#"{"blocks_checked":0,"matched_through":0,"firehose_from":1}"#
+        );
     }
 }

@@ -1410,7 +1410,13 @@ impl Cutter {
     /// Firehose message `seq` of partition `k` goes in no block (terminated). With
     /// nothing pending, the builder is done with it once the block in flight before it is
     /// stored; else once the next cut is.
-    async fn dropped(&mut self, inner: &Inner, k: u32, seq: u64, nothing_pending: bool) -> Result<()> {
+    async fn dropped(
+        &mut self,
+        inner: &Inner,
+        k: u32,
+        seq: u64,
+        nothing_pending: bool,
+    ) -> Result<()> {
         if let Some(d) = self.disposed.get_mut(k as usize) {
             *d = (*d).max(seq);
         }
@@ -1466,14 +1472,7 @@ async fn follow(
 
 /// The messages of one firehose partition's consumer, each with the partition.
 type Tagged = std::pin::Pin<
-    Box<
-        dyn futures::Stream<
-                Item = (
-                    u32,
-                    std::result::Result<jetstream::Message, String>,
-                ),
-            > + Send,
-    >,
+    Box<dyn futures::Stream<Item = (u32, std::result::Result<jetstream::Message, String>)> + Send>,
 >;
 
 /// A fresh consumer of partition `k` of the firehose right after the last block: the
@@ -1530,9 +1529,9 @@ async fn partition_consumer(
         .messages()
         .await
         .map_err(|e| bus(&e))?;
-    Ok(Box::pin(
-        messages.map(move |m| (k, m.map_err(|e| format!("firehose partition {k}: {e}")))),
-    ))
+    Ok(Box::pin(messages.map(move |m| {
+        (k, m.map_err(|e| format!("firehose partition {k}: {e}")))
+    })))
 }
 
 async fn follow_with(
@@ -1653,7 +1652,12 @@ async fn follow_with(
                 Ok(tx) => tx,
                 Err(why) => {
                     inner.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(partition = k, seq, why, "firehose message refused by the builder");
+                    tracing::warn!(
+                        partition = k,
+                        seq,
+                        why,
+                        "firehose message refused by the builder"
+                    );
                     let _ = m.ack_with(AckKind::Term).await;
                     cutter.dropped(inner, k, seq, pending.is_empty()).await?;
                     continue;

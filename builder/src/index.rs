@@ -487,7 +487,9 @@ mod tests {
             let block1 = vec![msg(4, "t1", "a", "b", true), msg(5, "t1", "b", "a", true)];
             let (_, e) = lay_out_block(&mut book, 1, 2_000, vec![], block1, |_| false);
             assert!(matches!(e[2], Entry::Closing(..)));
-            index.commit(1, [11; 32], b"h1", &e, &book, &[5, 2]).unwrap();
+            index
+                .commit(1, [11; 32], b"h1", &e, &book, &[5, 2])
+                .unwrap();
             check(&index);
         }
         let index = Index::open(&path).unwrap();

@@ -90,9 +90,14 @@ pub enum MessageCmd {
     },
     /// Read the public firehose (every accepted envelope, in order).
     Firehose {
-        /// First sequence number.
+        /// First sequence number (in each partition read).
         #[arg(long = "from", default_value_t = 1)]
         from_seq: u64,
+        /// Read only this partition of the firehose (0 to the number the gateway states,
+        /// less one); by default every partition, one after the other (with --follow, all
+        /// at once). Lines of partitions other than 0 show `#partition:sequence`.
+        #[arg(long)]
+        partition: Option<u32>,
         /// Keep waiting for new messages.
         #[arg(long)]
         follow: bool,
@@ -183,14 +188,50 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
         }
         MessageCmd::Firehose {
             from_seq,
+            partition,
             follow,
             conn,
         } => {
             let mut m =
                 Messenger::connect_with(&conn.endpoint, &config_dir(), &conn.options()).await?;
             let json = conn.json;
-            m.firehose(from_seq, follow, |r| render::received(r, json))
-                .await?;
+            let partitions = match partition {
+                Some(k) => vec![k],
+                None => {
+                    let info = m
+                        .grpc()
+                        .get_gateway_info(blockpost_proto::v1::GetGatewayInfoRequest {})
+                        .await?
+                        .into_inner();
+                    (0..info.firehose_partitions.max(1)).collect()
+                }
+            };
+            if !follow || partitions.len() == 1 {
+                for k in partitions {
+                    m.firehose(k, from_seq, follow, |r| render::received(r, json))
+                        .await?;
+                }
+                return Ok(());
+            }
+            // Following every partition: one reader each, lines as they come.
+            let mut readers = tokio::task::JoinSet::new();
+            let mut first = Some(m);
+            for k in partitions {
+                let mut m = match first.take() {
+                    Some(m) => m,
+                    None => {
+                        Messenger::connect_with(&conn.endpoint, &config_dir(), &conn.options())
+                            .await?
+                    }
+                };
+                readers.spawn(async move {
+                    m.firehose(k, from_seq, true, |r| render::received(r, json))
+                        .await
+                });
+            }
+            while let Some(r) = readers.join_next().await {
+                r??;
+            }
             Ok(())
         }
     }

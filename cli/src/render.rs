@@ -262,6 +262,7 @@ pub fn received_json(r: &Received) -> Value {
     json!({
         "sequence": r.sequence,
         "firehose_sequence": r.firehose_sequence,
+        "firehose_partition": r.firehose_partition,
         "message_id": hex::encode(r.message_id),
         "sender": c.sender,
         "sender_name": r.sender_name,
@@ -296,9 +297,14 @@ pub fn received_line(r: &Received) -> String {
         .enumerate()
         .map(|(i, a)| party(r.recipient_names.get(i).map_or("", String::as_str), a))
         .collect();
+    let at = if r.firehose_partition == 0 {
+        r.firehose_sequence.to_string()
+    } else {
+        format!("{}:{}", r.firehose_partition, r.firehose_sequence)
+    };
     format!(
         "#{} {} [{}] {} -> {} ({}{}): {}",
-        r.firehose_sequence,
+        at,
         date(c.timestamp_ms),
         c.transaction_id,
         party(&r.sender_name, &c.sender),

@@ -33,6 +33,10 @@ struct Pinned {
     /// before it was pinned, and then pinned on the next contact.
     #[serde(default)]
     transaction_timeout_ms: Option<u64>,
+    /// A rule of the ledger too (blocks name firehose ranges by partition); absent in pins
+    /// written before partitions, and then pinned on the next contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    firehose_partitions: Option<u32>,
 }
 
 /// A block, verified, with the ledger checkpoint that includes it.
@@ -138,6 +142,7 @@ impl Ledger {
             verifier_key: info.verifier_key.clone(),
             builder_key: hex::encode(&info.builder_key),
             transaction_timeout_ms: Some(info.transaction_timeout_ms),
+            firehose_partitions: Some(info.firehose_partitions.max(1)),
         };
         let file = pin_file(state_dir, directory.endpoint());
         let state = |why: String| Error::State {
@@ -148,25 +153,31 @@ impl Ledger {
             Ok(text) => {
                 let mut pinned: Pinned = serde_json::from_str(&text)
                     .map_err(|e| state(format!("damaged ({e}); delete it to trust anew")))?;
-                let upgrade = pinned.transaction_timeout_ms.is_none();
-                if upgrade {
+                let upgrade =
+                    pinned.transaction_timeout_ms.is_none() || pinned.firehose_partitions.is_none();
+                if pinned.transaction_timeout_ms.is_none() {
                     pinned.transaction_timeout_ms = presented.transaction_timeout_ms;
+                }
+                if pinned.firehose_partitions.is_none() {
+                    pinned.firehose_partitions = presented.firehose_partitions;
                 }
                 if pinned != presented {
                     return Err(Error::Refused(format!(
-                        "the ledger at {} now presents origin {:?}, builder key {}, ledger key {:?} \
-                         and transaction timeout {:?} ms, but {} pinned {:?}, {}, {:?} and {:?} ms: \
-                         refusing to continue",
+                        "the ledger at {} now presents origin {:?}, builder key {}, ledger key {:?}, \
+                         transaction timeout {:?} ms and {:?} firehose partitions, but {} pinned \
+                         {:?}, {}, {:?}, {:?} ms and {:?}: refusing to continue",
                         directory.endpoint(),
                         presented.origin,
                         presented.builder_key,
                         presented.verifier_key,
                         presented.transaction_timeout_ms,
+                        presented.firehose_partitions,
                         file.display(),
                         pinned.origin,
                         pinned.builder_key,
                         pinned.verifier_key,
-                        pinned.transaction_timeout_ms
+                        pinned.transaction_timeout_ms,
+                        pinned.firehose_partitions
                     )));
                 }
                 if upgrade {

@@ -48,8 +48,10 @@ pub struct Outgoing<'a> {
 pub struct Received {
     /// Inbox or firehose sequence.
     pub sequence: u64,
-    /// Firehose sequence.
+    /// Firehose sequence (in its partition).
     pub firehose_sequence: u64,
+    /// Firehose partition (that of the sender).
+    pub firehose_partition: u32,
     /// SHA-256 of the envelope.
     pub message_id: [u8; 32],
     /// The signed content.
@@ -374,6 +376,7 @@ impl Messenger {
         Ok(Received {
             sequence: 0,
             firehose_sequence: 0,
+            firehose_partition: 0,
             message_id: v.id(),
             content: c,
             sender_name,
@@ -430,6 +433,7 @@ impl Messenger {
             let mut r = self.open(&env, Some((me, id))).await?;
             r.sequence = d.sequence;
             r.firehose_sequence = d.firehose_sequence;
+            r.firehose_partition = d.firehose_partition;
             each(&r).map_err(Error::Output)?;
             tx.send(InboxClientMessage {
                 msg: Some(ClientMsg::Ack(d.sequence)),
@@ -441,9 +445,11 @@ impl Messenger {
         Ok(n)
     }
 
-    /// Reads the firehose from `from`, checking every envelope and sender signature.
+    /// Reads partition `partition` of the firehose from `from`, checking every envelope
+    /// and sender signature.
     pub async fn firehose(
         &mut self,
+        partition: u32,
         from: u64,
         follow: bool,
         mut each: impl FnMut(&Received) -> std::io::Result<()>,
@@ -453,17 +459,25 @@ impl Messenger {
             .firehose(FirehoseRequest {
                 from_sequence: from,
                 follow,
+                partition,
             })
             .await?
             .into_inner();
         let mut n = 0;
         while let Some(m) = s.message().await? {
+            if m.partition != partition {
+                return Err(Error::UnexpectedAnswer(format!(
+                    "asked for firehose partition {partition}, got a message of partition {}",
+                    m.partition
+                )));
+            }
             let env = m.envelope.ok_or_else(|| {
                 Error::UnexpectedAnswer("a firehose message without an envelope".into())
             })?;
             let mut r = self.open(&env, None).await?;
             r.sequence = m.sequence;
             r.firehose_sequence = m.sequence;
+            r.firehose_partition = m.partition;
             each(&r).map_err(Error::Output)?;
             n += 1;
         }

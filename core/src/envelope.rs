@@ -247,6 +247,7 @@ mod tests {
             firehose_sequence: 7,
             block_deadline_ms: 2,
             gateway_key: gw.verifying_key().to_bytes().to_vec(),
+            firehose_partition: 3,
         };
         let r = sign_receipt(&gw, &body);
         assert_eq!(verify_receipt(&gw.verifying_key(), &r).unwrap(), body);

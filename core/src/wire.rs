@@ -480,9 +480,15 @@ mod tests {
         assert_eq!(four.subject(3), format!("{}.4.3", ns.firehose_subject()));
         assert_eq!(four.partitions_of_stream(&four.stream(3)), Some(4));
         assert_eq!(four.partitions_of_stream(&one.stream(0)), Some(1));
-        assert_eq!(four.partitions_of_stream(&ns.firehose(8).stream(7)), Some(8));
+        assert_eq!(
+            four.partitions_of_stream(&ns.firehose(8).stream(7)),
+            Some(8)
+        );
         assert_eq!(four.partitions_of_stream(&ns.inbox_stream()), None);
-        assert_eq!(four.partitions_of_stream(&format!("{}_4_OF_4", ns.firehose_stream())), None);
+        assert_eq!(
+            four.partitions_of_stream(&format!("{}_4_OF_4", ns.firehose_stream())),
+            None
+        );
         // Stable: the same sender, the same partition, every time and everywhere.
         let p = four.partition_of(&alice);
         assert_eq!(p, partition_of(&alice, 4));

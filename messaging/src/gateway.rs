@@ -385,7 +385,11 @@ impl Gateway {
         );
         let partition = self.inner.firehose.partition_of(sender);
         let ack = js
-            .publish_with_headers(self.inner.firehose.subject(partition), h, bytes.clone().into())
+            .publish_with_headers(
+                self.inner.firehose.subject(partition),
+                h,
+                bytes.clone().into(),
+            )
             .await
             .map_err(bus)?
             .await
@@ -411,7 +415,10 @@ impl Gateway {
             h.insert(wire::MESSAGE_ID_HEADER, id_hex.as_str());
             h.insert(wire::FIREHOSE_SEQ_HEADER, ack.sequence.to_string().as_str());
             if partition != 0 {
-                h.insert(wire::FIREHOSE_PARTITION_HEADER, partition.to_string().as_str());
+                h.insert(
+                    wire::FIREHOSE_PARTITION_HEADER,
+                    partition.to_string().as_str(),
+                );
             }
             // The entry points at the firehose message (its sequence and id) and carries
             // no copy of it: the gateway that delivers it reads the envelope there.

@@ -661,39 +661,38 @@ async fn serve_inbox(
             // Nothing read from NATS is handed out unverified: the delivery must be an
             // envelope for this address, on the firehose at the sequence it names, signed by
             // its sender's key. Anything else is dropped for good and counted.
-            let envelope =
-                match verified_delivery(
-                    &gw,
-                    &firehose,
-                    &m,
-                    &address,
-                    (firehose_partition, firehose_sequence),
-                )
-                .await
-                {
-                    Ok(e) => e,
-                    Err(Undeliverable::Never(why)) => {
-                        gw.inner
-                            .refused_deliveries
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!(%address, seq, why, "inbox message refused");
-                        let _ = m.ack_with(AckKind::Term).await;
-                        continue;
+            let envelope = match verified_delivery(
+                &gw,
+                &firehose,
+                &m,
+                &address,
+                (firehose_partition, firehose_sequence),
+            )
+            .await
+            {
+                Ok(e) => e,
+                Err(Undeliverable::Never(why)) => {
+                    gw.inner
+                        .refused_deliveries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(%address, seq, why, "inbox message refused");
+                    let _ = m.ack_with(AckKind::Term).await;
+                    continue;
+                }
+                Err(Undeliverable::NotYet(why)) => {
+                    // Keep the order: this one and the rest of the batch go back.
+                    tracing::info!(%address, seq, why, "inbox message held back");
+                    let mut back = vec![m];
+                    while let Some(Ok(rest)) = batch.next().await {
+                        back.push(rest);
                     }
-                    Err(Undeliverable::NotYet(why)) => {
-                        // Keep the order: this one and the rest of the batch go back.
-                        tracing::info!(%address, seq, why, "inbox message held back");
-                        let mut back = vec![m];
-                        while let Some(Ok(rest)) = batch.next().await {
-                            back.push(rest);
-                        }
-                        for m in back {
-                            let _ = m.ack_with(AckKind::Nak(None)).await;
-                        }
-                        held_back = true;
-                        break;
+                    for m in back {
+                        let _ = m.ack_with(AckKind::Nak(None)).await;
                     }
-                };
+                    held_back = true;
+                    break;
+                }
+            };
             pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -383,6 +383,7 @@ fn follow_from(seq: u64) -> blockpost_proto::v1::FirehoseRequest {
     blockpost_proto::v1::FirehoseRequest {
         from_sequence: seq,
         follow: true,
+        ..Default::default()
     }
 }
 

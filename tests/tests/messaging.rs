@@ -189,7 +189,7 @@ async fn settlement_dialogue_end_to_end() {
 
     // The firehose is public: metadata for all, plaintext only where it was not encrypted.
     let mut fh = Vec::new();
-    ma.firehose(1, false, |r| {
+    ma.firehose(0, 1, false, |r| {
         fh.push((
             r.sequence,
             r.content.sender.clone(),
@@ -218,7 +218,7 @@ async fn settlement_dialogue_end_to_end() {
     let raw = s.get_raw_message(2).await.unwrap();
     assert!(!String::from_utf8_lossy(&raw.payload).contains("I have the stock"));
     let mut fh2 = Vec::new();
-    ma.firehose(3, false, |r| {
+    ma.firehose(0, 3, false, |r| {
         fh2.push(r.sequence);
         Ok(())
     })

@@ -690,6 +690,7 @@ async fn followers(
                 .firehose(blockpost_proto::v1::FirehoseRequest {
                     from_sequence: 1,
                     follow: true,
+                    ..Default::default()
                 })
                 .await
             {

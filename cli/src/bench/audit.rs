@@ -243,6 +243,7 @@ pub async fn run(args: BenchAuditArgs) -> anyhow::Result<()> {
             firehose_sequence: u64::MAX - u64::from(i),
             block_deadline_ms: deadline,
             gateway_key: key.verifying_key().to_bytes().to_vec(),
+            ..Default::default()
         };
         let receipt = blockpost_core::sign_receipt(&key, &body);
         let mut alerts = auditor.subscribe();

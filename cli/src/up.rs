@@ -84,6 +84,11 @@ pub struct UpArgs {
     /// The delay every receipt promises, in ms (`[messaging] max_block_delay_ms`).
     #[arg(long, env = "BLOCKPOST_MAX_BLOCK_DELAY_MS")]
     pub max_block_delay_ms: Option<u64>,
+    /// Partitions of the firehose (`[messaging] firehose_partitions`): one JetStream
+    /// stream each, with its own leader. Fixed when the firehose is made; every process
+    /// of the node must say the same.
+    #[arg(long, env = "BLOCKPOST_FIREHOSE_PARTITIONS")]
+    pub firehose_partitions: Option<u32>,
 }
 
 impl UpArgs {
@@ -139,6 +144,7 @@ impl UpArgs {
         m.max_recipients = self.max_recipients.unwrap_or(m.max_recipients);
         m.max_clock_skew_ms = self.max_clock_skew_ms.unwrap_or(m.max_clock_skew_ms);
         m.max_block_delay_ms = self.max_block_delay_ms.unwrap_or(m.max_block_delay_ms);
+        m.firehose_partitions = self.firehose_partitions.unwrap_or(m.firehose_partitions);
         c.validate()?;
         Ok(c)
     }
@@ -291,10 +297,12 @@ mod tests {
             config: Some(file),
             max_block_delay_ms: Some(2500),
             listen: Some("127.0.0.1:7802".into()),
+            firehose_partitions: Some(4),
             ..UpArgs::default()
         };
         let c = args.config().unwrap();
         assert_eq!(c.listen, "127.0.0.1:7802");
+        assert_eq!(c.messaging.firehose_partitions, 4);
         assert_eq!(c.messaging.max_block_delay_ms, 2500);
         assert_eq!(c.messaging.max_recipients, 3);
         let bad = UpArgs {
@@ -302,5 +310,10 @@ mod tests {
             ..UpArgs::default()
         };
         assert!(bad.config().is_err());
+        let bad = UpArgs {
+            firehose_partitions: Some(0),
+            ..UpArgs::default()
+        };
+        assert!(format!("{:#}", bad.config().unwrap_err()).contains("firehose_partitions"));
     }
 }

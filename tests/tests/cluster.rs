@@ -18,7 +18,9 @@ use blockpost_auditor::{Auditor, AuditorConfig};
 use blockpost_client::Client;
 use blockpost_core::block::{VerifiedHeader, verify_block};
 use blockpost_core::wire::{self, Namespace};
-use blockpost_core::{Identity, message_id_of_encoded, now_ms, sign_envelope, verify_receipt};
+use blockpost_core::{
+    Address, Identity, message_id_of_encoded, now_ms, sign_envelope, verify_receipt,
+};
 use blockpost_proto::v1::directory_client::DirectoryClient;
 use blockpost_proto::v1::messaging_client::MessagingClient;
 use blockpost_proto::v1::{
@@ -189,6 +191,11 @@ async fn generate(
                 Ok(r) => {
                     let body = verify_receipt(&gateway_key, &r.into_inner())
                         .expect("a receipt signed by the node's gateway key");
+                    assert_eq!(
+                        body.firehose_partition,
+                        wire::partition_of(&Address::parse("alice").unwrap(), 2),
+                        "the receipt names the sender's partition"
+                    );
                     let mut l = load.lock().unwrap();
                     l.receipts.push(Receipted {
                         id: body.message_id.as_slice().try_into().unwrap(),
@@ -297,6 +304,9 @@ async fn cluster_survives(bin: &Path) {
         // node processes and the build), a lease and a block.
         "--max-block-delay-ms".to_owned(),
         "60000".to_owned(),
+        // Two partitions: the builders merge both, the auditor checks each.
+        "--firehose-partitions".to_owned(),
+        "2".to_owned(),
     ];
 
     // The directory, alone.
@@ -394,9 +404,11 @@ async fn cluster_survives(bin: &Path) {
     ));
     progress(&load, 20, "receipts before any failure").await;
 
-    // kill -9 the leader of the firehose, then bring it back.
+    // kill -9 the leader of the sender's firehose partition, then bring it back.
+    let firehose = ns.firehose(2);
+    let home = firehose.stream(firehose.partition_of(&Address::parse("alice").unwrap()));
     let leader = cluster
-        .stream_leader(&ns.firehose_stream(), Duration::from_secs(20))
+        .stream_leader(&home, Duration::from_secs(20))
         .await
         .unwrap();
     cluster.kill(leader);
@@ -421,7 +433,12 @@ async fn cluster_survives(bin: &Path) {
     let js = async_nats::jetstream::new(cluster.connect().await.unwrap());
     // From a cluster healed of the faults before (every stream the builders use has a
     // leader again: an election after a server restart can take tens of seconds on 2.9).
-    for stream in [ns.lease_stream(), ns.blocks_stream(), ns.firehose_stream()] {
+    for stream in [
+        ns.lease_stream(),
+        ns.blocks_stream(),
+        firehose.stream(0),
+        firehose.stream(1),
+    ] {
         cluster
             .stream_leader(&stream, Duration::from_secs(60))
             .await

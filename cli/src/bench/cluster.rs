@@ -25,6 +25,9 @@ pub struct BenchClusterArgs {
     /// Replicas of every stream: 1, 3 or 5.
     #[arg(long, default_value_t = 3)]
     pub replicas: usize,
+    /// Partitions of the firehose.
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
     /// Envelopes to submit, spread over every gateway.
     #[arg(long, default_value_t = 20_000)]
     pub messages: usize,
@@ -112,19 +115,23 @@ fn copy(from: &Path, to: &Path, files: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Messages and bytes of the log's streams (all replicas count once here).
+/// Messages and bytes of the log's streams (all replicas count once here): the firehose
+/// (every partition), the inboxes, the blocks.
 async fn stream_totals(
     js: &async_nats::jetstream::Context,
     ns: &Namespace,
+    partitions: u32,
 ) -> anyhow::Result<[(u64, u64); 3]> {
+    let firehose = ns.firehose(partitions);
+    let mut named: Vec<(usize, String)> = firehose.all().map(|k| (0, firehose.stream(k))).collect();
+    named.push((1, ns.inbox_stream()));
+    named.push((2, ns.blocks_stream()));
     let mut out = [(0, 0); 3];
-    for (i, name) in [ns.firehose_stream(), ns.inbox_stream(), ns.blocks_stream()]
-        .iter()
-        .enumerate()
-    {
-        if let Ok(mut s) = js.get_stream(name).await {
+    for (i, name) in named {
+        if let Ok(mut s) = js.get_stream(&name).await {
             let st = s.info().await?.state.clone();
-            out[i] = (st.messages, st.bytes);
+            out[i].0 += st.messages;
+            out[i].1 += st.bytes;
         }
     }
     Ok(out)
@@ -160,6 +167,11 @@ async fn block_times(
 /// Runs the benchmark and prints a summary.
 pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.gateways >= 1, "--gateways must be at least 1");
+    anyhow::ensure!(
+        (1..=wire::MAX_FIREHOSE_PARTITIONS).contains(&args.partitions),
+        "--partitions must be between 1 and {}",
+        wire::MAX_FIREHOSE_PARTITIONS
+    );
     let tmp = tempfile::tempdir()?;
     let bin = match &args.node_bin {
         Some(b) => b.clone(),
@@ -202,9 +214,10 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
         .map(|(a, b, c)| format!("{a}.{b}.{c}"))
         .unwrap_or_else(|| "?".into());
     say!(
-        "blockpost bench cluster: {} gateway process(es), R{}, {} envelopes of {} bytes, {} streams per gateway, nats-server {version}",
+        "blockpost bench cluster: {} gateway process(es), R{}, {} firehose partition(s), {} envelopes of {} bytes, {} streams per gateway, nats-server {version}",
         args.gateways,
         args.replicas,
+        args.partitions,
         args.messages,
         args.body,
         args.streams
@@ -218,6 +231,8 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
         args.replicas.to_string(),
         "--max-block-delay-ms".to_owned(),
         "30000".to_owned(),
+        "--firehose-partitions".to_owned(),
+        args.partitions.to_string(),
     ];
     let d_data = tmp.path().join("d");
     let mut a = nats_args.clone();
@@ -289,7 +304,7 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
         blockpost_node::connect(&seeds, Some(&blockpost_node::NatsAuth::from_file(&creds)?))
             .await?;
     let js = async_nats::jetstream::new(client);
-    let before = stream_totals(&js, &ns).await?;
+    let before = stream_totals(&js, &ns, args.partitions).await?;
 
     let per = args.messages.div_ceil(args.gateways);
     let envs = presign(&senders, 0, per * args.gateways, args.body, None);
@@ -359,7 +374,7 @@ pub async fn run(args: BenchClusterArgs) -> anyhow::Result<()> {
         pct(&delays, 0.5),
         pct(&delays, 0.99)
     );
-    let after = stream_totals(&js, &ns).await?;
+    let after = stream_totals(&js, &ns, args.partitions).await?;
     let n = total.max(1) as f64;
     let names = ["firehose", "inbox", "blocks"];
     let (mut msgs, mut bytes) = (0.0, 0.0);

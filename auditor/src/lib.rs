@@ -44,9 +44,10 @@
 //! ```
 //! use blockpost_auditor::{Alert, AlertKind, Promises};
 //!
-//! // A valid firehose message that no block takes is an omission after its deadline.
-//! let mut p = Promises::new(1_000, 500);
-//! assert!(p.firehose(1, Some([7; 32]), 0, None, false, 0).is_empty());
+//! // A valid firehose message (partition 1, sequence 1) that no block takes is an
+//! // omission after its deadline.
+//! let mut p = Promises::new(1_000, 500).with_partitions(2);
+//! assert!(p.firehose_at(1, 1, Some([7; 32]), 0, None, false, 0).is_empty());
 //! let alerts: Vec<Alert> = p.tick(2_000, true);
 //! assert_eq!(alerts[0].kind, AlertKind::Omission);
 //! ```
@@ -72,7 +73,7 @@ pub use chain::{BlockSeen, Chain};
 pub use directory::DirectoryLog;
 pub use error::{Error, Result};
 pub use metrics::serve_metrics;
-pub use promises::{Promises, ResumePoint};
+pub use promises::{PartitionPoint, Promises, ResumePoint};
 pub use search::{Hit, IndexedMessage, MAX_HITS, SearchIndex};
 pub use watch::{Watch, WatchField};
 pub use witness::{Refused, Witness};

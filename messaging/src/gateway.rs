@@ -76,6 +76,8 @@ pub(crate) struct Inner {
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Inbox messages dropped because they did not verify.
     pub(crate) refused_deliveries: std::sync::atomic::AtomicU64,
+    /// Submissions answered UNAVAILABLE because of the bus ([`Gateway::bus_refusals`]).
+    bus_refusals: std::sync::atomic::AtomicU64,
     /// Asked whether a transaction is closed.
     gate: std::sync::OnceLock<Arc<dyn TransactionGate>>,
     /// Whether the NATS connection is up, as last seen ([`watch_bus`]).
@@ -168,6 +170,7 @@ impl Gateway {
             key,
             sessions: Default::default(),
             refused_deliveries: Default::default(),
+            bus_refusals: Default::default(),
             gate: Default::default(),
             bus_up: tokio::sync::watch::Sender::new(true),
             followers_nats: Default::default(),
@@ -239,6 +242,24 @@ impl Gateway {
     /// rather than after the publish timeout: a retry of the same envelope is safe, since
     /// the firehose de-duplicates it and answers with the same receipt.
     pub async fn submit(&self, env: Envelope) -> Result<Receipt> {
+        let r = self.submit_inner(env).await;
+        if matches!(r, Err(Error::Bus(_))) {
+            self.inner
+                .bus_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Submissions answered UNAVAILABLE because of the bus (NATS away, or too much in
+    /// flight): each may be sent again as it was.
+    pub fn bus_refusals(&self) -> u64 {
+        self.inner
+            .bus_refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn submit_inner(&self, env: Envelope) -> Result<Receipt> {
         // An envelope NATS cannot carry is refused for good, before anything else.
         let len = prost::Message::encoded_len(&env);
         if len > self.inner.max_envelope {

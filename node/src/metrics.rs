@@ -60,6 +60,12 @@ impl Metrics {
                 "Inbox messages dropped because they did not verify.",
                 g.refused_deliveries(),
             );
+            metric(
+                "counter",
+                "submissions_unavailable_total",
+                "Submissions answered UNAVAILABLE because of the bus (NATS away, or too much in flight); each may be sent again as it was.",
+                g.bus_refusals(),
+            );
         }
         if let Some(b) = &self.builder {
             metric(

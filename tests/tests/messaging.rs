@@ -928,9 +928,20 @@ async fn a_send_while_the_bus_is_away_goes_through_once_it_is_back() {
     m.send(&a.id, out("before")).await.unwrap();
     let before = firehose_len(&sb).await;
     sb.nats.kill();
-    let nats = &mut sb.nats;
+    let (nats, gateway) = (&mut sb.nats, sb.gateway.clone());
+    let refused = gateway.bus_refusals();
+    // Back once the gateway has answered the send UNAVAILABLE at least once.
     let back = async move {
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        wait_for(
+            Duration::from_secs(20),
+            "a send refused while NATS is away",
+            || {
+                let n = gateway.bus_refusals();
+                async move { (n > refused).then_some(()) }
+            },
+        )
+        .await
+        .unwrap();
         tokio::task::block_in_place(|| nats.restart()).unwrap();
     };
     let (sent, ()) = tokio::join!(m.send(&a.id, out("during")), back);

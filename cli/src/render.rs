@@ -238,6 +238,7 @@ pub fn receipt(r: &ReceiptBody, json: bool) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&json!({
                 "message_id": hex::encode(&r.message_id),
                 "firehose_sequence": r.firehose_sequence,
+                "firehose_partition": r.firehose_partition,
                 "accepted_at_ms": r.accepted_at_ms,
                 "block_deadline_ms": r.block_deadline_ms,
                 "gateway_key": hex::encode(&r.gateway_key),
@@ -246,9 +247,14 @@ pub fn receipt(r: &ReceiptBody, json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let at = if r.firehose_partition == 0 {
+        r.firehose_sequence.to_string()
+    } else {
+        format!("{}:{}", r.firehose_partition, r.firehose_sequence)
+    };
     say!(
         "accepted #{} message {} at {} (receipt verified; in a block by {})",
-        r.firehose_sequence,
+        at,
         hex::encode(&r.message_id),
         date(r.accepted_at_ms),
         date(r.block_deadline_ms)

@@ -190,6 +190,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if c.nats.replicas > 1 {
         say!("  replicas  {} per stream", c.nats.replicas);
     }
+    if c.messaging.firehose_partitions > 1 && node.gateway().is_some() {
+        say!(
+            "  firehose  {} partitions (one stream each; a sender in one)",
+            c.messaging.firehose_partitions
+        );
+    }
     if let Some(t) = node.tls() {
         let whose = if t.self_issued {
             format!(

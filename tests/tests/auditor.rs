@@ -142,7 +142,14 @@ async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
         .unwrap();
     caught_up(&sb, &au, 23).await;
     let id: [u8; 32] = body.message_id.clone().try_into().unwrap();
-    let (height, _) = sb.node.builder().unwrap().locate(&id).unwrap().unwrap();
+    // The builder publishes a block, stores it, then indexes it: found once indexed.
+    let builder = sb.node.builder().unwrap().clone();
+    let (height, _) = wait_for(Duration::from_secs(10), "the message indexed", || {
+        let at = builder.locate(&id).unwrap();
+        async move { at }
+    })
+    .await
+    .unwrap();
     assert_eq!(
         au.check_receipt(&receipt).unwrap(),
         ReceiptVerdict::InBlock { height }

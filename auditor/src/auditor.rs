@@ -209,21 +209,14 @@ struct Inner {
     open_for: Vec<OpenFor>,
 }
 
-/// Writes a state file as JSON: synced, then renamed over the old one (so that a crash
-/// leaves the old file or the new one, never half of one).
+/// Writes a state file as JSON, atomically ([`blockpost_files::write_atomic`]).
 fn write_resume(path: &std::path::Path, p: &impl Serialize) -> Result<()> {
-    use std::io::Write as _;
-    let err = |e: std::io::Error| Error::State {
+    let err = |why: String| Error::State {
         path: path.display().to_string(),
-        why: e.to_string(),
+        why,
     };
-    let tmp = path.with_extension("tmp");
-    let json = serde_json::to_vec(p).map_err(|e| err(std::io::Error::other(e)))?;
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&json)
-        .and_then(|()| f.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    let json = serde_json::to_vec(p).map_err(|e| err(e.to_string()))?;
+    blockpost_files::write_atomic(path, &json).map_err(|e| err(e.to_string()))
 }
 
 /// The resume point of an earlier run, if any (a damaged one is ignored: everything is
@@ -359,40 +352,27 @@ struct PinnedGateway {
 /// Pins the gateway's receipt key and the firehose's partitions on first contact; refuses
 /// others later.
 fn pin_gateway(path: &std::path::Path, key: &[u8], partitions: u32) -> Result<()> {
-    let state = |why: String| Error::State {
-        path: path.display().to_string(),
-        why,
-    };
     let presented = PinnedGateway {
         receipt_key: hex::encode(key),
         firehose_partitions: Some(partitions),
     };
-    let write = |p: &PinnedGateway| write_resume(path, p);
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let mut pinned: PinnedGateway = serde_json::from_str(&text)
-                .map_err(|e| state(format!("damaged ({e}); delete it to trust anew")))?;
-            let upgrade = pinned.firehose_partitions.is_none();
-            if upgrade {
-                pinned.firehose_partitions = presented.firehose_partitions;
-            }
-            if pinned != presented {
-                return Err(state(format!(
-                    "the gateway now presents receipt key {} and {} firehose partition(s), but {} and {:?} were pinned: refusing to continue",
-                    presented.receipt_key,
-                    partitions,
-                    pinned.receipt_key,
-                    pinned.firehose_partitions
-                )));
-            }
-            if upgrade {
-                write(&pinned)?;
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write(&presented),
-        Err(e) => Err(state(e.to_string())),
-    }
+    // A pin of an earlier version lacks the partitions: filled from what is presented.
+    let complete = |pinned: &mut PinnedGateway, now: &PinnedGateway| {
+        let missing = pinned.firehose_partitions.is_none();
+        pinned.firehose_partitions = pinned.firehose_partitions.or(now.firehose_partitions);
+        missing
+    };
+    blockpost_files::pin_json(path, &presented, complete).map_err(|e| Error::State {
+        path: path.display().to_string(),
+        why: match e {
+            blockpost_files::PinError::Changed {
+                presented, pinned, ..
+            } => format!(
+                "the gateway now presents {presented}, but {pinned} was pinned: refusing to continue"
+            ),
+            other => other.to_string(),
+        },
+    })
 }
 
 /// A receipt as kept in `DATA/receipts.jsonl` and shown in evidence.

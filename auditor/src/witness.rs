@@ -11,7 +11,6 @@
 //! The signing key is `DATA/witness.key` (PKCS#8 PEM, mode 0600), made on first start.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use blockpost_core::{Cosigner, VerifiedCheckpoint, add_cosignatures};
@@ -99,21 +98,8 @@ fn load_or_create_key(path: &Path) -> Result<SigningKey> {
             let pem = key
                 .to_pkcs8_pem(Default::default())
                 .map_err(|e| state_err(path, e))?;
-            let tmp = path.with_extension("tmp");
-            let mut f = {
-                use std::os::unix::fs::OpenOptionsExt as _;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|e| state_err(&tmp, e))?
-            };
-            f.write_all(pem.as_bytes())
-                .and_then(|()| f.sync_all())
-                .map_err(|e| state_err(&tmp, e))?;
-            std::fs::rename(&tmp, path).map_err(|e| state_err(path, e))?;
+            blockpost_files::write_private_atomic(path, pem.as_bytes())
+                .map_err(|e| state_err(path, e))?;
             Ok(key)
         }
         Err(e) => Err(state_err(path, e)),
@@ -237,19 +223,8 @@ impl Witness {
 
     /// Writes what was cosigned, synced, before the cosignature leaves.
     fn persist(&self, recorded: &Recorded) -> Result<()> {
-        let tmp = self.path.with_extension("tmp");
-        let json = serde_json::to_vec_pretty(recorded).map_err(|e| state_err(&tmp, e))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| state_err(&tmp, e))?;
-        f.write_all(&json)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| state_err(&tmp, e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| state_err(&self.path, e))?;
-        if let Some(dir) = self.path.parent()
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        let json = serde_json::to_vec_pretty(recorded).map_err(|e| state_err(&self.path, e))?;
+        blockpost_files::write_atomic(&self.path, &json).map_err(|e| state_err(&self.path, e))
     }
 }
 

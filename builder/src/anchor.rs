@@ -80,24 +80,14 @@ fn io(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Corrupted(format!("anchors: {what}: {e}"))
 }
 
-/// Writes `bytes` to `path` atomically (a temporary file, synced, renamed).
+/// Writes `bytes` to `path` atomically ([`blockpost_files::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
-    f.write_all(bytes).map_err(|e| io("writing", e))?;
-    f.sync_all().map_err(|e| io("syncing", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("renaming", e))?;
-    sync_dir(path)
+    blockpost_files::write_atomic(path, bytes).map_err(|e| io("writing", e))
 }
 
-/// Syncs the directory holding `path`, so that a new or renamed file survives a crash.
+/// Syncs the directory holding `path`, so that a new file survives a crash.
 fn sync_dir(path: &Path) -> Result<()> {
-    if let Some(d) = path.parent() {
-        std::fs::File::open(d)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io("syncing the directory", e))?;
-    }
-    Ok(())
+    blockpost_files::sync_parent(path).map_err(|e| io("syncing the directory", e))
 }
 
 impl Anchors {

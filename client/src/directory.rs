@@ -310,11 +310,8 @@ impl Client {
         if let Some(dir) = self.state_file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         }
-        let tmp = self.state_file.with_extension("tmp");
         let json = serde_json::to_vec_pretty(&t).map_err(|e| err(e.to_string()))?;
-        std::fs::write(&tmp, json).map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, &self.state_file).map_err(|e| err(e.to_string()))?;
-        Ok(())
+        blockpost_files::write_atomic(&self.state_file, &json).map_err(|e| err(e.to_string()))
     }
 
     /// Verifies an entry's checkpoint and inclusion proof and decodes it. Who authorised

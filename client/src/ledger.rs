@@ -145,57 +145,31 @@ impl Ledger {
             firehose_partitions: Some(info.firehose_partitions.max(1)),
         };
         let file = pin_file(state_dir, directory.endpoint());
-        let state = |why: String| Error::State {
-            path: file.display().to_string(),
-            why,
+        // Pins of earlier versions lack the rules added since: filled from what the ledger
+        // presents now, and written back.
+        let complete = |pinned: &mut Pinned, now: &Pinned| {
+            let missing =
+                pinned.transaction_timeout_ms.is_none() || pinned.firehose_partitions.is_none();
+            pinned.transaction_timeout_ms =
+                pinned.transaction_timeout_ms.or(now.transaction_timeout_ms);
+            pinned.firehose_partitions = pinned.firehose_partitions.or(now.firehose_partitions);
+            missing
         };
-        match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                let mut pinned: Pinned = serde_json::from_str(&text)
-                    .map_err(|e| state(format!("damaged ({e}); delete it to trust anew")))?;
-                let upgrade =
-                    pinned.transaction_timeout_ms.is_none() || pinned.firehose_partitions.is_none();
-                if pinned.transaction_timeout_ms.is_none() {
-                    pinned.transaction_timeout_ms = presented.transaction_timeout_ms;
-                }
-                if pinned.firehose_partitions.is_none() {
-                    pinned.firehose_partitions = presented.firehose_partitions;
-                }
-                if pinned != presented {
-                    return Err(Error::Refused(format!(
-                        "the ledger at {} now presents origin {:?}, builder key {}, ledger key {:?}, \
-                         transaction timeout {:?} ms and {:?} firehose partitions, but {} pinned \
-                         {:?}, {}, {:?}, {:?} ms and {:?}: refusing to continue",
-                        directory.endpoint(),
-                        presented.origin,
-                        presented.builder_key,
-                        presented.verifier_key,
-                        presented.transaction_timeout_ms,
-                        presented.firehose_partitions,
-                        file.display(),
-                        pinned.origin,
-                        pinned.builder_key,
-                        pinned.verifier_key,
-                        pinned.transaction_timeout_ms,
-                        pinned.firehose_partitions
-                    )));
-                }
-                if upgrade {
-                    let json =
-                        serde_json::to_vec_pretty(&pinned).map_err(|e| state(e.to_string()))?;
-                    std::fs::write(&file, json).map_err(|e| state(e.to_string()))?;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(d) = file.parent() {
-                    std::fs::create_dir_all(d).map_err(|e| state(e.to_string()))?;
-                }
-                let json =
-                    serde_json::to_vec_pretty(&presented).map_err(|e| state(e.to_string()))?;
-                std::fs::write(&file, json).map_err(|e| state(e.to_string()))?;
-            }
-            Err(e) => return Err(state(e.to_string())),
-        }
+        blockpost_files::pin_json(&file, &presented, complete).map_err(|e| match e {
+            blockpost_files::PinError::Changed {
+                path,
+                presented,
+                pinned,
+            } => Error::Refused(format!(
+                "the ledger at {} now presents {presented}, but {} pinned {pinned}: refusing to continue",
+                directory.endpoint(),
+                path.display()
+            )),
+            other => Error::State {
+                path: file.display().to_string(),
+                why: other.to_string(),
+            },
+        })?;
         Ok(Self {
             grpc,
             info,

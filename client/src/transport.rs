@@ -308,13 +308,7 @@ fn write_pin(path: &Path, pin: &[u8; 32]) -> Result<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(err)?;
     }
-    let tmp = path.with_extension(format!(
-        "tmp.{}.{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::write(&tmp, format!("{}\n", format_pin(pin))).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    blockpost_files::write_atomic(path, format!("{}\n", format_pin(pin)).as_bytes()).map_err(err)
 }
 
 /// Accepts the server certificate whose key hashes to the pin, and checks the handshake

@@ -1,6 +1,6 @@
 //! Small files written safely, and node keys.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::Path;
 
@@ -9,29 +9,16 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 
 use crate::{Error, Result};
 
-/// Writes a file so that a crash leaves either the old or the new contents.
+/// Writes a file so that a crash leaves either the old or the new contents
+/// ([`blockpost_files::write_atomic`]: synced, renamed, its directory synced).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    replace(path, data, None)
+    Ok(blockpost_files::write_atomic(path, data)?)
 }
 
 /// [`write_atomic`] for a file readable by its owner only (mode 0600), such as a config
 /// holding passwords; unlike [`write_private_file`] it replaces an existing file.
 pub fn write_private_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    replace(path, data, Some(0o600))
-}
-
-fn replace(path: &Path, data: &[u8], mode: Option<u32>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    if let Some(mode) = mode {
-        // Before any byte is written; a left-over temporary file keeps its old mode on open.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    }
-    f.write_all(data)?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(blockpost_files::write_private_atomic(path, data)?)
 }
 
 /// Creates a file readable by its owner only (mode 0600), for private keys; never

@@ -1169,7 +1169,10 @@ async fn firehose_tail_loop(weak: Weak<Inner>, js: jetstream::Context, k: u32) {
                 let mut through = ours;
                 while through < last && through - ours < MAX_PROBE {
                     match stream.get_raw_message(through + 1).await {
-                        Err(e) if e.to_string().to_lowercase().contains("no message") => {
+                        Err(e)
+                            if e.kind()
+                                == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                        {
                             through += 1;
                         }
                         _ => break,
@@ -1208,7 +1211,13 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
         let r: std::result::Result<(), String> = async {
             let mut stream = match js.get_stream(ns.blocks_stream()).await {
                 Ok(s) => s,
-                Err(e) if e.to_string().contains("not found") => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::context::GetStreamErrorKind::JetStream(j)
+                            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                    ) =>
+                {
                     // No builder has made it yet: nothing to read, nothing unread.
                     if let Some(i) = weak.upgrade() {
                         i.blocks_current.store(true, Ordering::SeqCst);

@@ -928,9 +928,6 @@ const CHECK_BATCH: usize = 1024;
 /// Messages asked of the server in one pull.
 const PULL_BATCH: usize = 2048;
 
-/// Fewest signatures worth a thread of their own.
-const VERIFY_CHUNK_MIN: usize = 64;
-
 /// Longest wait for the replica to learn of the sender key an envelope names, when it
 /// has not reached that entry yet.
 const MAX_REPLICA_WAIT: Duration = Duration::from_secs(10);
@@ -1033,24 +1030,10 @@ async fn check_all(
     inner
         .signatures_checked
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-    // Split over the cores: one batch verification per thread.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per = batch.len().div_ceil(threads).max(VERIFY_CHUNK_MIN);
-    let mut chunks = Vec::new();
-    let mut rest = batch.into_iter();
-    loop {
-        let chunk: Vec<_> = rest.by_ref().take(per).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        chunks.push(tokio::task::spawn_blocking(move || {
-            blockpost_core::verify_batch(chunk)
-        }));
-    }
-    let mut results = Vec::with_capacity(slots.len());
-    for c in chunks {
-        results.extend(c.await.ok()?);
-    }
+    // Split over the cores (core's one parallel batch check), off the async workers.
+    let results = tokio::task::spawn_blocking(move || blockpost_core::verify_batch_parallel(batch))
+        .await
+        .ok()?;
     for (slot, r) in slots.into_iter().zip(results) {
         if let Err(e) = r {
             verdicts[slot] = Err(e.to_string());
@@ -1475,6 +1458,13 @@ type Tagged = std::pin::Pin<
     Box<dyn futures::Stream<Item = (u32, std::result::Result<jetstream::Message, String>)> + Send>,
 >;
 
+/// Whether deleting a consumer failed because there is none.
+fn consumer_not_found(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::stream::ConsumerErrorKind;
+    matches!(e.kind(), ConsumerErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND)
+}
+
 /// A fresh consumer of partition `k` of the firehose right after the last block: the
 /// store, not the consumer, says where the builder stands, so that messages a previous
 /// run had been handed (and never acknowledged, say before a kill -9) come again at once,
@@ -1495,7 +1485,7 @@ async fn partition_consumer(
     let name = consumer_name(holder);
     match stream.delete_consumer(&name).await {
         Ok(_) => {}
-        Err(e) if e.to_string().contains("not found") => {}
+        Err(e) if consumer_not_found(&e) => {}
         Err(e) => return Err(bus(&e)),
     }
     let consumer = stream

@@ -262,7 +262,6 @@ impl Messenger {
         &mut self,
         envs: Vec<Envelope>,
     ) -> Result<Vec<std::result::Result<[u8; 32], Error>>> {
-        const MIN_CHUNK: usize = 64;
         let limits = EnvelopeLimits {
             max_body_len: usize::MAX / 4,
             max_recipients: usize::MAX / 4,
@@ -294,26 +293,11 @@ impl Messenger {
                 Err(e) => return Err(e),
             }
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = batch.len().div_ceil(threads).max(MIN_CHUNK);
-        let mut chunks = Vec::new();
-        let mut rest = batch.into_iter();
-        loop {
-            let chunk: Vec<_> = rest.by_ref().take(per).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            chunks.push(tokio::task::spawn_blocking(move || {
-                blockpost_core::verify_batch(chunk)
-            }));
-        }
-        let mut results = Vec::with_capacity(slots.len());
-        for c in chunks {
-            results.extend(
-                c.await
-                    .map_err(|e| Error::UnexpectedAnswer(format!("checking signatures: {e}")))?,
-            );
-        }
+        // Split over the cores (core's one parallel batch check), off the async workers.
+        let results =
+            tokio::task::spawn_blocking(move || blockpost_core::verify_batch_parallel(batch))
+                .await
+                .map_err(|e| Error::UnexpectedAnswer(format!("checking signatures: {e}")))?;
         for (slot, r) in slots.into_iter().zip(results) {
             verdicts[slot] = match r {
                 Ok(v) => Ok(v.id()),

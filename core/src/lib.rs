@@ -85,5 +85,8 @@ pub use log::{
     CheckpointSigner, ReplayTree, VerifiedCheckpoint, leaf_hash, parse_hashes, verify_checkpoint,
 };
 pub use request::{Operation, decode_canonical, ed25519_key, x25519_key};
-pub use rules::{EnvelopeLimits, MAX_TEXT_LEN, ParsedEnvelope, VerifiedEnvelope, verify_batch};
+pub use rules::{
+    EnvelopeLimits, MAX_TEXT_LEN, ParsedEnvelope, VERIFY_CHUNK_MIN, VerifiedEnvelope, verify_batch,
+    verify_batch_parallel,
+};
 pub use state::{Applied, DirectoryState, Participant, Prepared, verify_history};

@@ -118,15 +118,21 @@ impl From<Error> for tonic::Status {
     }
 }
 
-/// Turns any NATS error into [`Error::Bus`]. "No stream found" is what a publish gets when
-/// no server answers for the stream: on a cluster, while it elects a leader.
+/// Turns any NATS error into [`Error::Bus`].
 pub(crate) fn bus(e: impl std::fmt::Display) -> Error {
-    let text = e.to_string();
-    if text.contains("no stream found") {
+    Error::Bus(e.to_string())
+}
+
+/// A publish JetStream did not take, as [`Error::Bus`]. "No stream found" is what a
+/// publish gets when no server answers for the stream: on a cluster, while it elects a
+/// leader; the message says so.
+pub(crate) fn publish_failed(e: async_nats::jetstream::context::PublishError) -> Error {
+    use async_nats::jetstream::context::PublishErrorKind;
+    if e.kind() == PublishErrorKind::StreamNotFound {
         return Error::Bus(format!(
-            "{text} (no JetStream server answers for the stream right now: a leader election \
+            "{e} (no JetStream server answers for the stream right now: a leader election \
              on a cluster takes a few seconds; retry the same envelope)"
         ));
     }
-    Error::Bus(text)
+    bus(e)
 }

@@ -15,7 +15,7 @@ use blockpost_proto::v1::{Envelope, GatewayInfo, Receipt, ReceiptBody};
 use ed25519_dalek::SigningKey;
 
 use crate::config::MessagingConfig;
-use crate::error::bus;
+use crate::error::{bus, publish_failed};
 use crate::replica::Replica;
 use crate::verify::BatchVerifier;
 use crate::{Error, Result};
@@ -412,9 +412,9 @@ impl Gateway {
                 bytes.clone().into(),
             )
             .await
-            .map_err(bus)?
+            .map_err(publish_failed)?
             .await
-            .map_err(bus)?;
+            .map_err(publish_failed)?;
         if ack.duplicate {
             // The same envelope again (a retry) is fine; another one with that nonce is a replay.
             let stream = js
@@ -446,11 +446,11 @@ impl Gateway {
             acks.push(
                 js.publish_with_headers(self.inner.ns.inbox_subject(r), h, Default::default())
                     .await
-                    .map_err(bus)?,
+                    .map_err(publish_failed)?,
             );
         }
         for a in acks {
-            a.await.map_err(bus)?;
+            a.await.map_err(publish_failed)?;
         }
         let accepted = self.inner.clock.now_ms();
         let body = ReceiptBody {

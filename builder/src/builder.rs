@@ -504,28 +504,20 @@ fn fix_rules(dir: &std::path::Path, timeout_ms: u64, partitions: u32) -> Result<
     let path = dir.join("rules.json");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let v = serde_json::from_str::<serde_json::Value>(&text).ok();
-            let fixed = v
-                .as_ref()
-                .and_then(|v| v["transaction_timeout_ms"].as_u64())
-                .ok_or_else(|| {
-                    Error::Corrupted(format!("{} is damaged: {text:?}", path.display()))
-                })?;
+            let damaged = || Error::Corrupted(format!("{} is damaged: {text:?}", path.display()));
+            let v = serde_json::from_str::<serde_json::Value>(&text).map_err(|_| damaged())?;
+            let fixed = v["transaction_timeout_ms"].as_u64().ok_or_else(damaged)?;
             if fixed != timeout_ms {
                 return Err(Error::Config(format!(
                     "builder.transaction_timeout_ms is {timeout_ms}, but this ledger was started with {fixed} ({}): it cannot change, since every replay of the blocks depends on it",
                     path.display()
                 )));
             }
-            let made = v
-                .as_ref()
-                .map_or(Some(1), |v| match &v["firehose_partitions"] {
-                    serde_json::Value::Null => Some(1),
-                    n => n.as_u64(),
-                })
-                .ok_or_else(|| {
-                    Error::Corrupted(format!("{} is damaged: {text:?}", path.display()))
-                })?;
+            // Absent in rules written before partitions: one partition.
+            let made = match &v["firehose_partitions"] {
+                serde_json::Value::Null => 1,
+                n => n.as_u64().ok_or_else(damaged)?,
+            };
             if made != u64::from(partitions) {
                 return Err(Error::Config(format!(
                     "messaging.firehose_partitions is {partitions}, but this ledger was started with {made} ({}): it cannot change, since blocks name firehose sequences by partition",
@@ -1163,13 +1155,13 @@ async fn watch_health(weak: std::sync::Weak<Inner>, js: jetstream::Context) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = (Vec::new(), 0, 0);
     let mut busy = false;
-    let Some(layout) = weak.upgrade().map(|i| i.firehose.clone()) else {
+    let Some((layout, inner_holder)) = weak
+        .upgrade()
+        .map(|i| (i.firehose.clone(), i.holder.clone()))
+    else {
         return;
     };
     let mut firehose: Vec<Option<stream::Stream>> = layout.all().map(|_| None).collect();
-    let Some(inner_holder) = weak.upgrade().map(|i| i.holder.clone()) else {
-        return;
-    };
     loop {
         tick.tick().await;
         if weak.strong_count() == 0 {

@@ -128,12 +128,19 @@ impl Gateway {
         let mut js = jetstream::new(nats.clone());
         js.set_timeout(Duration::from_secs(10));
         let window = Duration::from_millis(config.max_clock_skew_ms.saturating_mul(2));
+        // Every firehose partition and the inbox stream: files, the log's description, the
+        // node's replicas, nonce de-duplication over the window.
         let firehose = ns.firehose(config.firehose_partitions);
-        for k in firehose.all() {
+        let mut streams: Vec<(String, String)> = firehose
+            .all()
+            .map(|k| (firehose.stream(k), firehose.subject(k)))
+            .collect();
+        streams.push((ns.inbox_stream(), ns.inbox_subjects()));
+        for (name, subject) in streams {
             js.get_or_create_stream(stream::Config {
-                name: firehose.stream(k),
+                name,
                 description: Some(ns.description()),
-                subjects: vec![firehose.subject(k)],
+                subjects: vec![subject],
                 storage: stream::StorageType::File,
                 duplicate_window: window,
                 num_replicas: config.replicas.max(1),
@@ -142,17 +149,6 @@ impl Gateway {
             .await
             .map_err(bus)?;
         }
-        js.get_or_create_stream(stream::Config {
-            name: ns.inbox_stream(),
-            description: Some(ns.description()),
-            subjects: vec![ns.inbox_subjects()],
-            storage: stream::StorageType::File,
-            duplicate_window: window,
-            num_replicas: config.replicas.max(1),
-            ..Default::default()
-        })
-        .await
-        .map_err(bus)?;
         let replica = Replica::start(js.clone(), &ns, log_verifier_key);
         let inflight = config.max_inflight_bytes.min(u32::MAX as usize);
         let inner = Arc::new(Inner {

@@ -92,8 +92,8 @@ impl Chain {
     }
 
     /// The signed ledger checkpoints seen and verified.
-    pub fn checkpoints(&self) -> &SignedRoots {
-        &self.checkpoints
+    pub fn checkpoints(&self) -> &blockpost_core::follow::SignedRoots {
+        self.checkpoints.roots()
     }
 
     /// A ledger checkpoint (a note the node handed out): checked against the chain of

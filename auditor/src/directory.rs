@@ -1,24 +1,30 @@
-//! The directory log, replayed from its stream with the code the gateway's replica runs:
-//! every checkpoint's signature, every entry authorised and applied in order
-//! ([`DirectoryState`]), the replayed tree's root equal to every signed root (so the
-//! checkpoints are consistent with each other and with the entries), no two signed
-//! checkpoints of one size that differ. No I/O.
+//! The directory log, replayed from its stream by core's one directory follower (the one
+//! the gateway's replica runs, here replaying rather than requiring proofs): every
+//! checkpoint's signature, every entry authorised and applied in order, the replayed
+//! tree's root equal to every signed root (so the checkpoints are consistent with each
+//! other and with the entries), no two signed checkpoints of one size that differ. This
+//! module turns what the follower finds into alerts, and checks the watch list and the
+//! directory checkpoints blocks name. No I/O.
 
 use std::collections::BTreeMap;
 
-use blockpost_core::{DirectoryState, ReplayTree};
+use blockpost_core::follow::{DirectoryFollower, Finding};
 use blockpost_proto::v1::{EntryKind, LogEntry};
 use prost::Message as _;
 
 use crate::alert::{Alert, AlertKind};
-use crate::checkpoints::{Kinds, SignedRoots};
+use crate::checkpoints::Kinds;
 use crate::watch::Watch;
+
+const KINDS: Kinds = Kinds {
+    invalid: AlertKind::DirectoryInvalid,
+    fork: AlertKind::DirectoryFork,
+    inconsistent: AlertKind::DirectoryInconsistent,
+};
 
 /// The directory log as replayed so far.
 pub struct DirectoryLog {
-    state: DirectoryState,
-    tree: ReplayTree,
-    checkpoints: SignedRoots,
+    follower: DirectoryFollower,
     /// Directory checkpoints blocks name beyond the replayed tree: (size, root, height).
     named: BTreeMap<u64, Vec<([u8; 32], u64)>>,
     /// The watch list.
@@ -29,17 +35,7 @@ impl DirectoryLog {
     /// An empty replay of the log whose checkpoints `verifier_key` signs (signed-note form).
     pub fn new(verifier_key: String) -> Self {
         Self {
-            state: DirectoryState::new(),
-            tree: ReplayTree::new(),
-            checkpoints: SignedRoots::new(
-                "directory",
-                verifier_key,
-                Kinds {
-                    invalid: AlertKind::DirectoryInvalid,
-                    fork: AlertKind::DirectoryFork,
-                    inconsistent: AlertKind::DirectoryInconsistent,
-                },
-            ),
+            follower: DirectoryFollower::replaying(verifier_key),
             named: BTreeMap::new(),
             watch: Vec::new(),
         }
@@ -54,34 +50,38 @@ impl DirectoryLog {
 
     /// Entries replayed.
     pub fn size(&self) -> u64 {
-        self.tree.size()
+        self.follower.size()
     }
 
     /// The real name of `address` now, if the replay has it.
     pub fn real_name(&self, address: &str) -> Option<String> {
-        self.state
+        self.follower
+            .state()
             .participant(address)
             .map(|p| p.binding.real_name.clone())
     }
 
     /// The largest size of a signed directory checkpoint verified against the replay.
     pub fn checkpoint_verified(&self) -> u64 {
-        self.checkpoints.verified()
+        self.follower.roots().verified()
     }
 
     /// The signed checkpoints seen and verified.
-    pub fn checkpoints(&self) -> &SignedRoots {
-        &self.checkpoints
+    pub fn checkpoints(&self) -> &blockpost_core::follow::SignedRoots {
+        self.follower.roots()
     }
 
     /// A checkpoint note from the stream.
     pub fn checkpoint(&mut self, note: &[u8], now_ms: i64) -> Vec<Alert> {
-        self.checkpoints.note(note, &self.tree, now_ms)
+        let found = self.follower.checkpoint(note);
+        found
+            .iter()
+            .filter_map(|f| crate::checkpoints::alert("directory", KINDS, f, now_ms))
+            .collect()
     }
 
     /// Entry `index` (from its header; `None` if it had none) from the stream.
     pub fn entry(&mut self, index: Option<u64>, entry: &[u8], now_ms: i64) -> Vec<Alert> {
-        let next = self.tree.size();
         let Some(index) = index else {
             return vec![Alert::new(
                 AlertKind::DirectoryInvalid,
@@ -94,92 +94,66 @@ impl DirectoryLog {
                 serde_json::json!({ "entry": hex::encode(entry) }),
             )];
         };
-        if index < next {
-            // Again: it must be the same entry.
-            if self.tree.leaf(index) == Some(blockpost_core::leaf_hash(entry)) {
-                return Vec::new();
-            }
-            return vec![Alert::new(
-                AlertKind::DirectoryFork,
-                format!("directory entry {index}"),
-                now_ms,
-                format!("the directory stream carries two different entries at index {index}"),
-                serde_json::json!({ "index": index, "entry": hex::encode(entry) }),
-            )];
-        }
-        if index > next {
-            return vec![Alert::new(
-                AlertKind::DirectoryGap,
-                format!("directory entries {next}..{}", index - 1),
-                now_ms,
-                format!(
-                    "directory entries {next} to {} are missing from the stream",
-                    index - 1
-                ),
-                serde_json::json!({ "first_missing": next, "next_seen": index }),
-            )];
-        }
         let mut alerts = Vec::new();
-        if !self.watch.is_empty()
-            && let Ok(e) = LogEntry::decode(entry)
-        {
-            let hits: Vec<String> = self
-                .watch
-                .iter()
-                .filter(|w| w.matches(&e.address, &e.real_name))
-                .map(ToString::to_string)
-                .collect();
-            if !hits.is_empty() {
-                let kind = match e.kind() {
-                    EntryKind::Register => "register",
-                    EntryKind::Rotate => "rotate",
-                    EntryKind::Revoke => "revoke",
-                    _ => "entry",
-                };
-                alerts.push(Alert::new(
-                    AlertKind::WatchedBinding,
-                    format!("directory entry {index}"),
-                    now_ms,
-                    format!(
-                        "{kind} of {} ({}) at directory index {index}, on the watch list ({})",
-                        e.address,
-                        e.real_name,
-                        hits.join(", ")
-                    ),
-                    serde_json::json!({
-                        "index": index,
-                        "kind": kind,
-                        "address": e.address,
-                        "real_name": e.real_name,
-                        "signing_key": hex::encode(&e.signing_key),
-                        "logged_at_ms": e.logged_at_ms,
-                        "watch": hits,
-                        "entry": hex::encode(entry),
-                    }),
-                ));
-            }
+        if index == self.follower.size() {
+            alerts.extend(self.watched(index, entry, now_ms));
         }
-        if let Err(e) = self.state.apply(index, entry) {
-            alerts.push(Alert::new(
-                AlertKind::DirectoryInvalid,
-                format!("directory entry {index}"),
-                now_ms,
-                format!("directory entry {index} is not authorised by the rules: {e}"),
-                serde_json::json!({ "index": index, "entry": hex::encode(entry) }),
-            ));
+        let followed = self.follower.entry(index, entry, None);
+        for f in &followed.findings {
+            alerts.extend(entry_alert(f, now_ms));
         }
-        // The log holds it either way: the tree goes on, so the signed roots still compare.
-        if self.tree.append(entry).is_err() {
-            return alerts;
-        }
-        let size = self.tree.size();
-        alerts.extend(self.checkpoints.grown(&self.tree, now_ms));
+        let size = self.follower.size();
         if let Some(named) = self.named.remove(&size) {
             for (root, height) in named {
                 alerts.extend(self.named_check(size, root, height, now_ms));
             }
         }
         alerts
+    }
+
+    /// A `watched_binding` alert if entry `index` binds an address or real name on the
+    /// watch list.
+    fn watched(&self, index: u64, entry: &[u8], now_ms: i64) -> Option<Alert> {
+        if self.watch.is_empty() {
+            return None;
+        }
+        let e = LogEntry::decode(entry).ok()?;
+        let hits: Vec<String> = self
+            .watch
+            .iter()
+            .filter(|w| w.matches(&e.address, &e.real_name))
+            .map(ToString::to_string)
+            .collect();
+        if hits.is_empty() {
+            return None;
+        }
+        let kind = match e.kind() {
+            EntryKind::Register => "register",
+            EntryKind::Rotate => "rotate",
+            EntryKind::Revoke => "revoke",
+            _ => "entry",
+        };
+        Some(Alert::new(
+            AlertKind::WatchedBinding,
+            format!("directory entry {index}"),
+            now_ms,
+            format!(
+                "{kind} of {} ({}) at directory index {index}, on the watch list ({})",
+                e.address,
+                e.real_name,
+                hits.join(", ")
+            ),
+            serde_json::json!({
+                "index": index,
+                "kind": kind,
+                "address": e.address,
+                "real_name": e.real_name,
+                "signing_key": hex::encode(&e.signing_key),
+                "logged_at_ms": e.logged_at_ms,
+                "watch": hits,
+                "entry": hex::encode(entry),
+            }),
+        ))
     }
 
     /// Block `height` names directory checkpoint (`size`, `root`): it must be the root of
@@ -191,7 +165,7 @@ impl DirectoryLog {
         height: u64,
         now_ms: i64,
     ) -> Vec<Alert> {
-        if size > self.tree.size() {
+        if size > self.follower.size() {
             self.named.entry(size).or_default().push((root, height));
             return Vec::new();
         }
@@ -203,7 +177,7 @@ impl DirectoryLog {
         if size == 0 {
             return Vec::new();
         }
-        match self.tree.root(size) {
+        match self.follower.tree().root(size) {
             Ok(r) if r == root => Vec::new(),
             Ok(r) => vec![Alert::new(
                 AlertKind::BlockInvalid,
@@ -224,10 +198,50 @@ impl DirectoryLog {
     }
 }
 
+/// The alert for what the follower found wrong with an entry, or with a checkpoint the
+/// entry let it compare.
+fn entry_alert(f: &Finding, now_ms: i64) -> Option<Alert> {
+    Some(match f {
+        // Proved or not: the stream carries two histories, which an auditor reports.
+        Finding::EntryConflict { index, entry, .. } => Alert::new(
+            AlertKind::DirectoryFork,
+            format!("directory entry {index}"),
+            now_ms,
+            format!("the directory stream carries two different entries at index {index}"),
+            serde_json::json!({ "index": index, "entry": hex::encode(entry) }),
+        ),
+        Finding::Gap {
+            first_missing,
+            next_seen,
+        } => Alert::new(
+            AlertKind::DirectoryGap,
+            format!("directory entries {first_missing}..{}", next_seen - 1),
+            now_ms,
+            format!(
+                "directory entries {first_missing} to {} are missing from the stream",
+                next_seen - 1
+            ),
+            serde_json::json!({ "first_missing": first_missing, "next_seen": next_seen }),
+        ),
+        Finding::Unauthorised {
+            index,
+            entry,
+            error,
+        } => Alert::new(
+            AlertKind::DirectoryInvalid,
+            format!("directory entry {index}"),
+            now_ms,
+            format!("directory entry {index} is not authorised by the rules: {error}"),
+            serde_json::json!({ "index": index, "entry": hex::encode(entry) }),
+        ),
+        other => return crate::checkpoints::alert("directory", KINDS, other, now_ms),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use blockpost_core::CheckpointSigner;
+    use blockpost_core::{CheckpointSigner, ReplayTree};
     use ed25519_dalek::SigningKey;
 
     use super::*;

@@ -17,7 +17,8 @@ use blockpost_core::wire::{self, Namespace};
 use blockpost_core::{
     CheckpointSigner, Clock, EnvelopeLimits, ParsedEnvelope, decode_canonical, leaf_hash,
 };
-use blockpost_messaging::Replica;
+use blockpost_core::transaction::{Closed, TransactionGate};
+use blockpost_replica::Replica;
 use blockpost_proto::v1::{Block, BlockHeader, Envelope, PartitionRange, TransactionStatus};
 use blockpost_storage::{BlockStore, Head};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -365,7 +366,7 @@ impl Builder {
 
     /// What the gateway asks before it accepts a message for a transaction. It does not
     /// keep the builder alive.
-    pub fn gate(&self) -> Arc<dyn blockpost_messaging::TransactionGate> {
+    pub fn gate(&self) -> Arc<dyn TransactionGate> {
         Arc::new(Gate(Arc::downgrade(&self.inner)))
     }
 
@@ -437,14 +438,14 @@ impl Builder {
 
 struct Gate(std::sync::Weak<Inner>);
 
-impl blockpost_messaging::TransactionGate for Gate {
+impl TransactionGate for Gate {
     fn unavailable(&self) -> Option<String> {
         let inner = self.0.upgrade()?;
         let h = inner.health.borrow();
         h.stalled().map(str::to_owned)
     }
 
-    fn refusal(&self, id: &str) -> Option<String> {
+    fn refusal(&self, id: &str) -> Option<Closed> {
         let inner = self.0.upgrade()?;
         let s = match inner.index.transaction(id) {
             Ok(s) => s?,
@@ -454,15 +455,15 @@ impl blockpost_messaging::TransactionGate for Gate {
             }
         };
         match s.status() {
-            TransactionStatus::Finished => Some(format!("transaction {id} is finished")),
-            TransactionStatus::TimedOut => Some(format!("transaction {id} is timed out")),
+            TransactionStatus::Finished => Some(Closed::Finished(id.to_owned())),
+            TransactionStatus::TimedOut => Some(Closed::TimedOut(id.to_owned())),
             _ if s.message_count as usize
                 >= blockpost_core::transaction::MAX_TRANSACTION_MESSAGES =>
             {
-                Some(format!(
-                    "transaction {id} holds {} messages, the most a transaction may",
-                    s.message_count
-                ))
+                Some(Closed::Full {
+                    id: id.to_owned(),
+                    messages: s.message_count.into(),
+                })
             }
             _ => None,
         }
@@ -819,7 +820,7 @@ async fn sync_from_stream(
     let mut adopted = 0u64;
     let mut prev = inner.tip.lock().unwrap_or_else(|e| e.into_inner()).clone();
     while next <= last {
-        let read = blockpost_messaging::read_block_message(&stream, next, &mut parts)
+        let read = crate::blocks::read_block_message(&stream, next, &mut parts)
             .await
             .map_err(|e| bus(&e))?;
         next += 1;

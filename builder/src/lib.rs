@@ -20,6 +20,7 @@
 //! - `error`: [`Error`].
 
 mod anchor;
+mod blocks;
 mod builder;
 mod config;
 mod error;
@@ -28,6 +29,7 @@ mod index;
 mod lease;
 
 pub use anchor::AnchorLine;
+pub use blocks::read_block_message;
 pub use builder::{Builder, BuilderParts, Health, MAX_BLOCK_LEN};
 pub use config::{AnchorConfig, BitcoinConfig, BuilderConfig};
 pub use error::{Error, Result};

@@ -14,6 +14,9 @@
 //!   against the binding it supersedes.
 //! - `state`: [`DirectoryState`], the directory as a pure state machine over its log, and
 //!   [`verify_history`] for one address.
+//! - `follow`: following a log from its stream, the one set of rules for every replica
+//!   and auditor: [`follow::DirectoryFollower`] (entries proved, authorised, in order;
+//!   forks found) and [`follow::SignedRoots`] (a log's signed checkpoints against a replay).
 //! - `log`: RFC 6962 leaf hashes, inclusion and consistency proof checks, C2SP signed-note
 //!   checkpoints ([`CheckpointSigner`], [`verify_checkpoint`]).
 //! - `envelope`: envelope, receipt and inbox signatures, message ids, and end-to-end
@@ -23,7 +26,8 @@
 //! - `block`: blocks of the ledger: the RFC 6962 root over a block's leaves (`rs_merkle`),
 //!   signed headers and their chain, what a leaf may be ([`block::verify_block`]).
 //! - `transaction`: when the ledger closes a transaction (finished or timed out) and what
-//!   its closing record holds ([`transaction::Book`]).
+//!   its closing record holds ([`transaction::Book`]); [`transaction::TransactionGate`], what
+//!   a gateway asks of the ledger.
 //! - `anchor`: OpenTimestamps proofs from a block id through the ledger root and a Bitcoin
 //!   transaction to a Bitcoin block header ([`anchor::replay_proof`]).
 //! - `clock`: [`Clock`], injected time, and checked time arithmetic ([`check_clock`]).
@@ -56,6 +60,7 @@ mod entry;
 mod envelope;
 mod error;
 mod evidence;
+pub mod follow;
 mod keyfile;
 mod log;
 mod request;

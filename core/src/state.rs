@@ -165,6 +165,17 @@ impl DirectoryState {
         })
     }
 
+    /// Entry `index`, which the log holds but the rules do not authorise, binds nothing:
+    /// the state moves past it unchanged otherwise, so the entries after it are still
+    /// checked (one that names it as its predecessor is then refused in turn). Only for a
+    /// follower of a log; a directory never writes such an entry. An index that is not
+    /// the next one changes nothing.
+    pub fn void(&mut self, index: u64) {
+        if index == self.size {
+            self.size += 1;
+        }
+    }
+
     /// The current state of `address`.
     pub fn participant(&self, address: &str) -> Option<&Participant> {
         // Addresses are compared as text; a string that is not an address is in no state.

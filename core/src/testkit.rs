@@ -137,3 +137,22 @@ pub fn revoke(address: &str, name: &str, current: u64, id: &Identity) -> LogEntr
         evidence_key: vec![],
     }
 }
+
+/// `n` registrations of distinct addresses, encoded as the log holds them.
+pub fn registrations(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let id = Identity::generate();
+            register(&format!("party-{i}"), &format!("Party {i}"), &id).encode_to_vec()
+        })
+        .collect()
+}
+
+/// The inclusion proof of leaf `index` in the first `size` leaves of `tree`.
+pub fn inclusion_proof(tree: &crate::ReplayTree, index: u64, size: u64) -> Vec<[u8; 32]> {
+    tlog_tiles::prove_record(size, index, tree)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.0)
+        .collect()
+}

@@ -26,6 +26,41 @@ use prost::Message as _;
 use crate::block::merkle_root;
 use crate::leaf_hash;
 
+/// Why the ledger takes no more messages for a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Closed {
+    /// Its closing record, finished, is in a block.
+    #[error("transaction {0} is finished")]
+    Finished(String),
+    /// Its closing record, timed out, is in a block.
+    #[error("transaction {0} is timed out")]
+    TimedOut(String),
+    /// It holds [`MAX_TRANSACTION_MESSAGES`] messages already.
+    #[error("transaction {id} holds {messages} messages, the most a transaction may")]
+    Full {
+        /// The transaction.
+        id: String,
+        /// Messages it holds.
+        messages: u64,
+    },
+}
+
+/// Whether the ledger takes more messages for a transaction: not once its closing record
+/// is in a block, nor once it holds the most messages a transaction may. The ledger's
+/// builder answers it and the node hands it to the gateway; a gateway without one accepts
+/// every transaction. Neither crate knows the other: the trait is the contract.
+pub trait TransactionGate: Send + Sync {
+    /// Why transaction `id` takes no more messages, if it does not.
+    fn refusal(&self, id: &str) -> Option<Closed>;
+
+    /// Why no receipt can be issued now, if it cannot: the builder behind the gate is
+    /// stalled, so a receipt's promise of a block by its deadline would not be kept.
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+}
+
 /// Default time until an unfinished transaction times out: one hour.
 pub const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 60 * 60 * 1000;
 

@@ -55,8 +55,8 @@ pub enum Error {
     InboxBusy(String),
     /// The ledger takes no more messages for the envelope's transaction: it is closed (its
     /// closing record is in a block), or full.
-    #[error("{0}")]
-    TransactionClosed(String),
+    #[error(transparent)]
+    TransactionClosed(#[from] blockpost_core::transaction::Closed),
     /// NATS failed or is unreachable.
     #[error("message bus: {0}")]
     Bus(String),

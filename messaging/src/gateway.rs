@@ -16,7 +16,8 @@ use ed25519_dalek::SigningKey;
 
 use crate::config::MessagingConfig;
 use crate::error::{bus, publish_failed};
-use crate::replica::Replica;
+use blockpost_core::transaction::TransactionGate;
+use blockpost_replica::Replica;
 use crate::verify::BatchVerifier;
 use crate::{Error, Result};
 
@@ -27,24 +28,9 @@ const REPLICA_PATIENCE: Duration = Duration::from_millis(500);
 fn replica_busy() -> Error {
     Error::Bus(format!(
         "{} requests or {} MiB are already waiting for the directory replica to catch up; retry",
-        crate::MAX_WAITERS,
-        crate::MAX_WAITING_BYTES >> 20
+        blockpost_replica::MAX_WAITERS,
+        blockpost_replica::MAX_WAITING_BYTES >> 20
     ))
-}
-
-/// Whether the ledger takes more messages for a transaction: not once its closing record
-/// is in a block, nor once it holds the most messages a transaction may. The node's
-/// builder answers it; a gateway without one accepts every transaction.
-pub trait TransactionGate: Send + Sync {
-    /// Why transaction `id` takes no more messages ("transaction settle-42 is finished"),
-    /// if it does not.
-    fn refusal(&self, id: &str) -> Option<String>;
-
-    /// Why no receipt can be issued now, if it cannot: the builder behind the gate is
-    /// stalled, so a receipt's promise of a block by its deadline would not be kept.
-    fn unavailable(&self) -> Option<String> {
-        None
-    }
 }
 
 /// A running gateway. Cheap to clone.
@@ -110,14 +96,14 @@ async fn watch_bus(inner: std::sync::Weak<Inner>) {
 }
 
 impl Gateway {
-    /// Makes sure the streams of namespace `ns` (the directory log's) exist and starts
-    /// following the directory's stream, trusting checkpoints signed by `log_verifier_key`
-    /// (the directory's, in signed-note form). `key` signs receipts.
+    /// Makes sure the streams of namespace `ns` (the directory log's) exist; checks
+    /// senders and recipients against `replica` (the node's, which the builder shares).
+    /// `key` signs receipts.
     pub async fn start(
         config: MessagingConfig,
         key: SigningKey,
         ns: wire::Namespace,
-        log_verifier_key: String,
+        replica: Arc<Replica>,
         clock: Arc<dyn Clock>,
         nats: async_nats::Client,
     ) -> Result<Self> {
@@ -149,7 +135,6 @@ impl Gateway {
             .await
             .map_err(bus)?;
         }
-        let replica = Replica::start(js.clone(), &ns, log_verifier_key);
         let inflight = config.max_inflight_bytes.min(u32::MAX as usize);
         let inner = Arc::new(Inner {
             js,
@@ -314,8 +299,8 @@ impl Gateway {
             if let Some(why) = gate.unavailable() {
                 return Err(Error::Stalled(why));
             }
-            if let Some(why) = gate.refusal(&c.transaction_id) {
-                return Err(Error::TransactionClosed(why));
+            if let Some(closed) = gate.refusal(&c.transaction_id) {
+                return Err(Error::TransactionClosed(closed));
             }
         }
         check_clock(

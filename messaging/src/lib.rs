@@ -16,8 +16,6 @@
 //! - `gateway`: [`Gateway`], the checks, routing and receipts.
 //! - `grpc`: the `blockpost.v1.Messaging` service: submit (unary and streaming), inbox
 //!   (challenge, deliveries, acknowledgements), firehose.
-//! - `replica`: [`Replica`], the directory followed from its JetStream stream, as a
-//!   [`blockpost_core::DirectoryState`].
 //! - `verify`: [`BatchVerifier`], ed25519 batch verification off the runtime.
 //! - `error`: [`Error`] and its one mapping to gRPC codes.
 //!
@@ -30,22 +28,19 @@
 //! let clock = Arc::new(blockpost_core::SystemClock);
 //! let ns = blockpost_core::wire::Namespace::for_origin("example.org/log");
 //! let log_key = "example.org/log+01234567+AQ...".to_owned(); // the directory's verifier key
-//! let gw = Gateway::start(MessagingConfig::default(), key, ns, log_key, clock, nats).await?;
+//! let replica = blockpost_replica::Replica::start(async_nats::jetstream::new(nats.clone()), &ns, log_key);
+//! let gw = Gateway::start(MessagingConfig::default(), key, ns, replica, clock, nats).await?;
 //! let service = gw.into_service(); // add to a tonic server
 //! # drop(service); Ok(()) }
 //! ```
 
-mod blocks;
 mod config;
 mod error;
 mod gateway;
 mod grpc;
-mod replica;
 mod verify;
 
-pub use blocks::read_block_message;
 pub use config::MessagingConfig;
 pub use error::{Error, Result};
-pub use gateway::{Gateway, TransactionGate};
-pub use replica::{Busy, MAX_WAITERS, MAX_WAITING_BYTES, Replica};
+pub use gateway::Gateway;
 pub use verify::{BatchVerifier, MAX_BATCH};

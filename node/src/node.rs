@@ -11,6 +11,7 @@ use blockpost_core::wire::Namespace;
 use blockpost_core::{Clock, SystemClock};
 use blockpost_directory::{Directory, DirectoryParts};
 use blockpost_messaging::Gateway;
+use blockpost_replica::Replica;
 use blockpost_storage::{DataDir, load_or_create_key};
 use tonic::service::Routes;
 
@@ -168,31 +169,40 @@ impl Node {
         if directory.is_none() && forward.is_none() {
             services.clear();
         }
-        let gateway = if roles.gateway && config.messaging.enabled {
-            services.push("blockpost.v1.Messaging");
-            let mut mc = config.messaging.clone();
-            mc.replicas = replicas;
-            Some(
-                Gateway::start(
-                    mc,
-                    load_or_create_key(&data.gateway_key())?,
-                    ns.clone(),
-                    verifier_key,
-                    clock.clone(),
-                    nats,
-                )
-                .await?,
+        // One directory replica, followed once, for the gateway and the builder alike.
+        let replica = (roles.gateway && config.messaging.enabled).then(|| {
+            Replica::start(
+                async_nats::jetstream::new(nats.clone()),
+                &ns,
+                verifier_key.clone(),
             )
-        } else {
-            None
+        });
+        let gateway = match &replica {
+            Some(replica) => {
+                services.push("blockpost.v1.Messaging");
+                let mut mc = config.messaging.clone();
+                mc.replicas = replicas;
+                Some(
+                    Gateway::start(
+                        mc,
+                        load_or_create_key(&data.gateway_key())?,
+                        ns.clone(),
+                        replica.clone(),
+                        clock.clone(),
+                        nats,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
         };
         if let Some(g) = &gateway {
             // Public firehose readers get a connection of their own: a slow one can never
             // get the node's own connection cut as a slow consumer.
             g.follow_on(crate::connect(&nats_url, auth.as_ref()).await?);
         }
-        let builder = match (&gateway, roles.builder && config.builder.enabled) {
-            (Some(g), true) => Some(
+        let builder = match (&gateway, &replica, roles.builder && config.builder.enabled) {
+            (Some(g), Some(replica), true) => Some(
                 Builder::start(
                     blockpost_builder::BuilderConfig {
                         replicas,
@@ -207,7 +217,7 @@ impl Node {
                     },
                     ns.clone(),
                     config.messaging.limits(),
-                    g.shared_replica(),
+                    replica.clone(),
                     clock,
                     client.clone(),
                 )
@@ -215,6 +225,8 @@ impl Node {
             ),
             _ => None,
         };
+        // The node composes them: the gateway asks the builder's transaction book (through
+        // core's `TransactionGate`), and neither crate knows the other.
         if let (Some(g), Some(b)) = (&gateway, &builder) {
             g.set_transaction_gate(b.gate());
         }

@@ -252,7 +252,7 @@ async fn try_read_chain(
     let mut parts = wire::BlockParts::default();
     let mut chain: Vec<(VerifiedHeader, Vec<Vec<u8>>)> = Vec::new();
     for seq in 1..=last {
-        let Some(bytes) = blockpost_messaging::read_block_message(&stream, seq, &mut parts)
+        let Some(bytes) = blockpost_builder::read_block_message(&stream, seq, &mut parts)
             .await
             .ok()?
         else {

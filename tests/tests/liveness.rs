@@ -636,7 +636,7 @@ async fn memory_under_a_flood_of_unauthenticated_envelopes_stays_bounded() {
     // envelope and its decoding), the waiting room of the replica (64 MiB), and each
     // client's request while it is received and decoded (twice its size).
     let bound = INFLIGHT as u64
-        + blockpost_messaging::MAX_WAITING_BYTES as u64
+        + blockpost_replica::MAX_WAITING_BYTES as u64
         + (CLIENTS * 2 * largest) as u64;
     let grew = peak.saturating_sub(baseline);
     assert!(

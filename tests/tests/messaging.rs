@@ -555,13 +555,19 @@ async fn two_gateways_share_only_nats() {
     let a = party(&sb, "alice", "Alice AG").await;
     let b = party(&sb, "bob", "Bob Ltd").await;
     // A second gateway: its own key and port, the same NATS.
+    let nats2 = sb.nats.connect().await.unwrap();
+    let replica2 = blockpost_replica::Replica::start(
+        async_nats::jetstream::new(nats2.clone()),
+        &sb.directory.namespace(),
+        sb.directory.info().verifier_key,
+    );
     let gw2 = Gateway::start(
         MessagingConfig::default(),
         ed25519_dalek::SigningKey::from_bytes(&rand::random()),
         sb.directory.namespace(),
-        sb.directory.info().verifier_key,
+        replica2,
         std::sync::Arc::new(blockpost_core::SystemClock),
-        sb.nats.connect().await.unwrap(),
+        nats2,
     )
     .await
     .unwrap();

@@ -149,7 +149,7 @@ async fn block_times(
     let last = stream.info().await?.state.last_sequence;
     let mut parts = wire::BlockParts::default();
     for seq in 1..=last {
-        let Some(bytes) = blockpost_messaging::read_block_message(&stream, seq, &mut parts).await?
+        let Some(bytes) = blockpost_builder::read_block_message(&stream, seq, &mut parts).await?
         else {
             continue;
         };

@@ -1,41 +1,38 @@
 //! A live replica of the directory, followed from its JetStream stream, so that every
 //! envelope check is a memory look-up. Revocations reach it as fast as NATS delivers.
 //!
-//! The replica is a [`DirectoryState`]. An entry is applied only once it is proved, by the
-//! inclusion proof that comes with it, to be in a checkpoint signed by the directory's log
-//! key (checkpoints come on the same stream, before their entries), and then authorised by
-//! the core rules, in log order. Anything else is logged and counted, never applied; the
-//! genuine entry at that index still applies when it comes. Other bytes at an index already
-//! applied, proved in a signed checkpoint, are a fork of the log: a conflict.
+//! The rules are core's one directory follower ([`DirectoryFollower::proving`]), which the
+//! auditor runs too; this crate only reads the stream into it and serves look-ups. An
+//! entry is followed only once it is proved, by the inclusion proof that comes with it, to
+//! be in a checkpoint signed by the directory's log key (checkpoints come on the same
+//! stream, before their entries), and then authorised by the core rules, in log order.
+//! Anything else is logged and counted, never followed; the genuine entry at that index
+//! still follows when it comes. Other bytes at an index already followed, proved in a
+//! signed checkpoint, are a fork of the log: a conflict.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
-use blockpost_core::{DirectoryState, Participant, VerifiedCheckpoint, verify_checkpoint, wire};
+use blockpost_core::follow::{DirectoryFollower, EntryProof, Finding};
+use blockpost_core::{Participant, VerifiedCheckpoint, wire};
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
 /// The replica.
 pub struct Replica {
-    state: RwLock<Applied>,
+    /// Written by the follow task only, read by every look-up.
+    follower: RwLock<DirectoryFollower>,
     /// Number of log entries applied.
     applied: watch::Sender<u64>,
     rejected: AtomicU64,
     conflicts: AtomicU64,
-    /// The directory's checkpoint verifier key (C2SP signed-note form).
-    verifier_key: String,
-    /// Verified checkpoints not yet fully applied, by size.
-    checkpoints: Mutex<BTreeMap<u64, VerifiedCheckpoint>>,
     /// Requests waiting for the replica to learn of a participant; beyond
     /// [`MAX_WAITERS`], a request is answered from what the replica knows now.
     waiters: tokio::sync::Semaphore,
     /// Bytes of requests held while they wait; beyond [`MAX_WAITING_BYTES`], [`Busy`].
     waiting_bytes: tokio::sync::Semaphore,
-    /// The newest signed checkpoint whose every entry is applied.
-    in_force: Mutex<Option<VerifiedCheckpoint>>,
 }
 
 /// Most requests held at once waiting for the replica (each holds its request's bytes).
@@ -50,32 +47,18 @@ pub const MAX_WAITING_BYTES: usize = 64 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Busy;
 
-/// Most verified checkpoints kept while their entries arrive.
-const MAX_PENDING_CHECKPOINTS: usize = 1024;
-
-/// The state and the leaf hash of every entry applied, to tell a redelivery from a
-/// different entry at an index already applied.
-#[derive(Default)]
-struct Applied {
-    state: DirectoryState,
-    leaves: Vec<[u8; 32]>,
-}
-
 impl Replica {
     /// Starts following the directory stream of namespace `ns`, trusting checkpoints signed
     /// by `verifier_key` (the log's, in signed-note form).
     pub fn start(js: jetstream::Context, ns: &wire::Namespace, verifier_key: String) -> Arc<Self> {
         let (applied, _) = watch::channel(0);
         let r = Arc::new(Self {
-            state: RwLock::new(Applied::default()),
+            follower: RwLock::new(DirectoryFollower::proving(verifier_key)),
             applied,
             rejected: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
-            verifier_key,
-            checkpoints: Mutex::new(BTreeMap::new()),
             waiters: tokio::sync::Semaphore::new(MAX_WAITERS),
             waiting_bytes: tokio::sync::Semaphore::new(MAX_WAITING_BYTES),
-            in_force: Mutex::new(None),
         });
         tokio::spawn(follow(r.clone(), js, ns.clone()));
         r
@@ -84,13 +67,14 @@ impl Replica {
     /// The newest checkpoint signed by the log key whose entries are all applied: the
     /// directory state this replica checks against.
     pub fn checkpoint_in_force(&self) -> Option<VerifiedCheckpoint> {
-        self.in_force
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.read().in_force().cloned()
     }
 
-    /// Entries applied so far.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, DirectoryFollower> {
+        self.follower.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries followed so far (entries the rules refuse included: they bind nothing).
     pub fn applied(&self) -> u64 {
         *self.applied.borrow()
     }
@@ -171,12 +155,7 @@ impl Replica {
 
     /// The participant as the replica knows it now.
     pub fn get(&self, address: &str) -> Option<Participant> {
-        self.state
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .state
-            .participant(address)
-            .cloned()
+        self.read().state().participant(address).cloned()
     }
 
     /// Waits until the replica has applied at least `n` entries.
@@ -187,102 +166,92 @@ impl Replica {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Only the follower task applies, so the state cannot change between the check under
-    /// the read lock (signatures, so look-ups are not held up) and the commit.
-    fn refuse(&self, index: u64, why: &str) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(index, why, "directory entry refused by the replica");
+    /// A checkpoint message.
+    fn checkpoint(&self, note: &[u8]) {
+        let found = self
+            .follower
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .checkpoint(note);
+        self.found(found);
     }
 
-    /// A checkpoint message: kept if the log key signed it.
-    fn checkpoint(&self, note: &[u8]) {
-        match verify_checkpoint(note, &self.verifier_key) {
-            Ok(cp) => {
-                let applied = self.applied();
-                let mut cps = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
-                cps.retain(|size, _| *size > applied);
-                if cp.size > applied {
-                    cps.insert(cp.size, cp);
-                }
-                while cps.len() > MAX_PENDING_CHECKPOINTS {
-                    cps.pop_first();
-                }
+    /// Entry `index` with its proof. Only the follow task follows, so the follower cannot
+    /// change between the check under the read lock (signatures, so look-ups are not held
+    /// up) and the commit.
+    fn entry(&self, index: u64, entry: &[u8], proof: Option<EntryProof>) {
+        let checked = self.read().check(index, entry, proof.as_ref());
+        let (followed, size) = {
+            let mut f = self.follower.write().unwrap_or_else(|e| e.into_inner());
+            let followed = f.commit(checked);
+            (followed, f.size())
+        };
+        for f in followed.findings {
+            self.found(Some(f));
+        }
+        self.applied.send_if_modified(|a| std::mem::replace(a, size) != size);
+    }
+
+    /// Counts and logs what the follower found.
+    fn found(&self, finding: Option<Finding>) {
+        let Some(finding) = finding else { return };
+        match finding {
+            Finding::EntryConflict {
+                index,
+                proved: true,
+                ..
+            } => {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    index,
+                    "the log key signed two different entries at one index: a fork"
+                );
             }
-            Err(e) => {
+            Finding::Fork { first, .. } => {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    size = first.size,
+                    "the log key signed two checkpoints of one size: a fork"
+                );
+            }
+            // Every entry followed is proved in a signed checkpoint: a signed root that
+            // is not theirs means the key signed two trees that cannot both be the log.
+            Finding::Inconsistent { checkpoint, .. } => {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    size = checkpoint.size,
+                    "a signed checkpoint is not the root of the proved entries: a fork"
+                );
+            }
+            other => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "directory checkpoint refused by the replica");
+                tracing::warn!(finding = ?Short(&other), "directory stream: refused by the replica");
             }
         }
     }
+}
 
-    /// Whether `entry` is leaf `index` of a signed checkpoint of `tree_size` this replica has.
-    fn proved(&self, index: u64, entry: &[u8], tree_size: u64, proof: &[[u8; 32]]) -> bool {
-        let cps = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
-        cps.get(&tree_size)
-            .is_some_and(|cp| cp.verify_inclusion(index, entry, proof).is_ok())
-    }
+/// A finding without the bytes it carries, for the log.
+struct Short<'a>(&'a Finding);
 
-    fn apply(
-        &self,
-        index: u64,
-        entry: &[u8],
-        tree_size: Option<u64>,
-        proof: Option<Vec<[u8; 32]>>,
-    ) {
-        let leaf = blockpost_core::leaf_hash(entry);
-        let proved = match (tree_size, &proof) {
-            (Some(n), Some(p)) => self.proved(index, entry, n, p),
-            _ => false,
-        };
-        let prepared = {
-            let st = self.state.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(known) = usize::try_from(index).ok().and_then(|i| st.leaves.get(i)) {
-                if *known == leaf {
-                    return; // a redelivery; the ordered consumer resumes in order
-                }
-                if proved {
-                    self.conflicts.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(
-                        index,
-                        "the log key signed two different entries at one index: a fork"
-                    );
-                } else {
-                    self.refuse(
-                        index,
-                        "other bytes at an applied index, not in a signed checkpoint",
-                    );
-                }
-                return;
+impl std::fmt::Debug for Short<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Finding::CheckpointInvalid { error, .. } => write!(f, "checkpoint invalid: {error}"),
+            Finding::EntryConflict { index, .. } => {
+                write!(f, "other bytes at entry {index}, not in a signed checkpoint")
             }
-            if !proved {
-                drop(st);
-                self.refuse(index, "not proved in a checkpoint signed by the log key");
-                return;
+            Finding::Gap {
+                first_missing,
+                next_seen,
+            } => write!(f, "entries {first_missing}..{next_seen} missing"),
+            Finding::Unproved { index } => {
+                write!(f, "entry {index} not proved in a checkpoint signed by the log key")
             }
-            st.state.prepare(index, entry)
-        };
-        let applied = prepared.and_then(|p| {
-            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-            st.state.commit(p)?;
-            st.leaves.push(leaf);
-            Ok(st.state.size())
-        });
-        match applied {
-            Ok(size) => {
-                if let Some(cp) = self
-                    .checkpoints
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&size)
-                {
-                    *self.in_force.lock().unwrap_or_else(|e| e.into_inner()) = Some(cp.clone());
-                }
-                self.applied.send_replace(size);
+            Finding::Unauthorised { index, error, .. } => {
+                write!(f, "entry {index} not authorised by the rules: {error}")
             }
-            Err(e) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(index, error = %e, "directory entry refused by the replica");
-            }
+            other => write!(f, "{other:?}"),
         }
     }
 }
@@ -340,9 +309,12 @@ async fn follow(replica: Arc<Replica>, js: jetstream::Context, ns: wire::Namespa
                 } else if m.subject.as_str() == entry_subject {
                     let index = header(wire::LEAF_INDEX_HEADER).and_then(|v| v.parse::<u64>().ok());
                     let size = header(wire::TREE_SIZE_HEADER).and_then(|v| v.parse::<u64>().ok());
-                    let proof = header(wire::PROOF_HEADER).and_then(|v| wire::decode_proof(&v));
+                    let proof = header(wire::PROOF_HEADER)
+                        .and_then(|v| wire::decode_proof(&v))
+                        .zip(size)
+                        .map(|(hashes, tree_size)| EntryProof { tree_size, hashes });
                     match index {
-                        Some(index) => replica.apply(index, &m.payload, size, proof),
+                        Some(index) => replica.entry(index, &m.payload, proof),
                         None => {
                             replica.rejected.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!("directory entry without a leaf index; skipped");

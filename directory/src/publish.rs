@@ -13,10 +13,26 @@ use async_nats::jetstream::{self, stream};
 use blockpost_core::wire;
 use tokio::sync::watch;
 
-use crate::service::Inner;
+use crate::storage::Store;
 
-pub(crate) async fn run(
-    inner: Weak<Inner>,
+/// What the publisher trails: the directory's log on disk. The service holds it; the
+/// publisher holds it weakly and ends when the service is dropped.
+pub(crate) trait Trailed: Send + Sync + 'static {
+    /// The log.
+    fn store(&self) -> &Store;
+}
+
+/// Where and how the log is published.
+pub(crate) struct Target {
+    /// The streams and subjects of the log.
+    pub(crate) ns: wire::Namespace,
+    /// Replicas of the directory stream.
+    pub(crate) replicas: usize,
+}
+
+pub(crate) async fn run<T: Trailed>(
+    inner: Weak<T>,
+    target: Target,
     client: async_nats::Client,
     mut changed: watch::Receiver<u64>,
 ) {
@@ -29,7 +45,7 @@ pub(crate) async fn run(
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let outcome = publish_missing(&strong, &js, &mut published).await;
+        let outcome = publish_missing(strong.store(), &target, &js, &mut published).await;
         drop(strong);
         match outcome {
             Ok(()) => {
@@ -50,11 +66,12 @@ pub(crate) async fn run(
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn publish_missing(
-    inner: &Inner,
+    store: &Store,
+    target: &Target,
     js: &jetstream::Context,
     published: &mut u64,
 ) -> Result<(), BoxError> {
-    let ns = wire::Namespace::for_origin(inner.signer.origin());
+    let ns = &target.ns;
     let mut st = js
         .get_or_create_stream(stream::Config {
             name: ns.directory_stream(),
@@ -62,7 +79,7 @@ async fn publish_missing(
             subjects: vec![ns.directory_subjects()],
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
-            num_replicas: inner.config.replicas.max(1),
+            num_replicas: target.replicas.max(1),
             ..Default::default()
         })
         .await?;
@@ -83,7 +100,7 @@ async fn publish_missing(
                     .get(wire::LEAF_INDEX_HEADER)
                     .and_then(|v| v.as_str().parse::<u64>().ok());
                 match idx {
-                    Some(i) if inner.store.entry(i).is_ok_and(|e| e == m.payload.as_ref()) => i + 1,
+                    Some(i) if store.entry(i).is_ok_and(|e| e == m.payload.as_ref()) => i + 1,
                     _ => {
                         tracing::warn!(
                             seq = m.sequence,
@@ -102,7 +119,7 @@ async fn publish_missing(
     if *published > 0 {
         next = next.min(*published);
     }
-    let head = inner.store.head();
+    let head = store.head();
     if next >= head.size {
         *published = (*published).max(head.size);
         return Ok(());
@@ -123,8 +140,8 @@ async fn publish_missing(
         let end = (next + 512).min(head.size);
         let mut acks = Vec::with_capacity((end - next) as usize);
         for i in next..end {
-            let entry = inner.store.entry(i)?;
-            let proof = inner.store.prove_inclusion(i, head.size)?;
+            let entry = store.entry(i)?;
+            let proof = store.prove_inclusion(i, head.size)?;
             let mut h = HeaderMap::new();
             h.insert(wire::LEAF_INDEX_HEADER, i.to_string().as_str());
             h.insert(wire::TREE_SIZE_HEADER, size.as_str());

@@ -71,6 +71,12 @@ pub(crate) struct Inner {
     limiter: RegistrationLimiter,
 }
 
+impl crate::publish::Trailed for Inner {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
 enum Precondition {
     /// The address has never been registered.
     Unregistered,
@@ -104,8 +110,13 @@ impl Directory {
         // (and its lock) is closed and they end.
         tokio::spawn(sequencer(Arc::downgrade(&inner), rx));
         if let Some(client) = nats {
+            let target = crate::publish::Target {
+                ns: blockpost_core::wire::Namespace::for_origin(inner.signer.origin()),
+                replicas: inner.config.replicas,
+            };
             tokio::spawn(crate::publish::run(
                 Arc::downgrade(&inner),
+                target,
                 client,
                 inner.changed.subscribe(),
             ));

@@ -20,6 +20,7 @@
 //! - `error`: [`Error`].
 
 mod anchor;
+mod batch;
 mod blocks;
 mod builder;
 mod config;

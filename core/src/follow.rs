@@ -512,12 +512,20 @@ mod tests {
         forked.append(&entries[1]).unwrap();
         forked.append(&entries[0]).unwrap();
         assert_eq!(
-            kinds(&[f.checkpoint(&s.sign(1, forked.root(1).unwrap()).unwrap()).unwrap()]),
+            kinds(&[f
+                .checkpoint(&s.sign(1, forked.root(1).unwrap()).unwrap())
+                .unwrap()]),
             ["fork"]
         );
-        assert!(f.checkpoint(&s.sign(2, forked.root(2).unwrap()).unwrap()).is_none());
+        assert!(
+            f.checkpoint(&s.sign(2, forked.root(2).unwrap()).unwrap())
+                .is_none()
+        );
         assert_eq!(
-            kinds(&f.entry(0, &entries[1], Some(&proof(&forked, 0, 2))).findings),
+            kinds(
+                &f.entry(0, &entries[1], Some(&proof(&forked, 0, 2)))
+                    .findings
+            ),
             ["conflict-proved"]
         );
         // The same checkpoint again is fine; one signed by another key is invalid.
@@ -563,7 +571,11 @@ mod tests {
         }
         let mut f = DirectoryFollower::proving(s.verifier_key());
         f.checkpoint(&s.sign(3, tree.root(3).unwrap()).unwrap());
-        assert!(f.entry(0, &entries[0], Some(&proof(&tree, 0, 3))).findings.is_empty());
+        assert!(
+            f.entry(0, &entries[0], Some(&proof(&tree, 0, 3)))
+                .findings
+                .is_empty()
+        );
         let r = f.entry(1, &entries[1], Some(&proof(&tree, 1, 3)));
         assert_eq!(kinds(&r.findings), ["unauthorised"]);
         assert!(r.applied.is_none());
@@ -579,7 +591,10 @@ mod tests {
         let s = signer(1);
         let mut f = DirectoryFollower::replaying(s.verifier_key());
         for size in 1..=(MAX_AHEAD as u64 + 10) {
-            assert!(f.checkpoint(&s.sign(size, [size as u8; 32]).unwrap()).is_none());
+            assert!(
+                f.checkpoint(&s.sign(size, [size as u8; 32]).unwrap())
+                    .is_none()
+            );
         }
         assert_eq!(f.roots().ahead.len(), MAX_AHEAD);
         assert!(f.roots().signed_at(1).is_some());

@@ -16,10 +16,10 @@ use ed25519_dalek::SigningKey;
 
 use crate::config::MessagingConfig;
 use crate::error::{bus, publish_failed};
-use blockpost_core::transaction::TransactionGate;
-use blockpost_replica::Replica;
 use crate::verify::BatchVerifier;
 use crate::{Error, Result};
+use blockpost_core::transaction::TransactionGate;
+use blockpost_replica::Replica;
 
 /// How long a check waits for the replica to learn of a participant it does not know yet
 /// (a registration may be a few milliseconds ahead of its NATS copy).

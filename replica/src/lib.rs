@@ -189,7 +189,8 @@ impl Replica {
         for f in followed.findings {
             self.found(Some(f));
         }
-        self.applied.send_if_modified(|a| std::mem::replace(a, size) != size);
+        self.applied
+            .send_if_modified(|a| std::mem::replace(a, size) != size);
     }
 
     /// Counts and logs what the follower found.
@@ -239,14 +240,20 @@ impl std::fmt::Debug for Short<'_> {
         match self.0 {
             Finding::CheckpointInvalid { error, .. } => write!(f, "checkpoint invalid: {error}"),
             Finding::EntryConflict { index, .. } => {
-                write!(f, "other bytes at entry {index}, not in a signed checkpoint")
+                write!(
+                    f,
+                    "other bytes at entry {index}, not in a signed checkpoint"
+                )
             }
             Finding::Gap {
                 first_missing,
                 next_seen,
             } => write!(f, "entries {first_missing}..{next_seen} missing"),
             Finding::Unproved { index } => {
-                write!(f, "entry {index} not proved in a checkpoint signed by the log key")
+                write!(
+                    f,
+                    "entry {index} not proved in a checkpoint signed by the log key"
+                )
             }
             Finding::Unauthorised { index, error, .. } => {
                 write!(f, "entry {index} not authorised by the rules: {error}")

@@ -11,7 +11,9 @@
 //!   verified.
 //! - `audit`: `blockpost auditor` (the daemon) and `audit alerts`.
 //! - `anchor`: `anchor verify`: OpenTimestamps proofs of the ledger's Bitcoin anchors.
-//! - `bench`: `blockpost bench directory|messages|attack|blocks|audit`.
+//! - `bench`: `blockpost bench directory|messages|attack|blocks|audit|cluster`, only in a
+//!   binary built with the `bench` feature (load generators and SQLite stay out of the
+//!   production binary).
 //! - `render`: every human and `--json` output.
 
 use std::io::IsTerminal as _;
@@ -21,6 +23,7 @@ use clap::{Parser, Subcommand};
 
 mod anchor;
 mod audit;
+#[cfg(feature = "bench")]
 mod bench;
 mod directory;
 mod keys;
@@ -130,7 +133,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Load generators.
+    /// Load generators (in a binary built with `--features bench`).
+    #[cfg(feature = "bench")]
     Bench {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
@@ -189,6 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Auditor(args) => audit::run_auditor(args).await,
         Cmd::Audit { cmd } => audit::run(cmd).await,
         Cmd::NatsCredentials { data, json } => up::nats_credentials(&data, json),
+        #[cfg(feature = "bench")]
         Cmd::Bench { cmd } => bench::run(cmd).await,
     }
 }

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::alert::{Alert, AlertLog};
 use crate::chain::Chain;
 use crate::directory::DirectoryLog;
+use crate::error::AuditError;
 use crate::promises::{Promises, ResumePoint};
 use crate::search::{IndexedMessage, SearchIndex};
 use crate::witness::Witness;
@@ -230,23 +231,6 @@ fn read_resume(path: &std::path::Path) -> Option<ResumePoint> {
             None
         }
     }
-}
-
-/// Why the witness does not cosign a checkpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum CosignError {
-    /// Not a checkpoint of the node's logs, or not signed with its key.
-    #[error("{0}")]
-    Invalid(String),
-    /// It conflicts with what the auditor verified, or with what it cosigned.
-    #[error("{0}")]
-    Refused(String),
-    /// Beyond what the auditor has replayed so far: ask again.
-    #[error("{0}")]
-    NotYet(String),
-    /// The auditor's own files.
-    #[error("{0}")]
-    Internal(String),
 }
 
 impl Inner {
@@ -617,7 +601,7 @@ impl Auditor {
     /// if the auditor verified it against its own replay and it is the largest of its log
     /// the auditor has verified (or was, when it was cosigned). A checkpoint that
     /// conflicts with the replay raises its alert (fork, inconsistency) as well.
-    pub fn cosign(&self, note: &[u8]) -> std::result::Result<Vec<u8>, CosignError> {
+    pub fn cosign(&self, note: &[u8]) -> std::result::Result<Vec<u8>, AuditError> {
         let inner = &self.inner;
         let origin = note
             .split(|b| *b == b'\n')
@@ -637,25 +621,17 @@ impl Auditor {
                 let alerts = chain.ledger_checkpoint(note, now);
                 (alerts, chain.checkpoints(), chain.len())
             } else {
-                return Err(CosignError::Invalid(format!(
-                    "origin {origin:?} is neither the node's directory log nor its ledger"
-                )));
+                return Err(AuditError::UnknownLog(origin));
             };
             let verdict = match blockpost_core::verify_checkpoint(note, roots.verifier_key()) {
-                Err(e) => Err(CosignError::Invalid(e.to_string())),
+                Err(e) => Err(AuditError::Checkpoint(e)),
                 Ok(cp) if roots.is_verified(&cp) => Ok(cp),
-                Ok(_) if !alerts.is_empty() => Err(CosignError::Refused(format!(
-                    "not cosigned: {}",
-                    alerts[0].detail
-                ))),
-                Ok(cp) if cp.size > replayed => Err(CosignError::NotYet(format!(
-                    "not verified yet: the auditor has replayed {replayed} of the {} leaves of this checkpoint",
-                    cp.size
-                ))),
-                Ok(cp) => Err(CosignError::Refused(format!(
-                    "the checkpoint of size {} is not one the auditor verified (another of its size came first, or it is too old)",
-                    cp.size
-                ))),
+                Ok(_) if !alerts.is_empty() => Err(AuditError::Conflicts(alerts[0].detail.clone())),
+                Ok(cp) if cp.size > replayed => Err(AuditError::NotYet {
+                    replayed,
+                    size: cp.size,
+                }),
+                Ok(cp) => Err(AuditError::NotVerified(cp.size)),
             };
             (alerts, verdict)
         };
@@ -664,8 +640,8 @@ impl Auditor {
         let mut w = inner.witness.lock().unwrap_or_else(|e| e.into_inner());
         match w.cosign(&cp, (now / 1000).max(0) as u64) {
             Ok(Ok(line)) => Ok(line),
-            Ok(Err(refused)) => Err(CosignError::Refused(refused.to_string())),
-            Err(e) => Err(CosignError::Internal(e.to_string())),
+            Ok(Err(refused)) => Err(refused.into()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -767,10 +743,9 @@ impl Auditor {
 
 impl Inner {
     fn watch_receipt(&self, r: &Receipt, keep: bool) -> Result<ReceiptVerdict> {
-        let body =
-            verify_receipt(&self.gateway_key, r).map_err(|e| Error::BadReceipt(e.to_string()))?;
+        let body = verify_receipt(&self.gateway_key, r).map_err(Error::BadReceipt)?;
         let id = <[u8; 32]>::try_from(body.message_id.as_slice())
-            .map_err(|_| Error::BadReceipt("its message id is not 32 bytes".into()))?;
+            .map_err(|_| Error::BadReceiptId(body.message_id.len()))?;
         let deadline_ms = body.block_deadline_ms;
         let alerts;
         let verdict;

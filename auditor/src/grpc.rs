@@ -10,17 +10,9 @@ use blockpost_proto::v1::{
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use crate::Error;
+use crate::AuditError;
 use crate::alert::Alert;
-use crate::auditor::{Auditor, CosignError, ReceiptVerdict};
-
-/// Errors to gRPC statuses, in one place.
-fn status(e: Error) -> Status {
-    match e {
-        Error::BadReceipt(why) => Status::invalid_argument(format!("receipt: {why}")),
-        e => Status::internal(e.to_string()),
-    }
-}
+use crate::auditor::{Auditor, ReceiptVerdict};
 
 fn alert(index: u64, a: &Alert) -> AuditAlert {
     AuditAlert {
@@ -47,13 +39,7 @@ impl Audit for Auditor {
         let this = self.clone();
         let line = tokio::task::spawn_blocking(move || this.cosign(&note))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| match e {
-                CosignError::Invalid(why) => Status::invalid_argument(why),
-                CosignError::Refused(why) => Status::failed_precondition(why),
-                CosignError::NotYet(why) => Status::unavailable(why),
-                CosignError::Internal(why) => Status::internal(why),
-            })?;
+            .map_err(|e| AuditError::Task(e.to_string()))??;
         Ok(Response::new(CosignResponse {
             cosignature: line,
             witness_key: self.witness_key(),
@@ -163,13 +149,13 @@ impl Audit for Auditor {
         let limit = if r.limit == 0 { 10 } else { r.limit as usize };
         let hits = self
             .search(&r.query, limit, r.offset as usize, r.by_time)
-            .map_err(status)?
-            .map_err(Status::invalid_argument)?;
+            .map_err(AuditError::from)?
+            .map_err(AuditError::BadQuery)?;
         let mut out = Vec::with_capacity(hits.len());
         for h in hits {
             let id =
                 <[u8; 32]>::try_from(hex::decode(&h.message_id).unwrap_or_default().as_slice())
-                    .map_err(|_| Status::internal("an indexed message id is not 32 bytes"))?;
+                    .map_err(|_| AuditError::IndexDamaged(h.message_id.clone()))?;
             let mut hit = SearchHit {
                 message_id: id.to_vec(),
                 height: h.height,
@@ -187,11 +173,12 @@ impl Audit for Auditor {
                     hit.ledger_proof = m.ledger_proof;
                     hit.ledger_checkpoint = m.checkpoint.note.clone();
                 }
-                Some(Err(e)) => {
-                    return Err(Status::unavailable(format!(
-                        "the proofs of message {}: {e}",
-                        h.message_id
-                    )));
+                Some(Err(source)) => {
+                    return Err(AuditError::ProofsUnavailable {
+                        id: h.message_id,
+                        source,
+                    }
+                    .into());
                 }
                 None => {}
             }
@@ -204,11 +191,8 @@ impl Audit for Auditor {
         &self,
         request: Request<CheckReceiptRequest>,
     ) -> Result<Response<CheckReceiptResponse>, Status> {
-        let receipt = request
-            .into_inner()
-            .receipt
-            .ok_or_else(|| Status::invalid_argument("no receipt"))?;
-        let verdict = self.check_receipt(&receipt).map_err(status)?;
+        let receipt = request.into_inner().receipt.ok_or(AuditError::NoReceipt)?;
+        let verdict = self.check_receipt(&receipt).map_err(AuditError::from)?;
         // It verified, so it decodes.
         let body = ReceiptBody::decode(receipt.body.as_slice()).unwrap_or_default();
         let (v, height) = match verdict {

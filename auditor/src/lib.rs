@@ -66,12 +66,10 @@ mod watch;
 mod witness;
 
 pub use alert::{Alert, AlertKind, AlertLog};
-pub use auditor::{
-    AuditStatus, Auditor, AuditorConfig, CosignError, OpenFor, ReceiptVerdict, STALLED_AFTER,
-};
+pub use auditor::{AuditStatus, Auditor, AuditorConfig, OpenFor, ReceiptVerdict, STALLED_AFTER};
 pub use chain::{BlockSeen, Chain};
 pub use directory::DirectoryLog;
-pub use error::{Error, Result};
+pub use error::{AuditError, Error, Result};
 pub use metrics::serve_metrics;
 pub use promises::{PartitionPoint, Promises, ResumePoint};
 pub use search::{Hit, IndexedMessage, MAX_HITS, SearchIndex};

@@ -69,6 +69,8 @@ impl std::fmt::Display for Refused {
     }
 }
 
+impl std::error::Error for Refused {}
+
 /// One log's recent cosignatures by size: the root and the cosignature line.
 type Kept = BTreeMap<u64, ([u8; 32], Vec<u8>)>;
 

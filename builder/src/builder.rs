@@ -333,15 +333,14 @@ impl Builder {
 
     /// The head to prove against: the newest, or with `witnessed` the newest witnessed
     /// one (FAILED_PRECONDITION when there is none yet).
-    pub(crate) fn head_for(&self, witnessed: bool) -> Result<Head, tonic::Status> {
+    pub(crate) fn head_for(&self, witnessed: bool) -> Result<Head, crate::LedgerError> {
         if !witnessed {
             return Ok(self.head());
         }
-        self.inner.witnessed.get().ok_or_else(|| {
-            tonic::Status::failed_precondition(
-                "no ledger checkpoint of this node is witnessed yet (it has no witness configured, or none has cosigned)",
-            )
-        })
+        self.inner
+            .witnessed
+            .get()
+            .ok_or(crate::LedgerError::NoWitnessedCheckpoint)
     }
 
     /// The builder's public key (block headers and ledger checkpoints).

@@ -14,17 +14,13 @@ use blockpost_storage::Head;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use crate::Builder;
+use crate::{Builder, LedgerError};
 
 /// Most messages in one `GetTransaction` answer, and most headers in one `GetHeaders`.
 pub const MAX_PAGE: u32 = 1000;
 
 /// Most blocks a `SubscribeBlocks` stream has in flight to a slow reader.
 const SUBSCRIBE_BUFFER: usize = 16;
-
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
-}
 
 impl Builder {
     /// The tonic service for this builder's ledger.
@@ -34,17 +30,15 @@ impl Builder {
             .max_encoding_message_size(usize::MAX)
     }
 
-    fn read_block(&self, height: u64) -> Result<Block, Status> {
-        let bytes = self
-            .store()
-            .block(height)
-            .map_err(|e| Status::internal(format!("reading block {height}: {e}")))?;
-        Block::decode(bytes.as_slice())
-            .map_err(|e| Status::data_loss(format!("stored block {height} does not decode: {e}")))
+    fn read_block(&self, height: u64) -> Result<Block, LedgerError> {
+        let bytes = self.store().block(height).map_err(crate::Error::from)?;
+        Block::decode(bytes.as_slice()).map_err(|e| {
+            LedgerError::Damaged(format!("stored block {height} does not decode: {e}"))
+        })
     }
 
     /// A block and the Merkle tree over its leaves.
-    fn read_tree(&self, height: u64) -> Result<(Block, BlockTree), Status> {
+    fn read_tree(&self, height: u64) -> Result<(Block, BlockTree), LedgerError> {
         let block = self.read_block(height)?;
         let hashes: Vec<[u8; 32]> = block
             .leaves
@@ -55,12 +49,12 @@ impl Builder {
         Ok((block, tree))
     }
 
-    fn block_response(&self, height: u64, head: &Head) -> Result<BlockResponse, Status> {
+    fn block_response(&self, height: u64, head: &Head) -> Result<BlockResponse, LedgerError> {
         let block = self.read_block(height)?;
         let proof = self
             .store()
             .prove_inclusion(height, head.size)
-            .map_err(internal)?;
+            .map_err(crate::Error::from)?;
         Ok(BlockResponse {
             block: Some(block),
             ledger_checkpoint: head.checkpoint.clone(),
@@ -76,13 +70,13 @@ impl Builder {
         height: u64,
         leaf: u32,
         head: &Head,
-    ) -> Result<MessageResponse, Status> {
-        let missing = || Status::data_loss(format!("block {height} has no leaf {leaf}"));
+    ) -> Result<MessageResponse, LedgerError> {
+        let missing = || LedgerError::Damaged(format!("block {height} has no leaf {leaf}"));
         let proof = tree.proof(leaf as usize).ok_or_else(missing)?;
         let ledger_proof = self
             .store()
             .prove_inclusion(height, head.size)
-            .map_err(internal)?;
+            .map_err(crate::Error::from)?;
         let envelope = block
             .leaves
             .get(leaf as usize)
@@ -100,17 +94,17 @@ impl Builder {
     }
 }
 
-fn not_witnessed(height: u64, head: &Head) -> Status {
-    Status::failed_precondition(format!(
-        "block {height} is not witnessed yet: the newest witnessed ledger checkpoint covers {} blocks",
-        head.size
-    ))
+fn not_witnessed(height: u64, head: &Head) -> LedgerError {
+    LedgerError::NotWitnessed {
+        height,
+        witnessed: head.size,
+    }
 }
 
-fn message_id(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], Status> {
-    bytes.try_into().map_err(|v: Vec<u8>| {
-        Status::invalid_argument(format!("{what} is 32 bytes (a SHA-256), not {}", v.len()))
-    })
+fn message_id(bytes: Vec<u8>, what: &'static str) -> Result<[u8; 32], LedgerError> {
+    bytes
+        .try_into()
+        .map_err(|v: Vec<u8>| LedgerError::BadId { what, len: v.len() })
 }
 
 #[tonic::async_trait]
@@ -136,33 +130,29 @@ impl ledger_server::Ledger for Builder {
         let head = self.head_for(r.witnessed)?;
         let height = match r.at {
             Some(get_block_request::At::Height(h)) => h,
-            Some(get_block_request::At::Latest(true)) => head
-                .size
-                .checked_sub(1)
-                .ok_or_else(|| Status::not_found("the ledger holds no block yet"))?,
+            Some(get_block_request::At::Latest(true)) => {
+                head.size.checked_sub(1).ok_or(LedgerError::Empty)?
+            }
             Some(get_block_request::At::Id(id)) => {
                 let id = message_id(id, "a block id")?;
                 self.index()
                     .height_of(&id)
-                    .map_err(internal)?
-                    .ok_or_else(|| {
-                        Status::not_found(format!("no block has id {}", hex::encode(id)))
-                    })?
+                    .map_err(LedgerError::Builder)?
+                    .ok_or_else(|| LedgerError::UnknownBlockId(hex::encode(id)))?
             }
             _ => {
-                return Err(Status::invalid_argument(
-                    "give a height, an id, or latest = true",
-                ));
+                return Err(LedgerError::NoSelector.into());
             }
         };
         if height >= head.size {
             if r.witnessed && height < self.head().size {
-                return Err(not_witnessed(height, &head));
+                return Err(not_witnessed(height, &head).into());
             }
-            return Err(Status::not_found(format!(
-                "no block at height {height}: the ledger holds {} blocks",
-                head.size
-            )));
+            return Err(LedgerError::NoBlock {
+                height,
+                size: head.size,
+            }
+            .into());
         }
         Ok(Response::new(self.block_response(height, &head)?))
     }
@@ -177,13 +167,11 @@ impl ledger_server::Ledger for Builder {
         let newest = self.head().size;
         let (height, leaf) = self
             .locate(&id)
-            .map_err(internal)?
+            .map_err(LedgerError::Builder)?
             .filter(|(h, _)| *h < newest)
-            .ok_or_else(|| {
-                Status::not_found(format!("message {} is in no block", hex::encode(id)))
-            })?;
+            .ok_or_else(|| LedgerError::MessageNotInBlock(hex::encode(id)))?;
         if height >= head.size {
-            return Err(not_witnessed(height, &head));
+            return Err(not_witnessed(height, &head).into());
         }
         let block = self.read_tree(height)?;
         Ok(Response::new(
@@ -197,17 +185,21 @@ impl ledger_server::Ledger for Builder {
     ) -> Result<Response<TransactionResponse>, Status> {
         let r = r.into_inner();
         if r.transaction_id.is_empty() || r.transaction_id.len() > MAX_TEXT_LEN {
-            return Err(Status::invalid_argument(format!(
-                "a transaction id is 1 to {MAX_TEXT_LEN} bytes, not {}",
-                r.transaction_id.len()
-            )));
+            return Err(LedgerError::BadTransactionId {
+                len: r.transaction_id.len(),
+                max: MAX_TEXT_LEN,
+            }
+            .into());
         }
         let limit = match r.limit {
             0 => MAX_PAGE,
             n if n > MAX_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "limit {n} is over the page size {MAX_PAGE}"
-                )));
+                return Err(LedgerError::PageTooLarge {
+                    what: "limit",
+                    asked: n,
+                    max: MAX_PAGE,
+                }
+                .into());
             }
             n => n,
         };
@@ -216,26 +208,24 @@ impl ledger_server::Ledger for Builder {
         let state = self
             .index()
             .transaction(&r.transaction_id)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "transaction {} has no message in a block",
-                    r.transaction_id
-                ))
-            })?;
+            .map_err(LedgerError::Builder)?
+            .ok_or_else(|| LedgerError::UnknownTransaction(r.transaction_id.clone()))?;
         let ids = self
             .index()
             .transaction_messages(&r.transaction_id, r.offset, limit)
-            .map_err(internal)?;
+            .map_err(LedgerError::Builder)?;
         let head = self.head_for(r.witnessed)?;
         let mut blocks: HashMap<u64, (Block, BlockTree)> = HashMap::new();
         let mut messages = Vec::with_capacity(ids.len());
         for id in ids {
-            let (height, leaf) = self.locate(&id).map_err(internal)?.ok_or_else(|| {
-                Status::data_loss(format!("message {} is not indexed", hex::encode(id)))
-            })?;
+            let (height, leaf) =
+                self.locate(&id)
+                    .map_err(LedgerError::Builder)?
+                    .ok_or_else(|| {
+                        LedgerError::Damaged(format!("message {} is not indexed", hex::encode(id)))
+                    })?;
             if r.witnessed && height >= head.size {
-                return Err(not_witnessed(height, &head));
+                return Err(not_witnessed(height, &head).into());
             }
             let block = match blocks.entry(height) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -244,7 +234,9 @@ impl ledger_server::Ledger for Builder {
             messages.push(self.leaf_response(block, height, leaf, &head)?);
         }
         let closing = match state.closing_height {
-            Some(h) if r.witnessed && h >= head.size => return Err(not_witnessed(h, &head)),
+            Some(h) if r.witnessed && h >= head.size => {
+                return Err(not_witnessed(h, &head).into());
+            }
             Some(h) if h < head.size => {
                 let block = match blocks.remove(&h) {
                     Some(b) => b,
@@ -269,27 +261,31 @@ impl ledger_server::Ledger for Builder {
         let count = match r.count {
             0 => MAX_PAGE,
             n if n > MAX_PAGE => {
-                return Err(Status::invalid_argument(format!(
-                    "count {n} is over the page size {MAX_PAGE}"
-                )));
+                return Err(LedgerError::PageTooLarge {
+                    what: "count",
+                    asked: n,
+                    max: MAX_PAGE,
+                }
+                .into());
             }
             n => n,
         };
         let head = self.head();
         if r.from_height >= head.size {
-            return Err(Status::not_found(format!(
-                "no block at height {}: the ledger holds {} blocks",
-                r.from_height, head.size
-            )));
+            return Err(LedgerError::NoBlock {
+                height: r.from_height,
+                size: head.size,
+            }
+            .into());
         }
         let end = head
             .size
             .min(r.from_height.saturating_add(u64::from(count)));
         let mut headers = Vec::new();
         for h in r.from_height..end {
-            let header = match self.index().header(h).map_err(internal)? {
+            let header = match self.index().header(h).map_err(LedgerError::Builder)? {
                 Some(bytes) => SignedBlockHeader::decode(bytes.as_slice()).map_err(|e| {
-                    Status::data_loss(format!("indexed header {h} does not decode: {e}"))
+                    LedgerError::Damaged(format!("indexed header {h} does not decode: {e}"))
                 })?,
                 None => self.read_block(h)?.header.unwrap_or_default(),
             };
@@ -316,7 +312,7 @@ impl ledger_server::Ledger for Builder {
             loop {
                 let head = builder.head();
                 while next < head.size {
-                    let item = builder.block_response(next, &head);
+                    let item = builder.block_response(next, &head).map_err(Status::from);
                     let failed = item.is_err();
                     if tx.send(item).await.is_err() || failed {
                         return;

@@ -33,4 +33,4 @@ pub use anchor::AnchorLine;
 pub use blocks::read_block_message;
 pub use builder::{Builder, BuilderParts, Health, MAX_BLOCK_LEN};
 pub use config::{AnchorConfig, BitcoinConfig, BuilderConfig};
-pub use error::{Error, Result};
+pub use error::{Error, LedgerError, Result};

@@ -198,7 +198,7 @@ impl Client {
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::NotWitnessed {
                     log: "directory",
-                    source: short,
+                    source: short.into(),
                 });
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -257,7 +257,7 @@ impl Client {
                 .check(note)
                 .map_err(|source| Error::NotWitnessed {
                     log: "directory",
-                    source,
+                    source: source.into(),
                 })?;
         }
         self.accept_any_checkpoint(note).await

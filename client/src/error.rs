@@ -59,9 +59,11 @@ pub enum Error {
     NotWitnessed {
         /// "directory" or "ledger".
         log: &'static str,
-        /// How many cosignatures it has and needs.
+        /// How many cosignatures it has and needs (a core error), or the node's answer
+        /// that it holds no witnessed checkpoint covering what was asked (a status with
+        /// reason `NOT_WITNESSED`).
         #[source]
-        source: CoreError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A witness key or count the client was given that cannot be used.
     #[error("witness policy: {0}")]
@@ -181,6 +183,15 @@ impl Error {
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             Error::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+
+    /// The node's machine-readable reason (`BLOCK_NOT_FOUND`, `UNKNOWN_SENDER`, ...), when
+    /// the node refused with one ([`blockpost_proto::status`]).
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Error::Status(s) => blockpost_proto::status::reason(s),
             _ => None,
         }
     }

@@ -21,7 +21,7 @@ pub fn write_key_file(id: &Identity, path: &Path, passphrase: &[u8]) -> Result<(
     let pem = id
         .to_encrypted_pem(passphrase)
         .map_err(|e| key_error(path, e))?;
-    let io = |e: std::io::Error| key_error(path, CoreError::KeyFile(e.to_string()));
+    let io = |e: std::io::Error| key_error(path, CoreError::KeyFile(e.into()));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -35,8 +35,7 @@ pub fn write_key_file(id: &Identity, path: &Path, passphrase: &[u8]) -> Result<(
 /// Reads and decrypts the key file at `path`.
 pub fn read_key_file(path: &Path, passphrase: &[u8]) -> Result<Identity> {
     let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| key_error(path, CoreError::KeyFile(e.to_string())))?,
+        std::fs::read_to_string(path).map_err(|e| key_error(path, CoreError::KeyFile(e.into())))?,
     );
     Identity::from_encrypted_pem(&text, passphrase).map_err(|e| key_error(path, e))
 }
@@ -64,7 +63,7 @@ mod tests {
         assert!(matches!(
             read_key_file(&path, b"wrong"),
             Err(Error::KeyFile {
-                source: CoreError::KeyFile(_),
+                source: CoreError::KeyFile(blockpost_core::KeyFileError::Decrypt),
                 ..
             })
         ));

@@ -108,16 +108,18 @@ where
         match call().await {
             Err(s)
                 if required
-                    && s.code() == tonic::Code::FailedPrecondition
-                    && s.message().contains("witnessed")
+                    && blockpost_proto::status::reason(&s).as_deref() == Some("NOT_WITNESSED")
                     && tokio::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
-            Err(s) if required && s.code() == tonic::Code::FailedPrecondition => {
+            Err(s)
+                if required
+                    && blockpost_proto::status::reason(&s).as_deref() == Some("NOT_WITNESSED") =>
+            {
                 return Err(Error::NotWitnessed {
                     log: "ledger",
-                    source: blockpost_core::Error::CheckpointInvalid(s.message().to_owned()),
+                    source: Box::new(s),
                 });
             }
             r => return Ok(r?.into_inner()),
@@ -192,7 +194,7 @@ impl Ledger {
                 .check(note)
                 .map_err(|source| Error::NotWitnessed {
                     log: "ledger",
-                    source,
+                    source: source.into(),
                 })?;
         }
         Ok(cp)

@@ -79,8 +79,12 @@ pub fn authorize_request(
                 }
                 Vec::new()
             } else {
-                let spki = leaf_spki(&body.evidence_chain)
-                    .map_err(|e| Error::Evidence(format!("evidence chain: {e}")))?;
+                let spki = leaf_spki(&body.evidence_chain).map_err(|e| match e {
+                    Error::Evidence(e) => Error::Evidence(e),
+                    other => Error::from(crate::EvidenceError::Chain {
+                        why: other.to_string(),
+                    }),
+                })?;
                 if req.second_signature.is_empty() {
                     return Err(Error::SignatureInvalid(
                         "the evidence key did not sign the request",

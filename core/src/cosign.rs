@@ -21,7 +21,7 @@ use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use signed_note::{Note, NoteError, Signature, VerifierList};
 
-use crate::{Error, Result};
+use crate::{CheckpointError, Error, Result};
 
 /// The signed-note key type byte of an Ed25519 `cosignature/v1` key.
 pub const COSIGNATURE_V1: u8 = 0x04;
@@ -29,8 +29,12 @@ pub const COSIGNATURE_V1: u8 = 0x04;
 /// The largest timestamp a cosignature may carry (2^63 - 1).
 const MAX_TIME: u64 = i64::MAX as u64;
 
-fn invalid(why: impl Into<String>) -> Error {
-    Error::CheckpointInvalid(why.into())
+fn malformed(what: &'static str, e: impl std::fmt::Display) -> Error {
+    CheckpointError::Malformed {
+        what,
+        why: e.to_string(),
+    }
+    .into()
 }
 
 /// The message a `cosignature/v1` signs: header, time, then the checkpoint's body.
@@ -48,7 +52,7 @@ fn key_bytes(key: &VerifyingKey) -> Vec<u8> {
 
 /// The body of a signed note (its text, without signature lines).
 fn body_of(note: &[u8]) -> Result<Note> {
-    Note::from_bytes(note).map_err(|e| invalid(format!("checkpoint note: {e}")))
+    Note::from_bytes(note).map_err(|e| malformed("checkpoint note", e))
 }
 
 /// A witness's signing key.
@@ -63,9 +67,7 @@ impl Cosigner {
     /// `+`).
     pub fn new(name: &str, key: SigningKey) -> Result<Self> {
         if !signed_note::is_key_name_valid(name) {
-            return Err(invalid(format!(
-                "witness name {name:?} is not a valid key name (no spaces or '+')"
-            )));
+            return Err(CheckpointError::KeyName(name.to_owned()).into());
         }
         let id = signed_note::key_id(name, &key_bytes(&key.verifying_key()));
         Ok(Self {
@@ -96,14 +98,14 @@ impl Cosigner {
     /// checkpoint: this only signs.
     pub fn cosign(&self, note: &[u8], time: u64) -> Result<Vec<u8>> {
         if time > MAX_TIME {
-            return Err(invalid(format!("cosignature time {time} is past 2^63-1")));
+            return Err(CheckpointError::TimeOutOfRange(time).into());
         }
         let parsed = body_of(note)?;
         let sig = self.key.sign(&signed_message(parsed.text(), time));
         let mut raw = time.to_be_bytes().to_vec();
         raw.extend_from_slice(&sig.to_bytes());
         let line = Signature::new(self.name.clone(), self.id, raw)
-            .map_err(|e| invalid(format!("cosignature: {e}")))?;
+            .map_err(|e| malformed("cosignature", e))?;
         Ok(line.to_bytes())
     }
 }
@@ -120,7 +122,12 @@ pub struct WitnessKey {
 impl WitnessKey {
     /// Parses a `cosignature/v1` verifier key.
     pub fn parse(vkey: &str) -> Result<Self> {
-        let bad = |why: &str| invalid(format!("witness key {vkey:?}: {why}"));
+        let bad = |why: &str| {
+            Error::from(CheckpointError::Key {
+                key: vkey.to_owned(),
+                why: why.to_owned(),
+            })
+        };
         let mut parts = vkey.trim().splitn(3, '+');
         let (Some(name), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("expected name+id+base64 key"));
@@ -180,10 +187,11 @@ impl WitnessKey {
         match found {
             Ok(_) => Ok(time.get()),
             Err(NoteError::UnverifiedNote) => Ok(None),
-            Err(e) => Err(invalid(format!(
-                "cosignature of witness {}: {e}",
-                self.name
-            ))),
+            Err(e) => Err(CheckpointError::Cosignature {
+                witness: self.name.clone(),
+                why: e.to_string(),
+            }
+            .into()),
         }
     }
 
@@ -236,7 +244,7 @@ pub fn add_cosignatures(note: &[u8], lines: &[impl AsRef<[u8]>]) -> Result<Vec<u
     for line in lines {
         let line = line.as_ref();
         let sig = Signature::from_bytes(line.strip_suffix(b"\n").unwrap_or(line))
-            .map_err(|e| invalid(format!("cosignature line: {e}")))?;
+            .map_err(|e| malformed("cosignature line", e))?;
         let prefix = format!("— {} ", sig.name());
         let id = sig.id().to_be_bytes();
         // `out` is a well-formed note: the one given, plus well-formed signature lines.
@@ -269,10 +277,11 @@ impl WitnessPolicy {
             .map(|k| WitnessKey::parse(k.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         if min > keys.len() {
-            return Err(invalid(format!(
-                "{min} witnesses required but only {} witness keys given",
-                keys.len()
-            )));
+            return Err(CheckpointError::Policy {
+                min,
+                keys: keys.len(),
+            }
+            .into());
         }
         Ok(Self { keys, min })
     }

@@ -9,7 +9,7 @@ use x509_parser::prelude::FromDer as _;
 use x509_parser::time::ASN1Time;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
-use crate::{Error, Result};
+use crate::{Error, EvidenceError, Result};
 
 /// Most certificates accepted in one evidence chain.
 pub const MAX_CHAIN_LEN: usize = 5;
@@ -34,12 +34,12 @@ impl TrustAnchors {
     pub fn new(anchors: Vec<Vec<u8>>) -> Result<Self> {
         for a in &anchors {
             let (_, c) = X509Certificate::from_der(a)
-                .map_err(|e| Error::Evidence(format!("trust anchor: {e}")))?;
+                .map_err(|e| EvidenceError::TrustAnchor { why: e.to_string() })?;
             if !is_ca(&c) {
-                return Err(Error::Evidence(format!(
-                    "trust anchor {} is not a CA certificate",
-                    c.subject()
-                )));
+                return Err(EvidenceError::TrustAnchor {
+                    why: format!("{} is not a CA certificate", c.subject()),
+                }
+                .into());
             }
         }
         Ok(Self { anchors })
@@ -49,13 +49,16 @@ impl TrustAnchors {
     pub fn from_pem(text: &[u8]) -> Result<Self> {
         let mut ders = Vec::new();
         for pem in x509_parser::pem::Pem::iter_from_buffer(text) {
-            let pem = pem.map_err(|e| Error::Evidence(format!("trust anchor pem: {e}")))?;
+            let pem = pem.map_err(|e| EvidenceError::TrustAnchor {
+                why: format!("pem: {e}"),
+            })?;
             ders.push(pem.contents);
         }
         if ders.is_empty() {
-            return Err(Error::Evidence(
-                "trust anchor file holds no certificate".into(),
-            ));
+            return Err(EvidenceError::TrustAnchor {
+                why: "the file holds no certificate".into(),
+            }
+            .into());
         }
         Self::new(ders)
     }
@@ -84,9 +87,12 @@ impl TrustAnchors {
         real_name: &str,
         now_secs: i64,
     ) -> Result<CheckedEvidence> {
-        let ev = |m: String| Error::Evidence(m);
+        let ev = |why: String| Error::from(EvidenceError::Chain { why });
         if self.anchors.is_empty() {
-            return Err(ev("this directory has no trust anchors configured".into()));
+            return Err(EvidenceError::TrustAnchor {
+                why: "this directory has no trust anchors configured".into(),
+            }
+            .into());
         }
         if chain.len() > MAX_CHAIN_LEN {
             return Err(Error::TooLarge {
@@ -126,7 +132,7 @@ impl TrustAnchors {
             certs.push(c);
         }
         let Some(leaf) = certs.first() else {
-            return Err(ev("empty chain".into()));
+            return Err(EvidenceError::EmptyChain.into());
         };
         if is_ca(leaf) {
             return Err(ev("the leaf certificate is a CA certificate".into()));
@@ -145,10 +151,13 @@ impl TrustAnchors {
             .filter_map(|a| a.as_str().ok())
             .collect();
         if !names.contains(&real_name) {
-            return Err(ev(format!(
-                "real name {real_name:?} matches neither O nor CN of the evidence certificate ({})",
-                leaf.subject()
-            )));
+            return Err(EvidenceError::Subject {
+                why: format!(
+                    "real name {real_name:?} matches neither O nor CN of the evidence certificate ({})",
+                    leaf.subject()
+                ),
+            }
+            .into());
         }
         // Each certificate must be issued by the next one, which must be a CA allowed to
         // issue at this depth.
@@ -242,9 +251,7 @@ fn check_issued_by(
 
 /// The DER SubjectPublicKeyInfo of the leaf (first) certificate of `chain`.
 pub fn leaf_spki(chain: &[Vec<u8>]) -> Result<Vec<u8>> {
-    let der = chain
-        .first()
-        .ok_or_else(|| Error::Evidence("empty chain".into()))?;
+    let der = chain.first().ok_or(EvidenceError::EmptyChain)?;
     let (_, leaf) = X509Certificate::from_der(der).map_err(|e| Error::Malformed {
         what: "evidence certificate",
         why: format!("certificate 0 is not DER X.509: {e}"),
@@ -257,16 +264,17 @@ pub fn leaf_spki(chain: &[Vec<u8>]) -> Result<Vec<u8>> {
 pub fn verify_with_spki(spki_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<()> {
     use ring::signature as rs;
     let (_, spki) = SubjectPublicKeyInfo::from_der(spki_der)
-        .map_err(|e| Error::Evidence(format!("evidence key: {e}")))?;
+        .map_err(|e| EvidenceError::Key { why: e.to_string() })?;
     let oid = spki.algorithm.algorithm.to_id_string();
     let alg: &dyn rs::VerificationAlgorithm = match oid.as_str() {
         "1.3.101.112" => &rs::ED25519,
         "1.2.840.10045.2.1" => &rs::ECDSA_P256_SHA256_ASN1,
         "1.2.840.113549.1.1.1" => &rs::RSA_PKCS1_2048_8192_SHA256,
         other => {
-            return Err(Error::Evidence(format!(
-                "unsupported evidence key algorithm {other}"
-            )));
+            return Err(EvidenceError::Key {
+                why: format!("unsupported algorithm {other}"),
+            }
+            .into());
         }
     };
     rs::UnparsedPublicKey::new(alg, &spki.subject_public_key.data)

@@ -12,7 +12,7 @@ use rand::rngs::OsRng;
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
-use crate::{Error, Result};
+use crate::{Error, KeyFileError, Result};
 
 /// OID of X25519 keys (RFC 8410).
 const X25519_OID: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.110");
@@ -47,7 +47,9 @@ impl Identity {
 
     /// Both keys as encrypted PKCS#8 PEM.
     pub fn to_encrypted_pem(&self, passphrase: &[u8]) -> Result<Zeroizing<String>> {
-        let err = |e: pkcs8::Error| Error::KeyFile(format!("encoding: {e}"));
+        let enc_err =
+            |e: &dyn std::fmt::Display| Error::from(KeyFileError::Encrypt { why: e.to_string() });
+        let err = |e: pkcs8::Error| enc_err(&e);
         let ed = self.signing.to_pkcs8_der().map_err(err)?;
         let ed_info = PrivateKeyInfo::try_from(ed.as_bytes()).map_err(err)?;
         // RFC 8410: the private key is an OCTET STRING wrapping the 32 key bytes.
@@ -66,14 +68,14 @@ impl Identity {
             let iv: [u8; 16] = rand::random();
             // scrypt N = 2^14, r = 8, p = 1: OpenSSL's own default, within its 32 MiB limit,
             // so `openssl pkey` can read the file.
-            let scrypt = pkcs8::pkcs5::scrypt::Params::new(14, 8, 1, 32)
-                .map_err(|e| Error::KeyFile(format!("scrypt parameters: {e}")))?;
+            let scrypt =
+                pkcs8::pkcs5::scrypt::Params::new(14, 8, 1, 32).map_err(|e| enc_err(&e))?;
             let params = pkcs8::pkcs5::pbes2::Parameters::scrypt_aes256cbc(scrypt, &salt, &iv)
-                .map_err(|e| Error::KeyFile(e.to_string()))?;
+                .map_err(|e| enc_err(&e))?;
             let enc = info.encrypt_with_params(params, passphrase).map_err(err)?;
             let pem = enc
                 .to_pem(PEM_LABEL, LineEnding::LF)
-                .map_err(|e| Error::KeyFile(e.to_string()))?;
+                .map_err(|e| enc_err(&e))?;
             out.push_str(&pem);
         }
         Ok(out)
@@ -83,37 +85,59 @@ impl Identity {
     pub fn from_encrypted_pem(text: &str, passphrase: &[u8]) -> Result<Self> {
         let blocks = pem_blocks(text);
         if blocks.len() != 2 {
-            return Err(Error::KeyFile(format!(
-                "expected 2 {PEM_LABEL} blocks (ed25519, x25519), found {}",
-                blocks.len()
-            )));
+            return Err(KeyFileError::Format {
+                why: format!(
+                    "expected 2 {PEM_LABEL} blocks (ed25519, x25519), found {}",
+                    blocks.len()
+                ),
+            }
+            .into());
         }
         let mut keys = Vec::with_capacity(2);
         for block in blocks {
-            let (label, der) = pkcs8::der::pem::decode_vec(block.as_bytes())
-                .map_err(|e| Error::KeyFile(format!("bad pem: {e}")))?;
-            if label != PEM_LABEL {
-                return Err(Error::KeyFile(format!(
-                    "unexpected pem block {label:?}, want {PEM_LABEL}"
-                )));
-            }
-            let enc = EncryptedPrivateKeyInfo::try_from(der.as_slice())
-                .map_err(|e| Error::KeyFile(format!("not encrypted pkcs#8: {e}")))?;
-            let doc = enc.decrypt(passphrase).map_err(|_| {
-                Error::KeyFile("cannot decrypt: wrong passphrase or corrupted file".into())
+            let (label, der) = pkcs8::der::pem::decode_vec(block.as_bytes()).map_err(|e| {
+                KeyFileError::Format {
+                    why: format!("bad pem: {e}"),
+                }
             })?;
+            if label != PEM_LABEL {
+                return Err(KeyFileError::Format {
+                    why: format!("unexpected pem block {label:?}, want {PEM_LABEL}"),
+                }
+                .into());
+            }
+            let enc = EncryptedPrivateKeyInfo::try_from(der.as_slice()).map_err(|e| {
+                KeyFileError::Format {
+                    why: format!("not encrypted pkcs#8: {e}"),
+                }
+            })?;
+            let doc = enc.decrypt(passphrase).map_err(|_| KeyFileError::Decrypt)?;
             keys.push(doc);
         }
-        let signing = SigningKey::from_pkcs8_der(keys[0].as_bytes())
-            .map_err(|e| Error::KeyFile(format!("first block is not an ed25519 key: {e}")))?;
-        let x_info = PrivateKeyInfo::try_from(keys[1].as_bytes())
-            .map_err(|e| Error::KeyFile(format!("second block: {e}")))?;
+        let signing =
+            SigningKey::from_pkcs8_der(keys[0].as_bytes()).map_err(|_| KeyFileError::Key {
+                which: "the first block",
+                kind: "ed25519",
+            })?;
+        let x_info =
+            PrivateKeyInfo::try_from(keys[1].as_bytes()).map_err(|_| KeyFileError::Key {
+                which: "the second block",
+                kind: "x25519",
+            })?;
         if x_info.algorithm.oid != X25519_OID {
-            return Err(Error::KeyFile("second block is not an x25519 key".into()));
+            return Err(KeyFileError::Key {
+                which: "the second block",
+                kind: "x25519",
+            }
+            .into());
         }
         let raw = x_info.private_key;
         if raw.len() != 34 || raw[0] != 0x04 || raw[1] != 0x20 {
-            return Err(Error::KeyFile("malformed x25519 private key".into()));
+            return Err(KeyFileError::Key {
+                which: "the x25519 private key",
+                kind: "x25519",
+            }
+            .into());
         }
         let mut arr = Zeroizing::new([0u8; 32]);
         arr.copy_from_slice(&raw[2..]);
@@ -159,9 +183,12 @@ mod tests {
         assert_eq!(back.encryption_public(), id.encryption_public());
         assert!(matches!(
             Identity::from_encrypted_pem(&text, b"wrong"),
-            Err(Error::KeyFile(_))
+            Err(Error::KeyFile(KeyFileError::Decrypt))
         ));
         // A truncated file is a clear error.
-        assert!(Identity::from_encrypted_pem(&text[..text.len() / 2], b"correct horse").is_err());
+        assert!(matches!(
+            Identity::from_encrypted_pem(&text[..text.len() / 2], b"correct horse"),
+            Err(Error::KeyFile(KeyFileError::Format { .. }))
+        ));
     }
 }

@@ -81,7 +81,7 @@ pub use envelope::{
     SealTo, body_aad, envelope_message, inbox_message, message_id, message_id_of_encoded,
     open_body, seal_body, sign_envelope, sign_receipt, verify_envelope, verify_receipt,
 };
-pub use error::{Error, Result};
+pub use error::{CheckpointError, EnvelopeError, Error, EvidenceError, KeyFileError, Result};
 pub use evidence::{
     CheckedEvidence, MAX_CERT_LEN, MAX_CHAIN_LEN, TrustAnchors, leaf_spki, verify_with_spki,
 };

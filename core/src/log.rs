@@ -9,7 +9,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use signed_note::{Note, StandardVerifier, VerifierList};
 use tlog_tiles::{Checkpoint, Hash};
 
-use crate::{Error, Result};
+use crate::{CheckpointError, Error, Result};
 
 /// SHA-256 of `0x00 || entry`: the RFC 6962 leaf hash.
 pub fn leaf_hash(entry: &[u8]) -> [u8; 32] {
@@ -79,10 +79,11 @@ impl VerifiedCheckpoint {
             to: newer.size,
         };
         if self.origin != newer.origin {
-            return Err(Error::CheckpointInvalid(format!(
-                "origin changed from {:?} to {:?}",
-                self.origin, newer.origin
-            )));
+            return Err(CheckpointError::OriginChanged {
+                from: self.origin.clone(),
+                to: newer.origin.clone(),
+            }
+            .into());
         }
         if newer.size < self.size {
             return Err(mismatch);
@@ -120,9 +121,7 @@ impl CheckpointSigner {
     /// A signer whose key name is the log's origin.
     pub fn new(origin: &str, key: SigningKey) -> Result<Self> {
         if !signed_note::is_key_name_valid(origin) {
-            return Err(Error::CheckpointInvalid(format!(
-                "origin {origin:?} is not a valid key name (no spaces or '+')"
-            )));
+            return Err(CheckpointError::KeyName(origin.to_owned()).into());
         }
         let id = signed_note::key_id(origin, &verifier_key_bytes(&key.verifying_key()));
         Ok(Self {
@@ -144,12 +143,17 @@ impl CheckpointSigner {
 
     /// Signs a checkpoint for a tree of `size` leaves with root `root`.
     pub fn sign(&self, size: u64, root: [u8; 32]) -> Result<Vec<u8>> {
+        let malformed = |what| {
+            move |e: &dyn std::fmt::Display| CheckpointError::Malformed {
+                what,
+                why: e.to_string(),
+            }
+        };
         let cp = Checkpoint::new(&self.name, size, Hash(root), "")
-            .map_err(|e| Error::CheckpointInvalid(e.to_string()))?;
-        let mut note =
-            Note::new(&cp.to_bytes(), &[]).map_err(|e| Error::CheckpointInvalid(e.to_string()))?;
+            .map_err(|e| malformed("checkpoint")(&e))?;
+        let mut note = Note::new(&cp.to_bytes(), &[]).map_err(|e| malformed("note")(&e))?;
         note.add_sigs(&[self])
-            .map_err(|e| Error::CheckpointInvalid(e.to_string()))?;
+            .map_err(|e| malformed("signature line")(&e))?;
         Ok(note.to_bytes())
     }
 }
@@ -187,20 +191,28 @@ fn verifier_key_string(name: &str, key: &VerifyingKey) -> String {
 
 /// Verifies a checkpoint note against a verifier key and parses it.
 pub fn verify_checkpoint(note: &[u8], verifier_key: &str) -> Result<VerifiedCheckpoint> {
-    let verifier = StandardVerifier::new(verifier_key)
-        .map_err(|e| Error::CheckpointInvalid(format!("bad verifier key: {e}")))?;
+    let verifier = StandardVerifier::new(verifier_key).map_err(|e| CheckpointError::Key {
+        key: verifier_key.to_owned(),
+        why: e.to_string(),
+    })?;
     let origin = signed_note::Verifier::name(&verifier).to_owned();
-    let parsed = Note::from_bytes(note).map_err(|e| Error::CheckpointInvalid(e.to_string()))?;
+    let parsed = Note::from_bytes(note).map_err(|e| CheckpointError::Malformed {
+        what: "signed note",
+        why: e.to_string(),
+    })?;
     parsed
         .verify(&VerifierList::new(vec![Box::new(verifier)]))
-        .map_err(|e| Error::CheckpointInvalid(format!("signature: {e}")))?;
-    let cp = Checkpoint::from_bytes(parsed.text())
-        .map_err(|e| Error::CheckpointInvalid(e.to_string()))?;
+        .map_err(|e| CheckpointError::Unsigned { why: e.to_string() })?;
+    let cp = Checkpoint::from_bytes(parsed.text()).map_err(|e| CheckpointError::Malformed {
+        what: "checkpoint",
+        why: e.to_string(),
+    })?;
     if cp.origin() != origin {
-        return Err(Error::CheckpointInvalid(format!(
-            "origin {:?} does not match the verifier key's name {origin:?}",
-            cp.origin()
-        )));
+        return Err(CheckpointError::Origin {
+            origin: cp.origin().to_owned(),
+            key_name: origin,
+        }
+        .into());
     }
     Ok(VerifiedCheckpoint {
         origin,
@@ -354,7 +366,7 @@ mod tests {
         bad[21] = b'6';
         assert!(matches!(
             verify_checkpoint(&bad, &s.verifier_key()),
-            Err(Error::CheckpointInvalid(_))
+            Err(Error::CheckpointInvalid(CheckpointError::Unsigned { .. }))
         ));
         // Another key with the same name.
         let other =
@@ -362,7 +374,16 @@ mod tests {
                 .unwrap();
         assert!(matches!(
             verify_checkpoint(&note, &other.verifier_key()),
-            Err(Error::CheckpointInvalid(_))
+            Err(Error::CheckpointInvalid(CheckpointError::Unsigned { .. }))
+        ));
+        // A key that does not parse; an origin that is not a key name.
+        assert!(matches!(
+            verify_checkpoint(&note, "not a key"),
+            Err(Error::CheckpointInvalid(CheckpointError::Key { .. }))
+        ));
+        assert!(matches!(
+            CheckpointSigner::new("has space", SigningKey::from_bytes(&[4u8; 32])),
+            Err(Error::CheckpointInvalid(CheckpointError::KeyName(_)))
         ));
     }
 

@@ -11,7 +11,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use prost::Message as _;
 use sha2::Digest as _;
 
-use crate::{Address, Error, Result, decode_canonical, envelope_message};
+use crate::{Address, EnvelopeError, Error, Result, decode_canonical, envelope_message};
 
 /// Size limits of an envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,32 +72,29 @@ impl ParsedEnvelope {
                 limit,
             });
         }
-        let invalid = |m: String| Error::InvalidEnvelope(m);
         // The signed content is stored forever: only its canonical encoding is accepted.
         let c: EnvelopeContent =
             decode_canonical(&envelope.content, "envelope content").map_err(|e| match e {
-                Error::Malformed { why, .. } => {
-                    invalid(format!("content is not an EnvelopeContent: {why}"))
-                }
+                Error::Malformed { why, .. } => EnvelopeError::Content { why }.into(),
                 other => other,
             })?;
         let sender = Address::parse(&c.sender)?;
         if c.recipients.is_empty() {
-            return Err(invalid("no recipients".into()));
+            return Err(EnvelopeError::NoRecipients.into());
         }
         if c.recipients.len() > limits.max_recipients {
-            return Err(invalid(format!(
-                "{} recipients, limit {}",
-                c.recipients.len(),
-                limits.max_recipients
-            )));
+            return Err(EnvelopeError::TooManyRecipients {
+                count: c.recipients.len(),
+                limit: limits.max_recipients,
+            }
+            .into());
         }
         let mut recipients = Vec::with_capacity(c.recipients.len());
         let mut seen = HashSet::with_capacity(c.recipients.len());
         for r in &c.recipients {
             let a = Address::parse(r)?;
             if !seen.insert(r.as_str()) {
-                return Err(invalid(format!("recipient {r} listed twice")));
+                return Err(EnvelopeError::DuplicateRecipient(r.clone()).into());
             }
             recipients.push(a);
         }
@@ -106,17 +103,18 @@ impl ParsedEnvelope {
         if let Some(d) = c.transaction_deadline_ms
             && d <= c.timestamp_ms
         {
-            return Err(invalid(format!(
-                "transaction deadline {d} is not after the envelope's timestamp {}",
-                c.timestamp_ms
-            )));
+            return Err(EnvelopeError::Deadline {
+                deadline_ms: d,
+                timestamp_ms: c.timestamp_ms,
+            }
+            .into());
         }
         let kind = MessageKind::try_from(c.kind)
             .ok()
             .filter(|k| *k != MessageKind::Unspecified)
-            .ok_or_else(|| invalid(format!("unknown message kind {}", c.kind)))?;
+            .ok_or(EnvelopeError::UnknownKind(c.kind))?;
         match &c.body {
-            None => return Err(invalid("no body".into())),
+            None => return Err(EnvelopeError::NoBody.into()),
             Some(Body::Plaintext(p)) => {
                 if p.len() > limits.max_body_len {
                     return Err(Error::TooLarge {
@@ -130,9 +128,7 @@ impl ParsedEnvelope {
                 let named: HashSet<&str> =
                     e.ciphertexts.iter().map(|c| c.recipient.as_str()).collect();
                 if named.len() != e.ciphertexts.len() || named != seen {
-                    return Err(invalid(
-                        "the ciphertexts are not addressed to exactly the listed recipients".into(),
-                    ));
+                    return Err(EnvelopeError::Ciphertexts.into());
                 }
                 for ct in &e.ciphertexts {
                     let limit = limits.max_body_len.saturating_add(AEAD_TAG_LEN);
@@ -144,10 +140,11 @@ impl ParsedEnvelope {
                         });
                     }
                     if ct.encapsulated_key.len() != ENCAPSULATED_KEY_LEN {
-                        return Err(invalid(format!(
-                            "encapsulated key for {} is not {ENCAPSULATED_KEY_LEN} bytes",
-                            ct.recipient
-                        )));
+                        return Err(EnvelopeError::EncapsulatedKey {
+                            recipient: ct.recipient.clone(),
+                            expected: ENCAPSULATED_KEY_LEN,
+                        }
+                        .into());
                     }
                 }
             }
@@ -320,9 +317,12 @@ pub fn verify_batch_parallel(
 
 fn check_text(field: &str, s: &str, min: usize, max: usize) -> Result<()> {
     if s.len() < min || s.len() > max || s.chars().any(char::is_control) {
-        return Err(Error::InvalidEnvelope(format!(
-            "{field} must be {min} to {max} bytes without control characters"
-        )));
+        return Err(EnvelopeError::Text {
+            field: field.to_owned(),
+            min,
+            max,
+        }
+        .into());
     }
     Ok(())
 }
@@ -526,7 +526,7 @@ mod tests {
         };
         assert!(matches!(
             ParsedEnvelope::parse(garbage, &limits),
-            Err(Error::InvalidEnvelope(_))
+            Err(Error::InvalidEnvelope(EnvelopeError::Content { .. }))
         ));
         let huge = Envelope {
             content: vec![0; limits.max_content_len() + 1],

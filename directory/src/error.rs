@@ -139,9 +139,42 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The machine-readable reason, in the status's `google.rpc.ErrorInfo`.
+    pub fn reason(&self) -> &'static str {
+        use blockpost_core::Error as C;
+        use blockpost_storage::Error as S;
+        match self {
+            Error::Core(C::SignatureInvalid(_)) => "SIGNATURE_INVALID",
+            Error::Core(C::Evidence(_)) => "EVIDENCE_REJECTED",
+            Error::Core(C::InvalidAddress { .. }) => "INVALID_ADDRESS",
+            Error::Core(C::InvalidRealName(_)) => "INVALID_REAL_NAME",
+            Error::Core(C::InvalidKey { .. }) => "INVALID_KEY",
+            Error::Core(C::TooLarge { .. }) | Error::TooLarge { .. } => "TOO_LARGE",
+            Error::Core(C::ClockSkew { .. }) => "CLOCK_SKEW",
+            Error::Core(C::NotCanonical { .. } | C::Malformed { .. })
+            | Error::InvalidRequest(_) => "INVALID_REQUEST",
+            Error::Core(C::KeyRevoked { .. }) | Error::KeyRevoked { .. } => "REVOKED",
+            Error::Core(C::WrongPredecessor { .. }) | Error::Stale { .. } => "STALE",
+            Error::Core(C::InclusionProofMismatch { .. } | C::ConsistencyProofMismatch { .. })
+            | Error::Storage(S::Corrupted(_)) => "DATA_LOSS",
+            Error::Storage(S::OutOfRange(_)) | Error::OutOfRange(_) => "OUT_OF_RANGE",
+            Error::Storage(S::Io(io)) if crate::service::disk_full(io) => "STORAGE_FULL",
+            Error::AddressTaken(_) => "ADDRESS_TAKEN",
+            Error::NotFound(_) => "NOT_REGISTERED",
+            Error::EvidenceRequired => "EVIDENCE_REQUIRED",
+            Error::ShuttingDown => "SHUTTING_DOWN",
+            Error::RateLimited { .. } => "RATE_LIMITED",
+            Error::Core(_) | Error::Storage(_) | Error::Certificate(_) | Error::Config(_) => {
+                "INTERNAL"
+            }
+        }
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        let mut status = tonic::Status::new(e.code(), e.to_string());
+        let mut status = blockpost_proto::status::with_reason(e.code(), e.to_string(), e.reason());
         if let Error::RateLimited { retry_after_ms, .. } = e {
             status.metadata_mut().insert(
                 RETRY_PUSHBACK_MS,

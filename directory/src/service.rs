@@ -385,7 +385,9 @@ impl Inner {
         self.check_clock(body.timestamp_ms)?;
         if !body.evidence_chain.is_empty() && self.anchors.is_empty() {
             return Err(blockpost_core::Error::Evidence(
-                "this directory has no trust anchors configured".into(),
+                blockpost_core::EvidenceError::TrustAnchor {
+                    why: "this directory has no trust anchors configured".into(),
+                },
             )
             .into());
         }

@@ -7,12 +7,9 @@ pub enum Error {
     /// A core rule refused it (address, key, envelope rule, size, clock, signature).
     #[error(transparent)]
     Core(#[from] blockpost_core::Error),
-    /// Malformed input.
-    #[error("invalid envelope: {0}")]
-    Invalid(String),
-    /// The envelope's signature does not verify with the sender's current key.
-    #[error("signature invalid: {0}")]
-    SignatureInvalid(String),
+    /// The client's request stream failed before it said anything.
+    #[error("the request stream failed: {0}")]
+    Stream(Box<tonic::Status>),
     /// The sender is not in the directory.
     #[error("unknown sender {0}: not registered in the directory")]
     UnknownSender(String),
@@ -49,7 +46,7 @@ pub enum Error {
     },
     /// The inbox challenge was not answered correctly.
     #[error("inbox access denied: {0}")]
-    InboxDenied(String),
+    InboxDenied(InboxDenial),
     /// Another session is reading this inbox on this gateway.
     #[error("inbox {0} is being read by another session")]
     InboxBusy(String),
@@ -57,30 +54,136 @@ pub enum Error {
     /// closing record is in a block), or full.
     #[error(transparent)]
     TransactionClosed(#[from] blockpost_core::transaction::Closed),
-    /// NATS failed or is unreachable.
+    /// NATS failed, is unreachable, or the gateway cannot take more now: retry.
     #[error("message bus: {0}")]
-    Bus(String),
+    Bus(#[from] BusError),
     /// The block builder is stalled: no receipt is issued while its promise (a block by
     /// the deadline) cannot be kept.
     #[error("no receipts while the block builder is stalled ({0}); retry later")]
     Stalled(String),
-    /// Storage or config failure.
-    #[error("gateway: {0}")]
-    Internal(String),
+    /// The gateway's configuration is not usable.
+    #[error("gateway config: {0}")]
+    Config(String),
+    /// The gateway's batch signature checker is gone (the gateway is shutting down).
+    #[error("the gateway's signature checker stopped")]
+    CheckerStopped,
+    /// The client went away while the gateway answered.
+    #[error("the client went away")]
+    ClientGone,
+    /// A firehose partition that does not exist.
+    #[error(
+        "partition {asked} does not exist: this firehose has {partitions} partition(s), 0 to {}",
+        .partitions.saturating_sub(1)
+    )]
+    NoPartition {
+        /// The partition asked.
+        asked: u32,
+        /// Partitions of the firehose.
+        partitions: u32,
+    },
+    /// The gateway serves as many firehose streams as it may (`per_peer`: to this peer).
+    #[error(
+        "this gateway serves at most {max} firehose streams at once{}; retry later",
+        .per_peer.map(|p| format!(" to one peer ({p})")).unwrap_or_default()
+    )]
+    TooManyFollowers {
+        /// The limit.
+        max: usize,
+        /// The peer, when its own limit is reached.
+        per_peer: Option<std::net::IpAddr>,
+    },
+    /// A firehose stream read too slowly: it ends.
+    #[error(
+        "this firehose stream was read too slowly (its {room} bytes of buffer stayed full for {ms} ms): it ends here; follow again from the next sequence"
+    )]
+    TooSlow {
+        /// The buffer's bytes.
+        room: usize,
+        /// How long it stayed full.
+        ms: u128,
+    },
+    /// Reading the firehose for a follower failed.
+    #[error("reading the firehose failed ({0}); follow again from the next sequence")]
+    FollowFailed(String),
+}
+
+/// Why an inbox session is refused ([`Error::InboxDenied`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboxDenial {
+    /// The first message was not a hello.
+    #[error("the first message must be a hello")]
+    NoHello,
+    /// No hello came in time.
+    #[error("no hello within {0} s")]
+    HelloTimeout(u64),
+    /// The address is not in the directory.
+    #[error("{0} is not registered")]
+    Unregistered(String),
+    /// The address is revoked.
+    #[error("{0} is revoked")]
+    Revoked(String),
+    /// The signature is not one.
+    #[error("malformed signature")]
+    MalformedSignature,
+    /// The challenge was not signed by the address's current key.
+    #[error("the challenge was not signed by {0}'s current key")]
+    WrongKey(String),
+}
+
+/// Why the gateway cannot take a request now; each is worth a retry ([`Error::Bus`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The connection to NATS is down.
+    #[error("not connected to NATS right now; retry")]
+    Disconnected,
+    /// The connection to NATS went down while the envelope was handled.
+    #[error(
+        "the connection to NATS was lost while this envelope was handled; retry (a retry of the same envelope is safe)"
+    )]
+    Lost,
+    /// No JetStream server answers for the stream (a leader election on a cluster).
+    #[error(
+        "{0} (no JetStream server answers for the stream right now: a leader election on a cluster takes a few seconds; retry the same envelope)"
+    )]
+    NoStream(String),
+    /// JetStream is out of storage (its error codes 10002, 10023, 10047).
+    #[error("JetStream is out of storage: {0}")]
+    StorageFull(String),
+    /// Too many requests wait for the directory replica.
+    #[error(
+        "{waiters} requests or {mib} MiB are already waiting for the directory replica to catch up; retry"
+    )]
+    ReplicaBusy {
+        /// Requests that may wait.
+        waiters: usize,
+        /// MiB they may hold.
+        mib: usize,
+    },
+    /// The replica saw two histories of the directory log.
+    #[error(
+        "the directory replica saw conflicting entries on the stream; refusing until it is resolved"
+    )]
+    ReplicaConflict,
+    /// The gateway holds as many envelope bytes as it may.
+    #[error("the gateway holds {0} MiB of envelopes being checked already; retry")]
+    Overloaded(usize),
+    /// Any other NATS failure.
+    #[error("{0}")]
+    Nats(String),
 }
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The gRPC code for this error.
+    /// The gRPC code for this error: the service's one table from error to code.
     pub fn code(&self) -> tonic::Code {
         use blockpost_core::Error as C;
         use tonic::Code;
         match self {
-            Error::Core(C::SignatureInvalid(_)) | Error::SignatureInvalid(_) => {
-                Code::PermissionDenied
-            }
+            Error::Core(C::SignatureInvalid(_)) => Code::PermissionDenied,
             Error::Core(
                 C::InvalidAddress { .. }
                 | C::InvalidKey { .. }
@@ -92,7 +195,7 @@ impl Error {
                 | C::ClockSkew { .. },
             ) => Code::InvalidArgument,
             Error::Core(_) => Code::Internal,
-            Error::Invalid(_) => Code::InvalidArgument,
+            Error::Stream(s) => s.code(),
             Error::UnknownSender(_) | Error::UnknownRecipient(_) => Code::NotFound,
             Error::Revoked { .. } | Error::InboxDenied(_) => Code::PermissionDenied,
             Error::StaleKey { .. } | Error::InboxBusy(_) | Error::TransactionClosed(_) => {
@@ -100,39 +203,100 @@ impl Error {
             }
             Error::Replay { .. } => Code::AlreadyExists,
             // JetStream out of storage: not a transient outage, but not the caller's fault.
-            Error::Bus(m)
-                if m.contains("insufficient resources")
-                    || m.contains("storage resources exceeded") =>
-            {
-                Code::ResourceExhausted
+            Error::Bus(BusError::StorageFull(_)) => Code::ResourceExhausted,
+            Error::Bus(_) | Error::Stalled(_) | Error::CheckerStopped => Code::Unavailable,
+            Error::ClientGone => Code::Cancelled,
+            Error::Config(_) => Code::Internal,
+            Error::NoPartition { .. } => Code::InvalidArgument,
+            Error::TooManyFollowers { .. } | Error::TooSlow { .. } => Code::ResourceExhausted,
+            Error::FollowFailed(_) => Code::Unavailable,
+        }
+    }
+
+    /// The machine-readable reason, in the status's `google.rpc.ErrorInfo`.
+    pub fn reason(&self) -> &'static str {
+        use blockpost_core::Error as C;
+        match self {
+            Error::Core(C::SignatureInvalid(_)) => "SIGNATURE_INVALID",
+            Error::Core(C::InvalidAddress { .. }) => "INVALID_ADDRESS",
+            Error::Core(C::InvalidEnvelope(e)) => {
+                use blockpost_core::EnvelopeError as E;
+                match e {
+                    E::Content { .. } => "INVALID_CONTENT",
+                    E::NoRecipients => "NO_RECIPIENTS",
+                    E::TooManyRecipients { .. } => "TOO_MANY_RECIPIENTS",
+                    E::DuplicateRecipient(_) => "DUPLICATE_RECIPIENT",
+                    E::Text { .. } => "INVALID_TEXT",
+                    E::Deadline { .. } => "INVALID_DEADLINE",
+                    E::UnknownKind(_) => "UNKNOWN_KIND",
+                    E::NoBody => "NO_BODY",
+                    E::Ciphertexts => "CIPHERTEXTS_MISADDRESSED",
+                    E::EncapsulatedKey { .. } => "INVALID_ENCAPSULATED_KEY",
+                    _ => "INVALID_ENVELOPE",
+                }
             }
-            Error::Bus(_) | Error::Stalled(_) => Code::Unavailable,
-            Error::Internal(_) => Code::Internal,
+            Error::Core(C::TooLarge { .. }) => "TOO_LARGE",
+            Error::Core(C::ClockSkew { .. }) => "CLOCK_SKEW",
+            Error::Core(C::NotCanonical { .. }) => "NOT_CANONICAL",
+            Error::Core(_) => "INVALID",
+            Error::Stream(_) => "STREAM_FAILED",
+            Error::UnknownSender(_) => "UNKNOWN_SENDER",
+            Error::UnknownRecipient(_) => "UNKNOWN_RECIPIENT",
+            Error::Revoked { .. } => "REVOKED",
+            Error::StaleKey { .. } => "STALE_KEY",
+            Error::Replay { .. } => "REPLAY",
+            Error::InboxDenied(_) => "INBOX_DENIED",
+            Error::InboxBusy(_) => "INBOX_BUSY",
+            Error::TransactionClosed(_) => "TRANSACTION_CLOSED",
+            Error::Bus(BusError::StorageFull(_)) => "STORAGE_FULL",
+            Error::Bus(BusError::ReplicaConflict) => "DIRECTORY_CONFLICT",
+            Error::Bus(BusError::ReplicaBusy { .. } | BusError::Overloaded(_)) => "OVERLOADED",
+            Error::Bus(_) => "BUS_UNAVAILABLE",
+            Error::Stalled(_) => "BUILDER_STALLED",
+            Error::CheckerStopped => "SHUTTING_DOWN",
+            Error::ClientGone => "CANCELLED",
+            Error::Config(_) => "INTERNAL",
+            Error::NoPartition { .. } => "NO_PARTITION",
+            Error::TooManyFollowers { .. } => "TOO_MANY_FOLLOWERS",
+            Error::TooSlow { .. } => "TOO_SLOW",
+            Error::FollowFailed(_) => "FOLLOW_FAILED",
         }
     }
 }
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
+        blockpost_proto::status::with_reason(e.code(), e.to_string(), e.reason())
     }
 }
 
 /// Turns any NATS error into [`Error::Bus`].
 pub(crate) fn bus(e: impl std::fmt::Display) -> Error {
-    Error::Bus(e.to_string())
+    BusError::Nats(e.to_string()).into()
 }
 
-/// A publish JetStream did not take, as [`Error::Bus`]. "No stream found" is what a
-/// publish gets when no server answers for the stream: on a cluster, while it elects a
-/// leader; the message says so.
+/// A publish JetStream did not take, as [`Error::Bus`], told apart by its kind and its
+/// JetStream error code: "no stream found" is what a publish gets when no server answers
+/// for the stream (on a cluster, while it elects a leader); codes 10002, 10023 and 10047
+/// say JetStream is out of storage.
 pub(crate) fn publish_failed(e: async_nats::jetstream::context::PublishError) -> Error {
+    use async_nats::jetstream::ErrorCode;
     use async_nats::jetstream::context::PublishErrorKind;
     if e.kind() == PublishErrorKind::StreamNotFound {
-        return Error::Bus(format!(
-            "{e} (no JetStream server answers for the stream right now: a leader election \
-             on a cluster takes a few seconds; retry the same envelope)"
-        ));
+        return BusError::NoStream(e.to_string()).into();
+    }
+    let code = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .map(|j| j.error_code());
+    if matches!(
+        code,
+        Some(
+            ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+                | ErrorCode::INSUFFICIENT_RESOURCES
+                | ErrorCode::STORAGE_RESOURCES_EXCEEDED
+        )
+    ) {
+        return BusError::StorageFull(e.to_string()).into();
     }
     bus(e)
 }

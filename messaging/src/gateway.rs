@@ -17,7 +17,7 @@ use ed25519_dalek::SigningKey;
 use crate::config::MessagingConfig;
 use crate::error::{bus, publish_failed};
 use crate::verify::BatchVerifier;
-use crate::{Error, Result};
+use crate::{BusError, Error, Result};
 use blockpost_core::transaction::TransactionGate;
 use blockpost_replica::Replica;
 
@@ -26,11 +26,11 @@ use blockpost_replica::Replica;
 const REPLICA_PATIENCE: Duration = Duration::from_millis(500);
 
 fn replica_busy() -> Error {
-    Error::Bus(format!(
-        "{} requests or {} MiB are already waiting for the directory replica to catch up; retry",
-        blockpost_replica::MAX_WAITERS,
-        blockpost_replica::MAX_WAITING_BYTES >> 20
-    ))
+    BusError::ReplicaBusy {
+        waiters: blockpost_replica::MAX_WAITERS,
+        mib: blockpost_replica::MAX_WAITING_BYTES >> 20,
+    }
+    .into()
 }
 
 /// A running gateway. Cheap to clone.
@@ -107,7 +107,7 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         nats: async_nats::Client,
     ) -> Result<Self> {
-        config.validate().map_err(Error::Internal)?;
+        config.validate().map_err(Error::Config)?;
         // It must fit in a firehose message, and in a block with the records it may bring:
         // a receipt must never promise a block that cannot be cut.
         let max_envelope = wire::max_envelope_len(nats.server_info().max_payload);
@@ -259,10 +259,7 @@ impl Gateway {
         let permits =
             u32::try_from(held.clamp(1, self.inner.config.max_inflight_bytes)).unwrap_or(u32::MAX);
         let Ok(_held) = self.inner.inflight.try_acquire_many(permits) else {
-            return Err(Error::Bus(format!(
-                "the gateway holds {} MiB of envelopes being checked already; retry",
-                self.inner.config.max_inflight_bytes >> 20
-            )));
+            return Err(BusError::Overloaded(self.inner.config.max_inflight_bytes >> 20).into());
         };
         let mut up = self.inner.bus_up.subscribe();
         let work = async {
@@ -272,9 +269,7 @@ impl Gateway {
         tokio::select! {
             biased;
             r = work => r,
-            _ = up.wait_for(|up| !*up) => Err(Error::Bus(
-                "the connection to NATS was lost while this envelope was handled; retry (a retry of the same envelope is safe)".into(),
-            )),
+            _ = up.wait_for(|up| !*up) => Err(BusError::Lost.into()),
         }
     }
 
@@ -285,14 +280,11 @@ impl Gateway {
         if self.inner.nats.connection_state() != async_nats::connection::State::Connected {
             // Answer at once, retryable, instead of holding the request for the publish
             // timeout while the bus is away (the managed server is restarted within a second).
-            return Err(Error::Bus("not connected to NATS right now; retry".into()));
+            return Err(BusError::Disconnected.into());
         }
         if self.inner.replica.conflicts() > 0 {
             // Safety over liveness: a replica that saw two histories may hold a stale key.
-            return Err(Error::Bus(
-                "the directory replica saw conflicting entries on the stream; refusing until it is resolved"
-                    .into(),
-            ));
+            return Err(BusError::ReplicaConflict.into());
         }
         let c = p.content();
         if let Some(gate) = self.inner.gate.get() {

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::bus;
 use crate::gateway::Gateway;
-use crate::{Error, Result};
+use crate::{BusError, Error, InboxDenial, Result};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -145,11 +145,11 @@ impl messaging_server::Messaging for Gateway {
             .unwrap_or_else(|| gw.inner.js.clone());
         let partitions = gw.inner.firehose.partitions();
         if r.partition >= partitions {
-            return Err(Status::invalid_argument(format!(
-                "partition {} does not exist: this firehose has {partitions} partition(s), 0 to {}",
-                r.partition,
-                partitions - 1
-            )));
+            return Err(Error::NoPartition {
+                asked: r.partition,
+                partitions,
+            }
+            .into());
         }
         let partition = r.partition;
         let mut stream = js
@@ -248,18 +248,20 @@ impl FollowerSlot {
         let c = &gw.inner.config;
         let mut f = gw.inner.followers.lock().unwrap_or_else(|e| e.into_inner());
         if f.total >= c.max_followers {
-            return Err(Status::resource_exhausted(format!(
-                "this gateway serves at most {} firehose streams at once; retry later",
-                c.max_followers
-            )));
+            return Err(Error::TooManyFollowers {
+                max: c.max_followers,
+                per_peer: None,
+            }
+            .into());
         }
         if let Some(p) = peer {
             let n = f.per_peer.entry(p).or_default();
             if *n >= c.max_followers_per_peer {
-                return Err(Status::resource_exhausted(format!(
-                    "this gateway serves at most {} firehose streams at once to one peer ({p})",
-                    c.max_followers_per_peer
-                )));
+                return Err(Error::TooManyFollowers {
+                    max: c.max_followers_per_peer,
+                    per_peer: Some(p),
+                }
+                .into());
             }
             *n += 1;
         }
@@ -334,10 +336,10 @@ async fn feed(
     partition: u32,
 ) -> Result<(), Status> {
     let too_slow = || {
-        Status::resource_exhausted(format!(
-            "this firehose stream was read too slowly (its {room} bytes of buffer stayed full for {} ms): it ends here; follow again from the next sequence",
-            slow.as_millis()
-        ))
+        Status::from(Error::TooSlow {
+            room,
+            ms: slow.as_millis(),
+        })
     };
     // A pull asks for at most the room the buffer has, so that what a follower holds is
     // its buffer and one pull; a message larger than that room is asked for alone.
@@ -347,7 +349,7 @@ async fn feed(
         let first = tokio::time::timeout(slow, buffer.clone().acquire_owned())
             .await
             .map_err(|_| too_slow())?
-            .map_err(|_| Status::internal("follower buffer closed"))?;
+            .map_err(|_| Status::from(Error::ClientGone))?;
         drop(first);
         let (messages, bytes) = if whole {
             (1, max_payload)
@@ -376,11 +378,7 @@ async fn feed(
                 }
                 // Anything else (the consumer is gone, the bus is away) ends the stream: the
                 // follower follows again from its next sequence.
-                Err(e) => {
-                    return Err(Status::unavailable(format!(
-                        "reading the firehose failed ({e}); follow again from the next sequence"
-                    )));
-                }
+                Err(e) => return Err(Error::FollowFailed(e.to_string()).into()),
             };
             got += 1;
             let Ok(info) = m.info() else { continue };
@@ -401,7 +399,7 @@ async fn feed(
             let permit = tokio::time::timeout(slow, buffer.clone().acquire_many_owned(held))
                 .await
                 .map_err(|_| too_slow())?
-                .map_err(|_| Status::internal("follower buffer closed"))?;
+                .map_err(|_| Status::from(Error::ClientGone))?;
             let queued = tokio::time::timeout(slow, tx.send((item, permit)))
                 .await
                 .map_err(|_| too_slow())?;
@@ -508,7 +506,7 @@ async fn serve_inbox(
     tx: mpsc::Sender<Result<InboxServerMessage, Status>>,
 ) -> Result<()> {
     let challenge: [u8; 32] = rand::random();
-    let closed = |_| Error::Internal("client went away".into());
+    let closed = |_| Error::ClientGone;
     tx.send(Ok(InboxServerMessage {
         msg: Some(ServerMsg::Challenge(challenge.to_vec())),
     }))
@@ -519,32 +517,31 @@ async fn serve_inbox(
             msg: Some(ClientMsg::Hello(h)),
         }))) => h,
         Ok(Ok(_)) => {
-            return Err(Error::InboxDenied(
-                "the first message must be a hello".into(),
-            ));
+            return Err(Error::InboxDenied(InboxDenial::NoHello));
         }
-        Ok(Err(s)) => return Err(Error::Invalid(s.message().to_owned())),
-        Err(_) => return Err(Error::InboxDenied("no hello within 30 s".into())),
+        Ok(Err(s)) => return Err(Error::Stream(Box::new(s))),
+        Err(_) => return Err(Error::InboxDenied(InboxDenial::HelloTimeout(30))),
     };
     let address = Address::parse(&hello.address)?;
     let p = gw
         .replica()
         .participant(address.as_str(), None, Duration::from_millis(500))
         .await
-        .map_err(|_| Error::Bus("the directory replica is busy catching up; retry".into()))?
-        .ok_or_else(|| Error::InboxDenied(format!("{address} is not registered")))?;
+        .map_err(|_| BusError::ReplicaBusy {
+            waiters: blockpost_replica::MAX_WAITERS,
+            mib: blockpost_replica::MAX_WAITING_BYTES >> 20,
+        })?
+        .ok_or_else(|| Error::InboxDenied(InboxDenial::Unregistered(address.to_string())))?;
     if p.revoked() {
-        return Err(Error::InboxDenied(format!("{address} is revoked")));
+        return Err(Error::InboxDenied(InboxDenial::Revoked(
+            address.to_string(),
+        )));
     }
     let sig = ed25519_dalek::Signature::from_slice(&hello.signature)
-        .map_err(|_| Error::InboxDenied("malformed signature".into()))?;
+        .map_err(|_| Error::InboxDenied(InboxDenial::MalformedSignature))?;
     p.signing_key
         .verify_strict(&inbox_message(&challenge, address.as_str()), &sig)
-        .map_err(|_| {
-            Error::InboxDenied(format!(
-                "the challenge was not signed by {address}'s current key"
-            ))
-        })?;
+        .map_err(|_| Error::InboxDenied(InboxDenial::WrongKey(address.to_string())))?;
 
     // One session per inbox on this gateway: wait briefly for a previous one to finish.
     let slot = gw

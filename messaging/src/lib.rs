@@ -41,6 +41,6 @@ mod grpc;
 mod verify;
 
 pub use config::MessagingConfig;
-pub use error::{Error, Result};
+pub use error::{BusError, Error, InboxDenial, Result};
 pub use gateway::Gateway;
 pub use verify::{BatchVerifier, MAX_BATCH};

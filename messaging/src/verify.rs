@@ -41,7 +41,7 @@ impl BatchVerifier {
         key: VerifyingKey,
     ) -> Result<VerifiedEnvelope> {
         let (reply, rx) = oneshot::channel();
-        let gone = || Error::Internal("the signature checker stopped".into());
+        let gone = || Error::CheckerStopped;
         self.tx
             .send(Job {
                 envelope,

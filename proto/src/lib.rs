@@ -4,6 +4,7 @@
 //! - `proto/blockpost/v1/*.proto`: the schema, the single source of truth.
 //! - `build.rs`: compiles it with protox (pure Rust) and tonic-prost-build; no `protoc` needed.
 //! - `codec`: the services' codec (prost; undecodable requests are INVALID_ARGUMENT).
+//! - `status`: machine-readable reasons on gRPC errors (`google.rpc.ErrorInfo`).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //! - [`v1`]: the generated messages, and with the `grpc` feature (default) the tonic clients
 //!   (`directory_client`) and servers (`directory_server`). `blockpost-core` uses the
@@ -18,6 +19,8 @@
 
 #[cfg(feature = "grpc")]
 pub mod codec;
+#[cfg(feature = "grpc")]
+pub mod status;
 
 /// Version 1 of the API.
 #[allow(missing_docs, clippy::all)]

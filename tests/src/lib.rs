@@ -618,3 +618,9 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The machine-readable reason of a node's error status (`google.rpc.ErrorInfo`), or
+/// `"(none)"`: tests match on it, not on the message.
+pub fn reason(status: &tonic::Status) -> String {
+    blockpost_proto::status::reason(status).unwrap_or_else(|| "(none)".to_owned())
+}

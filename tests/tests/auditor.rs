@@ -1026,7 +1026,8 @@ async fn a_broken_link_a_repeated_message_and_a_ledger_checkpoint_off_the_chain_
         .unwrap();
     assert!(matches!(
         au.cosign(&off),
-        Err(blockpost_auditor::CosignError::Refused(_))
+        Err(blockpost_auditor::AuditError::Conflicts(_)
+            | blockpost_auditor::AuditError::NotVerified(_))
     ));
     let want = [AlertKind::ChainBroken, AlertKind::DuplicateMessage];
     let alerts = wait_for(Duration::from_secs(20), "the alerts", || {

@@ -164,7 +164,11 @@ async fn each_sender_keeps_to_its_partition_and_every_block_takes_one_range_of_e
         .firehose(PARTITIONS, 1, false, |_| Ok(()))
         .await
         .unwrap_err();
-    assert!(refused.to_string().contains("does not exist"), "{refused}");
+    assert_eq!(
+        refused.reason().as_deref(),
+        Some("NO_PARTITION"),
+        "{refused}"
+    );
     // An inbox fed from another partition than its owner's: all five, verified.
     let mut got = Vec::new();
     m.inbox(&ids[1], &names[1], false, |r| {

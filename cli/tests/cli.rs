@@ -59,8 +59,13 @@ fn help_lists_every_command() {
         "rotate",
         "revoke",
         "checkpoint",
-        "bench",
     ] {
         assert!(text.contains(cmd), "help lacks {cmd}");
     }
+    // The load generators only in a binary built with them.
+    assert_eq!(
+        text.contains("bench"),
+        cfg!(feature = "bench"),
+        "bench in help: {text}"
+    );
 }

@@ -123,7 +123,7 @@ impl WitnessKey {
     /// Parses a `cosignature/v1` verifier key.
     pub fn parse(vkey: &str) -> Result<Self> {
         let bad = |why: &str| {
-            Error::from(CheckpointError::Key {
+            Error::from(CheckpointError::WitnessKey {
                 key: vkey.to_owned(),
                 why: why.to_owned(),
             })

@@ -54,7 +54,7 @@ pub enum Error {
     },
     /// An envelope that breaks a rule other than size or signature.
     #[error("invalid envelope: {0}")]
-    InvalidEnvelope(#[from] EnvelopeError),
+    InvalidEnvelope(EnvelopeError),
     /// A timestamp too far from the checker's clock.
     #[error("timestamp {got_ms} ms is more than {skew_ms} ms away from the clock {now_ms} ms")]
     ClockSkew {
@@ -67,7 +67,7 @@ pub enum Error {
     },
     /// Evidence for a real name that does not establish it.
     #[error("evidence rejected: {0}")]
-    Evidence(#[from] EvidenceError),
+    Evidence(EvidenceError),
     /// A log entry that says something its signed request does not.
     #[error("log entry {field} does not match its signed request")]
     EntryMismatch {
@@ -101,7 +101,7 @@ pub enum Error {
     /// A checkpoint, signed note or cosignature whose signature or format does not check
     /// out.
     #[error("checkpoint rejected: {0}")]
-    CheckpointInvalid(#[from] CheckpointError),
+    CheckpointInvalid(CheckpointError),
     /// A checkpoint without the cosignatures a client's witness policy requires.
     #[error(
         "the checkpoint of size {size} carries {have} valid cosignature(s) of trusted witnesses; {need} required"
@@ -134,7 +134,7 @@ pub enum Error {
     },
     /// A key file that cannot be decoded or decrypted.
     #[error("key file: {0}")]
-    KeyFile(#[from] KeyFileError),
+    KeyFile(KeyFileError),
 }
 
 /// Which envelope rule an envelope breaks ([`Error::InvalidEnvelope`]).
@@ -238,9 +238,17 @@ pub enum EvidenceError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckpointError {
-    /// A verifier or witness key that does not parse.
-    #[error("key {key:?}: {why}")]
-    Key {
+    /// A log's verifier key that does not parse.
+    #[error("verifier key {key:?}: {why}")]
+    VerifierKey {
+        /// The key as given.
+        key: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A witness's key that does not parse.
+    #[error("witness key {key:?}: {why}")]
+    WitnessKey {
         /// The key as given.
         key: String,
         /// What is wrong with it.
@@ -306,7 +314,7 @@ pub enum CheckpointError {
 pub enum KeyFileError {
     /// Reading or writing it.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// Not the expected PEM blocks.
     #[error("not a key file: {why}")]
     Format {
@@ -330,6 +338,38 @@ pub enum KeyFileError {
         /// What failed.
         why: String,
     },
+}
+
+// The inner kind is part of the message, not a `source()`: printed as a chain, it would
+// be said twice.
+impl From<EnvelopeError> for Error {
+    fn from(e: EnvelopeError) -> Self {
+        Self::InvalidEnvelope(e)
+    }
+}
+
+impl From<EvidenceError> for Error {
+    fn from(e: EvidenceError) -> Self {
+        Self::Evidence(e)
+    }
+}
+
+impl From<CheckpointError> for Error {
+    fn from(e: CheckpointError) -> Self {
+        Self::CheckpointInvalid(e)
+    }
+}
+
+impl From<std::io::Error> for KeyFileError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<KeyFileError> for Error {
+    fn from(e: KeyFileError) -> Self {
+        Self::KeyFile(e)
+    }
 }
 
 /// `Result` with [`Error`].

@@ -191,10 +191,11 @@ fn verifier_key_string(name: &str, key: &VerifyingKey) -> String {
 
 /// Verifies a checkpoint note against a verifier key and parses it.
 pub fn verify_checkpoint(note: &[u8], verifier_key: &str) -> Result<VerifiedCheckpoint> {
-    let verifier = StandardVerifier::new(verifier_key).map_err(|e| CheckpointError::Key {
-        key: verifier_key.to_owned(),
-        why: e.to_string(),
-    })?;
+    let verifier =
+        StandardVerifier::new(verifier_key).map_err(|e| CheckpointError::VerifierKey {
+            key: verifier_key.to_owned(),
+            why: e.to_string(),
+        })?;
     let origin = signed_note::Verifier::name(&verifier).to_owned();
     let parsed = Note::from_bytes(note).map_err(|e| CheckpointError::Malformed {
         what: "signed note",
@@ -379,7 +380,9 @@ mod tests {
         // A key that does not parse; an origin that is not a key name.
         assert!(matches!(
             verify_checkpoint(&note, "not a key"),
-            Err(Error::CheckpointInvalid(CheckpointError::Key { .. }))
+            Err(Error::CheckpointInvalid(
+                CheckpointError::VerifierKey { .. }
+            ))
         ));
         assert!(matches!(
             CheckpointSigner::new("has space", SigningKey::from_bytes(&[4u8; 32])),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
 use blockpost_client::{ConnectOptions, Ledger, Messenger};
 use blockpost_core::wire::Namespace;
-use blockpost_core::{decode_canonical, message_id_of_encoded, now_ms, verify_receipt};
+use blockpost_core::{decode_canonical, message_id_of_encoded, verify_receipt};
 use blockpost_proto::v1::{Envelope, GetGatewayInfoRequest, Receipt};
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -24,7 +24,7 @@ use crate::witness::Witness;
 use crate::{Error, Result};
 
 /// How the auditor reaches the node and where it keeps its files.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuditorConfig {
     /// The node's gRPC endpoint (keys, directory look-ups).
     pub node: String,
@@ -50,6 +50,23 @@ pub struct AuditorConfig {
     /// With [`AuditorConfig::publish`]: each cosigned checkpoint is also published there
     /// on `SUBJECT.directory` and `SUBJECT.ledger`.
     pub witness_subject: String,
+    /// The time every check and alert reads (receipt deadlines, omissions, transaction
+    /// deadlines, cosignature times): the system clock, or one a test controls.
+    pub clock: Arc<dyn blockpost_core::Clock>,
+}
+
+impl std::fmt::Debug for AuditorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditorConfig")
+            .field("node", &self.node)
+            .field("data", &self.data)
+            .field("grace_ms", &self.grace_ms)
+            .field("watch", &self.watch)
+            .field("open_for", &self.open_for)
+            .field("witness_name", &self.witness_name)
+            .field("witness_subject", &self.witness_subject)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuditorConfig {
@@ -65,6 +82,7 @@ impl AuditorConfig {
             witness_name: None,
             witness_subject: "blockpost.witness".into(),
             open_for: Vec::new(),
+            clock: Arc::new(blockpost_core::SystemClock),
         }
     }
 }
@@ -117,6 +135,10 @@ pub struct AuditStatus {
     pub seconds_since_progress: u64,
     /// Firehose messages read (their signatures checked) since this run started.
     pub firehose_read: u64,
+    /// The time ([`AuditorConfig::clock`]) of the last round of time checks whose alerts
+    /// are raised: every receipt deadline, omission and transaction deadline up to it
+    /// is checked. A test that waits for it to pass a time needs no fixed sleep.
+    pub checked_until_ms: i64,
 }
 
 /// How long an auditor may sit behind the node without moving before it counts as stalled.
@@ -166,6 +188,8 @@ struct State {
 }
 
 struct Inner {
+    /// The time ([`AuditorConfig::clock`]).
+    clock: Arc<dyn blockpost_core::Clock>,
     state: Mutex<State>,
     log: Mutex<AlertLog>,
     blocks_current: AtomicBool,
@@ -204,6 +228,8 @@ struct Inner {
     in_flight: std::sync::atomic::AtomicU64,
     /// Firehose messages read since the start.
     firehose_read: std::sync::atomic::AtomicU64,
+    /// [`AuditStatus::checked_until_ms`].
+    checked_until_ms: std::sync::atomic::AtomicI64,
     /// `DATA/resume.json`.
     resume_path: PathBuf,
     /// The participants whose bodies are opened for search.
@@ -258,7 +284,7 @@ impl Inner {
                 if w.cosigned_size(&cp.origin).is_some_and(|s| s >= cp.size) {
                     continue;
                 }
-                match w.cosign(&cp, (now_ms() / 1000).max(0) as u64) {
+                match w.cosign(&cp, (self.clock.now_ms() / 1000).max(0) as u64) {
                     Ok(Ok(_)) => w.newest(&cp.origin),
                     Ok(Err(refused)) => {
                         tracing::warn!(log, size = cp.size, %refused, "not cosigned");
@@ -471,6 +497,7 @@ impl Auditor {
                 why: e.to_string(),
             })?;
         let inner = Arc::new(Inner {
+            clock: config.clock.clone(),
             state: Mutex::new(State {
                 chain,
                 directory: DirectoryLog::new(messenger.directory.info().verifier_key.clone())
@@ -505,6 +532,7 @@ impl Auditor {
                 .map(|(c, _)| (c.clone(), config.witness_subject.clone())),
             in_flight: std::sync::atomic::AtomicU64::new(0),
             firehose_read: std::sync::atomic::AtomicU64::new(0),
+            checked_until_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             resume_path: config.data.join("resume.json"),
             open_for: config.open_for.clone(),
         });
@@ -608,7 +636,7 @@ impl Auditor {
             .next()
             .map(|l| String::from_utf8_lossy(l).into_owned())
             .unwrap_or_default();
-        let now = now_ms();
+        let now = inner.clock.now_ms();
         let (alerts, verdict) = {
             let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
             let s = &mut *s;
@@ -677,6 +705,7 @@ impl Auditor {
                 .sum(),
             blocks_lag: self.inner.blocks_pending.load(Ordering::SeqCst),
             firehose_read: self.inner.firehose_read.load(Ordering::SeqCst),
+            checked_until_ms: self.inner.checked_until_ms.load(Ordering::SeqCst),
             seconds_since_progress: self
                 .inner
                 .progress
@@ -756,9 +785,10 @@ impl Inner {
             }
             let evidence = serde_json::to_value(ReceiptRecord::of(r)).unwrap_or_default();
             s.promises.receipt(id, deadline_ms, evidence);
-            alerts = s
-                .promises
-                .tick(now_ms(), self.blocks_current.load(Ordering::SeqCst));
+            alerts = s.promises.tick(
+                self.clock.now_ms(),
+                self.blocks_current.load(Ordering::SeqCst),
+            );
             verdict = if alerts
                 .iter()
                 .any(|a| a.subject == format!("message {}", hex::encode(id)))
@@ -912,7 +942,7 @@ async fn firehose_loop(
                 };
                 let alerts = {
                     let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-                    let now = now_ms();
+                    let now = inner.clock.now_ms();
                     let mut alerts = Vec::new();
                     for ((seq, published, _), (id, invalid)) in items.iter().zip(verdicts) {
                         let placed = id.is_some_and(|id| {
@@ -978,7 +1008,7 @@ async fn ledger_loop(weak: Weak<Inner>, channel: tonic::transport::Channel) {
         let alerts = {
             let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
             match s.chain.as_mut() {
-                Some(c) => c.ledger_checkpoint(&note, now_ms()),
+                Some(c) => c.ledger_checkpoint(&note, inner.clock.now_ms()),
                 None => Vec::new(),
             }
         };
@@ -1067,7 +1097,7 @@ async fn directory_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace
                 let Some(inner) = weak.upgrade() else {
                     return Ok(());
                 };
-                let now = now_ms();
+                let now = inner.clock.now_ms();
                 let alerts = {
                     let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                     if m.subject.as_str() == checkpoint_subject {
@@ -1160,7 +1190,7 @@ async fn firehose_tail_loop(weak: Weak<Inner>, js: jetstream::Context, k: u32) {
                         let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                         // Only if reading did not move meanwhile.
                         if s.promises.last_seq(k) == ours {
-                            s.promises.gap_through(k, through, now_ms())
+                            s.promises.gap_through(k, through, inner.clock.now_ms())
                         } else {
                             Vec::new()
                         }
@@ -1240,7 +1270,7 @@ async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
                 let alerts = {
                     let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
                     s.next_block_seq = seq + 1;
-                    let now = now_ms();
+                    let now = inner.clock.now_ms();
                     let checked = s.chain.as_mut().map(|c| c.block(&payload, now));
                     let alerts = match checked {
                         Some((mut alerts, seen)) => {
@@ -1378,7 +1408,7 @@ async fn tick_loop(weak: Weak<Inner>) {
             }
         }
         let current = inner.blocks_current.load(Ordering::SeqCst);
-        let now = now_ms();
+        let now = inner.clock.now_ms();
         let alerts = {
             let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
             let mut alerts = s.promises.tick(now, current);
@@ -1410,6 +1440,7 @@ async fn tick_loop(weak: Weak<Inner>) {
             alerts
         };
         inner.raise(alerts);
+        inner.checked_until_ms.fetch_max(now, Ordering::SeqCst);
         inner.in_flight.fetch_sub(1, Ordering::SeqCst);
         inner.cosign_newest().await;
         // The resume point, once every alert of what it covers is in the alert file.

@@ -78,6 +78,7 @@ impl Audit for Auditor {
             blocks_lag: s.blocks_lag,
             seconds_since_progress: s.seconds_since_progress,
             firehose_read: s.firehose_read,
+            checked_until_ms: s.checked_until_ms,
             stalled: s.stalled(),
         }))
     }

@@ -442,6 +442,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                     blocks_lag: s.blocks_lag,
                     seconds_since_progress: s.seconds_since_progress,
                     firehose_read: s.firehose_read,
+                    checked_until_ms: s.checked_until_ms,
                 },
                 json,
             )

@@ -54,6 +54,17 @@ async fn auditor(sb: &Sandbox, data: &std::path::Path, grace_ms: u64) -> Auditor
     Auditor::start(config, nats).await.unwrap()
 }
 
+/// Waits until the auditor has run its time checks (receipt deadlines, omissions,
+/// transaction deadlines) at or past time `t` of its clock.
+async fn checked_past(a: &Auditor, t: i64) {
+    wait_for(Duration::from_secs(30), "the auditor's time checks", || {
+        let done = a.status().checked_until_ms >= t;
+        async move { done.then_some(()) }
+    })
+    .await
+    .unwrap();
+}
+
 /// Waits until the auditor has verified every block and read the whole firehose.
 async fn caught_up(sb: &Sandbox, a: &Auditor, firehose: u64) {
     let builder = sb.node.builder().unwrap().clone();
@@ -230,7 +241,15 @@ async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
     // Restarted on its data: it replays the directory and the blocks, resumes the
     // firehose where it stopped (every message read was in a checked block: none is read
     // again), keeps its search index, and still finds nothing.
-    let au = auditor(&sb, tmp.path(), 1_000).await;
+    // This time on a clock the test moves.
+    let clock = std::sync::Arc::new(blockpost_core::FixedClock::new(blockpost_core::now_ms()));
+    let nats = blockpost_node::connect(&sb.nats.url(), Some(&sb.nats.reader_auth()))
+        .await
+        .unwrap();
+    let mut config = AuditorConfig::new(sb.endpoint.clone(), tmp.path());
+    config.grace_ms = 1_000;
+    config.clock = clock.clone();
+    let au = Auditor::start(config, nats).await.unwrap();
     caught_up(&sb, &au, 23).await;
     assert_eq!(au.status().firehose_read, 0, "{:?}", au.status());
     let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
@@ -259,8 +278,10 @@ async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
         1,
         "not indexed twice"
     );
-    // Past every deadline (the test config's promise), still nothing.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Past every deadline (the gateway's promise and the grace), still nothing.
+    let promise = i64::try_from(sb.gateway.info().max_block_delay_ms).unwrap();
+    clock.set(blockpost_core::now_ms() + promise + 1_000 + 1);
+    checked_past(&au, blockpost_core::Clock::now_ms(&*clock)).await;
     assert_eq!(au.alerts(), Vec::new());
     assert!(
         !std::fs::read_to_string(tmp.path().join("alerts.jsonl"))
@@ -538,6 +559,7 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
         .unwrap()
         .await
         .unwrap();
+    let forged_at = blockpost_core::now_ms();
 
     let tmp = tempfile::tempdir().unwrap();
     let au = auditor(&sb, tmp.path(), 200).await;
@@ -612,7 +634,8 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
     assert_eq!(r.verdict(), Verdict::Omitted);
 
     // Past the forged envelope's deadline too (it came a moment later).
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let promise = i64::try_from(sb.gateway.info().max_block_delay_ms).unwrap();
+    checked_past(&au, forged_at + promise + 200 + 1).await;
     // The alerts over gRPC: the firehose gap (the deleted message) and the omission.
     let mut s = client
         .alerts(AlertsRequest {
@@ -913,6 +936,7 @@ async fn a_block_signed_by_the_builder_that_omits_a_receipted_message_is_caught_
         "good-2",
     )
     .await;
+    let sent_all = blockpost_core::now_ms();
     let alert = wait_for(Duration::from_secs(10), "the omission", || {
         let found = au
             .alerts()
@@ -933,7 +957,8 @@ async fn a_block_signed_by_the_builder_that_omits_a_receipted_message_is_caught_
     );
     // The other messages are in blocks: one alert in all.
     caught_up(&sb, &au, 3).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Past every deadline: still only that one.
+    checked_past(&au, sent_all + 1_100 + 200 + 1).await;
     assert_eq!(au.alerts().len(), 1, "{:?}", au.alerts());
 }
 

@@ -656,10 +656,31 @@ async fn a_nats_restart_under_load_loses_nothing_and_repeats_nothing() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Load flows, then NATS dies under it; the gateway notices (it refuses, retryable)
+    // before NATS comes back.
+    wait_for(
+        Duration::from_secs(30),
+        "messages receipted under load",
+        || {
+            let n = receipted.lock().unwrap().len();
+            async move { (n > 20).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
     let before = receipted.lock().unwrap().len();
+    let refusals = sb.gateway.bus_refusals();
     sb.nats.kill();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait_for(
+        Duration::from_secs(30),
+        "refusals while NATS is down",
+        || {
+            let n = sb.gateway.bus_refusals();
+            async move { (n > refusals + 2).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
     sb.nats.restart().unwrap();
     // Load goes on after the restart.
     wait_for(

@@ -39,7 +39,9 @@
 //! - `metrics`: [`serve_metrics`], Prometheus metrics and a liveness check over HTTP.
 //! - `grpc`: the `blockpost.v1.Audit` service ([`Auditor::into_service`]): status, alerts
 //!   (streamed), receipts handed in.
-//! - `error`: [`Error`].
+//! - `serve`: [`serve`], the one composition point: an auditor served (Audit, gRPC health,
+//!   metrics) until a shutdown future completes.
+//! - `error`: [`Error`], and [`AuditError`], the Audit service's error-to-status table.
 //!
 //! ```
 //! use blockpost_auditor::{Alert, AlertKind, Promises};
@@ -62,6 +64,7 @@ mod grpc;
 mod metrics;
 mod promises;
 mod search;
+mod serve;
 mod watch;
 mod witness;
 
@@ -73,5 +76,6 @@ pub use error::{AuditError, Error, Result};
 pub use metrics::serve_metrics;
 pub use promises::{PartitionPoint, Promises, ResumePoint};
 pub use search::{Hit, IndexedMessage, MAX_HITS, SearchIndex};
+pub use serve::{Listeners, serve};
 pub use watch::{Watch, WatchField};
 pub use witness::{Refused, Witness};

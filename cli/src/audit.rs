@@ -279,7 +279,7 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         tokio::spawn(progress(auditor.clone()));
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let grpc = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(listen = %args.listen, "serving blockpost.v1.Audit");
@@ -289,18 +289,18 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             tracing::info!(listen = %addr, "serving /metrics and /healthz");
-            Some(tokio::spawn(blockpost_auditor::serve_metrics(
-                auditor.clone(),
-                l,
-            )))
+            Some(l)
         }
         None => None,
     };
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(auditor.clone().into_service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(blockpost_auditor::serve(
+        auditor.clone(),
+        blockpost_auditor::Listeners { grpc, metrics },
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let mut alerts = auditor.subscribe();
     let mut status = tokio::time::interval(Duration::from_secs(10));
     let shutdown = crate::up::shutdown_signal();
@@ -318,9 +318,11 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
             _ = status.tick() => render::audit_status(&auditor.status(), args.json)?,
         }
     }
-    server.abort();
-    if let Some(m) = metrics {
-        m.abort();
+    let _ = stop.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(e)) => anyhow::bail!("the auditor's server task failed: {e}"),
+        Err(_) => tracing::warn!("open Audit streams did not end within 5 s; stopping anyway"),
     }
     render::audit_status(&auditor.status(), args.json)?;
     Ok(())

@@ -316,8 +316,28 @@ pub struct Sandbox {
     pub data_dir: PathBuf,
     /// Where clients made by [`Sandbox::client`] keep their state.
     pub client_dir: PathBuf,
+    /// The auditor of [`Sandbox::with_auditor`], if started.
+    pub auditor: Option<SandboxAuditor>,
     serving: Serving,
     _tmp: TempDir,
+}
+
+/// An auditor of a sandbox's node, served on its own port ([`Sandbox::with_auditor`]).
+pub struct SandboxAuditor {
+    /// The auditor.
+    pub auditor: blockpost_auditor::Auditor,
+    /// `http://127.0.0.1:PORT` of its `blockpost.v1.Audit` service.
+    pub endpoint: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<blockpost_auditor::Result<()>>,
+}
+
+impl SandboxAuditor {
+    /// Stops serving it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await;
+    }
 }
 
 impl Sandbox {
@@ -384,9 +404,48 @@ impl Sandbox {
             endpoint,
             data_dir,
             client_dir,
+            auditor: None,
             serving,
             _tmp: tmp,
         })
+    }
+
+    /// This sandbox with an auditor of its node: read-only NATS credentials, data in the
+    /// sandbox's directory (`auditor/`), `config` as [`blockpost_auditor::AuditorConfig`]'s
+    /// defaults changed by `adjust`, served through [`blockpost_auditor::serve`] on an
+    /// ephemeral port.
+    pub async fn with_auditor(
+        mut self,
+        adjust: impl FnOnce(&mut blockpost_auditor::AuditorConfig),
+    ) -> anyhow::Result<Self> {
+        let nats =
+            blockpost_node::connect(&self.nats.url(), Some(&self.nats.reader_auth())).await?;
+        let mut config = blockpost_auditor::AuditorConfig::new(
+            self.endpoint.clone(),
+            self._tmp.path().join("auditor"),
+        );
+        adjust(&mut config);
+        let auditor = blockpost_auditor::Auditor::start(config, nats).await?;
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", grpc.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(blockpost_auditor::serve(
+            auditor.clone(),
+            blockpost_auditor::Listeners {
+                grpc,
+                metrics: None,
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        self.auditor = Some(SandboxAuditor {
+            auditor,
+            endpoint,
+            stop,
+            task,
+        });
+        Ok(self)
     }
 
     /// A verifying client with this sandbox's client state directory.
@@ -412,6 +471,9 @@ impl Sandbox {
 
     /// Stops serving and returns the parts that outlive the node.
     pub async fn stop(self) -> (NatsServer, TempDir) {
+        if let Some(a) = self.auditor {
+            a.stop().await;
+        }
         let _ = self.serving.stop().await;
         (self.nats, self._tmp)
     }

@@ -561,22 +561,28 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
         .unwrap();
     let forged_at = blockpost_core::now_ms();
 
-    let tmp = tempfile::tempdir().unwrap();
-    let au = auditor(&sb, tmp.path(), 200).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(au.clone().into_service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    // The auditor served as `blockpost auditor` serves it (the kit's composition point).
+    let sb = sb.with_auditor(|c| c.grace_ms = 200).await.unwrap();
+    let served = sb.auditor.as_ref().unwrap();
+    let au = served.auditor.clone();
+    let channel = tonic::transport::Channel::from_shared(served.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // It answers gRPC health for its service.
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "blockpost.v1.Audit".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
     );
-    let mut client = AuditClient::new(
-        tonic::transport::Channel::from_shared(endpoint)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut client = AuditClient::new(channel);
 
     // A receipt whose signature was changed is refused.
     let mut bad = receipt.clone();
@@ -586,6 +592,7 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(blockpost_tests::reason(&err), "INVALID_RECEIPT");
 
     let r = client
         .check_receipt(CheckReceiptRequest {
@@ -654,7 +661,6 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
     // Not an omission for the forged envelope: the auditor found it not valid.
     assert_eq!(kinds, vec!["firehose_gap", "omission"]);
     assert_eq!(au.status().firehose_checked, 2);
-    server.abort();
     sb.stop().await;
 }
 

@@ -16,6 +16,9 @@ pub enum Error {
     /// A receipt whose message id is not a SHA-256.
     #[error("receipt: its message id is {0} bytes, not 32")]
     BadReceiptId(usize),
+    /// A settings file that cannot be used.
+    #[error("auditor config: {0}")]
+    Config(String),
     /// Serving its gRPC port failed.
     #[error("serving: {0}")]
     Serve(String),

@@ -39,6 +39,7 @@
 //! - `metrics`: [`serve_metrics`], Prometheus metrics and a liveness check over HTTP.
 //! - `grpc`: the `blockpost.v1.Audit` service ([`Auditor::into_service`]): status, alerts
 //!   (streamed), receipts handed in.
+//! - `file`: [`AuditorFile`], the settings file (TOML, `deny_unknown_fields`).
 //! - `serve`: [`serve`], the one composition point: an auditor served (Audit, gRPC health,
 //!   metrics) until a shutdown future completes.
 //! - `error`: [`Error`], and [`AuditError`], the Audit service's error-to-status table.
@@ -60,6 +61,7 @@ mod chain;
 mod checkpoints;
 mod directory;
 mod error;
+mod file;
 mod grpc;
 mod metrics;
 mod promises;
@@ -73,6 +75,7 @@ pub use auditor::{AuditStatus, Auditor, AuditorConfig, OpenFor, ReceiptVerdict, 
 pub use chain::{BlockSeen, Chain};
 pub use directory::DirectoryLog;
 pub use error::{AuditError, Error, Result};
+pub use file::AuditorFile;
 pub use metrics::serve_metrics;
 pub use promises::{PartitionPoint, Promises, ResumePoint};
 pub use search::{Hit, IndexedMessage, MAX_HITS, SearchIndex};

@@ -16,30 +16,29 @@ use crate::render;
 /// Flags of `blockpost auditor`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AuditorArgs {
-    /// The node's gRPC endpoint (its keys are pinned on first contact).
-    #[arg(
-        long,
-        env = "BLOCKPOST_ENDPOINT",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    pub node: String,
-    /// The node's NATS server.
+    /// A settings file (TOML; see `blockpost_auditor::AuditorFile`): a flag or its
+    /// environment variable, when given, wins over it.
+    #[arg(long, env = "BLOCKPOST_AUDITOR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The node's gRPC endpoint (its keys are pinned on first contact) [default:
+    /// http://127.0.0.1:7700].
+    #[arg(long, env = "BLOCKPOST_ENDPOINT")]
+    pub node: Option<String>,
+    /// The node's NATS server (here or in --config).
     #[arg(long, env = "BLOCKPOST_NATS")]
-    pub nats: String,
+    pub nats: Option<String>,
     /// NATS credentials: a `.creds` file, `user:password` or a token (the node's read-only
     /// user is enough: `blockpost nats-credentials`).
     #[arg(long, env = "BLOCKPOST_NATS_CREDENTIALS", value_name = "FILE")]
     pub nats_credentials: Option<PathBuf>,
-    /// The auditor's data directory (pinned keys, alerts.jsonl).
-    #[arg(
-        long,
-        env = "BLOCKPOST_AUDITOR_DATA",
-        default_value = "blockpost-auditor"
-    )]
-    pub data: PathBuf,
-    /// Time allowed past a receipt's deadline before a missing message is an omission.
-    #[arg(long, default_value_t = 1_000)]
-    pub grace_ms: u64,
+    /// The auditor's data directory (pinned keys, alerts.jsonl) [default:
+    /// blockpost-auditor].
+    #[arg(long, env = "BLOCKPOST_AUDITOR_DATA")]
+    pub data: Option<PathBuf>,
+    /// Time allowed past a receipt's deadline before a missing message is an omission
+    /// [default: 1000].
+    #[arg(long)]
+    pub grace_ms: Option<u64>,
     /// Alert on any new, rotated or revoked binding that matches: `address:PATTERN`,
     /// `name:PATTERN` or `PATTERN` (either), with `*` and `?`, ignoring case. Repeatable.
     #[arg(long, value_name = "PATTERN")]
@@ -56,32 +55,25 @@ pub struct AuditorArgs {
     /// Credentials for --alerts-nats (as --nats-credentials).
     #[arg(long, value_name = "FILE", requires = "alerts_nats")]
     pub alerts_nats_credentials: Option<PathBuf>,
-    /// The subject of --alerts-nats.
-    #[arg(
-        long,
-        default_value = "blockpost.audit.alerts",
-        requires = "alerts_nats"
-    )]
-    pub alerts_subject: String,
+    /// The subject of --alerts-nats [default: blockpost.audit.alerts].
+    #[arg(long)]
+    pub alerts_subject: Option<String>,
     /// The witness's name in its cosignatures (default: blockpost-auditor/ and the first 8
     /// hex digits of its key, `DATA/witness.key`).
     #[arg(long, env = "BLOCKPOST_WITNESS_NAME")]
     pub witness_name: Option<String>,
     /// With --alerts-nats: cosigned checkpoints are also published there, on
-    /// SUBJECT.directory and SUBJECT.ledger.
-    #[arg(long, default_value = "blockpost.witness")]
-    pub witness_subject: String,
+    /// SUBJECT.directory and SUBJECT.ledger [default: blockpost.witness].
+    #[arg(long)]
+    pub witness_subject: Option<String>,
     /// Serve Prometheus metrics (`/metrics`) and a liveness check (`/healthz`, 503 once
     /// the auditor has stalled behind the node) over HTTP on this address.
     #[arg(long, env = "BLOCKPOST_AUDITOR_METRICS", value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Serve `blockpost.v1.Audit` (status, alerts, receipts) on this address.
-    #[arg(
-        long,
-        env = "BLOCKPOST_AUDITOR_LISTEN",
-        default_value = "127.0.0.1:7800"
-    )]
-    pub listen: std::net::SocketAddr,
+    /// Serve `blockpost.v1.Audit` (status, alerts, receipts) on this address [default:
+    /// 127.0.0.1:7800].
+    #[arg(long, env = "BLOCKPOST_AUDITOR_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
     /// Verify the node's TLS certificate against the CA certificates in this PEM file.
     #[arg(long, env = "BLOCKPOST_TLS_CA", value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
@@ -91,6 +83,84 @@ pub struct AuditorArgs {
     /// Print JSON lines.
     #[arg(long)]
     pub json: bool,
+}
+
+/// [`AuditorArgs`] with the settings file and the defaults applied.
+struct Resolved {
+    node: String,
+    nats: String,
+    nats_credentials: Option<PathBuf>,
+    data: PathBuf,
+    grace_ms: u64,
+    watch: Vec<blockpost_auditor::Watch>,
+    open_for: Vec<String>,
+    alerts_nats: Option<String>,
+    alerts_nats_credentials: Option<PathBuf>,
+    alerts_subject: String,
+    witness_name: Option<String>,
+    witness_subject: String,
+    metrics: Option<std::net::SocketAddr>,
+    listen: std::net::SocketAddr,
+    tls_ca: Option<PathBuf>,
+    tls_pin: Option<String>,
+    json: bool,
+}
+
+impl AuditorArgs {
+    /// The flags over the settings file (if any) over the defaults.
+    fn with_file(self) -> anyhow::Result<Resolved> {
+        let f = match &self.config {
+            Some(p) => blockpost_auditor::AuditorFile::load(p)?,
+            None => blockpost_auditor::AuditorFile::default(),
+        };
+        let mut watch = Vec::new();
+        for w in &f.watch {
+            watch.push(
+                w.parse()
+                    .map_err(|e| anyhow::anyhow!("watch {w:?} in the settings file: {e}"))?,
+            );
+        }
+        watch.extend(self.watch);
+        let mut open_for = f.open_for;
+        open_for.extend(self.open_for);
+        let nats = self.nats.or(f.nats).context(
+            "the node's NATS server is needed: --nats URL (or BLOCKPOST_NATS, or nats in --config)",
+        )?;
+        Ok(Resolved {
+            node: self
+                .node
+                .or(f.node)
+                .unwrap_or_else(|| "http://127.0.0.1:7700".to_owned()),
+            nats,
+            nats_credentials: self.nats_credentials.or(f.nats_credentials),
+            data: self
+                .data
+                .or(f.data)
+                .unwrap_or_else(|| PathBuf::from("blockpost-auditor")),
+            grace_ms: self.grace_ms.or(f.grace_ms).unwrap_or(1_000),
+            watch,
+            open_for,
+            alerts_nats: self.alerts_nats.or(f.alerts_nats),
+            alerts_nats_credentials: self.alerts_nats_credentials.or(f.alerts_nats_credentials),
+            alerts_subject: self
+                .alerts_subject
+                .or(f.alerts_subject)
+                .unwrap_or_else(|| "blockpost.audit.alerts".to_owned()),
+            witness_name: self.witness_name.or(f.witness_name),
+            witness_subject: self
+                .witness_subject
+                .or(f.witness_subject)
+                .unwrap_or_else(|| "blockpost.witness".to_owned()),
+            metrics: self.metrics.or(f.metrics),
+            listen: self
+                .listen
+                .or(f.listen)
+                .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 7800))),
+            tls_ca: self.tls_ca.or(f.tls_ca),
+            tls_pin: self.tls_pin.or(f.tls_pin),
+            json: self.json,
+        })
+    }
 }
 
 /// `blockpost audit ...`.
@@ -238,6 +308,7 @@ pub async fn hand_in(
 /// Runs the auditor until Ctrl-C or SIGTERM, printing alerts as they come and its status
 /// every 10 s.
 pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
+    let args = args.with_file()?;
     let auth = args
         .nats_credentials
         .as_deref()

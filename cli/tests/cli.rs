@@ -46,6 +46,39 @@ fn bad_input_is_refused_with_a_message() {
 }
 
 #[test]
+fn an_auditor_settings_file_is_checked_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("utf-8 path").to_owned()
+    };
+    let unknown = file(
+        "unknown.toml",
+        "nats = \"nats://127.0.0.1:1\"\nnodes = \"x\"\n",
+    );
+    fails_with(&["auditor", "--config", &unknown], "unknown field `nodes`");
+    let bad = file("bad.toml", "grace_ms = \"soon\"\n");
+    fails_with(&["auditor", "--config", &bad], "bad.toml");
+    let watch = file(
+        "watch.toml",
+        "nats = \"nats://127.0.0.1:1\"\nwatch = [\"name:\"]\n",
+    );
+    fails_with(&["auditor", "--config", &watch], "watch");
+    // Without NATS in the file or the flags: said so.
+    let empty = file("empty.toml", "");
+    fails_with(&["auditor", "--config", &empty], "NATS server is needed");
+    fails_with(
+        &[
+            "auditor",
+            "--config",
+            &dir.path().join("none.toml").to_string_lossy(),
+        ],
+        "none.toml",
+    );
+}
+
+#[test]
 fn help_lists_every_command() {
     let out = blockpost(&["--help"]);
     assert!(out.status.success());

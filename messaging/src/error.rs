@@ -300,3 +300,116 @@ pub(crate) fn publish_failed(e: async_nats::jetstream::context::PublishError) ->
     }
     bus(e)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use blockpost_core::EnvelopeError;
+    use tonic::Code;
+
+    use super::*;
+
+    fn bus() -> Vec<BusError> {
+        vec![
+            BusError::Disconnected,
+            BusError::Lost,
+            BusError::NoStream("x".into()),
+            BusError::StorageFull("x".into()),
+            BusError::ReplicaBusy { waiters: 1, mib: 1 },
+            BusError::ReplicaConflict,
+            BusError::Overloaded(1),
+            BusError::Nats("x".into()),
+        ]
+    }
+
+    #[test]
+    fn the_bus_is_retryable_except_when_jetstream_is_full() {
+        for b in bus() {
+            let full = matches!(b, BusError::StorageFull(_));
+            let e = Error::Bus(b);
+            let want = if full {
+                Code::ResourceExhausted
+            } else {
+                Code::Unavailable
+            };
+            assert_eq!(e.code(), want, "{e}");
+        }
+    }
+
+    #[test]
+    fn every_status_carries_its_reason_and_envelope_rules_are_told_apart() {
+        let cases: Vec<(Error, Code, &str)> = vec![
+            (
+                Error::Core(EnvelopeError::NoBody.into()),
+                Code::InvalidArgument,
+                "NO_BODY",
+            ),
+            (
+                Error::Core(EnvelopeError::DuplicateRecipient("b".into()).into()),
+                Code::InvalidArgument,
+                "DUPLICATE_RECIPIENT",
+            ),
+            (
+                Error::Core(EnvelopeError::Ciphertexts.into()),
+                Code::InvalidArgument,
+                "CIPHERTEXTS_MISADDRESSED",
+            ),
+            (
+                Error::UnknownSender("a".into()),
+                Code::NotFound,
+                "UNKNOWN_SENDER",
+            ),
+            (
+                Error::Replay {
+                    sender: "a".into(),
+                    nonce: 1,
+                },
+                Code::AlreadyExists,
+                "REPLAY",
+            ),
+            (
+                blockpost_core::transaction::Closed::Finished("t".into()).into(),
+                Code::FailedPrecondition,
+                "TRANSACTION_CLOSED",
+            ),
+            (
+                Error::InboxDenied(InboxDenial::WrongKey("a".into())),
+                Code::PermissionDenied,
+                "INBOX_DENIED",
+            ),
+            (
+                Error::TooSlow { room: 1, ms: 1 },
+                Code::ResourceExhausted,
+                "TOO_SLOW",
+            ),
+            (
+                Error::Stalled("why".into()),
+                Code::Unavailable,
+                "BUILDER_STALLED",
+            ),
+            (
+                BusError::ReplicaConflict.into(),
+                Code::Unavailable,
+                "DIRECTORY_CONFLICT",
+            ),
+        ];
+        for (e, code, reason) in cases {
+            let text = e.to_string();
+            let st = tonic::Status::from(e);
+            assert_eq!(st.code(), code, "{text}");
+            assert_eq!(st.message(), text);
+            assert_eq!(
+                blockpost_proto::status::reason(&st).as_deref(),
+                Some(reason),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_nats_error_that_is_not_a_publish_is_unavailable() {
+        let e = super::bus("connection reset");
+        assert!(matches!(e, Error::Bus(BusError::Nats(_))));
+        assert_eq!(e.reason(), "BUS_UNAVAILABLE");
+    }
+}

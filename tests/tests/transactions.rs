@@ -352,7 +352,10 @@ async fn a_deadline_passed_while_the_node_was_down_closes_once_after_the_restart
     let config = sb.config().clone();
     let (nats, tmp) = sb.stop().await;
     // The deadline passes while the node is down.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let left = deadline + 1 - blockpost_core::now_ms();
+    if left > 0 {
+        tokio::time::sleep(Duration::from_millis(left.unsigned_abs())).await;
+    }
     let sb = Sandbox::start_on(config, nats, tmp).await.unwrap();
     let c = sb.client().await.unwrap();
     let mut l = Ledger::connect(&c, &sb.client_dir).await.unwrap();
@@ -363,8 +366,27 @@ async fn a_deadline_passed_while_the_node_was_down_closes_once_after_the_restart
     drop((l, c));
     let (nats, tmp) = sb.stop().await;
     let sb = Sandbox::start_on(config, nats, tmp).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the restarted builder has cut a block (a new transaction's first message is
+    // in one), the old one is still closed once.
+    let c = sb.client().await.unwrap();
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    send(
+        &mut m,
+        &a,
+        "bank-a",
+        &["bank-b"],
+        "after",
+        MessageKind::Message,
+        None,
+    )
+    .await
+    .unwrap();
+    let mut l = Ledger::connect(&c, &sb.client_dir).await.unwrap();
+    wait_status(&mut l, "after", TransactionStatus::Open).await;
     assert_eq!(closings(&sb).get("down"), Some(&1));
+    drop((l, m, c));
     // The timeout is a rule of this ledger now: another one is refused at start.
     let mut config = sb.config().clone();
     config.builder.transaction_timeout_ms = TIMEOUT_MS * 2;

@@ -456,10 +456,13 @@ async fn cluster_survives(bin: &Path) {
     })
     .await
     .unwrap();
-    // The lease (3 s) lapses, the standby takes it within a poll, and cuts: a few seconds.
+    // The lease (3 s) lapses, the standby takes it within a poll, and cuts: a few seconds
+    // alone, but with the whole suite on two cores the streams' leader elections after the
+    // kill can take ten or more (seen: over 15 s once). The bound is liveness, not speed.
     let takeover = killed.elapsed();
+    eprintln!("the standby continued the chain {takeover:?} after the kill");
     assert!(
-        takeover < Duration::from_secs(15),
+        takeover < Duration::from_secs(25),
         "the standby took {takeover:?} to continue the chain"
     );
     progress(

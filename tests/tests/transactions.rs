@@ -352,10 +352,12 @@ async fn a_deadline_passed_while_the_node_was_down_closes_once_after_the_restart
     let config = sb.config().clone();
     let (nats, tmp) = sb.stop().await;
     // The deadline passes while the node is down.
-    let left = deadline + 1 - blockpost_core::now_ms();
-    if left > 0 {
-        tokio::time::sleep(Duration::from_millis(left.unsigned_abs())).await;
-    }
+    blockpost_tests::wait_for(Duration::from_secs(5), "the deadline to pass", || {
+        let passed = blockpost_core::now_ms() > deadline;
+        async move { passed.then_some(()) }
+    })
+    .await
+    .unwrap();
     let sb = Sandbox::start_on(config, nats, tmp).await.unwrap();
     let c = sb.client().await.unwrap();
     let mut l = Ledger::connect(&c, &sb.client_dir).await.unwrap();

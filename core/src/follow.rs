@@ -16,7 +16,7 @@
 //!   else; one that only reports (an auditor) follows what the stream holds and finds out
 //!   through the roots.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::log::{ReplayTree, VerifiedCheckpoint, verify_checkpoint};
 use crate::state::DirectoryState;
@@ -96,7 +96,7 @@ pub struct SignedRoots {
     /// verified sizes and of those ahead.
     signed: HashMap<u64, VerifiedCheckpoint>,
     /// Sizes of signed checkpoints beyond the replayed tree.
-    ahead: BTreeMap<u64, ()>,
+    ahead: BTreeSet<u64>,
     /// The largest size whose signed root was found equal to the replayed one.
     verified: u64,
     /// The roots of the last [`KEEP_VERIFIED`] sizes verified.
@@ -111,7 +111,7 @@ impl SignedRoots {
         Self {
             verifier_key,
             signed: HashMap::new(),
-            ahead: BTreeMap::new(),
+            ahead: BTreeSet::new(),
             verified: 0,
             verified_roots: BTreeMap::new(),
             latest: None,
@@ -166,7 +166,8 @@ impl SignedRoots {
             });
         }
         if let Some(root) = self.verified_roots.get(&cp.size) {
-            // Verified, and its first note forgotten: the root tells a fork all the same.
+            // Verified, and its first note forgotten: the same root is nothing new; another
+            // one is compared with the tree below (and found inconsistent with it).
             if *root == cp.root {
                 return None;
             }
@@ -176,14 +177,14 @@ impl SignedRoots {
             return self.compare(cp, tree);
         }
         if self.ahead.len() >= MAX_AHEAD {
-            let farthest = self.ahead.last_key_value().map_or(0, |(s, _)| *s);
+            let farthest = self.ahead.last().copied().unwrap_or(0);
             if cp.size > farthest {
                 return None;
             }
             self.ahead.pop_last();
             self.signed.remove(&farthest);
         }
-        self.ahead.insert(cp.size, ());
+        self.ahead.insert(cp.size);
         self.signed.insert(cp.size, cp);
         None
     }
@@ -191,12 +192,11 @@ impl SignedRoots {
     /// The tree grew: checks the checkpoints it has reached.
     pub fn grown(&mut self, tree: &ReplayTree) -> Vec<Finding> {
         let mut found = Vec::new();
-        while let Some(entry) = self.ahead.first_entry() {
-            if *entry.key() > tree.size() {
+        while let Some(&size) = self.ahead.first() {
+            if size > tree.size() {
                 break;
             }
-            let size = *entry.key();
-            entry.remove();
+            self.ahead.pop_first();
             if let Some(cp) = self.signed.get(&size).cloned() {
                 found.extend(self.compare(cp, tree));
             }

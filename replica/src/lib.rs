@@ -173,7 +173,9 @@ impl Replica {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .checkpoint(note);
-        self.found(found);
+        if let Some(f) = found {
+            self.found(f);
+        }
     }
 
     /// Entry `index` with its proof. Only the follow task follows, so the follower cannot
@@ -187,15 +189,14 @@ impl Replica {
             (followed, f.size())
         };
         for f in followed.findings {
-            self.found(Some(f));
+            self.found(f);
         }
         self.applied
             .send_if_modified(|a| std::mem::replace(a, size) != size);
     }
 
     /// Counts and logs what the follower found.
-    fn found(&self, finding: Option<Finding>) {
-        let Some(finding) = finding else { return };
+    fn found(&self, finding: Finding) {
         match finding {
             Finding::EntryConflict {
                 index,

@@ -1,23 +1,33 @@
-//! The daemon: follows the node's firehose and blocks streams, checks them with
-//! [`Chain`] and [`Promises`], and raises alerts.
+//! The daemon: its public handle ([`Auditor`]) and the thin drivers around the I/O-free
+//! [`AuditCore`]. Where each part runs:
+//!
+//! - the readers ([`crate::follow`]): async tasks that follow the node's streams and hand
+//!   events to the core through one bounded channel (a full channel slows them down);
+//! - the core: a thread of its own that checks each event (blocks of up to 64 MiB,
+//!   sealed bodies opened for the index) and hands the effects, in order, to
+//! - the writer: a thread that records alerts (the alert file, synced), keeps receipts,
+//!   cosigns, writes the resume point once every alert before it is recorded, publishes
+//!   the core's view, and then answers a request;
+//! - the indexer: a thread that adds documents to the search index and commits them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use async_nats::jetstream;
 use blockpost_client::{ConnectOptions, Ledger, Messenger};
+use blockpost_core::verify_receipt;
 use blockpost_core::wire::Namespace;
-use blockpost_core::{decode_canonical, message_id_of_encoded, verify_receipt};
-use blockpost_proto::v1::{Envelope, GetGatewayInfoRequest, Receipt};
-use futures::StreamExt as _;
+use blockpost_proto::v1::{GetGatewayInfoRequest, Receipt};
 use serde::Serialize;
 
 use crate::alert::{Alert, AlertLog};
 use crate::chain::Chain;
+use crate::core::{Answer, AuditCore, Effects, Event, ReceiptRecord, Setup, View};
 use crate::directory::DirectoryLog;
 use crate::error::AuditError;
+use crate::follow::{self, Feed};
 use crate::promises::{Promises, ResumePoint};
 use crate::search::{IndexedMessage, SearchIndex};
 use crate::witness::Witness;
@@ -176,177 +186,86 @@ pub enum ReceiptVerdict {
     },
 }
 
-struct State {
-    chain: Option<Chain>,
-    directory: DirectoryLog,
-    promises: Promises,
-    /// The gateway's promise (receipt to block) and the grace allowed past it.
-    promise_ms: i64,
-    grace_ms: i64,
-    /// The next blocks stream sequence to read.
-    next_block_seq: u64,
+/// What the readers and the API hand the core thread.
+pub(crate) enum Request {
+    /// An event, and where to answer once its effects are done.
+    Event(Event, Option<tokio::sync::oneshot::Sender<Result<Answer>>>),
+    /// Stop (the last handle was dropped).
+    Stop,
 }
+
+/// One event's effects on their way to the writer.
+struct Batch {
+    effects: Effects,
+    view: View,
+    now_ms: i64,
+    reply: Option<tokio::sync::oneshot::Sender<Result<Answer>>>,
+}
+
+/// What the auditor publishes on NATS ([`AuditorConfig::publish`]).
+enum Outgoing {
+    Alert(Alert),
+    Cosigned(&'static str, Vec<u8>),
+}
+
+/// How many events may wait for the core, and batches for the writer or the indexer.
+const QUEUE: usize = 64;
+
+/// How often the indexer makes what it added searchable, at the latest.
+const COMMIT_EVERY: Duration = Duration::from_millis(250);
 
 struct Inner {
     /// The time ([`AuditorConfig::clock`]).
     clock: Arc<dyn blockpost_core::Clock>,
-    state: Mutex<State>,
-    log: Mutex<AlertLog>,
-    blocks_current: AtomicBool,
+    /// Events to the core.
+    events: tokio::sync::mpsc::Sender<Request>,
+    /// The core's view, as of the last effects the writer carried out.
+    view: tokio::sync::watch::Receiver<View>,
+    /// The alert file (the writer appends to it).
+    log: Arc<Mutex<AlertLog>>,
     /// New alerts, with their index in the alert file.
     alerts: tokio::sync::broadcast::Sender<(u64, Alert)>,
     /// The gateway's receipt key, pinned on first contact.
     gateway_key: ed25519_dalek::VerifyingKey,
-    /// Receipts handed in (`DATA/receipts.jsonl`), kept across restarts.
-    receipts: Mutex<std::fs::File>,
-    receipts_path: PathBuf,
-    /// The firehose stream's last sequence, as last asked.
-    firehose_stream_last: Vec<std::sync::atomic::AtomicU64>,
-    /// The node's firehose: its partitions, their streams.
-    firehose: blockpost_core::wire::Firehose,
-    /// Blocks on the stream after the last one read.
-    blocks_pending: std::sync::atomic::AtomicU64,
-    /// When the auditor last checked something new.
-    progress: Mutex<std::time::Instant>,
-    /// New alerts to publish on NATS ([`AuditorConfig::publish`]).
-    outbox: Option<tokio::sync::mpsc::Sender<Alert>>,
     /// Every verified message, for full-text search.
-    pub(crate) search: SearchIndex,
-    /// Messages added to the search index since its last commit.
-    search_dirty: AtomicBool,
+    search: Arc<SearchIndex>,
     /// The node's ledger, for the proofs of search hits (verified by the client).
-    pub(crate) ledger: Option<tokio::sync::Mutex<Ledger>>,
+    ledger: Option<tokio::sync::Mutex<Ledger>>,
     /// The witness: cosigns the checkpoints verified.
-    witness: Mutex<Witness>,
+    witness: Arc<Mutex<Witness>>,
     /// The origins of the node's directory log and ledger.
     directory_origin: String,
     ledger_origin: Option<String>,
-    /// Where cosigned checkpoints are published, and the subject prefix.
-    witness_publish: Option<(async_nats::Client, String)>,
-    /// State changes whose alerts are not in the alert file yet: the resume point is
-    /// written only when there is none.
-    in_flight: std::sync::atomic::AtomicU64,
-    /// Firehose messages read since the start.
-    firehose_read: std::sync::atomic::AtomicU64,
-    /// [`AuditStatus::checked_until_ms`].
-    checked_until_ms: std::sync::atomic::AtomicI64,
-    /// `DATA/resume.json`.
-    resume_path: PathBuf,
-    /// The participants whose bodies are opened for search.
-    open_for: Vec<OpenFor>,
+    /// The readers.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The core, writer and indexer threads, and the flag that stops the core.
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
 }
 
-/// Writes a state file as JSON, atomically ([`blockpost_files::write_atomic`]).
-fn write_resume(path: &std::path::Path, p: &impl Serialize) -> Result<()> {
-    let err = |why: String| Error::State {
-        path: path.display().to_string(),
-        why,
-    };
-    let json = serde_json::to_vec(p).map_err(|e| err(e.to_string()))?;
-    blockpost_files::write_atomic(path, &json).map_err(|e| err(e.to_string()))
-}
-
-/// The resume point of an earlier run, if any (a damaged one is ignored: everything is
-/// checked again, which raises no alert twice).
-fn read_resume(path: &std::path::Path) -> Option<ResumePoint> {
-    let text = std::fs::read_to_string(path).ok()?;
-    match serde_json::from_str(&text) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "damaged resume point ignored: checking everything again");
-            None
+impl Drop for Inner {
+    /// Stops the readers and the core; the writer and the indexer finish what the core
+    /// handed them (alerts recorded, documents committed) and close their files before
+    /// this returns, so that an auditor started again on the same files finds them free.
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        // A full channel wakes the core anyway; it sees the flag before the next event.
+        let _ = self.events.try_send(Request::Stop);
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("an auditor thread panicked");
+            }
         }
     }
 }
 
-impl Inner {
-    /// Cosigns the largest verified checkpoint of each log, if the witness has not, and
-    /// publishes it.
-    async fn cosign_newest(&self) {
-        let newest: Vec<(&'static str, blockpost_core::VerifiedCheckpoint)> = {
-            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let mut v = Vec::new();
-            if let Some(cp) = s.directory.checkpoints().latest_verified() {
-                v.push(("directory", cp.clone()));
-            }
-            if let Some(cp) = s
-                .chain
-                .as_ref()
-                .and_then(|c| c.checkpoints().latest_verified())
-            {
-                v.push(("ledger", cp.clone()));
-            }
-            v
-        };
-        for (log, cp) in newest {
-            let note = {
-                let mut w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
-                if w.cosigned_size(&cp.origin).is_some_and(|s| s >= cp.size) {
-                    continue;
-                }
-                match w.cosign(&cp, (self.clock.now_ms() / 1000).max(0) as u64) {
-                    Ok(Ok(_)) => w.newest(&cp.origin),
-                    Ok(Err(refused)) => {
-                        tracing::warn!(log, size = cp.size, %refused, "not cosigned");
-                        None
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot record a cosignature");
-                        None
-                    }
-                }
-            };
-            if let (Some(note), Some((client, subject))) = (note, &self.witness_publish) {
-                let subject = format!("{subject}.{log}");
-                if let Err(e) = client.publish(subject, note.into()).await {
-                    tracing::warn!(error = %e, "cannot publish a cosigned checkpoint on NATS");
-                }
-            }
-        }
-    }
-
-    fn moved(&self) {
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
-    }
-
-    fn raise(&self, alerts: Vec<Alert>) {
-        if alerts.is_empty() {
-            return;
-        }
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        let before = log.all().len() as u64;
-        match log.raise(alerts) {
-            Ok(new) => {
-                for (i, a) in new.into_iter().enumerate() {
-                    // The alert file is the record; a full outbox only delays nothing else.
-                    if let Some(o) = &self.outbox
-                        && o.try_send(a.clone()).is_err()
-                    {
-                        tracing::warn!(kind = %a.kind, subject = %a.subject, "alert not published on NATS (outbox full); it is in alerts.jsonl");
-                    }
-                    let _ = self.alerts.send((before + i as u64, a));
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot write the alert file"),
-        }
-    }
-}
-
-/// A running auditor. Cheap to clone; its tasks stop when the last clone is dropped.
+/// A running auditor. Cheap to clone; it stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct Auditor {
     inner: Arc<Inner>,
-    _tasks: Arc<Tasks>,
-}
-
-struct Tasks(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
 }
 
 /// The gateway key as pinned in `DATA/gateway.json`.
@@ -361,7 +280,7 @@ struct PinnedGateway {
 
 /// Pins the gateway's receipt key and the firehose's partitions on first contact; refuses
 /// others later.
-fn pin_gateway(path: &std::path::Path, key: &[u8], partitions: u32) -> Result<()> {
+fn pin_gateway(path: &Path, key: &[u8], partitions: u32) -> Result<()> {
     let presented = PinnedGateway {
         receipt_key: hex::encode(key),
         firehose_partitions: Some(partitions),
@@ -385,15 +304,6 @@ fn pin_gateway(path: &std::path::Path, key: &[u8], partitions: u32) -> Result<()
     })
 }
 
-/// A receipt as kept in `DATA/receipts.jsonl` and shown in evidence.
-#[derive(serde::Deserialize, Serialize)]
-struct ReceiptRecord {
-    /// The encoded `ReceiptBody`, hex.
-    body: String,
-    /// The gateway's signature, hex.
-    signature: String,
-}
-
 impl ReceiptRecord {
     fn of(r: &Receipt) -> Self {
         Self {
@@ -407,6 +317,26 @@ impl ReceiptRecord {
             body: hex::decode(&self.body).ok()?,
             signature: hex::decode(&self.signature).ok()?,
         })
+    }
+}
+
+/// The resume point of an earlier run, if any (a damaged one is ignored: everything is
+/// checked again, which raises no alert twice).
+fn read_resume(path: &Path) -> Option<ResumePoint> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "damaged resume point ignored: checking everything again");
+            None
+        }
+    }
+}
+
+fn state_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::State {
+        path: path.display().to_string(),
+        why: e.to_string(),
     }
 }
 
@@ -469,86 +399,120 @@ impl Auditor {
             // No builder: messages in no block are omissions, not a stalled builder.
             promises.without_builder();
         }
+        let resume_path = config.data.join("resume.json");
+        if let Some(p) = read_resume(&resume_path) {
+            tracing::info!(
+                blocks_checked = p.blocks_checked,
+                firehose_from = p.firehose_from,
+                "resuming where the last run stopped"
+            );
+            promises.resume(p);
+        }
         let opened: Vec<&str> = config.open_for.iter().map(|o| o.address.as_str()).collect();
-        let search = SearchIndex::open(&config.data.join("search"), &opened)?;
+        let search = Arc::new(SearchIndex::open(&config.data.join("search"), &opened)?);
         let witness = Witness::open(&config.data, config.witness_name.as_deref())?;
         tracing::info!(key = %witness.verifier_key(), "witness key (nodes and clients configure it)");
+        let witness = Arc::new(Mutex::new(witness));
         // Refresh the directory so that sender keys are looked up against a verified state.
         messenger.directory.checkpoint().await?;
+        let directory_origin = messenger.directory.info().origin.clone();
+        let core = AuditCore::new(
+            Setup {
+                chain,
+                directory: DirectoryLog::new(messenger.directory.info().verifier_key.clone())
+                    .with_watch(config.watch.clone()),
+                promises,
+                promise_ms,
+                grace_ms: config.grace_ms,
+                directory_origin: directory_origin.clone(),
+                ledger_origin: ledger_origin.clone(),
+                open_for: config.open_for.clone(),
+                indexed_below: search.blocks(),
+            },
+            config.clock.now_ms(),
+        );
         let (alerts, _) = tokio::sync::broadcast::channel(1024);
-        let (outbox_tx, publisher) = match config.publish.clone() {
-            Some((client, subject)) => {
-                let (tx, rx) = tokio::sync::mpsc::channel(4096);
-                (
-                    Some(tx),
-                    Some(tokio::spawn(publish_loop(client, subject, rx))),
-                )
-            }
-            None => (None, None),
-        };
+        let mut tasks = Vec::new();
+        let outbox = config.publish.clone().map(|(client, subject)| {
+            let (tx, rx) = tokio::sync::mpsc::channel(4096);
+            let witness_subject = config.witness_subject.clone();
+            tasks.push(tokio::spawn(publish_loop(
+                client,
+                subject,
+                witness_subject,
+                rx,
+            )));
+            tx
+        });
         let receipts_path = config.data.join("receipts.jsonl");
         let kept = std::fs::read_to_string(&receipts_path).unwrap_or_default();
         let receipts = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&receipts_path)
-            .map_err(|e| Error::State {
-                path: receipts_path.display().to_string(),
-                why: e.to_string(),
-            })?;
-        let inner = Arc::new(Inner {
+            .map_err(|e| state_err(&receipts_path, e))?;
+        let log = Arc::new(Mutex::new(log));
+        let (view_tx, view) = tokio::sync::watch::channel(core.view());
+        let (events, events_rx) = tokio::sync::mpsc::channel(QUEUE);
+        let (batches, batches_rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let (documents, documents_rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            log: log.clone(),
+            alerts: alerts.clone(),
+            outbox,
+            receipts,
+            receipts_path,
+            resume_path,
+            written: None,
+            unrecorded: false,
+            witness: witness.clone(),
+            documents,
+            view: view_tx,
+        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| Error::State {
+                    path: config.data.display().to_string(),
+                    why: format!("cannot start the {name} thread: {e}"),
+                })
+        };
+        let threads = vec![
+            spawn(
+                "auditor-core",
+                Box::new({
+                    let (clock, stop) = (config.clock.clone(), stop.clone());
+                    move || run_core(core, events_rx, batches, clock, stop)
+                }),
+            )?,
+            spawn("auditor-writer", Box::new(move || writer.run(batches_rx)))?,
+            spawn(
+                "auditor-indexer",
+                Box::new({
+                    let search = search.clone();
+                    move || run_indexer(&search, documents_rx)
+                }),
+            )?,
+        ];
+        let channel = messenger.directory.channel();
+        let mut inner = Inner {
             clock: config.clock.clone(),
-            state: Mutex::new(State {
-                chain,
-                directory: DirectoryLog::new(messenger.directory.info().verifier_key.clone())
-                    .with_watch(config.watch.clone()),
-                promises,
-                promise_ms: i64::try_from(promise_ms).unwrap_or(i64::MAX),
-                grace_ms: i64::try_from(config.grace_ms).unwrap_or(i64::MAX),
-                next_block_seq: 1,
-            }),
-            log: Mutex::new(log),
-            blocks_current: AtomicBool::new(false),
+            events,
+            view,
+            log,
             alerts,
             gateway_key,
-            receipts: Mutex::new(receipts),
-            receipts_path,
-            firehose_stream_last: (0..partitions)
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
-            firehose: ns.firehose(partitions),
-            blocks_pending: std::sync::atomic::AtomicU64::new(0),
-            progress: Mutex::new(std::time::Instant::now()),
-            outbox: outbox_tx,
             search,
-            search_dirty: AtomicBool::new(false),
             ledger,
-            witness: Mutex::new(witness),
-            directory_origin: messenger.directory.info().origin.clone(),
+            witness,
+            directory_origin,
             ledger_origin,
-            witness_publish: config
-                .publish
-                .as_ref()
-                .map(|(c, _)| (c.clone(), config.witness_subject.clone())),
-            in_flight: std::sync::atomic::AtomicU64::new(0),
-            firehose_read: std::sync::atomic::AtomicU64::new(0),
-            checked_until_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
-            resume_path: config.data.join("resume.json"),
-            open_for: config.open_for.clone(),
-        });
-        if let Some(p) = read_resume(&inner.resume_path) {
-            tracing::info!(
-                blocks_checked = p.blocks_checked,
-                firehose_from = p.firehose_from,
-                "resuming where the last run stopped"
-            );
-            inner
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .promises
-                .resume(p);
-        }
+            tasks,
+            threads,
+            stop,
+        };
         // Receipts handed in before a restart are watched again (a torn last line is
         // dropped: its receipt was never answered).
         for line in kept.lines() {
@@ -556,42 +520,42 @@ impl Auditor {
                 .ok()
                 .and_then(|r| r.receipt());
             if let Some(r) = kept
-                && let Err(e) = inner.watch_receipt(&r, false)
+                && let Err(e) = inner.watch_receipt(&r, false).await
             {
                 tracing::warn!(error = %e, "a kept receipt does not verify; ignored");
             }
         }
+        let feed = Feed {
+            events: inner.events.clone(),
+            view: inner.view.clone(),
+        };
         let js = jetstream::new(nats);
-        let channel = messenger.directory.channel();
-        let mut tasks = vec![
-            tokio::spawn(ledger_loop(Arc::downgrade(&inner), channel)),
-            tokio::spawn(directory_loop(
-                Arc::downgrade(&inner),
-                js.clone(),
-                ns.clone(),
-            )),
-        ];
+        let firehose = ns.firehose(partitions);
+        inner.tasks.extend([
+            tokio::spawn(follow::ledger(feed.clone(), channel)),
+            tokio::spawn(follow::directory(feed.clone(), js.clone(), ns.clone())),
+            tokio::spawn(follow::blocks(feed.clone(), js.clone(), ns)),
+            tokio::spawn(follow::ticks(feed.clone())),
+        ]);
         // Each partition of the firehose is read, and its tail watched, on its own.
         let messenger = Arc::new(tokio::sync::Mutex::new(messenger));
         for k in 0..partitions {
-            tasks.push(tokio::spawn(firehose_loop(
-                Arc::downgrade(&inner),
+            inner.tasks.push(tokio::spawn(follow::firehose(
+                feed.clone(),
                 js.clone(),
                 k,
+                firehose.clone(),
                 messenger.clone(),
             )));
-            tasks.push(tokio::spawn(firehose_tail_loop(
-                Arc::downgrade(&inner),
+            inner.tasks.push(tokio::spawn(follow::firehose_tail(
+                feed.clone(),
                 js.clone(),
                 k,
+                firehose.stream(k),
             )));
         }
-        tasks.push(tokio::spawn(blocks_loop(Arc::downgrade(&inner), js, ns)));
-        tasks.push(tokio::spawn(tick_loop(Arc::downgrade(&inner))));
-        tasks.extend(publisher);
         Ok(Self {
-            inner,
-            _tasks: Arc::new(Tasks(tasks)),
+            inner: Arc::new(inner),
         })
     }
 
@@ -599,9 +563,9 @@ impl Auditor {
     /// whether its message is in a verified block. A receipt whose message is in no block
     /// yet is kept (`DATA/receipts.jsonl`, also across restarts), and an omission with the
     /// receipt as evidence is raised if its deadline passes, even if the message never
-    /// appears on the firehose.
-    pub fn check_receipt(&self, r: &Receipt) -> Result<ReceiptVerdict> {
-        self.inner.watch_receipt(r, true)
+    /// appears on the firehose. When it returns, the alerts it raised are recorded.
+    pub async fn check_receipt(&self, r: &Receipt) -> Result<ReceiptVerdict> {
+        self.inner.watch_receipt(r, true).await
     }
 
     /// The witness's verifier key: `name+id+base64(0x04 || key)`.
@@ -629,91 +593,37 @@ impl Auditor {
     /// if the auditor verified it against its own replay and it is the largest of its log
     /// the auditor has verified (or was, when it was cosigned). A checkpoint that
     /// conflicts with the replay raises its alert (fork, inconsistency) as well.
-    pub fn cosign(&self, note: &[u8]) -> std::result::Result<Vec<u8>, AuditError> {
-        let inner = &self.inner;
-        let origin = note
-            .split(|b| *b == b'\n')
-            .next()
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .unwrap_or_default();
-        let now = inner.clock.now_ms();
-        let (alerts, verdict) = {
-            let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            let s = &mut *s;
-            let (alerts, roots, replayed) = if origin == inner.directory_origin {
-                let alerts = s.directory.checkpoint(note, now);
-                (alerts, s.directory.checkpoints(), s.directory.size())
-            } else if inner.ledger_origin.as_deref() == Some(origin.as_str())
-                && let Some(chain) = s.chain.as_mut()
-            {
-                let alerts = chain.ledger_checkpoint(note, now);
-                (alerts, chain.checkpoints(), chain.len())
-            } else {
-                return Err(AuditError::UnknownLog(origin));
-            };
-            let verdict = match blockpost_core::verify_checkpoint(note, roots.verifier_key()) {
-                Err(e) => Err(AuditError::Checkpoint(e)),
-                Ok(cp) if roots.is_verified(&cp) => Ok(cp),
-                Ok(_) if !alerts.is_empty() => Err(AuditError::Conflicts(alerts[0].detail.clone())),
-                Ok(cp) if cp.size > replayed => Err(AuditError::NotYet {
-                    replayed,
-                    size: cp.size,
-                }),
-                Ok(cp) => Err(AuditError::NotVerified(cp.size)),
-            };
-            (alerts, verdict)
+    pub async fn cosign(&self, note: &[u8]) -> std::result::Result<Vec<u8>, AuditError> {
+        let cp = match self.inner.ask(Event::Cosign(note.to_vec())).await? {
+            Answer::Checkpoint(verdict) => verdict?,
+            Answer::Receipt(_) => return Err(Error::Stopped.into()),
         };
-        inner.raise(alerts);
-        let cp = verdict?;
-        let mut w = inner.witness.lock().unwrap_or_else(|e| e.into_inner());
-        match w.cosign(&cp, (now / 1000).max(0) as u64) {
+        let witness = self.inner.witness.clone();
+        let time = (self.inner.clock.now_ms() / 1000).max(0) as u64;
+        // The witness records what it cosigns (a synced file) before it answers.
+        let line = tokio::task::spawn_blocking(move || {
+            witness
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cosign(&cp, time)
+        })
+        .await
+        .map_err(|e| AuditError::Task(e.to_string()))?;
+        match line {
             Ok(Ok(line)) => Ok(line),
             Ok(Err(refused)) => Err(refused.into()),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Where the auditor stands.
+    /// Where the auditor stands: as of the last effects recorded (a status that counts a
+    /// block verified also counts the alerts it raised).
     pub fn status(&self) -> AuditStatus {
-        let s = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        AuditStatus {
-            blocks_verified: s.chain.as_ref().map_or(0, Chain::len),
-            firehose_checked: s.promises.read(),
-            waiting: s.promises.waiting(),
-            alerts: self
-                .inner
-                .log
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .all()
-                .len(),
-            blocks_current: self.inner.blocks_current.load(Ordering::SeqCst),
-            ledger: s.chain.is_some(),
-            receipts_waiting: s.promises.receipts_waiting(),
-            directory_entries: s.directory.size(),
-            directory_checkpoint: s.directory.checkpoint_verified(),
-            ledger_checkpoint: s.chain.as_ref().map_or(0, Chain::ledger_verified),
-            firehose_lag: self
-                .inner
-                .firehose_stream_last
-                .iter()
-                .enumerate()
-                .map(|(k, l)| {
-                    l.load(Ordering::SeqCst)
-                        .saturating_sub(s.promises.last_seq(k as u32))
-                })
-                .sum(),
-            blocks_lag: self.inner.blocks_pending.load(Ordering::SeqCst),
-            firehose_read: self.inner.firehose_read.load(Ordering::SeqCst),
-            checked_until_ms: self.inner.checked_until_ms.load(Ordering::SeqCst),
-            seconds_since_progress: self
-                .inner
-                .progress
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .elapsed()
-                .as_secs(),
-        }
+        let view = self.inner.view.borrow();
+        let mut s = view.status.clone();
+        let idle_ms = self.inner.clock.now_ms().saturating_sub(view.progress_ms);
+        s.seconds_since_progress = u64::try_from(idle_ms / 1000).unwrap_or(0);
+        s
     }
 
     /// Every alert raised, oldest first (also those of earlier runs).
@@ -727,7 +637,8 @@ impl Auditor {
     }
 
     /// Full-text search over every verified message (tantivy query syntax); `Err(why)`
-    /// inside for a query that does not parse.
+    /// inside for a query that does not parse. It reads the index on disk: call it from
+    /// a blocking thread in async code (the gRPC service does).
     pub fn search(
         &self,
         query: &str,
@@ -771,690 +682,255 @@ impl Auditor {
 }
 
 impl Inner {
-    fn watch_receipt(&self, r: &Receipt, keep: bool) -> Result<ReceiptVerdict> {
+    /// Hands `event` to the core and waits for its answer, given once its effects are done.
+    async fn ask(&self, event: Event) -> Result<Answer> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.events
+            .send(Request::Event(event, Some(tx)))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)?
+    }
+
+    async fn watch_receipt(&self, r: &Receipt, keep: bool) -> Result<ReceiptVerdict> {
         let body = verify_receipt(&self.gateway_key, r).map_err(Error::BadReceipt)?;
         let id = <[u8; 32]>::try_from(body.message_id.as_slice())
             .map_err(|_| Error::BadReceiptId(body.message_id.len()))?;
-        let deadline_ms = body.block_deadline_ms;
-        let alerts;
-        let verdict;
-        {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(height) = s.chain.as_ref().and_then(|c| c.placed(&id)) {
-                return Ok(ReceiptVerdict::InBlock { height });
-            }
-            let evidence = serde_json::to_value(ReceiptRecord::of(r)).unwrap_or_default();
-            s.promises.receipt(id, deadline_ms, evidence);
-            alerts = s.promises.tick(
-                self.clock.now_ms(),
-                self.blocks_current.load(Ordering::SeqCst),
-            );
-            verdict = if alerts
-                .iter()
-                .any(|a| a.subject == format!("message {}", hex::encode(id)))
-            {
-                ReceiptVerdict::Omitted { deadline_ms }
-            } else {
-                ReceiptVerdict::Pending { deadline_ms }
-            };
+        let event = Event::Receipt {
+            id,
+            deadline_ms: body.block_deadline_ms,
+            record: ReceiptRecord::of(r),
+            keep,
+        };
+        match self.ask(event).await? {
+            Answer::Receipt(v) => Ok(v),
+            Answer::Checkpoint(_) => Err(Error::Stopped),
         }
-        if keep && verdict != (ReceiptVerdict::Omitted { deadline_ms }) {
-            let mut line = serde_json::to_vec(&ReceiptRecord::of(r)).unwrap_or_default();
-            line.push(b'\n');
-            let mut f = self.receipts.lock().unwrap_or_else(|e| e.into_inner());
-            std::io::Write::write_all(&mut *f, &line)
-                .and_then(|()| f.sync_data())
-                .map_err(|e| Error::State {
-                    path: self.receipts_path.display().to_string(),
-                    why: e.to_string(),
-                })?;
-        }
-        self.raise(alerts);
-        Ok(verdict)
     }
 }
 
-fn published_ms(info: &jetstream::message::Info<'_>) -> i64 {
-    i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-/// Most firehose messages checked together (one batch of signatures, split over the
-/// cores).
-const CHECK_BATCH: usize = 1024;
-
-/// Checks firehose payloads: for each, its id if it is a canonical envelope, and why it is
-/// not valid if it is not (envelope rules, sender signature against the verified
-/// directory). Retries while the node cannot be asked.
-async fn check_envelopes(
-    messenger: &mut Messenger,
-    items: &[(u64, i64, bytes::Bytes)],
-    partition: (u32, &blockpost_core::wire::Firehose),
-) -> Vec<(Option<[u8; 32]>, Option<String>)> {
-    let mut out: Vec<(Option<[u8; 32]>, Option<String>)> = Vec::with_capacity(items.len());
-    let mut envs = Vec::new();
-    let mut slots = Vec::new();
-    for (_, _, payload) in items {
-        match decode_canonical::<Envelope>(payload, "envelope") {
-            Ok(env) => {
-                // A sender's envelopes belong in its partition only (there the firehose
-                // de-duplicates its nonces).
-                let misplaced = <blockpost_proto::v1::EnvelopeContent as prost::Message>::decode(
-                    env.content.as_slice(),
-                )
-                .ok()
-                .and_then(|c| blockpost_core::Address::parse(&c.sender).ok())
-                .map(|a| partition.1.partition_of(&a))
-                .filter(|own| *own != partition.0);
-                if let Some(own) = misplaced {
-                    out.push((
-                        Some(message_id_of_encoded(payload)),
-                        Some(format!(
-                            "on firehose partition {}, but its sender is on partition {own}",
-                            partition.0
-                        )),
-                    ));
-                    continue;
-                }
-                slots.push(out.len());
-                out.push((Some(message_id_of_encoded(payload)), None));
-                envs.push(env);
-            }
-            Err(e) => out.push((None, Some(e.to_string()))),
-        }
-    }
-    let mut backoff = Duration::from_millis(100);
-    let verdicts = loop {
-        match messenger.check_batch(envs.clone()).await {
-            Ok(v) => break v,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check firehose messages against the directory; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
-    for (slot, v) in slots.into_iter().zip(verdicts) {
-        if let Err(e) = v {
-            let why = std::error::Error::source(&e)
-                .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
-            out[slot].1 = Some(why);
-        }
-    }
-    out
-}
-
-/// Follows partition `k` of the firehose: each message checked, and handed to the
-/// promises.
-async fn firehose_loop(
-    weak: Weak<Inner>,
-    js: jetstream::Context,
-    k: u32,
-    messenger: Arc<tokio::sync::Mutex<Messenger>>,
+/// The core thread: each event checked at the clock's time, its effects handed to the
+/// writer in order.
+fn run_core(
+    mut core: AuditCore,
+    mut events: tokio::sync::mpsc::Receiver<Request>,
+    writer: std::sync::mpsc::SyncSender<Batch>,
+    clock: Arc<dyn blockpost_core::Clock>,
+    stop: Arc<AtomicBool>,
 ) {
-    let Some(firehose) = weak.upgrade().map(|i| i.firehose.clone()) else {
-        return;
-    };
-    loop {
-        let start = match weak.upgrade() {
-            Some(i) => {
-                let s = i.state.lock().unwrap_or_else(|e| e.into_inner());
-                // After a restart, the blocks checked before are replayed first, so that
-                // the messages read again are found in them.
-                let replayed = s
-                    .chain
-                    .as_ref()
-                    .is_none_or(|c| c.len() >= s.promises.skip_below())
-                    || i.blocks_current.load(Ordering::SeqCst);
-                replayed.then(|| s.promises.last_seq(k) + 1)
-            }
-            None => return,
-        };
-        let Some(start) = start else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let r: std::result::Result<(), String> = async {
-            let mut stream = js
-                .get_stream(firehose.stream(k))
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut messages = ordered(&stream, None, start).await?;
-            let mut read = start.saturating_sub(1);
-            while let Some(first) = next_or_stalled(&mut messages, &mut stream, read).await? {
-                // Take what else has arrived, to check the signatures in one batch.
-                let mut group = vec![first.map_err(|e| e.to_string())?];
-                while group.len() < CHECK_BATCH {
-                    match futures::FutureExt::now_or_never(messages.next()) {
-                        Some(Some(m)) => group.push(m.map_err(|e| e.to_string())?),
-                        _ => break,
-                    }
-                }
-                let mut items = Vec::with_capacity(group.len());
-                for m in &group {
-                    let info = m.info().map_err(|e| e.to_string())?;
-                    read = read.max(info.stream_sequence);
-                    items.push((info.stream_sequence, published_ms(&info), m.payload.clone()));
-                }
-                let verdicts =
-                    check_envelopes(&mut *messenger.lock().await, &items, (k, &firehose)).await;
-                let Some(inner) = weak.upgrade() else {
-                    return Ok(());
-                };
-                let alerts = {
-                    let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-                    let now = inner.clock.now_ms();
-                    let mut alerts = Vec::new();
-                    for ((seq, published, _), (id, invalid)) in items.iter().zip(verdicts) {
-                        let placed = id.is_some_and(|id| {
-                            s.chain.as_ref().is_some_and(|c| c.placed(&id).is_some())
-                        });
-                        alerts.extend(
-                            s.promises
-                                .firehose_at(k, *seq, id, *published, invalid, placed, now),
-                        );
-                    }
-                    inner.in_flight.fetch_add(1, Ordering::SeqCst);
-                    alerts
-                };
-                inner
-                    .firehose_read
-                    .fetch_add(items.len() as u64, Ordering::SeqCst);
-                inner.moved();
-                inner.raise(alerts);
-                inner.in_flight.fetch_sub(1, Ordering::SeqCst);
-            }
-            Err("the firehose consumer ended".into())
+    while let Some(Request::Event(event, reply)) = events.blocking_recv() {
+        if stop.load(Ordering::SeqCst) {
+            break;
         }
-        .await;
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "auditor: following the firehose again");
+        let now_ms = clock.now_ms();
+        let effects = core.handle(event, now_ms);
+        let batch = Batch {
+            effects,
+            view: core.view(),
+            now_ms,
+            reply,
+        };
+        if writer.send(batch).is_err() {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// Asks the node for its newest ledger checkpoint once a second, and checks it against the
-/// chain verified.
-async fn ledger_loop(weak: Weak<Inner>, channel: tonic::transport::Channel) {
-    use blockpost_proto::v1::ledger_client::LedgerClient;
-    use blockpost_proto::v1::{GetBlockRequest, get_block_request};
-    let mut grpc = LedgerClient::new(channel).max_decoding_message_size(128 << 20);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let Some(inner) = weak.upgrade() else { return };
-        if inner
-            .state
+/// The writer thread's files and channels.
+struct Writer {
+    log: Arc<Mutex<AlertLog>>,
+    alerts: tokio::sync::broadcast::Sender<(u64, Alert)>,
+    outbox: Option<tokio::sync::mpsc::Sender<Outgoing>>,
+    receipts: std::fs::File,
+    receipts_path: PathBuf,
+    resume_path: PathBuf,
+    /// The resume point last written.
+    written: Option<ResumePoint>,
+    /// An alert could not be recorded: no resume point is written past it, so that a
+    /// restart checks again what raised it.
+    unrecorded: bool,
+    witness: Arc<Mutex<Witness>>,
+    documents: std::sync::mpsc::SyncSender<(u64, Vec<IndexedMessage>)>,
+    view: tokio::sync::watch::Sender<View>,
+}
+
+impl Writer {
+    fn run(mut self, batches: std::sync::mpsc::Receiver<Batch>) {
+        while let Ok(b) = batches.recv() {
+            self.carry_out(b);
+        }
+    }
+
+    fn carry_out(&mut self, b: Batch) {
+        let Batch {
+            effects: fx,
+            mut view,
+            now_ms,
+            reply,
+        } = b;
+        self.record(fx.alerts);
+        let mut failed = None;
+        if let Some(record) = fx.keep
+            && let Err(e) = self.keep(&record)
+        {
+            failed = Some(e);
+        }
+        if let Some(docs) = fx.index {
+            // The indexer is gone only when the auditor stops.
+            let _ = self.documents.send(docs);
+        }
+        for (log, cp) in fx.cosign {
+            self.cosign(log, &cp, now_ms);
+        }
+        if let Some(p) = fx.resume
+            && !self.unrecorded
+            && self.written.as_ref() != Some(&p)
+        {
+            let json = serde_json::to_vec(&p).unwrap_or_default();
+            match blockpost_files::write_atomic(&self.resume_path, &json) {
+                Ok(()) => self.written = Some(p),
+                Err(e) => {
+                    tracing::error!(path = %self.resume_path.display(), error = %e, "cannot write the resume point")
+                }
+            }
+        }
+        view.status.alerts = self
+            .log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .chain
-            .is_none()
-        {
-            return; // no ledger
-        }
-        drop(inner);
-        let r = grpc
-            .get_block(GetBlockRequest {
-                at: Some(get_block_request::At::Latest(true)),
-                ..Default::default()
-            })
-            .await;
-        let note = match r {
-            Ok(r) => r.into_inner().ledger_checkpoint,
-            // No block yet, or the node is away: ask again later.
-            Err(_) => continue,
-        };
-        let Some(inner) = weak.upgrade() else { return };
-        let alerts = {
-            let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            match s.chain.as_mut() {
-                Some(c) => c.ledger_checkpoint(&note, inner.clock.now_ms()),
-                None => Vec::new(),
-            }
-        };
-        inner.raise(alerts);
-    }
-}
-
-/// An ordered consumer of `stream` (its `filter` subjects, or all) from sequence `start`:
-/// how every loop of the auditor reads the node's streams.
-/// The next message of an ordered consumer. When none comes for [`STALL_CHECK`] although
-/// the stream holds messages after `read` (the last sequence read), the consumer is
-/// stalled (seen with multi-megabyte blocks: it delivered again only when a new message
-/// came): an error, so that the caller follows the stream again from where it is.
-async fn next_or_stalled(
-    messages: &mut jetstream::consumer::pull::Ordered,
-    stream: &mut jetstream::stream::Stream,
-    read: u64,
-) -> std::result::Result<
-    Option<std::result::Result<jetstream::Message, jetstream::consumer::pull::OrderedError>>,
-    String,
-> {
-    loop {
-        match tokio::time::timeout(STALL_CHECK, messages.next()).await {
-            Ok(m) => return Ok(m),
-            Err(_) => {
-                let last = stream
-                    .info()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .state
-                    .last_sequence;
-                if last > read {
-                    tracing::warn!(
-                        read,
-                        last,
-                        "a stream consumer delivered nothing for 2 s with messages left: following the stream again"
-                    );
-                    return Err(format!(
-                        "the consumer stalled at {read} with the stream at {last}"
-                    ));
-                }
-            }
+            .all()
+            .len();
+        self.view.send_replace(view);
+        if let Some(reply) = reply {
+            let _ = reply.send(match (failed, fx.answer) {
+                (Some(e), _) => Err(e),
+                (None, Some(a)) => Ok(a),
+                (None, None) => Err(Error::Stopped),
+            });
         }
     }
-}
 
-/// How long an ordered consumer may deliver nothing before the stream is asked whether it
-/// holds more.
-const STALL_CHECK: Duration = Duration::from_secs(2);
-
-async fn ordered(
-    stream: &jetstream::stream::Stream,
-    filter: Option<String>,
-    start: u64,
-) -> std::result::Result<jetstream::consumer::pull::Ordered, String> {
-    stream
-        .create_consumer(OrderedConfig {
-            filter_subject: filter.unwrap_or_default(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: start,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .messages()
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Follows the directory stream: checkpoints and entries, in order.
-async fn directory_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
-    let mut next_seq = 1u64;
-    loop {
-        let r: std::result::Result<(), String> = async {
-            let stream = js
-                .get_stream(ns.directory_stream())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut messages = ordered(&stream, Some(ns.directory_subjects()), next_seq).await?;
-            let (entry_subject, checkpoint_subject) = (ns.entry_subject(), ns.checkpoint_subject());
-            while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| e.to_string())?;
-                let info = m.info().map_err(|e| e.to_string())?;
-                next_seq = info.stream_sequence + 1;
-                let Some(inner) = weak.upgrade() else {
-                    return Ok(());
-                };
-                let now = inner.clock.now_ms();
-                let alerts = {
-                    let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-                    if m.subject.as_str() == checkpoint_subject {
-                        s.directory.checkpoint(&m.payload, now)
-                    } else if m.subject.as_str() == entry_subject {
-                        let index = m
-                            .headers
-                            .as_ref()
-                            .and_then(|h| h.get(blockpost_core::wire::LEAF_INDEX_HEADER))
-                            .and_then(|v| v.as_str().parse::<u64>().ok());
-                        s.directory.entry(index, &m.payload, now)
-                    } else {
-                        Vec::new()
-                    }
-                };
-                inner.moved();
-                inner.raise(alerts);
-            }
-            Err("the directory consumer ended".into())
-        }
-        .await;
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "auditor: following the directory again");
-        }
-        if weak.strong_count() == 0 {
+    /// Records alerts in the alert file, then tells subscribers and NATS.
+    fn record(&mut self, alerts: Vec<Alert>) {
+        if alerts.is_empty() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let before = log.all().len() as u64;
+        match log.raise(alerts) {
+            Ok(new) => {
+                for (i, a) in new.into_iter().enumerate() {
+                    // The alert file is the record; a full outbox delays nothing else.
+                    if let Some(o) = &self.outbox
+                        && o.try_send(Outgoing::Alert(a.clone())).is_err()
+                    {
+                        tracing::warn!(kind = %a.kind, subject = %a.subject, "alert not published on NATS (outbox full); it is in alerts.jsonl");
+                    }
+                    let _ = self.alerts.send((before + i as u64, a));
+                }
+            }
+            Err(e) => {
+                self.unrecorded = true;
+                tracing::error!(error = %e, "cannot write the alert file");
+            }
+        }
     }
-}
 
-/// A message deleted from the end of the firehose leaves no gap for the next message to
-/// show. So once a second: when the stream's last sequence is past the last one read and
-/// reading has not moved for a second, ask the stream for the next sequence; those it no
-/// longer holds were deleted.
-async fn firehose_tail_loop(weak: Weak<Inner>, js: jetstream::Context, k: u32) {
-    /// Most sequences probed at once.
-    const MAX_PROBE: u64 = 1_000;
-    let mut still: Option<(u64, tokio::time::Instant)> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let Some(name) = weak.upgrade().map(|i| i.firehose.stream(k)) else {
-        return;
-    };
-    loop {
-        tick.tick().await;
-        let ours = match weak.upgrade() {
-            Some(i) => i
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .promises
-                .last_seq(k),
-            None => return,
+    /// Appends a receipt to the kept ones, synced.
+    fn keep(&mut self, record: &ReceiptRecord) -> Result<()> {
+        let mut line = serde_json::to_vec(record).unwrap_or_default();
+        line.push(b'\n');
+        std::io::Write::write_all(&mut self.receipts, &line)
+            .and_then(|()| self.receipts.sync_data())
+            .map_err(|e| state_err(&self.receipts_path, e))
+    }
+
+    /// Cosigns a verified checkpoint, if the witness has not cosigned one as large, and
+    /// publishes it.
+    fn cosign(&mut self, log: &'static str, cp: &blockpost_core::VerifiedCheckpoint, now_ms: i64) {
+        let note = {
+            let mut w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
+            if w.cosigned_size(&cp.origin).is_some_and(|s| s >= cp.size) {
+                return;
+            }
+            match w.cosign(cp, (now_ms / 1000).max(0) as u64) {
+                Ok(Ok(_)) => w.newest(&cp.origin),
+                Ok(Err(refused)) => {
+                    tracing::warn!(log, size = cp.size, %refused, "not cosigned");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record a cosignature");
+                    None
+                }
+            }
         };
-        let Ok(mut stream) = js.get_stream(&name).await else {
-            continue;
-        };
-        let Ok(info) = stream.info().await else {
-            continue;
-        };
-        let last = info.state.last_sequence;
-        if let Some(i) = weak.upgrade()
-            && let Some(l) = i.firehose_stream_last.get(k as usize)
+        if let (Some(note), Some(o)) = (note, &self.outbox)
+            && o.try_send(Outgoing::Cosigned(log, note)).is_err()
         {
-            l.store(last, Ordering::SeqCst);
-        }
-        if last <= ours {
-            still = None;
-            continue;
-        }
-        match still {
-            Some((o, since)) if o == ours && since.elapsed() >= Duration::from_secs(1) => {
-                still = None;
-                let mut through = ours;
-                while through < last && through - ours < MAX_PROBE {
-                    match stream.get_raw_message(through + 1).await {
-                        Err(e)
-                            if e.kind()
-                                == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
-                        {
-                            through += 1;
-                        }
-                        _ => break,
-                    }
-                }
-                if through > ours
-                    && let Some(inner) = weak.upgrade()
-                {
-                    let alerts = {
-                        let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-                        // Only if reading did not move meanwhile.
-                        if s.promises.last_seq(k) == ours {
-                            s.promises.gap_through(k, through, inner.clock.now_ms())
-                        } else {
-                            Vec::new()
-                        }
-                    };
-                    inner.raise(alerts);
-                }
-            }
-            Some((o, _)) if o == ours => {}
-            _ => still = Some((ours, tokio::time::Instant::now())),
+            tracing::warn!(
+                log,
+                "cosigned checkpoint not published on NATS (outbox full)"
+            );
         }
     }
 }
 
-async fn blocks_loop(weak: Weak<Inner>, js: jetstream::Context, ns: Namespace) {
+/// The indexer thread: adds each block's documents, and commits at least every
+/// [`COMMIT_EVERY`] while it adds, and when it stops.
+fn run_indexer(
+    search: &SearchIndex,
+    documents: std::sync::mpsc::Receiver<(u64, Vec<IndexedMessage>)>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut dirty = false;
+    let mut committed = std::time::Instant::now();
     loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let start = inner
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .next_block_seq;
-        drop(inner);
-        let r: std::result::Result<(), String> = async {
-            let mut stream = match js.get_stream(ns.blocks_stream()).await {
-                Ok(s) => s,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        jetstream::context::GetStreamErrorKind::JetStream(j)
-                            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                    ) =>
-                {
-                    // No builder has made it yet: nothing to read, nothing unread.
-                    if let Some(i) = weak.upgrade() {
-                        i.blocks_current.store(true, Ordering::SeqCst);
-                    }
-                    return Err("no blocks stream yet".into());
+        let stopping = match documents.recv_timeout(COMMIT_EVERY) {
+            Ok((height, docs)) => {
+                match search.add(height, docs) {
+                    Ok(()) => dirty = true,
+                    Err(e) => tracing::error!(error = %e, "cannot index messages for search"),
                 }
-                Err(e) => return Err(e.to_string()),
-            };
-            let last = stream
-                .info()
-                .await
-                .map_err(|e| e.to_string())?
-                .state
-                .last_sequence;
-            if last < start
-                && let Some(i) = weak.upgrade()
-            {
-                i.blocks_current.store(true, Ordering::SeqCst);
+                false
             }
-            let mut messages = ordered(&stream, None, start).await?;
-            let mut read = start.saturating_sub(1);
-            // Blocks longer than one message of the bus travel in parts.
-            let mut parts = blockpost_core::wire::BlockParts::default();
-            while let Some(m) = next_or_stalled(&mut messages, &mut stream, read).await? {
-                let m = m.map_err(|e| e.to_string())?;
-                let info = m.info().map_err(|e| e.to_string())?;
-                read = info.stream_sequence;
-                let (seq, pending) = (info.stream_sequence, info.pending);
-                let part = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(blockpost_core::wire::BLOCK_PART_HEADER))
-                    .map(|v| v.as_str().to_owned());
-                let Some(payload) = parts.push(part.as_deref(), &m.payload) else {
-                    if !parts.joining() {
-                        tracing::warn!(seq, "a block part that follows no part before it: skipped");
-                    }
-                    continue;
-                };
-                let Some(inner) = weak.upgrade() else {
-                    return Ok(());
-                };
-                let mut docs = Vec::new();
-                let mut indexed_height = None;
-                let alerts = {
-                    let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-                    s.next_block_seq = seq + 1;
-                    let now = inner.clock.now_ms();
-                    let checked = s.chain.as_mut().map(|c| c.block(&payload, now));
-                    let alerts = match checked {
-                        Some((mut alerts, seen)) => {
-                            if let Some(mut seen) = seen {
-                                // Blocks the search index holds from before a restart
-                                // are not indexed again.
-                                if seen.height >= inner.search.blocks() {
-                                    docs = indexed(
-                                        &s.directory,
-                                        &inner.open_for,
-                                        seen.height,
-                                        std::mem::take(&mut seen.contents),
-                                    );
-                                    indexed_height = Some(seen.height);
-                                }
-                                let (size, root) = seen.directory;
-                                alerts.extend(s.directory.named_by_block(
-                                    size,
-                                    root,
-                                    seen.height,
-                                    now,
-                                ));
-                                alerts.extend(s.promises.block(seen, now));
-                            }
-                            alerts
-                        }
-                        None => Vec::new(),
-                    };
-                    inner.in_flight.fetch_add(1, Ordering::SeqCst);
-                    alerts
-                };
-                if let Some(height) = indexed_height {
-                    match inner.search.add(height, docs) {
-                        Ok(()) => inner.search_dirty.store(true, Ordering::SeqCst),
-                        Err(e) => tracing::error!(error = %e, "cannot index messages for search"),
-                    }
-                }
-                inner.blocks_current.store(pending == 0, Ordering::SeqCst);
-                inner.blocks_pending.store(pending, Ordering::SeqCst);
-                inner.moved();
-                inner.raise(alerts);
-                inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if dirty && (stopping || committed.elapsed() >= COMMIT_EVERY) {
+            if let Err(e) = search.commit() {
+                tracing::error!(error = %e, "cannot commit the search index");
             }
-            Err("the blocks consumer ended".into())
+            dirty = false;
+            committed = std::time::Instant::now();
         }
-        .await;
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "auditor: following the blocks again");
+        if stopping {
+            return;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// Publishes each new alert, as JSON, on `subject`.
+/// Publishes each new alert, as JSON, on `subject`, and each cosigned checkpoint on
+/// `witness_subject.LOG`.
 async fn publish_loop(
     client: async_nats::Client,
     subject: String,
-    mut rx: tokio::sync::mpsc::Receiver<Alert>,
+    witness_subject: String,
+    mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
 ) {
-    while let Some(a) = rx.recv().await {
-        let Ok(json) = serde_json::to_vec(&a) else {
-            continue;
+    while let Some(o) = rx.recv().await {
+        let (to, payload) = match o {
+            Outgoing::Alert(a) => {
+                let Ok(json) = serde_json::to_vec(&a) else {
+                    continue;
+                };
+                (subject.clone(), json)
+            }
+            Outgoing::Cosigned(log, note) => (format!("{witness_subject}.{log}"), note),
         };
-        if let Err(e) = client.publish(subject.clone(), json.into()).await {
-            tracing::warn!(error = %e, "cannot publish an alert on NATS; it is in alerts.jsonl");
+        if let Err(e) = client.publish(to, payload.into()).await {
+            tracing::warn!(error = %e, "cannot publish on NATS; alerts are in alerts.jsonl");
         }
         let _ = client.flush().await;
-    }
-}
-
-/// The search documents of a verified block's messages, with names from the replayed
-/// directory.
-fn indexed(
-    directory: &DirectoryLog,
-    open_for: &[OpenFor],
-    height: u64,
-    contents: Vec<(u64, [u8; 32], blockpost_proto::v1::EnvelopeContent)>,
-) -> Vec<IndexedMessage> {
-    use blockpost_proto::v1::envelope_content::Body;
-    let name = |a: &str| directory.real_name(a).unwrap_or_default();
-    contents
-        .into_iter()
-        .map(|(leaf, id, c)| {
-            let body = match &c.body {
-                Some(Body::Plaintext(b)) => String::from_utf8(b.clone()).ok(),
-                // Sealed for a participant whose key the auditor holds: opened.
-                Some(Body::Encrypted(e)) => open_for.iter().find_map(|o| {
-                    e.ciphertexts.iter().find(|r| r.recipient == o.address)?;
-                    let plain = blockpost_core::open_body(
-                        e,
-                        &o.address,
-                        &o.keys.encryption,
-                        &blockpost_core::body_aad(&c.sender, &c.transaction_id),
-                    )
-                    .ok()?;
-                    String::from_utf8(plain).ok()
-                }),
-                None => None,
-            };
-            IndexedMessage {
-                message_id: hex::encode(id),
-                transaction_id: c.transaction_id.clone(),
-                kind: match c.kind() {
-                    blockpost_proto::v1::MessageKind::Document => "document",
-                    blockpost_proto::v1::MessageKind::Finish => "finish",
-                    _ => "message",
-                }
-                .to_owned(),
-                sender_name: name(&c.sender),
-                recipient_names: c.recipients.iter().map(|r| name(r)).collect(),
-                sender: c.sender,
-                recipients: c.recipients,
-                time_ms: c.timestamp_ms,
-                height,
-                leaf,
-                content_type: c.content_type,
-                encrypted: matches!(c.body, Some(Body::Encrypted(_))),
-                body,
-            }
-        })
-        .collect()
-}
-
-async fn tick_loop(weak: Weak<Inner>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut written: Option<ResumePoint> = None;
-    loop {
-        tick.tick().await;
-        let Some(inner) = weak.upgrade() else { return };
-        if inner.search_dirty.swap(false, Ordering::SeqCst) {
-            let i2 = inner.clone();
-            let r = tokio::task::spawn_blocking(move || i2.search.commit()).await;
-            if !matches!(r, Ok(Ok(()))) {
-                tracing::error!("cannot commit the search index");
-            }
-        }
-        let current = inner.blocks_current.load(Ordering::SeqCst);
-        let now = inner.clock.now_ms();
-        let alerts = {
-            let mut s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            let mut alerts = s.promises.tick(now, current);
-            // A transaction must be closed by the first block cut at or after its
-            // deadline: once every block is read, one still open past its deadline plus
-            // the gateway's promise (the longest a block may be in coming) and the grace
-            // was not closed in time.
-            let late = now.saturating_sub(s.promise_ms).saturating_sub(s.grace_ms);
-            if current && let Some(chain) = &s.chain {
-                for (id, deadline_ms) in chain.overdue(late) {
-                    alerts.push(Alert::new(
-                        crate::alert::AlertKind::TransactionNotClosed,
-                        format!("transaction {id}"),
-                        now,
-                        format!(
-                            "transaction {id} is still open {} ms after its deadline",
-                            now - deadline_ms
-                        ),
-                        serde_json::json!({
-                            "transaction_id": id,
-                            "deadline_ms": deadline_ms,
-                            "blocks_verified": chain.len(),
-                            "newest_block_time_ms": chain.time_ms(),
-                        }),
-                    ));
-                }
-            }
-            inner.in_flight.fetch_add(1, Ordering::SeqCst);
-            alerts
-        };
-        inner.raise(alerts);
-        inner.checked_until_ms.fetch_max(now, Ordering::SeqCst);
-        inner.in_flight.fetch_sub(1, Ordering::SeqCst);
-        inner.cosign_newest().await;
-        // The resume point, once every alert of what it covers is in the alert file.
-        let point = {
-            let s = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            (inner.in_flight.load(Ordering::SeqCst) == 0).then(|| s.promises.resume_point())
-        };
-        if let Some(p) = point
-            && written.as_ref() != Some(&p)
-        {
-            match write_resume(&inner.resume_path, &p) {
-                Ok(()) => written = Some(p),
-                Err(e) => tracing::error!(error = %e, "cannot write the resume point"),
-            }
-        }
     }
 }

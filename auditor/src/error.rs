@@ -22,6 +22,9 @@ pub enum Error {
     /// Serving its gRPC port failed.
     #[error("serving: {0}")]
     Serve(String),
+    /// The auditor has stopped (its last handle was dropped, or its core failed).
+    #[error("the auditor has stopped")]
+    Stopped,
     /// The auditor's own files.
     #[error("{path}: {why}")]
     State {
@@ -107,7 +110,9 @@ impl AuditError {
             Self::Conflicts(_) | Self::NotVerified(_) | Self::WitnessRefused(_) => {
                 Code::FailedPrecondition
             }
-            Self::NotYet { .. } | Self::ProofsUnavailable { .. } => Code::Unavailable,
+            Self::NotYet { .. }
+            | Self::ProofsUnavailable { .. }
+            | Self::Auditor(Error::Stopped) => Code::Unavailable,
             Self::IndexDamaged(_) => Code::DataLoss,
             Self::Auditor(_) | Self::Task(_) => Code::Internal,
         }
@@ -127,6 +132,7 @@ impl AuditError {
             Self::NoReceipt => "NO_RECEIPT",
             Self::ProofsUnavailable { .. } => "PROOFS_UNAVAILABLE",
             Self::IndexDamaged(_) => "DATA_LOSS",
+            Self::Auditor(Error::Stopped) => "STOPPED",
             Self::Auditor(_) | Self::Task(_) => "INTERNAL",
         }
     }

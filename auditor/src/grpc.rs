@@ -36,10 +36,7 @@ impl Auditor {
 impl Audit for Auditor {
     async fn cosign(&self, r: Request<CosignRequest>) -> Result<Response<CosignResponse>, Status> {
         let note = r.into_inner().checkpoint;
-        let this = self.clone();
-        let line = tokio::task::spawn_blocking(move || this.cosign(&note))
-            .await
-            .map_err(|e| AuditError::Task(e.to_string()))??;
+        let line = Auditor::cosign(self, &note).await?;
         Ok(Response::new(CosignResponse {
             cosignature: line,
             witness_key: self.witness_key(),
@@ -148,10 +145,15 @@ impl Audit for Auditor {
     ) -> Result<Response<SearchResponse>, Status> {
         let r = request.into_inner();
         let limit = if r.limit == 0 { 10 } else { r.limit as usize };
-        let hits = self
-            .search(&r.query, limit, r.offset as usize, r.by_time)
-            .map_err(AuditError::from)?
-            .map_err(AuditError::BadQuery)?;
+        // The index is read on disk: on a blocking thread, not a gRPC worker.
+        let this = self.clone();
+        let hits = tokio::task::spawn_blocking(move || {
+            this.search(&r.query, limit, r.offset as usize, r.by_time)
+        })
+        .await
+        .map_err(|e| AuditError::Task(e.to_string()))?
+        .map_err(AuditError::from)?
+        .map_err(AuditError::BadQuery)?;
         let mut out = Vec::with_capacity(hits.len());
         for h in hits {
             let id =
@@ -193,7 +195,9 @@ impl Audit for Auditor {
         request: Request<CheckReceiptRequest>,
     ) -> Result<Response<CheckReceiptResponse>, Status> {
         let receipt = request.into_inner().receipt.ok_or(AuditError::NoReceipt)?;
-        let verdict = self.check_receipt(&receipt).map_err(AuditError::from)?;
+        let verdict = Auditor::check_receipt(self, &receipt)
+            .await
+            .map_err(AuditError::from)?;
         // It verified, so it decodes.
         let body = ReceiptBody::decode(receipt.body.as_slice()).unwrap_or_default();
         let (v, height) = match verdict {

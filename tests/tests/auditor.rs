@@ -162,7 +162,7 @@ async fn a_clean_run_raises_no_alert_also_after_the_auditor_restarts() {
     .await
     .unwrap();
     assert_eq!(
-        au.check_receipt(&receipt).unwrap(),
+        au.check_receipt(&receipt).await.unwrap(),
         ReceiptVerdict::InBlock { height }
     );
     assert_eq!(au.alerts(), Vec::new());
@@ -1056,7 +1056,7 @@ async fn a_broken_link_a_repeated_message_and_a_ledger_checkpoint_off_the_chain_
         .sign(height, [3; 32])
         .unwrap();
     assert!(matches!(
-        au.cosign(&off),
+        au.cosign(&off).await,
         Err(blockpost_auditor::AuditError::Conflicts(_)
             | blockpost_auditor::AuditError::NotVerified(_))
     ));

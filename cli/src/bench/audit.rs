@@ -247,7 +247,7 @@ pub async fn run(args: BenchAuditArgs) -> anyhow::Result<()> {
         };
         let receipt = blockpost_core::sign_receipt(&key, &body);
         let mut alerts = auditor.subscribe();
-        auditor.check_receipt(&receipt)?;
+        auditor.check_receipt(&receipt).await?;
         let due = deadline + 1_000; // the default grace
         loop {
             let (_, a) = tokio::time::timeout(Duration::from_secs(10), alerts.recv()).await??;

@@ -1,0 +1,463 @@
+//! The auditor's readers: thin async loops that follow the node's streams (directory,
+//! each firehose partition and its tail, blocks) and its ledger, and hand what they read
+//! to the [`crate::core::AuditCore`] as events. They hold no state of the checks: where
+//! to start comes from the core's [`View`], and every rule is the core's. A reader whose
+//! consumer fails follows its stream again from the next sequence it has not handed over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use blockpost_client::Messenger;
+use blockpost_core::wire::{Firehose, Namespace};
+use blockpost_core::{decode_canonical, message_id_of_encoded};
+use blockpost_proto::v1::Envelope;
+use futures::StreamExt as _;
+
+use crate::core::{Event, FirehoseMessage, View};
+
+/// What a reader holds: the way to the core, and the core's view.
+#[derive(Clone)]
+pub(crate) struct Feed {
+    pub(crate) events: tokio::sync::mpsc::Sender<crate::auditor::Request>,
+    pub(crate) view: tokio::sync::watch::Receiver<View>,
+}
+
+impl Feed {
+    /// Hands `event` to the core; false once the core has stopped.
+    async fn send(&self, event: Event) -> bool {
+        self.events
+            .send(crate::auditor::Request::Event(event, None))
+            .await
+            .is_ok()
+    }
+
+    /// The core's view, as of its last effects.
+    fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+}
+
+/// Most firehose messages checked together (one batch of signatures, split over the
+/// cores).
+const CHECK_BATCH: usize = 1024;
+
+/// How long an ordered consumer may deliver nothing before the stream is asked whether it
+/// holds more.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
+/// How long a reader waits before following its stream again after an error.
+const AGAIN: Duration = Duration::from_millis(200);
+
+fn published_ms(info: &jetstream::message::Info<'_>) -> i64 {
+    i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Checks firehose payloads: for each, its id if it is a canonical envelope, and why it is
+/// not valid if it is not (envelope rules, its sender's partition, sender signature
+/// against the verified directory). Retries while the node cannot be asked.
+async fn check_envelopes(
+    messenger: &mut Messenger,
+    items: &[(u64, i64, bytes::Bytes)],
+    partition: (u32, &Firehose),
+) -> Vec<FirehoseMessage> {
+    let mut out: Vec<FirehoseMessage> = Vec::with_capacity(items.len());
+    let mut envs = Vec::new();
+    let mut slots = Vec::new();
+    for (seq, published_ms, payload) in items {
+        let mut m = FirehoseMessage {
+            seq: *seq,
+            published_ms: *published_ms,
+            id: None,
+            invalid: None,
+        };
+        match decode_canonical::<Envelope>(payload, "envelope") {
+            Ok(env) => {
+                m.id = Some(message_id_of_encoded(payload));
+                // A sender's envelopes belong in its partition only (there the firehose
+                // de-duplicates its nonces).
+                let misplaced = <blockpost_proto::v1::EnvelopeContent as prost::Message>::decode(
+                    env.content.as_slice(),
+                )
+                .ok()
+                .and_then(|c| blockpost_core::Address::parse(&c.sender).ok())
+                .map(|a| partition.1.partition_of(&a))
+                .filter(|own| *own != partition.0);
+                if let Some(own) = misplaced {
+                    m.invalid = Some(format!(
+                        "on firehose partition {}, but its sender is on partition {own}",
+                        partition.0
+                    ));
+                } else {
+                    slots.push(out.len());
+                    envs.push(env);
+                }
+            }
+            Err(e) => m.invalid = Some(e.to_string()),
+        }
+        out.push(m);
+    }
+    let mut backoff = Duration::from_millis(100);
+    let verdicts = loop {
+        match messenger.check_batch(envs.clone()).await {
+            Ok(v) => break v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check firehose messages against the directory; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    for (slot, v) in slots.into_iter().zip(verdicts) {
+        if let Err(e) = v {
+            let why = std::error::Error::source(&e)
+                .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+            out[slot].invalid = Some(why);
+        }
+    }
+    out
+}
+
+/// Follows partition `k` of the firehose: each message checked, and handed to the core.
+pub(crate) async fn firehose(
+    feed: Feed,
+    js: jetstream::Context,
+    k: u32,
+    firehose: Firehose,
+    messenger: Arc<tokio::sync::Mutex<Messenger>>,
+) {
+    // After a restart, the blocks checked before are replayed first, so that the messages
+    // read again are found in them.
+    let mut view = feed.view.clone();
+    let mut next = loop {
+        {
+            let v = view.borrow_and_update();
+            if v.replayed {
+                break v.last_seq.get(k as usize).copied().unwrap_or(0) + 1;
+            }
+        }
+        if view.changed().await.is_err() {
+            return;
+        }
+    };
+    loop {
+        let r: Result<bool, String> = async {
+            let mut stream = js
+                .get_stream(firehose.stream(k))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut messages = ordered(&stream, None, next).await?;
+            while let Some(first) = next_or_stalled(&mut messages, &mut stream, next - 1).await? {
+                // Take what else has arrived, to check the signatures in one batch.
+                let mut group = vec![first.map_err(|e| e.to_string())?];
+                while group.len() < CHECK_BATCH {
+                    match futures::FutureExt::now_or_never(messages.next()) {
+                        Some(Some(m)) => group.push(m.map_err(|e| e.to_string())?),
+                        _ => break,
+                    }
+                }
+                let mut items = Vec::with_capacity(group.len());
+                for m in &group {
+                    let info = m.info().map_err(|e| e.to_string())?;
+                    items.push((info.stream_sequence, published_ms(&info), m.payload.clone()));
+                }
+                let last = items.last().map_or(next - 1, |i| i.0);
+                let checked =
+                    check_envelopes(&mut *messenger.lock().await, &items, (k, &firehose)).await;
+                let event = Event::Firehose {
+                    partition: k,
+                    messages: checked,
+                };
+                if !feed.send(event).await {
+                    return Ok(false);
+                }
+                next = next.max(last + 1);
+            }
+            Err("the firehose consumer ended".into())
+        }
+        .await;
+        match r {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => tracing::debug!(error = %e, "auditor: following the firehose again"),
+        }
+        tokio::time::sleep(AGAIN).await;
+    }
+}
+
+/// A message deleted from the end of the firehose leaves no gap for the next message to
+/// show. So twice a second: when the stream's last sequence is past the last one read and
+/// reading has not moved for a second, ask the stream for the next sequence; those it no
+/// longer holds were deleted. Also tells the core the stream's end (for the lag).
+pub(crate) async fn firehose_tail(feed: Feed, js: jetstream::Context, k: u32, name: String) {
+    /// Most sequences probed at once.
+    const MAX_PROBE: u64 = 1_000;
+    let mut still: Option<(u64, tokio::time::Instant)> = None;
+    let mut told = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let ours = feed.view().last_seq.get(k as usize).copied().unwrap_or(0);
+        let Ok(mut stream) = js.get_stream(&name).await else {
+            continue;
+        };
+        let Ok(info) = stream.info().await else {
+            continue;
+        };
+        let last = info.state.last_sequence;
+        if told != Some(last) {
+            if !feed.send(Event::FirehoseEnd { partition: k, last }).await {
+                return;
+            }
+            told = Some(last);
+        }
+        if last <= ours {
+            still = None;
+            continue;
+        }
+        match still {
+            Some((o, since)) if o == ours && since.elapsed() >= Duration::from_secs(1) => {
+                still = None;
+                let mut through = ours;
+                while through < last && through - ours < MAX_PROBE {
+                    match stream.get_raw_message(through + 1).await {
+                        Err(e)
+                            if e.kind()
+                                == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                        {
+                            through += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                if through > ours {
+                    let event = Event::FirehoseDeleted {
+                        partition: k,
+                        after: ours,
+                        through,
+                    };
+                    if !feed.send(event).await {
+                        return;
+                    }
+                }
+            }
+            Some((o, _)) if o == ours => {}
+            _ => still = Some((ours, tokio::time::Instant::now())),
+        }
+    }
+}
+
+/// Follows the blocks stream: each block (joined from its parts) to the core.
+pub(crate) async fn blocks(feed: Feed, js: jetstream::Context, ns: Namespace) {
+    let mut next = 1u64;
+    loop {
+        let r: Result<bool, String> = async {
+            let mut stream = match js.get_stream(ns.blocks_stream()).await {
+                Ok(s) => s,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::context::GetStreamErrorKind::JetStream(j)
+                            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                    ) =>
+                {
+                    // No builder has made it yet: nothing to read, nothing unread.
+                    if !feed.send(Event::BlocksRead).await {
+                        return Ok(false);
+                    }
+                    return Err("no blocks stream yet".into());
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            let last = stream
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .last_sequence;
+            if last < next && !feed.send(Event::BlocksRead).await {
+                return Ok(false);
+            }
+            let mut messages = ordered(&stream, None, next).await?;
+            let mut read = next.saturating_sub(1);
+            // Blocks longer than one message of the bus travel in parts.
+            let mut parts = blockpost_core::wire::BlockParts::default();
+            while let Some(m) = next_or_stalled(&mut messages, &mut stream, read).await? {
+                let m = m.map_err(|e| e.to_string())?;
+                let info = m.info().map_err(|e| e.to_string())?;
+                read = info.stream_sequence;
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                let part = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(blockpost_core::wire::BLOCK_PART_HEADER))
+                    .map(|v| v.as_str().to_owned());
+                let Some(bytes) = parts.push(part.as_deref(), &m.payload) else {
+                    if !parts.joining() {
+                        tracing::warn!(seq, "a block part that follows no part before it: skipped");
+                    }
+                    continue;
+                };
+                if !feed.send(Event::Block { bytes, pending }).await {
+                    return Ok(false);
+                }
+                next = seq + 1;
+            }
+            Err("the blocks consumer ended".into())
+        }
+        .await;
+        match r {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => tracing::debug!(error = %e, "auditor: following the blocks again"),
+        }
+        tokio::time::sleep(AGAIN).await;
+    }
+}
+
+/// Follows the directory stream: checkpoints and entries, in order.
+pub(crate) async fn directory(feed: Feed, js: jetstream::Context, ns: Namespace) {
+    let mut next = 1u64;
+    loop {
+        let r: Result<bool, String> = async {
+            let stream = js
+                .get_stream(ns.directory_stream())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut messages = ordered(&stream, Some(ns.directory_subjects()), next).await?;
+            let (entry_subject, checkpoint_subject) = (ns.entry_subject(), ns.checkpoint_subject());
+            while let Some(m) = messages.next().await {
+                let m = m.map_err(|e| e.to_string())?;
+                let info = m.info().map_err(|e| e.to_string())?;
+                let seq = info.stream_sequence;
+                let event = if m.subject.as_str() == checkpoint_subject {
+                    Some(Event::DirectoryCheckpoint(m.payload.clone()))
+                } else if m.subject.as_str() == entry_subject {
+                    let index = m
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(blockpost_core::wire::LEAF_INDEX_HEADER))
+                        .and_then(|v| v.as_str().parse::<u64>().ok());
+                    Some(Event::DirectoryEntry {
+                        index,
+                        entry: m.payload.clone(),
+                    })
+                } else {
+                    None
+                };
+                if let Some(event) = event
+                    && !feed.send(event).await
+                {
+                    return Ok(false);
+                }
+                next = seq + 1;
+            }
+            Err("the directory consumer ended".into())
+        }
+        .await;
+        match r {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => tracing::debug!(error = %e, "auditor: following the directory again"),
+        }
+        tokio::time::sleep(AGAIN).await;
+    }
+}
+
+/// Asks the node for its newest ledger checkpoint once a second, for the core to check
+/// against the chain it verified.
+pub(crate) async fn ledger(feed: Feed, channel: tonic::transport::Channel) {
+    use blockpost_proto::v1::ledger_client::LedgerClient;
+    use blockpost_proto::v1::{GetBlockRequest, get_block_request};
+    if !feed.view().status.ledger {
+        return;
+    }
+    let mut grpc = LedgerClient::new(channel).max_decoding_message_size(128 << 20);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let r = grpc
+            .get_block(GetBlockRequest {
+                at: Some(get_block_request::At::Latest(true)),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                let note = r.into_inner().ledger_checkpoint;
+                if !feed.send(Event::LedgerCheckpoint(note)).await {
+                    return;
+                }
+            }
+            // No block yet, or the node is away: ask again later.
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Tells the core the time has passed, four times a second.
+pub(crate) async fn ticks(feed: Feed) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if !feed.send(Event::Tick).await {
+            return;
+        }
+    }
+}
+
+/// The next message of an ordered consumer. When none comes for [`STALL_CHECK`] although
+/// the stream holds messages after `read` (the last sequence read), the consumer is
+/// stalled (seen with multi-megabyte blocks: it delivered again only when a new message
+/// came): an error, so that the caller follows the stream again from where it is.
+async fn next_or_stalled(
+    messages: &mut jetstream::consumer::pull::Ordered,
+    stream: &mut jetstream::stream::Stream,
+    read: u64,
+) -> Result<Option<Result<jetstream::Message, jetstream::consumer::pull::OrderedError>>, String> {
+    loop {
+        match tokio::time::timeout(STALL_CHECK, messages.next()).await {
+            Ok(m) => return Ok(m),
+            Err(_) => {
+                let last = stream
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .state
+                    .last_sequence;
+                if last > read {
+                    tracing::warn!(
+                        read,
+                        last,
+                        "a stream consumer delivered nothing for 2 s with messages left: following the stream again"
+                    );
+                    return Err(format!(
+                        "the consumer stalled at {read} with the stream at {last}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// An ordered consumer of `stream` (its `filter` subjects, or all) from sequence `start`:
+/// how every reader of the auditor reads the node's streams.
+async fn ordered(
+    stream: &jetstream::stream::Stream,
+    filter: Option<String>,
+    start: u64,
+) -> Result<jetstream::consumer::pull::Ordered, String> {
+    stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.unwrap_or_default(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -13,7 +13,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_nats::jetstream;
 use blockpost_client::{ConnectOptions, Ledger, Messenger};
@@ -24,12 +23,14 @@ use serde::Serialize;
 
 use crate::alert::{Alert, AlertLog};
 use crate::chain::Chain;
-use crate::core::{Answer, AuditCore, Effects, Event, ReceiptRecord, Setup, View};
+use crate::core::{Answer, AuditCore, Event, ReceiptRecord, Setup, View};
 use crate::directory::DirectoryLog;
+use crate::drive::{QUEUE, Request, Writer, publish_loop, run_core, run_indexer, state_err};
 use crate::error::AuditError;
 use crate::follow::{self, Feed};
 use crate::promises::{Promises, ResumePoint};
-use crate::search::{IndexedMessage, SearchIndex};
+use crate::search::SearchIndex;
+pub use crate::status::{AuditStatus, ReceiptVerdict, STALLED_AFTER};
 use crate::witness::Witness;
 use crate::{Error, Result};
 
@@ -113,106 +114,6 @@ impl std::fmt::Debug for OpenFor {
             .finish_non_exhaustive()
     }
 }
-
-/// Where the auditor stands.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct AuditStatus {
-    /// Blocks verified (the chain's length).
-    pub blocks_verified: u64,
-    /// The last firehose sequence read and checked.
-    pub firehose_checked: u64,
-    /// Valid firehose messages not in a block yet.
-    pub waiting: usize,
-    /// Alerts raised, in all (also before a restart).
-    pub alerts: usize,
-    /// Whether the auditor has read every block the stream holds.
-    pub blocks_current: bool,
-    /// Whether the node has a ledger whose blocks are checked.
-    pub ledger: bool,
-    /// Receipts handed in whose message is not in a block yet.
-    pub receipts_waiting: usize,
-    /// Directory log entries replayed and checked.
-    pub directory_entries: u64,
-    /// The largest signed directory checkpoint verified against the replay (its size).
-    pub directory_checkpoint: u64,
-    /// The largest ledger checkpoint verified against the chain of blocks (its size).
-    pub ledger_checkpoint: u64,
-    /// Firehose messages on the node's stream not checked yet.
-    pub firehose_lag: u64,
-    /// Blocks on the node's stream not verified yet.
-    pub blocks_lag: u64,
-    /// Seconds since the auditor last checked something new.
-    pub seconds_since_progress: u64,
-    /// Firehose messages read (their signatures checked) since this run started.
-    pub firehose_read: u64,
-    /// The time ([`AuditorConfig::clock`]) of the last round of time checks whose alerts
-    /// are raised: every receipt deadline, omission and transaction deadline up to it
-    /// is checked. A test that waits for it to pass a time needs no fixed sleep.
-    pub checked_until_ms: i64,
-}
-
-/// How long an auditor may sit behind the node without moving before it counts as stalled.
-pub const STALLED_AFTER: Duration = Duration::from_secs(30);
-
-impl AuditStatus {
-    /// Whether the auditor is behind the node and has not moved for [`STALLED_AFTER`]: it
-    /// vouches for nothing new, and says so.
-    pub fn stalled(&self) -> bool {
-        (self.firehose_lag > 0 || self.blocks_lag > 0)
-            && self.seconds_since_progress >= STALLED_AFTER.as_secs()
-    }
-}
-
-/// What a receipt handed to the auditor says, after its signature was checked.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
-pub enum ReceiptVerdict {
-    /// The message is in the verified block at `height`.
-    InBlock {
-        /// The block's height.
-        height: u64,
-    },
-    /// Not in a verified block, and its deadline (plus the grace) has not passed: the
-    /// auditor keeps the receipt and raises an omission if the deadline passes.
-    Pending {
-        /// The receipt's promise.
-        deadline_ms: i64,
-    },
-    /// Past its deadline and in no block: an omission alert was raised, with the receipt
-    /// as evidence.
-    Omitted {
-        /// The receipt's promise.
-        deadline_ms: i64,
-    },
-}
-
-/// What the readers and the API hand the core thread.
-pub(crate) enum Request {
-    /// An event, and where to answer once its effects are done.
-    Event(Event, Option<tokio::sync::oneshot::Sender<Result<Answer>>>),
-    /// Stop (the last handle was dropped).
-    Stop,
-}
-
-/// One event's effects on their way to the writer.
-struct Batch {
-    effects: Effects,
-    view: View,
-    now_ms: i64,
-    reply: Option<tokio::sync::oneshot::Sender<Result<Answer>>>,
-}
-
-/// What the auditor publishes on NATS ([`AuditorConfig::publish`]).
-enum Outgoing {
-    Alert(Alert),
-    Cosigned(&'static str, Vec<u8>),
-}
-
-/// How many events may wait for the core, and batches for the writer or the indexer.
-const QUEUE: usize = 64;
-
-/// How often the indexer makes what it added searchable, at the latest.
-const COMMIT_EVERY: Duration = Duration::from_millis(250);
 
 struct Inner {
     /// The time ([`AuditorConfig::clock`]).
@@ -330,13 +231,6 @@ fn read_resume(path: &Path) -> Option<ResumePoint> {
             tracing::warn!(path = %path.display(), error = %e, "damaged resume point ignored: checking everything again");
             None
         }
-    }
-}
-
-fn state_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::State {
-        path: path.display().to_string(),
-        why: e.to_string(),
     }
 }
 
@@ -706,231 +600,5 @@ impl Inner {
             Answer::Receipt(v) => Ok(v),
             Answer::Checkpoint(_) => Err(Error::Stopped),
         }
-    }
-}
-
-/// The core thread: each event checked at the clock's time, its effects handed to the
-/// writer in order.
-fn run_core(
-    mut core: AuditCore,
-    mut events: tokio::sync::mpsc::Receiver<Request>,
-    writer: std::sync::mpsc::SyncSender<Batch>,
-    clock: Arc<dyn blockpost_core::Clock>,
-    stop: Arc<AtomicBool>,
-) {
-    while let Some(Request::Event(event, reply)) = events.blocking_recv() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let now_ms = clock.now_ms();
-        let effects = core.handle(event, now_ms);
-        let batch = Batch {
-            effects,
-            view: core.view(),
-            now_ms,
-            reply,
-        };
-        if writer.send(batch).is_err() {
-            break;
-        }
-    }
-}
-
-/// The writer thread's files and channels.
-struct Writer {
-    log: Arc<Mutex<AlertLog>>,
-    alerts: tokio::sync::broadcast::Sender<(u64, Alert)>,
-    outbox: Option<tokio::sync::mpsc::Sender<Outgoing>>,
-    receipts: std::fs::File,
-    receipts_path: PathBuf,
-    resume_path: PathBuf,
-    /// The resume point last written.
-    written: Option<ResumePoint>,
-    /// An alert could not be recorded: no resume point is written past it, so that a
-    /// restart checks again what raised it.
-    unrecorded: bool,
-    witness: Arc<Mutex<Witness>>,
-    documents: std::sync::mpsc::SyncSender<(u64, Vec<IndexedMessage>)>,
-    view: tokio::sync::watch::Sender<View>,
-}
-
-impl Writer {
-    fn run(mut self, batches: std::sync::mpsc::Receiver<Batch>) {
-        while let Ok(b) = batches.recv() {
-            self.carry_out(b);
-        }
-    }
-
-    fn carry_out(&mut self, b: Batch) {
-        let Batch {
-            effects: fx,
-            mut view,
-            now_ms,
-            reply,
-        } = b;
-        self.record(fx.alerts);
-        let mut failed = None;
-        if let Some(record) = fx.keep
-            && let Err(e) = self.keep(&record)
-        {
-            failed = Some(e);
-        }
-        if let Some(docs) = fx.index {
-            // The indexer is gone only when the auditor stops.
-            let _ = self.documents.send(docs);
-        }
-        for (log, cp) in fx.cosign {
-            self.cosign(log, &cp, now_ms);
-        }
-        if let Some(p) = fx.resume
-            && !self.unrecorded
-            && self.written.as_ref() != Some(&p)
-        {
-            let json = serde_json::to_vec(&p).unwrap_or_default();
-            match blockpost_files::write_atomic(&self.resume_path, &json) {
-                Ok(()) => self.written = Some(p),
-                Err(e) => {
-                    tracing::error!(path = %self.resume_path.display(), error = %e, "cannot write the resume point")
-                }
-            }
-        }
-        view.status.alerts = self
-            .log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .all()
-            .len();
-        self.view.send_replace(view);
-        if let Some(reply) = reply {
-            let _ = reply.send(match (failed, fx.answer) {
-                (Some(e), _) => Err(e),
-                (None, Some(a)) => Ok(a),
-                (None, None) => Err(Error::Stopped),
-            });
-        }
-    }
-
-    /// Records alerts in the alert file, then tells subscribers and NATS.
-    fn record(&mut self, alerts: Vec<Alert>) {
-        if alerts.is_empty() {
-            return;
-        }
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        let before = log.all().len() as u64;
-        match log.raise(alerts) {
-            Ok(new) => {
-                for (i, a) in new.into_iter().enumerate() {
-                    // The alert file is the record; a full outbox delays nothing else.
-                    if let Some(o) = &self.outbox
-                        && o.try_send(Outgoing::Alert(a.clone())).is_err()
-                    {
-                        tracing::warn!(kind = %a.kind, subject = %a.subject, "alert not published on NATS (outbox full); it is in alerts.jsonl");
-                    }
-                    let _ = self.alerts.send((before + i as u64, a));
-                }
-            }
-            Err(e) => {
-                self.unrecorded = true;
-                tracing::error!(error = %e, "cannot write the alert file");
-            }
-        }
-    }
-
-    /// Appends a receipt to the kept ones, synced.
-    fn keep(&mut self, record: &ReceiptRecord) -> Result<()> {
-        let mut line = serde_json::to_vec(record).unwrap_or_default();
-        line.push(b'\n');
-        std::io::Write::write_all(&mut self.receipts, &line)
-            .and_then(|()| self.receipts.sync_data())
-            .map_err(|e| state_err(&self.receipts_path, e))
-    }
-
-    /// Cosigns a verified checkpoint, if the witness has not cosigned one as large, and
-    /// publishes it.
-    fn cosign(&mut self, log: &'static str, cp: &blockpost_core::VerifiedCheckpoint, now_ms: i64) {
-        let note = {
-            let mut w = self.witness.lock().unwrap_or_else(|e| e.into_inner());
-            if w.cosigned_size(&cp.origin).is_some_and(|s| s >= cp.size) {
-                return;
-            }
-            match w.cosign(cp, (now_ms / 1000).max(0) as u64) {
-                Ok(Ok(_)) => w.newest(&cp.origin),
-                Ok(Err(refused)) => {
-                    tracing::warn!(log, size = cp.size, %refused, "not cosigned");
-                    None
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record a cosignature");
-                    None
-                }
-            }
-        };
-        if let (Some(note), Some(o)) = (note, &self.outbox)
-            && o.try_send(Outgoing::Cosigned(log, note)).is_err()
-        {
-            tracing::warn!(
-                log,
-                "cosigned checkpoint not published on NATS (outbox full)"
-            );
-        }
-    }
-}
-
-/// The indexer thread: adds each block's documents, and commits at least every
-/// [`COMMIT_EVERY`] while it adds, and when it stops.
-fn run_indexer(
-    search: &SearchIndex,
-    documents: std::sync::mpsc::Receiver<(u64, Vec<IndexedMessage>)>,
-) {
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut dirty = false;
-    let mut committed = std::time::Instant::now();
-    loop {
-        let stopping = match documents.recv_timeout(COMMIT_EVERY) {
-            Ok((height, docs)) => {
-                match search.add(height, docs) {
-                    Ok(()) => dirty = true,
-                    Err(e) => tracing::error!(error = %e, "cannot index messages for search"),
-                }
-                false
-            }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => true,
-        };
-        if dirty && (stopping || committed.elapsed() >= COMMIT_EVERY) {
-            if let Err(e) = search.commit() {
-                tracing::error!(error = %e, "cannot commit the search index");
-            }
-            dirty = false;
-            committed = std::time::Instant::now();
-        }
-        if stopping {
-            return;
-        }
-    }
-}
-
-/// Publishes each new alert, as JSON, on `subject`, and each cosigned checkpoint on
-/// `witness_subject.LOG`.
-async fn publish_loop(
-    client: async_nats::Client,
-    subject: String,
-    witness_subject: String,
-    mut rx: tokio::sync::mpsc::Receiver<Outgoing>,
-) {
-    while let Some(o) = rx.recv().await {
-        let (to, payload) = match o {
-            Outgoing::Alert(a) => {
-                let Ok(json) = serde_json::to_vec(&a) else {
-                    continue;
-                };
-                (subject.clone(), json)
-            }
-            Outgoing::Cosigned(log, note) => (format!("{witness_subject}.{log}"), note),
-        };
-        if let Err(e) = client.publish(to, payload.into()).await {
-            tracing::warn!(error = %e, "cannot publish on NATS; alerts are in alerts.jsonl");
-        }
-        let _ = client.flush().await;
     }
 }

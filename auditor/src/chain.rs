@@ -317,7 +317,7 @@ impl Chain {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use blockpost_core::block::{builder_key_id, merkle_root, sign_header};
     use blockpost_core::sign_envelope;
@@ -327,7 +327,8 @@ mod tests {
     use super::*;
     use crate::alert::AlertKind;
 
-    fn envelope(n: u8) -> Vec<u8> {
+    /// A signed envelope of transaction `tx-N` (a test fixture).
+    pub(crate) fn envelope(n: u8) -> Vec<u8> {
         let c = EnvelopeContent {
             sender: "bank-a".into(),
             recipients: vec!["bank-b".into()],
@@ -344,7 +345,9 @@ mod tests {
         sign_envelope(&k, c.encode_to_vec()).encode_to_vec()
     }
 
-    fn block(
+    /// Block `height` holding envelopes `ns`, naming partition 0's sequences
+    /// `height * 10 + 1` to `height * 10 + 9` (a test fixture).
+    pub(crate) fn block(
         key: &SigningKey,
         height: u64,
         prev: Option<[u8; 32]>,

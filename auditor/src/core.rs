@@ -545,3 +545,302 @@ fn indexed(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use blockpost_core::{CheckpointSigner, ReplayTree, message_id_of_encoded};
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::chain::tests::{block, envelope};
+
+    const PROMISE_MS: u64 = 500;
+    const GRACE_MS: u64 = 100;
+
+    fn builder() -> SigningKey {
+        SigningKey::from_bytes(&[9; 32])
+    }
+
+    fn ledger() -> CheckpointSigner {
+        CheckpointSigner::new("test/ledger", SigningKey::from_bytes(&[6; 32])).unwrap()
+    }
+
+    fn core_with(promises: Promises) -> AuditCore {
+        let directory =
+            CheckpointSigner::new("test/directory", SigningKey::from_bytes(&[5; 32])).unwrap();
+        AuditCore::new(
+            Setup {
+                chain: Some(Chain::new(
+                    builder().verifying_key(),
+                    1_000,
+                    ledger().verifier_key(),
+                )),
+                directory: DirectoryLog::new(directory.verifier_key()),
+                promises,
+                promise_ms: PROMISE_MS,
+                grace_ms: GRACE_MS,
+                directory_origin: "test/directory".into(),
+                ledger_origin: Some("test/ledger".into()),
+                open_for: Vec::new(),
+                indexed_below: 0,
+            },
+            0,
+        )
+    }
+
+    fn core() -> AuditCore {
+        core_with(Promises::new(PROMISE_MS, GRACE_MS))
+    }
+
+    /// Partition 0's sequences 1 to 9: envelopes 1 and 2 first, then what is not an
+    /// envelope (what block 0 of the fixture names).
+    fn firehose_of_block_0() -> Event {
+        let messages = (1..=9u64)
+            .map(|seq| FirehoseMessage {
+                seq,
+                published_ms: 0,
+                id: (seq <= 2).then(|| message_id_of_encoded(&envelope(seq as u8))),
+                invalid: (seq > 2).then(|| "not an envelope".to_owned()),
+            })
+            .collect();
+        Event::Firehose {
+            partition: 0,
+            messages,
+        }
+    }
+
+    fn kinds(fx: &Effects) -> Vec<AlertKind> {
+        fx.alerts.iter().map(|a| a.kind).collect()
+    }
+
+    fn record() -> ReceiptRecord {
+        ReceiptRecord {
+            body: "00".into(),
+            signature: "11".into(),
+        }
+    }
+
+    #[test]
+    fn a_verified_block_is_indexed_and_settles_its_receipts() {
+        let mut c = core();
+        assert!(c.handle(firehose_of_block_0(), 10).alerts.is_empty());
+        let (b0, _) = block(&builder(), 0, None, &[1, 2]);
+        let fx = c.handle(
+            Event::Block {
+                bytes: b0,
+                pending: 0,
+            },
+            20,
+        );
+        assert!(fx.alerts.is_empty(), "{:?}", fx.alerts);
+        let (height, docs) = fx.index.unwrap();
+        assert_eq!((height, docs.len()), (0, 2));
+        assert_eq!(docs[0].transaction_id, "tx-1");
+        let v = c.view();
+        assert_eq!(v.status.blocks_verified, 1);
+        assert!(v.status.blocks_current);
+        assert_eq!(v.status.firehose_checked, 9);
+        assert_eq!(v.progress_ms, 20);
+
+        // A receipt whose message is in block 0: settled, not kept.
+        let id = message_id_of_encoded(&envelope(1));
+        let receipt = |id, deadline_ms, keep| Event::Receipt {
+            id,
+            deadline_ms,
+            record: record(),
+            keep,
+        };
+        let fx = c.handle(receipt(id, 1_000, true), 30);
+        assert!(matches!(
+            fx.answer,
+            Some(Answer::Receipt(ReceiptVerdict::InBlock { height: 0 }))
+        ));
+        assert!(fx.keep.is_none());
+        // One in no block, before its deadline: pending, kept if asked.
+        let fx = c.handle(receipt([7; 32], 1_000, true), 30);
+        assert!(matches!(
+            fx.answer,
+            Some(Answer::Receipt(ReceiptVerdict::Pending {
+                deadline_ms: 1_000
+            }))
+        ));
+        assert_eq!(fx.keep, Some(record()));
+        assert!(c.handle(receipt([7; 32], 1_000, false), 30).keep.is_none());
+        assert_eq!(c.view().status.receipts_waiting, 1);
+        // Past its deadline and the grace: an omission, with the receipt as evidence.
+        let fx = c.handle(receipt([8; 32], 1_000, true), 1_000 + GRACE_MS as i64 + 1);
+        assert!(matches!(
+            fx.answer,
+            Some(Answer::Receipt(ReceiptVerdict::Omitted {
+                deadline_ms: 1_000
+            }))
+        ));
+        assert!(fx.keep.is_none());
+        let omission = fx
+            .alerts
+            .iter()
+            .find(|a| a.subject == format!("message {}", hex::encode([8; 32])))
+            .unwrap();
+        assert_eq!(omission.kind, AlertKind::Omission);
+    }
+
+    #[test]
+    fn an_open_transaction_is_an_alert_past_its_deadline_once_every_block_is_read() {
+        let mut c = core();
+        c.handle(firehose_of_block_0(), 10);
+        let (b0, _) = block(&builder(), 0, None, &[1]);
+        // More blocks follow on the stream: one of them may close it.
+        c.handle(
+            Event::Block {
+                bytes: b0,
+                pending: 1,
+            },
+            20,
+        );
+        let far = 10_000_000;
+        let open = |fx: &Effects| {
+            fx.alerts
+                .iter()
+                .filter(|a| a.kind == AlertKind::TransactionNotClosed)
+                .map(|a| a.subject.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(open(&c.handle(Event::Tick, far)).is_empty());
+        c.handle(Event::BlocksRead, far);
+        // Before its deadline plus the promise and the grace: not yet.
+        assert!(open(&c.handle(Event::Tick, 1_000)).is_empty());
+        assert_eq!(
+            open(&c.handle(Event::Tick, far)),
+            vec!["transaction tx-1".to_owned()]
+        );
+        assert_eq!(c.view().status.checked_until_ms, far);
+    }
+
+    #[test]
+    fn ticks_hand_out_the_resume_point_and_each_checkpoint_once() {
+        let mut c = core();
+        let fx = c.handle(Event::Tick, 1);
+        assert_eq!(fx.resume.unwrap().blocks_checked, 0);
+        assert!(fx.cosign.is_empty());
+        assert_eq!(c.handle(Event::Tick, 2).resume, None, "unchanged");
+
+        c.handle(firehose_of_block_0(), 3);
+        let (b0, id0) = block(&builder(), 0, None, &[1, 2]);
+        c.handle(
+            Event::Block {
+                bytes: b0,
+                pending: 0,
+            },
+            4,
+        );
+        let mut ids = ReplayTree::new();
+        ids.append(&id0).unwrap();
+        let note = ledger().sign(1, ids.root(1).unwrap()).unwrap();
+        assert!(c.handle(Event::LedgerCheckpoint(note), 5).alerts.is_empty());
+        let fx = c.handle(Event::Tick, 6);
+        assert_eq!(fx.resume.unwrap().blocks_checked, 1);
+        assert_eq!(fx.cosign.len(), 1);
+        assert_eq!((fx.cosign[0].0, fx.cosign[0].1.size), ("ledger", 1));
+        let fx = c.handle(Event::Tick, 7);
+        assert!(fx.cosign.is_empty() && fx.resume.is_none());
+    }
+
+    #[test]
+    fn a_checkpoint_is_cosigned_only_as_verified_against_the_replay() {
+        let mut c = core();
+        c.handle(firehose_of_block_0(), 1);
+        let (b0, id0) = block(&builder(), 0, None, &[1, 2]);
+        c.handle(
+            Event::Block {
+                bytes: b0,
+                pending: 0,
+            },
+            2,
+        );
+        let mut ids = ReplayTree::new();
+        ids.append(&id0).unwrap();
+        let mut ask = |note: Vec<u8>| match c.handle(Event::Cosign(note), 3) {
+            Effects {
+                answer: Some(Answer::Checkpoint(v)),
+                alerts,
+                ..
+            } => (v, alerts),
+            other => panic!("{other:?}"),
+        };
+        let (v, _) = ask(ledger().sign(1, ids.root(1).unwrap()).unwrap());
+        assert_eq!(v.unwrap().size, 1);
+        let (v, _) = ask(ledger().sign(5, [1; 32]).unwrap());
+        assert!(matches!(
+            v,
+            Err(AuditError::NotYet {
+                replayed: 1,
+                size: 5
+            })
+        ));
+        let (v, alerts) = ask(ledger().sign(1, [1; 32]).unwrap());
+        assert!(matches!(v, Err(AuditError::Conflicts(_))), "{v:?}");
+        assert_eq!(alerts[0].kind, AlertKind::LedgerFork);
+        let stranger =
+            CheckpointSigner::new("test/other", SigningKey::from_bytes(&[6; 32])).unwrap();
+        let (v, _) = ask(stranger.sign(1, [1; 32]).unwrap());
+        assert!(matches!(v, Err(AuditError::UnknownLog(o)) if o == "test/other"));
+        let (v, _) = ask(b"test/ledger\nnot a checkpoint\n".to_vec());
+        assert!(matches!(v, Err(AuditError::Checkpoint(_))), "{v:?}");
+    }
+
+    #[test]
+    fn a_deletion_counts_only_where_reading_still_stands() {
+        let mut c = core();
+        c.handle(firehose_of_block_0(), 1);
+        c.handle(
+            Event::FirehoseEnd {
+                partition: 0,
+                last: 12,
+            },
+            2,
+        );
+        assert_eq!(c.view().status.firehose_lag, 3);
+        // Asked when reading stood at 3: reading has moved on since, nothing is raised.
+        let stale = Event::FirehoseDeleted {
+            partition: 0,
+            after: 3,
+            through: 12,
+        };
+        assert!(c.handle(stale, 3).alerts.is_empty());
+        let fx = c.handle(
+            Event::FirehoseDeleted {
+                partition: 0,
+                after: 9,
+                through: 12,
+            },
+            4,
+        );
+        assert_eq!(kinds(&fx), vec![AlertKind::FirehoseGap]);
+        assert_eq!(c.view().status.firehose_lag, 0);
+        assert_eq!(c.view().last_seq, vec![12]);
+    }
+
+    #[test]
+    fn after_a_restart_the_firehose_waits_until_the_checked_blocks_are_replayed() {
+        let mut promises = Promises::new(PROMISE_MS, GRACE_MS);
+        promises.resume(ResumePoint {
+            blocks_checked: 1,
+            matched_through: 9,
+            firehose_from: 10,
+            partitions: Vec::new(),
+        });
+        let mut c = core_with(promises);
+        assert!(!c.view().replayed);
+        let (b0, _) = block(&builder(), 0, None, &[1, 2]);
+        let fx = c.handle(
+            Event::Block {
+                bytes: b0,
+                pending: 0,
+            },
+            1,
+        );
+        assert!(fx.alerts.is_empty(), "{:?}", fx.alerts);
+        assert!(c.view().replayed);
+    }
+}

@@ -19,7 +19,7 @@ use crate::core::{Event, FirehoseMessage, View};
 /// What a reader holds: the way to the core, and the core's view.
 #[derive(Clone)]
 pub(crate) struct Feed {
-    pub(crate) events: tokio::sync::mpsc::Sender<crate::auditor::Request>,
+    pub(crate) events: tokio::sync::mpsc::Sender<crate::drive::Request>,
     pub(crate) view: tokio::sync::watch::Receiver<View>,
 }
 
@@ -27,7 +27,7 @@ impl Feed {
     /// Hands `event` to the core; false once the core has stopped.
     async fn send(&self, event: Event) -> bool {
         self.events
-            .send(crate::auditor::Request::Event(event, None))
+            .send(crate::drive::Request::Event(event, None))
             .await
             .is_ok()
     }

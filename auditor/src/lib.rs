@@ -61,6 +61,7 @@ mod chain;
 mod checkpoints;
 mod core;
 mod directory;
+mod drive;
 mod error;
 mod file;
 mod follow;
@@ -69,6 +70,7 @@ mod metrics;
 mod promises;
 mod search;
 mod serve;
+mod status;
 mod watch;
 mod witness;
 

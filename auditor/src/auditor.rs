@@ -27,7 +27,7 @@ use crate::core::{Answer, AuditCore, Event, ReceiptRecord, Setup, View};
 use crate::directory::DirectoryLog;
 use crate::drive::{QUEUE, Request, Writer, publish_loop, run_core, run_indexer, state_err};
 use crate::error::AuditError;
-use crate::follow::{self, Feed};
+use crate::follow::{self, BlocksReader, DirectoryReader, Feed, FirehoseReader};
 use crate::promises::{Promises, ResumePoint};
 use crate::search::SearchIndex;
 pub use crate::status::{AuditStatus, ReceiptVerdict, STALLED_AFTER};
@@ -427,20 +427,33 @@ impl Auditor {
         let firehose = ns.firehose(partitions);
         inner.tasks.extend([
             tokio::spawn(follow::ledger(feed.clone(), channel)),
-            tokio::spawn(follow::directory(feed.clone(), js.clone(), ns.clone())),
-            tokio::spawn(follow::blocks(feed.clone(), js.clone(), ns)),
+            tokio::spawn(follow::follow_again(DirectoryReader::new(
+                feed.clone(),
+                js.clone(),
+                ns.clone(),
+            ))),
+            tokio::spawn(follow::follow_again(BlocksReader::new(
+                feed.clone(),
+                js.clone(),
+                ns,
+            ))),
             tokio::spawn(follow::ticks(feed.clone())),
         ]);
         // Each partition of the firehose is read, and its tail watched, on its own.
         let messenger = Arc::new(tokio::sync::Mutex::new(messenger));
         for k in 0..partitions {
-            inner.tasks.push(tokio::spawn(follow::firehose(
+            let reader = FirehoseReader::once_replayed(
                 feed.clone(),
                 js.clone(),
                 k,
                 firehose.clone(),
                 messenger.clone(),
-            )));
+            );
+            inner.tasks.push(tokio::spawn(async move {
+                if let Some(r) = reader.await {
+                    follow::follow_again(r).await;
+                }
+            }));
             inner.tasks.push(tokio::spawn(follow::firehose_tail(
                 feed.clone(),
                 js.clone(),

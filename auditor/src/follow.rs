@@ -118,70 +118,110 @@ async fn check_envelopes(
     out
 }
 
+/// A reader's session with its stream: one consumer, from where the reader stands, until
+/// it fails (`Err`: followed again after [`AGAIN`]) or the core stops (`Ok`).
+pub(crate) trait Session: Send {
+    /// What it follows, for the log.
+    const WHAT: &'static str;
+    /// One session.
+    fn session(&mut self) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// Runs sessions of `reader` until the core stops: the reconnect loop of every reader.
+pub(crate) async fn follow_again<R: Session>(mut reader: R) {
+    loop {
+        match reader.session().await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(error = %e, "auditor: following the {} again", R::WHAT),
+        }
+        tokio::time::sleep(AGAIN).await;
+    }
+}
+
 /// Follows partition `k` of the firehose: each message checked, and handed to the core.
-pub(crate) async fn firehose(
+pub(crate) struct FirehoseReader {
     feed: Feed,
     js: jetstream::Context,
     k: u32,
     firehose: Firehose,
     messenger: Arc<tokio::sync::Mutex<Messenger>>,
-) {
-    // After a restart, the blocks checked before are replayed first, so that the messages
-    // read again are found in them.
-    let mut view = feed.view.clone();
-    let mut next = loop {
-        {
-            let v = view.borrow_and_update();
-            if v.replayed {
-                break v.last_seq.get(k as usize).copied().unwrap_or(0) + 1;
+    /// The next sequence to hand over.
+    next: u64,
+}
+
+impl FirehoseReader {
+    /// A reader of partition `k`, which starts once the core has replayed the blocks
+    /// checked before a restart (so that the messages read again are found in them);
+    /// `None` if the core stopped first.
+    pub(crate) async fn once_replayed(
+        feed: Feed,
+        js: jetstream::Context,
+        k: u32,
+        firehose: Firehose,
+        messenger: Arc<tokio::sync::Mutex<Messenger>>,
+    ) -> Option<Self> {
+        let mut view = feed.view.clone();
+        let next = loop {
+            {
+                let v = view.borrow_and_update();
+                if v.replayed {
+                    break v.last_seq.get(k as usize).copied().unwrap_or(0) + 1;
+                }
             }
-        }
-        if view.changed().await.is_err() {
-            return;
-        }
-    };
-    loop {
-        let r: Result<bool, String> = async {
-            let mut stream = js
-                .get_stream(firehose.stream(k))
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut messages = ordered(&stream, None, next).await?;
-            while let Some(first) = next_or_stalled(&mut messages, &mut stream, next - 1).await? {
-                // Take what else has arrived, to check the signatures in one batch.
-                let mut group = vec![first.map_err(|e| e.to_string())?];
-                while group.len() < CHECK_BATCH {
-                    match futures::FutureExt::now_or_never(messages.next()) {
-                        Some(Some(m)) => group.push(m.map_err(|e| e.to_string())?),
-                        _ => break,
-                    }
+            view.changed().await.ok()?;
+        };
+        Some(Self {
+            feed,
+            js,
+            k,
+            firehose,
+            messenger,
+            next,
+        })
+    }
+}
+
+impl Session for FirehoseReader {
+    const WHAT: &'static str = "firehose";
+
+    async fn session(&mut self) -> Result<(), String> {
+        let mut stream = self
+            .js
+            .get_stream(self.firehose.stream(self.k))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = ordered(&stream, None, self.next).await?;
+        while let Some(first) = next_or_stalled(&mut messages, &mut stream, self.next - 1).await? {
+            // Take what else has arrived, to check the signatures in one batch.
+            let mut group = vec![first.map_err(|e| e.to_string())?];
+            while group.len() < CHECK_BATCH {
+                match futures::FutureExt::now_or_never(messages.next()) {
+                    Some(Some(m)) => group.push(m.map_err(|e| e.to_string())?),
+                    _ => break,
                 }
-                let mut items = Vec::with_capacity(group.len());
-                for m in &group {
-                    let info = m.info().map_err(|e| e.to_string())?;
-                    items.push((info.stream_sequence, published_ms(&info), m.payload.clone()));
-                }
-                let last = items.last().map_or(next - 1, |i| i.0);
-                let checked =
-                    check_envelopes(&mut *messenger.lock().await, &items, (k, &firehose)).await;
-                let event = Event::Firehose {
-                    partition: k,
-                    messages: checked,
-                };
-                if !feed.send(event).await {
-                    return Ok(false);
-                }
-                next = next.max(last + 1);
             }
-            Err("the firehose consumer ended".into())
+            let mut items = Vec::with_capacity(group.len());
+            for m in &group {
+                let info = m.info().map_err(|e| e.to_string())?;
+                items.push((info.stream_sequence, published_ms(&info), m.payload.clone()));
+            }
+            let last = items.last().map_or(self.next - 1, |i| i.0);
+            let checked = check_envelopes(
+                &mut *self.messenger.lock().await,
+                &items,
+                (self.k, &self.firehose),
+            )
+            .await;
+            let event = Event::Firehose {
+                partition: self.k,
+                messages: checked,
+            };
+            if !self.feed.send(event).await {
+                return Ok(());
+            }
+            self.next = self.next.max(last + 1);
         }
-        .await;
-        match r {
-            Ok(false) => return,
-            Ok(true) => {}
-            Err(e) => tracing::debug!(error = %e, "auditor: following the firehose again"),
-        }
-        tokio::time::sleep(AGAIN).await;
+        Err("the firehose consumer ended".into())
     }
 }
 
@@ -248,119 +288,142 @@ pub(crate) async fn firehose_tail(feed: Feed, js: jetstream::Context, k: u32, na
 }
 
 /// Follows the blocks stream: each block (joined from its parts) to the core.
-pub(crate) async fn blocks(feed: Feed, js: jetstream::Context, ns: Namespace) {
-    let mut next = 1u64;
-    loop {
-        let r: Result<bool, String> = async {
-            let mut stream = match js.get_stream(ns.blocks_stream()).await {
-                Ok(s) => s,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        jetstream::context::GetStreamErrorKind::JetStream(j)
-                            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                    ) =>
-                {
-                    // No builder has made it yet: nothing to read, nothing unread.
-                    if !feed.send(Event::BlocksRead).await {
-                        return Ok(false);
-                    }
-                    return Err("no blocks stream yet".into());
+pub(crate) struct BlocksReader {
+    feed: Feed,
+    js: jetstream::Context,
+    ns: Namespace,
+    /// The stream sequence after the last whole block handed over.
+    next: u64,
+}
+
+impl BlocksReader {
+    pub(crate) fn new(feed: Feed, js: jetstream::Context, ns: Namespace) -> Self {
+        Self {
+            feed,
+            js,
+            ns,
+            next: 1,
+        }
+    }
+}
+
+impl Session for BlocksReader {
+    const WHAT: &'static str = "blocks";
+
+    async fn session(&mut self) -> Result<(), String> {
+        let mut stream = match self.js.get_stream(self.ns.blocks_stream()).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                // No builder has made it yet: nothing to read, nothing unread.
+                if !self.feed.send(Event::BlocksRead).await {
+                    return Ok(());
                 }
-                Err(e) => return Err(e.to_string()),
+                return Err("no blocks stream yet".into());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .last_sequence;
+        if last < self.next && !self.feed.send(Event::BlocksRead).await {
+            return Ok(());
+        }
+        let mut messages = ordered(&stream, None, self.next).await?;
+        let mut read = self.next.saturating_sub(1);
+        // Blocks longer than one message of the bus travel in parts.
+        let mut parts = blockpost_core::wire::BlockParts::default();
+        while let Some(m) = next_or_stalled(&mut messages, &mut stream, read).await? {
+            let m = m.map_err(|e| e.to_string())?;
+            let info = m.info().map_err(|e| e.to_string())?;
+            read = info.stream_sequence;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let part = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(blockpost_core::wire::BLOCK_PART_HEADER))
+                .map(|v| v.as_str().to_owned());
+            let Some(bytes) = parts.push(part.as_deref(), &m.payload) else {
+                if !parts.joining() {
+                    tracing::warn!(seq, "a block part that follows no part before it: skipped");
+                }
+                continue;
             };
-            let last = stream
-                .info()
-                .await
-                .map_err(|e| e.to_string())?
-                .state
-                .last_sequence;
-            if last < next && !feed.send(Event::BlocksRead).await {
-                return Ok(false);
+            if !self.feed.send(Event::Block { bytes, pending }).await {
+                return Ok(());
             }
-            let mut messages = ordered(&stream, None, next).await?;
-            let mut read = next.saturating_sub(1);
-            // Blocks longer than one message of the bus travel in parts.
-            let mut parts = blockpost_core::wire::BlockParts::default();
-            while let Some(m) = next_or_stalled(&mut messages, &mut stream, read).await? {
-                let m = m.map_err(|e| e.to_string())?;
-                let info = m.info().map_err(|e| e.to_string())?;
-                read = info.stream_sequence;
-                let (seq, pending) = (info.stream_sequence, info.pending);
-                let part = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(blockpost_core::wire::BLOCK_PART_HEADER))
-                    .map(|v| v.as_str().to_owned());
-                let Some(bytes) = parts.push(part.as_deref(), &m.payload) else {
-                    if !parts.joining() {
-                        tracing::warn!(seq, "a block part that follows no part before it: skipped");
-                    }
-                    continue;
-                };
-                if !feed.send(Event::Block { bytes, pending }).await {
-                    return Ok(false);
-                }
-                next = seq + 1;
-            }
-            Err("the blocks consumer ended".into())
+            self.next = seq + 1;
         }
-        .await;
-        match r {
-            Ok(false) => return,
-            Ok(true) => {}
-            Err(e) => tracing::debug!(error = %e, "auditor: following the blocks again"),
-        }
-        tokio::time::sleep(AGAIN).await;
+        Err("the blocks consumer ended".into())
     }
 }
 
 /// Follows the directory stream: checkpoints and entries, in order.
-pub(crate) async fn directory(feed: Feed, js: jetstream::Context, ns: Namespace) {
-    let mut next = 1u64;
-    loop {
-        let r: Result<bool, String> = async {
-            let stream = js
-                .get_stream(ns.directory_stream())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut messages = ordered(&stream, Some(ns.directory_subjects()), next).await?;
-            let (entry_subject, checkpoint_subject) = (ns.entry_subject(), ns.checkpoint_subject());
-            while let Some(m) = messages.next().await {
-                let m = m.map_err(|e| e.to_string())?;
-                let info = m.info().map_err(|e| e.to_string())?;
-                let seq = info.stream_sequence;
-                let event = if m.subject.as_str() == checkpoint_subject {
-                    Some(Event::DirectoryCheckpoint(m.payload.clone()))
-                } else if m.subject.as_str() == entry_subject {
-                    let index = m
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(blockpost_core::wire::LEAF_INDEX_HEADER))
-                        .and_then(|v| v.as_str().parse::<u64>().ok());
-                    Some(Event::DirectoryEntry {
-                        index,
-                        entry: m.payload.clone(),
-                    })
-                } else {
-                    None
-                };
-                if let Some(event) = event
-                    && !feed.send(event).await
-                {
-                    return Ok(false);
-                }
-                next = seq + 1;
+pub(crate) struct DirectoryReader {
+    feed: Feed,
+    js: jetstream::Context,
+    ns: Namespace,
+    /// The next stream sequence to read.
+    next: u64,
+}
+
+impl DirectoryReader {
+    pub(crate) fn new(feed: Feed, js: jetstream::Context, ns: Namespace) -> Self {
+        Self {
+            feed,
+            js,
+            ns,
+            next: 1,
+        }
+    }
+}
+
+impl Session for DirectoryReader {
+    const WHAT: &'static str = "directory";
+
+    async fn session(&mut self) -> Result<(), String> {
+        let ns = &self.ns;
+        let stream = self
+            .js
+            .get_stream(ns.directory_stream())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = ordered(&stream, Some(ns.directory_subjects()), self.next).await?;
+        let (entry_subject, checkpoint_subject) = (ns.entry_subject(), ns.checkpoint_subject());
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(|e| e.to_string())?;
+            let seq = m.info().map_err(|e| e.to_string())?.stream_sequence;
+            let event = if m.subject.as_str() == checkpoint_subject {
+                Some(Event::DirectoryCheckpoint(m.payload.clone()))
+            } else if m.subject.as_str() == entry_subject {
+                let index = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(blockpost_core::wire::LEAF_INDEX_HEADER))
+                    .and_then(|v| v.as_str().parse::<u64>().ok());
+                Some(Event::DirectoryEntry {
+                    index,
+                    entry: m.payload.clone(),
+                })
+            } else {
+                None
+            };
+            if let Some(event) = event
+                && !self.feed.send(event).await
+            {
+                return Ok(());
             }
-            Err("the directory consumer ended".into())
+            self.next = seq + 1;
         }
-        .await;
-        match r {
-            Ok(false) => return,
-            Ok(true) => {}
-            Err(e) => tracing::debug!(error = %e, "auditor: following the directory again"),
-        }
-        tokio::time::sleep(AGAIN).await;
+        Err("the directory consumer ended".into())
     }
 }
 

@@ -122,7 +122,7 @@ impl Error {
             // An entry the directory built that its own rules refuse is a bug here.
             Error::Core(_) => Code::Internal,
             Error::Storage(S::OutOfRange(_)) => Code::OutOfRange,
-            Error::Storage(S::Io(io)) if crate::service::disk_full(io) => Code::ResourceExhausted,
+            Error::Storage(S::Io(io)) if crate::sequence::disk_full(io) => Code::ResourceExhausted,
             Error::Storage(S::Corrupted(_)) => Code::DataLoss,
             Error::Storage(_) => Code::Internal,
             Error::InvalidRequest(_) | Error::TooLarge { .. } => Code::InvalidArgument,
@@ -159,7 +159,7 @@ impl Error {
             Error::Core(C::InclusionProofMismatch { .. } | C::ConsistencyProofMismatch { .. })
             | Error::Storage(S::Corrupted(_)) => "DATA_LOSS",
             Error::Storage(S::OutOfRange(_)) | Error::OutOfRange(_) => "OUT_OF_RANGE",
-            Error::Storage(S::Io(io)) if crate::service::disk_full(io) => "STORAGE_FULL",
+            Error::Storage(S::Io(io)) if crate::sequence::disk_full(io) => "STORAGE_FULL",
             Error::AddressTaken(_) => "ADDRESS_TAKEN",
             Error::NotFound(_) => "NOT_REGISTERED",
             Error::EvidenceRequired => "EVIDENCE_REQUIRED",

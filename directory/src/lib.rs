@@ -41,12 +41,14 @@
 //! # drop(service); Ok(()) }
 //! ```
 
+mod admit;
 mod ca;
 mod config;
 mod error;
 mod grpc;
 mod limit;
 mod publish;
+mod sequence;
 mod service;
 mod storage;
 

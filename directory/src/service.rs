@@ -1,30 +1,25 @@
-//! The directory's logic: checks requests, issues certificates, sequences entries in
-//! batches and answers look-ups and proofs. The gRPC adapter in `grpc` is a thin layer on
-//! top of [`Directory`].
+//! The directory's handle: starts it, hands requests to the sequencer and answers
+//! look-ups and proofs. What a request must satisfy is in `admit` (checked before it is
+//! sequenced), how batches are appended and answered in `sequence`; the gRPC adapter in
+//! `grpc` is a thin layer on top of [`Directory`].
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use blockpost_core::wire::Namespace;
-use blockpost_core::{
-    Address, Binding, CheckpointSigner, Clock, MAX_REASON_LEN, TrustAnchors, authorize_request,
-    check_clock, check_real_name, decode_canonical, decode_entry, ed25519_key, x25519_key,
-};
+use blockpost_core::{Address, CheckpointSigner, Clock, TrustAnchors};
 use blockpost_proto::v1::{
-    EntryKind, EntryProof, GetInfoResponse, LogEntry, LookupResponse, ProofResponse, RegisterBody,
-    RevokeBody, RotateBody, SignedRequest,
+    EntryProof, GetInfoResponse, LookupResponse, ProofResponse, SignedRequest,
 };
 use blockpost_storage::Head;
 use ed25519_dalek::SigningKey;
-use prost::Message as _;
-use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::ca::{Ca, Subject};
+use crate::ca::Ca;
 use crate::config::DirectoryConfig;
 use crate::limit::RegistrationLimiter;
+use crate::sequence::sequencer;
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -59,16 +54,16 @@ pub struct Directory {
 pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) config: DirectoryConfig,
-    ca: Ca,
+    pub(crate) ca: Ca,
     pub(crate) signer: CheckpointSigner,
-    anchors: TrustAnchors,
-    clock: Arc<dyn Clock>,
-    seq: mpsc::Sender<Pending>,
-    changed: watch::Sender<u64>,
+    pub(crate) anchors: TrustAnchors,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) seq: mpsc::Sender<Pending>,
+    pub(crate) changed: watch::Sender<u64>,
     /// The newest checkpoint witnesses cosigned, as the node collected it.
-    witnessed: blockpost_storage::Witnessed,
+    pub(crate) witnessed: blockpost_storage::Witnessed,
     /// Rate limits of unverified registrations.
-    limiter: RegistrationLimiter,
+    pub(crate) limiter: RegistrationLimiter,
 }
 
 impl crate::publish::Trailed for Inner {
@@ -77,19 +72,19 @@ impl crate::publish::Trailed for Inner {
     }
 }
 
-enum Precondition {
+pub(crate) enum Precondition {
     /// The address has never been registered.
     Unregistered,
     /// The address's newest entry is this one, and not a revocation.
     Current(u64),
 }
 
-struct Pending {
-    address: String,
-    entry: Vec<u8>,
-    revokes: bool,
-    pre: Precondition,
-    reply: oneshot::Sender<Result<EntryProof>>,
+pub(crate) struct Pending {
+    pub(crate) address: String,
+    pub(crate) entry: Vec<u8>,
+    pub(crate) revokes: bool,
+    pub(crate) pre: Precondition,
+    pub(crate) reply: oneshot::Sender<Result<EntryProof>>,
 }
 
 impl Directory {
@@ -364,212 +359,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|_| Error::ShuttingDown)
 }
 
-type Checked = (String, Vec<u8>, bool, Precondition);
-
 impl Inner {
-    fn check_clock(&self, ts: i64) -> Result<()> {
-        Ok(check_clock(
-            ts,
-            self.clock.now_ms(),
-            self.config.max_clock_skew_ms,
-        )?)
-    }
-
-    fn check_register(&self, req: SignedRequest, peer: Option<IpAddr>) -> Result<Checked> {
-        check_len("body", req.body.len(), MAX_BODY_LEN)?;
-        let body: RegisterBody = decode_canonical(&req.body, "RegisterBody")?;
-        let address = Address::parse(&body.address)?;
-        check_real_name(&body.real_name)?;
-        ed25519_key(&body.signing_key)?;
-        x25519_key(&body.encryption_key)?;
-        self.check_clock(body.timestamp_ms)?;
-        if !body.evidence_chain.is_empty() && self.anchors.is_empty() {
-            return Err(blockpost_core::Error::Evidence(
-                blockpost_core::EvidenceError::TrustAnchor {
-                    why: "this directory has no trust anchors configured".into(),
-                },
-            )
-            .into());
-        }
-        // Signatures first, before anything is spent on the request: the same core rule
-        // every verifier re-runs on the logged entry.
-        let auth = authorize_request(EntryKind::Register, &req, None)?;
-        let (verified, evidence_key) = if body.evidence_chain.is_empty() {
-            if !req.second_signature.is_empty() {
-                return Err(Error::InvalidRequest(
-                    "evidence signature given without an evidence chain".into(),
-                ));
-            }
-            if self.config.require_verified {
-                return Err(Error::EvidenceRequired);
-            }
-            (false, Vec::new())
-        } else {
-            let now_secs = self.clock.now_ms().div_euclid(1000);
-            let ev = self
-                .anchors
-                .check(&body.evidence_chain, &body.real_name, now_secs)?;
-            (true, ev.leaf_spki)
-        };
-        if self.store.address(address.as_str()).is_some() {
-            return Err(Error::AddressTaken(address.to_string()));
-        }
-        let logged_at_ms = self.clock.now_ms();
-        // Only a request that would be logged spends a token: garbage, forged signatures
-        // and taken addresses are refused above without draining anyone's limit.
-        if !verified {
-            self.limiter.admit(peer, logged_at_ms)?;
-        }
-        let certificate = self.issue(
-            &body.real_name,
-            &address,
-            &body.signing_key,
-            &body.encryption_key,
-            logged_at_ms,
-        )?;
-        let entry = LogEntry {
-            kind: EntryKind::Register as i32,
-            address: address.to_string(),
-            real_name: body.real_name,
-            verified,
-            signing_key: body.signing_key,
-            encryption_key: body.encryption_key,
-            certificate,
-            previous_index: 0,
-            logged_at_ms,
-            request: Some(req),
-            evidence_key,
-        };
-        // The entry says exactly what the request says (the rest of `authorize_entry`).
-        auth.check_entry(&entry, None)?;
-        Ok((
-            address.to_string(),
-            entry.encode_to_vec(),
-            false,
-            Precondition::Unregistered,
-        ))
-    }
-
-    fn current(&self, address: &Address, named: u64) -> Result<(u64, Binding)> {
-        let st = self
-            .store
-            .address(address.as_str())
-            .ok_or_else(|| Error::NotFound(address.to_string()))?;
-        let current = st
-            .current()
-            .ok_or_else(|| Error::NotFound(address.to_string()))?;
-        if st.revoked {
-            return Err(Error::KeyRevoked {
-                address: address.to_string(),
-                at: current,
-            });
-        }
-        if current != named {
-            return Err(Error::Stale {
-                address: address.to_string(),
-                current,
-                named,
-            });
-        }
-        let (_, binding) = decode_entry(&self.store.entry(current)?)?;
-        Ok((current, binding))
-    }
-
-    fn check_rotate(&self, req: SignedRequest) -> Result<Checked> {
-        check_len("body", req.body.len(), MAX_BODY_LEN)?;
-        let body: RotateBody = decode_canonical(&req.body, "RotateBody")?;
-        let address = Address::parse(&body.address)?;
-        ed25519_key(&body.new_signing_key)?;
-        x25519_key(&body.new_encryption_key)?;
-        self.check_clock(body.timestamp_ms)?;
-        let (current, prev) = self.current(&address, body.current_index)?;
-        let auth = authorize_request(EntryKind::Rotate, &req, Some((current, &prev)))?;
-        let logged_at_ms = self.clock.now_ms();
-        let certificate = self.issue(
-            &prev.real_name,
-            &address,
-            &body.new_signing_key,
-            &body.new_encryption_key,
-            logged_at_ms,
-        )?;
-        let entry = LogEntry {
-            kind: EntryKind::Rotate as i32,
-            address: address.to_string(),
-            real_name: prev.real_name.clone(),
-            verified: prev.verified,
-            signing_key: body.new_signing_key,
-            encryption_key: body.new_encryption_key,
-            certificate,
-            previous_index: current,
-            logged_at_ms,
-            request: Some(req),
-            evidence_key: prev.evidence_key.clone(),
-        };
-        auth.check_entry(&entry, Some(&prev))?;
-        Ok((
-            address.to_string(),
-            entry.encode_to_vec(),
-            false,
-            Precondition::Current(current),
-        ))
-    }
-
-    fn check_revoke(&self, req: SignedRequest) -> Result<Checked> {
-        check_len("body", req.body.len(), MAX_BODY_LEN)?;
-        let body: RevokeBody = decode_canonical(&req.body, "RevokeBody")?;
-        let address = Address::parse(&body.address)?;
-        check_len("reason", body.reason.len(), MAX_REASON_LEN)?;
-        self.check_clock(body.timestamp_ms)?;
-        let (current, prev) = self.current(&address, body.current_index)?;
-        let auth = authorize_request(EntryKind::Revoke, &req, Some((current, &prev)))?;
-        let entry = LogEntry {
-            kind: EntryKind::Revoke as i32,
-            address: address.to_string(),
-            real_name: prev.real_name.clone(),
-            verified: prev.verified,
-            signing_key: prev.signing_key.to_vec(),
-            encryption_key: prev.encryption_key.to_vec(),
-            certificate: Vec::new(),
-            previous_index: current,
-            logged_at_ms: self.clock.now_ms(),
-            request: Some(req),
-            evidence_key: prev.evidence_key.clone(),
-        };
-        auth.check_entry(&entry, Some(&prev))?;
-        Ok((
-            address.to_string(),
-            entry.encode_to_vec(),
-            true,
-            Precondition::Current(current),
-        ))
-    }
-
-    fn issue(
-        &self,
-        real_name: &str,
-        address: &Address,
-        sk: &[u8],
-        ek: &[u8],
-        at_ms: i64,
-    ) -> Result<Vec<u8>> {
-        let not_before = OffsetDateTime::from_unix_timestamp(at_ms.div_euclid(1000))
-            .map_err(|e| Error::Certificate(e.to_string()))?;
-        let key = |b: &[u8]| -> Result<[u8; 32]> {
-            b.try_into()
-                .map_err(|_| Error::InvalidRequest("key of the wrong length".into()))
-        };
-        self.ca.issue(
-            &Subject {
-                real_name,
-                address: address.as_str(),
-                signing_key: key(sk)?,
-                encryption_key: key(ek)?,
-            },
-            not_before,
-        )
-    }
-
-    fn entry_proof(&self, index: u64, head: &Head) -> Result<EntryProof> {
+    pub(crate) fn entry_proof(&self, index: u64, head: &Head) -> Result<EntryProof> {
         Ok(EntryProof {
             leaf_index: index,
             entry: self.store.entry(index)?,
@@ -581,158 +372,5 @@ impl Inner {
                 .collect(),
             checkpoint: head.checkpoint.clone(),
         })
-    }
-
-    /// Sequences one batch: re-checks preconditions in order, appends durably, signs one
-    /// checkpoint, then answers every request with its proof.
-    fn commit(&self, batch: Vec<Pending>) {
-        // Address states as they will be after the accepted part of this batch.
-        let mut overlay: HashMap<String, (u64, bool)> = HashMap::new();
-        let mut accepted = Vec::with_capacity(batch.len());
-        let next = self.store.len();
-        for p in batch {
-            let state = overlay.get(&p.address).copied().or_else(|| {
-                self.store
-                    .address(&p.address)
-                    .and_then(|s| s.current().map(|c| (c, s.revoked)))
-            });
-            let verdict = match (&p.pre, state) {
-                (Precondition::Unregistered, None) => Ok(()),
-                (Precondition::Unregistered, Some(_)) => {
-                    Err(Error::AddressTaken(p.address.clone()))
-                }
-                (Precondition::Current(_), None) => Err(Error::NotFound(p.address.clone())),
-                (Precondition::Current(_), Some((at, true))) => Err(Error::KeyRevoked {
-                    address: p.address.clone(),
-                    at,
-                }),
-                (Precondition::Current(want), Some((cur, false))) if *want != cur => {
-                    Err(Error::Stale {
-                        address: p.address.clone(),
-                        current: cur,
-                        named: *want,
-                    })
-                }
-                (Precondition::Current(_), Some(_)) => Ok(()),
-            };
-            match verdict {
-                Ok(()) => {
-                    overlay.insert(p.address.clone(), (next + accepted.len() as u64, p.revokes));
-                    accepted.push(p);
-                }
-                Err(e) => {
-                    let _ = p.reply.send(Err(e));
-                }
-            }
-        }
-        if accepted.is_empty() {
-            return;
-        }
-        let entries: Vec<Vec<u8>> = accepted
-            .iter_mut()
-            .map(|p| std::mem::take(&mut p.entry))
-            .collect();
-        let bindings: Vec<(String, bool)> = accepted
-            .iter()
-            .map(|p| (p.address.clone(), p.revokes))
-            .collect();
-        match self.store.append(&entries, &bindings, |size, root| {
-            Ok(self.signer.sign(size, root)?)
-        }) {
-            Ok((first, head)) => {
-                let _ = self.changed.send(head.size);
-                for (i, p) in accepted.into_iter().enumerate() {
-                    let _ = p.reply.send(self.entry_proof(first + i as u64, &head));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "appending a batch failed; nothing of it was acknowledged");
-                // Every waiter gets the same failure, with its OS error kept (a full disk is
-                // RESOURCE_EXHAUSTED, not INTERNAL).
-                let msg = e.to_string();
-                let os = match &e {
-                    Error::Storage(blockpost_storage::Error::Io(io)) => io.raw_os_error(),
-                    _ => None,
-                };
-                for p in accepted {
-                    let io = match os {
-                        Some(code) => std::io::Error::new(
-                            std::io::Error::from_raw_os_error(code).kind(),
-                            OsError {
-                                code,
-                                msg: msg.clone(),
-                            },
-                        ),
-                        None => std::io::Error::other(msg.clone()),
-                    };
-                    let _ = p
-                        .reply
-                        .send(Err(Error::Storage(blockpost_storage::Error::Io(io))));
-                }
-            }
-        }
-    }
-}
-
-/// An OS error passed on to several waiters: its code and the original message.
-#[derive(Debug)]
-struct OsError {
-    code: i32,
-    msg: String,
-}
-
-impl std::fmt::Display for OsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.msg)
-    }
-}
-
-impl std::error::Error for OsError {}
-
-/// Whether an I/O error means the disk (or the file size limit) is full.
-pub(crate) fn disk_full(e: &std::io::Error) -> bool {
-    let code = e.raw_os_error().or_else(|| {
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<OsError>())
-            .map(|o| o.code)
-    });
-    // ENOSPC, EDQUOT, EFBIG.
-    matches!(code, Some(28 | 122 | 27))
-        || matches!(
-            e.kind(),
-            std::io::ErrorKind::StorageFull
-                | std::io::ErrorKind::QuotaExceeded
-                | std::io::ErrorKind::FileTooLarge
-        )
-}
-
-fn check_len(field: &'static str, len: usize, limit: usize) -> Result<()> {
-    if len > limit {
-        return Err(Error::TooLarge { field, len, limit });
-    }
-    Ok(())
-}
-
-async fn sequencer(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Pending>) {
-    while let Some(first) = rx.recv().await {
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let max = inner.config.max_batch.max(1);
-        let mut batch = Vec::with_capacity(64);
-        batch.push(first);
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let inner2 = inner.clone();
-        if tokio::task::spawn_blocking(move || inner2.commit(batch))
-            .await
-            .is_err()
-        {
-            tracing::error!("sequencer batch panicked");
-        }
     }
 }

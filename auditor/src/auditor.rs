@@ -524,10 +524,18 @@ impl Auditor {
     }
 
     /// Where the auditor stands: as of the last effects recorded (a status that counts a
-    /// block verified also counts the alerts it raised).
+    /// block verified also counts the alerts it raised), with every alert recorded so far
+    /// (also one a subscriber has just been told of).
     pub fn status(&self) -> AuditStatus {
         let view = self.inner.view.borrow();
         let mut s = view.status.clone();
+        s.alerts = self
+            .inner
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .all()
+            .len();
         let idle_ms = self.inner.clock.now_ms().saturating_sub(view.progress_ms);
         s.seconds_since_progress = u64::try_from(idle_ms / 1000).unwrap_or(0);
         s

@@ -1,0 +1,165 @@
+//! The directory: entries, histories, the node's identity, checkpoints, new keys.
+
+use base64::Engine as _;
+use blockpost_client::VerifiedEntry;
+use blockpost_core::{Identity, VerifiedCheckpoint};
+use blockpost_proto::v1::GetInfoResponse;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// The JSON form of a verified entry.
+pub fn entry_json(e: &VerifiedEntry) -> Value {
+    let b = &e.binding;
+    json!({
+        "address": b.address.as_str(),
+        "real_name": b.real_name,
+        "verified": b.verified,
+        "revoked": b.revoked(),
+        "kind": entry_kind(b.kind),
+        "signing_key": hex::encode(b.signing_key),
+        "encryption_key": hex::encode(b.encryption_key),
+        "certificate_pem": cert_pem(&b.certificate),
+        "leaf_index": e.leaf_index,
+        "previous_index": b.previous_index,
+        "logged_at_ms": b.logged_at_ms,
+        "entry": base64::engine::general_purpose::STANDARD.encode(&e.entry),
+        "inclusion_proof": e.inclusion_proof.iter().map(hex::encode).collect::<Vec<_>>(),
+        "tree_size": e.checkpoint.size,
+        "checkpoint": String::from_utf8_lossy(&e.checkpoint.note),
+    })
+}
+
+/// A verified entry, for people or as JSON.
+pub fn entry(e: &VerifiedEntry, json: bool) -> anyhow::Result<()> {
+    if json {
+        say!("{}", serde_json::to_string_pretty(&entry_json(e))?);
+        return Ok(());
+    }
+    let b = &e.binding;
+    say!(
+        "{} {}",
+        entry_kind(b.kind),
+        party(&b.real_name, b.address.as_str())
+    );
+    say!(
+        "  verified name   {}",
+        if b.verified {
+            "yes (evidence chains to a trust anchor)"
+        } else {
+            "no"
+        }
+    );
+    if b.revoked() {
+        say!("  status          REVOKED");
+    }
+    say!("  signing key     {}", hex::encode(b.signing_key));
+    say!("  encryption key  {}", hex::encode(b.encryption_key));
+    say!("  logged at       {}", date(b.logged_at_ms));
+    say!(
+        "  log index       {} (proof verified against checkpoint of size {})",
+        e.leaf_index,
+        e.checkpoint.size
+    );
+    Ok(())
+}
+
+/// An address's history, current entry first, for people or as JSON.
+pub fn history(history: &[VerifiedEntry], json: bool) -> anyhow::Result<()> {
+    let Some(current) = history.last() else {
+        anyhow::bail!("empty history");
+    };
+    if json {
+        let mut v = entry_json(current);
+        v["history"] = history.iter().map(entry_json).collect();
+        say!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    entry(current, false)?;
+    if history.len() > 1 {
+        say!(
+            "  history         {}",
+            history
+                .iter()
+                .map(|e| e.leaf_index.to_string())
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        );
+    }
+    Ok(())
+}
+
+/// The node's identity.
+pub fn info(endpoint: &str, i: &GetInfoResponse, json: bool) -> anyhow::Result<()> {
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "endpoint": endpoint,
+                "origin": i.origin,
+                "verifier_key": i.verifier_key,
+                "ca_certificate_pem": i.ca_certificate_pem,
+                "require_verified": i.require_verified,
+            }))?
+        );
+        return Ok(());
+    }
+    say!("origin        {}", i.origin);
+    say!("verifier key  {}", i.verifier_key);
+    say!(
+        "names         {}",
+        if i.require_verified {
+            "evidence required"
+        } else {
+            "evidence optional"
+        }
+    );
+    say!("{}", i.ca_certificate_pem.trim_end());
+    Ok(())
+}
+
+/// A verified checkpoint.
+pub fn checkpoint(
+    cp: &VerifiedCheckpoint,
+    witnessed_by: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "origin": cp.origin,
+                "tree_size": cp.size,
+                "root_hash": hex::encode(cp.root),
+                "checkpoint": String::from_utf8_lossy(&cp.note),
+                "witnessed_by": witnessed_by,
+            }))?
+        );
+        return Ok(());
+    }
+    say!("{}", String::from_utf8_lossy(&cp.note).trim_end());
+    eprintln!("(signature verified; consistent with every checkpoint this client saw before)");
+    if !witnessed_by.is_empty() {
+        eprintln!("(cosigned by the witnesses {})", witnessed_by.join(", "));
+    }
+    Ok(())
+}
+
+/// A new key file.
+pub fn new_key(file: &std::path::Path, id: &Identity, json: bool) -> anyhow::Result<()> {
+    if json {
+        say!(
+            "{}",
+            json!({
+                "file": file.display().to_string(),
+                "signing_key": hex::encode(id.signing_public()),
+                "encryption_key": hex::encode(id.encryption_public()),
+            })
+        );
+        return Ok(());
+    }
+    say!("wrote {} (encrypted PKCS#8, mode 0600)", file.display());
+    say!("  signing key     {}", hex::encode(id.signing_public()));
+    say!("  encryption key  {}", hex::encode(id.encryption_public()));
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! All output of the `blockpost` command, human and `--json`, in one place. Human output
+//! shows times as RFC 3339 dates (UTC) and parties as `Real Name <address>`; JSON keeps
+//! milliseconds and raw fields.
+
+use base64::Engine as _;
+use blockpost_proto::v1::{EntryKind, MessageKind};
+
+/// `println!` that exits quietly when stdout is a closed pipe (`blockpost ... | head`).
+#[macro_export]
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+// After `say!`: the modules use it.
+mod audit;
+mod directory;
+mod ledger;
+mod messages;
+
+pub use audit::*;
+pub use directory::*;
+pub use ledger::*;
+pub use messages::*;
+
+/// A Unix time in milliseconds as an RFC 3339 date in UTC, with milliseconds.
+pub fn date(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
+    t.unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// `Real Name <address>`, or the address alone when the name is unknown.
+pub fn party(name: &str, address: &str) -> String {
+    if name.is_empty() {
+        address.to_owned()
+    } else {
+        format!("{name} <{address}>")
+    }
+}
+
+/// PEM of a DER certificate.
+pub fn cert_pem(der: &[u8]) -> String {
+    if der.is_empty() {
+        return String::new();
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut s = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        s.push_str(&String::from_utf8_lossy(chunk));
+        s.push('\n');
+    }
+    s.push_str("-----END CERTIFICATE-----\n");
+    s
+}
+
+fn entry_kind(k: EntryKind) -> &'static str {
+    match k {
+        EntryKind::Register => "register",
+        EntryKind::Rotate => "rotate",
+        EntryKind::Revoke => "revoke",
+        EntryKind::Unspecified => "unspecified",
+    }
+}
+
+fn message_kind(k: i32) -> &'static str {
+    match MessageKind::try_from(k) {
+        Ok(MessageKind::Message) => "message",
+        Ok(MessageKind::Document) => "document",
+        Ok(MessageKind::Finish) => "finish",
+        _ => "unknown",
+    }
+}

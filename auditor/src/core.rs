@@ -17,12 +17,13 @@ use blockpost_core::VerifiedCheckpoint;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertKind};
-use crate::auditor::{AuditStatus, OpenFor, ReceiptVerdict};
 use crate::chain::Chain;
+use crate::config::OpenFor;
 use crate::directory::DirectoryLog;
 use crate::error::AuditError;
 use crate::promises::{Promises, ResumePoint};
 use crate::search::IndexedMessage;
+use crate::status::{AuditStatus, ReceiptVerdict};
 
 /// A firehose message as its reader saw it: the envelope rules and the sender's signature
 /// are checked by the reader (against the node's verified directory, which needs the

@@ -59,6 +59,7 @@ mod alert;
 mod auditor;
 mod chain;
 mod checkpoints;
+mod config;
 mod core;
 mod directory;
 mod drive;

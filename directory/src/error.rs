@@ -122,7 +122,7 @@ impl Error {
             // An entry the directory built that its own rules refuse is a bug here.
             Error::Core(_) => Code::Internal,
             Error::Storage(S::OutOfRange(_)) => Code::OutOfRange,
-            Error::Storage(S::Io(io)) if crate::sequence::disk_full(io) => Code::ResourceExhausted,
+            Error::Storage(S::Io(io)) if disk_full(io) => Code::ResourceExhausted,
             Error::Storage(S::Corrupted(_)) => Code::DataLoss,
             Error::Storage(_) => Code::Internal,
             Error::InvalidRequest(_) | Error::TooLarge { .. } => Code::InvalidArgument,
@@ -159,7 +159,7 @@ impl Error {
             Error::Core(C::InclusionProofMismatch { .. } | C::ConsistencyProofMismatch { .. })
             | Error::Storage(S::Corrupted(_)) => "DATA_LOSS",
             Error::Storage(S::OutOfRange(_)) | Error::OutOfRange(_) => "OUT_OF_RANGE",
-            Error::Storage(S::Io(io)) if crate::sequence::disk_full(io) => "STORAGE_FULL",
+            Error::Storage(S::Io(io)) if disk_full(io) => "STORAGE_FULL",
             Error::AddressTaken(_) => "ADDRESS_TAKEN",
             Error::NotFound(_) => "NOT_REGISTERED",
             Error::EvidenceRequired => "EVIDENCE_REQUIRED",
@@ -183,4 +183,36 @@ impl From<Error> for tonic::Status {
         }
         status
     }
+}
+
+/// An OS error passed on to several waiters: its code and the original message.
+#[derive(Debug)]
+pub(crate) struct OsError {
+    pub(crate) code: i32,
+    pub(crate) msg: String,
+}
+
+impl std::fmt::Display for OsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for OsError {}
+
+/// Whether an I/O error means the disk (or the file size limit) is full.
+pub(crate) fn disk_full(e: &std::io::Error) -> bool {
+    let code = e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<OsError>())
+            .map(|o| o.code)
+    });
+    // ENOSPC, EDQUOT, EFBIG.
+    matches!(code, Some(28 | 122 | 27))
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::QuotaExceeded
+                | std::io::ErrorKind::FileTooLarge
+        )
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use tokio::sync::mpsc;
 
 use crate::Error;
+use crate::error::OsError;
 use crate::service::{Inner, Pending, Precondition};
 
 impl Inner {
@@ -100,57 +101,30 @@ impl Inner {
     }
 }
 
-/// An OS error passed on to several waiters: its code and the original message.
-#[derive(Debug)]
-struct OsError {
-    code: i32,
-    msg: String,
-}
-
-impl std::fmt::Display for OsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.msg)
-    }
-}
-
-impl std::error::Error for OsError {}
-
-/// Whether an I/O error means the disk (or the file size limit) is full.
-pub(crate) fn disk_full(e: &std::io::Error) -> bool {
-    let code = e.raw_os_error().or_else(|| {
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<OsError>())
-            .map(|o| o.code)
-    });
-    // ENOSPC, EDQUOT, EFBIG.
-    matches!(code, Some(28 | 122 | 27))
-        || matches!(
-            e.kind(),
-            std::io::ErrorKind::StorageFull
-                | std::io::ErrorKind::QuotaExceeded
-                | std::io::ErrorKind::FileTooLarge
-        )
-}
-pub(crate) async fn sequencer(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Pending>) {
-    while let Some(first) = rx.recv().await {
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        let max = inner.config.max_batch.max(1);
-        let mut batch = Vec::with_capacity(64);
-        batch.push(first);
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+impl Inner {
+    /// The sequencer task: takes what has queued up (at most `max_batch`) and commits it
+    /// as one batch, on a blocking thread.
+    pub(crate) async fn sequencer(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Pending>) {
+        while let Some(first) = rx.recv().await {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let max = inner.config.max_batch.max(1);
+            let mut batch = Vec::with_capacity(64);
+            batch.push(first);
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
             }
-        }
-        let inner2 = inner.clone();
-        if tokio::task::spawn_blocking(move || inner2.commit(batch))
-            .await
-            .is_err()
-        {
-            tracing::error!("sequencer batch panicked");
+            let inner2 = inner.clone();
+            if tokio::task::spawn_blocking(move || inner2.commit(batch))
+                .await
+                .is_err()
+            {
+                tracing::error!("sequencer batch panicked");
+            }
         }
     }
 }

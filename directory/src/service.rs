@@ -19,7 +19,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::ca::Ca;
 use crate::config::DirectoryConfig;
 use crate::limit::RegistrationLimiter;
-use crate::sequence::sequencer;
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -103,7 +102,7 @@ impl Directory {
         let inner = Arc::new(inner);
         // The tasks hold the directory weakly: when its last handle is dropped, the log
         // (and its lock) is closed and they end.
-        tokio::spawn(sequencer(Arc::downgrade(&inner), rx));
+        tokio::spawn(Inner::sequencer(Arc::downgrade(&inner), rx));
         if let Some(client) = nats {
             let target = crate::publish::Target {
                 ns: blockpost_core::wire::Namespace::for_origin(inner.signer.origin()),

@@ -71,7 +71,7 @@ pub(crate) struct Inner {
     /// The connection firehose followers read on ([`Gateway::follow_on`]).
     pub(crate) followers_nats: std::sync::OnceLock<jetstream::Context>,
     /// Firehose followers served now, in all and per peer.
-    pub(crate) followers: std::sync::Mutex<crate::grpc::Followers>,
+    pub(crate) followers: std::sync::Mutex<Followers>,
     /// Bytes of envelopes being checked and stored ([`MessagingConfig::max_inflight_bytes`]).
     inflight: tokio::sync::Semaphore,
 }
@@ -436,4 +436,15 @@ impl Gateway {
         };
         Ok(sign_receipt(&self.inner.key, &body))
     }
+}
+
+/// Firehose followers served now.
+#[derive(Debug, Default)]
+pub(crate) struct Followers {
+    /// In all.
+    pub(crate) total: usize,
+    /// Per peer.
+    pub(crate) per_peer: std::collections::HashMap<std::net::IpAddr, usize>,
+    /// Dropped so far for reading too slowly.
+    pub(crate) dropped: u64,
 }

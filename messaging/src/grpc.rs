@@ -30,7 +30,6 @@ use crate::{BusError, Error, InboxDenial, Result};
 mod follow;
 mod inbox;
 
-pub(crate) use self::follow::Followers;
 use self::follow::*;
 use self::inbox::*;
 

@@ -16,17 +16,6 @@ pub(super) const FOLLOWER_PULL_WAIT: Duration = Duration::from_secs(5);
 /// Pause before a follower pulls again after a pull that returned nothing at once.
 pub(super) const FOLLOWER_RETRY: Duration = Duration::from_millis(100);
 
-/// Firehose followers served now.
-#[derive(Debug, Default)]
-pub(crate) struct Followers {
-    /// In all.
-    pub(crate) total: usize,
-    /// Per peer.
-    per_peer: HashMap<std::net::IpAddr, usize>,
-    /// Dropped so far for reading too slowly.
-    pub(crate) dropped: u64,
-}
-
 /// One follower's place among [`Followers`], given back when dropped.
 pub(super) struct FollowerSlot {
     gw: Gateway,

@@ -42,6 +42,7 @@ use prost::Message as _;
 
 use crate::anchor::Anchors;
 use crate::index::Index;
+use crate::maps::BlockMaps;
 use crate::{BuilderConfig, Error, Result};
 
 /// Largest stored block, in bytes.
@@ -108,6 +109,8 @@ struct Inner {
     refused: AtomicU64,
     /// Message, block and transaction indexes, derived from the store.
     pub(crate) index: Index,
+    /// Each block's leaf ranges and tree, derived from the store, for look-ups.
+    pub(crate) maps: BlockMaps,
     /// The open transactions after the newest indexed block. The cutting loop owns it; after
     /// an error it is reloaded from the index ([`catch_up`]).
     book: Mutex<Book>,
@@ -210,11 +213,11 @@ impl Builder {
         let anchor_config = config.anchor.clone();
         let timeout = config.transaction_timeout_ms;
         let partitions = config.firehose_partitions.max(1);
-        let (store, index, anchors) = tokio::task::spawn_blocking(move || {
-            let (store, index) = open_store(&dir)?;
+        let (store, index, maps, anchors) = tokio::task::spawn_blocking(move || {
+            let (store, index, maps) = open_store(&dir)?;
             fix_rules(&dir, timeout, partitions)?;
             let anchors = Anchors::open(&dir.join("anchors"), anchor_config)?;
-            Ok::<_, Error>((store, index, anchors))
+            Ok::<_, Error>((store, index, maps, anchors))
         })
         .await
         .map_err(|e| Error::Corrupted(format!("opening the store: {e}")))??;
@@ -239,6 +242,7 @@ impl Builder {
             signatures_checked: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             index,
+            maps,
             anchors,
             book: Mutex::new(Book::new(timeout, [])),
             last_seqs: Mutex::new(vec![0; partitions as usize]),
@@ -366,6 +370,11 @@ impl Builder {
     /// The ledger's indexes.
     pub(crate) fn index(&self) -> &Index {
         &self.inner.index
+    }
+
+    /// The blocks' maps, for look-ups.
+    pub(crate) fn maps(&self) -> &BlockMaps {
+        &self.inner.maps
     }
 
     /// The default transaction timeout.

@@ -4,9 +4,10 @@ use std::collections::HashMap;
 
 use blockpost_core::MAX_TEXT_LEN;
 use blockpost_core::block::BlockTree;
+use blockpost_core::blockmap::root_from_path;
 use blockpost_proto::v1::ledger_server::{self, LedgerServer};
 use blockpost_proto::v1::{
-    Block, BlockResponse, GetBlockRequest, GetHeadersRequest, GetLedgerInfoRequest,
+    Block, BlockHeader, BlockResponse, GetBlockRequest, GetHeadersRequest, GetLedgerInfoRequest,
     GetMessageRequest, GetTransactionRequest, HeadersResponse, LedgerInfo, MessageResponse,
     SignedBlockHeader, SubscribeBlocksRequest, TransactionResponse, get_block_request,
 };
@@ -60,6 +61,79 @@ impl Builder {
             ledger_checkpoint: head.checkpoint.clone(),
             ledger_proof: proof.iter().map(|h| h.to_vec()).collect(),
         })
+    }
+
+    /// Leaf `leaf` of block `height`, read through the block's map: only the leaf and its
+    /// audit path, checked against the signed header's root (from the index) before it is
+    /// served. `None` if the block has no map yet, or if what the map gives does not lead
+    /// to the header's root (the caller then reads the block whole; a warning says so).
+    fn mapped_leaf_response(
+        &self,
+        height: u64,
+        leaf: u32,
+        head: &Head,
+    ) -> Result<Option<MessageResponse>, LedgerError> {
+        let Some(m) = self
+            .maps()
+            .leaf(self.store(), height, leaf)
+            .map_err(LedgerError::Builder)?
+        else {
+            return Ok(None);
+        };
+        let Some(signed) = self.index().header(height).map_err(LedgerError::Builder)? else {
+            return Ok(None);
+        };
+        let signed = SignedBlockHeader::decode(signed.as_slice()).map_err(|e| {
+            LedgerError::Damaged(format!("indexed header {height} does not decode: {e}"))
+        })?;
+        let header = BlockHeader::decode(signed.header.as_slice()).map_err(|e| {
+            LedgerError::Damaged(format!("indexed header {height} does not decode: {e}"))
+        })?;
+        let hash = blockpost_core::leaf_hash(&m.bytes);
+        let proved = hash == m.hash
+            && header.leaf_count == u64::from(m.leaves)
+            && root_from_path(m.leaves, leaf, hash, &m.path)
+                .is_some_and(|root| root.as_slice() == header.merkle_root.as_slice());
+        if !proved {
+            tracing::warn!(
+                height,
+                leaf,
+                "the block's map does not lead to its signed root: reading the block whole"
+            );
+            return Ok(None);
+        }
+        let ledger_proof = self
+            .store()
+            .prove_inclusion(height, head.size)
+            .map_err(crate::Error::from)?;
+        Ok(Some(MessageResponse {
+            envelope: m.bytes,
+            height,
+            leaf_index: u64::from(leaf),
+            inclusion_proof: m.path.iter().map(|h| h.to_vec()).collect(),
+            header: Some(signed),
+            ledger_checkpoint: head.checkpoint.clone(),
+            ledger_proof: ledger_proof.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    /// Leaf `leaf` of block `height` with its proofs: through the block's map, or from the
+    /// whole block (read once per call into `blocks`) when that fails.
+    fn leaf_of(
+        &self,
+        blocks: &mut HashMap<u64, (Block, BlockTree)>,
+        height: u64,
+        leaf: u32,
+        head: &Head,
+    ) -> Result<MessageResponse, LedgerError> {
+        if let Some(r) = self.mapped_leaf_response(height, leaf, head)? {
+            return Ok(r);
+        }
+        let block = match blocks.entry(height) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.read_tree(height)?),
+        };
+        self.leaf_response(block, height, leaf, head)
     }
 
     /// Leaf `leaf` of `block` (at `height`, with its Merkle `tree`) with its inclusion
@@ -173,10 +247,12 @@ impl ledger_server::Ledger for Builder {
         if height >= head.size {
             return Err(not_witnessed(height, &head).into());
         }
-        let block = self.read_tree(height)?;
-        Ok(Response::new(
-            self.leaf_response(&block, height, leaf, &head)?,
-        ))
+        Ok(Response::new(self.leaf_of(
+            &mut HashMap::new(),
+            height,
+            leaf,
+            &head,
+        )?))
     }
 
     async fn get_transaction(
@@ -227,22 +303,14 @@ impl ledger_server::Ledger for Builder {
             if r.witnessed && height >= head.size {
                 return Err(not_witnessed(height, &head).into());
             }
-            let block = match blocks.entry(height) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(self.read_tree(height)?),
-            };
-            messages.push(self.leaf_response(block, height, leaf, &head)?);
+            messages.push(self.leaf_of(&mut blocks, height, leaf, &head)?);
         }
         let closing = match state.closing_height {
             Some(h) if r.witnessed && h >= head.size => {
                 return Err(not_witnessed(h, &head).into());
             }
             Some(h) if h < head.size => {
-                let block = match blocks.remove(&h) {
-                    Some(b) => b,
-                    None => self.read_tree(h)?,
-                };
-                Some(self.leaf_response(&block, h, state.closing_leaf_index, &head)?)
+                Some(self.leaf_of(&mut blocks, h, state.closing_leaf_index, &head)?)
             }
             _ => None,
         };

@@ -28,6 +28,7 @@ mod error;
 mod grpc;
 mod index;
 mod lease;
+mod maps;
 
 pub use anchor::AnchorLine;
 pub use blocks::read_block_message;

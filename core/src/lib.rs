@@ -54,6 +54,7 @@ mod address;
 pub mod anchor;
 mod authorize;
 pub mod block;
+pub mod blockmap;
 mod clock;
 pub mod cosign;
 mod entry;

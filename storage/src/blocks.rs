@@ -111,6 +111,18 @@ impl BlockStore {
         self.blocks.read(height)
     }
 
+    /// `len` bytes of block `height` from byte `start`: one leaf of it, say, without
+    /// reading the rest (the caller checks it against the block's tree).
+    pub fn block_range(&self, height: u64, start: u64, len: u64) -> Result<Vec<u8>> {
+        if height >= self.len() {
+            return Err(Error::OutOfRange(format!(
+                "block {height}: the ledger holds {}",
+                self.len()
+            )));
+        }
+        self.blocks.read_range(height, start, len)
+    }
+
     /// The id of the block at `height` (its ledger leaf).
     pub fn id(&self, height: u64) -> Result<[u8; 32]> {
         let leaf = self.ledger.leaf(height)?;

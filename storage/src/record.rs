@@ -128,6 +128,29 @@ impl RecordFile {
         Ok(buf)
     }
 
+    /// `len` bytes of record `index` from byte `start` of it: a part of a record read
+    /// without reading the rest (its CRC, checked at open, is not checked again: the
+    /// caller checks what it reads, as for [`RecordFile::read`]).
+    pub fn read_range(&self, index: u64, start: u64, len: u64) -> Result<Vec<u8>> {
+        let (off, rec_len) = {
+            let idx = self.index();
+            *idx.0.get(index as usize).ok_or_else(|| {
+                Error::OutOfRange(format!("record {index} beyond the file ({})", idx.0.len()))
+            })?
+        };
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > u64::from(rec_len))
+        {
+            return Err(Error::OutOfRange(format!(
+                "bytes {start}..+{len} beyond record {index} ({rec_len} bytes)"
+            )));
+        }
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        self.reader.read_exact_at(&mut buf, off + start)?;
+        Ok(buf)
+    }
+
     /// Appends `records` durably: one write, one `fdatasync`. On failure nothing of the
     /// batch stays in the file. Returns the index of the first.
     pub fn append(&self, records: &[Vec<u8>]) -> Result<u64> {

@@ -12,7 +12,7 @@ pub(super) fn corrupted(h: u64, e: impl std::fmt::Display) -> Error {
 
 /// Opens the block store (each block the ledger names must have the id it holds) and the
 /// index beside it.
-pub(super) fn open_store(dir: &std::path::Path) -> Result<(BlockStore, Index)> {
+pub(super) fn open_store(dir: &std::path::Path) -> Result<(BlockStore, Index, BlockMaps)> {
     let store = BlockStore::open(
         dir,
         MAX_BLOCK_LEN,
@@ -27,7 +27,8 @@ pub(super) fn open_store(dir: &std::path::Path) -> Result<(BlockStore, Index)> {
         |_, _| Ok(()),
     )?;
     let index = Index::open(&dir.join("index"))?;
-    Ok((store, index))
+    let maps = BlockMaps::open(&dir.join("maps"))?;
+    Ok((store, index, maps))
 }
 
 /// The transaction timeout and the firehose's partitions are rules of the ledger, not
@@ -183,5 +184,5 @@ pub(super) fn catch_up(inner: &Inner) -> Result<()> {
     *inner.tip.lock().unwrap_or_else(|e| e.into_inner()) = tip;
     *inner.book.lock().unwrap_or_else(|e| e.into_inner()) = book;
     *inner.last_seqs.lock().unwrap_or_else(|e| e.into_inner()) = last_seqs;
-    Ok(())
+    inner.maps.catch_up(&inner.store)
 }

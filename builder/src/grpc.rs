@@ -126,8 +126,12 @@ impl Builder {
         leaf: u32,
         head: &Head,
     ) -> Result<MessageResponse, LedgerError> {
-        if let Some(r) = self.mapped_leaf_response(height, leaf, head)? {
-            return Ok(r);
+        match self.mapped_leaf_response(height, leaf, head) {
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(height, leaf, error = %e, "cannot read the leaf through the block's map: reading the block whole");
+            }
         }
         let block = match blocks.entry(height) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),

@@ -35,7 +35,7 @@ pub struct AuditStatus {
     pub seconds_since_progress: u64,
     /// Firehose messages read (their signatures checked) since this run started.
     pub firehose_read: u64,
-    /// The time ([`AuditorConfig::clock`]) of the last round of time checks whose alerts
+    /// The time ([`crate::AuditorConfig::clock`]) of the last round of time checks whose alerts
     /// are raised: every receipt deadline, omission and transaction deadline up to it
     /// is checked. A test that waits for it to pass a time needs no fixed sleep.
     pub checked_until_ms: i64,

@@ -111,6 +111,8 @@ struct Inner {
     pub(crate) index: Index,
     /// Each block's leaf ranges and tree, derived from the store, for look-ups.
     pub(crate) maps: BlockMaps,
+    /// Wakes the thread that makes the maps ([`crate::maps::spawn_mapper`]).
+    maps_due: std::sync::mpsc::SyncSender<()>,
     /// The open transactions after the newest indexed block. The cutting loop owns it; after
     /// an error it is reloaded from the index ([`catch_up`]).
     book: Mutex<Book>,
@@ -228,6 +230,7 @@ impl Builder {
         })?;
         let timeout = config.transaction_timeout_ms;
         let firehose = ns.firehose(partitions);
+        let (maps_due, maps_rx) = std::sync::mpsc::sync_channel(1);
         let inner = Arc::new(Inner {
             config,
             blocks: tokio::sync::watch::Sender::new(store.len()),
@@ -243,6 +246,7 @@ impl Builder {
             refused: AtomicU64::new(0),
             index,
             maps,
+            maps_due,
             anchors,
             book: Mutex::new(Book::new(timeout, [])),
             last_seqs: Mutex::new(vec![0; partitions as usize]),
@@ -264,6 +268,11 @@ impl Builder {
         inner
             .progress_ms
             .store(inner.clock.now_ms(), Ordering::SeqCst);
+        crate::maps::spawn_mapper(
+            Arc::downgrade(&inner),
+            |i: &Inner| (&i.maps, &i.store),
+            maps_rx,
+        );
         let i2 = inner.clone();
         tokio::task::spawn_blocking(move || catch_up(&i2))
             .await

@@ -3,9 +3,11 @@
 //! message look-up reads the leaf and the hashes of its audit path only, and checks them
 //! against the signed header's root before it answers.
 //!
-//! Derived data, like the index: a block is stored first, then its map; a map file that is
-//! behind is filled from the stored blocks at open and whenever blocks are adopted, one
-//! ahead of the store is cut back, and a damaged one is made again from the store.
+//! Derived data, like the index, and off the builder's path: a thread of its own
+//! ([`spawn_mapper`]) makes the maps of the blocks stored since it last ran, from the
+//! stored bytes, whenever it is told of a new block (and once a second). Until a block's
+//! map is made, its look-ups read the block whole. Maps ahead of the store are cut back; a
+//! damaged file is made again from the store.
 
 use std::path::{Path, PathBuf};
 
@@ -128,6 +130,36 @@ impl BlockMaps {
             hash: hash_at(layout.leaf_hash_at(leaf))?,
             path,
         }))
+    }
+}
+
+/// Starts the thread that keeps the maps up with the store (both reached through `get` on
+/// `owner`; the thread ends once `owner` is gone or `due`'s sender is dropped). A send on
+/// that sender wakes it; it also runs once a second.
+pub fn spawn_mapper<T: Send + Sync + 'static>(
+    owner: std::sync::Weak<T>,
+    get: fn(&T) -> (&BlockMaps, &BlockStore),
+    due: std::sync::mpsc::Receiver<()>,
+) {
+    let rx = due;
+    let spawned = std::thread::Builder::new()
+        .name("block-maps".into())
+        .spawn(move || {
+            use std::sync::mpsc::RecvTimeoutError;
+            loop {
+                match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                let Some(owner) = owner.upgrade() else { return };
+                let (maps, store) = get(&owner);
+                if let Err(e) = maps.catch_up(store) {
+                    tracing::warn!(error = %e, "cannot make block maps: look-ups read blocks whole");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no block-maps thread: look-ups read blocks whole");
     }
 }
 

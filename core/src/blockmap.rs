@@ -65,7 +65,7 @@ impl MapLayout {
         sizes
     }
 
-    /// Where leaf `i`'s range (offset, length in the block) is: [`RANGE_LEN`] bytes.
+    /// Where leaf `i`'s range (offset, length in the block) is: 8 bytes.
     pub fn range_at(&self, i: u32) -> u64 {
         COUNT_LEN + RANGE_LEN * u64::from(i)
     }

@@ -250,8 +250,6 @@ pub(super) fn keep_block(inner: &Inner, b: Made) -> Result<()> {
             inner.store.len()
         )));
     }
-    // The block's map (derived, for look-ups) is made before the bytes move to the store.
-    let map = blockpost_core::blockmap::block_map(&b.encoded);
     inner.store.append(b.encoded, id, |size, root| {
         inner
             .signer
@@ -264,14 +262,8 @@ pub(super) fn keep_block(inner: &Inner, b: Made) -> Result<()> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone_from(&b.last_seqs);
-    let kept = map
-        .map_err(|e| Error::Corrupted(e.to_string()))
-        .and_then(|m| inner.maps.append_map(height, m));
-    match kept {
-        Ok(()) => {}
-        // Look-ups of this block read it whole until a restart makes its map again.
-        Err(e) => tracing::warn!(height, error = %e, "cannot keep the block's map"),
-    }
+    // Its map, for look-ups, is made on the maps' own thread.
+    let _ = inner.maps_due.try_send(());
     let t1 = t0.elapsed();
     let book = inner.book.lock().unwrap_or_else(|e| e.into_inner());
     inner

@@ -184,5 +184,7 @@ pub(super) fn catch_up(inner: &Inner) -> Result<()> {
     *inner.tip.lock().unwrap_or_else(|e| e.into_inner()) = tip;
     *inner.book.lock().unwrap_or_else(|e| e.into_inner()) = book;
     *inner.last_seqs.lock().unwrap_or_else(|e| e.into_inner()) = last_seqs;
-    inner.maps.catch_up(&inner.store)
+    // The maps of the blocks indexed here are made on the maps' own thread.
+    let _ = inner.maps_due.try_send(());
+    Ok(())
 }

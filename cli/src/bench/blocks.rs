@@ -160,6 +160,7 @@ pub async fn run(args: BenchBlocksArgs) -> anyhow::Result<()> {
     let blocks = dir_size(&ledger_dir.join("blocks"));
     let ledger = dir_size(&ledger_dir.join("ledger"));
     let index = dir_size(&ledger_dir.join("index"));
+    let maps = dir_size(&ledger_dir.join("maps"));
     // The index's journal is bounded (64 MiB at most), not a cost per message.
     let journal: u64 = std::fs::read_dir(ledger_dir.join("index"))
         .map(|rd| {
@@ -171,13 +172,14 @@ pub async fn run(args: BenchBlocksArgs) -> anyhow::Result<()> {
         .unwrap_or(0);
     let per = |b: u64| b as f64 / envelope_bytes as f64;
     say!(
-        "stored per message, against the envelope's own size: blocks {:.3}x, ledger log {:.4}x, indexes {:.3}x (of which their journal {:.3}x), total {:.3}x ({:.1} MB for {:.1} MB of envelopes)",
+        "stored per message, against the envelope's own size: blocks {:.3}x, ledger log {:.4}x, indexes {:.3}x (of which their journal {:.3}x), block maps {:.3}x, total {:.3}x ({:.1} MB for {:.1} MB of envelopes)",
         per(blocks),
         per(ledger),
         per(index),
         per(journal),
-        per(blocks + ledger + index),
-        (blocks + ledger + index) as f64 / 1e6,
+        per(maps),
+        per(blocks + ledger + index + maps),
+        (blocks + ledger + index + maps) as f64 / 1e6,
         envelope_bytes as f64 / 1e6
     );
 

@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use blockpost_core::block::{
-    VerifiedBlock, VerifiedHeader, builder_key_id, empty_root, merkle_root, sign_header,
-    verify_block,
+    VerifiedBlock, VerifiedHeader, builder_key_id, empty_root, sign_header, verify_block,
 };
 use blockpost_core::transaction::{
     BlockBudget, Book, TxMessage, lay_out_block_within, replay_block,
@@ -112,7 +111,7 @@ struct Inner {
     /// Each block's leaf ranges and tree, derived from the store, for look-ups.
     pub(crate) maps: BlockMaps,
     /// Wakes the thread that makes the maps ([`crate::maps::spawn_mapper`]).
-    maps_due: std::sync::mpsc::SyncSender<()>,
+    maps_due: std::sync::mpsc::SyncSender<crate::maps::MapDue>,
     /// The open transactions after the newest indexed block. The cutting loop owns it; after
     /// an error it is reloaded from the index ([`catch_up`]).
     book: Mutex<Book>,
@@ -230,7 +229,7 @@ impl Builder {
         })?;
         let timeout = config.transaction_timeout_ms;
         let firehose = ns.firehose(partitions);
-        let (maps_due, maps_rx) = std::sync::mpsc::sync_channel(1);
+        let (maps_due, maps_rx) = std::sync::mpsc::sync_channel(8);
         let inner = Arc::new(Inner {
             config,
             blocks: tokio::sync::watch::Sender::new(store.len()),

@@ -133,28 +133,41 @@ impl BlockMaps {
     }
 }
 
+/// What wakes the maps' thread.
+pub enum MapDue {
+    /// Block `height` was stored; its map, if the builder made it.
+    Made(u64, Option<Vec<u8>>),
+    /// Blocks were stored or adopted: make the maps the store's blocks lack.
+    CatchUp,
+}
+
 /// Starts the thread that keeps the maps up with the store (both reached through `get` on
-/// `owner`; the thread ends once `owner` is gone or `due`'s sender is dropped). A send on
-/// that sender wakes it; it also runs once a second.
+/// `owner`; the thread ends once `owner` is gone or `due`'s sender is dropped). A map the
+/// builder made is written as it is when it is the next one; otherwise, and once a second,
+/// the maps the store's blocks lack are made from the stored bytes.
 pub fn spawn_mapper<T: Send + Sync + 'static>(
     owner: std::sync::Weak<T>,
     get: fn(&T) -> (&BlockMaps, &BlockStore),
-    due: std::sync::mpsc::Receiver<()>,
+    due: std::sync::mpsc::Receiver<MapDue>,
 ) {
-    let rx = due;
     let spawned = std::thread::Builder::new()
         .name("block-maps".into())
         .spawn(move || {
             use std::sync::mpsc::RecvTimeoutError;
             loop {
-                match rx.recv_timeout(std::time::Duration::from_secs(1)) {
-                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                let made = match due.recv_timeout(std::time::Duration::from_secs(1)) {
+                    Ok(MapDue::Made(h, m)) => m.map(|m| (h, m)),
+                    Ok(MapDue::CatchUp) | Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => return,
-                }
+                };
                 let Some(owner) = owner.upgrade() else { return };
                 let (maps, store) = get(&owner);
-                if let Err(e) = maps.catch_up(store) {
-                    tracing::warn!(error = %e, "cannot make block maps: look-ups read blocks whole");
+                let r = match made {
+                    Some((h, map)) if h == maps.len() && h < store.len() => maps.append_map(h, map),
+                    _ => maps.catch_up(store),
+                };
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "cannot keep block maps: look-ups read blocks whole");
                 }
             }
         });

@@ -134,9 +134,53 @@ fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The map of an encoded `Block` (field 1 its header, field 2 each leaf, as stored): the
-/// leaf ranges are where the leaves are in these very bytes.
-pub fn block_map(block: &[u8]) -> Result<Vec<u8>> {
+/// A block's tree level by level, as a map holds it: level 0 the leaf hashes, each level
+/// up the pairs of the one below hashed, an odd last node promoted, up to the root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeLevels {
+    n: usize,
+    hashes: Vec<[u8; 32]>,
+}
+
+impl TreeLevels {
+    /// The levels over `leaf_hashes` (see [`leaf_hash`]).
+    pub fn new(leaf_hashes: Vec<[u8; 32]>) -> Self {
+        let n = leaf_hashes.len();
+        let mut hashes = Vec::with_capacity(2 * n);
+        let mut level = leaf_hashes;
+        while !level.is_empty() {
+            hashes.extend_from_slice(&level);
+            if level.len() == 1 {
+                break;
+            }
+            level = level
+                .chunks(2)
+                .map(|p| match p {
+                    [a, b] => node(a, b),
+                    [a] => *a,
+                    _ => unreachable!("chunks of two"),
+                })
+                .collect();
+        }
+        Self { n, hashes }
+    }
+
+    /// The root: the tree's RFC 6962 root, as [`crate::block::merkle_root`] gives it.
+    pub fn root(&self) -> [u8; 32] {
+        self.hashes
+            .last()
+            .copied()
+            .unwrap_or_else(crate::block::empty_root)
+    }
+
+    /// How many leaves.
+    pub fn leaves(&self) -> usize {
+        self.n
+    }
+}
+
+/// Where each leaf (field 2) lies in an encoded `Block`: offset and length.
+fn leaf_ranges(block: &[u8]) -> Result<Vec<(u32, u32)>> {
     let mut ranges: Vec<(u32, u32)> = Vec::new();
     let mut buf = block;
     while buf.has_remaining() {
@@ -161,35 +205,46 @@ pub fn block_map(block: &[u8]) -> Result<Vec<u8>> {
         }
         buf.advance(len);
     }
+    Ok(ranges)
+}
+
+fn map_of(ranges: &[(u32, u32)], levels: &TreeLevels) -> Result<Vec<u8>> {
+    if ranges.len() != levels.n {
+        return Err(malformed(format!(
+            "the block has {} leaves and its tree {}",
+            ranges.len(),
+            levels.n
+        )));
+    }
     let n = u32::try_from(ranges.len()).map_err(|_| malformed("too many leaves"))?;
     let layout = MapLayout::new(n);
     let mut out = Vec::with_capacity(usize::try_from(layout.len()).unwrap_or(0));
     out.extend_from_slice(&n.to_be_bytes());
-    for (off, len) in &ranges {
+    for (off, len) in ranges {
         out.extend_from_slice(&off.to_be_bytes());
         out.extend_from_slice(&len.to_be_bytes());
     }
-    let mut level: Vec<[u8; 32]> = ranges
+    for h in &levels.hashes {
+        out.extend_from_slice(h);
+    }
+    Ok(out)
+}
+
+/// The map of an encoded `Block` (field 1 its header, field 2 each leaf, as stored): the
+/// leaf ranges are where the leaves are in these very bytes.
+pub fn block_map(block: &[u8]) -> Result<Vec<u8>> {
+    let ranges = leaf_ranges(block)?;
+    let hashes = ranges
         .iter()
         .map(|&(off, len)| leaf_hash(&block[off as usize..(off + len) as usize]))
         .collect();
-    while !level.is_empty() {
-        for h in &level {
-            out.extend_from_slice(h);
-        }
-        if level.len() == 1 {
-            break;
-        }
-        level = level
-            .chunks(2)
-            .map(|p| match p {
-                [a, b] => node(a, b),
-                [a] => *a,
-                _ => unreachable!("chunks of two"),
-            })
-            .collect();
-    }
-    Ok(out)
+    map_of(&ranges, &TreeLevels::new(hashes))
+}
+
+/// [`block_map`] with the block's tree already made (by whoever hashed its leaves to sign
+/// its root): only the leaf ranges are read from the bytes.
+pub fn block_map_with(block: &[u8], levels: &TreeLevels) -> Result<Vec<u8>> {
+    map_of(&leaf_ranges(block)?, levels)
 }
 
 /// The root that leaf `i` of `n` with hash `leaf` and audit `path` (from the leaf up, as
@@ -268,6 +323,27 @@ mod tests {
                 verify_leaf_inclusion(&tree.root(), n as u64, u64::from(i), leaf, &path).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn levels_give_the_same_root_and_map_as_the_block_alone() {
+        for n in [0usize, 1, 2, 3, 6, 7, 64, 65, 1000] {
+            let bytes = block(n);
+            let decoded = Block::decode(bytes.as_slice()).unwrap();
+            let hashes: Vec<[u8; 32]> = decoded.leaves.iter().map(|l| leaf_hash(l)).collect();
+            let levels = TreeLevels::new(hashes.clone());
+            assert_eq!(levels.root(), crate::block::merkle_root(&hashes), "n = {n}");
+            assert_eq!(levels.leaves(), n);
+            assert_eq!(
+                block_map_with(&bytes, &levels).unwrap(),
+                block_map(&bytes).unwrap()
+            );
+        }
+        let other = TreeLevels::new(vec![[1; 32]; 3]);
+        assert!(
+            block_map_with(&block(2), &other).is_err(),
+            "a tree of other leaves"
+        );
     }
 
     #[test]

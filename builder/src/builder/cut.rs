@@ -3,6 +3,8 @@
 //! stored, indexed, and only then are its messages acknowledged.
 
 use super::*;
+use crate::maps::MapDue;
+use blockpost_core::blockmap::{TreeLevels, block_map_with};
 
 /// Publishes block `height` on the blocks stream (de-duplicated by height): whole when it
 /// fits in one message of this bus, else in parts ([`wire::BLOCK_PART_HEADER`]). Each
@@ -238,6 +240,9 @@ pub(super) struct Made {
     signed_bytes: Vec<u8>,
     entries: Vec<blockpost_core::transaction::Entry>,
     last_seqs: Vec<u64>,
+    /// Its map, made from the tree hashed for its root (`None` if it could not be made:
+    /// the maps' thread then makes it from the stored block).
+    map: Option<Vec<u8>>,
 }
 
 /// Stores and indexes a block made by [`cut_one`] (and published).
@@ -262,8 +267,9 @@ pub(super) fn keep_block(inner: &Inner, b: Made) -> Result<()> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone_from(&b.last_seqs);
-    // Its map, for look-ups, is made on the maps' own thread.
-    let _ = inner.maps_due.try_send(());
+    // Its map, for look-ups, is written on the maps' own thread (made there from the
+    // stored block if it is not made here, or the thread is busy).
+    let _ = inner.maps_due.try_send(MapDue::Made(height, b.map));
     let t1 = t0.elapsed();
     let book = inner.book.lock().unwrap_or_else(|e| e.into_inner());
     inner
@@ -341,11 +347,12 @@ pub(super) fn cut_one(
     }
     let (leaves, entries) = (layout.leaves, layout.entries);
     let t1 = t0.elapsed();
-    let hashes: Vec<[u8; 32]> = leaves.iter().map(|l| leaf_hash(l)).collect();
+    // The tree level by level: its root is signed, and it is the block's map for look-ups.
+    let levels = TreeLevels::new(leaves.iter().map(|l| leaf_hash(l)).collect());
     let header = BlockHeader {
         height,
         previous_hash: tip.as_ref().map_or_else(Vec::new, |t| t.id.to_vec()),
-        merkle_root: merkle_root(&hashes).to_vec(),
+        merkle_root: levels.root().to_vec(),
         leaf_count: leaves.len() as u64,
         partitions: ranges,
         directory_size,
@@ -375,6 +382,13 @@ pub(super) fn cut_one(
             budget.capacity
         )));
     }
+    let map = match block_map_with(&encoded, &levels) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(height, error = %e, "the block's map: made again from the stored block");
+            None
+        }
+    };
     tracing::debug!(
         height,
         bytes = encoded.len(),
@@ -390,6 +404,7 @@ pub(super) fn cut_one(
         signed_bytes,
         entries,
         last_seqs,
+        map,
     });
     Ok(made)
 }

@@ -185,6 +185,6 @@ pub(super) fn catch_up(inner: &Inner) -> Result<()> {
     *inner.book.lock().unwrap_or_else(|e| e.into_inner()) = book;
     *inner.last_seqs.lock().unwrap_or_else(|e| e.into_inner()) = last_seqs;
     // The maps of the blocks indexed here are made on the maps' own thread.
-    let _ = inner.maps_due.try_send(());
+    let _ = inner.maps_due.try_send(crate::maps::MapDue::CatchUp);
     Ok(())
 }

@@ -36,16 +36,20 @@ fn make(c: &mut Criterion) {
     let mut g = c.benchmark_group("block tree");
     for n in [1_000usize, 10_000] {
         let (bytes, hashes) = block(n);
-        g.bench_with_input(BenchmarkId::new("rs_merkle root (peer)", n), &hashes, |b, h| {
-            b.iter(|| merkle_root(black_box(h)))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("rs_merkle root (peer)", n),
+            &hashes,
+            |b, h| b.iter(|| merkle_root(black_box(h))),
+        );
         g.bench_with_input(BenchmarkId::new("levels and root", n), &hashes, |b, h| {
             b.iter(|| TreeLevels::new(black_box(h.clone())).root())
         });
         let levels = TreeLevels::new(hashes.clone());
-        g.bench_with_input(BenchmarkId::new("map from levels", n), &bytes, |b, bytes| {
-            b.iter(|| block_map_with(black_box(bytes), &levels).unwrap())
-        });
+        g.bench_with_input(
+            BenchmarkId::new("map from levels", n),
+            &bytes,
+            |b, bytes| b.iter(|| block_map_with(black_box(bytes), &levels).unwrap()),
+        );
     }
     g.finish();
 }
@@ -68,13 +72,16 @@ fn look_up(c: &mut Criterion) {
         })
     });
     g.sample_size(10);
-    g.bench_function("whole block hashed for its path, before maps (10,000 leaves)", |b| {
-        b.iter(|| {
-            let decoded = Block::decode(black_box(bytes.as_slice())).unwrap();
-            let h: Vec<[u8; 32]> = decoded.leaves.iter().map(|l| leaf_hash(l)).collect();
-            BlockTree::new(&h).proof(i as usize).unwrap()
-        })
-    });
+    g.bench_function(
+        "whole block hashed for its path, before maps (10,000 leaves)",
+        |b| {
+            b.iter(|| {
+                let decoded = Block::decode(black_box(bytes.as_slice())).unwrap();
+                let h: Vec<[u8; 32]> = decoded.leaves.iter().map(|l| leaf_hash(l)).collect();
+                BlockTree::new(&h).proof(i as usize).unwrap()
+            })
+        },
+    );
     g.finish();
 }
 

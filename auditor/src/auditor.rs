@@ -18,7 +18,8 @@ use async_nats::jetstream;
 use blockpost_client::{Ledger, Messenger};
 use blockpost_core::verify_receipt;
 use blockpost_core::wire::Namespace;
-use blockpost_proto::v1::{GetGatewayInfoRequest, Receipt};
+use blockpost_proto::v1::{GetGatewayInfoRequest, Receipt, ReceiptBatch};
+use prost::Message as _;
 use serde::Serialize;
 
 use crate::alert::{Alert, AlertLog};
@@ -130,13 +131,19 @@ impl ReceiptRecord {
         Self {
             body: hex::encode(&r.body),
             signature: hex::encode(&r.signature),
+            batch: r.batch.as_ref().map(|b| hex::encode(b.encode_to_vec())),
         }
     }
 
     fn receipt(&self) -> Option<Receipt> {
+        let batch = match &self.batch {
+            None => None,
+            Some(b) => Some(ReceiptBatch::decode(hex::decode(b).ok()?.as_slice()).ok()?),
+        };
         Some(Receipt {
             body: hex::decode(&self.body).ok()?,
             signature: hex::decode(&self.signature).ok()?,
+            batch,
         })
     }
 }

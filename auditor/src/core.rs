@@ -47,6 +47,10 @@ pub struct ReceiptRecord {
     pub body: String,
     /// The gateway's signature, hex.
     pub signature: String,
+    /// For a receipt signed in a batch: the encoded `ReceiptBatch` (its place in the
+    /// batch and audit path), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
 }
 
 /// What happened, as the auditor's readers and its API tell the core.
@@ -619,6 +623,7 @@ mod tests {
         ReceiptRecord {
             body: "00".into(),
             signature: "11".into(),
+            batch: None,
         }
     }
 

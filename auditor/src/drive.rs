@@ -335,6 +335,7 @@ mod tests {
             keep: Some(ReceiptRecord {
                 body: "00".into(),
                 signature: "11".into(),
+                batch: None,
             }),
             resume: Some(ResumePoint {
                 blocks_checked: 3,

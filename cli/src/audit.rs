@@ -259,8 +259,12 @@ pub enum AuditCmd {
 pub struct ReceiptFile {
     /// The encoded `ReceiptBody`.
     pub body: String,
-    /// The gateway's ed25519 signature.
+    /// The gateway's ed25519 signature (of the body, or of its batch's root).
     pub signature: String,
+    /// For a receipt signed in a batch: the encoded `ReceiptBatch` (its place in the batch
+    /// and its audit path), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
 }
 
 impl ReceiptFile {
@@ -269,13 +273,27 @@ impl ReceiptFile {
         Self {
             body: hex::encode(&r.body),
             signature: hex::encode(&r.signature),
+            batch: r
+                .batch
+                .as_ref()
+                .map(|b| hex::encode(blockpost_proto::v1::prost::Message::encode_to_vec(b))),
         }
     }
 
     fn receipt(&self) -> anyhow::Result<blockpost_proto::v1::Receipt> {
+        let batch = match &self.batch {
+            None => None,
+            Some(b) => Some(
+                <blockpost_proto::v1::ReceiptBatch as blockpost_proto::v1::prost::Message>::decode(
+                    hex::decode(b)?.as_slice(),
+                )
+                .context("the receipt's batch is not an encoded ReceiptBatch")?,
+            ),
+        };
         Ok(blockpost_proto::v1::Receipt {
             body: hex::decode(&self.body)?,
             signature: hex::decode(&self.signature)?,
+            batch,
         })
     }
 }

@@ -177,6 +177,26 @@ impl TreeLevels {
     pub fn leaves(&self) -> usize {
         self.n
     }
+
+    /// Leaf `i`'s audit path, from the leaf up, as [`root_from_path`] takes it; empty if
+    /// `i` is not a leaf.
+    pub fn path(&self, i: usize) -> Vec<[u8; 32]> {
+        let mut out = Vec::new();
+        if i >= self.n {
+            return out;
+        }
+        let (mut start, mut size, mut j) = (0, self.n, i);
+        while size > 1 {
+            let sibling = j ^ 1;
+            if sibling < size {
+                out.push(self.hashes[start + sibling]);
+            }
+            start += size;
+            size = size.div_ceil(2);
+            j /= 2;
+        }
+        out
+    }
 }
 
 /// Where each leaf (field 2) lies in an encoded `Block`: offset and length.

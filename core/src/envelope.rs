@@ -1,7 +1,7 @@
-//! Envelopes, receipts and inbox challenges: what is signed, and end-to-end encryption of
+//! Envelopes and inbox challenges: what is signed, and end-to-end encryption of
 //! bodies with HPKE (RFC 9180).
 
-use blockpost_proto::v1::{EncryptedBody, Envelope, Receipt, ReceiptBody, RecipientCiphertext};
+use blockpost_proto::v1::{EncryptedBody, Envelope, RecipientCiphertext};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use hpke::{Deserializable as _, OpModeR, OpModeS, Serializable as _};
 use prost::Message as _;
@@ -16,8 +16,6 @@ type Aead = hpke::aead::ChaCha20Poly1305;
 
 /// Prefix of envelope signatures.
 pub const ENVELOPE_CONTEXT: &[u8] = b"blockpost/v1 envelope\n";
-/// Prefix of receipt signatures.
-pub const RECEIPT_CONTEXT: &[u8] = b"blockpost/v1 receipt\n";
 /// Prefix of inbox challenge signatures.
 pub const INBOX_CONTEXT: &[u8] = b"blockpost/v1 inbox\n";
 const HPKE_INFO: &[u8] = b"blockpost/v1 envelope body";
@@ -64,32 +62,6 @@ pub fn message_id_of_encoded(encoded: &[u8]) -> [u8; 32] {
 /// The bytes an inbox challenge answer covers.
 pub fn inbox_message(challenge: &[u8], address: &str) -> Vec<u8> {
     prefixed(INBOX_CONTEXT, &[challenge, address.as_bytes()])
-}
-
-/// Signs a receipt body.
-pub fn sign_receipt(key: &SigningKey, body: &ReceiptBody) -> Receipt {
-    let body = body.encode_to_vec();
-    let signature = key
-        .sign(&prefixed(RECEIPT_CONTEXT, &[&body]))
-        .to_bytes()
-        .to_vec();
-    Receipt { body, signature }
-}
-
-/// Verifies a receipt against the gateway key and decodes it.
-pub fn verify_receipt(key: &VerifyingKey, r: &Receipt) -> Result<ReceiptBody> {
-    let sig = Signature::from_slice(&r.signature)
-        .map_err(|_| Error::SignatureInvalid("receipt signature"))?;
-    key.verify_strict(&prefixed(RECEIPT_CONTEXT, &[&r.body]), &sig)
-        .map_err(|_| Error::SignatureInvalid("receipt signature does not verify"))?;
-    let body = ReceiptBody::decode(r.body.as_slice()).map_err(|e| Error::Malformed {
-        what: "receipt",
-        why: e.to_string(),
-    })?;
-    if body.gateway_key != key.as_bytes() {
-        return Err(Error::SignatureInvalid("receipt names another gateway key"));
-    }
-    Ok(body)
 }
 
 /// Associated data binding a ciphertext to its sender and transaction.
@@ -239,20 +211,5 @@ mod tests {
             Err(Error::SignatureInvalid(_))
         ));
         assert_ne!(message_id(&env), message_id(&bad));
-
-        let gw = SigningKey::from_bytes(&[5; 32]);
-        let body = ReceiptBody {
-            message_id: message_id(&env).to_vec(),
-            accepted_at_ms: 1,
-            firehose_sequence: 7,
-            block_deadline_ms: 2,
-            gateway_key: gw.verifying_key().to_bytes().to_vec(),
-            firehose_partition: 3,
-        };
-        let r = sign_receipt(&gw, &body);
-        assert_eq!(verify_receipt(&gw.verifying_key(), &r).unwrap(), body);
-        let mut bad = r.clone();
-        bad.body[3] ^= 1;
-        assert!(verify_receipt(&gw.verifying_key(), &bad).is_err());
     }
 }

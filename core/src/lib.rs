@@ -19,8 +19,10 @@
 //!   forks found) and [`follow::SignedRoots`] (a log's signed checkpoints against a replay).
 //! - `log`: RFC 6962 leaf hashes, inclusion and consistency proof checks, C2SP signed-note
 //!   checkpoints ([`CheckpointSigner`], [`verify_checkpoint`]).
-//! - `envelope`: envelope, receipt and inbox signatures, message ids, and end-to-end
-//!   encryption of bodies with HPKE (RFC 9180).
+//! - `envelope`: envelope and inbox signatures, message ids, and end-to-end encryption of
+//!   bodies with HPKE (RFC 9180).
+//! - `receipt`: the gateway's receipts, signed alone or a batch under one Merkle root
+//!   ([`sign_receipts`], [`verify_receipt`], [`verify_receipts`]).
 //! - `rules`: the stateless envelope rules ([`ParsedEnvelope`], [`VerifiedEnvelope`],
 //!   [`verify_batch`]).
 //! - `block`: blocks of the ledger: the RFC 6962 root over a block's leaves (`rs_merkle`),
@@ -64,6 +66,7 @@ mod evidence;
 pub mod follow;
 mod keyfile;
 mod log;
+mod receipt;
 mod request;
 mod rules;
 mod state;
@@ -80,7 +83,7 @@ pub use cosign::{Cosigner, WitnessKey, WitnessPolicy, add_cosignatures};
 pub use entry::{Binding, X25519_EXTENSION_OID, decode_entry};
 pub use envelope::{
     SealTo, body_aad, envelope_message, inbox_message, message_id, message_id_of_encoded,
-    open_body, seal_body, sign_envelope, sign_receipt, verify_envelope, verify_receipt,
+    open_body, seal_body, sign_envelope, verify_envelope,
 };
 pub use error::{CheckpointError, EnvelopeError, Error, EvidenceError, KeyFileError, Result};
 pub use evidence::{
@@ -89,6 +92,10 @@ pub use evidence::{
 pub use keyfile::Identity;
 pub use log::{
     CheckpointSigner, ReplayTree, VerifiedCheckpoint, leaf_hash, parse_hashes, verify_checkpoint,
+};
+pub use receipt::{
+    MAX_RECEIPT_BATCH, RECEIPT_BATCH_CONTEXT, RECEIPT_CONTEXT, receipt_batch_message,
+    receipt_message, sign_receipt, sign_receipts, verify_receipt, verify_receipts,
 };
 pub use request::{Operation, decode_canonical, ed25519_key, x25519_key};
 pub use rules::{

@@ -36,6 +36,11 @@ pub struct MessagingConfig {
     /// one (a stable hash of its address). Fixed when the firehose is made: a node started
     /// with another number on the same log refuses to run.
     pub firehose_partitions: u32,
+    /// Most receipts signed under one Merkle root (1: each receipt signed alone).
+    pub receipt_batch_max: usize,
+    /// How long the first receipt of a batch waits for others to share its signature, in
+    /// ms (0: only those already waiting).
+    pub receipt_batch_ms: u64,
     /// Replicas of the JetStream streams this service makes (the node's `[nats] replicas`;
     /// not a setting of this table).
     #[serde(skip)]
@@ -58,6 +63,8 @@ impl Default for MessagingConfig {
             slow_follower_ms: 10_000,
             max_inflight_bytes: 256 << 20,
             firehose_partitions: 1,
+            receipt_batch_max: 256,
+            receipt_batch_ms: 2,
         }
     }
 }
@@ -96,6 +103,15 @@ impl MessagingConfig {
             return Err(format!(
                 "messaging.firehose_partitions must be between 1 and {}",
                 blockpost_core::wire::MAX_FIREHOSE_PARTITIONS
+            ));
+        }
+        if self.receipt_batch_max == 0
+            || self.receipt_batch_max > blockpost_core::MAX_RECEIPT_BATCH
+            || self.receipt_batch_ms > 1_000
+        {
+            return Err(format!(
+                "messaging.receipt_batch_max must be between 1 and {} and receipt_batch_ms at most 1000",
+                blockpost_core::MAX_RECEIPT_BATCH
             ));
         }
         if self.max_block_delay_ms == 0 || i64::try_from(self.max_block_delay_ms).is_err() {

@@ -67,6 +67,9 @@ pub enum Error {
     /// The gateway's batch signature checker is gone (the gateway is shutting down).
     #[error("the gateway's signature checker stopped")]
     CheckerStopped,
+    /// The gateway's receipt signer is gone (the gateway is shutting down).
+    #[error("the gateway's receipt signer stopped")]
+    SignerStopped,
     /// The client went away while the gateway answered.
     #[error("the client went away")]
     ClientGone,
@@ -204,7 +207,9 @@ impl Error {
             Error::Replay { .. } => Code::AlreadyExists,
             // JetStream out of storage: not a transient outage, but not the caller's fault.
             Error::Bus(BusError::StorageFull(_)) => Code::ResourceExhausted,
-            Error::Bus(_) | Error::Stalled(_) | Error::CheckerStopped => Code::Unavailable,
+            Error::Bus(_) | Error::Stalled(_) | Error::CheckerStopped | Error::SignerStopped => {
+                Code::Unavailable
+            }
             Error::ClientGone => Code::Cancelled,
             Error::Config(_) => Code::Internal,
             Error::NoPartition { .. } => Code::InvalidArgument,
@@ -253,7 +258,7 @@ impl Error {
             Error::Bus(BusError::ReplicaBusy { .. } | BusError::Overloaded(_)) => "OVERLOADED",
             Error::Bus(_) => "BUS_UNAVAILABLE",
             Error::Stalled(_) => "BUILDER_STALLED",
-            Error::CheckerStopped => "SHUTTING_DOWN",
+            Error::CheckerStopped | Error::SignerStopped => "SHUTTING_DOWN",
             Error::ClientGone => "CANCELLED",
             Error::Config(_) => "INTERNAL",
             Error::NoPartition { .. } => "NO_PARTITION",

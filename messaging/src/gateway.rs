@@ -8,14 +8,14 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use blockpost_core::{
-    Clock, EnvelopeLimits, ParsedEnvelope, VerifiedEnvelope, check_clock, deadline_ms,
-    sign_receipt, wire,
+    Clock, EnvelopeLimits, ParsedEnvelope, VerifiedEnvelope, check_clock, deadline_ms, wire,
 };
 use blockpost_proto::v1::{Envelope, GatewayInfo, Receipt, ReceiptBody};
 use ed25519_dalek::SigningKey;
 
 use crate::config::MessagingConfig;
 use crate::error::{bus, publish_failed};
+use crate::receipts::{ReceiptSigner, SignerCounts};
 use crate::verify::BatchVerifier;
 use crate::{BusError, Error, Result};
 use blockpost_core::transaction::TransactionGate;
@@ -54,6 +54,10 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     verifier: BatchVerifier,
     key: SigningKey,
+    /// Signs receipts per batch.
+    signer: ReceiptSigner,
+    /// Receipts and the signatures made for them.
+    signed: Arc<SignerCounts>,
     /// Tags each firehose envelope for the node's builder.
     mac: wire::FirehoseMac,
     /// One inbox session per address on this gateway, so that a new reader starts only
@@ -136,6 +140,13 @@ impl Gateway {
             .map_err(bus)?;
         }
         let inflight = config.max_inflight_bytes.min(u32::MAX as usize);
+        let signed = Arc::new(SignerCounts::default());
+        let signer = ReceiptSigner::start(
+            key.clone(),
+            config.receipt_batch_max,
+            Duration::from_millis(config.receipt_batch_ms),
+            signed.clone(),
+        );
         let inner = Arc::new(Inner {
             js,
             nats,
@@ -147,6 +158,8 @@ impl Gateway {
             config,
             clock,
             verifier: BatchVerifier::start(),
+            signer,
+            signed,
             mac: wire::FirehoseMac::derive(&key),
             key,
             sessions: Default::default(),
@@ -230,6 +243,14 @@ impl Gateway {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         r
+    }
+
+    /// Receipts signed so far, and the signatures made for them (fewer when receipts
+    /// share a batch's signature).
+    pub fn receipt_signatures(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.signed;
+        (c.receipts.load(Relaxed), c.signatures.load(Relaxed))
     }
 
     /// Submissions answered UNAVAILABLE because of the bus (NATS away, or too much in
@@ -434,7 +455,7 @@ impl Gateway {
             gateway_key: self.inner.key.verifying_key().to_bytes().to_vec(),
             firehose_partition: partition,
         };
-        Ok(sign_receipt(&self.inner.key, &body))
+        self.inner.signer.sign(body).await
     }
 }
 

@@ -6,7 +6,8 @@
 //! directory (sender binding current and not revoked, recipients known), and the nonce
 //! through JetStream de-duplication. It publishes the envelope to the public firehose and to
 //! each recipient's inbox, and only then returns a signed receipt that promises inclusion
-//! in a block within a stated delay. Gateways share nothing but NATS, so several can run
+//! in a block within a stated delay: receipts that finish together are signed together,
+//! under one Merkle root. Gateways share nothing but NATS, so several can run
 //! side by side.
 //!
 //! [`ParsedEnvelope`]: blockpost_core::ParsedEnvelope
@@ -17,6 +18,7 @@
 //! - `grpc`: the `blockpost.v1.Messaging` service: submit (unary and streaming), inbox
 //!   (challenge, deliveries, acknowledgements), firehose.
 //! - `verify`: [`BatchVerifier`], ed25519 batch verification off the runtime.
+//! - `receipts`: [`ReceiptSigner`], receipts signed per batch under one Merkle root.
 //! - `error`: [`Error`] and its one mapping to gRPC codes.
 //!
 //! ```no_run
@@ -38,9 +40,11 @@ mod config;
 mod error;
 mod gateway;
 mod grpc;
+mod receipts;
 mod verify;
 
 pub use config::MessagingConfig;
 pub use error::{BusError, Error, InboxDenial, Result};
 pub use gateway::Gateway;
+pub use receipts::{ReceiptSigner, SignerCounts};
 pub use verify::{BatchVerifier, MAX_BATCH};

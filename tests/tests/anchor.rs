@@ -428,7 +428,8 @@ async fn bitcoin_anchors_are_signed_op_returns_and_their_proofs_reach_the_regtes
         ],
     );
     assert!(!out.status.success());
-    // Each anchor spends the one before's change.
+    // Each anchor spends the one before's change. Unconfirmed anchors are broadcast
+    // again on every poll, so the file lists each transaction in order of first sight.
     sb.stop().await;
     let sent: Vec<Transaction> = std::fs::read_to_string(w.join("broadcast.txt"))
         .unwrap()
@@ -437,10 +438,7 @@ async fn bitcoin_anchors_are_signed_op_returns_and_their_proofs_reach_the_regtes
         .collect();
     let mut unique: Vec<&Transaction> = Vec::new();
     for t in &sent {
-        if unique
-            .last()
-            .is_none_or(|u| u.compute_txid() != t.compute_txid())
-        {
+        if unique.iter().all(|u| u.compute_txid() != t.compute_txid()) {
             unique.push(t);
         }
     }

@@ -665,6 +665,57 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_signed_in_one_batch_are_each_found_in_their_block() {
+    // A wide window, so that two sends at once share a signature.
+    let sb = Sandbox::start_with(|c| c.messaging.receipt_batch_ms = 500)
+        .await
+        .unwrap();
+    let (a, _, mut m1) = parties(&sb).await;
+    let mut m2 = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let to = ["bank-b".to_owned()];
+    let (r1, r2) = tokio::join!(
+        m1.send_receipted(
+            &a,
+            outgoing("bank-a", &to, MessageKind::Message, "settle-1")
+        ),
+        m2.send_receipted(
+            &a,
+            outgoing("bank-a", &to, MessageKind::Message, "settle-2")
+        ),
+    );
+    let ((_, r1, b1), (_, r2, b2)) = (r1.unwrap(), r2.unwrap());
+    assert_eq!(r1.signature, r2.signature, "one signature for the batch");
+    assert_eq!(r1.batch.as_ref().unwrap().size, 2);
+    assert_ne!(b1.message_id, b2.message_id);
+    let tmp = tempfile::tempdir().unwrap();
+    let au = auditor(&sb, tmp.path(), 1_000).await;
+    for (r, b) in [(&r1, &b1), (&r2, &b2)] {
+        let verdict = wait_for(Duration::from_secs(20), "the receipt in a block", || {
+            let au = au.clone();
+            let r = r.clone();
+            async move {
+                match au.check_receipt(&r).await.unwrap() {
+                    v @ ReceiptVerdict::InBlock { .. } => Some(v),
+                    _ => None,
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let id: [u8; 32] = b.message_id.clone().try_into().unwrap();
+        let at = sb.node.builder().unwrap().locate(&id).unwrap().unwrap();
+        assert_eq!(verdict, ReceiptVerdict::InBlock { height: at.0 });
+    }
+    // Its path bent to another leaf, the receipt is refused.
+    let mut bad = r1.clone();
+    bad.batch.as_mut().unwrap().index ^= 1;
+    assert!(au.check_receipt(&bad).await.is_err());
+    sb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_name_raises_an_alert_on_its_registration_and_rotation() {
     let sb = Sandbox::start().await.unwrap();
     let (_, b, _) = parties(&sb).await;

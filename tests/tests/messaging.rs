@@ -535,6 +535,7 @@ async fn submit_stream_answers_in_order() {
         .map(|i| envelope(&a, &content(&a, &["bob"], format!("{i}").as_bytes())))
         .collect();
     envs[42].signature[1] ^= 1;
+    let envs_copy = envs.clone();
     let out = g
         .submit_stream(tokio_stream::iter(envs))
         .await
@@ -543,9 +544,13 @@ async fn submit_stream_answers_in_order() {
     use futures::StreamExt as _;
     let results: Vec<_> = out.collect().await;
     assert_eq!(results.len(), 100);
+    let mut receipts = Vec::new();
     for (i, r) in results.into_iter().enumerate() {
         match r.unwrap().result.unwrap() {
-            Outcome::Receipt(_) => assert_ne!(i, 42),
+            Outcome::Receipt(r) => {
+                assert_ne!(i, 42);
+                receipts.push((i, r));
+            }
             Outcome::Error(e) => {
                 assert_eq!(i, 42);
                 assert_eq!(e.code, Code::PermissionDenied as i32);
@@ -553,6 +558,31 @@ async fn submit_stream_answers_in_order() {
         }
     }
     assert_eq!(firehose_len(&sb).await, 99);
+    // Receipts that finished together share one signature over their batch's Merkle root;
+    // each verifies alone, for its own envelope.
+    let key =
+        ed25519_dalek::VerifyingKey::from_bytes(&sb.gateway.info().receipt_key.try_into().unwrap())
+            .unwrap();
+    for (i, r) in &receipts {
+        let body = blockpost_core::verify_receipt(&key, r).unwrap();
+        assert_eq!(
+            body.message_id,
+            blockpost_core::message_id(&envs_copy[*i]).to_vec()
+        );
+    }
+    let all: Vec<_> = receipts.iter().map(|(_, r)| r.clone()).collect();
+    assert!(
+        blockpost_core::verify_receipts(&key, &all)
+            .iter()
+            .all(Result::is_ok)
+    );
+    let batched = all.iter().filter(|r| r.batch.is_some()).count();
+    let signatures: std::collections::HashSet<_> = all.iter().map(|r| &r.signature).collect();
+    assert!(batched > 0, "no receipt was signed in a batch");
+    assert!(signatures.len() < all.len());
+    let (signed, made) = sb.gateway.receipt_signatures();
+    assert_eq!(signed, 99);
+    assert_eq!(made, signatures.len() as u64);
 }
 
 #[tokio::test]

@@ -142,6 +142,12 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
             pct(&lat, 0.99),
             rate / batch
         );
+        let (receipts, signatures) = gateway.receipt_signatures();
+        say!(
+            "{:<10} receipts signed so far: {receipts} under {signatures} signatures ({:.1} a signature)",
+            "",
+            receipts as f64 / signatures.max(1) as f64
+        );
         report_blocks(&bn, &accepted).await?;
     }
     if args.paced_rate > 0 {

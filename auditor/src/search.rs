@@ -7,12 +7,15 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use tantivy::collector::TopDocs;
-use tantivy::query::QueryParser;
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
+use tantivy::query::{QueryParser, Weight};
 use tantivy::schema::{
     FAST, Field, INDEXED, STORED, STRING, Schema, TEXT, TantivyDocument, Value as _,
 };
-use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, doc};
+use tantivy::{
+    DocAddress, DocId, DocSet as _, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Score,
+    SegmentOrdinal, SegmentReader, TERMINATED, doc,
+};
 
 use crate::{Error, Result};
 
@@ -22,6 +25,79 @@ pub const MAX_HITS: usize = 100;
 const WRITER_HEAP: usize = 50 << 20;
 /// The index's format (its schema and payload): another one is rebuilt.
 const FORMAT: &str = "blockpost-search 2";
+
+/// The first `.0` matches in index order (segment, then document), without scoring: each
+/// segment's matches are read only until there are enough.
+struct FirstMatches(usize);
+
+impl Collector for FirstMatches {
+    type Fruit = Vec<DocAddress>;
+    type Child = FirstInSegment;
+
+    fn for_segment(
+        &self,
+        segment: SegmentOrdinal,
+        _: &SegmentReader,
+    ) -> tantivy::Result<Self::Child> {
+        Ok(FirstInSegment {
+            segment,
+            want: self.0,
+            docs: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<DocAddress>>) -> tantivy::Result<Vec<DocAddress>> {
+        let mut all: Vec<DocAddress> = fruits.into_iter().flatten().collect();
+        all.sort();
+        all.truncate(self.0);
+        Ok(all)
+    }
+
+    fn collect_segment(
+        &self,
+        weight: &dyn Weight,
+        segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<Vec<DocAddress>> {
+        let mut scorer = weight.scorer(reader, 1.0)?;
+        let alive = reader.alive_bitset();
+        let mut docs = Vec::new();
+        let mut doc = scorer.doc();
+        while doc != TERMINATED && docs.len() < self.0 {
+            if alive.is_none_or(|a| a.is_alive(doc)) {
+                docs.push(DocAddress::new(segment, doc));
+            }
+            doc = scorer.advance();
+        }
+        Ok(docs)
+    }
+}
+
+/// [`FirstMatches`] in one segment (when tantivy collects without
+/// [`Collector::collect_segment`]).
+struct FirstInSegment {
+    segment: SegmentOrdinal,
+    want: usize,
+    docs: Vec<DocAddress>,
+}
+
+impl SegmentCollector for FirstInSegment {
+    type Fruit = Vec<DocAddress>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        if self.docs.len() < self.want {
+            self.docs.push(DocAddress::new(self.segment, doc));
+        }
+    }
+
+    fn harvest(self) -> Vec<DocAddress> {
+        self.docs
+    }
+}
 
 /// One message, as indexed.
 #[derive(Clone, Debug, Default)]
@@ -65,7 +141,7 @@ pub struct Hit {
     pub leaf: u64,
     /// The sender's timestamp.
     pub time_ms: i64,
-    /// Relevance (0 when sorted by time).
+    /// Relevance (0 when sorted by time, and for a filter).
     pub score: f32,
 }
 
@@ -226,7 +302,9 @@ impl SearchIndex {
     }
 
     /// Searches with tantivy's query syntax (`sender_name:"Bank A" AND body:Megacorp`,
-    /// `time:[1700000000000 TO 1800000000000]`); by relevance, or newest first with
+    /// `time:[1700000000000 TO 1800000000000]`). Free text is ranked by relevance; a filter
+    /// (exact fields and ranges only) answers its first matches in index order (stable
+    /// while the index is unchanged, not by time) without reading the rest; newest first with
     /// `by_time`. `Err(why)` for a query that does not parse.
     pub fn search(
         &self,
@@ -255,7 +333,20 @@ impl SearchIndex {
         let searcher = self.reader.searcher();
         let limit = limit.clamp(1, MAX_HITS);
         let top = TopDocs::with_limit(limit).and_offset(offset);
-        let found: Vec<(f32, DocAddress)> = if by_time {
+        // A filter (exact fields, ranges: nothing to rank) takes its first matches in
+        // index order and stops there, as a database's LIMIT does; free text is ranked.
+        let text_fields = [f.body, f.sender_name, f.recipient_name];
+        let mut ranked = false;
+        q.query_terms(&mut |t, _| ranked |= text_fields.contains(&t.field()));
+        let found: Vec<(f32, DocAddress)> = if !by_time && !ranked {
+            searcher
+                .search(&q, &FirstMatches(offset.saturating_add(limit)))
+                .map_err(err)?
+                .into_iter()
+                .skip(offset)
+                .map(|a| (0.0, a))
+                .collect()
+        } else if by_time {
             searcher
                 .search(&q, &top.order_by_fast_field::<i64>("time", Order::Desc))
                 .map_err(err)?
@@ -283,5 +374,104 @@ impl SearchIndex {
             });
         }
         Ok(Ok(hits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn msg(height: u64, leaf: u64, tx: &str, body: &str) -> IndexedMessage {
+        IndexedMessage {
+            message_id: format!("{height:02}{leaf:02}"),
+            transaction_id: tx.into(),
+            kind: "message".into(),
+            sender: "bank-a".into(),
+            sender_name: "Bank A AG".into(),
+            recipients: vec!["bank-b".into()],
+            recipient_names: vec!["Bank B AG".into()],
+            time_ms: 1_000 * height as i64 + leaf as i64,
+            height,
+            leaf,
+            content_type: "text/plain".into(),
+            body: Some(body.into()),
+            encrypted: false,
+        }
+    }
+
+    #[test]
+    fn a_filter_answers_its_first_matches_in_order_and_free_text_is_ranked() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path(), &[]).unwrap();
+        // Three blocks, each its own commit (its own segment).
+        for h in 0..3u64 {
+            let docs = (0..4)
+                .map(|l| {
+                    let body = if h == 1 && l == 2 {
+                        "megacorp megacorp megacorp"
+                    } else {
+                        "deliver megacorp against cash and other words here"
+                    };
+                    msg(h, l, &format!("tx-{}", l % 2), body)
+                })
+                .collect();
+            index.add(h, docs).unwrap();
+            index.commit().unwrap();
+        }
+        let at = |hits: Vec<Hit>| -> Vec<(u64, u64)> {
+            hits.iter().map(|h| (h.height, h.leaf)).collect()
+        };
+        // An exact field: its first matches in index order (stable, not by time); pages
+        // of it are disjoint and together are all of them.
+        let sorted = |mut v: Vec<(u64, u64)>| {
+            v.sort();
+            v
+        };
+        let everything: Vec<(u64, u64)> =
+            (0..3).flat_map(|h| (0..4).map(move |l| (h, l))).collect();
+        let first = at(index.search("kind:message", 5, 0, false).unwrap().unwrap());
+        assert_eq!(first.len(), 5);
+        let mut pages = first.clone();
+        for offset in [5, 10] {
+            pages.extend(at(index
+                .search("kind:message", 5, offset, false)
+                .unwrap()
+                .unwrap()));
+        }
+        assert_eq!(sorted(pages.clone()), everything);
+        assert_eq!(
+            at(index.search("kind:message", 5, 0, false).unwrap().unwrap()),
+            first
+        );
+        let tx = at(index
+            .search("transaction_id:tx-1", 10, 0, false)
+            .unwrap()
+            .unwrap());
+        assert_eq!(
+            sorted(tx),
+            vec![(0, 1), (0, 3), (1, 1), (1, 3), (2, 1), (2, 3)]
+        );
+        // A range is a filter too.
+        let range = at(index
+            .search("time:[1000 TO 1003]", 10, 0, false)
+            .unwrap()
+            .unwrap());
+        assert_eq!(sorted(range), vec![(1, 0), (1, 1), (1, 2), (1, 3)]);
+        assert!(
+            index
+                .search("kind:message", 10, 0, false)
+                .unwrap()
+                .unwrap()
+                .iter()
+                .all(|h| h.score == 0.0)
+        );
+        // Free text is ranked: the message that says it three times comes first.
+        let text = index.search("body:megacorp", 3, 0, false).unwrap().unwrap();
+        assert_eq!((text[0].height, text[0].leaf), (1, 2));
+        assert!(text[0].score > text[1].score);
+        // Newest first on request.
+        let newest = index.search("kind:message", 2, 0, true).unwrap().unwrap();
+        assert_eq!(at(newest), vec![(2, 3), (2, 2)]);
     }
 }

@@ -218,7 +218,7 @@ pub enum AuditCmd {
         /// Hits to skip.
         #[arg(long, default_value_t = 0)]
         offset: u32,
-        /// Newest first instead of by relevance.
+        /// Newest first instead of by relevance (free text) or index order (filters).
         #[arg(long)]
         by_time: bool,
         /// Print JSON lines.

@@ -38,11 +38,24 @@ pub fn write_private_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     replace(path, data, Some(0o600))
 }
 
+/// Replaces a file through a temporary one and a rename, without syncing: readers never see
+/// a partial file, but a crash may leave the old contents, the new, or (on file systems
+/// that do not write data before a rename) an empty file. For what can be derived again
+/// from data that is synced, such as a log's checkpoint, which the log signs again from
+/// its synced leaves.
+pub fn write_replace(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    replace_with(path, data, None, false)
+}
+
 /// Temporary files of this process, numbered, so that two writers of one target never
 /// share one.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 fn replace(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    replace_with(path, data, mode, true)
+}
+
+fn replace_with(path: &Path, data: &[u8], mode: Option<u32>, sync: bool) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let name = path.file_name().map_or_else(
         || std::ffi::OsString::from("file"),
@@ -63,14 +76,16 @@ fn replace(path: &Path, data: &[u8], mode: Option<u32>) -> std::io::Result<()> {
             .mode(mode.unwrap_or(0o666))
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     written?;
-    sync_parent(path)
+    if sync { sync_parent(path) } else { Ok(()) }
 }
 
 /// Syncs the directory holding `path`, so that a new or renamed file survives a crash.

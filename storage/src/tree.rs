@@ -1,14 +1,22 @@
 //! A Merkle tree log on disk: a [`RecordFile`] of leaves, the RFC 6962 tree over them (the
 //! `tlog` layout of stored hashes, about two per leaf, rebuilt at open), and the newest
-//! signed checkpoint handed out (`checkpoint`, replaced atomically). At open the rebuilt
-//! tree must match that checkpoint, so a log never silently disagrees with what it signed.
+//! signed checkpoint handed out (`checkpoint`, replaced through a rename). At open the
+//! rebuilt tree must match that checkpoint, so a log never silently disagrees with what it
+//! signed.
+//!
+//! A group commit syncs once: the leaves (`fdatasync`), before the checkpoint over them is
+//! signed. The checkpoint file is not synced: it is derived from those leaves, and a crash
+//! that loses it (an older or, on some file systems, empty file) loses nothing, since the
+//! log signs a checkpoint for every durable leaf again at start
+//! ([`TreeLog::ensure_checkpoint`]): the same note, as ed25519 signatures are
+//! deterministic and a checkpoint carries no time.
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use tlog_tiles::{Hash, HashReader};
 
-use crate::{Error, RecordFile, Result, write_atomic};
+use crate::{Error, RecordFile, Result};
 
 /// A consistent view for proofs: the newest signed checkpoint and its size.
 #[derive(Clone, Debug)]
@@ -97,6 +105,8 @@ impl TreeLog {
             return Err(Error::InUse(dir.display().to_string()));
         }
         let saved = match std::fs::read(dir.join("checkpoint")) {
+            // Empty: a crash right after an unsynced replace; signed again from the leaves.
+            Ok(note) if note.is_empty() => None,
             Ok(note) => Some((parse_checkpoint(&note)?, note)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
@@ -274,7 +284,7 @@ impl TreeLog {
         };
         let size = first + leaves_in.len() as u64;
         let note = sign(size, root)?;
-        write_atomic(&self.dir.join("checkpoint"), &note)?;
+        blockpost_files::write_replace(&self.dir.join("checkpoint"), &note)?;
         let head = Head {
             size,
             checkpoint: note,
@@ -301,7 +311,7 @@ impl TreeLog {
             }
         }
         let note = sign(size, self.root(size)?)?;
-        write_atomic(&self.dir.join("checkpoint"), &note)?;
+        blockpost_files::write_replace(&self.dir.join("checkpoint"), &note)?;
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         st.head = Head {
             size,
@@ -446,6 +456,29 @@ mod tests {
         assert_eq!(log.head().size, 2);
         log.ensure_checkpoint(sign).unwrap();
         assert_eq!(log.head().size, 3);
+    }
+
+    #[test]
+    fn a_checkpoint_lost_in_a_crash_is_signed_again_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let note = fill(dir.path(), 7);
+        // What an unsynced replace may leave after a crash: an empty file.
+        std::fs::write(dir.path().join("checkpoint"), b"").unwrap();
+        let log = open(dir.path()).unwrap();
+        assert_eq!(log.len(), 7);
+        assert!(log.head().checkpoint.is_empty());
+        log.ensure_checkpoint(sign).unwrap();
+        assert_eq!(log.head().checkpoint, note, "the same note as handed out");
+        drop(log);
+        // Or no file at all.
+        std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+        let log = open(dir.path()).unwrap();
+        log.ensure_checkpoint(sign).unwrap();
+        assert_eq!(log.head().checkpoint, note);
+        // Garbage is not a crash artifact: it refuses to start.
+        drop(log);
+        std::fs::write(dir.path().join("checkpoint"), b"not a note").unwrap();
+        assert!(matches!(open(dir.path()), Err(Error::Corrupted(_))));
     }
 
     #[test]

@@ -302,8 +302,8 @@ impl SearchIndex {
     }
 
     /// Searches with tantivy's query syntax (`sender_name:"Bank A" AND body:Megacorp`,
-    /// `time:[1700000000000 TO 1800000000000]`). Free text is ranked by relevance; a filter
-    /// (exact fields and ranges only) answers its first matches in index order (stable
+    /// `time:[1700000000000 TO 1800000000000]`). Words of bodies are ranked by relevance; a
+    /// filter (exact fields, names and ranges only) answers its first matches in index order (stable
     /// while the index is unchanged, not by time) without reading the rest; newest first with
     /// `by_time`. `Err(why)` for a query that does not parse.
     pub fn search(
@@ -333,11 +333,12 @@ impl SearchIndex {
         let searcher = self.reader.searcher();
         let limit = limit.clamp(1, MAX_HITS);
         let top = TopDocs::with_limit(limit).and_offset(offset);
-        // A filter (exact fields, ranges: nothing to rank) takes its first matches in
-        // index order and stops there, as a database's LIMIT does; free text is ranked.
-        let text_fields = [f.body, f.sender_name, f.recipient_name];
+        // Only words of a body are ranked. Anything else is a filter: exact fields, ranges,
+        // and names (every message of "Bank A AG" matches its name alike, so BM25 would
+        // only rank shorter names first). A filter takes its first matches in index order
+        // and stops there, as a database's LIMIT does.
         let mut ranked = false;
-        q.query_terms(&mut |t, _| ranked |= text_fields.contains(&t.field()));
+        q.query_terms(&mut |t, _| ranked |= t.field() == f.body);
         let found: Vec<(f32, DocAddress)> = if !by_time && !ranked {
             searcher
                 .search(&q, &FirstMatches(offset.saturating_add(limit)))
@@ -466,7 +467,14 @@ mod tests {
                 .iter()
                 .all(|h| h.score == 0.0)
         );
-        // Free text is ranked: the message that says it three times comes first.
+        // Names filter too.
+        let named = index
+            .search(r#"sender_name:"bank a""#, 3, 0, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(named.len(), 3);
+        assert!(named.iter().all(|h| h.score == 0.0));
+        // Words of a body are ranked: the message that says it three times comes first.
         let text = index.search("body:megacorp", 3, 0, false).unwrap().unwrap();
         assert_eq!((text[0].height, text[0].leaf), (1, 2));
         assert!(text[0].score > text[1].score);

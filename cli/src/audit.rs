@@ -218,7 +218,8 @@ pub enum AuditCmd {
         /// Hits to skip.
         #[arg(long, default_value_t = 0)]
         offset: u32,
-        /// Newest first instead of by relevance (free text) or index order (filters).
+        /// Newest first instead of by relevance (words of bodies) or index order (filters:
+        /// exact fields, names, ranges).
         #[arg(long)]
         by_time: bool,
         /// Print JSON lines.

@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     signer: ReceiptSigner,
     /// Receipts and the signatures made for them.
     signed: Arc<SignerCounts>,
+    /// Time spent by stage ([`Gateway::stage_times`]).
+    stages: Stages,
     /// Tags each firehose envelope for the node's builder.
     mac: wire::FirehoseMac,
     /// One inbox session per address on this gateway, so that a new reader starts only
@@ -78,6 +80,25 @@ pub(crate) struct Inner {
     pub(crate) followers: std::sync::Mutex<Followers>,
     /// Bytes of envelopes being checked and stored ([`MessagingConfig::max_inflight_bytes`]).
     inflight: tokio::sync::Semaphore,
+}
+
+/// Where submissions' time goes: nanoseconds spent in each stage, by all submissions
+/// together (wall time, so stages of concurrent submissions overlap).
+#[derive(Debug, Default)]
+struct Stages {
+    /// Parsing, the clock, the directory replica, the signature check (batched).
+    check: std::sync::atomic::AtomicU64,
+    /// Publishing to the firehose until JetStream acknowledged it.
+    firehose: std::sync::atomic::AtomicU64,
+    /// The recipients' inbox entries until acknowledged.
+    inboxes: std::sync::atomic::AtomicU64,
+    /// Waiting for the receipt's batch to be signed.
+    receipt: std::sync::atomic::AtomicU64,
+}
+
+fn spent(stage: &std::sync::atomic::AtomicU64, since: std::time::Instant) {
+    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    stage.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// How often the gateway looks at its NATS connection's state.
@@ -160,6 +181,7 @@ impl Gateway {
             verifier: BatchVerifier::start(),
             signer,
             signed,
+            stages: Stages::default(),
             mac: wire::FirehoseMac::derive(&key),
             key,
             sessions: Default::default(),
@@ -245,6 +267,22 @@ impl Gateway {
         r
     }
 
+    /// Time spent so far by all submissions in each stage: checks (parsing, clock,
+    /// directory, signature), the firehose publish until acknowledged, the inbox entries
+    /// until acknowledged, the receipt's signing. Wall time: concurrent submissions overlap.
+    pub fn stage_times(&self) -> [(&'static str, Duration); 4] {
+        let t = |a: &std::sync::atomic::AtomicU64| {
+            Duration::from_nanos(a.load(std::sync::atomic::Ordering::Relaxed))
+        };
+        let s = &self.inner.stages;
+        [
+            ("check", t(&s.check)),
+            ("firehose", t(&s.firehose)),
+            ("inboxes", t(&s.inboxes)),
+            ("receipt", t(&s.receipt)),
+        ]
+    }
+
     /// Receipts signed so far, and the signatures made for them (fewer when receipts
     /// share a batch's signature).
     pub fn receipt_signatures(&self) -> (u64, u64) {
@@ -284,8 +322,10 @@ impl Gateway {
         };
         let mut up = self.inner.bus_up.subscribe();
         let work = async {
-            let c = self.check(env, held).await?;
-            self.publish(c).await
+            let t = std::time::Instant::now();
+            let c = self.check(env, held).await;
+            spent(&self.inner.stages.check, t);
+            self.publish(c?).await
         };
         tokio::select! {
             biased;
@@ -399,6 +439,7 @@ impl Gateway {
             self.inner.mac.tag(&bytes).as_str(),
         );
         let partition = self.inner.firehose.partition_of(sender);
+        let t = std::time::Instant::now();
         let ack = js
             .publish_with_headers(
                 self.inner.firehose.subject(partition),
@@ -423,6 +464,8 @@ impl Gateway {
                 });
             }
         }
+        spent(&self.inner.stages.firehose, t);
+        let t = std::time::Instant::now();
         let mut acks = Vec::with_capacity(v.recipients().len());
         for r in v.recipients() {
             let mut h = HeaderMap::new();
@@ -446,6 +489,7 @@ impl Gateway {
         for a in acks {
             a.await.map_err(publish_failed)?;
         }
+        spent(&self.inner.stages.inboxes, t);
         let accepted = self.inner.clock.now_ms();
         let body = ReceiptBody {
             message_id: id.to_vec(),
@@ -455,7 +499,10 @@ impl Gateway {
             gateway_key: self.inner.key.verifying_key().to_bytes().to_vec(),
             firehose_partition: partition,
         };
-        self.inner.signer.sign(body).await
+        let t = std::time::Instant::now();
+        let receipt = self.inner.signer.sign(body).await;
+        spent(&self.inner.stages.receipt, t);
+        receipt
     }
 }
 

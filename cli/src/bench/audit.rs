@@ -141,8 +141,10 @@ pub async fn run(args: BenchAuditArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("the bench node has no managed nats-server"))?;
     let nats = blockpost_node::connect(bn.node.nats_url(), Some(&reader)).await?;
     let config = AuditorConfig::new(bn.endpoint.clone(), tmp.path().join("auditor"));
+    let cpu = super::cpu_by_thread();
     let auditor = Auditor::start(config, nats).await?;
     let took = until_current(&auditor, &builder, last, Duration::from_secs(1800)).await?;
+    let cpu_after = super::cpu_by_thread();
     say!(
         "catch-up: {backlog} messages checked (envelope rules, sender signature against the verified directory) and {} blocks verified in {:.2} s: {:.0} msgs/s ({:.2}x the gateway's accepted rate)",
         builder.height(),
@@ -150,6 +152,7 @@ pub async fn run(args: BenchAuditArgs) -> anyhow::Result<()> {
         backlog as f64 / took.as_secs_f64(),
         backlog as f64 / took.as_secs_f64() / gateway_rate
     );
+    super::say_cpu(&cpu, &cpu_after, backlog, "message caught up");
 
     // Search on what it verified: a transaction, a sender's name, a time range, a term
     // every message has.

@@ -40,6 +40,10 @@ pub struct BenchMessagesArgs {
     /// streams together); 0 skips it.
     #[arg(long, default_value_t = 5_000)]
     pub paced_rate: u64,
+    /// Most receipts under one signature (`[messaging] receipt_batch_max`); 1 signs each
+    /// receipt alone, as gateways did before receipt batches.
+    #[arg(long, default_value_t = blockpost_messaging::MessagingConfig::default().receipt_batch_max)]
+    pub receipt_batch: usize,
 }
 
 pub(crate) struct Sender {
@@ -76,7 +80,11 @@ pub(crate) fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 /// Runs the benchmark and prints a summary.
 pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
-    let bn = BenchNode::start(None, args.nats.clone(), true).await?;
+    let batch = args.receipt_batch;
+    let bn = BenchNode::start_with(None, args.nats.clone(), true, |c| {
+        c.messaging.receipt_batch_max = batch;
+    })
+    .await?;
     let tmp = tempfile::tempdir()?;
     let endpoint = bn.endpoint.clone();
     let directory = bn
@@ -134,13 +142,34 @@ pub async fn run(args: BenchMessagesArgs) -> anyhow::Result<()> {
             if encrypted { "encrypted" } else { "plaintext" },
             t.elapsed().as_secs_f64()
         );
+        let stages = gateway.stage_times();
+        let cpu = super::cpu_by_thread();
         let (rate, lat, errors, accepted) = submit_all(&channel, envs, args.streams, 0).await?;
+        let cpu_after = super::cpu_by_thread();
         say!(
             "{:<10} accepted {rate:>8.0} msgs/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {errors}  ({:.2}x one core's batch verification)",
             if encrypted { "encrypted" } else { "plaintext" },
             pct(&lat, 0.5),
             pct(&lat, 0.99),
             rate / batch
+        );
+        super::say_cpu(&cpu, &cpu_after, accepted.len(), "envelope");
+        let n = accepted.len().max(1) as f64;
+        let spent: Vec<String> = gateway
+            .stage_times()
+            .iter()
+            .zip(&stages)
+            .map(|((name, after), (_, before))| {
+                format!(
+                    "{name} {:.2} ms",
+                    (*after - *before).as_secs_f64() * 1e3 / n
+                )
+            })
+            .collect();
+        say!(
+            "{:<10} a submission's time in the gateway, mean by stage: {}",
+            "",
+            spent.join(", ")
         );
         let (receipts, signatures) = gateway.receipt_signatures();
         say!(

@@ -105,3 +105,73 @@ impl BenchNode {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.serving.stop()).await;
     }
 }
+
+/// CPU time (user and system, in seconds) of this process's threads, summed by thread name,
+/// and of the machine's nats-server processes (as `nats-server`): a profile by thread, read
+/// from `/proc`, for where `perf` cannot sample. Empty where `/proc` is not Linux's.
+pub(crate) fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
+    // Fields 14 and 15 of `stat` (utime, stime), counted after the `comm` field's ')'.
+    fn ticks(stat: &str) -> Option<f64> {
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+    }
+    let mut out = std::collections::BTreeMap::new();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if let Some(s) = std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .and_then(|s| ticks(&s))
+            {
+                *out.entry(name.trim().to_owned()).or_insert(0.0) += s;
+            }
+        }
+    }
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "nats-server"
+                && let Some(s) = std::fs::read_to_string(p.path().join("stat"))
+                    .ok()
+                    .and_then(|s| ticks(&s))
+            {
+                *out.entry("nats-server".to_owned()).or_insert(0.0) += s;
+            }
+        }
+    }
+    out
+}
+
+/// Prints where the CPU went between two [`cpu_by_thread`] readings, per `units` of work.
+pub(crate) fn say_cpu(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    units: usize,
+    unit: &str,
+) {
+    let mut used: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    used.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = used.iter().map(|(_, v)| v).sum();
+    let parts: Vec<String> = used
+        .iter()
+        .take(6)
+        .map(|(k, v)| {
+            format!(
+                "{k} {:.0} us ({:.0} %)",
+                v * 1e6 / units.max(1) as f64,
+                v * 100.0 / total.max(f64::MIN_POSITIVE)
+            )
+        })
+        .collect();
+    crate::say!(
+        "{:<10} CPU per {unit} by thread: {:.0} us in all; {}",
+        "",
+        total * 1e6 / units.max(1) as f64,
+        parts.join(", ")
+    );
+}

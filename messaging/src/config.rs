@@ -36,7 +36,8 @@ pub struct MessagingConfig {
     /// one (a stable hash of its address). Fixed when the firehose is made: a node started
     /// with another number on the same log refuses to run.
     pub firehose_partitions: u32,
-    /// Most receipts signed under one Merkle root (1: each receipt signed alone).
+    /// Most receipts signed under one Merkle root (1: each receipt signed alone, by the
+    /// request that earned it).
     pub receipt_batch_max: usize,
     /// How long the first receipt of a batch waits for others to share its signature, in
     /// ms (0: only those already waiting).

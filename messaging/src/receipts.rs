@@ -37,6 +37,15 @@ pub struct SignerCounts {
     pub signatures: std::sync::atomic::AtomicU64,
 }
 
+impl SignerCounts {
+    /// Counts `receipts` signed under one signature.
+    pub fn count(&self, receipts: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.receipts.fetch_add(receipts, Relaxed);
+        self.signatures.fetch_add(1, Relaxed);
+    }
+}
+
 impl ReceiptSigner {
     /// Starts the task: batches of at most `max` bodies, closed `window` after the first.
     pub fn start(
@@ -69,7 +78,6 @@ async fn run(
     window: Duration,
     counts: std::sync::Arc<SignerCounts>,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let closes = tokio::time::Instant::now() + window;
@@ -95,8 +103,7 @@ async fn run(
         let Ok(receipts) = blockpost_core::sign_receipts(&key, &bodies) else {
             continue;
         };
-        counts.receipts.fetch_add(receipts.len() as u64, Relaxed);
-        counts.signatures.fetch_add(1, Relaxed);
+        counts.count(receipts.len() as u64);
         for (r, reply) in receipts.into_iter().zip(replies) {
             let _ = reply.send(r);
         }

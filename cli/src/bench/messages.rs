@@ -419,7 +419,7 @@ async fn merge_delays(
     Ok((delays, t.elapsed(), late))
 }
 
-fn raw_verify() -> (f64, f64) {
+pub(crate) fn raw_verify() -> (f64, f64) {
     let keys: Vec<SigningKey> = (0..64u8)
         .map(|i| SigningKey::from_bytes(&[i.wrapping_add(1); 32]))
         .collect();

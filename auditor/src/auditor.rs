@@ -127,7 +127,8 @@ fn pin_gateway(path: &Path, key: &[u8], partitions: u32) -> Result<()> {
 }
 
 impl ReceiptRecord {
-    fn of(r: &Receipt) -> Self {
+    /// Of a signed receipt.
+    pub fn of(r: &Receipt) -> Self {
         Self {
             body: hex::encode(&r.body),
             signature: hex::encode(&r.signature),
@@ -135,14 +136,19 @@ impl ReceiptRecord {
         }
     }
 
-    fn receipt(&self) -> Option<Receipt> {
+    /// The signed receipt again; `Err(why)` if a field is not what it should be.
+    pub fn receipt(&self) -> std::result::Result<Receipt, String> {
+        let hex = |what: &str, v: &str| hex::decode(v).map_err(|e| format!("its {what}: {e}"));
         let batch = match &self.batch {
             None => None,
-            Some(b) => Some(ReceiptBatch::decode(hex::decode(b).ok()?.as_slice()).ok()?),
+            Some(b) => Some(
+                ReceiptBatch::decode(hex("batch", b)?.as_slice())
+                    .map_err(|e| format!("its batch is not an encoded ReceiptBatch: {e}"))?,
+            ),
         };
-        Some(Receipt {
-            body: hex::decode(&self.body).ok()?,
-            signature: hex::decode(&self.signature).ok()?,
+        Ok(Receipt {
+            body: hex("body", &self.body)?,
+            signature: hex("signature", &self.signature)?,
             batch,
         })
     }
@@ -339,7 +345,7 @@ impl Auditor {
         for line in kept.lines() {
             let kept = serde_json::from_str::<ReceiptRecord>(line)
                 .ok()
-                .and_then(|r| r.receipt());
+                .and_then(|r| r.receipt().ok());
             if let Some(r) = kept
                 && let Err(e) = inner.watch_receipt(&r, false).await
             {

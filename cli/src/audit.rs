@@ -255,49 +255,9 @@ pub enum AuditCmd {
     },
 }
 
-/// A receipt file: the signed receipt, hex, as `send --receipt-out` writes it.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct ReceiptFile {
-    /// The encoded `ReceiptBody`.
-    pub body: String,
-    /// The gateway's ed25519 signature (of the body, or of its batch's root).
-    pub signature: String,
-    /// For a receipt signed in a batch: the encoded `ReceiptBatch` (its place in the batch
-    /// and its audit path), hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch: Option<String>,
-}
-
-impl ReceiptFile {
-    /// Of a signed receipt.
-    pub fn of(r: &blockpost_proto::v1::Receipt) -> Self {
-        Self {
-            body: hex::encode(&r.body),
-            signature: hex::encode(&r.signature),
-            batch: r
-                .batch
-                .as_ref()
-                .map(|b| hex::encode(blockpost_proto::v1::prost::Message::encode_to_vec(b))),
-        }
-    }
-
-    fn receipt(&self) -> anyhow::Result<blockpost_proto::v1::Receipt> {
-        let batch = match &self.batch {
-            None => None,
-            Some(b) => Some(
-                <blockpost_proto::v1::ReceiptBatch as blockpost_proto::v1::prost::Message>::decode(
-                    hex::decode(b)?.as_slice(),
-                )
-                .context("the receipt's batch is not an encoded ReceiptBatch")?,
-            ),
-        };
-        Ok(blockpost_proto::v1::Receipt {
-            body: hex::decode(&self.body)?,
-            signature: hex::decode(&self.signature)?,
-            batch,
-        })
-    }
-}
+/// A receipt file, as `send --receipt-out` writes it: the auditor's own record of a
+/// receipt (body, signature and batch, hex), so that one form serves both.
+pub use blockpost_auditor::ReceiptRecord as ReceiptFile;
 
 async fn audit_client(endpoint: &str) -> anyhow::Result<AuditClient<tonic::transport::Channel>> {
     let channel = tonic::transport::Channel::from_shared(endpoint.to_owned())?
@@ -455,7 +415,10 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                 .with_context(|| format!("reading {}", file.display()))?;
             let rf: ReceiptFile = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a receipt file", file.display()))?;
-            hand_in(&auditor, rf.receipt()?, json).await
+            let receipt = rf.receipt().map_err(|why| {
+                anyhow::anyhow!("{} is not a receipt file: {why}", file.display())
+            })?;
+            hand_in(&auditor, receipt, json).await
         }
         AuditCmd::Search {
             query,

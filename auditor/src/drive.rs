@@ -42,6 +42,9 @@ pub(crate) const QUEUE: usize = 64;
 /// How often the indexer makes what it added searchable, at the latest.
 const COMMIT_EVERY: Duration = Duration::from_millis(250);
 
+/// How often the search index is committed while the auditor catches up.
+const COMMIT_BEHIND: Duration = Duration::from_secs(5);
+
 pub(crate) fn state_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::State {
         path: path.display().to_string(),
@@ -90,7 +93,7 @@ pub(crate) struct Writer {
     /// restart checks again what raised it.
     pub(crate) unrecorded: bool,
     pub(crate) witness: Arc<Mutex<Witness>>,
-    pub(crate) documents: std::sync::mpsc::SyncSender<(u64, Vec<IndexedMessage>)>,
+    pub(crate) documents: std::sync::mpsc::SyncSender<Documents>,
     pub(crate) view: tokio::sync::watch::Sender<View>,
 }
 
@@ -115,9 +118,14 @@ impl Writer {
         {
             failed = Some(e);
         }
-        if let Some(docs) = fx.index {
+        if let Some((height, docs)) = fx.index {
             // The indexer is gone only when the auditor stops.
-            let _ = self.documents.send(docs);
+            let behind = view.status.blocks_lag > 0;
+            let _ = self.documents.send(Documents {
+                height,
+                docs,
+                behind,
+            });
         }
         for (log, cp) in fx.cosign {
             self.cosign(log, &cp, now_ms);
@@ -216,28 +224,39 @@ impl Writer {
     }
 }
 
-/// The indexer thread: adds each block's documents, and commits at least every
-/// [`COMMIT_EVERY`] while it adds, and when it stops.
-pub(crate) fn run_indexer(
-    search: &SearchIndex,
-    documents: std::sync::mpsc::Receiver<(u64, Vec<IndexedMessage>)>,
-) {
+/// A verified block's search documents, for the indexer.
+pub(crate) struct Documents {
+    pub(crate) height: u64,
+    pub(crate) docs: Vec<IndexedMessage>,
+    /// More blocks wait on the stream after this one (the auditor is catching up).
+    pub(crate) behind: bool,
+}
+
+/// The indexer thread: adds each block's documents, and commits them every
+/// [`COMMIT_EVERY`] while the auditor is current, every [`COMMIT_BEHIND`] while it
+/// catches up, and when it stops.
+pub(crate) fn run_indexer(search: &SearchIndex, documents: std::sync::mpsc::Receiver<Documents>) {
     use std::sync::mpsc::RecvTimeoutError;
     let mut dirty = false;
+    let mut behind = false;
     let mut committed = std::time::Instant::now();
     loop {
         let stopping = match documents.recv_timeout(COMMIT_EVERY) {
-            Ok((height, docs)) => {
-                match search.add(height, docs) {
+            Ok(d) => {
+                behind = d.behind;
+                match search.add(d.height, d.docs) {
                     Ok(()) => dirty = true,
                     Err(e) => tracing::error!(error = %e, "cannot index messages for search"),
                 }
                 false
             }
-            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Timeout) => {
+                behind = false;
+                false
+            }
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        if dirty && (stopping || committed.elapsed() >= COMMIT_EVERY) {
+        if dirty && commit_due(stopping, behind, committed.elapsed()) {
             if let Err(e) = search.commit() {
                 tracing::error!(error = %e, "cannot commit the search index");
             }
@@ -248,6 +267,14 @@ pub(crate) fn run_indexer(
             return;
         }
     }
+}
+
+/// Whether the indexer commits now, `since` its last commit. Each commit is a segment
+/// that tantivy merges later: while catching up, a commit every [`COMMIT_EVERY`] made
+/// hundreds of small segments and their merges cost a fifth of the auditor's CPU, for
+/// search results nobody waits for yet.
+fn commit_due(stopping: bool, behind: bool, since: Duration) -> bool {
+    stopping || since >= if behind { COMMIT_BEHIND } else { COMMIT_EVERY }
 }
 
 /// Publishes each new alert, as JSON, on `subject`, and each cosigned checkpoint on
@@ -324,6 +351,19 @@ mod tests {
             "omitted",
             serde_json::Value::Null,
         )
+    }
+
+    #[test]
+    fn the_index_is_committed_less_often_while_catching_up() {
+        let ms = Duration::from_millis;
+        assert!(!commit_due(false, false, ms(100)));
+        assert!(commit_due(false, false, COMMIT_EVERY));
+        // Behind: a commit every few seconds, not every quarter second.
+        assert!(!commit_due(false, true, COMMIT_EVERY));
+        assert!(!commit_due(false, true, COMMIT_BEHIND - ms(1)));
+        assert!(commit_due(false, true, COMMIT_BEHIND));
+        // Stopping commits whatever was added.
+        assert!(commit_due(true, true, ms(0)));
     }
 
     #[test]

@@ -42,6 +42,10 @@ impl Feed {
 /// cores).
 const CHECK_BATCH: usize = 1024;
 
+/// Batches of firehose messages whose signatures are being checked while the next is
+/// read, per partition.
+const CHECKS_IN_FLIGHT: usize = 2;
+
 /// How long an ordered consumer may deliver nothing before the stream is asked whether it
 /// holds more.
 const STALL_CHECK: Duration = Duration::from_secs(2);
@@ -53,14 +57,43 @@ fn published_ms(info: &jetstream::message::Info<'_>) -> i64 {
     i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-/// Checks firehose payloads: for each, its id if it is a canonical envelope, and why it is
-/// not valid if it is not (envelope rules, its sender's partition, sender signature
-/// against the verified directory). Retries while the node cannot be asked.
-async fn check_envelopes(
-    messenger: &mut Messenger,
+/// Firehose payloads on their way to being checked: each decoded and its sender's key found
+/// ([`prepare_envelopes`]); the signatures wait for [`Prepared::verify`].
+struct Prepared {
+    out: Vec<FirehoseMessage>,
+    slots: Vec<usize>,
+    batch: blockpost_client::PreparedBatch,
+}
+
+impl Prepared {
+    /// Checks the signatures (blocking: split over the cores) and gives, for each payload,
+    /// its id if it is a valid envelope and why it is not if it is not.
+    fn verify(self) -> Vec<FirehoseMessage> {
+        let Self {
+            mut out,
+            slots,
+            batch,
+        } = self;
+        for (slot, v) in slots.into_iter().zip(batch.verify()) {
+            if let Err(e) = v {
+                let why = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+                out[slot].invalid = Some(why);
+            }
+        }
+        out
+    }
+}
+
+/// The first half of checking firehose payloads: each decoded (a canonical envelope, in
+/// its sender's partition) and its sender's key found in the verified directory. Retries
+/// while the node cannot be asked. The messenger is needed only here, not while the
+/// signatures are checked.
+async fn prepare_envelopes(
+    messenger: &tokio::sync::Mutex<Messenger>,
     items: &[(u64, i64, bytes::Bytes)],
     partition: (u32, &Firehose),
-) -> Vec<FirehoseMessage> {
+) -> Prepared {
     let mut out: Vec<FirehoseMessage> = Vec::with_capacity(items.len());
     let mut envs = Vec::new();
     let mut slots = Vec::new();
@@ -98,9 +131,9 @@ async fn check_envelopes(
         out.push(m);
     }
     let mut backoff = Duration::from_millis(100);
-    let verdicts = loop {
-        match messenger.check_batch(envs.clone()).await {
-            Ok(v) => break v,
+    let batch = loop {
+        match messenger.lock().await.prepare_batch(envs.clone()).await {
+            Ok(b) => break b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check firehose messages against the directory; retrying");
                 tokio::time::sleep(backoff).await;
@@ -108,14 +141,7 @@ async fn check_envelopes(
             }
         }
     };
-    for (slot, v) in slots.into_iter().zip(verdicts) {
-        if let Err(e) = v {
-            let why = std::error::Error::source(&e)
-                .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
-            out[slot].invalid = Some(why);
-        }
-    }
-    out
+    Prepared { out, slots, batch }
 }
 
 /// A reader's session with its stream: one consumer, from where the reader stands, until
@@ -191,37 +217,91 @@ impl Session for FirehoseReader {
             .await
             .map_err(|e| e.to_string())?;
         let mut messages = ordered(&stream, None, self.next).await?;
-        while let Some(first) = next_or_stalled(&mut messages, &mut stream, self.next - 1).await? {
-            // Take what else has arrived, to check the signatures in one batch.
-            let mut group = vec![first.map_err(|e| e.to_string())?];
-            while group.len() < CHECK_BATCH {
-                match futures::FutureExt::now_or_never(messages.next()) {
-                    Some(Some(m)) => group.push(m.map_err(|e| e.to_string())?),
-                    _ => break,
+        // Two stages, so that the signatures of one batch are checked (on the blocking pool,
+        // over the cores) while the next is fetched, decoded and its keys found: the
+        // reader hands each batch's check over in order, and the hand-over awaits them in
+        // that order and gives them to the core. `read` is the last sequence read.
+        let (checks, mut checked) = tokio::sync::mpsc::channel::<(
+            u64,
+            tokio::task::JoinHandle<Vec<FirehoseMessage>>,
+        )>(CHECKS_IN_FLIGHT);
+        let (k, firehose, messenger) = (self.k, &self.firehose, &self.messenger);
+        let mut read = self.next - 1;
+        let reader = async move {
+            // Messages read and not yet handed to a check. While both checks in flight are
+            // busy the group grows (to at most CHECK_BATCH), so batches are large exactly
+            // when the signature checks are the bottleneck, and small (quick) when not.
+            let mut group: Vec<jetstream::Message> = Vec::new();
+            loop {
+                tokio::select! {
+                    biased;
+                    () = checks.closed() => return Ok(()),
+                    permit = checks.reserve(), if !group.is_empty() => {
+                        let Ok(permit) = permit else { return Ok(()) };
+                        let mut items = Vec::with_capacity(group.len());
+                        for m in group.drain(..) {
+                            let info = m.info().map_err(|e| e.to_string())?;
+                            items.push((info.stream_sequence, published_ms(&info), m.payload.clone()));
+                        }
+                        let last = items.last().map_or(read, |i| i.0);
+                        let prepared = prepare_envelopes(messenger, &items, (k, firehose)).await;
+                        permit.send((last, tokio::task::spawn_blocking(move || prepared.verify())));
+                    }
+                    m = next_or_stalled(&mut messages, &mut stream, read),
+                        if group.len() < CHECK_BATCH =>
+                    {
+                        let Some(m) = m? else {
+                            return Err("the firehose consumer ended".to_string());
+                        };
+                        group.push(m.map_err(|e| e.to_string())?);
+                        // Take what else has arrived.
+                        while group.len() < CHECK_BATCH {
+                            match futures::FutureExt::now_or_never(messages.next()) {
+                                Some(Some(m)) => group.push(m.map_err(|e| e.to_string())?),
+                                _ => break,
+                            }
+                        }
+                        if let Some(m) = group.last() {
+                            read = m.info().map_err(|e| e.to_string())?.stream_sequence;
+                        }
+                    }
                 }
             }
-            let mut items = Vec::with_capacity(group.len());
-            for m in &group {
-                let info = m.info().map_err(|e| e.to_string())?;
-                items.push((info.stream_sequence, published_ms(&info), m.payload.clone()));
+        };
+        let feed = &self.feed;
+        let hand_over = async move {
+            let mut handed = None;
+            while let Some((last, check)) = checked.recv().await {
+                let Ok(messages) = check.await else {
+                    // A check that panicked: nothing of it was handed over; read it again.
+                    return (handed, true);
+                };
+                let event = Event::Firehose {
+                    partition: k,
+                    messages,
+                };
+                if !feed.send(event).await {
+                    return (handed, false);
+                }
+                handed = Some(last);
             }
-            let last = items.last().map_or(self.next - 1, |i| i.0);
-            let checked = check_envelopes(
-                &mut *self.messenger.lock().await,
-                &items,
-                (self.k, &self.firehose),
-            )
-            .await;
-            let event = Event::Firehose {
-                partition: self.k,
-                messages: checked,
-            };
-            if !self.feed.send(event).await {
-                return Ok(());
-            }
+            (handed, true)
+        };
+        // The hand-over ends when the reader has (its sender dropped) and every check it
+        // started was handed over, or first when the core stops (the reader then sees the
+        // channel closed).
+        let (read_result, (handed, core_running)) = tokio::join!(reader, hand_over);
+        if let Some(last) = handed {
             self.next = self.next.max(last + 1);
         }
-        Err("the firehose consumer ended".into())
+        if !core_running {
+            return Ok(());
+        }
+        // The reader stops by itself only with an error; otherwise the hand-over gave up on
+        // a check that panicked, and the stream is followed again after what was handed.
+        read_result.and(Err(
+            "a signature check failed; following the firehose again".into(),
+        ))
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Messenger {
     grpc: MessagingClient<Channel>,
     gateway_key: VerifyingKey,
     history: HashMap<String, Vec<VerifiedEntry>>,
+    /// Signing keys of `history` parsed (a point decompression each), by address and
+    /// leaf index; dropped with the address's history when it is looked up again.
+    keys: HashMap<String, HashMap<u64, VerifyingKey>>,
     resend_for: std::time::Duration,
 }
 
@@ -105,6 +108,7 @@ impl Messenger {
             grpc,
             gateway_key,
             history: HashMap::new(),
+            keys: HashMap::new(),
             resend_for: RESEND_FOR,
         })
     }
@@ -214,6 +218,7 @@ impl Messenger {
     async fn history(&mut self, address: &str, refresh: bool) -> Result<&[VerifiedEntry]> {
         if refresh || !self.history.contains_key(address) {
             let h = self.directory.lookup(address).await?;
+            self.keys.remove(address);
             self.history.insert(address.to_owned(), h);
         }
         Ok(self.history.get(address).map_or(&[], Vec::as_slice))
@@ -232,6 +237,18 @@ impl Messenger {
     }
 
     async fn sender_key(&mut self, sender: &str, index: u64) -> Result<VerifyingKey> {
+        if let Some(k) = self.keys.get(sender).and_then(|ks| ks.get(&index)) {
+            return Ok(*k);
+        }
+        let key = self.find_sender_key(sender, index).await?;
+        self.keys
+            .entry(sender.to_owned())
+            .or_default()
+            .insert(index, key);
+        Ok(key)
+    }
+
+    async fn find_sender_key(&mut self, sender: &str, index: u64) -> Result<VerifyingKey> {
         for refresh in [false, true] {
             let found = self
                 .history(sender, refresh)
@@ -262,6 +279,19 @@ impl Messenger {
         &mut self,
         envs: Vec<Envelope>,
     ) -> Result<Vec<std::result::Result<[u8; 32], Error>>> {
+        let prepared = self.prepare_batch(envs).await?;
+        // Split over the cores (core's one parallel batch check), off the async workers.
+        tokio::task::spawn_blocking(move || prepared.verify())
+            .await
+            .map_err(|e| Error::UnexpectedAnswer(format!("checking signatures: {e}")))
+    }
+
+    /// The first half of [`Messenger::check_batch`]: each envelope checked with the core
+    /// rules and its sender's key found in the verified directory (the only part that
+    /// needs the messenger). The signatures are checked by [`PreparedBatch::verify`],
+    /// which needs nothing else, so a reader can find the keys of its next batch while
+    /// the signatures of this one are being checked.
+    pub async fn prepare_batch(&mut self, envs: Vec<Envelope>) -> Result<PreparedBatch> {
         let limits = EnvelopeLimits {
             max_body_len: usize::MAX / 4,
             max_recipients: usize::MAX / 4,
@@ -293,21 +323,11 @@ impl Messenger {
                 Err(e) => return Err(e),
             }
         }
-        // Split over the cores (core's one parallel batch check), off the async workers.
-        let results =
-            tokio::task::spawn_blocking(move || blockpost_core::verify_batch_parallel(batch))
-                .await
-                .map_err(|e| Error::UnexpectedAnswer(format!("checking signatures: {e}")))?;
-        for (slot, r) in slots.into_iter().zip(results) {
-            verdicts[slot] = match r {
-                Ok(v) => Ok(v.id()),
-                Err(source) => Err(Error::BadEnvelope {
-                    sender: "its sender".into(),
-                    source,
-                }),
-            };
-        }
-        Ok(verdicts)
+        Ok(PreparedBatch {
+            verdicts,
+            batch,
+            slots,
+        })
     }
 
     /// Checks an envelope with the core rules and its signature against the directory,
@@ -466,5 +486,38 @@ impl Messenger {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+/// Envelopes that follow the core rules, each with its sender's key from the verified
+/// directory, waiting for their signatures to be checked ([`Messenger::prepare_batch`]).
+#[derive(Debug)]
+pub struct PreparedBatch {
+    verdicts: Vec<std::result::Result<[u8; 32], Error>>,
+    batch: Vec<(ParsedEnvelope, VerifyingKey)>,
+    slots: Vec<usize>,
+}
+
+impl PreparedBatch {
+    /// Checks the signatures (core's batch check, split over the cores; it blocks, so
+    /// call it where blocking is allowed). Per envelope, in the order given: its message
+    /// id, or why it is not valid.
+    pub fn verify(self) -> Vec<std::result::Result<[u8; 32], Error>> {
+        let Self {
+            mut verdicts,
+            batch,
+            slots,
+        } = self;
+        let results = blockpost_core::verify_batch_parallel(batch);
+        for (slot, r) in slots.into_iter().zip(results) {
+            verdicts[slot] = match r {
+                Ok(v) => Ok(v.id()),
+                Err(source) => Err(Error::BadEnvelope {
+                    sender: "its sender".into(),
+                    source,
+                }),
+            };
+        }
+        verdicts
     }
 }

@@ -1140,3 +1140,81 @@ async fn a_broken_link_a_repeated_message_and_a_ledger_checkpoint_off_the_chain_
         by(AlertKind::DuplicateMessage)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_many_batches_is_checked_in_order_with_a_forgery_in_the_middle() {
+    use blockpost_proto::v1::{
+        EnvelopeContent, envelope_content::Body, submit_result::Result as Outcome,
+    };
+    let sb = Sandbox::start().await.unwrap();
+    let (a, _b, m) = parties(&sb).await;
+    let content = |signer: &ed25519_dalek::SigningKey, nonce: u64| {
+        let c = EnvelopeContent {
+            sender: "bank-a".into(),
+            sender_key_index: 0,
+            recipients: vec!["bank-b".into()],
+            transaction_id: "settle-backlog".into(),
+            kind: MessageKind::Message as i32,
+            content_type: "text/plain".into(),
+            timestamp_ms: blockpost_core::now_ms(),
+            nonce,
+            body: Some(Body::Plaintext(format!("instruction {nonce}").into_bytes())),
+            transaction_deadline_ms: None,
+        };
+        blockpost_core::sign_envelope(signer, c.encode_to_vec())
+    };
+    // More than two of the reader's batches (1,024 each) on each side of a forgery, so
+    // that batches are checked while others wait to be handed over.
+    const HALF: u64 = 2_200;
+    let g = m.grpc();
+    let submit = |from: u64| {
+        let envs: Vec<_> = (from..from + HALF)
+            .map(|n| content(&a.signing, n))
+            .collect();
+        let mut g = g.clone();
+        async move {
+            let out: Vec<_> = g
+                .submit_stream(tokio_stream::iter(envs))
+                .await
+                .unwrap()
+                .into_inner()
+                .collect()
+                .await;
+            assert_eq!(out.len() as u64, HALF);
+            for r in out {
+                assert!(matches!(r.unwrap().result.unwrap(), Outcome::Receipt(_)));
+            }
+        }
+    };
+    submit(1).await;
+    // Someone with publish rights puts an envelope in bank-a's name, not signed by it,
+    // between the two halves.
+    let ns = sb.directory.namespace().clone();
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    let mallory = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let forged = content(&mallory, 1_000_000).encode_to_vec();
+    let forged_seq = js
+        .publish(ns.firehose_subject(), forged.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    assert_eq!(forged_seq, HALF + 1);
+    let forged_at = blockpost_core::now_ms();
+    submit(HALF + 1).await;
+
+    // An auditor that starts with all of it waiting: every message checked, each verdict
+    // with its own message. A verdict handed to the wrong message would show as an
+    // omission (the forgery taken for valid, owed a block) or a block with a message the
+    // auditor found invalid.
+    let tmp = tempfile::tempdir().unwrap();
+    let au = auditor(&sb, tmp.path(), 200).await;
+    caught_up(&sb, &au, 2 * HALF + 1).await;
+    let promise = i64::try_from(sb.gateway.info().max_block_delay_ms).unwrap();
+    checked_past(&au, forged_at + promise + 200 + 1).await;
+    let alerts = au.alerts();
+    assert!(alerts.is_empty(), "{alerts:?}");
+    assert_eq!(au.status().firehose_checked, 2 * HALF + 1);
+    sb.stop().await;
+}

@@ -117,6 +117,7 @@ pub(crate) fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
         Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
     }
     let mut out = std::collections::BTreeMap::new();
+    let mut live = 0.0;
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for t in tasks.flatten() {
             let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
@@ -125,8 +126,17 @@ pub(crate) fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
                 .and_then(|s| ticks(&s))
             {
                 *out.entry(name.trim().to_owned()).or_insert(0.0) += s;
+                live += s;
             }
         }
+    }
+    // The process's own figure also counts threads that have ended (scoped threads of a
+    // parallel signature check, idle blocking threads): the rest, under a name of its own.
+    if let Some(all) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| ticks(&s))
+    {
+        out.insert("(threads since ended)".to_owned(), (all - live).max(0.0));
     }
     if let Ok(procs) = std::fs::read_dir("/proc") {
         for p in procs.flatten() {
@@ -150,11 +160,23 @@ pub(crate) fn say_cpu(
     units: usize,
     unit: &str,
 ) {
-    let mut used: Vec<(String, f64)> = after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v > 0.0)
-        .collect();
+    const ENDED: &str = "(threads since ended)";
+    // A thread live at the first reading that ended before the second shows a negative
+    // difference under its name, and its time under ENDED: net them.
+    let mut ended = 0.0;
+    let mut used: Vec<(String, f64)> = Vec::new();
+    let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for k in names {
+        let v = after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+        if k == ENDED || v < 0.0 {
+            ended += v;
+        } else if v > 0.0 {
+            used.push((k.clone(), v));
+        }
+    }
+    if ended > 0.0 {
+        used.push((ENDED.to_owned(), ended));
+    }
     used.sort_by(|a, b| b.1.total_cmp(&a.1));
     let total: f64 = used.iter().map(|(_, v)| v).sum();
     let parts: Vec<String> = used

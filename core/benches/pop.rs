@@ -95,6 +95,27 @@ fn pop(c: &mut Criterion) {
                 })
             },
         );
+        // The same with variable-time arithmetic (R is public): [l-1]R + R.
+        let points: Vec<curve25519_dalek::EdwardsPoint> =
+            rs.iter().map(VerifyingKey::to_edwards).collect();
+        let minus_one = -curve25519_dalek::Scalar::ONE;
+        g.bench_with_input(
+            BenchmarkId::new("R torsion-free check, variable time, each", n),
+            &(),
+            |b, ()| {
+                b.iter(|| {
+                    for p in &points {
+                        let l_times =
+                            curve25519_dalek::EdwardsPoint::vartime_double_scalar_mul_basepoint(
+                                &minus_one,
+                                black_box(p),
+                                &curve25519_dalek::Scalar::ZERO,
+                            ) + p;
+                        assert!(curve25519_dalek::traits::IsIdentity::is_identity(&l_times));
+                    }
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -241,6 +241,15 @@ impl std::ops::Deref for VerifiedEnvelope {
 
 /// Verifies many envelopes at once with ed25519 batch verification, falling back to
 /// single checks to find the bad ones when the batch fails. Results are in input order.
+///
+/// For checking again what was admitted, never for admitting: a batch never refuses a
+/// signature [`ParsedEnvelope::verify`] takes, but it can take one that the strict check
+/// (and Go's `ed25519.Verify`) refuses: an `R` with a torsion component, which only the
+/// key's owner can make, passes whenever its coefficient (derived from the batch's
+/// contents) kills the torsion, half the time for an order-2 point. Refusing those exactly
+/// costs a scalar multiplication a signature, which makes a batch no cheaper than the
+/// strict checks (criterion: `cargo bench -p blockpost-core --bench pop`). So the gateway
+/// admits with the strict check, and the builder and the auditor batch.
 pub fn verify_batch(items: Vec<(ParsedEnvelope, VerifyingKey)>) -> Vec<Result<VerifiedEnvelope>> {
     if items.len() < 2 {
         return items.into_iter().map(|(p, k)| p.verify(&k)).collect();

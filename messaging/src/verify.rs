@@ -1,17 +1,22 @@
-//! Signature checks in batches, off the async runtime.
+//! Signature checks off the async runtime, many to a blocking job.
 //!
-//! Under load, envelopes that arrive together are checked together with
-//! [`blockpost_core::verify_batch`], the same rule every verifier runs.
+//! The gateway admits envelopes, so it checks each signature with the strict rule
+//! ([`ParsedEnvelope::verify`], as Go's `ed25519.Verify` does), never with batch
+//! verification: a batch can pass a signature whose `R` carries a torsion component,
+//! which only its key's owner can make and which every strict verifier refuses (see
+//! `blockpost_core::verify_batch`). Readers that check again what a gateway admitted
+//! (builder, auditor) may batch: a batch never refuses a signature the strict rule takes.
+//! Envelopes that arrive together still go to one blocking job, up to one job per core.
 
 use std::sync::Arc;
 
-use blockpost_core::{ParsedEnvelope, VerifiedEnvelope, verify_batch};
+use blockpost_core::{ParsedEnvelope, VerifiedEnvelope};
 use ed25519_dalek::VerifyingKey;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::{Error, Result};
 
-/// Most signatures in one batch.
+/// Most signatures in one blocking job.
 pub const MAX_BATCH: usize = 64;
 
 struct Job {
@@ -69,12 +74,8 @@ async fn run(mut rx: mpsc::Receiver<Job>) {
             return;
         };
         tokio::task::spawn_blocking(move || {
-            let (items, replies): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .map(|j| ((j.envelope, j.key), j.reply))
-                .unzip();
-            for (r, reply) in verify_batch(items).into_iter().zip(replies) {
-                let _ = reply.send(r);
+            for j in batch {
+                let _ = j.reply.send(j.envelope.verify(&j.key));
             }
             drop(permit);
         });
@@ -91,7 +92,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn batches_find_the_bad_signature() {
+    async fn every_bad_signature_is_found_among_many() {
         let v = BatchVerifier::start();
         let ids: Vec<Identity> = (0..8).map(|_| Identity::generate()).collect();
         let mut set = tokio::task::JoinSet::new();

@@ -413,3 +413,90 @@ async fn garbage_on_every_rpc_is_invalid_argument_never_internal() {
     assert_eq!(tried, rpcs.len() * garbage.len());
     assert_eq!(sb.directory.size(), 1, "garbage never reaches the log");
 }
+
+/// `envelope` with its signature replaced by a torsioned one by the same key.
+fn torsioned(id: &Identity, mut env: Envelope) -> Envelope {
+    let m = blockpost_core::envelope_message(&env.content);
+    env.signature = blockpost_tests::torsioned_signature(&id.signing, &m);
+    env
+}
+
+#[test]
+fn a_batch_can_take_a_torsioned_signature_the_strict_check_refuses() {
+    // Why the gateway admits with the strict check, and batches serve only to check again
+    // what was admitted: batch verification (cofactorless, its coefficients derived from
+    // the batch's contents) passes an R with a torsion component whenever its coefficient
+    // kills it, one batch in two for an order-2 point.
+    use blockpost_core::{EnvelopeLimits, ParsedEnvelope, verify_batch};
+    let id = Identity::generate();
+    let key = id.signing.verifying_key();
+    let parse = |e| ParsedEnvelope::parse(e, &EnvelopeLimits::default()).unwrap();
+    let plain = || Body::Plaintext(b"deliver against payment".to_vec());
+    let bad = parse(torsioned(&id, envelope(&id, 0, &["bob"], plain(), 1)));
+    assert!(
+        bad.clone().verify(&key).is_err(),
+        "the strict check refuses it"
+    );
+    let mut passed = 0;
+    for _ in 0..64 {
+        let good = parse(envelope(&id, 0, &["bob"], plain(), 1));
+        let out = verify_batch(vec![(bad.clone(), key), (good, key)]);
+        assert!(out[1].is_ok());
+        passed += usize::from(out[0].is_ok());
+    }
+    assert!(passed > 0, "some batch takes it");
+    assert!(passed < 64, "some batch finds it");
+}
+
+#[tokio::test]
+async fn the_gateway_refuses_every_torsioned_signature_however_envelopes_are_batched() {
+    let sb = Sandbox::start().await.unwrap();
+    let mut c = sb.client().await.unwrap();
+    let a = Identity::generate();
+    let ia = c
+        .register(&a, "alice", "Alice AG", None)
+        .await
+        .unwrap()
+        .leaf_index;
+    c.register(&Identity::generate(), "bob", "Bob AG", None)
+        .await
+        .unwrap();
+    sb.gateway
+        .replica()
+        .wait_applied(2, Duration::from_secs(5))
+        .await;
+    // Good and torsioned envelopes interleaved on one stream, so that they are checked
+    // together; before the gateway checked each strictly, about half the torsioned ones
+    // got a receipt.
+    let envs: Vec<Envelope> = (0..96)
+        .map(|i| {
+            let e = envelope(
+                &a,
+                ia,
+                &["bob"],
+                Body::Plaintext(format!("{i}").into()),
+                now_ms(),
+            );
+            if i % 2 == 1 { torsioned(&a, e) } else { e }
+        })
+        .collect();
+    let mut g = MessagingClient::new(sb.channel().await.unwrap());
+    let mut out = g
+        .submit_stream(futures::stream::iter(envs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut i = 0;
+    while let Some(r) = out.message().await.unwrap() {
+        match r.result.unwrap() {
+            Outcome::Receipt(_) => assert_eq!(i % 2, 0, "envelope {i} got a receipt"),
+            Outcome::Error(e) => {
+                assert_eq!(i % 2, 1, "envelope {i}: {}", e.message);
+                assert_eq!(e.code, Code::PermissionDenied as i32, "{}", e.message);
+            }
+        }
+        i += 1;
+    }
+    assert_eq!(i, 96);
+    sb.stop().await;
+}

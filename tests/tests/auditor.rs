@@ -27,6 +27,30 @@ fn outgoing<'a>(from: &'a str, to: &'a [String], kind: MessageKind, tx: &'a str)
     }
 }
 
+/// A plaintext envelope in bank-a's name to bank-b, signed by `signer` (bank-a's key, or
+/// someone else's for a forgery).
+fn bank_a_to_bank_b(
+    signer: &ed25519_dalek::SigningKey,
+    tx: &str,
+    nonce: u64,
+    body: &[u8],
+) -> blockpost_proto::v1::Envelope {
+    use blockpost_proto::v1::{EnvelopeContent, envelope_content::Body};
+    let c = EnvelopeContent {
+        sender: "bank-a".into(),
+        sender_key_index: 0,
+        recipients: vec!["bank-b".into()],
+        transaction_id: tx.into(),
+        kind: MessageKind::Message as i32,
+        content_type: "text/plain".into(),
+        timestamp_ms: blockpost_core::now_ms(),
+        nonce,
+        body: Some(Body::Plaintext(body.to_vec())),
+        transaction_deadline_ms: None,
+    };
+    blockpost_core::sign_envelope(signer, c.encode_to_vec())
+}
+
 async fn send(m: &mut Messenger, id: &Identity, from: &str, to: &str, kind: MessageKind, tx: &str) {
     let to = vec![to.to_owned()];
     m.send(id, outgoing(from, &to, kind, tx)).await.unwrap();
@@ -432,8 +456,17 @@ async fn forks_tampered_blocks_and_deleted_messages_each_raise_their_alert() {
         .await
         .unwrap();
 
-    // The directory: a checkpoint of size 1 signed with the log key but another root (a
-    // second history), and one signed with a key that is not the log's.
+    // The directory: a checkpoint of size 2 signed with the log key but another root (a
+    // second history), and one signed with a key that is not the log's. Size 2, the
+    // directory's head, once the stream holds the real one: a checkpoint of size 1 is
+    // not always published (the publisher trails the log and sends its newest
+    // checkpoint), and without it the forgery is an inconsistency, not a fork.
+    assert!(
+        sb.gateway
+            .replica()
+            .wait_applied(2, Duration::from_secs(10))
+            .await
+    );
     let origin = sb.directory.info().origin;
     let log_key = blockpost_storage::load_or_create_key(
         &blockpost_storage::DataDir::new(&sb.data_dir).log_key(),
@@ -441,7 +474,7 @@ async fn forks_tampered_blocks_and_deleted_messages_each_raise_their_alert() {
     .unwrap();
     let forged = blockpost_core::CheckpointSigner::new(&origin, log_key)
         .unwrap()
-        .sign(1, [7; 32])
+        .sign(2, [7; 32])
         .unwrap();
     let stranger = blockpost_core::CheckpointSigner::new(
         &origin,
@@ -489,7 +522,7 @@ async fn forks_tampered_blocks_and_deleted_messages_each_raise_their_alert() {
     let unknown = by(AlertKind::UnknownMessage);
     assert_eq!(unknown.evidence["height"], 0);
     // Nothing else: the other messages are all accounted for.
-    assert_eq!(by(AlertKind::DirectoryFork).subject, "directory size 1");
+    assert_eq!(by(AlertKind::DirectoryFork).subject, "directory size 2");
     assert!(
         by(AlertKind::DirectoryFork).evidence["second"]
             .as_str()
@@ -537,23 +570,8 @@ async fn a_receipt_handed_in_is_watched_and_its_omission_raised_with_it_as_evide
     );
     // And someone with publish rights puts an envelope on the firehose in bank-a's name,
     // not signed by bank-a: not valid, so no block owes it anything.
-    let forged = {
-        use blockpost_proto::v1::{EnvelopeContent, envelope_content::Body};
-        let c = EnvelopeContent {
-            sender: "bank-a".into(),
-            sender_key_index: 0,
-            recipients: vec!["bank-b".into()],
-            transaction_id: "settle-1".into(),
-            kind: MessageKind::Message as i32,
-            content_type: "text/plain".into(),
-            timestamp_ms: blockpost_core::now_ms(),
-            nonce: 7,
-            body: Some(Body::Plaintext(b"forged".to_vec())),
-            transaction_deadline_ms: None,
-        };
-        let mallory = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-        blockpost_core::sign_envelope(&mallory, c.encode_to_vec()).encode_to_vec()
-    };
+    let mallory = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let forged = bank_a_to_bank_b(&mallory, "settle-1", 7, b"forged").encode_to_vec();
     js.publish(ns.firehose_subject(), forged.into())
         .await
         .unwrap()
@@ -1143,25 +1161,12 @@ async fn a_broken_link_a_repeated_message_and_a_ledger_checkpoint_off_the_chain_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_many_batches_is_checked_in_order_with_a_forgery_in_the_middle() {
-    use blockpost_proto::v1::{
-        EnvelopeContent, envelope_content::Body, submit_result::Result as Outcome,
-    };
+    use blockpost_proto::v1::submit_result::Result as Outcome;
     let sb = Sandbox::start().await.unwrap();
     let (a, _b, m) = parties(&sb).await;
     let content = |signer: &ed25519_dalek::SigningKey, nonce: u64| {
-        let c = EnvelopeContent {
-            sender: "bank-a".into(),
-            sender_key_index: 0,
-            recipients: vec!["bank-b".into()],
-            transaction_id: "settle-backlog".into(),
-            kind: MessageKind::Message as i32,
-            content_type: "text/plain".into(),
-            timestamp_ms: blockpost_core::now_ms(),
-            nonce,
-            body: Some(Body::Plaintext(format!("instruction {nonce}").into_bytes())),
-            transaction_deadline_ms: None,
-        };
-        blockpost_core::sign_envelope(signer, c.encode_to_vec())
+        let body = format!("instruction {nonce}");
+        bank_a_to_bank_b(signer, "settle-backlog", nonce, body.as_bytes())
     };
     // More than two of the reader's batches (1,024 each) on each side of a forgery, so
     // that batches are checked while others wait to be handed over.

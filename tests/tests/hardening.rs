@@ -130,6 +130,26 @@ async fn get_entries_pages_by_bytes() {
     assert!(pages > 1, "12 entries of ~1 KiB need several 4 KiB pages");
 }
 
+/// Alice and Bob registered, and the gateway's replica has both: Alice's identity and
+/// key index.
+async fn alice_and_bob(sb: &Sandbox) -> (Identity, u64) {
+    let mut c = sb.client().await.unwrap();
+    let a = Identity::generate();
+    let ia = c
+        .register(&a, "alice", "Alice AG", None)
+        .await
+        .unwrap()
+        .leaf_index;
+    c.register(&Identity::generate(), "bob", "Bob AG", None)
+        .await
+        .unwrap();
+    sb.gateway
+        .replica()
+        .wait_applied(2, Duration::from_secs(5))
+        .await;
+    (a, ia)
+}
+
 fn envelope(id: &Identity, sender_index: u64, to: &[&str], body: Body, ts: i64) -> Envelope {
     let c = EnvelopeContent {
         transaction_deadline_ms: None,
@@ -284,20 +304,7 @@ impl tonic::codec::Codec for RawCodec {
 #[tokio::test]
 async fn a_malformed_frame_ends_the_submit_stream_with_one_error() {
     let sb = Sandbox::start().await.unwrap();
-    let mut c = sb.client().await.unwrap();
-    let a = Identity::generate();
-    let ia = c
-        .register(&a, "alice", "Alice AG", None)
-        .await
-        .unwrap()
-        .leaf_index;
-    c.register(&Identity::generate(), "bob", "Bob AG", None)
-        .await
-        .unwrap();
-    sb.gateway
-        .replica()
-        .wait_applied(2, Duration::from_secs(5))
-        .await;
+    let (a, ia) = alice_and_bob(&sb).await;
     let good =
         || envelope(&a, ia, &["bob"], Body::Plaintext(b"ok".to_vec()), now_ms()).encode_to_vec();
     // Two good envelopes, one frame that is not an Envelope, then more that must not be read.
@@ -451,20 +458,7 @@ fn a_batch_can_take_a_torsioned_signature_the_strict_check_refuses() {
 #[tokio::test]
 async fn the_gateway_refuses_every_torsioned_signature_however_envelopes_are_batched() {
     let sb = Sandbox::start().await.unwrap();
-    let mut c = sb.client().await.unwrap();
-    let a = Identity::generate();
-    let ia = c
-        .register(&a, "alice", "Alice AG", None)
-        .await
-        .unwrap()
-        .leaf_index;
-    c.register(&Identity::generate(), "bob", "Bob AG", None)
-        .await
-        .unwrap();
-    sb.gateway
-        .replica()
-        .wait_applied(2, Duration::from_secs(5))
-        .await;
+    let (a, ia) = alice_and_bob(&sb).await;
     // Good and torsioned envelopes interleaved on one stream, so that they are checked
     // together; before the gateway checked each strictly, about half the torsioned ones
     // got a receipt.

@@ -243,9 +243,9 @@ impl Session for FirehoseReader {
                             let info = m.info().map_err(|e| e.to_string())?;
                             items.push((info.stream_sequence, published_ms(&info), m.payload.clone()));
                         }
-                        let last = items.last().map_or(read, |i| i.0);
+                        // `read` is the group's last sequence: the whole group goes.
                         let prepared = prepare_envelopes(messenger, &items, (k, firehose)).await;
-                        permit.send((last, tokio::task::spawn_blocking(move || prepared.verify())));
+                        permit.send((read, tokio::task::spawn_blocking(move || prepared.verify())));
                     }
                     m = next_or_stalled(&mut messages, &mut stream, read),
                         if group.len() < CHECK_BATCH =>

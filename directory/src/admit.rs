@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::ca::Subject;
 use crate::service::{Inner, MAX_BODY_LEN, Precondition};
-use crate::{Error, Result};
+use crate::{Error, InvalidRequest, Result};
 
 pub(crate) type Checked = (String, Vec<u8>, bool, Precondition);
 
@@ -55,7 +55,7 @@ impl Inner {
         let (verified, evidence_key) = if body.evidence_chain.is_empty() {
             if !req.second_signature.is_empty() {
                 return Err(Error::InvalidRequest(
-                    "evidence signature given without an evidence chain".into(),
+                    InvalidRequest::EvidenceSignatureWithoutChain,
                 ));
             }
             if self.config.require_verified {
@@ -211,17 +211,21 @@ impl Inner {
         at_ms: i64,
     ) -> Result<Vec<u8>> {
         let not_before = OffsetDateTime::from_unix_timestamp(at_ms.div_euclid(1000))
-            .map_err(|e| Error::Certificate(e.to_string()))?;
-        let key = |b: &[u8]| -> Result<[u8; 32]> {
-            b.try_into()
-                .map_err(|_| Error::InvalidRequest("key of the wrong length".into()))
+            .map_err(|e| Error::certificate("a binding's certificate")(e.into()))?;
+        let key = |field: &'static str, b: &[u8]| -> Result<[u8; 32]> {
+            b.try_into().map_err(|_| {
+                Error::InvalidRequest(InvalidRequest::KeyLength {
+                    field,
+                    len: b.len(),
+                })
+            })
         };
         self.ca.issue(
             &Subject {
                 real_name,
                 address: address.as_str(),
-                signing_key: key(sk)?,
-                encryption_key: key(ek)?,
+                signing_key: key("signing_key", sk)?,
+                encryption_key: key("encryption_key", ek)?,
             },
             not_before,
         )

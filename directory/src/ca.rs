@@ -13,7 +13,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-use crate::{Error, Result};
+use crate::{CertificateError, Error, Result};
 
 /// How long an issued certificate is valid.
 pub const CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -52,10 +52,10 @@ impl Ca {
     /// The CA with `key` (a node key from the data directory), its self-signed certificate
     /// read from `cert_path`, or created there on first start.
     pub fn load_or_create(key: &SigningKey, cert_path: &Path, name: &str) -> Result<Self> {
-        let cerr = |e: rcgen::Error| Error::Certificate(e.to_string());
+        let cerr = |e: rcgen::Error| Error::certificate("the CA certificate")(e.into());
         let der = key
             .to_pkcs8_der()
-            .map_err(|e| Error::Certificate(format!("encoding the CA key: {e}")))?;
+            .map_err(|e| Error::certificate("the CA key")(e.into()))?;
         let key = KeyPair::try_from(der.as_bytes()).map_err(cerr)?;
         match std::fs::read_to_string(cert_path) {
             Ok(cert_pem) => {
@@ -99,7 +99,7 @@ impl Ca {
 
     /// Issues a certificate for a binding, valid from `not_before` for [`CERT_VALIDITY`].
     pub fn issue(&self, s: &Subject<'_>, not_before: OffsetDateTime) -> Result<Vec<u8>> {
-        let cerr = |e: rcgen::Error| Error::Certificate(e.to_string());
+        let cerr = |e: rcgen::Error| Error::certificate("a binding's certificate")(e.into());
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params
@@ -138,10 +138,10 @@ impl Ca {
         names: &[String],
         not_before: OffsetDateTime,
     ) -> Result<String> {
-        let cerr = |e: rcgen::Error| Error::Certificate(e.to_string());
-        let first = names
-            .first()
-            .ok_or_else(|| Error::Certificate("a server certificate needs a name".into()))?;
+        let cerr = |e: rcgen::Error| Error::certificate("the TLS server certificate")(e.into());
+        let first = names.first().ok_or_else(|| {
+            Error::certificate("the TLS server certificate")(CertificateError::NoName)
+        })?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, first);
@@ -152,7 +152,7 @@ impl Ca {
                 Err(_) => n.as_str().try_into().map(SanType::DnsName),
             })
             .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Certificate(format!("server name: {e}")))?;
+            .map_err(|e| Error::certificate("the TLS server certificate's names")(e.into()))?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

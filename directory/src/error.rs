@@ -13,7 +13,7 @@ pub enum Error {
     Storage(#[from] blockpost_storage::Error),
     /// A request that is malformed in a way not covered by a core check.
     #[error("invalid request: {0}")]
-    InvalidRequest(String),
+    InvalidRequest(InvalidRequest),
     /// A field over its size limit.
     #[error("{field} is too large: {len} bytes, limit {limit}")]
     TooLarge {
@@ -55,10 +55,16 @@ pub enum Error {
     EvidenceRequired,
     /// A proof or range request beyond the log.
     #[error("out of range: {0}")]
-    OutOfRange(String),
+    OutOfRange(OutOfRange),
     /// Certificate issuance failed.
-    #[error("certificate: {0}")]
-    Certificate(String),
+    #[error("certificate: {what}")]
+    Certificate {
+        /// What was being made or read.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: CertificateError,
+    },
     /// The node is shutting down.
     #[error("directory is shutting down")]
     ShuttingDown,
@@ -82,6 +88,80 @@ pub enum Error {
         /// `grpc-retry-pushback-ms`.
         retry_after_ms: u64,
     },
+}
+
+/// How a request is malformed beyond what core checks.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidRequest {
+    /// A second (evidence) signature came without the chain it would be checked against.
+    #[error("evidence signature given without an evidence chain")]
+    EvidenceSignatureWithoutChain,
+    /// A key field of the wrong length.
+    #[error("{field} is {len} bytes, not 32")]
+    KeyLength {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// A range with nothing in it.
+    #[error("empty range [{start}, {end})")]
+    EmptyRange {
+        /// First index asked for.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
+}
+
+/// A proof or range request the log cannot answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutOfRange {
+    /// A tree size or index beyond the newest checkpoint.
+    #[error("{what} {asked} is beyond the newest checkpoint ({head})")]
+    BeyondHead {
+        /// "tree size" or "start".
+        what: &'static str,
+        /// What was asked for.
+        asked: u64,
+        /// The newest checkpoint's size.
+        head: u64,
+    },
+    /// A consistency proof from a larger tree to a smaller one.
+    #[error("from size {from} is larger than to size {to}")]
+    Reversed {
+        /// The older size asked for.
+        from: u64,
+        /// The newer size asked for.
+        to: u64,
+    },
+}
+
+/// Why a certificate could not be made or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertificateError {
+    /// rcgen refused the parameters or the key.
+    #[error(transparent)]
+    Rcgen(#[from] rcgen::Error),
+    /// The node key could not be encoded as PKCS#8.
+    #[error(transparent)]
+    Pkcs8(#[from] pkcs8::Error),
+    /// A time outside what a certificate can hold.
+    #[error(transparent)]
+    Time(#[from] time::error::ComponentRange),
+    /// A TLS server certificate with no name to be issued for.
+    #[error("no server name given")]
+    NoName,
+}
+
+impl Error {
+    /// A certificate error with what was being made.
+    pub(crate) fn certificate(what: &'static str) -> impl Fn(CertificateError) -> Error {
+        move |source| Error::Certificate { what, source }
+    }
 }
 
 /// The gRPC metadata key of a retry hint in milliseconds (gRPC's retry pushback).
@@ -133,7 +213,7 @@ impl Error {
             }
             Error::OutOfRange(_) => Code::OutOfRange,
             Error::ShuttingDown => Code::Unavailable,
-            Error::Certificate(_) | Error::Config(_) => Code::Internal,
+            Error::Certificate { .. } | Error::Config(_) => Code::Internal,
             Error::RateLimited { .. } => Code::ResourceExhausted,
         }
     }
@@ -165,7 +245,7 @@ impl Error {
             Error::EvidenceRequired => "EVIDENCE_REQUIRED",
             Error::ShuttingDown => "SHUTTING_DOWN",
             Error::RateLimited { .. } => "RATE_LIMITED",
-            Error::Core(_) | Error::Storage(_) | Error::Certificate(_) | Error::Config(_) => {
+            Error::Core(_) | Error::Storage(_) | Error::Certificate { .. } | Error::Config(_) => {
                 "INTERNAL"
             }
         }

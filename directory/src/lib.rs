@@ -54,7 +54,7 @@ mod storage;
 
 pub use ca::{CERT_VALIDITY, x25519_spki};
 pub use config::DirectoryConfig;
-pub use error::{Error, RETRY_PUSHBACK_MS, Result};
+pub use error::{CertificateError, Error, InvalidRequest, OutOfRange, RETRY_PUSHBACK_MS, Result};
 pub use grpc::MAX_MESSAGE_LEN;
 pub use service::{
     Directory, DirectoryParts, MAX_BODY_LEN, MAX_ENTRIES_BYTES, MAX_ENTRIES_PER_CALL,

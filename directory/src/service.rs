@@ -20,7 +20,7 @@ use crate::ca::Ca;
 use crate::config::DirectoryConfig;
 use crate::limit::RegistrationLimiter;
 use crate::storage::Store;
-use crate::{Error, Result};
+use crate::{Error, InvalidRequest, OutOfRange, Result};
 
 /// Largest signed request body.
 pub const MAX_BODY_LEN: usize = 96 * 1024;
@@ -285,10 +285,11 @@ impl Directory {
         let head = self.inner.store.head();
         let size = if size == 0 { head.size } else { size };
         if size > head.size {
-            return Err(Error::OutOfRange(format!(
-                "tree size {size} is beyond the newest checkpoint ({})",
-                head.size
-            )));
+            return Err(Error::OutOfRange(OutOfRange::BeyondHead {
+                what: "tree size",
+                asked: size,
+                head: head.size,
+            }));
         }
         let hashes = self.inner.store.prove_inclusion(index, size)?;
         Ok(ProofResponse {
@@ -303,15 +304,14 @@ impl Directory {
         let head = self.inner.store.head();
         let to = if to == 0 { head.size } else { to };
         if to > head.size {
-            return Err(Error::OutOfRange(format!(
-                "tree size {to} is beyond the newest checkpoint ({})",
-                head.size
-            )));
+            return Err(Error::OutOfRange(OutOfRange::BeyondHead {
+                what: "tree size",
+                asked: to,
+                head: head.size,
+            }));
         }
         if from > to {
-            return Err(Error::OutOfRange(format!(
-                "from size {from} is larger than to size {to}"
-            )));
+            return Err(Error::OutOfRange(OutOfRange::Reversed { from, to }));
         }
         let hashes = self.inner.store.prove_consistency(from, to)?;
         Ok(ProofResponse {
@@ -326,14 +326,17 @@ impl Directory {
     pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>> {
         let size = self.inner.store.head().size;
         if start >= end {
-            return Err(Error::InvalidRequest(format!(
-                "empty range [{start}, {end})"
-            )));
+            return Err(Error::InvalidRequest(InvalidRequest::EmptyRange {
+                start,
+                end,
+            }));
         }
         if start >= size {
-            return Err(Error::OutOfRange(format!(
-                "start {start} is beyond the newest checkpoint ({size})"
-            )));
+            return Err(Error::OutOfRange(OutOfRange::BeyondHead {
+                what: "start",
+                asked: start,
+                head: size,
+            }));
         }
         let end = end
             .min(size)

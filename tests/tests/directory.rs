@@ -647,6 +647,38 @@ async fn proofs_ranges_and_concurrent_sequencing() {
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::OutOfRange);
+    assert_eq!(reason(&st), "OUT_OF_RANGE");
+    assert!(
+        st.message()
+            .contains("start 500 is beyond the newest checkpoint"),
+        "{}",
+        st.message()
+    );
+    let st = g
+        .get_consistency_proof(ConsistencyProofRequest {
+            from_size: 9,
+            to_size: 5,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::OutOfRange);
+    assert!(
+        st.message()
+            .contains("from size 9 is larger than to size 5"),
+        "{}",
+        st.message()
+    );
+    let st = g
+        .get_entries(GetEntriesRequest { start: 7, end: 7 })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert_eq!(reason(&st), "INVALID_REQUEST");
+    assert!(
+        st.message().contains("empty range [7, 7)"),
+        "{}",
+        st.message()
+    );
 }
 
 #[tokio::test]

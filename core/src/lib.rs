@@ -69,6 +69,7 @@ mod log;
 mod receipt;
 mod request;
 mod rules;
+pub mod settle;
 mod state;
 pub mod transaction;
 pub mod wire;

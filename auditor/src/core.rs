@@ -530,12 +530,7 @@ fn indexed(
             IndexedMessage {
                 message_id: hex::encode(id),
                 transaction_id: c.transaction_id.clone(),
-                kind: match c.kind() {
-                    blockpost_proto::v1::MessageKind::Document => "document",
-                    blockpost_proto::v1::MessageKind::Finish => "finish",
-                    _ => "message",
-                }
-                .to_owned(),
+                kind: blockpost_core::kind_name(c.kind).to_owned(),
                 sender_name: name(&c.sender),
                 recipient_names: c.recipients.iter().map(|r| name(r)).collect(),
                 sender: c.sender,

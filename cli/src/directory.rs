@@ -28,6 +28,10 @@ pub enum DirectoryCmd {
         /// Real (legal) name.
         #[arg(long)]
         name: String,
+        /// ISO 17442 Legal Entity Identifier (20 characters), which trades and settlement
+        /// instructions may name you by. Self-declared; its check digits are verified.
+        #[arg(long)]
+        lei: Option<String>,
         /// PEM file: evidence certificate chain, leaf first, leading to a trust anchor.
         #[arg(long, requires = "evidence_key")]
         evidence_chain: Option<PathBuf>,
@@ -97,21 +101,35 @@ pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
             key,
             address,
             name,
+            lei,
             evidence_chain,
             evidence_key,
             conn,
         } => {
             let address = Address::parse(&address)?;
+            if let Some(l) = &lei {
+                blockpost_core::settle::check_lei(l)
+                    .map_err(|p| anyhow::anyhow!("--lei {l} {p}"))?;
+            }
             let id = read_key(&key)?;
             let mut c = connect(&conn).await?;
             let e = match (evidence_chain, evidence_key) {
                 (Some(chain), Some(k)) => {
                     let chain = read_chain(&chain)?;
                     let signer = evidence_signer(&k)?;
-                    c.register(&id, address.as_str(), &name, Some((&chain, &signer)))
+                    c.register_with_lei(
+                        &id,
+                        address.as_str(),
+                        &name,
+                        lei.as_deref(),
+                        Some((&chain, &signer)),
+                    )
+                    .await?
+                }
+                _ => {
+                    c.register_with_lei(&id, address.as_str(), &name, lei.as_deref(), None)
                         .await?
                 }
-                _ => c.register(&id, address.as_str(), &name, None).await?,
             };
             // Remember the address beside the key file, for every later command.
             remember_address(&key, &address);

@@ -64,9 +64,34 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             render::ledger_message(&m, conn.json)
         }
         LedgerCmd::Tx { id, conn } => {
-            let mut l = connect(&conn).await?;
+            let mut c =
+                Client::connect_with(&conn.endpoint, &config_dir(), &conn.options()).await?;
+            let mut l = Ledger::connect(&c, &config_dir()).await?;
             let t = l.transaction(&id).await?;
-            render::transaction(&t, conn.json)
+            // Real names (and LEIs) for the settlement summary, from verified look-ups.
+            let mut names = std::collections::HashMap::new();
+            let settles = t.messages.iter().any(|m| {
+                blockpost_core::decode_canonical::<blockpost_proto::v1::EnvelopeContent>(
+                    &m.envelope.content,
+                    "content",
+                )
+                .is_ok_and(|c| blockpost_core::settle_expect(c.kind()).is_some())
+            });
+            if settles {
+                for a in &t.state.parties {
+                    if let Ok(e) = c.current(a).await {
+                        names.insert(
+                            a.clone(),
+                            render::Named {
+                                real_name: e.binding.real_name.clone(),
+                                lei: e.binding.lei.clone(),
+                                verified: e.binding.verified,
+                            },
+                        );
+                    }
+                }
+            }
+            render::transaction(&t, &names, conn.json)
         }
     }
 }

@@ -48,8 +48,17 @@ pub enum MessageCmd {
         #[arg(long)]
         encrypt: bool,
         /// Send a file as a document (instead of TEXT).
-        #[arg(long, conflicts_with = "text")]
+        #[arg(long, conflicts_with_all = ["text", "trade", "instruction"])]
         file: Option<PathBuf>,
+        /// Send a trade: a FIX 4.4 ExecutionReport (35=8) or AllocationInstruction (35=J),
+        /// tag=value with SOH or `|`. Checked (identifiers, dates, amounts, parties against
+        /// the sender's and recipients' directory bindings) before it is sent.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["text", "instruction"])]
+        trade: Option<PathBuf>,
+        /// Send a settlement instruction: an ISO 20022 sese.023 XML document, checked
+        /// likewise.
+        #[arg(long, value_name = "FILE", conflicts_with = "text")]
+        instruction: Option<PathBuf>,
         /// Record only the SHA-256 of --file, not its contents.
         #[arg(long, requires = "file")]
         hash_only: bool,
@@ -113,13 +122,36 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
             msg,
             encrypt,
             file,
+            trade,
+            instruction,
             hash_only,
             content_type,
             tx_deadline,
             text,
         } => {
-            let (kind, ct, body) = match (file, text) {
-                (Some(f), _) => {
+            let settlement = match (trade, instruction) {
+                (Some(f), _) => Some((MessageKind::Trade, f)),
+                (None, Some(f)) => Some((MessageKind::SettlementInstruction, f)),
+                (None, None) => None,
+            };
+            let (kind, ct, body) = match (settlement, file, text) {
+                (Some((kind, f)), _, _) => {
+                    let bytes =
+                        std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+                    let detected = std::str::from_utf8(&bytes)
+                        .ok()
+                        .and_then(blockpost_core::settle::detect);
+                    let ct = match detected {
+                        Some(blockpost_core::settle::Detected::Fix) => "application/fix",
+                        Some(blockpost_core::settle::Detected::Xml) => "application/xml",
+                        None => bail!(
+                            "{} is neither FIX tag=value (8=FIX.4.4|...) nor XML",
+                            f.display()
+                        ),
+                    };
+                    (kind, content_type.unwrap_or_else(|| ct.into()), bytes)
+                }
+                (None, Some(f), _) => {
                     let bytes =
                         std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
                     if hash_only {
@@ -134,12 +166,14 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
                         (MessageKind::Document, ct, bytes)
                     }
                 }
-                (None, Some(t)) => (
+                (None, None, Some(t)) => (
                     MessageKind::Message,
                     content_type.unwrap_or_else(|| "text/plain".into()),
                     t.into_bytes(),
                 ),
-                (None, None) => bail!("give the message TEXT or --file PATH"),
+                (None, None, None) => {
+                    bail!("give the message TEXT, --file PATH, --trade FILE or --instruction FILE")
+                }
             };
             let deadline = tx_deadline
                 .map(|s| {

@@ -390,7 +390,23 @@ impl Client {
         real_name: &str,
         evidence: Option<(&[Vec<u8>], &EvidenceSigner<'_>)>,
     ) -> Result<VerifiedEntry> {
+        self.register_with_lei(id, address, real_name, None, evidence)
+            .await
+    }
+
+    /// [`Self::register`] declaring an ISO 17442 LEI too, which trades and settlement
+    /// instructions may name the participant by. The directory checks its check digits;
+    /// it is self-declared (the `verified` flag covers the real name only).
+    pub async fn register_with_lei(
+        &mut self,
+        id: &Identity,
+        address: &str,
+        real_name: &str,
+        lei: Option<&str>,
+        evidence: Option<(&[Vec<u8>], &EvidenceSigner<'_>)>,
+    ) -> Result<VerifiedEntry> {
         let body = RegisterBody {
+            lei: lei.unwrap_or_default().to_owned(),
             address: address.into(),
             // The directory takes names in Unicode NFC: normalise before signing.
             real_name: normalize_real_name(real_name),

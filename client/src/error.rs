@@ -136,6 +136,15 @@ pub enum Error {
     /// The caller's own input (a key that is not the current one, a revoked recipient, ...).
     #[error("{0}")]
     Refused(String),
+    /// A trade or settlement instruction names parties the envelope's sender and
+    /// recipients are not (checked before sending, as the gateway would).
+    #[error("the {kind}'s parties: {error}")]
+    Parties {
+        /// `trade` or `settlement instruction`.
+        kind: &'static str,
+        /// The field and what is wrong.
+        error: blockpost_core::settle::SettleError,
+    },
     /// A key file that cannot be read, written or decrypted.
     #[error("{path}")]
     KeyFile {

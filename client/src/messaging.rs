@@ -21,6 +21,7 @@ use prost::Message as _;
 use tonic::transport::Channel;
 
 use crate::{Client, Error, Result, VerifiedEntry};
+use blockpost_core::settle;
 
 /// What to send.
 pub struct Outgoing<'a> {
@@ -150,6 +151,26 @@ impl Messenger {
                 "the key file's key is not {}'s current key in the directory",
                 out.from
             )));
+        }
+        if let Some((expect, kind)) = blockpost_core::settle_expect(out.kind) {
+            // A sealed body is checked by no gateway: check it here, as the gateway checks
+            // a plaintext one.
+            let s = settle::parse(expect, &out.body).map_err(|error| {
+                blockpost_core::Error::from(blockpost_core::EnvelopeError::Settlement {
+                    kind,
+                    error,
+                })
+            })?;
+            let mut others = Vec::with_capacity(out.to.len());
+            for r in out.to {
+                others.push(self.directory.current(r).await?);
+            }
+            let recipients: Vec<_> = others
+                .iter()
+                .map(|e| settle::Participant::of(&e.binding))
+                .collect();
+            settle::check_parties(&s, settle::Participant::of(&me.binding), &recipients)
+                .map_err(|error| Error::Parties { kind, error })?;
         }
         let body = if out.encrypt {
             let mut to = Vec::with_capacity(out.to.len());

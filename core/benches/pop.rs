@@ -18,6 +18,7 @@ fn requests(n: usize) -> Vec<(SignedRequest, VerifyingKey)> {
         .map(|i| {
             let id = Identity::generate();
             let body = RegisterBody {
+                lei: Default::default(),
                 address: format!("p{i}@bench.example"),
                 real_name: format!("Participant {i}"),
                 signing_key: id.signing_public().to_vec(),

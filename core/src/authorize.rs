@@ -57,6 +57,12 @@ pub fn authorize_request(
         EntryKind::Register => {
             let body = decode_body::<RegisterBody>(&req.body, "RegisterBody")?;
             x25519_key(&body.encryption_key)?;
+            if !body.lei.is_empty() {
+                crate::settle::check_lei(&body.lei).map_err(|p| Error::Malformed {
+                    what: "RegisterBody",
+                    why: format!("lei {p}"),
+                })?;
+            }
             if let Some((at, _)) = previous {
                 return Err(Error::WrongPredecessor {
                     address: body.address.clone(),
@@ -206,6 +212,9 @@ impl AuthorizedRequest {
                 if body.real_name != entry.real_name {
                     return mismatch("real_name");
                 }
+                if body.lei != entry.lei {
+                    return mismatch("lei");
+                }
                 if body.signing_key != entry.signing_key {
                     return mismatch("signing_key");
                 }
@@ -324,6 +333,9 @@ fn carried_over(b: &Binding, prev: &Binding) -> Result<()> {
     }
     if b.evidence_key != prev.evidence_key {
         return mismatch("evidence_key");
+    }
+    if b.lei != prev.lei {
+        return mismatch("lei");
     }
     Ok(())
 }

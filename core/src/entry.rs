@@ -37,6 +37,8 @@ pub struct Binding {
     /// DER SubjectPublicKeyInfo of the evidence certificate's key, which may revoke the
     /// binding; empty without evidence.
     pub evidence_key: Vec<u8>,
+    /// The ISO 17442 LEI the registration declared (check digits verified), if any.
+    pub lei: Option<String>,
 }
 
 impl Binding {
@@ -71,6 +73,15 @@ impl Binding {
             previous_index: (kind != EntryKind::Register).then_some(e.previous_index),
             logged_at_ms: e.logged_at_ms,
             evidence_key: e.evidence_key.clone(),
+            lei: if e.lei.is_empty() {
+                None
+            } else {
+                crate::settle::check_lei(&e.lei).map_err(|p| Error::Malformed {
+                    what: "log entry",
+                    why: format!("lei {p}"),
+                })?;
+                Some(e.lei.clone())
+            },
         };
         Ok(binding)
     }

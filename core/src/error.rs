@@ -190,6 +190,15 @@ pub enum EnvelopeError {
     /// Ciphertexts not addressed to exactly the listed recipients, once each.
     #[error("the ciphertexts are not addressed to exactly the listed recipients")]
     Ciphertexts,
+    /// The body of a `trade` or `settlement-instruction` is not a valid one: the field
+    /// and what is wrong with it.
+    #[error("invalid {kind}: {error}")]
+    Settlement {
+        /// `trade` or `settlement instruction`.
+        kind: &'static str,
+        /// The field and its problem.
+        error: crate::settle::SettleError,
+    },
     /// An HPKE encapsulated key of the wrong length.
     #[error("encapsulated key for {recipient} is not {expected} bytes")]
     EncapsulatedKey {

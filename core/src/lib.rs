@@ -100,7 +100,7 @@ pub use receipt::{
 };
 pub use request::{Operation, decode_canonical, ed25519_key, x25519_key};
 pub use rules::{
-    EnvelopeLimits, MAX_TEXT_LEN, ParsedEnvelope, VERIFY_CHUNK_MIN, VerifiedEnvelope, verify_batch,
-    verify_batch_parallel,
+    EnvelopeLimits, MAX_TEXT_LEN, ParsedEnvelope, VERIFY_CHUNK_MIN, VerifiedEnvelope, kind_name,
+    settle_expect, verify_batch, verify_batch_parallel,
 };
 pub use state::{Applied, DirectoryState, Participant, Prepared, verify_history};

@@ -11,6 +11,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use prost::Message as _;
 use sha2::Digest as _;
 
+use crate::settle::{self, Settlement};
 use crate::{Address, EnvelopeError, Error, Result, decode_canonical, envelope_message};
 
 /// Size limits of an envelope.
@@ -42,6 +43,30 @@ impl EnvelopeLimits {
     }
 }
 
+/// A kind's name as shown and indexed: `message`, `document`, `finish`, `trade`,
+/// `settlement-instruction` (`unknown` for one this version does not know).
+pub fn kind_name(kind: i32) -> &'static str {
+    match MessageKind::try_from(kind) {
+        Ok(MessageKind::Message) => "message",
+        Ok(MessageKind::Document) => "document",
+        Ok(MessageKind::Finish) => "finish",
+        Ok(MessageKind::Trade) => "trade",
+        Ok(MessageKind::SettlementInstruction) => "settlement-instruction",
+        Ok(MessageKind::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// Whether a kind's body is a trade or an instruction, and its name for errors.
+pub fn settle_expect(kind: MessageKind) -> Option<(settle::Expect, &'static str)> {
+    match kind {
+        MessageKind::Trade => Some((settle::Expect::Trade, "trade")),
+        MessageKind::SettlementInstruction => {
+            Some((settle::Expect::Instruction, "settlement instruction"))
+        }
+        _ => None,
+    }
+}
+
 /// Longest transaction id and content type, in bytes.
 pub const MAX_TEXT_LEN: usize = 128;
 /// HPKE X25519 encapsulated key length.
@@ -59,6 +84,7 @@ pub struct ParsedEnvelope {
     recipients: Vec<Address>,
     kind: MessageKind,
     id: [u8; 32],
+    settlement: Option<Box<Settlement>>,
 }
 
 impl ParsedEnvelope {
@@ -149,6 +175,14 @@ impl ParsedEnvelope {
                 }
             }
         }
+        let settlement = match (settle_expect(kind), &c.body) {
+            (Some((expect, name)), Some(Body::Plaintext(p))) => {
+                Some(Box::new(settle::parse(expect, p).map_err(|error| {
+                    EnvelopeError::Settlement { kind: name, error }
+                })?))
+            }
+            _ => None,
+        };
         let id = sha2::Sha256::digest(envelope.encode_to_vec()).into();
         Ok(Self {
             envelope,
@@ -157,6 +191,7 @@ impl ParsedEnvelope {
             recipients,
             kind,
             id,
+            settlement,
         })
     }
 
@@ -183,6 +218,12 @@ impl ParsedEnvelope {
     /// The message id: SHA-256 of the encoded envelope.
     pub fn id(&self) -> [u8; 32] {
         self.id
+    }
+
+    /// What a plaintext `trade` or `settlement-instruction` says, read and checked; `None`
+    /// for other kinds and for sealed bodies (checked by whoever opens them).
+    pub fn settlement(&self) -> Option<&Settlement> {
+        self.settlement.as_deref()
     }
 
     /// The envelope as received.

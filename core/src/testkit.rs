@@ -54,6 +54,7 @@ pub fn certificate(real_name: &str, address: &str, id: &Identity) -> Vec<u8> {
 /// A register entry signed by `id`.
 pub fn register(address: &str, name: &str, id: &Identity) -> LogEntry {
     let body = RegisterBody {
+        lei: Default::default(),
         address: address.into(),
         real_name: name.into(),
         signing_key: id.signing_public().to_vec(),
@@ -63,6 +64,7 @@ pub fn register(address: &str, name: &str, id: &Identity) -> LogEntry {
     }
     .encode_to_vec();
     LogEntry {
+        lei: Default::default(),
         kind: EntryKind::Register as i32,
         address: address.into(),
         real_name: name.into(),
@@ -92,6 +94,7 @@ pub fn rotate(address: &str, name: &str, current: u64, old: &Identity, new: &Ide
     }
     .encode_to_vec();
     LogEntry {
+        lei: Default::default(),
         kind: EntryKind::Rotate as i32,
         address: address.into(),
         real_name: name.into(),
@@ -120,6 +123,7 @@ pub fn revoke(address: &str, name: &str, current: u64, id: &Identity) -> LogEntr
     }
     .encode_to_vec();
     LogEntry {
+        lei: Default::default(),
         kind: EntryKind::Revoke as i32,
         address: address.into(),
         real_name: name.into(),

@@ -97,6 +97,7 @@ impl Inner {
             logged_at_ms,
             request: Some(req),
             evidence_key,
+            lei: body.lei,
         };
         // The entry says exactly what the request says (the rest of `authorize_entry`).
         auth.check_entry(&entry, None)?;
@@ -162,6 +163,7 @@ impl Inner {
             logged_at_ms,
             request: Some(req),
             evidence_key: prev.evidence_key.clone(),
+            lei: prev.lei.clone().unwrap_or_default(),
         };
         auth.check_entry(&entry, Some(&prev))?;
         Ok((
@@ -192,6 +194,7 @@ impl Inner {
             logged_at_ms: self.clock.now_ms(),
             request: Some(req),
             evidence_key: prev.evidence_key.clone(),
+            lei: prev.lei.clone().unwrap_or_default(),
         };
         auth.check_entry(&entry, Some(&prev))?;
         Ok((

@@ -215,6 +215,7 @@ mod tests {
         // A certificate it issues passes the core's certificate checks.
         let id = Identity::generate();
         let body = RegisterBody {
+            lei: Default::default(),
             address: "alice".into(),
             real_name: "Alice AG".into(),
             signing_key: id.signing_public().to_vec(),

@@ -36,6 +36,15 @@ pub enum Error {
         /// The current index.
         current: u64,
     },
+    /// A plaintext trade or settlement instruction names parties the envelope's sender
+    /// and recipients are not (or does not name its sender).
+    #[error("the {kind}'s parties: {error}")]
+    Parties {
+        /// `trade` or `settlement instruction`.
+        kind: &'static str,
+        /// The field and what is wrong.
+        error: blockpost_core::settle::SettleError,
+    },
     /// The nonce was used before by this sender.
     #[error("replay: sender {sender} already used nonce {nonce}")]
     Replay {
@@ -212,7 +221,7 @@ impl Error {
             }
             Error::ClientGone => Code::Cancelled,
             Error::Config(_) => Code::Internal,
-            Error::NoPartition { .. } => Code::InvalidArgument,
+            Error::NoPartition { .. } | Error::Parties { .. } => Code::InvalidArgument,
             Error::TooManyFollowers { .. } | Error::TooSlow { .. } => Code::ResourceExhausted,
             Error::FollowFailed(_) => Code::Unavailable,
         }
@@ -237,6 +246,7 @@ impl Error {
                     E::NoBody => "NO_BODY",
                     E::Ciphertexts => "CIPHERTEXTS_MISADDRESSED",
                     E::EncapsulatedKey { .. } => "INVALID_ENCAPSULATED_KEY",
+                    E::Settlement { .. } => "INVALID_SETTLEMENT",
                     _ => "INVALID_ENVELOPE",
                 }
             }
@@ -250,6 +260,7 @@ impl Error {
             Error::Revoked { .. } => "REVOKED",
             Error::StaleKey { .. } => "STALE_KEY",
             Error::Replay { .. } => "REPLAY",
+            Error::Parties { .. } => "SETTLEMENT_PARTIES",
             Error::InboxDenied(_) => "INBOX_DENIED",
             Error::InboxBusy(_) => "INBOX_BUSY",
             Error::TransactionClosed(_) => "TRANSACTION_CLOSED",

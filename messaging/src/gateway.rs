@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use blockpost_core::{
-    Clock, EnvelopeLimits, ParsedEnvelope, VerifiedEnvelope, check_clock, deadline_ms, wire,
+    Clock, EnvelopeLimits, ParsedEnvelope, VerifiedEnvelope, check_clock, deadline_ms, settle,
+    settle_expect, wire,
 };
 use blockpost_proto::v1::{Envelope, GatewayInfo, Receipt, ReceiptBody};
 use ed25519_dalek::SigningKey;
@@ -387,6 +388,7 @@ impl Gateway {
                 current: s.current,
             });
         }
+        let mut parties = Vec::new();
         for r in p.recipients() {
             let rp = replica
                 .participant_holding(
@@ -414,6 +416,17 @@ impl Gateway {
                     current: rp.current,
                 });
             }
+            if p.settlement().is_some() {
+                parties.push(rp);
+            }
+        }
+        if let (Some(settlement), Some((_, kind))) = (p.settlement(), settle_expect(p.kind())) {
+            let recipients: Vec<settle::Participant<'_>> = parties
+                .iter()
+                .map(|x| settle::Participant::of(&x.binding))
+                .collect();
+            settle::check_parties(settlement, settle::Participant::of(&s.binding), &recipients)
+                .map_err(|error| Error::Parties { kind, error })?;
         }
         self.inner.verifier.verify(p, s.signing_key).await
     }

@@ -645,6 +645,7 @@ pub fn register_body(id: &Identity, address: &str, name: &str) -> RegisterBody {
         encryption_key: id.encryption_public().to_vec(),
         evidence_chain: vec![],
         timestamp_ms: now_ms(),
+        lei: String::new(),
     }
 }
 

@@ -916,6 +916,7 @@ fn self_signed_registration(
         .der()
         .to_vec();
     let body = RegisterBody {
+        lei: Default::default(),
         address: address.into(),
         real_name: name.into(),
         signing_key: id.signing_public().to_vec(),

@@ -532,6 +532,7 @@ fn envelope(body: usize) -> blockpost_proto::v1::Envelope {
 fn padded_registration() -> SignedRequest {
     let id = Identity::generate();
     let mut body = blockpost_proto::v1::RegisterBody {
+        lei: Default::default(),
         address: format!("pad-{}", rand::random::<u32>()),
         real_name: "Padded Participant AG".into(),
         signing_key: id.signing_public().to_vec(),
@@ -555,6 +556,7 @@ async fn register_known(
     address: &str,
 ) -> anyhow::Result<u64> {
     let body = blockpost_proto::v1::RegisterBody {
+        lei: Default::default(),
         address: address.into(),
         real_name: format!("{address} AG"),
         signing_key: id.signing_public().to_vec(),

@@ -73,6 +73,7 @@ fn make_requests(from: usize, n: usize) -> Vec<SignedRequest> {
 pub(crate) fn signed_register(i: usize) -> SignedRequest {
     let id = Identity::generate();
     let body = RegisterBody {
+        lei: Default::default(),
         address: format!("bench-{i}"),
         real_name: format!("Bench Participant {i} AG"),
         signing_key: id.signing_public().to_vec(),

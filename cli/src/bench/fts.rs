@@ -12,7 +12,7 @@ use blockpost_auditor::{IndexedMessage, SearchIndex};
 use blockpost_client::{Client, Ledger};
 use blockpost_core::decode_canonical;
 use blockpost_proto::v1::envelope_content::Body;
-use blockpost_proto::v1::{Envelope, EnvelopeContent, MessageKind};
+use blockpost_proto::v1::{Envelope, EnvelopeContent};
 
 use crate::say;
 
@@ -52,12 +52,7 @@ pub async fn corpus(
             docs.push(IndexedMessage {
                 message_id: hex::encode(blockpost_core::message_id_of_encoded(bytes)),
                 transaction_id: c.transaction_id.clone(),
-                kind: match c.kind() {
-                    MessageKind::Document => "document",
-                    MessageKind::Finish => "finish",
-                    _ => "message",
-                }
-                .to_owned(),
+                kind: blockpost_core::kind_name(c.kind).to_owned(),
                 sender: c.sender.clone(),
                 sender_name,
                 recipients: c.recipients.clone(),

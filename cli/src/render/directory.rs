@@ -15,6 +15,7 @@ pub fn entry_json(e: &VerifiedEntry) -> Value {
         "address": b.address.as_str(),
         "real_name": b.real_name,
         "verified": b.verified,
+        "lei": b.lei,
         "revoked": b.revoked(),
         "kind": entry_kind(b.kind),
         "signing_key": hex::encode(b.signing_key),
@@ -50,6 +51,9 @@ pub fn entry(e: &VerifiedEntry, json: bool) -> anyhow::Result<()> {
             "no"
         }
     );
+    if let Some(lei) = &b.lei {
+        say!("  LEI             {lei} (self-declared, check digits verified)");
+    }
     if b.revoked() {
         say!("  status          REVOKED");
     }

@@ -211,7 +211,11 @@ fn leaf_json(m: &blockpost_client::LedgerMessage) -> Value {
 }
 
 /// A transaction, verified.
-pub fn transaction(t: &blockpost_client::LedgerTransaction, json: bool) -> anyhow::Result<()> {
+pub fn transaction(
+    t: &blockpost_client::LedgerTransaction,
+    names: &std::collections::HashMap<String, super::Named>,
+    json: bool,
+) -> anyhow::Result<()> {
     use blockpost_proto::v1::EnvelopeContent;
     let st = &t.state;
     let contents: Vec<EnvelopeContent> = t
@@ -261,6 +265,7 @@ pub fn transaction(t: &blockpost_client::LedgerTransaction, json: bool) -> anyho
                 "deadline_ms": st.deadline_ms,
                 "messages": messages,
                 "closing": closing,
+                "settlement": super::settlement::summary_json(t, &contents, names),
             }))?
         );
         return Ok(());
@@ -279,6 +284,7 @@ pub fn transaction(t: &blockpost_client::LedgerTransaction, json: bool) -> anyho
         st.opened_height,
         date(st.deadline_ms)
     );
+    super::settlement::summary(t, &contents, names);
     for (m, c) in t.messages.iter().zip(&contents) {
         say!(
             "  {:<8} {}  block {} leaf {}  {} -> {}",

@@ -3,7 +3,7 @@
 //! milliseconds and raw fields.
 
 use base64::Engine as _;
-use blockpost_proto::v1::{EntryKind, MessageKind};
+use blockpost_proto::v1::EntryKind;
 
 /// `println!` that exits quietly when stdout is a closed pipe (`blockpost ... | head`).
 #[macro_export]
@@ -23,11 +23,13 @@ mod audit;
 mod directory;
 mod ledger;
 mod messages;
+mod settlement;
 
 pub use audit::*;
 pub use directory::*;
 pub use ledger::*;
 pub use messages::*;
+pub use settlement::Named;
 
 /// A Unix time in milliseconds as an RFC 3339 date in UTC, with milliseconds.
 pub fn date(ms: i64) -> String {
@@ -74,10 +76,5 @@ fn entry_kind(k: EntryKind) -> &'static str {
 }
 
 fn message_kind(k: i32) -> &'static str {
-    match MessageKind::try_from(k) {
-        Ok(MessageKind::Message) => "message",
-        Ok(MessageKind::Document) => "document",
-        Ok(MessageKind::Finish) => "finish",
-        _ => "unknown",
-    }
+    blockpost_core::kind_name(k)
 }

@@ -308,7 +308,16 @@ pub struct Participant<'a> {
     pub lei: Option<&'a str>,
 }
 
-impl Participant<'_> {
+impl<'a> Participant<'a> {
+    /// A participant as its directory binding states it.
+    pub fn of(b: &'a crate::Binding) -> Self {
+        Self {
+            address: b.address.as_str(),
+            real_name: &b.real_name,
+            lei: b.lei.as_deref(),
+        }
+    }
+
     fn is(&self, id: &PartyId) -> Option<bool> {
         match id {
             PartyId::Lei(l) => Some(self.lei == Some(l.as_str())),
@@ -362,6 +371,33 @@ pub fn check_parties(
         ));
     }
     Ok(())
+}
+
+/// The fields on which two descriptions of one settlement disagree (a trade and an
+/// instruction, or the two sides' instructions): instrument, quantity, settlement date,
+/// and, where both give them, trade date and amount. Empty when they match.
+pub fn differences(a: &Settlement, b: &Settlement) -> Vec<&'static str> {
+    let mut d = Vec::new();
+    if a.isin != b.isin {
+        d.push("isin");
+    }
+    if a.quantity != b.quantity {
+        d.push("quantity");
+    }
+    if a.settlement_date != b.settlement_date {
+        d.push("settlement_date");
+    }
+    if let (Some(x), Some(y)) = (a.trade_date, b.trade_date)
+        && x != y
+    {
+        d.push("trade_date");
+    }
+    if let (Some(x), Some(y)) = (&a.amount, &b.amount)
+        && x != y
+    {
+        d.push("amount");
+    }
+    d
 }
 
 #[cfg(test)]

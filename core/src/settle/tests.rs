@@ -15,10 +15,9 @@ fn instruction(body: &str) -> Result<Settlement, SettleError> {
     parse(Expect::Instruction, body.as_bytes())
 }
 
-/// The FIX sample with one field's value replaced (or the field removed with `None`),
-/// BodyLength and CheckSum computed again.
-fn fix_with(sample: &str, tag: u32, value: Option<&str>) -> String {
-    let fields: Vec<(u32, String)> = sample
+/// A FIX message with BodyLength and CheckSum computed again (after an edit).
+fn recompose(text: &str) -> String {
+    let fields: Vec<(u32, String)> = text
         .trim_end()
         .trim_end_matches('|')
         .split('|')
@@ -28,22 +27,29 @@ fn fix_with(sample: &str, tag: u32, value: Option<&str>) -> String {
         })
         .filter(|(t, _)| ![8, 9, 10].contains(t))
         .collect();
-    let msg_type = fields[0].1.clone();
-    let mut rest: Vec<(u32, String)> = Vec::new();
+    let refs: Vec<(u32, &str)> = fields[1..].iter().map(|(t, v)| (*t, v.as_str())).collect();
+    fix::compose(&fields[0].1, &refs)
+}
+
+/// The FIX sample with the first `tag`'s value replaced (or the field removed with
+/// `None`), BodyLength and CheckSum computed again.
+fn fix_with(sample: &str, tag: u32, value: Option<&str>) -> String {
     let mut done = false;
-    for (t, v) in fields.into_iter().skip(1) {
-        if t == tag && !done {
-            done = true;
-            if let Some(nv) = value {
-                rest.push((t, nv.to_owned()));
+    let edited: Vec<String> = sample
+        .trim_end()
+        .trim_end_matches('|')
+        .split('|')
+        .filter_map(|f| {
+            let t: Option<u32> = f.split_once('=').and_then(|(t, _)| t.parse().ok());
+            if t == Some(tag) && !done {
+                done = true;
+                return value.map(|v| format!("{tag}={v}"));
             }
-        } else {
-            rest.push((t, v));
-        }
-    }
+            Some(f.to_owned())
+        })
+        .collect();
     assert!(done, "the sample has no tag {tag}");
-    let refs: Vec<(u32, &str)> = rest.iter().map(|(t, v)| (*t, v.as_str())).collect();
-    fix::compose(&msg_type, &refs)
+    recompose(&edited.join("|"))
 }
 
 #[test]
@@ -66,7 +72,8 @@ fn the_samples_read_as_they_say() {
     assert_eq!(t.parties.len(), 3);
     assert_eq!(t.parties[0].id, PartyId::Lei(LEI_A.into()));
     assert_eq!(t.parties[1].role, "contra firm");
-    assert_eq!(t.parties[2].id, PartyId::Proprietary("exchange".into()));
+    assert_eq!(t.parties[2].id, PartyId::Lei("5493000EXCHANGE00016".into()));
+    assert_eq!(t.parties[2].role, "exchange");
 
     let j = trade(ALLOCATION).unwrap();
     assert_eq!(j.format, Format::FixAllocationInstruction);
@@ -159,7 +166,13 @@ fn each_broken_fix_field_is_named() {
 #[test]
 fn fix_framing_is_checked() {
     // A checksum off by one.
-    let bad = TRADE.trim_end().replace("|10=050|", "|10=051|");
+    let (head, sum) = TRADE
+        .trim_end()
+        .trim_end_matches('|')
+        .rsplit_once("|10=")
+        .unwrap();
+    let off = (sum.parse::<u32>().unwrap() + 1) % 256;
+    let bad = format!("{head}|10={off:03}|");
     let e = trade(&bad).unwrap_err();
     assert!(
         e.to_string()
@@ -167,7 +180,7 @@ fn fix_framing_is_checked() {
         "{e}"
     );
     // A body length off by one.
-    let bad = TRADE.replacen("9=358", "9=357", 1);
+    let bad = TRADE.replacen("9=370", "9=369", 1);
     assert!(
         trade(&bad)
             .unwrap_err()
@@ -371,7 +384,11 @@ fn who<'a>(address: &'a str, real_name: &'a str, lei: Option<&'a str>) -> Partic
 
 #[test]
 fn parties_are_the_envelopes_sender_and_recipients() {
-    let exchange = who("exchange", "Example Exchange Inc", None);
+    let exchange = who(
+        "exchange",
+        "Example Exchange Inc",
+        Some("5493000EXCHANGE00016"),
+    );
     let a = who("bank-a", "Bank A AG", Some(LEI_A));
     let b = who("bank-b", "Bank B Ltd", Some(LEI_B));
     let t = trade(TRADE).unwrap();
@@ -385,7 +402,7 @@ fn parties_are_the_envelopes_sender_and_recipients() {
     assert!(check_parties(&t, exchange, &[a, b_no_lei]).is_err());
     // The sender must be named: a trade bank-c sends about others is refused.
     let c = who("bank-c", "Bank C", None);
-    let e = check_parties(&t, c, &[a, b]).unwrap_err();
+    let e = check_parties(&t, c, &[a, b, exchange]).unwrap_err();
     assert_eq!(e.field, "parties");
     let d = instruction(DELIVER).unwrap();
     check_parties(&d, a, &[b]).unwrap();
@@ -402,4 +419,29 @@ fn parties_are_the_envelopes_sender_and_recipients() {
     assert!(e.field.ends_with("Dpstry/Id/NmAndAdr/Nm"), "{}", e.field);
     let z = who("bank-z", "Bank Z plc", None);
     check_parties(&n, a, &[b, z]).unwrap();
+    // A proprietary code (447=D) that is the sender's address names the sender.
+    let by_address =
+        recompose(&TRADE.replace("448=5493000EXCHANGE00016|447=N", "448=exchange|447=D"));
+    let t = trade(&by_address).unwrap();
+    assert_eq!(t.parties[2].id, PartyId::Proprietary("exchange".into()));
+    let exchange_no_lei = who("exchange", "Example Exchange Inc", None);
+    check_parties(&t, exchange_no_lei, &[a, b]).unwrap();
+    // One that is no one's address is not checked, and names no sender.
+    check_parties(&t, c, &[a, b]).unwrap_err();
+    let other = recompose(&by_address.replace("448=exchange|", "448=XNYS-MEMBER-7|"));
+    let e = check_parties(&trade(&other).unwrap(), exchange_no_lei, &[a, b]).unwrap_err();
+    assert_eq!(e.field, "parties");
+}
+
+#[test]
+fn a_trade_and_both_instructions_agree_and_a_changed_one_does_not() {
+    let t = trade(TRADE).unwrap();
+    let d = instruction(DELIVER).unwrap();
+    let r = instruction(RECEIVE).unwrap();
+    assert!(differences(&t, &d).is_empty());
+    assert!(differences(&d, &r).is_empty());
+    let off = instruction(&RECEIVE.replace("<Unit>400</Unit>", "<Unit>399</Unit>")).unwrap();
+    assert_eq!(differences(&d, &off), ["quantity"]);
+    let late = instruction(&RECEIVE.replace("2026-12-07", "2026-12-08")).unwrap();
+    assert_eq!(differences(&t, &late), ["settlement_date"]);
 }

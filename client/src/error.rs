@@ -143,7 +143,7 @@ pub enum Error {
         /// `trade` or `settlement instruction`.
         kind: &'static str,
         /// The field and what is wrong.
-        error: blockpost_core::settle::SettleError,
+        error: Box<blockpost_core::settle::SettleError>,
     },
     /// A key file that cannot be read, written or decrypted.
     #[error("{path}")]

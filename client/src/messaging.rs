@@ -158,7 +158,7 @@ impl Messenger {
             let s = settle::parse(expect, &out.body).map_err(|error| {
                 blockpost_core::Error::from(blockpost_core::EnvelopeError::Settlement {
                     kind,
-                    error,
+                    error: Box::new(error),
                 })
             })?;
             let mut others = Vec::with_capacity(out.to.len());
@@ -169,8 +169,12 @@ impl Messenger {
                 .iter()
                 .map(|e| settle::Participant::of(&e.binding))
                 .collect();
-            settle::check_parties(&s, settle::Participant::of(&me.binding), &recipients)
-                .map_err(|error| Error::Parties { kind, error })?;
+            settle::check_parties(&s, settle::Participant::of(&me.binding), &recipients).map_err(
+                |error| Error::Parties {
+                    kind,
+                    error: Box::new(error),
+                },
+            )?;
         }
         let body = if out.encrypt {
             let mut to = Vec::with_capacity(out.to.len());

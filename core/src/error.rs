@@ -197,7 +197,7 @@ pub enum EnvelopeError {
         /// `trade` or `settlement instruction`.
         kind: &'static str,
         /// The field and its problem.
-        error: crate::settle::SettleError,
+        error: Box<crate::settle::SettleError>,
     },
     /// An HPKE encapsulated key of the wrong length.
     #[error("encapsulated key for {recipient} is not {expected} bytes")]

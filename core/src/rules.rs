@@ -178,7 +178,10 @@ impl ParsedEnvelope {
         let settlement = match (settle_expect(kind), &c.body) {
             (Some((expect, name)), Some(Body::Plaintext(p))) => {
                 Some(Box::new(settle::parse(expect, p).map_err(|error| {
-                    EnvelopeError::Settlement { kind: name, error }
+                    EnvelopeError::Settlement {
+                        kind: name,
+                        error: Box::new(error),
+                    }
                 })?))
             }
             _ => None,

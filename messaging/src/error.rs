@@ -43,7 +43,7 @@ pub enum Error {
         /// `trade` or `settlement instruction`.
         kind: &'static str,
         /// The field and what is wrong.
-        error: blockpost_core::settle::SettleError,
+        error: Box<blockpost_core::settle::SettleError>,
     },
     /// The nonce was used before by this sender.
     #[error("replay: sender {sender} already used nonce {nonce}")]

@@ -426,7 +426,10 @@ impl Gateway {
                 .map(|x| settle::Participant::of(&x.binding))
                 .collect();
             settle::check_parties(settlement, settle::Participant::of(&s.binding), &recipients)
-                .map_err(|error| Error::Parties { kind, error })?;
+                .map_err(|error| Error::Parties {
+                    kind,
+                    error: Box::new(error),
+                })?;
         }
         self.inner.verifier.verify(p, s.signing_key).await
     }

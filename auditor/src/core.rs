@@ -22,7 +22,7 @@ use crate::config::OpenFor;
 use crate::directory::DirectoryLog;
 use crate::error::AuditError;
 use crate::promises::{Promises, ResumePoint};
-use crate::search::IndexedMessage;
+use crate::search::{IndexedMessage, SettlementFields};
 use crate::status::{AuditStatus, ReceiptVerdict};
 
 /// A firehose message as its reader saw it: the envelope rules and the sender's signature
@@ -527,7 +527,16 @@ fn indexed(
                 }),
                 None => None,
             };
+            // A trade or instruction whose body could be read: its fields, if valid (an
+            // invalid one is refused by the envelope rules, or was sealed and is not).
+            let settlement = blockpost_core::settle_expect(c.kind())
+                .zip(body.as_ref())
+                .and_then(|((expect, _), b)| {
+                    blockpost_core::settle::parse(expect, b.as_bytes()).ok()
+                })
+                .map(|s| SettlementFields::of(&s));
             IndexedMessage {
+                settlement,
                 message_id: hex::encode(id),
                 transaction_id: c.transaction_id.clone(),
                 kind: blockpost_core::kind_name(c.kind).to_owned(),

@@ -84,7 +84,7 @@ pub use error::{AuditError, Error, Result};
 pub use file::AuditorFile;
 pub use metrics::serve_metrics;
 pub use promises::{PartitionPoint, Promises, ResumePoint};
-pub use search::{Hit, IndexedMessage, MAX_HITS, SearchIndex};
+pub use search::{Hit, IndexedMessage, MAX_HITS, SearchIndex, SettlementFields};
 pub use serve::{Listeners, serve};
 pub use watch::{Watch, WatchField};
 pub use witness::{Refused, Witness};

@@ -24,7 +24,7 @@ pub const MAX_HITS: usize = 100;
 /// The writer's memory budget.
 const WRITER_HEAP: usize = 50 << 20;
 /// The index's format (its schema and payload): another one is rebuilt.
-const FORMAT: &str = "blockpost-search 2";
+const FORMAT: &str = "blockpost-search 3";
 
 /// The first `.0` matches in index order (segment, then document), without scoring: each
 /// segment's matches are read only until there are enough.
@@ -128,6 +128,51 @@ pub struct IndexedMessage {
     pub body: Option<String>,
     /// Whether the body was sent encrypted.
     pub encrypted: bool,
+    /// What a trade or settlement instruction says, when its body could be read.
+    pub settlement: Option<SettlementFields>,
+}
+
+/// The fields of a trade or settlement instruction that are indexed, each searchable by
+/// its name: `isin:US0378331005`, `currency:USD`, `side:deliver`, `market:XNYS`,
+/// `reference:...`, `quantity:[100 TO 500]`, `amount:[50000 TO 100000]`,
+/// `trade_date:[2026-12-01 TO 2026-12-31]`, `settlement_date:2026-12-07`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SettlementFields {
+    /// The instrument.
+    pub isin: String,
+    /// Units or face amount.
+    pub quantity: f64,
+    /// The cash amount, if any.
+    pub amount: Option<f64>,
+    /// Its currency.
+    pub currency: Option<String>,
+    /// Trade date, `YYYY-MM-DD`.
+    pub trade_date: Option<String>,
+    /// Settlement date, `YYYY-MM-DD`.
+    pub settlement_date: String,
+    /// buy, sell, deliver or receive.
+    pub side: String,
+    /// The market's MIC.
+    pub market: Option<String>,
+    /// The message's own reference (ExecID, AllocID, TxId).
+    pub reference: String,
+}
+
+impl SettlementFields {
+    /// The indexed fields of a read settlement.
+    pub fn of(s: &blockpost_core::settle::Settlement) -> Self {
+        Self {
+            isin: s.isin.clone(),
+            quantity: s.quantity.to_f64(),
+            amount: s.amount.as_ref().map(|a| a.value.to_f64()),
+            currency: s.amount.as_ref().map(|a| a.currency.clone()),
+            trade_date: s.trade_date.map(|d| d.to_string()),
+            settlement_date: s.settlement_date.to_string(),
+            side: s.side.as_str().to_owned(),
+            market: s.market.clone(),
+            reference: s.reference.clone(),
+        }
+    }
 }
 
 /// A search hit.
@@ -159,6 +204,15 @@ struct Fields {
     content_type: Field,
     body: Field,
     encrypted: Field,
+    isin: Field,
+    quantity: Field,
+    amount: Field,
+    currency: Field,
+    trade_date: Field,
+    settlement_date: Field,
+    side: Field,
+    market: Field,
+    reference: Field,
 }
 
 /// The search index.
@@ -195,6 +249,15 @@ fn schema() -> (Schema, Fields) {
         content_type: b.add_text_field("content_type", STRING | STORED),
         body: b.add_text_field("body", TEXT),
         encrypted: b.add_text_field("encrypted", STRING),
+        isin: b.add_text_field("isin", STRING | STORED),
+        quantity: b.add_f64_field("quantity", INDEXED | FAST),
+        amount: b.add_f64_field("amount", INDEXED | FAST),
+        currency: b.add_text_field("currency", STRING),
+        trade_date: b.add_text_field("trade_date", STRING),
+        settlement_date: b.add_text_field("settlement_date", STRING),
+        side: b.add_text_field("side", STRING),
+        market: b.add_text_field("market", STRING),
+        reference: b.add_text_field("reference", STRING),
     };
     (b.build(), f)
 }
@@ -282,6 +345,25 @@ impl SearchIndex {
             }
             if let Some(b) = m.body {
                 d.add_text(f.body, b);
+            }
+            if let Some(s) = m.settlement {
+                d.add_text(f.isin, s.isin);
+                d.add_f64(f.quantity, s.quantity);
+                if let Some(a) = s.amount {
+                    d.add_f64(f.amount, a);
+                }
+                if let Some(c) = s.currency {
+                    d.add_text(f.currency, c);
+                }
+                if let Some(t) = s.trade_date {
+                    d.add_text(f.trade_date, t);
+                }
+                d.add_text(f.settlement_date, s.settlement_date);
+                d.add_text(f.side, s.side);
+                if let Some(m) = s.market {
+                    d.add_text(f.market, m);
+                }
+                d.add_text(f.reference, s.reference);
             }
             w.add_document(d).map_err(err)?;
         }
@@ -398,7 +480,63 @@ mod tests {
             content_type: "text/plain".into(),
             body: Some(body.into()),
             encrypted: false,
+            settlement: None,
         }
+    }
+
+    #[test]
+    fn settlement_fields_are_searched_exactly_and_by_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SearchIndex::open(dir.path(), &[]).unwrap();
+        let trade = |leaf: u64, isin: &str, qty: f64, date: &str| {
+            let mut m = msg(0, leaf, "dvp", "trade");
+            m.kind = "trade".into();
+            m.settlement = Some(SettlementFields {
+                isin: isin.into(),
+                quantity: qty,
+                amount: Some(qty * 189.25),
+                currency: Some("USD".into()),
+                trade_date: Some("2026-12-04".into()),
+                settlement_date: date.into(),
+                side: "sell".into(),
+                market: Some("XNYS".into()),
+                reference: format!("EXEC-{leaf}"),
+            });
+            m
+        };
+        index
+            .add(
+                0,
+                vec![
+                    trade(0, "US0378331005", 400.0, "2026-12-07"),
+                    trade(1, "US0378331005", 100.0, "2027-01-04"),
+                    trade(2, "US5949181045", 50.0, "2026-12-08"),
+                    msg(0, 3, "other", "US0378331005 in a text"),
+                ],
+            )
+            .unwrap();
+        index.commit().unwrap();
+        let leaves = |q: &str| -> Vec<u64> {
+            let mut v: Vec<u64> = index
+                .search(q, 10, 0, false)
+                .unwrap()
+                .unwrap()
+                .iter()
+                .map(|h| h.leaf)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(leaves("isin:US0378331005"), [0, 1]);
+        assert_eq!(
+            leaves("isin:US0378331005 AND settlement_date:[2026-12-01 TO 2026-12-31]"),
+            [0]
+        );
+        assert_eq!(leaves("quantity:[60 TO 1000]"), [0, 1]);
+        assert_eq!(leaves("amount:[10000 TO 20000]"), [1]);
+        assert_eq!(leaves("currency:USD AND side:sell AND market:XNYS"), [0, 1, 2]);
+        assert_eq!(leaves("reference:EXEC-2"), [2]);
+        assert_eq!(leaves("US0378331005"), [3]);
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub async fn corpus(
                 recipient_names.push(name(r).await?);
             }
             docs.push(IndexedMessage {
+                settlement: None,
                 message_id: hex::encode(blockpost_core::message_id_of_encoded(bytes)),
                 transaction_id: c.transaction_id.clone(),
                 kind: blockpost_core::kind_name(c.kind).to_owned(),

@@ -203,7 +203,7 @@ pub fn summary(
                     None => String::new(),
                 };
                 say!(
-                    "    instruction  {} {}{pay}: {} {} from account {}{amount}, settles {}{agrees}",
+                    "    instruction  {}: {}{pay}, {} {} from account {}{amount}, settles {}{agrees}",
                     who(i.sender),
                     s.side.as_str(),
                     s.quantity,

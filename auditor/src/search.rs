@@ -534,7 +534,10 @@ mod tests {
         );
         assert_eq!(leaves("quantity:[60 TO 1000]"), [0, 1]);
         assert_eq!(leaves("amount:[10000 TO 20000]"), [1]);
-        assert_eq!(leaves("currency:USD AND side:sell AND market:XNYS"), [0, 1, 2]);
+        assert_eq!(
+            leaves("currency:USD AND side:sell AND market:XNYS"),
+            [0, 1, 2]
+        );
         assert_eq!(leaves("reference:EXEC-2"), [2]);
         assert_eq!(leaves("US0378331005"), [3]);
     }

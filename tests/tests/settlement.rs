@@ -1,0 +1,379 @@
+//! Trades and settlement instructions through a real node (NATS JetStream, gateway,
+//! builder) and an auditor: the samples are accepted, each broken field is refused with its
+//! name, parties must be the envelope's, LEIs on bindings, and the auditor indexes what it
+//! can read.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use blockpost_auditor::OpenFor;
+use blockpost_client::{Messenger, Outgoing};
+use blockpost_core::{Identity, now_ms, sign_envelope};
+use blockpost_proto::v1::envelope_content::Body;
+use blockpost_proto::v1::messaging_client::MessagingClient;
+use blockpost_proto::v1::{EnvelopeContent, MessageKind};
+use blockpost_tests::{Sandbox, reason, wait_for};
+use prost::Message as _;
+use tonic::Code;
+
+const TRADE: &str = include_str!("../../examples/settlement/trade.fix");
+const DELIVER: &str = include_str!("../../examples/settlement/instruction-deliver.xml");
+const RECEIVE: &str = include_str!("../../examples/settlement/instruction-receive.xml");
+const LEI_A: &str = "5299000BANKA0AG00068";
+const LEI_B: &str = "5493000BANKB0LTD0083";
+const LEI_X: &str = "5493000EXCHANGE00016";
+
+struct Desk {
+    exchange: (Identity, u64),
+    a: (Identity, u64),
+    b: (Identity, u64),
+}
+
+async fn desk(sb: &Sandbox) -> Desk {
+    let mut c = sb.client().await.unwrap();
+    let mut one = async |address: &str, name: &str, lei: &str| {
+        let id = Identity::generate();
+        let e = c
+            .register_with_lei(&id, address, name, Some(lei), None)
+            .await
+            .unwrap();
+        assert_eq!(e.binding.lei.as_deref(), Some(lei));
+        (id, e.leaf_index)
+    };
+    let exchange = one("exchange", "Example Exchange Inc", LEI_X).await;
+    let a = one("bank-a", "Bank A AG", LEI_A).await;
+    let b = one("bank-b", "Bank B Ltd", LEI_B).await;
+    sb.gateway
+        .replica()
+        .wait_applied(3, Duration::from_secs(5))
+        .await;
+    Desk { exchange, a, b }
+}
+
+/// A plaintext envelope signed as `from`, submitted straight to the gateway (no client
+/// checks first).
+async fn submit_raw(
+    sb: &Sandbox,
+    (id, index): &(Identity, u64),
+    from: &str,
+    to: &[&str],
+    kind: MessageKind,
+    body: &str,
+) -> Result<(), tonic::Status> {
+    let c = EnvelopeContent {
+        transaction_deadline_ms: None,
+        sender: from.into(),
+        sender_key_index: *index,
+        recipients: to.iter().map(|s| s.to_string()).collect(),
+        transaction_id: "dvp-raw".into(),
+        kind: kind as i32,
+        content_type: "application/octet-stream".into(),
+        timestamp_ms: now_ms(),
+        nonce: rand::random(),
+        body: Some(Body::Plaintext(body.as_bytes().to_vec())),
+    };
+    let env = sign_envelope(&id.signing, c.encode_to_vec());
+    let mut g = MessagingClient::new(sb.channel().await.unwrap());
+    g.submit(env).await.map(|_| ())
+}
+
+fn outgoing<'a>(
+    from: &'a str,
+    to: &'a [String],
+    kind: MessageKind,
+    body: &str,
+    encrypt: bool,
+) -> Outgoing<'a> {
+    Outgoing {
+        from,
+        to,
+        transaction_id: "dvp-1",
+        kind,
+        content_type: "application/xml",
+        body: body.as_bytes().to_vec(),
+        encrypt,
+        transaction_deadline_ms: None,
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_takes_the_samples_and_names_each_broken_field() {
+    let sb = Sandbox::start().await.unwrap();
+    let d = desk(&sb).await;
+    let banks = ["bank-a", "bank-b"];
+    submit_raw(
+        &sb,
+        &d.exchange,
+        "exchange",
+        &banks,
+        MessageKind::Trade,
+        TRADE,
+    )
+    .await
+    .unwrap();
+    submit_raw(
+        &sb,
+        &d.a,
+        "bank-a",
+        &["bank-b"],
+        MessageKind::SettlementInstruction,
+        DELIVER,
+    )
+    .await
+    .unwrap();
+    // Broken fields: INVALID_ARGUMENT, reason INVALID_SETTLEMENT, the field in the message.
+    let bad_isin = DELIVER.replacen("US0378331005", "US0378331006", 1);
+    let bad_ccy = DELIVER.replacen("Ccy=\"USD\"", "Ccy=\"USX\"", 1);
+    let bad_date = DELIVER.replacen("2026-12-07", "2026-12-32", 1);
+    let cases: [(&str, &str, MessageKind, &str); 4] = [
+        (
+            &bad_isin,
+            "SctiesSttlmTxInstr/FinInstrmId/ISIN has wrong ISIN check digits",
+            MessageKind::SettlementInstruction,
+            "bank-a",
+        ),
+        (
+            &bad_ccy,
+            "SctiesSttlmTxInstr/SttlmAmt/Amt/@Ccy is not an ISO 4217 currency",
+            MessageKind::SettlementInstruction,
+            "bank-a",
+        ),
+        (
+            &bad_date,
+            "SctiesSttlmTxInstr/TradDtls/SttlmDt/Dt/Dt is malformed",
+            MessageKind::SettlementInstruction,
+            "bank-a",
+        ),
+        (DELIVER, "body is not a trade", MessageKind::Trade, "bank-a"),
+    ];
+    for (body, want, kind, from) in cases {
+        let st = submit_raw(&sb, &d.a, from, &["bank-b"], kind, body)
+            .await
+            .unwrap_err();
+        assert_eq!(st.code(), Code::InvalidArgument, "{want}: {}", st.message());
+        assert_eq!(reason(&st), "INVALID_SETTLEMENT", "{}", st.message());
+        assert!(
+            st.message().contains(want),
+            "{} (want {want})",
+            st.message()
+        );
+    }
+    // A FIX checksum that does not add up.
+    let (head, sum) = TRADE
+        .trim_end()
+        .trim_end_matches('|')
+        .rsplit_once("|10=")
+        .unwrap();
+    let off = format!("{head}|10={:03}|", (sum.parse::<u32>().unwrap() + 1) % 256);
+    let st = submit_raw(
+        &sb,
+        &d.exchange,
+        "exchange",
+        &banks,
+        MessageKind::Trade,
+        &off,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&st), "INVALID_SETTLEMENT");
+    assert!(
+        st.message().contains("tag 10 (CheckSum)"),
+        "{}",
+        st.message()
+    );
+    // Parties that are not the envelope's: bank-b sends bank-a's instruction, and the
+    // exchange leaves bank-b out of the trade's recipients.
+    let st = submit_raw(
+        &sb,
+        &d.b,
+        "bank-b",
+        &["bank-a"],
+        MessageKind::SettlementInstruction,
+        DELIVER,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (st.code(), reason(&st).as_str()),
+        (Code::InvalidArgument, "SETTLEMENT_PARTIES"),
+        "{}",
+        st.message()
+    );
+    assert!(
+        st.message().contains("do not name the sender bank-b"),
+        "{}",
+        st.message()
+    );
+    let st = submit_raw(
+        &sb,
+        &d.exchange,
+        "exchange",
+        &["bank-a"],
+        MessageKind::Trade,
+        TRADE,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(reason(&st), "SETTLEMENT_PARTIES");
+    assert!(
+        st.message().contains("453[2].448 (PartyID)"),
+        "{}",
+        st.message()
+    );
+    assert!(st.message().contains(LEI_B), "{}", st.message());
+}
+
+#[tokio::test]
+async fn an_lei_is_checked_and_kept_across_a_rotation() {
+    let sb = Sandbox::start().await.unwrap();
+    let mut c = sb.client().await.unwrap();
+    let id = Identity::generate();
+    let err = c
+        .register_with_lei(&id, "bank-x", "Bank X", Some("5299000BANKA0AG00069"), None)
+        .await
+        .unwrap_err();
+    let st = match err {
+        blockpost_client::Error::Status(s) => s,
+        other => panic!("not a status: {other}"),
+    };
+    assert_eq!(st.code(), Code::InvalidArgument, "{}", st.message());
+    assert!(
+        st.message().contains("lei has wrong LEI check digits"),
+        "{}",
+        st.message()
+    );
+    let e = c
+        .register_with_lei(&id, "bank-x", "Bank X", Some(LEI_A), None)
+        .await
+        .unwrap();
+    let next = Identity::generate();
+    let r = c.rotate(&id, &next, "bank-x").await.unwrap();
+    assert!(r.leaf_index > e.leaf_index);
+    assert_eq!(r.binding.lei.as_deref(), Some(LEI_A));
+    let history = c.lookup("bank-x").await.unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|h| h.binding.lei.as_deref() == Some(LEI_A))
+    );
+}
+
+#[tokio::test]
+async fn the_client_checks_a_sealed_instruction_and_the_auditor_indexes_what_it_can_read() {
+    let sb = Sandbox::start().await.unwrap();
+    let d = desk(&sb).await;
+    let regulator = Identity::generate();
+    let mut c = sb.client().await.unwrap();
+    c.register(&regulator, "regulator", "Securities Regulator", None)
+        .await
+        .unwrap();
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let banks = vec!["bank-a".to_owned(), "bank-b".to_owned()];
+    m.send(
+        &d.exchange.0,
+        outgoing("exchange", &banks, MessageKind::Trade, TRADE, false),
+    )
+    .await
+    .unwrap();
+    // bank-a's instruction in the clear; bank-b's sealed to bank-a and the regulator.
+    let to_b = vec!["bank-b".to_owned()];
+    m.send(
+        &d.a.0,
+        outgoing(
+            "bank-a",
+            &to_b,
+            MessageKind::SettlementInstruction,
+            DELIVER,
+            false,
+        ),
+    )
+    .await
+    .unwrap();
+    let to_a = vec!["bank-a".to_owned(), "regulator".to_owned()];
+    m.send(
+        &d.b.0,
+        outgoing(
+            "bank-b",
+            &to_a,
+            MessageKind::SettlementInstruction,
+            RECEIVE,
+            true,
+        ),
+    )
+    .await
+    .unwrap();
+    // A sealed body no gateway can read: the client refuses a broken one before sealing.
+    let broken = RECEIVE.replacen("<Unit>400</Unit>", "<Unit>-4</Unit>", 1);
+    let e = m
+        .send(
+            &d.b.0,
+            outgoing(
+                "bank-b",
+                &to_a,
+                MessageKind::SettlementInstruction,
+                &broken,
+                true,
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("QtyAndAcctDtls/SttlmQty/Qty/Unit is malformed"),
+        "{e}"
+    );
+    // And one whose parties are wrong (bank-b sending bank-a's instruction).
+    let e = m
+        .send(
+            &d.b.0,
+            outgoing(
+                "bank-b",
+                &to_a,
+                MessageKind::SettlementInstruction,
+                DELIVER,
+                true,
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, blockpost_client::Error::Parties { .. }), "{e}");
+
+    // An auditor without keys indexes the trade and the plaintext instruction; the sealed
+    // one stays unread. One holding the regulator's key reads that too.
+    let sb = sb
+        .with_auditor(|cfg| {
+            cfg.open_for = vec![OpenFor {
+                address: "regulator".into(),
+                keys: std::sync::Arc::new(regulator),
+            }];
+        })
+        .await
+        .unwrap();
+    let au = sb.auditor.as_ref().unwrap().auditor.clone();
+    let search = |q: &str| au.search(q, 100, 0, false).unwrap().unwrap().len();
+    wait_for(
+        Duration::from_secs(30),
+        "the three messages indexed",
+        || {
+            let n = search("transaction_id:dvp-1");
+            async move { (n == 3).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(search("isin:US0378331005"), 3);
+    assert_eq!(
+        search("isin:US0378331005 AND settlement_date:[2026-12-01 TO 2026-12-31]"),
+        3
+    );
+    assert_eq!(
+        search("isin:US0378331005 AND settlement_date:[2027-01-01 TO 2027-12-31]"),
+        0
+    );
+    assert_eq!(search("side:receive AND amount:[75000 TO 76000]"), 1);
+    assert_eq!(search("quantity:[400 TO 400] AND currency:USD"), 3);
+    assert_eq!(search("kind:trade AND market:XNYS"), 1);
+    assert!(au.alerts().is_empty(), "{:?}", au.alerts());
+}

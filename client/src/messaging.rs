@@ -294,6 +294,36 @@ impl Messenger {
         })
     }
 
+    /// The parties of a plaintext trade or instruction on the record against the bindings
+    /// of its sender and recipients, as the gateway checked them on admission. A binding's
+    /// real name and LEI never change (rotations and revocations carry them over), so its
+    /// newest entry stands for the one in force then.
+    async fn recorded_parties(&mut self, p: &ParsedEnvelope) -> Result<()> {
+        let (Some(s), Some((_, kind))) = (p.settlement(), blockpost_core::settle_expect(p.kind()))
+        else {
+            return Ok(());
+        };
+        let mut bindings = Vec::with_capacity(p.recipients().len() + 1);
+        for a in std::iter::once(p.sender()).chain(p.recipients()) {
+            let newest = self
+                .history(a.as_str(), false)
+                .await?
+                .last()
+                .map(|e| e.binding.clone());
+            match newest {
+                Some(b) => bindings.push(b),
+                None => return Err(Error::Refused(format!("{a} has no directory entry"))),
+            }
+        }
+        let recipients: Vec<_> = bindings[1..].iter().map(settle::Participant::of).collect();
+        settle::check_parties(s, settle::Participant::of(&bindings[0]), &recipients).map_err(
+            |error| Error::Parties {
+                kind,
+                error: Box::new(error),
+            },
+        )
+    }
+
     /// Checks envelopes with the core rules and their senders' signatures against the
     /// directory (sender histories verified and cached), the signatures in batches split
     /// over the cores: what [`Messenger::open`] checks, for many envelopes at once and
@@ -337,6 +367,20 @@ impl Messenger {
                 }
             };
             let sender = p.sender().to_string();
+            if p.settlement().is_some() {
+                match self.recorded_parties(&p).await {
+                    Ok(()) => {}
+                    Err(e @ Error::Parties { .. }) => {
+                        verdicts.push(Err(e));
+                        continue;
+                    }
+                    Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+                        verdicts.push(Err(e));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             match self.sender_key(&sender, p.content().sender_key_index).await {
                 Ok(key) => {
                     slots.push(verdicts.len());

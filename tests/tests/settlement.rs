@@ -377,3 +377,76 @@ async fn the_client_checks_a_sealed_instruction_and_the_auditor_indexes_what_it_
     assert_eq!(search("kind:trade AND market:XNYS"), 1);
     assert!(au.alerts().is_empty(), "{:?}", au.alerts());
 }
+
+/// A trade signed by the exchange but naming a party the envelope does not include, put on
+/// the firehose past the gateway by someone with publish rights: the builder keeps it out
+/// of every block (as the gateway would have refused it), and the auditor, which checks the
+/// same rule, sees the blocks as valid.
+#[tokio::test]
+async fn a_trade_with_wrong_parties_that_skips_the_gateway_is_in_no_block() {
+    let sb = Sandbox::start().await.unwrap();
+    let d = desk(&sb).await;
+    let c = EnvelopeContent {
+        transaction_deadline_ms: None,
+        sender: "exchange".into(),
+        sender_key_index: d.exchange.1,
+        recipients: vec!["bank-a".into()],
+        transaction_id: "dvp-forged".into(),
+        kind: MessageKind::Trade as i32,
+        content_type: "application/fix".into(),
+        timestamp_ms: now_ms(),
+        nonce: 77,
+        body: Some(Body::Plaintext(TRADE.as_bytes().to_vec())),
+    };
+    let forged = sign_envelope(&d.exchange.0.signing, c.encode_to_vec());
+    let forged_id = blockpost_core::message_id(&forged);
+    let ns = sb.directory.namespace();
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    js.publish(ns.firehose_subject(), forged.encode_to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // A good trade after it, through the gateway.
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let banks = vec!["bank-a".to_owned(), "bank-b".to_owned()];
+    let (good, _) = m
+        .send(
+            &d.exchange.0,
+            outgoing("exchange", &banks, MessageKind::Trade, TRADE, false),
+        )
+        .await
+        .unwrap();
+    let good_id = blockpost_core::message_id(&good);
+    let c = sb.client().await.unwrap();
+    let mut l = blockpost_client::Ledger::connect(&c, &sb.client_dir)
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while l.message(good_id).await.is_err() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the good trade is in no block after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = l.message(forged_id).await.unwrap_err();
+    assert_eq!(st.code(), Some(Code::NotFound), "{st}");
+    // The auditor reads the same firehose and blocks: the forged trade is an invalid
+    // message no block owes anything, and the blocks are valid.
+    let sb = sb.with_auditor(|_| {}).await.unwrap();
+    let au = sb.auditor.as_ref().unwrap().auditor.clone();
+    wait_for(Duration::from_secs(30), "the auditor's index", || {
+        let n = au
+            .search("kind:trade", 10, 0, false)
+            .unwrap()
+            .unwrap()
+            .len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await
+    .unwrap();
+    assert!(au.alerts().is_empty(), "{:?}", au.alerts());
+}

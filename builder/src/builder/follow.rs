@@ -97,6 +97,18 @@ pub(super) async fn check_all(
             continue;
         };
         keys.insert((parsed.sender().to_string(), index), key);
+        // A plaintext trade or instruction: its parties are the envelope's, as the gateway
+        // checked (one that reached the firehose otherwise is refused here too).
+        if parsed.settlement().is_some() {
+            match settlement_parties(inner, &parsed).await {
+                Some(Ok(())) => {}
+                Some(Err(why)) => {
+                    verdicts.push(Err(why));
+                    continue;
+                }
+                None => return None,
+            }
+        }
         verdicts.push(Ok(TxMessage::new(id, parsed.content())));
         // Checked by the node's gateway (its tag verifies): the signature need not be
         // checked again.
@@ -124,6 +136,59 @@ pub(super) async fn check_all(
         }
     }
     Some(verdicts)
+}
+
+/// The parties of a plaintext trade or instruction against the bindings the replica holds
+/// of its sender and recipients (waiting, as for a sender's key, while the replica may not
+/// have reached them yet); `None` if the builder was dropped meanwhile.
+async fn settlement_parties(
+    inner: &Arc<Inner>,
+    parsed: &ParsedEnvelope,
+) -> Option<std::result::Result<(), String>> {
+    let (Some(s), Some((_, kind))) = (
+        parsed.settlement(),
+        blockpost_core::settle_expect(parsed.kind()),
+    ) else {
+        return Some(Ok(()));
+    };
+    let waited_since = tokio::time::Instant::now();
+    let mut found = Vec::with_capacity(parsed.recipients().len() + 1);
+    for a in std::iter::once(parsed.sender()).chain(parsed.recipients()) {
+        let p = loop {
+            let known = inner
+                .replica
+                .participant(a.as_str(), None, Duration::from_millis(500))
+                .await
+                .ok()
+                .flatten();
+            if known.is_some() || waited_since.elapsed() > MAX_REPLICA_WAIT {
+                break known;
+            }
+            if Arc::strong_count(inner) == 1 {
+                return None;
+            }
+            inner
+                .progress_ms
+                .store(inner.clock.now_ms(), Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        match p {
+            Some(p) => found.push(p),
+            None => return Some(Err(format!("the directory has no entry for {a}"))),
+        }
+    }
+    let recipients: Vec<_> = found[1..]
+        .iter()
+        .map(|p| blockpost_core::settle::Participant::of(&p.binding))
+        .collect();
+    Some(
+        blockpost_core::settle::check_parties(
+            s,
+            blockpost_core::settle::Participant::of(&found[0].binding),
+            &recipients,
+        )
+        .map_err(|e| format!("the {kind}'s parties: {e}")),
+    )
 }
 
 /// The block being cut, stored and published while the next one fills: at most one at a

@@ -192,6 +192,7 @@ impl ledger_server::Ledger for Builder {
         _: Request<GetLedgerInfoRequest>,
     ) -> Result<Response<LedgerInfo>, Status> {
         Ok(Response::new(LedgerInfo {
+            delivery_key: Vec::new(),
             origin: self.origin().to_owned(),
             verifier_key: self.ledger_verifier_key(),
             builder_key: self.public_key().to_bytes().to_vec(),

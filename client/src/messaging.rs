@@ -202,6 +202,7 @@ impl Messenger {
             Body::Plaintext(out.body)
         };
         let content = EnvelopeContent {
+            delivery: None,
             transaction_deadline_ms: out.transaction_deadline_ms,
             sender: out.from.into(),
             sender_key_index: me.leaf_index,

@@ -20,7 +20,7 @@ pub const ENVELOPE_CONTEXT: &[u8] = b"blockpost/v1 envelope\n";
 pub const INBOX_CONTEXT: &[u8] = b"blockpost/v1 inbox\n";
 const HPKE_INFO: &[u8] = b"blockpost/v1 envelope body";
 
-fn prefixed(ctx: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn prefixed(ctx: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut m = Vec::with_capacity(ctx.len() + parts.iter().map(|p| p.len()).sum::<usize>());
     m.extend_from_slice(ctx);
     for p in parts {

@@ -199,6 +199,9 @@ pub enum EnvelopeError {
         /// The field and its problem.
         error: Box<crate::settle::SettleError>,
     },
+    /// A ledger transaction to deliver that is not a valid one.
+    #[error("delivery: {0}")]
+    Delivery(crate::delivery::DeliveryError),
     /// An HPKE encapsulated key of the wrong length.
     #[error("encapsulated key for {recipient} is not {expected} bytes")]
     EncapsulatedKey {

@@ -59,6 +59,7 @@ pub mod block;
 pub mod blockmap;
 mod clock;
 pub mod cosign;
+pub mod delivery;
 mod entry;
 mod envelope;
 mod error;

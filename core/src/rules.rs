@@ -11,6 +11,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use prost::Message as _;
 use sha2::Digest as _;
 
+use crate::delivery::DeliveryError;
 use crate::settle::{self, Settlement};
 use crate::{Address, EnvelopeError, Error, Result, decode_canonical, envelope_message};
 
@@ -174,6 +175,12 @@ impl ParsedEnvelope {
                     }
                 }
             }
+        }
+        if let Some(d) = &c.delivery {
+            if kind != MessageKind::SettlementInstruction {
+                return Err(EnvelopeError::Delivery(DeliveryError::NotAnInstruction).into());
+            }
+            crate::delivery::check_shape(d, &seen).map_err(EnvelopeError::Delivery)?;
         }
         let settlement = match (settle_expect(kind), &c.body) {
             (Some((expect, name)), Some(Body::Plaintext(p))) => {
@@ -389,6 +396,7 @@ mod tests {
 
     fn content(body: Body) -> EnvelopeContent {
         EnvelopeContent {
+            delivery: None,
             sender: "alice".into(),
             sender_key_index: 0,
             recipients: vec!["bob".into(), "carol".into()],

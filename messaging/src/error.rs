@@ -247,6 +247,7 @@ impl Error {
                     E::Ciphertexts => "CIPHERTEXTS_MISADDRESSED",
                     E::EncapsulatedKey { .. } => "INVALID_ENCAPSULATED_KEY",
                     E::Settlement { .. } => "INVALID_SETTLEMENT",
+                    E::Delivery(_) => "INVALID_DELIVERY",
                     _ => "INVALID_ENVELOPE",
                 }
             }

@@ -37,6 +37,7 @@ fn bank_a_to_bank_b(
 ) -> blockpost_proto::v1::Envelope {
     use blockpost_proto::v1::{EnvelopeContent, envelope_content::Body};
     let c = EnvelopeContent {
+        delivery: None,
         sender: "bank-a".into(),
         sender_key_index: 0,
         recipients: vec!["bank-b".into()],

@@ -761,6 +761,7 @@ async fn a_nats_restart_under_load_loses_nothing_and_repeats_nothing() {
 fn envelope(key: &ed25519_dalek::SigningKey, index: u64, body: &str) -> Vec<u8> {
     use blockpost_proto::v1::{EnvelopeContent, envelope_content::Body};
     let c = EnvelopeContent {
+        delivery: None,
         sender: "bank-a".into(),
         sender_key_index: index,
         recipients: vec!["bank-b".into()],

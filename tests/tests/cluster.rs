@@ -171,6 +171,7 @@ async fn generate(
     while !*stop.borrow() {
         n += 1;
         let c = EnvelopeContent {
+            delivery: None,
             sender: "alice".into(),
             sender_key_index: alice_index,
             recipients: vec!["bob".into()],

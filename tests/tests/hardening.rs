@@ -152,6 +152,7 @@ async fn alice_and_bob(sb: &Sandbox) -> (Identity, u64) {
 
 fn envelope(id: &Identity, sender_index: u64, to: &[&str], body: Body, ts: i64) -> Envelope {
     let c = EnvelopeContent {
+        delivery: None,
         transaction_deadline_ms: None,
         sender: "alice".into(),
         sender_key_index: sender_index,
@@ -204,6 +205,7 @@ async fn bad_envelopes_are_permanent_refusals_and_never_reach_nats() {
     }
     // Padded content (an unknown field inside the signed bytes).
     let mut content = EnvelopeContent {
+        delivery: None,
         transaction_deadline_ms: None,
         sender: "alice".into(),
         sender_key_index: ia,

@@ -44,6 +44,7 @@ fn envelope(
     ts: i64,
 ) -> Envelope {
     let c = EnvelopeContent {
+        delivery: None,
         transaction_deadline_ms: None,
         sender: from.into(),
         sender_key_index: index,

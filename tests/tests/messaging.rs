@@ -38,6 +38,7 @@ async fn party(sb: &Sandbox, address: &str, name: &str) -> Party {
 
 fn content(from: &Party, to: &[&str], body: &[u8]) -> EnvelopeContent {
     EnvelopeContent {
+        delivery: None,
         transaction_deadline_ms: None,
         sender: from.address.clone(),
         sender_key_index: from.index,

@@ -147,6 +147,7 @@ async fn an_injected_clock_and_the_gateway_settings_reach_every_rule() {
     assert_eq!(info.max_block_delay_ms, 2500);
     let gw_key = blockpost_core::ed25519_key(&info.receipt_key).unwrap();
     let content = |ts: i64, nonce: u64| EnvelopeContent {
+        delivery: None,
         transaction_deadline_ms: None,
         sender: "alice".into(),
         sender_key_index: 0,

@@ -61,6 +61,7 @@ async fn submit_raw(
     body: &str,
 ) -> Result<(), tonic::Status> {
     let c = EnvelopeContent {
+        delivery: None,
         transaction_deadline_ms: None,
         sender: from.into(),
         sender_key_index: *index,
@@ -387,6 +388,7 @@ async fn a_trade_with_wrong_parties_that_skips_the_gateway_is_in_no_block() {
     let sb = Sandbox::start().await.unwrap();
     let d = desk(&sb).await;
     let c = EnvelopeContent {
+        delivery: None,
         transaction_deadline_ms: None,
         sender: "exchange".into(),
         sender_key_index: d.exchange.1,

@@ -514,6 +514,7 @@ async fn fill(dir: &mut DirectoryClient<Channel>, n: usize) -> anyhow::Result<()
 fn envelope(body: usize) -> blockpost_proto::v1::Envelope {
     let id = Identity::generate();
     let c = EnvelopeContent {
+        delivery: None,
         transaction_deadline_ms: None,
         sender: "nobody-here".into(),
         sender_key_index: 0,
@@ -587,6 +588,7 @@ fn known_envelope(
     body: usize,
 ) -> blockpost_proto::v1::Envelope {
     let c = EnvelopeContent {
+        delivery: None,
         transaction_deadline_ms: None,
         sender: from.into(),
         sender_key_index: index,
@@ -820,6 +822,7 @@ async fn oversized(channel: &Channel, round: usize) -> anyhow::Result<String> {
     let make = |len: usize| -> anyhow::Result<blockpost_proto::v1::Envelope> {
         let sealed = blockpost_core::seal_body(&to, &vec![b'x'; len], &aad)?;
         let c = EnvelopeContent {
+            delivery: None,
             transaction_deadline_ms: None,
             sender: a.clone(),
             sender_key_index: *i,

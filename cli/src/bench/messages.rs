@@ -260,6 +260,7 @@ pub(crate) fn presign(
                                 ),
                             };
                             let c = EnvelopeContent {
+                                delivery: None,
                                 transaction_deadline_ms: None,
                                 sender: from.address.clone(),
                                 sender_key_index: from.index,

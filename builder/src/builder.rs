@@ -81,6 +81,9 @@ pub struct BuilderParts {
     /// checked by that gateway, and its signature is not checked again. `None`: every
     /// signature is checked.
     pub firehose_mac: Option<wire::FirehoseMac>,
+    /// The node's x25519 delivery key (`DATA/keys/delivery.key`): ledger transactions in
+    /// settlement instructions are sealed to it. `None`: the node delivers nothing.
+    pub delivery_key: Option<x25519_dalek::StaticSecret>,
 }
 
 /// A running builder. Cheap to clone.
@@ -93,6 +96,8 @@ struct Inner {
     config: BuilderConfig,
     store: BlockStore,
     key: SigningKey,
+    /// See [`BuilderParts::delivery_key`].
+    delivery_key: Option<x25519_dalek::StaticSecret>,
     signer: CheckpointSigner,
     /// The newest block's header.
     tip: Mutex<Option<VerifiedHeader>>,
@@ -205,6 +210,7 @@ impl Builder {
         config.validate().map_err(Error::Config)?;
         let key = parts.key;
         let mac = parts.firehose_mac;
+        let delivery_key = parts.delivery_key;
         let signer = CheckpointSigner::new(&format!("{}/ledger", parts.origin), key.clone())
             .map_err(|e| Error::Config(e.to_string()))?;
         let dir = parts.dir;
@@ -235,6 +241,7 @@ impl Builder {
             blocks: tokio::sync::watch::Sender::new(store.len()),
             store,
             key,
+            delivery_key,
             signer,
             tip: Mutex::new(None),
             limits,
@@ -353,6 +360,14 @@ impl Builder {
             .witnessed
             .get()
             .ok_or(crate::LedgerError::NoWitnessedCheckpoint)
+    }
+
+    /// The public half of the node's delivery key, if it delivers.
+    pub fn delivery_public_key(&self) -> Option<[u8; 32]> {
+        self.inner
+            .delivery_key
+            .as_ref()
+            .map(|k| x25519_dalek::PublicKey::from(k).to_bytes())
     }
 
     /// The builder's public key (block headers and ledger checkpoints).

@@ -192,7 +192,10 @@ impl ledger_server::Ledger for Builder {
         _: Request<GetLedgerInfoRequest>,
     ) -> Result<Response<LedgerInfo>, Status> {
         Ok(Response::new(LedgerInfo {
-            delivery_key: Vec::new(),
+            delivery_key: self
+                .delivery_public_key()
+                .map(|k| k.to_vec())
+                .unwrap_or_default(),
             origin: self.origin().to_owned(),
             verifier_key: self.ledger_verifier_key(),
             builder_key: self.public_key().to_bytes().to_vec(),

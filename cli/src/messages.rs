@@ -59,6 +59,12 @@ pub enum MessageCmd {
         /// likewise.
         #[arg(long, value_name = "FILE", conflicts_with = "text")]
         instruction: Option<PathBuf>,
+        /// With --instruction: a signed ledger transaction for the node to deliver once
+        /// every party has finished the transaction (never if it times out), as
+        /// `bitcoin:FILE` (FILE: the raw transaction in hex). Sealed to the recipients and
+        /// the node's delivery key; the record shows only the ledger and the txid.
+        #[arg(long, value_name = "LEDGER:FILE", requires = "instruction")]
+        deliver: Option<String>,
         /// Record only the SHA-256 of --file, not its contents.
         #[arg(long, requires = "file")]
         hash_only: bool,
@@ -124,6 +130,7 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
             file,
             trade,
             instruction,
+            deliver,
             hash_only,
             content_type,
             tx_deadline,
@@ -183,7 +190,8 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
                         .with_context(|| format!("--tx-deadline {s} is too far away"))
                 })
                 .transpose()?;
-            send(msg, kind, ct, body, encrypt, deadline).await
+            let delivery = deliver.map(|d| read_delivery(&d)).transpose()?;
+            send(msg, kind, ct, body, encrypt, deadline, delivery).await
         }
         MessageCmd::Finish { msg, encrypt, text } => {
             let body = text
@@ -195,6 +203,7 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
                 "text/plain".into(),
                 body,
                 encrypt,
+                None,
                 None,
             )
             .await
@@ -271,6 +280,22 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
     }
 }
 
+/// `bitcoin:FILE`: the raw transaction in FILE (hex), checked as a signed Bitcoin
+/// transaction.
+fn read_delivery(arg: &str) -> anyhow::Result<Vec<u8>> {
+    use blockpost_core::delivery::TargetLedger as _;
+    let Some(("bitcoin", path)) = arg.split_once(':') else {
+        bail!("--deliver {arg}: give LEDGER:FILE; the ledger this version delivers to is bitcoin");
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let raw = hex::decode(text.trim())
+        .with_context(|| format!("{path} is not a raw transaction in hex"))?;
+    blockpost_core::delivery::Bitcoin
+        .commitment(&raw)
+        .with_context(|| path.to_string())?;
+    Ok(raw)
+}
+
 async fn send(
     m: MsgArgs,
     kind: MessageKind,
@@ -278,6 +303,7 @@ async fn send(
     body: Vec<u8>,
     encrypt: bool,
     transaction_deadline_ms: Option<i64>,
+    delivery: Option<Vec<u8>>,
 ) -> anyhow::Result<()> {
     let from = address_for(&m.key, m.from, "--from")?;
     for r in &m.to {
@@ -287,6 +313,10 @@ async fn send(
     let mut messenger =
         Messenger::connect_with(&m.conn.endpoint, &config_dir(), &m.conn.options()).await?;
     let out = Outgoing {
+        delivery: delivery.map(|raw| blockpost_client::Delivery {
+            ledger: &blockpost_core::delivery::Bitcoin,
+            raw,
+        }),
         from: from.as_str(),
         to: &m.to,
         transaction_id: &m.tx,

@@ -40,5 +40,5 @@ pub use directory::{Client, EvidenceSigner, VerifiedEntry, config_dir};
 pub use error::{Error, PinnedKeyChanged, Result};
 pub use keyfile::{read_key_file, write_key_file};
 pub use ledger::{Ledger, LedgerBlock, LedgerMessage, LedgerTransaction};
-pub use messaging::{Messenger, Outgoing, PreparedBatch, Received};
+pub use messaging::{Delivery, Messenger, Outgoing, PreparedBatch, Received};
 pub use transport::{ConnectOptions, WITNESS_WAIT, tls_pin_of};

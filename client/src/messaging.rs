@@ -42,6 +42,18 @@ pub struct Outgoing<'a> {
     /// On a transaction's first message: time it out at this time (ms since the Unix
     /// epoch) if it is not finished, instead of after the ledger's default timeout.
     pub transaction_deadline_ms: Option<i64>,
+    /// Only with a settlement instruction: a signed ledger transaction for the node to
+    /// deliver once the transaction is finished, sealed to the recipients and the node.
+    pub delivery: Option<Delivery<'a>>,
+}
+
+/// A signed transaction for an external ledger, carried by a settlement instruction.
+pub struct Delivery<'a> {
+    /// The ledger, which reads the transaction and computes its commitment
+    /// (`blockpost_core::delivery::Bitcoin` with core's `bitcoin` feature).
+    pub ledger: &'a dyn blockpost_core::delivery::TargetLedger,
+    /// The raw signed transaction.
+    pub raw: Vec<u8>,
 }
 
 /// A message read from an inbox or the firehose, after every check.
@@ -138,6 +150,56 @@ impl Messenger {
         Ok((env, body))
     }
 
+    /// The node's delivery key (its `LedgerInfo`, over this connection).
+    pub async fn delivery_key(&mut self) -> Result<[u8; 32]> {
+        let info = blockpost_proto::v1::ledger_client::LedgerClient::new(self.directory.channel())
+            .get_ledger_info(blockpost_proto::v1::GetLedgerInfoRequest {})
+            .await?
+            .into_inner();
+        info.delivery_key.as_slice().try_into().map_err(|_| {
+            Error::Refused(
+                "this node delivers no ledger transactions (it has no delivery key)".into(),
+            )
+        })
+    }
+
+    async fn seal_delivery(
+        &mut self,
+        d: &Delivery<'_>,
+        out: &Outgoing<'_>,
+    ) -> Result<blockpost_proto::v1::LedgerDelivery> {
+        if out.kind != MessageKind::SettlementInstruction {
+            return Err(Error::Refused(
+                "only a settlement instruction carries a ledger transaction".into(),
+            ));
+        }
+        let node = self.delivery_key().await?;
+        let mut to = Vec::with_capacity(out.to.len());
+        for r in out.to {
+            let e = self.directory.current(r).await?;
+            if e.binding.revoked() {
+                return Err(Error::Refused(format!("recipient {r} is revoked")));
+            }
+            to.push((r.as_str(), e.leaf_index, e.binding.encryption_key));
+        }
+        let seal: Vec<SealTo<'_>> = to
+            .iter()
+            .map(|(a, i, k)| SealTo {
+                address: a,
+                key_index: *i,
+                key: *k,
+            })
+            .collect();
+        Ok(blockpost_core::delivery::seal_delivery(
+            d.ledger,
+            &d.raw,
+            &seal,
+            node,
+            out.from,
+            out.transaction_id,
+        )?)
+    }
+
     /// [`Messenger::send`], also returning the signed receipt (to keep, or to hand to an
     /// auditor).
     pub async fn send_receipted(
@@ -176,6 +238,10 @@ impl Messenger {
                 },
             )?;
         }
+        let delivery = match &out.delivery {
+            Some(d) => Some(self.seal_delivery(d, &out).await?),
+            None => None,
+        };
         let body = if out.encrypt {
             let mut to = Vec::with_capacity(out.to.len());
             for r in out.to {
@@ -202,7 +268,7 @@ impl Messenger {
             Body::Plaintext(out.body)
         };
         let content = EnvelopeContent {
-            delivery: None,
+            delivery,
             transaction_deadline_ms: out.transaction_deadline_ms,
             sender: out.from.into(),
             sender_key_index: me.leaf_index,

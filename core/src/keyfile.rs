@@ -148,6 +148,53 @@ impl Identity {
     }
 }
 
+/// An x25519 private key as unencrypted PKCS#8 PEM (RFC 8410: `PRIVATE KEY`, the key an
+/// OCTET STRING): a node's delivery key on its own disk, which `openssl pkey` reads.
+pub fn x25519_to_pem(secret: &StaticSecret) -> Result<Zeroizing<String>> {
+    let mut inner = Zeroizing::new(vec![0x04, 0x20]);
+    inner.extend_from_slice(secret.as_bytes());
+    let info = PrivateKeyInfo::new(
+        pkcs8::AlgorithmIdentifierRef {
+            oid: X25519_OID,
+            parameters: None,
+        },
+        &inner,
+    );
+    let doc = pkcs8::SecretDocument::try_from(info)
+        .map_err(|e| Error::from(KeyFileError::Encrypt { why: e.to_string() }))?;
+    doc.to_pem("PRIVATE KEY", LineEnding::LF)
+        .map_err(|e| Error::from(KeyFileError::Encrypt { why: e.to_string() }))
+}
+
+/// Reads a key written by [`x25519_to_pem`] (or `openssl genpkey -algorithm X25519`).
+pub fn x25519_from_pem(text: &str) -> Result<StaticSecret> {
+    let (label, der) =
+        pkcs8::der::pem::decode_vec(text.trim().as_bytes()).map_err(|e| KeyFileError::Format {
+            why: format!("bad pem: {e}"),
+        })?;
+    let der = Zeroizing::new(der);
+    if label != "PRIVATE KEY" {
+        return Err(KeyFileError::Format {
+            why: format!("unexpected pem block {label:?}, want PRIVATE KEY"),
+        }
+        .into());
+    }
+    let bad = || {
+        Error::from(KeyFileError::Key {
+            which: "the delivery key",
+            kind: "x25519",
+        })
+    };
+    let info = PrivateKeyInfo::try_from(der.as_slice()).map_err(|_| bad())?;
+    let raw = info.private_key;
+    if info.algorithm.oid != X25519_OID || raw.len() != 34 || raw[0] != 0x04 || raw[1] != 0x20 {
+        return Err(bad());
+    }
+    let mut arr = Zeroizing::new([0u8; 32]);
+    arr.copy_from_slice(&raw[2..]);
+    Ok(StaticSecret::from(*arr))
+}
+
 fn pem_blocks(text: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut cur: Option<String> = None;
@@ -171,6 +218,19 @@ fn pem_blocks(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn x25519_pem_roundtrip() {
+        let k = StaticSecret::random_from_rng(OsRng);
+        let pem = x25519_to_pem(&k).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert_eq!(x25519_from_pem(&pem).unwrap().as_bytes(), k.as_bytes());
+        let ed = Identity::generate()
+            .signing
+            .to_pkcs8_pem(LineEnding::LF)
+            .unwrap();
+        assert!(x25519_from_pem(&ed).is_err());
+    }
 
     #[test]
     fn roundtrip_and_wrong_passphrase() {

@@ -91,7 +91,7 @@ pub use error::{CheckpointError, EnvelopeError, Error, EvidenceError, KeyFileErr
 pub use evidence::{
     CheckedEvidence, MAX_CERT_LEN, MAX_CHAIN_LEN, TrustAnchors, leaf_spki, verify_with_spki,
 };
-pub use keyfile::Identity;
+pub use keyfile::{Identity, x25519_from_pem, x25519_to_pem};
 pub use log::{
     CheckpointSigner, ReplayTree, VerifiedCheckpoint, leaf_hash, parse_hashes, verify_checkpoint,
 };

@@ -214,6 +214,7 @@ impl Node {
                         dir: data.ledger(),
                         origin: ns.origin().to_owned(),
                         firehose_mac: Some(g.firehose_mac()),
+                        delivery_key: Some(load_or_create_x25519(&data.delivery_key())?),
                     },
                     ns.clone(),
                     config.messaging.limits(),
@@ -588,5 +589,26 @@ async fn report_builder_health(
         if health.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Loads the node's x25519 delivery key at `path` (PKCS#8 PEM, RFC 8410), creating it
+/// (mode 0600) on first start. Ledger transactions in settlement instructions are sealed
+/// to its public key; every builder that may deliver needs the same file.
+fn load_or_create_x25519(path: &std::path::Path) -> Result<x25519_dalek::StaticSecret> {
+    let err = |why: String| Error::Config(format!("{}: {why}", path.display()));
+    match std::fs::read_to_string(path) {
+        Ok(pem) => blockpost_core::x25519_from_pem(&pem).map_err(|e| err(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            }
+            let key = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+            let pem = blockpost_core::x25519_to_pem(&key).map_err(|e| err(e.to_string()))?;
+            blockpost_storage::write_private_file(path, pem.as_bytes())
+                .map_err(|e| err(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
     }
 }

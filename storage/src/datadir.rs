@@ -91,6 +91,11 @@ impl DataDir {
         self.keys().join("builder.key")
     }
 
+    /// `keys/delivery.key`: the x25519 key ledger transactions are sealed to.
+    pub fn delivery_key(&self) -> PathBuf {
+        self.keys().join("delivery.key")
+    }
+
     /// `log/`: the directory's tree log.
     pub fn log(&self) -> PathBuf {
         self.root.join("log")

@@ -44,6 +44,7 @@ async fn traffic(sb: &Sandbox, n: usize) {
         m.send(
             &a,
             Outgoing {
+                delivery: None,
                 from: &format!("a-{tag}"),
                 to: &to,
                 transaction_id: "anchored",

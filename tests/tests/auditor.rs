@@ -16,6 +16,7 @@ use prost::Message as _;
 
 fn outgoing<'a>(from: &'a str, to: &'a [String], kind: MessageKind, tx: &'a str) -> Outgoing<'a> {
     Outgoing {
+        delivery: None,
         from,
         to,
         transaction_id: tx,
@@ -919,6 +920,7 @@ async fn a_participants_key_opens_the_bodies_sealed_for_it_and_only_those() {
         .await
         .unwrap();
     let sealed = |to: &'static [&'static str], body: &str| Outgoing {
+        delivery: None,
         from: "bank-a",
         to: Box::leak(
             to.iter()

@@ -72,6 +72,7 @@ async fn send_with_deadlines(
             .send(
                 id,
                 Outgoing {
+                    delivery: None,
                     from: "bank-a",
                     to: &to,
                     transaction_id: tx,
@@ -461,6 +462,7 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
                     i += 1;
                     let tx = format!("kill-{round}-{}-{i}", t / 2);
                     let out = Outgoing {
+                        delivery: None,
                         from,
                         to: &to,
                         transaction_id: &tx,
@@ -650,6 +652,7 @@ async fn a_nats_restart_under_load_loses_nothing_and_repeats_nothing() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
                 let out = Outgoing {
+                    delivery: None,
                     from: "bank-a",
                     to: &to,
                     transaction_id: "settle-nats",

@@ -595,6 +595,7 @@ async fn two_builders_ignoring_the_lease_never_publish_two_blocks_at_one_height(
     let second = Builder::start(
         sb.config().builder.clone(),
         BuilderParts {
+            delivery_key: None,
             key,
             dir: tmp.path().join("ledger"),
             origin: sb.directory.info().origin,
@@ -630,6 +631,7 @@ async fn two_builders_ignoring_the_lease_never_publish_two_blocks_at_one_height(
     for i in 0..40 {
         let tx = format!("fence-{i}");
         let out = Outgoing {
+            delivery: None,
             from: "bank-a",
             to: &to,
             transaction_id: &tx,

@@ -90,6 +90,7 @@ async fn settlement_dialogue_end_to_end() {
     let to_a = vec!["bank-a".to_string()];
     let say =
         |from: &'static str, to: &'static [String], text: &'static str, kind, encrypt| Outgoing {
+            delivery: None,
             from,
             to,
             transaction_id: "settle-1",
@@ -955,6 +956,7 @@ async fn a_send_while_the_bus_is_away_goes_through_once_it_is_back() {
         .unwrap();
     let to = vec!["bob".to_owned()];
     let out = |body: &str| Outgoing {
+        delivery: None,
         from: "alice",
         to: &to,
         transaction_id: "resend-1",

@@ -19,6 +19,7 @@ const PARTITIONS: u32 = 4;
 
 fn outgoing<'a>(from: &'a str, to: &'a [String], tx: &'a str) -> Outgoing<'a> {
     Outgoing {
+        delivery: None,
         from,
         to,
         transaction_id: tx,

@@ -754,6 +754,7 @@ async fn send_text(
     text: &str,
 ) -> Result<(), blockpost_client::Error> {
     let out = blockpost_client::Outgoing {
+        delivery: None,
         from: "alice",
         to,
         transaction_id: "heal",

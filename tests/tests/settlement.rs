@@ -86,6 +86,7 @@ fn outgoing<'a>(
     encrypt: bool,
 ) -> Outgoing<'a> {
     Outgoing {
+        delivery: None,
         from,
         to,
         transaction_id: "dvp-1",
@@ -451,4 +452,152 @@ async fn a_trade_with_wrong_parties_that_skips_the_gateway_is_in_no_block() {
     .await
     .unwrap();
     assert!(au.alerts().is_empty(), "{:?}", au.alerts());
+}
+
+/// A raw signed Bitcoin transaction (one input with a script signature, one output).
+fn bitcoin_tx(tag: u8) -> Vec<u8> {
+    use bitcoin::{
+        Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
+        absolute::LockTime, transaction::Version,
+    };
+    let tx = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig: ScriptBuf::from_bytes(vec![0x51, tag]),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(75_700),
+            script_pubkey: ScriptBuf::new_op_return([tag; 20]),
+        }],
+    };
+    bitcoin::consensus::serialize(&tx)
+}
+
+/// The seller's signed Bitcoin transaction rides on its instruction, sealed: the firehose,
+/// the block and the auditor's index show the ledger and the txid only; the buyer and the
+/// node's delivery key open it, nobody else; it is refused on anything but an instruction.
+#[tokio::test]
+async fn a_ledger_transaction_rides_sealed_on_an_instruction() {
+    use blockpost_core::delivery::{self, Bitcoin, DELIVERY_RECIPIENT, TargetLedger as _};
+    let sb = Sandbox::start().await.unwrap();
+    let d = desk(&sb).await;
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let node_key = m.delivery_key().await.unwrap();
+    let raw = bitcoin_tx(9);
+    let txid = Bitcoin.commitment(&raw).unwrap();
+    let to_b = vec!["bank-b".to_owned()];
+    let mut out = outgoing(
+        "bank-a",
+        &to_b,
+        MessageKind::SettlementInstruction,
+        DELIVER,
+        false,
+    );
+    out.delivery = Some(blockpost_client::Delivery {
+        ledger: &Bitcoin,
+        raw: raw.clone(),
+    });
+    let (env, receipt) = m.send(&d.a.0, out).await.unwrap();
+    let c: EnvelopeContent = blockpost_core::decode_canonical(&env.content, "content").unwrap();
+    let carried = c.delivery.clone().unwrap();
+    assert_eq!(carried.ledger, "bitcoin");
+    assert_eq!(carried.commitment, txid.to_vec());
+    // The record holds no byte string of the transaction: not the firehose message...
+    let contains = |hay: &[u8]| hay.windows(raw.len()).any(|w| w == raw.as_slice());
+    let ns = sb.directory.namespace();
+    let js = async_nats::jetstream::new(sb.nats.connect().await.unwrap());
+    let stored = js
+        .get_stream(ns.firehose_stream())
+        .await
+        .unwrap()
+        .get_raw_message(receipt.firehose_sequence)
+        .await
+        .unwrap();
+    assert_eq!(
+        blockpost_core::message_id_of_encoded(&stored.payload),
+        blockpost_core::message_id(&env)
+    );
+    assert!(!contains(&stored.payload));
+    // ... nor the block that holds it.
+    let c2 = sb.client().await.unwrap();
+    let mut l = blockpost_client::Ledger::connect(&c2, &sb.client_dir)
+        .await
+        .unwrap();
+    let id = blockpost_core::message_id(&env);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let placed = loop {
+        match l.message(id).await {
+            Ok(p) => break p,
+            Err(_) => {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "not in a block after 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let block = l.block(Some(placed.header.header.height)).await.unwrap();
+    assert!(
+        block
+            .block
+            .leaves
+            .iter()
+            .any(|leaf| leaf.as_slice() == env.encode_to_vec())
+    );
+    assert!(!block.block.leaves.iter().any(|leaf| contains(leaf)));
+    // The buyer opens it, and so does the node's delivery key; a stranger's key does not
+    // (it was sealed to the recipients and the node).
+    let opened =
+        delivery::open_delivery(&carried, "bank-b", &d.b.0.encryption, "bank-a", "dvp-1").unwrap();
+    assert_eq!(opened, raw);
+    let node_secret = blockpost_core::x25519_from_pem(
+        &std::fs::read_to_string(sb.data_dir.join("keys/delivery.key")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        x25519_dalek::PublicKey::from(&node_secret).to_bytes(),
+        node_key
+    );
+    assert_eq!(
+        delivery::open_delivery(
+            &carried,
+            DELIVERY_RECIPIENT,
+            &node_secret,
+            "bank-a",
+            "dvp-1"
+        )
+        .unwrap(),
+        raw
+    );
+    let stranger = Identity::generate();
+    assert!(
+        delivery::open_delivery(&carried, "bank-b", &stranger.encryption, "bank-a", "dvp-1")
+            .is_err()
+    );
+    // A delivery on a trade is refused by the gateway, named.
+    let mut content = c.clone();
+    content.kind = MessageKind::Trade as i32;
+    content.body = Some(Body::Plaintext(TRADE.as_bytes().to_vec()));
+    content.recipients = vec!["bank-a".into(), "bank-b".into()];
+    content.sender = "exchange".into();
+    content.sender_key_index = d.exchange.1;
+    content.nonce = 5;
+    let env = sign_envelope(&d.exchange.0.signing, content.encode_to_vec());
+    let st = MessagingClient::new(sb.channel().await.unwrap())
+        .submit(env)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&st), "INVALID_DELIVERY", "{}", st.message());
+    assert!(
+        st.message().contains("only a settlement instruction"),
+        "{}",
+        st.message()
+    );
 }

@@ -29,6 +29,7 @@ async fn send(
     m.send(
         id,
         Outgoing {
+            delivery: None,
             from,
             to: &to,
             transaction_id: tx,

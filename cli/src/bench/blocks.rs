@@ -125,6 +125,7 @@ pub async fn run(args: BenchBlocksArgs) -> anyhow::Result<()> {
         dir: ledger_dir.clone(),
         origin: directory.info().origin,
         firehose_mac: Some(gateway.firehose_mac()),
+        delivery_key: None,
     };
     let start = |key: &ed25519_dalek::SigningKey| {
         Builder::start(

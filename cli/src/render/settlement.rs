@@ -23,6 +23,8 @@ pub struct Named {
 /// One trade or instruction of the transaction.
 struct Item<'a> {
     sender: &'a str,
+    /// A ledger transaction it carries for delivery: the ledger and its id.
+    delivery: Option<(String, String)>,
     message_id: [u8; 32],
     /// Read and checked, or why not (sealed, or invalid).
     read: Result<Settlement, String>,
@@ -43,6 +45,12 @@ fn items<'a>(
             None => Err("no body".into()),
         };
         let item = Item {
+            delivery: c.delivery.as_ref().map(|d| {
+                (
+                    d.ledger.clone(),
+                    blockpost_core::delivery::show_commitment(&d.ledger, &d.commitment),
+                )
+            }),
             sender: &c.sender,
             message_id: m.message_id,
             read,
@@ -95,6 +103,9 @@ pub fn summary_json(
         };
         v["sender"] = json!(i.sender);
         v["message_id"] = json!(hex::encode(i.message_id));
+        if let Some((ledger, id)) = &i.delivery {
+            v["delivery"] = json!({ "ledger": ledger, "transaction": id, "sealed": true });
+        }
         if let (Some(t), Ok(s)) = (trade, &i.read) {
             v["differs_from_trade"] = json!(settle::differences(t, s));
         }
@@ -213,6 +224,11 @@ pub fn summary(
                 );
             }
             Err(why) => say!("    instruction  {}: {why}", who(i.sender)),
+        }
+        if let Some((ledger, id)) = &i.delivery {
+            say!(
+                "                 carries a {ledger} transaction {id} (sealed), delivered on finish"
+            );
         }
     }
 }

@@ -651,6 +651,39 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     );
     refused(&run(&["revoke", "--key", &key_s], &env), "");
 
+    // The delivery-versus-payment example: a FIX trade, both sides' ISO 20022
+    // instructions (the seller's with its sealed Bitcoin transaction), finish, and the
+    // settlement summary.
+    let ex = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dvp.sh"))
+        .env("BLOCKPOST_BIN", blockpost_bin().unwrap())
+        .env("BLOCKPOST_ENDPOINT", &endpoint)
+        .env("BLOCKPOST_CONFIG_DIR", &state_s)
+        .env("WORK", tmp.path().join("dvp"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ex.stdout);
+    let err = String::from_utf8_lossy(&ex.stderr);
+    assert!(ex.status.success(), "dvp.sh: {out}\n{err}");
+    for want in [
+        "trade        FIX 4.4 ExecutionReport EXEC-20261204-0001 from Example Exchange Inc <exchange-",
+        "instrument   ISIN US0378331005 on XNYS",
+        "amount       75700 USD",
+        "deliver against payment, 400 US0378331005 from account BANKA-SAFE-001, 75700 USD, \
+         settles 2026-12-07; agrees with the trade",
+        "carries a bitcoin transaction \
+         cc727831f601630baa1fcd61d7a92dcb4a101c5a937d389d8f131d8da017beb2",
+        "Bank B Ltd <bank-b-",
+        ": finished\n",
+    ] {
+        assert!(out.contains(want), "dvp.sh lacks {want:?}: {out}");
+    }
+    // The trade that leaves bank-b out was refused, naming the field.
+    assert!(
+        out.contains("453[2].448 (PartyID) names the contra firm by LEI 5493000BANKB0LTD0083"),
+        "{out}"
+    );
+
     // A client that pinned this log refuses a node that presents another log key.
     node.kill().unwrap();
     node.wait().unwrap();

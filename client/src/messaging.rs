@@ -150,6 +150,23 @@ impl Messenger {
         Ok((env, body))
     }
 
+    /// Each recipient's current encryption key and its entry index, from verified
+    /// look-ups; a revoked recipient is refused.
+    async fn recipient_keys<'a>(
+        &mut self,
+        to: &'a [String],
+    ) -> Result<Vec<(&'a str, u64, [u8; 32])>> {
+        let mut keys = Vec::with_capacity(to.len());
+        for r in to {
+            let e = self.directory.current(r).await?;
+            if e.binding.revoked() {
+                return Err(Error::Refused(format!("recipient {r} is revoked")));
+            }
+            keys.push((r.as_str(), e.leaf_index, e.binding.encryption_key));
+        }
+        Ok(keys)
+    }
+
     /// The node's delivery key (its `LedgerInfo`, over this connection).
     pub async fn delivery_key(&mut self) -> Result<[u8; 32]> {
         let info = blockpost_proto::v1::ledger_client::LedgerClient::new(self.directory.channel())
@@ -174,22 +191,8 @@ impl Messenger {
             ));
         }
         let node = self.delivery_key().await?;
-        let mut to = Vec::with_capacity(out.to.len());
-        for r in out.to {
-            let e = self.directory.current(r).await?;
-            if e.binding.revoked() {
-                return Err(Error::Refused(format!("recipient {r} is revoked")));
-            }
-            to.push((r.as_str(), e.leaf_index, e.binding.encryption_key));
-        }
-        let seal: Vec<SealTo<'_>> = to
-            .iter()
-            .map(|(a, i, k)| SealTo {
-                address: a,
-                key_index: *i,
-                key: *k,
-            })
-            .collect();
+        let to = self.recipient_keys(out.to).await?;
+        let seal = seal_to(&to);
         Ok(blockpost_core::delivery::seal_delivery(
             d.ledger,
             &d.raw,
@@ -243,22 +246,8 @@ impl Messenger {
             None => None,
         };
         let body = if out.encrypt {
-            let mut to = Vec::with_capacity(out.to.len());
-            for r in out.to {
-                let e = self.directory.current(r).await?;
-                if e.binding.revoked() {
-                    return Err(Error::Refused(format!("recipient {r} is revoked")));
-                }
-                to.push((r.as_str(), e.leaf_index, e.binding.encryption_key));
-            }
-            let seal: Vec<SealTo<'_>> = to
-                .iter()
-                .map(|(a, i, k)| SealTo {
-                    address: a,
-                    key_index: *i,
-                    key: *k,
-                })
-                .collect();
+            let to = self.recipient_keys(out.to).await?;
+            let seal = seal_to(&to);
             Body::Encrypted(seal_body(
                 &seal,
                 &out.body,
@@ -656,4 +645,15 @@ impl PreparedBatch {
         }
         verdicts
     }
+}
+
+/// What [`Messenger::recipient_keys`] found, as HPKE recipients.
+fn seal_to<'a>(keys: &'a [(&'a str, u64, [u8; 32])]) -> Vec<SealTo<'a>> {
+    keys.iter()
+        .map(|(a, i, k)| SealTo {
+            address: a,
+            key_index: *i,
+            key: *k,
+        })
+        .collect()
 }

@@ -149,10 +149,24 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts three servers of `bin` and waits until JetStream has a meta leader.
     pub async fn start(bin: &Path) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let (d, b) = (dir.path().to_owned(), bin.to_owned());
-        let servers =
-            tokio::task::spawn_blocking(move || blockpost_node::start_cluster(&d, 3, &b)).await??;
+        // Ports are picked free, then bound by the servers a moment later: a test running
+        // beside this one may take one in between. Such a start is tried again on new
+        // ports, in a new directory (the servers started so far end when dropped).
+        let mut attempt = 0;
+        let (dir, servers) = loop {
+            attempt += 1;
+            let dir = tempfile::tempdir()?;
+            let (d, b) = (dir.path().to_owned(), bin.to_owned());
+            match tokio::task::spawn_blocking(move || blockpost_node::start_cluster(&d, 3, &b))
+                .await?
+            {
+                Ok(servers) => break (dir, servers),
+                Err(e) if attempt < 3 && e.to_string().contains("address already in use") => {
+                    eprintln!("a cluster port was taken meanwhile ({e}); starting again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let NatsAuth::UserPassword { user, password } = servers[0].node_auth() else {
             bail!("the managed server has user and password credentials");
         };

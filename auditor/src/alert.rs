@@ -61,6 +61,11 @@ pub enum AlertKind {
     /// names. Raised once per stall episode (its subject names that last sequence), next
     /// to the omission of each message.
     BuilderStalled,
+    /// A delivery record that breaks the delivery rules (`core::delivery::DeliveryRules`):
+    /// a delivery for a transaction not finished, for another transaction than the
+    /// instruction committed to, a second delivery, a stage out of order, or a
+    /// confirmation whose proof does not verify against the header given.
+    DeliveryWrong,
 }
 
 impl AlertKind {
@@ -85,6 +90,7 @@ impl AlertKind {
             Self::LedgerFork => "ledger_fork",
             Self::LedgerInconsistent => "ledger_inconsistent",
             Self::BuilderStalled => "builder_stalled",
+            Self::DeliveryWrong => "delivery_wrong",
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct Chain {
     /// The ledger: the tree of block ids, and its signed checkpoints.
     ledger: ReplayTree,
     checkpoints: SignedRoots,
+    /// The delivery rules, fed every block in order.
+    deliveries: blockpost_core::delivery::DeliveryRules,
 }
 
 fn short(id: &[u8]) -> String {
@@ -73,6 +75,7 @@ impl Chain {
             book: Book::new(timeout_ms, []),
             closed: HashSet::new(),
             placed: HashMap::new(),
+            deliveries: Default::default(),
         }
     }
 
@@ -277,7 +280,7 @@ impl Chain {
                 Entry::Closing(t, _) => {
                     self.closed.insert(t.id.clone());
                 }
-                Entry::Other => {}
+                Entry::Anchor | Entry::Delivery | Entry::Other => {}
             }
         }
         let ranges = v
@@ -290,6 +293,43 @@ impl Chain {
         let mut directory_root = [0; 32];
         if let Ok(r) = <[u8; 32]>::try_from(v.header.header.directory_root.as_slice()) {
             directory_root = r;
+        }
+        // The delivery rules, leaf by leaf in ledger order (a delivery record refers to
+        // instructions and closings of earlier blocks).
+        for kind in &v.kinds {
+            use blockpost_core::block::Leaf;
+            use blockpost_proto::v1::ledger_record::Record;
+            match kind {
+                Leaf::Message(env) => {
+                    if let Ok(c) =
+                        blockpost_proto::v1::EnvelopeContent::decode(env.content.as_slice())
+                    {
+                        self.deliveries.message(blockpost_core::message_id(env), &c);
+                    }
+                }
+                Leaf::Record(r) => match &r.record {
+                    Some(Record::Closing(c)) => self.deliveries.closed(c),
+                    Some(Record::Delivery(d)) => {
+                        if let Err(f) = self.deliveries.record(d) {
+                            alerts.push(Alert::new(
+                                AlertKind::DeliveryWrong,
+                                format!(
+                                    "delivery {} {}",
+                                    hex::encode(&d.message_id),
+                                    blockpost_core::delivery::stage_name(d.stage)
+                                ),
+                                now_ms,
+                                format!("block {h}: {f}"),
+                                serde_json::json!({
+                                    "height": h,
+                                    "record": hex::encode(r.encode_to_vec()),
+                                }),
+                            ));
+                        }
+                    }
+                    _ => {}
+                },
+            }
         }
         let mut contents = Vec::new();
         for (i, (leaf, kind)) in v.leaves.iter().zip(&v.kinds).enumerate() {

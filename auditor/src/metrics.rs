@@ -16,7 +16,7 @@ const MAX_REQUEST: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Every alert kind, for counters that start at zero.
-const KINDS: [AlertKind; 18] = [
+const KINDS: [AlertKind; 19] = [
     AlertKind::BlockInvalid,
     AlertKind::ChainBroken,
     AlertKind::Fork,
@@ -35,6 +35,7 @@ const KINDS: [AlertKind; 18] = [
     AlertKind::LedgerFork,
     AlertKind::LedgerInconsistent,
     AlertKind::BuilderStalled,
+    AlertKind::DeliveryWrong,
 ];
 
 /// The metrics, in the text exposition format.

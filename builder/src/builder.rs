@@ -130,6 +130,8 @@ struct Inner {
     witnessed: blockpost_storage::Witnessed,
     /// Fault injection for the auditor's tests ([`Builder::misbehave_by_omitting`]).
     omit: Mutex<Vec<String>>,
+    /// Fault injection for the auditor's tests ([`Builder::misbehave_by_recording`]).
+    pub(crate) inject: Mutex<Vec<Vec<u8>>>,
     /// Fault injection for liveness tests ([`Builder::misbehave_by_failing`]).
     fail_cuts: std::sync::atomic::AtomicBool,
     /// Fault injection for fencing tests ([`Builder::misbehave_by_ignoring_the_lease`]).
@@ -259,6 +261,7 @@ impl Builder {
             firehose,
             witnessed: Default::default(),
             omit: Mutex::new(Vec::new()),
+            inject: Mutex::new(Vec::new()),
             fail_cuts: Default::default(),
             ignore_lease: Default::default(),
             handled_seqs: Mutex::new(vec![0; partitions as usize]),
@@ -335,6 +338,18 @@ impl Builder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(transaction_id.to_owned());
+    }
+
+    /// Fault injection, for tests of auditors only: the next block the builder cuts
+    /// carries `record` among its records, signed with the builder's key, whatever it
+    /// says. Nothing in the node calls this.
+    #[doc(hidden)]
+    pub fn misbehave_by_recording(&self, record: &blockpost_proto::v1::LedgerRecord) {
+        self.inner
+            .inject
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(record.encode_to_vec());
     }
 
     /// Fault injection, for tests of liveness only: while `on`, every cut fails before it

@@ -351,7 +351,7 @@ impl Index {
                     s.closing_height = Some(height);
                     s.closing_leaf_index = leaf;
                 }
-                Entry::Other => {}
+                Entry::Anchor | Entry::Delivery | Entry::Other => {}
             }
         }
         for (tx, mut s) in touched {
@@ -370,7 +370,10 @@ impl Index {
             height.to_be_bytes().to_vec(),
             header.to_vec(),
         );
-        let anchors = entries.iter().filter(|e| matches!(e, Entry::Other)).count() as u64;
+        let anchors = entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Anchor))
+            .count() as u64;
         if anchors > 0 {
             let before = self.anchors_recorded()?;
             w.insert(

@@ -452,7 +452,11 @@ pub enum Entry {
     Message(TxMessage, Step),
     /// A closing record: the transaction as it was when closed, and the record.
     Closing(OpenTransaction, TransactionClosing),
-    /// Another record (an anchor).
+    /// An anchor record.
+    Anchor,
+    /// A delivery record.
+    Delivery,
+    /// Another record.
     Other,
 }
 
@@ -505,8 +509,13 @@ pub fn lay_out_block_within(
     for r in records {
         used = used.saturating_add(framed_len(r.len()));
         filled = filled.saturating_add(r.len());
+        let entry = match LedgerRecord::decode(r.as_slice()).map(|l| l.record) {
+            Ok(Some(ledger_record::Record::Anchor(_))) => Entry::Anchor,
+            Ok(Some(ledger_record::Record::Delivery(_))) => Entry::Delivery,
+            _ => Entry::Other,
+        };
         out.leaves.push(r);
-        out.entries.push(Entry::Other);
+        out.entries.push(entry);
     }
     let mut closed_here = std::collections::HashSet::new();
     let mut i = 0;

@@ -601,3 +601,145 @@ async fn a_ledger_transaction_rides_sealed_on_an_instruction() {
         st.message()
     );
 }
+
+/// A builder that signs delivery records the rules do not allow (a fault switch): the
+/// auditor raises `delivery_wrong` for a delivery of an unfinished transaction and for one
+/// whose transaction is not the one the instruction committed to, and takes a right one.
+#[tokio::test]
+async fn the_auditor_alerts_on_deliveries_the_rules_do_not_allow() {
+    use blockpost_auditor::AlertKind;
+    use blockpost_core::delivery::{Bitcoin, TargetLedger as _};
+    use blockpost_proto::v1::{DeliveryRecord, DeliveryStage, LedgerRecord, ledger_record};
+    let sb = Sandbox::start_with(|c| c.builder.max_block_delay_ms = 50)
+        .await
+        .unwrap();
+    let d = desk(&sb).await;
+    let sb = sb.with_auditor(|_| {}).await.unwrap();
+    let au = sb.auditor.as_ref().unwrap().auditor.clone();
+    let builder = sb.node.builder().unwrap();
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let raw = bitcoin_tx(3);
+    let txid = Bitcoin.commitment(&raw).unwrap();
+    let to_b = vec!["bank-b".to_owned()];
+    let to_a = vec!["bank-a".to_owned()];
+    let mut out = outgoing(
+        "bank-a",
+        &to_b,
+        MessageKind::SettlementInstruction,
+        DELIVER,
+        false,
+    );
+    out.delivery = Some(blockpost_client::Delivery {
+        ledger: &Bitcoin,
+        raw,
+    });
+    let (env, _) = m.send(&d.a.0, out).await.unwrap();
+    let id = blockpost_core::message_id(&env);
+    let record = |stage: DeliveryStage, commitment: &[u8]| LedgerRecord {
+        record: Some(ledger_record::Record::Delivery(DeliveryRecord {
+            transaction_id: "dvp-1".into(),
+            message_id: id.to_vec(),
+            ledger: "bitcoin".into(),
+            commitment: commitment.to_vec(),
+            stage: stage as i32,
+            ..Default::default()
+        })),
+    };
+    let text = |s: &str| {
+        let mut o = outgoing("bank-b", &to_a, MessageKind::Message, s, false);
+        o.transaction_id = "other";
+        o.content_type = "text/plain";
+        o
+    };
+    let delivery_alerts = |n: usize| {
+        let au = au.clone();
+        async move {
+            wait_for(Duration::from_secs(30), "delivery alerts", || {
+                let found: Vec<_> = au
+                    .alerts()
+                    .into_iter()
+                    .filter(|a| a.kind == AlertKind::DeliveryWrong)
+                    .collect();
+                async move { (found.len() >= n).then_some(found) }
+            })
+            .await
+            .unwrap()
+        }
+    };
+    // Delivered while the transaction is open (the instruction in a block first).
+    let mut l = blockpost_client::Ledger::connect(&sb.client().await.unwrap(), &sb.client_dir)
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while l.message(id).await.is_err() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the instruction is in no block"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    builder.misbehave_by_recording(&record(DeliveryStage::Delivered, &txid));
+    m.send(&d.b.0, text("a block, please")).await.unwrap();
+    let found = delivery_alerts(1).await;
+    assert!(
+        found[0].detail.contains("which is not finished"),
+        "{}",
+        found[0].detail
+    );
+    // Both parties finish; then an intent for another Bitcoin transaction.
+    for (who, from, to) in [(&d.a.0, "bank-a", &to_b), (&d.b.0, "bank-b", &to_a)] {
+        let mut f = outgoing(from, to, MessageKind::Finish, "done", false);
+        f.content_type = "text/plain";
+        m.send(who, f).await.unwrap();
+    }
+    let mut l = blockpost_client::Ledger::connect(&sb.client().await.unwrap(), &sb.client_dir)
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while l
+        .transaction("dvp-1")
+        .await
+        .map(|t| t.closing.is_none())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "dvp-1 is not closed after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    builder.misbehave_by_recording(&record(DeliveryStage::Intent, &[9; 32]));
+    m.send(&d.b.0, text("another block")).await.unwrap();
+    let found = delivery_alerts(2).await;
+    assert!(
+        found[1]
+            .detail
+            .contains("not for the transaction its instruction committed to"),
+        "{}",
+        found[1].detail
+    );
+    // The right intent, then the right outcome: no new alert, once the auditor has read
+    // a block after them.
+    builder.misbehave_by_recording(&record(DeliveryStage::Intent, &txid));
+    builder.misbehave_by_recording(&record(DeliveryStage::Delivered, &txid));
+    let (last, _) = m.send(&d.b.0, text("and one more")).await.unwrap();
+    let last = blockpost_core::message_id(&last);
+    wait_for(Duration::from_secs(30), "the last block indexed", || {
+        let n = au
+            .search(&format!("message_id:{}", hex::encode(last)), 1, 0, false)
+            .unwrap()
+            .unwrap()
+            .len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await
+    .unwrap();
+    let wrong = au
+        .alerts()
+        .into_iter()
+        .filter(|a| a.kind == AlertKind::DeliveryWrong)
+        .count();
+    assert_eq!(wrong, 2, "{:?}", au.alerts());
+}

@@ -301,7 +301,8 @@ pub(super) fn cut_one(
     let t0 = std::time::Instant::now();
     let mut book = inner.book.lock().unwrap_or_else(|e| e.into_inner());
     let index = &inner.index;
-    let records = inner.anchors.records_after(index.anchors_recorded()?)?;
+    let mut records = inner.anchors.records_after(index.anchors_recorded()?)?;
+    records.append(&mut inner.inject.lock().unwrap_or_else(|e| e.into_inner()));
     // An index that cannot be read aborts the cut (the book is reloaded), rather than
     // taking a closed transaction for an open one.
     let closed = ClosedLookup::new(index);

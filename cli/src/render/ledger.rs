@@ -174,6 +174,17 @@ fn record_json(r: &blockpost_proto::v1::LedgerRecord) -> Value {
             "finished_by": c.finished_by,
             "time_ms": c.time_ms,
         }),
+        Some(Record::Delivery(d)) => json!({
+            "kind": "delivery",
+            "transaction_id": d.transaction_id,
+            "message_id": hex::encode(&d.message_id),
+            "ledger": d.ledger,
+            "transaction": blockpost_core::delivery::show_commitment(&d.ledger, &d.commitment),
+            "stage": blockpost_core::delivery::stage_name(d.stage),
+            "reason": d.reason,
+            "ledger_height": d.ledger_height,
+            "time_ms": d.time_ms,
+        }),
         Some(Record::Anchor(a)) => json!({
             "kind": "anchor",
             "ledger_size": a.ledger_size,

@@ -314,7 +314,7 @@ fn confirmed(path: &Path) -> bool {
 }
 
 /// The Bitcoin sink, with the `bitcoin` crate.
-mod bitcoin {
+pub(crate) mod bitcoin {
     use std::str::FromStr as _;
 
     use bitcoin::consensus::encode::{deserialize_hex, serialize, serialize_hex};

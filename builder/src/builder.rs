@@ -130,6 +130,8 @@ struct Inner {
     witnessed: blockpost_storage::Witnessed,
     /// Fault injection for the auditor's tests ([`Builder::misbehave_by_omitting`]).
     omit: Mutex<Vec<String>>,
+    /// The delivery role's state and the records it waits to put in a block.
+    pub(crate) deliveries: Mutex<crate::deliver::Deliveries>,
     /// Fault injection for the auditor's tests ([`Builder::misbehave_by_recording`]).
     pub(crate) inject: Mutex<Vec<Vec<u8>>>,
     /// Fault injection for liveness tests ([`Builder::misbehave_by_failing`]).
@@ -262,6 +264,7 @@ impl Builder {
             witnessed: Default::default(),
             omit: Mutex::new(Vec::new()),
             inject: Mutex::new(Vec::new()),
+            deliveries: Mutex::new(crate::deliver::Deliveries::default()),
             fail_cuts: Default::default(),
             ignore_lease: Default::default(),
             handled_seqs: Mutex::new(vec![0; partitions as usize]),
@@ -306,6 +309,9 @@ impl Builder {
         .map_err(|e| Error::Bus(format!("blocks stream: {e}")))?;
         tokio::spawn(watch_health(Arc::downgrade(&inner), js.clone()));
         tokio::spawn(run(Arc::downgrade(&inner), js, ns));
+        if inner.config.delivery.enabled() && inner.delivery_key.is_some() {
+            tokio::spawn(delivery_loop(Arc::downgrade(&inner)));
+        }
         if inner.anchors.enabled() {
             tokio::spawn(anchor_loop(Arc::downgrade(&inner)));
         }
@@ -559,6 +565,9 @@ impl Inner {
         if self.anchors.count() > self.index.anchors_recorded().unwrap_or(u64::MAX) {
             return true;
         }
+        if self.deliveries.try_lock().is_ok_and(|d| d.waiting()) {
+            return true;
+        }
         // A cut holds the book: it closes what is due itself.
         match self.book.try_lock() {
             Ok(b) => b.next_deadline().is_some_and(|d| d <= now_ms),
@@ -567,6 +576,38 @@ impl Inner {
             }
             Err(std::sync::TryLockError::WouldBlock) => false,
         }
+    }
+}
+
+/// Delivers the ledger transactions of finished transactions (`crate::deliver`), while
+/// this builder cuts blocks, until it is dropped.
+async fn delivery_loop(weak: std::sync::Weak<Inner>) {
+    let poll = |inner: &Inner| match inner.config.delivery.poll_ms {
+        0 => 1_000,
+        ms => ms,
+    };
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let pause = Duration::from_millis(poll(&inner));
+        if inner.active.load(Ordering::SeqCst) {
+            let run = tokio::task::spawn_blocking(move || -> Result<usize> {
+                let Some(key) = inner.delivery_key.as_ref() else {
+                    return Ok(0);
+                };
+                let mut d = inner.deliveries.lock().unwrap_or_else(|e| e.into_inner());
+                d.read_blocks(inner.store.len(), |h| Ok(inner.store.block(h)?))?;
+                Ok(d.step(key, &inner.config.delivery.commands(), inner.clock.now_ms()))
+            })
+            .await;
+            match run {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "delivery failed; trying again later"),
+                Err(e) => tracing::warn!(error = %e, "delivery panicked"),
+            }
+        }
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -27,6 +27,9 @@ pub struct BuilderConfig {
     pub transaction_timeout_ms: u64,
     /// Anchoring the ledger outside the system (`[builder.anchor]`).
     pub anchor: AnchorConfig,
+    /// Delivering the ledger transactions settlement instructions carry, once their
+    /// transaction is finished (`[builder.delivery]`).
+    pub delivery: DeliveryConfig,
     /// Replicas of the JetStream streams this service makes (the node's `[nats] replicas`;
     /// not a setting of this table).
     #[serde(skip)]
@@ -35,6 +38,39 @@ pub struct BuilderConfig {
     /// setting of this table).
     #[serde(skip)]
     pub firehose_partitions: u32,
+}
+
+/// How the builder hands ledger transactions to their ledger (Bitcoin): the same command
+/// shapes as the Bitcoin anchor's. Off while `broadcast_command` is empty.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Broadcasts a transaction: the raw transaction (hex) is added as the last argument,
+    /// e.g. `["bitcoin-cli", "-regtest", "sendrawtransaction"]`. It must succeed for a
+    /// transaction the node knows already (Bitcoin Core's `sendrawtransaction` does for
+    /// one in its mempool).
+    pub broadcast_command: Vec<String>,
+    /// Prints the raw block (hex) that confirms a transaction whose txid is added as the
+    /// last argument; fails or prints nothing while it is unconfirmed.
+    pub block_command: Vec<String>,
+    /// How often the role looks for work (and for confirmations); 1000 when 0.
+    pub poll_ms: u64,
+}
+
+impl DeliveryConfig {
+    /// Whether delivery is on.
+    pub fn enabled(&self) -> bool {
+        !self.broadcast_command.is_empty()
+    }
+
+    /// The commands as the Bitcoin helpers take them.
+    pub(crate) fn commands(&self) -> BitcoinConfig {
+        BitcoinConfig {
+            broadcast_command: self.broadcast_command.clone(),
+            block_command: self.block_command.clone(),
+            ..BitcoinConfig::default()
+        }
+    }
 }
 
 /// Where and how often the builder anchors the newest ledger root.
@@ -117,6 +153,7 @@ impl Default for BuilderConfig {
             lease_ms: 3_000,
             transaction_timeout_ms: blockpost_core::transaction::DEFAULT_TRANSACTION_TIMEOUT_MS,
             anchor: AnchorConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }

@@ -24,6 +24,7 @@ mod batch;
 mod blocks;
 mod builder;
 mod config;
+mod deliver;
 mod error;
 mod grpc;
 mod index;

@@ -729,3 +729,56 @@ pub fn torsioned_signature(key: &ed25519_dalek::SigningKey, message: &[u8]) -> V
     );
     [big_r.to_bytes(), (r + k * a).to_bytes()].concat()
 }
+
+/// A regtest Bitcoin block at `height` after `prev`: a coinbase (BIP 34 height) paying
+/// `pay_to`, then `txs`, its Merkle root and proof of work (nBits 0x207fffff) done, as
+/// `block_command` would print it.
+pub fn mine_bitcoin_block(
+    prev: bitcoin::BlockHash,
+    height: i64,
+    pay_to: &bitcoin::ScriptBuf,
+    txs: Vec<bitcoin::Transaction>,
+) -> bitcoin::Block {
+    use bitcoin::hashes::Hash as _;
+    use bitcoin::{
+        Amount, OutPoint, Sequence, Transaction, TxIn, TxOut, Witness, absolute, block, transaction,
+    };
+    let push = bitcoin::script::Builder::new();
+    let push = if height <= 16 {
+        push.push_int(height)
+    } else {
+        push.push_slice(<&bitcoin::script::PushBytes>::try_from(&[height as u8][..]).unwrap())
+    };
+    let coinbase = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig: push.into_script(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(50 * 100_000_000),
+            script_pubkey: pay_to.clone(),
+        }],
+    };
+    let mut txdata = vec![coinbase];
+    txdata.extend(txs);
+    let mut b = bitcoin::Block {
+        header: block::Header {
+            version: block::Version::from_consensus(0x2000_0000),
+            prev_blockhash: prev,
+            merkle_root: bitcoin::TxMerkleNode::all_zeros(),
+            time: 1_764_000_000 + height as u32,
+            bits: bitcoin::CompactTarget::from_consensus(0x207f_ffff),
+            nonce: 0,
+        },
+        txdata,
+    };
+    b.header.merkle_root = b.compute_merkle_root().unwrap();
+    while b.header.validate_pow(b.header.target()).is_err() {
+        b.header.nonce += 1;
+    }
+    b
+}

@@ -11,15 +11,13 @@ use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::hashes::Hash as _;
 use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
-use bitcoin::{
-    Amount, Block, CompressedPublicKey, Network, OutPoint, PrivateKey, ScriptBuf, Sequence,
-    Transaction, TxIn, TxOut, Witness, absolute, block, transaction,
-};
+use bitcoin::{Amount, CompressedPublicKey, Network, OutPoint, PrivateKey, ScriptBuf, Transaction};
 use blockpost_client::{Messenger, Outgoing};
 use blockpost_core::Identity;
 use blockpost_core::anchor::replay_proof;
 use blockpost_core::block::{Leaf, classify_leaf, merkle_root, verify_block};
 use blockpost_proto::v1::{AnchorRecord, Block as LedgerBlock, MessageKind, ledger_record};
+use blockpost_tests::mine_bitcoin_block as mine;
 use blockpost_tests::{Sandbox, wait_for};
 use opentimestamps::attestation::Attestation;
 use prost::Message as _;
@@ -219,46 +217,6 @@ async fn file_anchors_are_recorded_once_in_a_later_block_with_a_proof() {
 
 /// A regtest block at `height` after `prev` holding a coinbase paying `pay_to` and `txs`,
 /// mined at regtest difficulty.
-fn mine(prev: bitcoin::BlockHash, height: i64, pay_to: &ScriptBuf, txs: Vec<Transaction>) -> Block {
-    let push = bitcoin::script::Builder::new();
-    let push = if height <= 16 {
-        push.push_int(height)
-    } else {
-        push.push_slice(<&bitcoin::script::PushBytes>::try_from(&[height as u8][..]).unwrap())
-    };
-    let coinbase = Transaction {
-        version: transaction::Version::TWO,
-        lock_time: absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::null(),
-            script_sig: push.into_script(),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut {
-            value: Amount::from_sat(50 * 100_000_000),
-            script_pubkey: pay_to.clone(),
-        }],
-    };
-    let mut txdata = vec![coinbase];
-    txdata.extend(txs);
-    let mut b = Block {
-        header: block::Header {
-            version: block::Version::from_consensus(0x2000_0000),
-            prev_blockhash: prev,
-            merkle_root: bitcoin::TxMerkleNode::all_zeros(),
-            time: 1_764_000_000 + height as u32,
-            bits: bitcoin::CompactTarget::from_consensus(0x207f_ffff),
-            nonce: 0,
-        },
-        txdata,
-    };
-    b.header.merkle_root = b.compute_merkle_root().unwrap();
-    while b.header.validate_pow(b.header.target()).is_err() {
-        b.header.nonce += 1;
-    }
-    b
-}
 
 fn write_script(dir: &Path, name: &str, body: &str) -> String {
     let p = dir.join(name);

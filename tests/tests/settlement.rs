@@ -743,3 +743,228 @@ async fn the_auditor_alerts_on_deliveries_the_rules_do_not_allow() {
         .count();
     assert_eq!(wrong, 2, "{:?}", au.alerts());
 }
+
+/// Every delivery record in the ledger, in order, read from the verified blocks.
+async fn delivery_records(
+    l: &mut blockpost_client::Ledger,
+) -> Vec<blockpost_proto::v1::DeliveryRecord> {
+    use blockpost_core::block::Leaf;
+    use blockpost_proto::v1::ledger_record::Record;
+    let Ok(latest) = l.block(None).await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for h in 0..=latest.block.header.header.height {
+        let b = l.block(Some(h)).await.unwrap();
+        for k in &b.block.kinds {
+            if let Leaf::Record(r) = k
+                && let Some(Record::Delivery(d)) = &r.record
+            {
+                out.push(d.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Delivery versus payment with delivery: the seller's sealed Bitcoin transaction is
+/// broadcast once, after both banks finished, recorded before (intent) and after
+/// (delivered) the broadcast, then confirmed with its Merkle proof once a regtest block
+/// holds it; the auditor finds nothing wrong. A transaction that times out delivers
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_transaction_delivers_once_and_is_confirmed_a_timed_out_one_never() {
+    use bitcoin::consensus::encode::{deserialize, serialize_hex};
+    use bitcoin::hashes::Hash as _;
+    use blockpost_core::delivery::{Bitcoin, TargetLedger as _};
+    use blockpost_proto::v1::DeliveryStage;
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().to_path_buf();
+    std::fs::create_dir_all(w.join("blocks")).unwrap();
+    let script = |name: &str, body: String| {
+        let p = w.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::process::Command::new("chmod")
+            .args(["+x", p.to_str().unwrap()])
+            .status()
+            .unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let broadcast = script(
+        "broadcast.sh",
+        format!("printf '%s\\n' \"$1\" >> {}/broadcast.txt", w.display()),
+    );
+    let block_cmd = script(
+        "block.sh",
+        format!("cat {}/blocks/\"$1\".hex 2>/dev/null", w.display()),
+    );
+    let sb = Sandbox::start_with(move |c| {
+        c.builder.max_block_delay_ms = 50;
+        c.builder.delivery.broadcast_command = vec![broadcast];
+        c.builder.delivery.block_command = vec![block_cmd];
+        c.builder.delivery.poll_ms = 100;
+    })
+    .await
+    .unwrap();
+    let d = desk(&sb).await;
+    let sb = sb.with_auditor(|_| {}).await.unwrap();
+    let au = sb.auditor.as_ref().unwrap().auditor.clone();
+    let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let mut l = blockpost_client::Ledger::connect(&sb.client().await.unwrap(), &sb.client_dir)
+        .await
+        .unwrap();
+    let to_b = vec!["bank-b".to_owned()];
+    let to_a = vec!["bank-a".to_owned()];
+    let with = |raw: Vec<u8>, tx: &'static str, deadline: Option<i64>| {
+        let mut o = outgoing(
+            "bank-a",
+            &to_b,
+            MessageKind::SettlementInstruction,
+            DELIVER,
+            false,
+        );
+        o.transaction_id = tx;
+        o.transaction_deadline_ms = deadline;
+        o.delivery = Some(blockpost_client::Delivery {
+            ledger: &Bitcoin,
+            raw,
+        });
+        o
+    };
+    // One that times out in 1.5 s: never delivered.
+    let late = bitcoin_tx(12);
+    m.send(
+        &d.a.0,
+        with(late.clone(), "dvp-late", Some(now_ms() + 1_500)),
+    )
+    .await
+    .unwrap();
+    // The one that settles.
+    let raw = bitcoin_tx(11);
+    let txid = Bitcoin.commitment(&raw).unwrap();
+    let (instruction, _) = m
+        .send(&d.a.0, with(raw.clone(), "dvp-1", None))
+        .await
+        .unwrap();
+    let instruction = blockpost_core::message_id(&instruction);
+    let mut receive = outgoing(
+        "bank-b",
+        &to_a,
+        MessageKind::SettlementInstruction,
+        RECEIVE,
+        true,
+    );
+    receive.transaction_id = "dvp-1";
+    m.send(&d.b.0, receive).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while l
+        .transaction("dvp-late")
+        .await
+        .map(|t| t.closing.is_none())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "dvp-late did not time out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing is broadcast before both banks finish.
+    assert!(!w.join("broadcast.txt").exists());
+    for (who, from, to) in [(&d.a.0, "bank-a", &to_b), (&d.b.0, "bank-b", &to_a)] {
+        let mut f = outgoing(from, to, MessageKind::Finish, "done", false);
+        f.transaction_id = "dvp-1";
+        f.content_type = "text/plain";
+        m.send(who, f).await.unwrap();
+    }
+    // Broadcast once, the raw transaction as the bank signed it.
+    let sent = wait_for(Duration::from_secs(30), "the broadcast", || {
+        let t = std::fs::read_to_string(w.join("broadcast.txt")).unwrap_or_default();
+        async move { (!t.is_empty()).then_some(t) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent, format!("{}\n", hex::encode(&raw)));
+    // Intent, then delivered, in the ledger.
+    let stages = |rs: &[blockpost_proto::v1::DeliveryRecord]| -> Vec<i32> {
+        rs.iter().map(|r| r.stage).collect()
+    };
+    let mut records = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while stages(&records)
+        != [
+            DeliveryStage::Intent as i32,
+            DeliveryStage::Delivered as i32,
+        ]
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "no intent and delivered records: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        records = delivery_records(&mut l).await;
+    }
+    assert!(records.iter().all(|r| r.message_id == instruction.to_vec()
+        && r.commitment == txid.to_vec()
+        && r.transaction_id == "dvp-1"));
+    // A regtest block takes it: confirmed, with a proof to the block's header.
+    let tx: bitcoin::Transaction = deserialize(&raw).unwrap();
+    let block = blockpost_tests::mine_bitcoin_block(
+        bitcoin::BlockHash::from_byte_array([0; 32]),
+        101,
+        &bitcoin::ScriptBuf::new_op_return([1u8; 4]),
+        vec![tx],
+    );
+    std::fs::write(
+        w.join("blocks")
+            .join(format!("{}.hex", Bitcoin.show(&txid))),
+        serialize_hex(&block),
+    )
+    .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let confirmed = loop {
+        records = delivery_records(&mut l).await;
+        if let Some(c) = records
+            .iter()
+            .find(|r| r.stage == DeliveryStage::Confirmed as i32)
+        {
+            break c.clone();
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "not confirmed: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(confirmed.ledger_height, 101);
+    assert_eq!(confirmed.tx_index, 1);
+    blockpost_core::delivery::verify_bitcoin_inclusion(
+        &confirmed.block_header,
+        &txid,
+        confirmed.tx_index,
+        &confirmed.merkle_path,
+    )
+    .unwrap();
+    // Exactly once: one broadcast, one record of each stage; none for the timed-out one.
+    assert_eq!(
+        std::fs::read_to_string(w.join("broadcast.txt")).unwrap(),
+        sent
+    );
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(!sent.contains(&hex::encode(&late)));
+    // The auditor read it all and found nothing wrong.
+    let height = l.block(None).await.unwrap().block.header.header.height;
+    wait_for(
+        Duration::from_secs(30),
+        "the auditor at the confirmation",
+        || {
+            let n = au.status().blocks_verified;
+            async move { (n > height).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(au.alerts().is_empty(), "{:?}", au.alerts());
+}

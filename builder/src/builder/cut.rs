@@ -303,6 +303,10 @@ pub(super) fn cut_one(
     let index = &inner.index;
     let mut records = inner.anchors.records_after(index.anchors_recorded()?)?;
     records.append(&mut inner.inject.lock().unwrap_or_else(|e| e.into_inner()));
+    // Delivery records, unless the role holds its state (sending): the next cut takes them.
+    if let Ok(mut d) = inner.deliveries.try_lock() {
+        records.extend(d.take(height));
+    }
     // An index that cannot be read aborts the cut (the book is reloaded), rather than
     // taking a closed transaction for an open one.
     let closed = ClosedLookup::new(index);

@@ -747,7 +747,10 @@ pub fn mine_bitcoin_block(
     let push = if height <= 16 {
         push.push_int(height)
     } else {
-        push.push_slice(<&bitcoin::script::PushBytes>::try_from(&[height as u8][..]).unwrap())
+        push.push_slice(
+            <&bitcoin::script::PushBytes>::try_from(&[height as u8][..])
+                .expect("one byte is a push"),
+        )
     };
     let coinbase = Transaction {
         version: transaction::Version::TWO,
@@ -776,7 +779,7 @@ pub fn mine_bitcoin_block(
         },
         txdata,
     };
-    b.header.merkle_root = b.compute_merkle_root().unwrap();
+    b.header.merkle_root = b.compute_merkle_root().expect("a block with transactions");
     while b.header.validate_pow(b.header.target()).is_err() {
         b.header.nonce += 1;
     }

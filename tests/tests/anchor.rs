@@ -215,9 +215,6 @@ async fn file_anchors_are_recorded_once_in_a_later_block_with_a_proof() {
     sb.stop().await;
 }
 
-/// A regtest block at `height` after `prev` holding a coinbase paying `pay_to` and `txs`,
-/// mined at regtest difficulty.
-
 fn write_script(dir: &Path, name: &str, body: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();

@@ -221,3 +221,190 @@ impl Deliveries {
         self.queued.len() - before
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use blockpost_core::{Identity, SealTo};
+    use blockpost_proto::v1::{Envelope, TransactionClosing};
+
+    use super::*;
+
+    fn signed_tx() -> Vec<u8> {
+        use bitcoin::{
+            Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
+            absolute::LockTime, transaction::Version,
+        };
+        bitcoin::consensus::serialize(&Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint::null(),
+                script_sig: ScriptBuf::from_bytes(vec![0x51]),
+                sequence: Sequence::MAX,
+                witness: Witness::new(),
+            }],
+            output: vec![TxOut {
+                value: Amount::from_sat(5),
+                script_pubkey: ScriptBuf::new_op_return([1u8; 8]),
+            }],
+        })
+    }
+
+    fn block(leaves: Vec<Vec<u8>>) -> Vec<u8> {
+        Block {
+            leaves,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn record(id: [u8; 32], stage: DeliveryStage, commitment: &[u8]) -> Vec<u8> {
+        LedgerRecord {
+            record: Some(ledger_record::Record::Delivery(DeliveryRecord {
+                transaction_id: "dvp".into(),
+                message_id: id.to_vec(),
+                ledger: "bitcoin".into(),
+                commitment: commitment.to_vec(),
+                stage: stage as i32,
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    fn script(dir: &std::path::Path, name: &str, body: &str) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::process::Command::new("chmod")
+            .args(["+x", p.to_str().unwrap()])
+            .status()
+            .unwrap();
+        p.to_str().unwrap().to_owned()
+    }
+
+    /// What a builder restarted (or a standby taking over) does, given only the blocks:
+    /// no intent on the record → an intent and no send; an intent without an outcome →
+    /// the same bytes sent again and delivered recorded; an outcome → nothing.
+    #[test]
+    fn restarts_send_only_after_an_intent_and_again_only_without_an_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let sent = dir.path().join("sent.txt");
+        let ok = script(
+            dir.path(),
+            "ok.sh",
+            &format!("printf '%s\\n' \"$1\" >> {}", sent.display()),
+        );
+        let fail = script(
+            dir.path(),
+            "fail.sh",
+            "echo 'txn-mempool-conflict' >&2; exit 1",
+        );
+        let none = script(dir.path(), "none.sh", "exit 0");
+        let commands = |b: &str| BitcoinConfig {
+            broadcast_command: vec![b.to_owned()],
+            block_command: vec![none.clone()],
+            ..BitcoinConfig::default()
+        };
+        let (node, bob) = (Identity::generate(), Identity::generate());
+        let raw = signed_tx();
+        let d = delivery::seal_delivery(
+            &delivery::Bitcoin,
+            &raw,
+            &[SealTo {
+                address: "bank-b",
+                key_index: 2,
+                key: bob.encryption_public(),
+            }],
+            node.encryption_public(),
+            "bank-a",
+            "dvp",
+        )
+        .unwrap();
+        let commitment = d.commitment.clone();
+        let env = Envelope {
+            content: EnvelopeContent {
+                sender: "bank-a".into(),
+                recipients: vec!["bank-b".into()],
+                transaction_id: "dvp".into(),
+                delivery: Some(d),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            signature: vec![7; 64],
+        };
+        let id = blockpost_core::message_id(&env);
+        let closing = LedgerRecord {
+            record: Some(ledger_record::Record::Closing(TransactionClosing {
+                transaction_id: "dvp".into(),
+                status: TransactionStatus::Finished as i32,
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        let chain = [
+            block(vec![env.encode_to_vec(), closing]),
+            block(vec![record(id, DeliveryStage::Intent, &commitment)]),
+            block(vec![record(id, DeliveryStage::Delivered, &commitment)]),
+        ];
+        let read = |h: u64| Ok(chain[h as usize].clone());
+        let sends = || {
+            std::fs::read_to_string(&sent)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let stages = |q: Vec<Vec<u8>>| -> Vec<i32> {
+            q.iter()
+                .filter_map(|r| match LedgerRecord::decode(r.as_slice()).ok()?.record {
+                    Some(ledger_record::Record::Delivery(d)) => Some(d.stage),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Finished, nothing recorded: an intent, no send.
+        let mut a = Deliveries::default();
+        a.read_blocks(1, read).unwrap();
+        assert_eq!(a.step(&node.encryption, &commands(&ok), 1), 1);
+        assert_eq!(sends(), 0);
+        assert_eq!(stages(a.take(1)), [DeliveryStage::Intent as i32]);
+        // Taken by a cut: not made again while that cut may still store it.
+        a.read_blocks(1, read).unwrap();
+        assert_eq!(a.step(&node.encryption, &commands(&ok), 1), 0);
+        // Restarted with the intent on the record: sent, the same bytes, delivered queued.
+        let mut b = Deliveries::default();
+        b.read_blocks(2, read).unwrap();
+        assert_eq!(b.step(&node.encryption, &commands(&ok), 2), 1);
+        assert_eq!(
+            std::fs::read_to_string(&sent).unwrap(),
+            format!("{}\n", hex::encode(&raw))
+        );
+        assert_eq!(stages(b.take(2)), [DeliveryStage::Delivered as i32]);
+        // ... and not again while that record waits for its block.
+        assert_eq!(b.step(&node.encryption, &commands(&ok), 2), 0);
+        assert_eq!(sends(), 1);
+        // With the outcome on the record: nothing (the block command says unconfirmed).
+        let mut c = Deliveries::default();
+        c.read_blocks(3, read).unwrap();
+        assert_eq!(c.step(&node.encryption, &commands(&ok), 3), 0);
+        assert_eq!(sends(), 1);
+        // A send the ledger refuses (and that is not confirmed): refused, with its words.
+        let mut e = Deliveries::default();
+        e.read_blocks(2, read).unwrap();
+        e.step(&node.encryption, &commands(&fail), 2);
+        let q = e.take(2);
+        let Some(ledger_record::Record::Delivery(r)) =
+            LedgerRecord::decode(q[0].as_slice()).unwrap().record
+        else {
+            panic!("not a delivery record");
+        };
+        assert_eq!(r.stage, DeliveryStage::Refused as i32);
+        assert!(r.reason.contains("txn-mempool-conflict"), "{}", r.reason);
+        // A key that is not the node's: refused without a send.
+        let mut f = Deliveries::default();
+        f.read_blocks(1, read).unwrap();
+        f.step(&bob.encryption, &commands(&ok), 1);
+        assert_eq!(stages(f.take(1)), [DeliveryStage::Refused as i32]);
+        assert_eq!(sends(), 1);
+    }
+}

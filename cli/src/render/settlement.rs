@@ -227,7 +227,7 @@ pub fn summary(
         }
         if let Some((ledger, id)) = &i.delivery {
             say!(
-                "                 carries a {ledger} transaction {id} (sealed), delivered on finish"
+                "                 carries a {ledger} transaction {id}, sealed; the node delivers it once every party has finished"
             );
         }
     }

@@ -799,3 +799,40 @@ async fn send_text(
     };
     m.send(from, out).await.map(|_| ())
 }
+
+/// `examples/dvp.sh` on its own, as a new user runs it: it starts a node that delivers to a
+/// regtest stand-in, and the seller's Bitcoin transaction is recorded as intended,
+/// delivered and confirmed once every party finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dvp_example_delivers_and_confirms_with_its_own_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ex = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dvp.sh"))
+        .env("BLOCKPOST_BIN", blockpost_bin().unwrap())
+        .env_remove("BLOCKPOST_ENDPOINT")
+        .env("BLOCKPOST_CONFIG_DIR", tmp.path().join("client"))
+        .env("WORK", tmp.path().join("dvp"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ex.stdout);
+    let err = String::from_utf8_lossy(&ex.stderr);
+    assert!(ex.status.success(), "dvp.sh: {out}\n{err}");
+    const TXID: &str = "cc727831f601630baa1fcd61d7a92dcb4a101c5a937d389d8f131d8da017beb2";
+    for stage in ["intent", "delivered"] {
+        assert!(
+            out.contains(&format!("{stage} bitcoin transaction {TXID}")),
+            "no {stage}: {out}"
+        );
+    }
+    assert!(
+        out.contains(&format!(
+            "confirmed bitcoin transaction {TXID} in its block 101"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("(broadcast to the stand-in chain: 1 transaction)"),
+        "{out}"
+    );
+    assert!(out.contains(": finished\n"), "{out}");
+}

@@ -836,3 +836,169 @@ async fn the_dvp_example_delivers_and_confirms_with_its_own_node() {
     );
     assert!(out.contains(": finished\n"), "{out}");
 }
+
+/// kill -9 of the node that delivers, right after it handed the seller's transaction to
+/// the broadcast command and before it recorded the outcome: restarted, it finds the
+/// intent without an outcome in its ledger, sends the same bytes again (a Bitcoin node
+/// takes a known transaction once), and records delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_killed_between_broadcast_and_record_completes_after_restart() {
+    use blockpost_client::{Delivery, Ledger, Messenger, Outgoing};
+    use blockpost_core::delivery::{Bitcoin, TargetLedger as _};
+    use blockpost_proto::v1::{DeliveryStage, MessageKind};
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().to_path_buf();
+    let broadcast = w.join("broadcast.sh");
+    // The first send kills the node (its parent) the moment the transaction is handed over.
+    std::fs::write(
+        &broadcast,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$1\" >> {w}/broadcast.txt\n\
+             if [ ! -e {w}/killed ]; then touch {w}/killed; kill -9 $PPID; fi\n",
+            w = w.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(w.join("block.sh"), "#!/bin/sh\nexit 0\n").unwrap();
+    for s in ["broadcast.sh", "block.sh"] {
+        Command::new("chmod")
+            .arg("+x")
+            .arg(w.join(s))
+            .status()
+            .unwrap();
+    }
+    let config = w.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[builder]\nmax_block_delay_ms = 100\n\n[builder.delivery]\n\
+             broadcast_command = [\"{}\"]\nblock_command = [\"{}\"]\npoll_ms = 100\n",
+            broadcast.display(),
+            w.join("block.sh").display()
+        ),
+    )
+    .unwrap();
+    let data = w.join("node");
+    std::fs::create_dir_all(&data).unwrap();
+    let port = free_port().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let cfg = config.to_str().unwrap().to_owned();
+    let mut node = blockpost_tests::spawn_node_with(&data, port, None, &["--config", &cfg]);
+    let state = w.join("client");
+    let mut c = wait_ready(&endpoint, &state).await;
+    let (a, b) = (Identity::generate(), Identity::generate());
+    c.register_with_lei(
+        &a,
+        "bank-a",
+        "Bank A AG",
+        Some("5299000BANKA0AG00068"),
+        None,
+    )
+    .await
+    .unwrap();
+    c.register_with_lei(
+        &b,
+        "bank-b",
+        "Bank B Ltd",
+        Some("5493000BANKB0LTD0083"),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut m = Messenger::connect(&endpoint, &state).await.unwrap();
+    let deliver = include_str!("../../examples/settlement/instruction-deliver.xml");
+    let raw = hex::decode(include_str!("../../examples/settlement/seller-bitcoin-tx.hex").trim())
+        .unwrap();
+    let txid = Bitcoin.commitment(&raw).unwrap();
+    let (to_a, to_b) = (vec!["bank-a".to_owned()], vec!["bank-b".to_owned()]);
+    fn out<'a>(from: &'a str, to: &'a [String], kind: MessageKind, body: &str) -> Outgoing<'a> {
+        Outgoing {
+            from,
+            to,
+            transaction_id: "dvp-kill",
+            kind,
+            content_type: "application/xml",
+            body: body.as_bytes().to_vec(),
+            encrypt: false,
+            transaction_deadline_ms: None,
+            delivery: None,
+        }
+    }
+    let mut instruction = out("bank-a", &to_b, MessageKind::SettlementInstruction, deliver);
+    instruction.delivery = Some(Delivery {
+        ledger: &Bitcoin,
+        raw: raw.clone(),
+    });
+    let (env, _) = m.send(&a, instruction).await.unwrap();
+    let id = blockpost_core::message_id(&env);
+    m.send(&a, out("bank-a", &to_b, MessageKind::Finish, "done"))
+        .await
+        .unwrap();
+    m.send(&b, out("bank-b", &to_a, MessageKind::Finish, "done"))
+        .await
+        .unwrap();
+    // The broadcast kills the node.
+    wait_for(Duration::from_secs(60), "the kill in the broadcast", || {
+        let done = matches!(node.try_wait(), Ok(Some(_)));
+        async move { done.then_some(()) }
+    })
+    .await
+    .unwrap();
+    assert!(w.join("killed").exists());
+    let sent_once = std::fs::read_to_string(w.join("broadcast.txt")).unwrap();
+    assert_eq!(sent_once, format!("{}\n", hex::encode(&raw)));
+    // Restarted on the same data: the same bytes again, and the outcome recorded.
+    let mut node = blockpost_tests::spawn_node_with(&data, port, None, &["--config", &cfg]);
+    let c = wait_ready(&endpoint, &state).await;
+    let mut l = Ledger::connect(&c, &state).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let mut found = Vec::new();
+        if let Ok(latest) = l.block(None).await {
+            for h in 0..=latest.block.header.header.height {
+                let blk = l.block(Some(h)).await.unwrap();
+                for k in &blk.block.kinds {
+                    if let blockpost_core::block::Leaf::Record(r) = k
+                        && let Some(blockpost_proto::v1::ledger_record::Record::Delivery(d)) =
+                            &r.record
+                    {
+                        found.push(d.clone());
+                    }
+                }
+            }
+        }
+        if found
+            .iter()
+            .any(|d| d.stage == DeliveryStage::Delivered as i32)
+        {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no delivered record: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stages: Vec<i32> = records.iter().map(|d| d.stage).collect();
+    assert_eq!(
+        stages,
+        [
+            DeliveryStage::Intent as i32,
+            DeliveryStage::Delivered as i32
+        ]
+    );
+    assert!(
+        records
+            .iter()
+            .all(|d| d.message_id == id.to_vec() && d.commitment == txid.to_vec())
+    );
+    let sent = std::fs::read_to_string(w.join("broadcast.txt")).unwrap();
+    assert_eq!(
+        sent,
+        sent_once.repeat(2),
+        "the same transaction, sent again once"
+    );
+    node.kill().unwrap();
+    node.wait().unwrap();
+    blockpost_node::reap_stale(&data.join("nats"));
+}

@@ -954,6 +954,19 @@ async fn a_finished_transaction_delivers_once_and_is_confirmed_a_timed_out_one_n
     );
     assert_eq!(records.len(), 3, "{records:?}");
     assert!(!sent.contains(&hex::encode(&late)));
+    // After delivery too, no block holds the transaction's bytes (the records name its
+    // txid), and the auditor's index has no trace of them.
+    let latest = l.block(None).await.unwrap().block.header.header.height;
+    for h in 0..=latest {
+        let b = l.block(Some(h)).await.unwrap();
+        assert!(
+            !b.block
+                .leaves
+                .iter()
+                .any(|leaf| leaf.windows(raw.len()).any(|w| w == raw.as_slice())),
+            "block {h} holds the raw transaction"
+        );
+    }
     // The auditor read it all and found nothing wrong.
     let height = l.block(None).await.unwrap().block.header.header.height;
     wait_for(
@@ -966,5 +979,11 @@ async fn a_finished_transaction_delivers_once_and_is_confirmed_a_timed_out_one_n
     )
     .await
     .unwrap();
+    assert!(
+        au.search(&format!("\"{}\"", hex::encode(&raw)), 10, 0, false)
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
     assert!(au.alerts().is_empty(), "{:?}", au.alerts());
 }

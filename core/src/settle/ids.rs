@@ -94,22 +94,35 @@ pub fn check_currency(s: &str) -> Result<(), Problem> {
         .map_err(|_| Problem::UnknownCurrency(s.to_owned()))
 }
 
-/// Whether `s` has the shape of an ISO 10383 market identifier code (four capital letters
-/// or digits). Membership of the registry is not checked: it changes monthly and is not
-/// bundled.
+/// Whether `s` is an ISO 10383 market identifier code in use: four capital letters or
+/// digits, in the registry snapshot `regit-identifiers` carries
+/// ([`MIC_REGISTRY_DATE`]) and not expired there.
 pub fn check_mic(s: &str) -> Result<(), Problem> {
+    use regit_identifiers::mic_registry::{MicStatus, lookup};
     let b = s.as_bytes();
-    if b.len() == 4
+    if !(b.len() == 4
         && b.iter()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
     {
-        Ok(())
-    } else {
-        Err(Problem::Shape(
+        return Err(Problem::Shape(
             "a market identifier code (ISO 10383) is 4 capital letters or digits",
-        ))
+        ));
+    }
+    match lookup(s) {
+        Some(e) if e.status != MicStatus::Expired => Ok(()),
+        Some(_) => Err(Problem::Value {
+            expected: "a MIC in use (ISO 10383)",
+            got: format!("{s}, expired in the registry of {MIC_REGISTRY_DATE}"),
+        }),
+        None => Err(Problem::Value {
+            expected: "a registered MIC (ISO 10383)",
+            got: format!("{s}, not in the registry of {MIC_REGISTRY_DATE}"),
+        }),
     }
 }
+
+/// The date of the ISO 10383 registry snapshot MICs are checked against.
+pub const MIC_REGISTRY_DATE: &str = regit_identifiers::mic_registry::SNAPSHOT_DATE;
 
 /// A calendar date (proleptic Gregorian), as ISO 8601 `YYYY-MM-DD` or FIX `YYYYMMDD`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -318,7 +331,11 @@ mod tests {
         assert!(check_currency("XYZ").is_err());
         assert!(check_currency("usd").is_err());
         assert_eq!(check_mic("XNYS"), Ok(()));
+        assert_eq!(check_mic("XNAS"), Ok(()));
         assert!(check_mic("XNY").is_err());
+        // Well-shaped, but no market: and a retired one.
+        assert!(matches!(check_mic("QQQQ"), Err(Problem::Value { .. })));
+        assert!(matches!(check_mic("ALDP"), Err(Problem::Value { .. })));
         assert_eq!(Date::iso("2024-02-29").unwrap().to_string(), "2024-02-29");
         assert!(Date::iso("2023-02-29").is_err());
         assert!(Date::iso("2026-13-01").is_err());

@@ -24,7 +24,7 @@ pub mod fix;
 mod ids;
 pub mod sese;
 
-pub use ids::{Date, Decimal, check_currency, check_isin, check_lei, check_mic};
+pub use ids::{Date, Decimal, MIC_REGISTRY_DATE, check_currency, check_isin, check_lei, check_mic};
 
 /// The largest body read as a trade or an instruction. Real ones are a few KiB.
 pub const MAX_SETTLEMENT_LEN: usize = 64 * 1024;

@@ -97,10 +97,28 @@ pub fn transaction_ops(tx: &[u8], commitment: &[u8; 32]) -> Result<Vec<Op>> {
 /// The operations from the txid at `index` among a block's `txids` (internal byte order)
 /// to the block's Merkle root, as Bitcoin builds it (an odd level repeats its last hash).
 pub fn bitcoin_merkle_ops(txids: &[[u8; 32]], index: usize) -> Result<Vec<Op>> {
-    if index >= txids.len() {
-        return Err(bad(format!("transaction {index} is not in the block")));
+    let path = bitcoin_merkle_path(txids, index)
+        .ok_or_else(|| bad(format!("transaction {index} is not in the block")))?;
+    let mut ops = Vec::with_capacity(path.len() * 3);
+    for (level, sibling) in path.iter().enumerate() {
+        if (index >> level) & 1 == 0 {
+            ops.push(Op::Append(sibling.to_vec()));
+        } else {
+            ops.push(Op::Prepend(sibling.to_vec()));
+        }
+        ops.push(Op::Sha256);
+        ops.push(Op::Sha256);
     }
-    let mut ops = Vec::new();
+    Ok(ops)
+}
+
+/// The Merkle path of `txids[index]` in a Bitcoin block: the siblings from the leaf up (a
+/// level's last node of an odd count is paired with itself, as Bitcoin does).
+pub fn bitcoin_merkle_path(txids: &[[u8; 32]], index: usize) -> Option<Vec<[u8; 32]>> {
+    if index >= txids.len() {
+        return None;
+    }
+    let mut path = Vec::new();
     let mut level = txids.to_vec();
     let mut i = index;
     while level.len() > 1 {
@@ -109,20 +127,14 @@ pub fn bitcoin_merkle_ops(txids: &[[u8; 32]], index: usize) -> Result<Vec<Op>> {
         } else {
             level[i - 1]
         };
-        if i.is_multiple_of(2) {
-            ops.push(Op::Append(sibling.to_vec()));
-        } else {
-            ops.push(Op::Prepend(sibling.to_vec()));
-        }
-        ops.push(Op::Sha256);
-        ops.push(Op::Sha256);
+        path.push(sibling);
         level = level
             .chunks(2)
             .map(|c| sha256d(&[c[0].as_slice(), c.get(1).unwrap_or(&c[0])].concat()))
             .collect();
         i /= 2;
     }
-    Ok(ops)
+    Some(path)
 }
 
 /// SHA-256 of SHA-256, as Bitcoin hashes.

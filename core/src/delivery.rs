@@ -19,6 +19,8 @@ use x25519_dalek::StaticSecret;
 use crate::envelope::{SealTo, open_body, prefixed, seal_body};
 use crate::{Error, Result};
 
+pub use crate::anchor::bitcoin_merkle_path;
+
 /// The recipient name of the node's delivery key in a sealed delivery.
 pub const DELIVERY_RECIPIENT: &str = "node:delivery";
 
@@ -515,31 +517,6 @@ mod tests {
                 .to_string()
         );
     }
-}
-
-/// The Merkle path of `txids[index]` in a Bitcoin block: the siblings from the leaf up (a
-/// level's last node of an odd count is paired with itself, as Bitcoin does).
-pub fn bitcoin_merkle_path(txids: &[[u8; 32]], index: usize) -> Option<Vec<[u8; 32]>> {
-    if index >= txids.len() {
-        return None;
-    }
-    let mut path = Vec::new();
-    let mut level = txids.to_vec();
-    let mut i = index;
-    while level.len() > 1 {
-        let sibling = if i.is_multiple_of(2) {
-            *level.get(i + 1).unwrap_or(&level[i])
-        } else {
-            level[i - 1]
-        };
-        path.push(sibling);
-        level = level
-            .chunks(2)
-            .map(|c| crate::anchor::sha256d(&[c[0].as_slice(), c.get(1).unwrap_or(&c[0])].concat()))
-            .collect();
-        i /= 2;
-    }
-    Some(path)
 }
 
 /// Checks that `txid` (internal byte order) at `index` with `path` leads to the Merkle

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use blockpost_auditor::OpenFor;
-use blockpost_client::{Messenger, Outgoing};
+use blockpost_client::{Ledger, Messenger, Outgoing};
 use blockpost_core::{Identity, now_ms, sign_envelope};
 use blockpost_proto::v1::envelope_content::Body;
 use blockpost_proto::v1::messaging_client::MessagingClient;
@@ -22,6 +22,39 @@ const RECEIVE: &str = include_str!("../../examples/settlement/instruction-receiv
 const LEI_A: &str = "5299000BANKA0AG00068";
 const LEI_B: &str = "5493000BANKB0LTD0083";
 const LEI_X: &str = "5493000EXCHANGE00016";
+
+/// Waits (30 s at most) until message `id` is in a block; returns it with its proofs.
+async fn placed(l: &mut Ledger, id: [u8; 32]) -> blockpost_client::LedgerMessage {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match l.message(id).await {
+            Ok(p) => return p,
+            Err(e) => assert!(
+                std::time::Instant::now() < until,
+                "message {} is in no block after 30 s: {e}",
+                hex::encode(id)
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (30 s at most) until transaction `tx` is closed in the ledger.
+async fn closed(l: &mut Ledger, tx: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while l
+        .transaction(tx)
+        .await
+        .map(|t| t.closing.is_none())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "{tx} is not closed after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 struct Desk {
     exchange: (Identity, u64),
@@ -424,17 +457,8 @@ async fn a_trade_with_wrong_parties_that_skips_the_gateway_is_in_no_block() {
         .unwrap();
     let good_id = blockpost_core::message_id(&good);
     let c = sb.client().await.unwrap();
-    let mut l = blockpost_client::Ledger::connect(&c, &sb.client_dir)
-        .await
-        .unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    while l.message(good_id).await.is_err() {
-        assert!(
-            std::time::Instant::now() < until,
-            "the good trade is in no block after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut l = Ledger::connect(&c, &sb.client_dir).await.unwrap();
+    placed(&mut l, good_id).await;
     let st = l.message(forged_id).await.unwrap_err();
     assert_eq!(st.code(), Some(Code::NotFound), "{st}");
     // The auditor reads the same firehose and blocks: the forged trade is an invalid
@@ -526,24 +550,10 @@ async fn a_ledger_transaction_rides_sealed_on_an_instruction() {
     assert!(!contains(&stored.payload));
     // ... nor the block that holds it.
     let c2 = sb.client().await.unwrap();
-    let mut l = blockpost_client::Ledger::connect(&c2, &sb.client_dir)
-        .await
-        .unwrap();
+    let mut l = Ledger::connect(&c2, &sb.client_dir).await.unwrap();
     let id = blockpost_core::message_id(&env);
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    let placed = loop {
-        match l.message(id).await {
-            Ok(p) => break p,
-            Err(_) => {
-                assert!(
-                    std::time::Instant::now() < until,
-                    "not in a block after 30 s"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    let block = l.block(Some(placed.header.header.height)).await.unwrap();
+    let held = placed(&mut l, id).await;
+    let block = l.block(Some(held.header.header.height)).await.unwrap();
     assert!(
         block
             .block
@@ -669,17 +679,10 @@ async fn the_auditor_alerts_on_deliveries_the_rules_do_not_allow() {
         }
     };
     // Delivered while the transaction is open (the instruction in a block first).
-    let mut l = blockpost_client::Ledger::connect(&sb.client().await.unwrap(), &sb.client_dir)
+    let mut l = Ledger::connect(&sb.client().await.unwrap(), &sb.client_dir)
         .await
         .unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    while l.message(id).await.is_err() {
-        assert!(
-            std::time::Instant::now() < until,
-            "the instruction is in no block"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    placed(&mut l, id).await;
     builder.misbehave_by_recording(&record(DeliveryStage::Delivered, &txid));
     m.send(&d.b.0, text("a block, please")).await.unwrap();
     let found = delivery_alerts(1).await;
@@ -694,22 +697,7 @@ async fn the_auditor_alerts_on_deliveries_the_rules_do_not_allow() {
         f.content_type = "text/plain";
         m.send(who, f).await.unwrap();
     }
-    let mut l = blockpost_client::Ledger::connect(&sb.client().await.unwrap(), &sb.client_dir)
-        .await
-        .unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    while l
-        .transaction("dvp-1")
-        .await
-        .map(|t| t.closing.is_none())
-        .unwrap_or(true)
-    {
-        assert!(
-            std::time::Instant::now() < until,
-            "dvp-1 is not closed after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    closed(&mut l, "dvp-1").await;
     builder.misbehave_by_recording(&record(DeliveryStage::Intent, &[9; 32]));
     m.send(&d.b.0, text("another block")).await.unwrap();
     let found = delivery_alerts(2).await;
@@ -745,9 +733,7 @@ async fn the_auditor_alerts_on_deliveries_the_rules_do_not_allow() {
 }
 
 /// Every delivery record in the ledger, in order, read from the verified blocks.
-async fn delivery_records(
-    l: &mut blockpost_client::Ledger,
-) -> Vec<blockpost_proto::v1::DeliveryRecord> {
+async fn delivery_records(l: &mut Ledger) -> Vec<blockpost_proto::v1::DeliveryRecord> {
     use blockpost_core::block::Leaf;
     use blockpost_proto::v1::ledger_record::Record;
     let Ok(latest) = l.block(None).await else {
@@ -812,7 +798,7 @@ async fn a_finished_transaction_delivers_once_and_is_confirmed_a_timed_out_one_n
     let mut m = Messenger::connect(&sb.endpoint, &sb.client_dir)
         .await
         .unwrap();
-    let mut l = blockpost_client::Ledger::connect(&sb.client().await.unwrap(), &sb.client_dir)
+    let mut l = Ledger::connect(&sb.client().await.unwrap(), &sb.client_dir)
         .await
         .unwrap();
     let to_b = vec!["bank-b".to_owned()];
@@ -858,19 +844,7 @@ async fn a_finished_transaction_delivers_once_and_is_confirmed_a_timed_out_one_n
     );
     receive.transaction_id = "dvp-1";
     m.send(&d.b.0, receive).await.unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    while l
-        .transaction("dvp-late")
-        .await
-        .map(|t| t.closing.is_none())
-        .unwrap_or(true)
-    {
-        assert!(
-            std::time::Instant::now() < until,
-            "dvp-late did not time out"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    closed(&mut l, "dvp-late").await;
     // Nothing is broadcast before both banks finish.
     assert!(!w.join("broadcast.txt").exists());
     for (who, from, to) in [(&d.a.0, "bank-a", &to_b), (&d.b.0, "bank-b", &to_a)] {

@@ -55,39 +55,15 @@ pub(super) async fn check_all(
             continue;
         }
         let index = parsed.content().sender_key_index;
-        let waited_since = tokio::time::Instant::now();
         let cached = keys.get(&(parsed.sender().to_string(), index)).copied();
-        let key = loop {
-            if cached.is_some() {
-                break cached;
+        let key = match cached {
+            Some(k) => Some(k),
+            None => {
+                from_replica(inner, parsed.sender().as_str(), Some(index), |p| {
+                    p.key_at(index)
+                })
+                .await?
             }
-            let known = inner
-                .replica
-                .participant(
-                    parsed.sender().as_str(),
-                    Some(index),
-                    Duration::from_millis(500),
-                )
-                .await
-                .ok()
-                .flatten()
-                .and_then(|p| p.key_at(index));
-            if let Some(k) = known {
-                break Some(k);
-            }
-            // Wait only while the replica has not reached the entry the envelope names,
-            // and not for ever: a sender or key that never comes is a refusal.
-            if index < inner.replica.applied() || waited_since.elapsed() > MAX_REPLICA_WAIT {
-                break None;
-            }
-            if Arc::strong_count(inner) == 1 {
-                return None;
-            }
-            // Waiting for the directory (bounded by MAX_REPLICA_WAIT) is not a stall.
-            inner
-                .progress_ms
-                .store(inner.clock.now_ms(), Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let Some(key) = key else {
             verdicts.push(Err(format!(
@@ -138,6 +114,42 @@ pub(super) async fn check_all(
     Some(verdicts)
 }
 
+/// What `pick` takes from the replica's participant `address` (at entry `index`, if one is
+/// named), asked again while the replica may not have reached it: for at most
+/// [`MAX_REPLICA_WAIT`], and with an index only until the replica applied it (a gateway
+/// accepted the message, so its entries come). Waiting for the directory is not a stall.
+/// `None` if the builder was dropped meanwhile; `Some(None)` if it never came.
+async fn from_replica<T>(
+    inner: &Arc<Inner>,
+    address: &str,
+    index: Option<u64>,
+    pick: impl Fn(blockpost_core::Participant) -> Option<T>,
+) -> Option<Option<T>> {
+    let since = tokio::time::Instant::now();
+    loop {
+        let known = inner
+            .replica
+            .participant(address, index, Duration::from_millis(500))
+            .await
+            .ok()
+            .flatten()
+            .and_then(&pick);
+        if known.is_some()
+            || index.is_some_and(|i| i < inner.replica.applied())
+            || since.elapsed() > MAX_REPLICA_WAIT
+        {
+            return Some(known);
+        }
+        if Arc::strong_count(inner) == 1 {
+            return None;
+        }
+        inner
+            .progress_ms
+            .store(inner.clock.now_ms(), Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The parties of a plaintext trade or instruction against the bindings the replica holds
 /// of its sender and recipients (waiting, as for a sender's key, while the replica may not
 /// have reached them yet); `None` if the builder was dropped meanwhile.
@@ -151,28 +163,9 @@ async fn settlement_parties(
     ) else {
         return Some(Ok(()));
     };
-    let waited_since = tokio::time::Instant::now();
     let mut found = Vec::with_capacity(parsed.recipients().len() + 1);
     for a in std::iter::once(parsed.sender()).chain(parsed.recipients()) {
-        let p = loop {
-            let known = inner
-                .replica
-                .participant(a.as_str(), None, Duration::from_millis(500))
-                .await
-                .ok()
-                .flatten();
-            if known.is_some() || waited_since.elapsed() > MAX_REPLICA_WAIT {
-                break known;
-            }
-            if Arc::strong_count(inner) == 1 {
-                return None;
-            }
-            inner
-                .progress_ms
-                .store(inner.clock.now_ms(), Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        match p {
+        match from_replica(inner, a.as_str(), None, Some).await? {
             Some(p) => found.push(p),
             None => return Some(Err(format!("the directory has no entry for {a}"))),
         }

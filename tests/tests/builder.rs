@@ -11,7 +11,7 @@ use blockpost_core::Identity;
 use blockpost_core::block::{VerifiedHeader, verify_block};
 use blockpost_core::transaction::{Book, Entry, replay_block};
 use blockpost_core::verify_checkpoint;
-use blockpost_proto::v1::{Block, MessageKind};
+use blockpost_proto::v1::{Block, Envelope, EnvelopeContent, MessageKind};
 use blockpost_tests::{Sandbox, wait_for};
 use prost::Message as _;
 
@@ -563,9 +563,23 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
             e.0 += 1;
         }
     }
-    for ((_, deadline), id) in receipted.iter().zip(&ids) {
+    for (k, ((env, deadline), id)) in receipted.iter().zip(&ids).enumerate() {
         let (n, time) = seen.get(id).copied().unwrap_or((0, 0));
-        assert_eq!(n, 1, "a receipted message in {n} blocks");
+        // What it was, to tell a lost message from a repeated one when this fails.
+        let what = || {
+            let e = Envelope::decode(env.as_slice()).unwrap();
+            let c = EnvelopeContent::decode(e.content.as_slice()).unwrap();
+            format!(
+                "receipt {k} of {}: {} in {} from {} (deadline {deadline}); {} blocks; closings {}",
+                receipted.len(),
+                hex::encode(id),
+                c.transaction_id,
+                c.sender,
+                latest.block.header.header.height + 1,
+                closed.get(&c.transaction_id).copied().unwrap_or(0)
+            )
+        };
+        assert_eq!(n, 1, "a receipted message in {n} blocks: {}", what());
         assert!(
             time <= *deadline,
             "block at {time} after the deadline {deadline}"

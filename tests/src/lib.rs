@@ -17,7 +17,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -678,12 +677,13 @@ pub fn sign_register_bytes(id: &Identity, body: Vec<u8>) -> SignedRequest {
     }
 }
 
-/// Polls `f` until it returns `Some` or `limit` passes.
-pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
+/// Polls `f` until it returns `Some` or `limit` passes. `f` may be an async closure that
+/// borrows what it polls mutably (a ledger client, say).
+pub async fn wait_for<T>(
+    limit: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f().await {
@@ -784,4 +784,30 @@ pub fn mine_bitcoin_block(
         b.header.nonce += 1;
     }
     b
+}
+
+/// Every delivery record in the ledger, in order, read from the blocks `l` verifies (none
+/// while the ledger is empty).
+pub async fn delivery_records(
+    l: &mut blockpost_client::Ledger,
+) -> Vec<blockpost_proto::v1::DeliveryRecord> {
+    use blockpost_core::block::Leaf;
+    use blockpost_proto::v1::ledger_record::Record;
+    let Ok(latest) = l.block(None).await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for h in 0..=latest.block.header.header.height {
+        let Ok(b) = l.block(Some(h)).await else {
+            return Vec::new();
+        };
+        for k in &b.block.kinds {
+            if let Leaf::Record(r) = k
+                && let Some(Record::Delivery(d)) = &r.record
+            {
+                out.push(d.clone());
+            }
+        }
+    }
+    out
 }

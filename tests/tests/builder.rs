@@ -531,15 +531,15 @@ async fn kill_9_under_load_loses_no_receipted_message_and_repeats_none() {
     // firehose.
     let until = std::time::Instant::now() + Duration::from_secs(20);
     for (k, id) in ids.iter().enumerate() {
-        while l.message(*id).await.is_err() {
-            assert!(
-                std::time::Instant::now() < until,
-                "receipted message {k} of {} ({}) is in no block 20 s after the restart",
-                ids.len(),
-                hex::encode(id)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!(
+            "receipted message {k} of {} ({}) in a block after the restart",
+            ids.len(),
+            hex::encode(id)
+        );
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        wait_for(left, &what, async || l.message(*id).await.ok())
+            .await
+            .unwrap();
     }
     let latest = l.block(None).await.unwrap();
     let mut seen: HashMap<[u8; 32], (usize, i64)> = HashMap::new();

@@ -951,34 +951,19 @@ async fn a_delivery_killed_between_broadcast_and_record_completes_after_restart(
     let mut node = blockpost_tests::spawn_node_with(&data, port, None, &["--config", &cfg]);
     let c = wait_ready(&endpoint, &state).await;
     let mut l = Ledger::connect(&c, &state).await.unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    let records = loop {
-        let mut found = Vec::new();
-        if let Ok(latest) = l.block(None).await {
-            for h in 0..=latest.block.header.header.height {
-                let blk = l.block(Some(h)).await.unwrap();
-                for k in &blk.block.kinds {
-                    if let blockpost_core::block::Leaf::Record(r) = k
-                        && let Some(blockpost_proto::v1::ledger_record::Record::Delivery(d)) =
-                            &r.record
-                    {
-                        found.push(d.clone());
-                    }
-                }
-            }
-        }
-        if found
-            .iter()
-            .any(|d| d.stage == DeliveryStage::Delivered as i32)
-        {
-            break found;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "no delivered record: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let records = wait_for(
+        Duration::from_secs(60),
+        "the delivered record",
+        async || {
+            let found = blockpost_tests::delivery_records(&mut l).await;
+            found
+                .iter()
+                .any(|d| d.stage == DeliveryStage::Delivered as i32)
+                .then_some(found)
+        },
+    )
+    .await
+    .unwrap();
     let stages: Vec<i32> = records.iter().map(|d| d.stage).collect();
     assert_eq!(
         stages,

@@ -12,7 +12,7 @@ use blockpost_core::{Identity, now_ms, sign_envelope};
 use blockpost_proto::v1::envelope_content::Body;
 use blockpost_proto::v1::messaging_client::MessagingClient;
 use blockpost_proto::v1::{EnvelopeContent, MessageKind};
-use blockpost_tests::{Sandbox, reason, wait_for};
+use blockpost_tests::{Sandbox, delivery_records, reason, wait_for};
 use prost::Message as _;
 use tonic::Code;
 
@@ -25,35 +25,23 @@ const LEI_X: &str = "5493000EXCHANGE00016";
 
 /// Waits (30 s at most) until message `id` is in a block; returns it with its proofs.
 async fn placed(l: &mut Ledger, id: [u8; 32]) -> blockpost_client::LedgerMessage {
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match l.message(id).await {
-            Ok(p) => return p,
-            Err(e) => assert!(
-                std::time::Instant::now() < until,
-                "message {} is in no block after 30 s: {e}",
-                hex::encode(id)
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("message {} in a block", hex::encode(id));
+    wait_for(Duration::from_secs(30), &what, async || {
+        l.message(id).await.ok()
+    })
+    .await
+    .unwrap()
 }
 
 /// Waits (30 s at most) until transaction `tx` is closed in the ledger.
 async fn closed(l: &mut Ledger, tx: &str) {
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    while l
-        .transaction(tx)
-        .await
-        .map(|t| t.closing.is_none())
-        .unwrap_or(true)
-    {
-        assert!(
-            std::time::Instant::now() < until,
-            "{tx} is not closed after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{tx} closed"),
+        async || l.transaction(tx).await.ok()?.closing.map(|_| ()),
+    )
+    .await
+    .unwrap();
 }
 
 struct Desk {
@@ -732,27 +720,6 @@ async fn the_auditor_alerts_on_deliveries_the_rules_do_not_allow() {
     assert_eq!(wrong, 2, "{:?}", au.alerts());
 }
 
-/// Every delivery record in the ledger, in order, read from the verified blocks.
-async fn delivery_records(l: &mut Ledger) -> Vec<blockpost_proto::v1::DeliveryRecord> {
-    use blockpost_core::block::Leaf;
-    use blockpost_proto::v1::ledger_record::Record;
-    let Ok(latest) = l.block(None).await else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for h in 0..=latest.block.header.header.height {
-        let b = l.block(Some(h)).await.unwrap();
-        for k in &b.block.kinds {
-            if let Leaf::Record(r) = k
-                && let Some(Record::Delivery(d)) = &r.record
-            {
-                out.push(d.clone());
-            }
-        }
-    }
-    out
-}
-
 /// Delivery versus payment with delivery: the seller's sealed Bitcoin transaction is
 /// broadcast once, after both banks finished, recorded before (intent) and after
 /// (delivered) the broadcast, then confirmed with its Merkle proof once a regtest block
@@ -865,21 +832,20 @@ async fn a_finished_transaction_delivers_once_and_is_confirmed_a_timed_out_one_n
     let stages = |rs: &[blockpost_proto::v1::DeliveryRecord]| -> Vec<i32> {
         rs.iter().map(|r| r.stage).collect()
     };
-    let mut records = Vec::new();
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    while stages(&records)
-        != [
-            DeliveryStage::Intent as i32,
-            DeliveryStage::Delivered as i32,
-        ]
-    {
-        assert!(
-            std::time::Instant::now() < until,
-            "no intent and delivered records: {records:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        records = delivery_records(&mut l).await;
-    }
+    let records = wait_for(
+        Duration::from_secs(30),
+        "intent and delivered records",
+        async || {
+            let r = delivery_records(&mut l).await;
+            let want = [
+                DeliveryStage::Intent as i32,
+                DeliveryStage::Delivered as i32,
+            ];
+            (stages(&r) == want).then_some(r)
+        },
+    )
+    .await
+    .unwrap();
     assert!(records.iter().all(|r| r.message_id == instruction.to_vec()
         && r.commitment == txid.to_vec()
         && r.transaction_id == "dvp-1"));
@@ -897,21 +863,19 @@ async fn a_finished_transaction_delivers_once_and_is_confirmed_a_timed_out_one_n
         serialize_hex(&block),
     )
     .unwrap();
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    let confirmed = loop {
-        records = delivery_records(&mut l).await;
-        if let Some(c) = records
-            .iter()
-            .find(|r| r.stage == DeliveryStage::Confirmed as i32)
-        {
-            break c.clone();
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "not confirmed: {records:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let is_confirmed =
+        |r: &blockpost_proto::v1::DeliveryRecord| r.stage == DeliveryStage::Confirmed as i32;
+    let records = wait_for(
+        Duration::from_secs(30),
+        "the confirmed record",
+        async || {
+            let r = delivery_records(&mut l).await;
+            r.iter().any(is_confirmed).then_some(r)
+        },
+    )
+    .await
+    .unwrap();
+    let confirmed = records.iter().find(|r| is_confirmed(r)).unwrap().clone();
     assert_eq!(confirmed.ledger_height, 101);
     assert_eq!(confirmed.tx_index, 1);
     blockpost_core::delivery::verify_bitcoin_inclusion(

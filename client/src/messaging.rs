@@ -150,23 +150,6 @@ impl Messenger {
         Ok((env, body))
     }
 
-    /// Each recipient's current encryption key and its entry index, from verified
-    /// look-ups; a revoked recipient is refused.
-    async fn recipient_keys<'a>(
-        &mut self,
-        to: &'a [String],
-    ) -> Result<Vec<(&'a str, u64, [u8; 32])>> {
-        let mut keys = Vec::with_capacity(to.len());
-        for r in to {
-            let e = self.directory.current(r).await?;
-            if e.binding.revoked() {
-                return Err(Error::Refused(format!("recipient {r} is revoked")));
-            }
-            keys.push((r.as_str(), e.leaf_index, e.binding.encryption_key));
-        }
-        Ok(keys)
-    }
-
     /// The node's delivery key (its `LedgerInfo`, over this connection).
     pub async fn delivery_key(&mut self) -> Result<[u8; 32]> {
         let info = blockpost_proto::v1::ledger_client::LedgerClient::new(self.directory.channel())
@@ -184,6 +167,7 @@ impl Messenger {
         &mut self,
         d: &Delivery<'_>,
         out: &Outgoing<'_>,
+        seal: &[SealTo<'_>],
     ) -> Result<blockpost_proto::v1::LedgerDelivery> {
         if out.kind != MessageKind::SettlementInstruction {
             return Err(Error::Refused(
@@ -191,12 +175,10 @@ impl Messenger {
             ));
         }
         let node = self.delivery_key().await?;
-        let to = self.recipient_keys(out.to).await?;
-        let seal = seal_to(&to);
         Ok(blockpost_core::delivery::seal_delivery(
             d.ledger,
             &d.raw,
-            &seal,
+            seal,
             node,
             out.from,
             out.transaction_id,
@@ -217,7 +199,15 @@ impl Messenger {
                 out.from
             )));
         }
-        if let Some((expect, kind)) = blockpost_core::settle_expect(out.kind) {
+        // The recipients' current entries, looked up once for whatever needs them.
+        let settles = blockpost_core::settle_expect(out.kind);
+        let mut others = Vec::new();
+        if settles.is_some() || out.encrypt || out.delivery.is_some() {
+            for r in out.to {
+                others.push(self.directory.current(r).await?);
+            }
+        }
+        if let Some((expect, kind)) = settles {
             // A sealed body is checked by no gateway: check it here, as the gateway checks
             // a plaintext one.
             let s = settle::parse(expect, &out.body).map_err(|error| {
@@ -226,28 +216,23 @@ impl Messenger {
                     error: Box::new(error),
                 })
             })?;
-            let mut others = Vec::with_capacity(out.to.len());
-            for r in out.to {
-                others.push(self.directory.current(r).await?);
-            }
-            let recipients: Vec<_> = others
-                .iter()
-                .map(|e| settle::Participant::of(&e.binding))
-                .collect();
-            settle::check_parties(&s, settle::Participant::of(&me.binding), &recipients).map_err(
+            settle::check_bindings(&s, &me.binding, others.iter().map(|e| &e.binding)).map_err(
                 |error| Error::Parties {
                     kind,
                     error: Box::new(error),
                 },
             )?;
         }
+        let seal = if out.encrypt || out.delivery.is_some() {
+            seal_to(out.to, &others)?
+        } else {
+            Vec::new()
+        };
         let delivery = match &out.delivery {
-            Some(d) => Some(self.seal_delivery(d, &out).await?),
+            Some(d) => Some(self.seal_delivery(d, &out, &seal).await?),
             None => None,
         };
         let body = if out.encrypt {
-            let to = self.recipient_keys(out.to).await?;
-            let seal = seal_to(&to);
             Body::Encrypted(seal_body(
                 &seal,
                 &out.body,
@@ -371,13 +356,10 @@ impl Messenger {
                 None => return Err(Error::Refused(format!("{a} has no directory entry"))),
             }
         }
-        let recipients: Vec<_> = bindings[1..].iter().map(settle::Participant::of).collect();
-        settle::check_parties(s, settle::Participant::of(&bindings[0]), &recipients).map_err(
-            |error| Error::Parties {
-                kind,
-                error: Box::new(error),
-            },
-        )
+        settle::check_bindings(s, &bindings[0], &bindings[1..]).map_err(|error| Error::Parties {
+            kind,
+            error: Box::new(error),
+        })
     }
 
     /// Checks envelopes with the core rules and their senders' signatures against the
@@ -647,13 +629,20 @@ impl PreparedBatch {
     }
 }
 
-/// What [`Messenger::recipient_keys`] found, as HPKE recipients.
-fn seal_to<'a>(keys: &'a [(&'a str, u64, [u8; 32])]) -> Vec<SealTo<'a>> {
-    keys.iter()
-        .map(|(a, i, k)| SealTo {
-            address: a,
-            key_index: *i,
-            key: *k,
+/// The recipients `to`, with their current entries `entries`, as HPKE recipients; a
+/// revoked one is refused.
+fn seal_to<'a>(to: &'a [String], entries: &[VerifiedEntry]) -> Result<Vec<SealTo<'a>>> {
+    to.iter()
+        .zip(entries)
+        .map(|(r, e)| {
+            if e.binding.revoked() {
+                return Err(Error::Refused(format!("recipient {r} is revoked")));
+            }
+            Ok(SealTo {
+                address: r,
+                key_index: e.leaf_index,
+                key: e.binding.encryption_key,
+            })
         })
         .collect()
 }

@@ -421,11 +421,7 @@ impl Gateway {
             }
         }
         if let (Some(settlement), Some((_, kind))) = (p.settlement(), settle_expect(p.kind())) {
-            let recipients: Vec<settle::Participant<'_>> = parties
-                .iter()
-                .map(|x| settle::Participant::of(&x.binding))
-                .collect();
-            settle::check_parties(settlement, settle::Participant::of(&s.binding), &recipients)
+            settle::check_bindings(settlement, &s.binding, parties.iter().map(|x| &x.binding))
                 .map_err(|error| Error::Parties {
                     kind,
                     error: Box::new(error),

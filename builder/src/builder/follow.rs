@@ -170,15 +170,11 @@ async fn settlement_parties(
             None => return Some(Err(format!("the directory has no entry for {a}"))),
         }
     }
-    let recipients: Vec<_> = found[1..]
-        .iter()
-        .map(|p| blockpost_core::settle::Participant::of(&p.binding))
-        .collect();
     Some(
-        blockpost_core::settle::check_parties(
+        blockpost_core::settle::check_bindings(
             s,
-            blockpost_core::settle::Participant::of(&found[0].binding),
-            &recipients,
+            &found[0].binding,
+            found[1..].iter().map(|p| &p.binding),
         )
         .map_err(|e| format!("the {kind}'s parties: {e}")),
     )

@@ -400,5 +400,15 @@ pub fn differences(a: &Settlement, b: &Settlement) -> Vec<&'static str> {
     d
 }
 
+/// [`check_parties`] with the sender's and recipients' directory bindings.
+pub fn check_bindings<'a>(
+    s: &Settlement,
+    sender: &crate::Binding,
+    recipients: impl IntoIterator<Item = &'a crate::Binding>,
+) -> Result<(), SettleError> {
+    let recipients: Vec<Participant<'_>> = recipients.into_iter().map(Participant::of).collect();
+    check_parties(s, Participant::of(sender), &recipients)
+}
+
 #[cfg(test)]
 mod tests;

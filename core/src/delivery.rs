@@ -243,24 +243,13 @@ pub(crate) fn check_shape(
         return Err(DeliveryError::Commitment(d.commitment.len()));
     }
     let sealed = d.sealed.as_ref().ok_or(DeliveryError::Ciphertexts)?;
-    let named: HashSet<&str> = sealed
-        .ciphertexts
-        .iter()
-        .map(|c| c.recipient.as_str())
-        .collect();
     let mut want = recipients.clone();
     want.insert(DELIVERY_RECIPIENT);
-    if named.len() != sealed.ciphertexts.len() || named != want {
-        return Err(DeliveryError::Ciphertexts);
-    }
-    for c in &sealed.ciphertexts {
-        if c.encapsulated_key.len() != 32 {
-            return Err(DeliveryError::EncapsulatedKey);
-        }
-        if c.ciphertext.len() > MAX_LEDGER_TX_LEN + 16 {
-            return Err(DeliveryError::TooLarge);
-        }
-    }
+    crate::rules::check_sealed(sealed, &want, MAX_LEDGER_TX_LEN).map_err(|p| match p {
+        crate::rules::Sealed::Addressing => DeliveryError::Ciphertexts,
+        crate::rules::Sealed::TooLarge { .. } => DeliveryError::TooLarge,
+        crate::rules::Sealed::EncapsulatedKey { .. } => DeliveryError::EncapsulatedKey,
+    })?;
     Ok(())
 }
 

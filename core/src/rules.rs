@@ -75,6 +75,53 @@ const ENCAPSULATED_KEY_LEN: usize = 32;
 /// ChaCha20-Poly1305 tag length.
 const AEAD_TAG_LEN: usize = 16;
 
+/// What is wrong with the ciphertexts of something sealed with HPKE ([`check_sealed`]).
+pub(crate) enum Sealed {
+    /// Not addressed to exactly the names wanted, once each.
+    Addressing,
+    /// A ciphertext longer than its plaintext limit allows.
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An encapsulated key of the wrong length.
+    EncapsulatedKey {
+        /// Whose.
+        recipient: String,
+    },
+}
+
+/// The rules for a sealed body or a sealed delivery: addressed to exactly `want`, once
+/// each, every ciphertext within `max_plain` bytes of plaintext (plus the AEAD tag) and
+/// every encapsulated key of the KEM's length.
+pub(crate) fn check_sealed(
+    e: &blockpost_proto::v1::EncryptedBody,
+    want: &HashSet<&str>,
+    max_plain: usize,
+) -> std::result::Result<(), Sealed> {
+    let named: HashSet<&str> = e.ciphertexts.iter().map(|c| c.recipient.as_str()).collect();
+    if named.len() != e.ciphertexts.len() || named != *want {
+        return Err(Sealed::Addressing);
+    }
+    let limit = max_plain.saturating_add(AEAD_TAG_LEN);
+    for ct in &e.ciphertexts {
+        if ct.ciphertext.len() > limit {
+            return Err(Sealed::TooLarge {
+                len: ct.ciphertext.len(),
+                limit,
+            });
+        }
+        if ct.encapsulated_key.len() != ENCAPSULATED_KEY_LEN {
+            return Err(Sealed::EncapsulatedKey {
+                recipient: ct.recipient.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// An envelope whose content follows every stateless rule; its signature is not checked
 /// yet.
 #[derive(Clone, Debug)]
@@ -152,28 +199,19 @@ impl ParsedEnvelope {
                 }
             }
             Some(Body::Encrypted(e)) => {
-                let named: HashSet<&str> =
-                    e.ciphertexts.iter().map(|c| c.recipient.as_str()).collect();
-                if named.len() != e.ciphertexts.len() || named != seen {
-                    return Err(EnvelopeError::Ciphertexts.into());
-                }
-                for ct in &e.ciphertexts {
-                    let limit = limits.max_body_len.saturating_add(AEAD_TAG_LEN);
-                    if ct.ciphertext.len() > limit {
-                        return Err(Error::TooLarge {
-                            field: "ciphertext",
-                            len: ct.ciphertext.len(),
-                            limit,
-                        });
+                check_sealed(e, &seen, limits.max_body_len).map_err(|p| match p {
+                    Sealed::Addressing => EnvelopeError::Ciphertexts.into(),
+                    Sealed::TooLarge { len, limit } => Error::TooLarge {
+                        field: "ciphertext",
+                        len,
+                        limit,
+                    },
+                    Sealed::EncapsulatedKey { recipient } => EnvelopeError::EncapsulatedKey {
+                        recipient,
+                        expected: ENCAPSULATED_KEY_LEN,
                     }
-                    if ct.encapsulated_key.len() != ENCAPSULATED_KEY_LEN {
-                        return Err(EnvelopeError::EncapsulatedKey {
-                            recipient: ct.recipient.clone(),
-                            expected: ENCAPSULATED_KEY_LEN,
-                        }
-                        .into());
-                    }
-                }
+                    .into(),
+                })?;
             }
         }
         if let Some(d) = &c.delivery {

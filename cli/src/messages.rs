@@ -136,6 +136,12 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
             tx_deadline,
             text,
         } => {
+            if deliver.is_some() && instruction.is_none() {
+                bail!(
+                    "--deliver goes with --instruction FILE: only a settlement instruction \
+                     carries a ledger transaction"
+                );
+            }
             let settlement = match (trade, instruction) {
                 (Some(f), _) => Some((MessageKind::Trade, f)),
                 (None, Some(f)) => Some((MessageKind::SettlementInstruction, f)),

@@ -97,8 +97,12 @@ impl TargetLedger for Bitcoin {
             ledger: "bitcoin",
             why,
         };
-        let tx: bitcoin::Transaction =
-            bitcoin::consensus::deserialize(raw).map_err(|e| bad(e.to_string()))?;
+        let tx: bitcoin::Transaction = bitcoin::consensus::deserialize(raw).map_err(|e| {
+            bad(format!(
+                "its {} bytes do not decode as a consensus-encoded transaction ({e})",
+                raw.len()
+            ))
+        })?;
         if tx.input.is_empty() || tx.output.is_empty() {
             return Err(bad("it has no inputs or no outputs".into()));
         }

@@ -153,6 +153,22 @@ pub enum Error {
         /// What failed.
         source: CoreError,
     },
+    /// A keyring that cannot be read, written or used.
+    #[error("{path}")]
+    Keyring {
+        /// The keyring file.
+        path: String,
+        /// What failed.
+        source: crate::keyring::KeyringError,
+    },
+    /// A keyring file that cannot be read or written.
+    #[error("{path}")]
+    KeyringIo {
+        /// The keyring file.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// An evidence signer that failed.
     #[error("evidence signer: {0}")]
     EvidenceSigner(String),

@@ -6,6 +6,7 @@ use std::path::Path;
 use blockpost_core::{Error as CoreError, Identity};
 use zeroize::Zeroizing;
 
+use crate::keyring::Keyring;
 use crate::{Error, Result};
 
 fn key_error(path: &Path, source: CoreError) -> Error {
@@ -38,6 +39,51 @@ pub fn read_key_file(path: &Path, passphrase: &[u8]) -> Result<Identity> {
         std::fs::read_to_string(path).map_err(|e| key_error(path, CoreError::KeyFile(e.into())))?,
     );
     Identity::from_encrypted_pem(&text, passphrase).map_err(|e| key_error(path, e))
+}
+
+/// Reads and opens the keyring at `path`.
+pub fn read_keyring(path: &Path, passphrase: &[u8]) -> Result<Keyring> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| Error::KeyringIo {
+        path: path.display().to_string(),
+        source,
+    })?);
+    Keyring::from_file(&bytes, passphrase).map_err(|source| Error::Keyring {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Writes `keyring` to `path` under `passphrase`, mode 0600: a new file when `create`
+/// (never overwriting one), else replacing the file atomically (a crash leaves the old
+/// keyring or the new one, never a mix).
+pub fn write_keyring(
+    path: &Path,
+    keyring: &Keyring,
+    passphrase: &[u8],
+    create: bool,
+) -> Result<()> {
+    let file = keyring
+        .to_file(passphrase)
+        .map_err(|source| Error::Keyring {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let io = |source| Error::KeyringIo {
+        path: path.display().to_string(),
+        source,
+    };
+    if create {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(path).map_err(io)?;
+        f.write_all(&file).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        blockpost_files::sync_parent(path).map_err(io)
+    } else {
+        blockpost_files::write_private_atomic(path, &file).map_err(io)
+    }
 }
 
 #[cfg(test)]

@@ -29,16 +29,19 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backup;
 mod directory;
 mod error;
 mod keyfile;
+pub mod keyring;
 mod ledger;
 mod messaging;
 mod transport;
 
 pub use directory::{Client, EvidenceSigner, VerifiedEntry, config_dir};
 pub use error::{Error, PinnedKeyChanged, Result};
-pub use keyfile::{read_key_file, write_key_file};
+pub use keyfile::{read_key_file, read_keyring, write_key_file, write_keyring};
+pub use keyring::Keyring;
 pub use ledger::{Ledger, LedgerBlock, LedgerMessage, LedgerTransaction};
 pub use messaging::{Delivery, Messenger, Outgoing, PreparedBatch, Received};
 pub use transport::{ConnectOptions, WITNESS_WAIT, tls_pin_of};

@@ -45,25 +45,38 @@ impl Identity {
         x25519_dalek::PublicKey::from(&self.encryption).to_bytes()
     }
 
+    /// Both keys as unencrypted PKCS#8 DER (RFC 5958 `PrivateKeyInfo`; the x25519 key
+    /// as RFC 8410 has it, an OCTET STRING inside): ed25519 first.
+    pub fn to_pkcs8_der(&self) -> Result<[Zeroizing<Vec<u8>>; 2]> {
+        let err = |e: pkcs8::Error| Error::from(KeyFileError::Encrypt { why: e.to_string() });
+        let ed = self.signing.to_pkcs8_der().map_err(err)?;
+        Ok([
+            Zeroizing::new(ed.as_bytes().to_vec()),
+            x25519_to_der(&self.encryption)?,
+        ])
+    }
+
+    /// Reads keys written by [`Identity::to_pkcs8_der`].
+    pub fn from_pkcs8_der(ed25519: &[u8], x25519: &[u8]) -> Result<Self> {
+        let signing = SigningKey::from_pkcs8_der(ed25519).map_err(|_| KeyFileError::Key {
+            which: "the first key",
+            kind: "ed25519",
+        })?;
+        let encryption = x25519_from_der(x25519, "the second key")?;
+        Ok(Self {
+            signing,
+            encryption,
+        })
+    }
+
     /// Both keys as encrypted PKCS#8 PEM.
     pub fn to_encrypted_pem(&self, passphrase: &[u8]) -> Result<Zeroizing<String>> {
         let enc_err =
             |e: &dyn std::fmt::Display| Error::from(KeyFileError::Encrypt { why: e.to_string() });
         let err = |e: pkcs8::Error| enc_err(&e);
-        let ed = self.signing.to_pkcs8_der().map_err(err)?;
-        let ed_info = PrivateKeyInfo::try_from(ed.as_bytes()).map_err(err)?;
-        // RFC 8410: the private key is an OCTET STRING wrapping the 32 key bytes.
-        let mut x_inner = Zeroizing::new(vec![0x04, 0x20]);
-        x_inner.extend_from_slice(self.encryption.as_bytes());
-        let x_info = PrivateKeyInfo::new(
-            pkcs8::AlgorithmIdentifierRef {
-                oid: X25519_OID,
-                parameters: None,
-            },
-            &x_inner,
-        );
         let mut out = Zeroizing::new(String::new());
-        for info in [ed_info, x_info] {
+        for der in self.to_pkcs8_der()? {
+            let info = PrivateKeyInfo::try_from(der.as_slice()).map_err(err)?;
             let salt: [u8; 16] = rand::random();
             let iv: [u8; 16] = rand::random();
             // scrypt N = 2^14, r = 8, p = 1: OpenSSL's own default, within its 32 MiB limit,
@@ -114,43 +127,21 @@ impl Identity {
             let doc = enc.decrypt(passphrase).map_err(|_| KeyFileError::Decrypt)?;
             keys.push(doc);
         }
-        let signing =
-            SigningKey::from_pkcs8_der(keys[0].as_bytes()).map_err(|_| KeyFileError::Key {
-                which: "the first block",
-                kind: "ed25519",
-            })?;
-        let x_info =
-            PrivateKeyInfo::try_from(keys[1].as_bytes()).map_err(|_| KeyFileError::Key {
-                which: "the second block",
-                kind: "x25519",
-            })?;
-        if x_info.algorithm.oid != X25519_OID {
-            return Err(KeyFileError::Key {
-                which: "the second block",
-                kind: "x25519",
-            }
-            .into());
-        }
-        let raw = x_info.private_key;
-        if raw.len() != 34 || raw[0] != 0x04 || raw[1] != 0x20 {
-            return Err(KeyFileError::Key {
-                which: "the x25519 private key",
-                kind: "x25519",
-            }
-            .into());
-        }
-        let mut arr = Zeroizing::new([0u8; 32]);
-        arr.copy_from_slice(&raw[2..]);
-        Ok(Self {
-            signing,
-            encryption: StaticSecret::from(*arr),
-        })
+        Self::from_pkcs8_der(keys[0].as_bytes(), keys[1].as_bytes())
     }
 }
 
-/// An x25519 private key as unencrypted PKCS#8 PEM (RFC 8410: `PRIVATE KEY`, the key an
-/// OCTET STRING): a node's delivery key on its own disk, which `openssl pkey` reads.
-pub fn x25519_to_pem(secret: &StaticSecret) -> Result<Zeroizing<String>> {
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self {
+            signing: self.signing.clone(),
+            encryption: self.encryption.clone(),
+        }
+    }
+}
+
+/// An x25519 private key as unencrypted PKCS#8 DER (RFC 8410).
+fn x25519_to_der(secret: &StaticSecret) -> Result<Zeroizing<Vec<u8>>> {
     let mut inner = Zeroizing::new(vec![0x04, 0x20]);
     inner.extend_from_slice(secret.as_bytes());
     let info = PrivateKeyInfo::new(
@@ -161,6 +152,33 @@ pub fn x25519_to_pem(secret: &StaticSecret) -> Result<Zeroizing<String>> {
         &inner,
     );
     let doc = pkcs8::SecretDocument::try_from(info)
+        .map_err(|e| Error::from(KeyFileError::Encrypt { why: e.to_string() }))?;
+    Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+}
+
+/// Reads [`x25519_to_der`]'s output; `which` names the key in errors.
+fn x25519_from_der(der: &[u8], which: &'static str) -> Result<StaticSecret> {
+    let bad = || {
+        Error::from(KeyFileError::Key {
+            which,
+            kind: "x25519",
+        })
+    };
+    let info = PrivateKeyInfo::try_from(der).map_err(|_| bad())?;
+    let raw = info.private_key;
+    if info.algorithm.oid != X25519_OID || raw.len() != 34 || raw[0] != 0x04 || raw[1] != 0x20 {
+        return Err(bad());
+    }
+    let mut arr = Zeroizing::new([0u8; 32]);
+    arr.copy_from_slice(&raw[2..]);
+    Ok(StaticSecret::from(*arr))
+}
+
+/// An x25519 private key as unencrypted PKCS#8 PEM (RFC 8410: `PRIVATE KEY`, the key an
+/// OCTET STRING): a node's delivery key on its own disk, which `openssl pkey` reads.
+pub fn x25519_to_pem(secret: &StaticSecret) -> Result<Zeroizing<String>> {
+    let der = x25519_to_der(secret)?;
+    let doc = pkcs8::SecretDocument::try_from(der.as_slice())
         .map_err(|e| Error::from(KeyFileError::Encrypt { why: e.to_string() }))?;
     doc.to_pem("PRIVATE KEY", LineEnding::LF)
         .map_err(|e| Error::from(KeyFileError::Encrypt { why: e.to_string() }))
@@ -179,20 +197,7 @@ pub fn x25519_from_pem(text: &str) -> Result<StaticSecret> {
         }
         .into());
     }
-    let bad = || {
-        Error::from(KeyFileError::Key {
-            which: "the delivery key",
-            kind: "x25519",
-        })
-    };
-    let info = PrivateKeyInfo::try_from(der.as_slice()).map_err(|_| bad())?;
-    let raw = info.private_key;
-    if info.algorithm.oid != X25519_OID || raw.len() != 34 || raw[0] != 0x04 || raw[1] != 0x20 {
-        return Err(bad());
-    }
-    let mut arr = Zeroizing::new([0u8; 32]);
-    arr.copy_from_slice(&raw[2..]);
-    Ok(StaticSecret::from(*arr))
+    x25519_from_der(&der, "the delivery key")
 }
 
 fn pem_blocks(text: &str) -> Vec<String> {

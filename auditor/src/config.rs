@@ -75,8 +75,12 @@ impl AuditorConfig {
 pub struct OpenFor {
     /// The participant's address.
     pub address: String,
-    /// Its keys (only the x25519 one is used).
+    /// Its keys (only the x25519 one is used): those of a key file, or a keyring's
+    /// current generation.
     pub keys: Arc<blockpost_core::Identity>,
+    /// A keyring's generations by the leaf index of the directory entry that bound each:
+    /// a body sealed to one of them opens with it (empty for a key file).
+    pub generations: Arc<std::collections::HashMap<u64, blockpost_core::Identity>>,
 }
 
 impl std::fmt::Debug for OpenFor {

@@ -515,11 +515,12 @@ fn indexed(
                 Some(Body::Plaintext(b)) => String::from_utf8(b.clone()).ok(),
                 // Sealed for a participant whose key the auditor holds: opened.
                 Some(Body::Encrypted(e)) => open_for.iter().find_map(|o| {
-                    e.ciphertexts.iter().find(|r| r.recipient == o.address)?;
+                    let r = e.ciphertexts.iter().find(|r| r.recipient == o.address)?;
+                    let keys = o.generations.get(&r.recipient_key_index).unwrap_or(&o.keys);
                     let plain = blockpost_core::open_body(
                         e,
                         &o.address,
-                        &o.keys.encryption,
+                        &keys.encryption,
                         &blockpost_core::body_aad(&c.sender, &c.transaction_id),
                     )
                     .ok()?;

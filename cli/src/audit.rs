@@ -43,10 +43,11 @@ pub struct AuditorArgs {
     /// `name:PATTERN` or `PATTERN` (either), with `*` and `?`, ignoring case. Repeatable.
     #[arg(long, value_name = "PATTERN")]
     pub watch: Vec<blockpost_auditor::Watch>,
-    /// `ADDRESS=KEYFILE`: the auditor holds this participant's key file (a regulator's,
-    /// say; its passphrase from BLOCKPOST_PASSPHRASE or the terminal) and opens and
-    /// indexes the encrypted bodies sealed for it, and only those. Repeatable.
-    #[arg(long, value_name = "ADDRESS=KEYFILE")]
+    /// `ADDRESS=KEYRING` (or `ADDRESS=KEYFILE`): the auditor holds this participant's
+    /// keys (a regulator's, say; the passphrase from BLOCKPOST_PASSPHRASE or the terminal)
+    /// and opens and indexes the encrypted bodies sealed for it, and only those; a
+    /// keyring opens those sealed to any of its generations. Repeatable.
+    #[arg(long, value_name = "ADDRESS=KEYRING")]
     pub open_for: Vec<String>,
     /// Also publish each alert (JSON) on NATS, on this server (the auditor's own: the
     /// node's read-only user publishes nothing).
@@ -299,14 +300,32 @@ pub async fn run_auditor(args: AuditorArgs) -> anyhow::Result<()> {
     config.watch = args.watch.clone();
     for spec in &args.open_for {
         let Some((address, file)) = spec.split_once('=') else {
-            anyhow::bail!("--open-for {spec:?}: expected ADDRESS=KEYFILE");
+            anyhow::bail!("--open-for {spec:?}: expected ADDRESS=KEYRING (or ADDRESS=KEYFILE)");
         };
         blockpost_core::Address::parse(address).with_context(|| format!("--open-for {spec:?}"))?;
-        let keys = crate::keys::read_key(std::path::Path::new(file))
-            .with_context(|| format!("--open-for {address}"))?;
+        let path = std::path::Path::new(file);
+        let keys = crate::keys::read_keys(path).with_context(|| format!("--open-for {address}"))?;
+        let mut generations = std::collections::HashMap::new();
+        if let crate::keys::Keys::Ring(ring) = &keys {
+            ring.check_address(address)
+                .with_context(|| format!("--open-for {spec}"))?;
+            for g in ring.generations() {
+                if let Some(i) = g.leaf_index {
+                    generations.insert(i, g.identity.clone());
+                }
+            }
+        }
         config.open_for.push(blockpost_auditor::OpenFor {
             address: address.to_owned(),
-            keys: std::sync::Arc::new(keys),
+            // A revoked keyring still opens what was sealed to it.
+            keys: std::sync::Arc::new(match &keys {
+                crate::keys::Keys::Ring(r) => r.signing().map_or_else(
+                    |_| r.generations()[r.generations().len() - 1].identity.clone(),
+                    |g| g.identity.clone(),
+                ),
+                crate::keys::Keys::File(id) => id.clone(),
+            }),
+            generations: std::sync::Arc::new(generations),
         });
     }
     if let Some(url) = &args.alerts_nats {

@@ -6,7 +6,10 @@ use anyhow::bail;
 use blockpost_client::{Client, config_dir};
 use blockpost_core::Address;
 
-use crate::keys::{address_for, evidence_signer, read_chain, read_key, remember_address};
+use crate::keyring::{label, save};
+use crate::keys::{
+    Keys, address_for, evidence_signer, read_chain, read_key, read_keys, remember_address,
+};
 use crate::{Conn, render};
 
 /// The directory commands.
@@ -19,7 +22,9 @@ pub enum DirectoryCmd {
     },
     /// Join the directory: bind an address and a real name to a key file's keys.
     Register {
-        /// Key file (from `blockpost key new`).
+        /// Keyring or key file (from `blockpost key new`). A keyring is labelled with the
+        /// entry; a key file gets a keyring beside it (same name, `.keyring`), which keeps
+        /// every later generation.
         #[arg(long)]
         key: PathBuf,
         /// Routing address: `[a-z0-9][a-z0-9-]{0,62}`.
@@ -48,14 +53,16 @@ pub enum DirectoryCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Replace a binding's keys with those of another key file.
+    /// Replace a binding's keys. With a keyring, new keys are made in it (or taken from
+    /// --new-key) and the old generation is kept to read what was sealed to it; with a key
+    /// file, --new-key names the file with the new keys.
     Rotate {
-        /// Current key file.
+        /// Keyring, or current key file.
         #[arg(long)]
         key: PathBuf,
-        /// Key file with the new keys.
+        /// Key file with the new keys (required with a key file).
         #[arg(long)]
-        new_key: PathBuf,
+        new_key: Option<PathBuf>,
         /// The address (default: the one `register` recorded beside the key file).
         #[arg(long)]
         address: Option<String>,
@@ -67,7 +74,7 @@ pub enum DirectoryCmd {
         /// The address (default: the one recorded beside --key).
         #[arg(long)]
         address: Option<String>,
-        /// Current key file.
+        /// Keyring, or current key file (a keyring marks the generation revoked).
         #[arg(long, conflicts_with = "evidence_key")]
         key: Option<PathBuf>,
         /// PEM PKCS#8 private key of the evidence certificate.
@@ -111,7 +118,19 @@ pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
                 blockpost_core::settle::check_lei(l)
                     .map_err(|p| anyhow::anyhow!("--lei {l} {p}"))?;
             }
-            let id = read_key(&key)?;
+            let mut keys = read_keys(&key)?;
+            if let Keys::Ring(ring) = &mut keys {
+                ring.check_address(address.as_str())?;
+                if ring.signing().is_err() {
+                    // Every generation revoked: registering again takes new keys.
+                    ring.push(
+                        blockpost_core::Identity::generate(),
+                        blockpost_core::now_ms(),
+                    );
+                    save(&key, ring)?;
+                }
+            }
+            let id = keys.signing()?.clone();
             let mut c = connect(&conn).await?;
             let e = match (evidence_chain, evidence_key) {
                 (Some(chain), Some(k)) => {
@@ -131,8 +150,31 @@ pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
                         .await?
                 }
             };
-            // Remember the address beside the key file, for every later command.
-            remember_address(&key, &address);
+            match keys {
+                Keys::Ring(mut ring) => {
+                    ring.set_address(address.as_str())?;
+                    label(&mut c, &mut ring).await?;
+                    save(&key, &ring)?;
+                }
+                Keys::File(id) => {
+                    // Remember the address beside the key file, for every later command,
+                    // and start the keyring that keeps every generation from now on.
+                    remember_address(&key, &address);
+                    let path = key.with_extension("keyring");
+                    if !path.exists() {
+                        let mut ring = blockpost_client::Keyring::new(id, blockpost_core::now_ms());
+                        ring.set_address(address.as_str())?;
+                        label(&mut c, &mut ring).await?;
+                        let p = crate::keys::passphrase(false)?;
+                        blockpost_client::write_keyring(&path, &ring, p.as_bytes(), true)?;
+                        eprintln!(
+                            "keyring {} started: use it as --key from now on (rotate adds \
+                             generations to it, and it opens what was sealed to each)",
+                            path.display()
+                        );
+                    }
+                }
+            }
             render::entry(&e, conn.json)
         }
         DirectoryCmd::Lookup { address, conn } => {
@@ -148,12 +190,56 @@ pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
             conn,
         } => {
             let address = address_for(&key, address, "--address")?;
-            let old = read_key(&key)?;
-            let new = read_key(&new_key)?;
             let mut c = connect(&conn).await?;
-            let e = c.rotate(&old, &new, address.as_str()).await?;
-            remember_address(&new_key, &address);
-            render::entry(&e, conn.json)
+            match read_keys(&key)? {
+                Keys::File(old) => {
+                    let Some(new_key) = new_key else {
+                        bail!(
+                            "{} is a key file: give --new-key FILE with the new keys (or rotate \
+                             a keyring, which makes them)",
+                            key.display()
+                        );
+                    };
+                    let new = read_key(&new_key)?;
+                    let e = c.rotate(&old, &new, address.as_str()).await?;
+                    remember_address(&new_key, &address);
+                    render::entry(&e, conn.json)
+                }
+                Keys::Ring(mut ring) => {
+                    // A rotation cut short before: the directory may have bound its keys.
+                    label(&mut c, &mut ring).await?;
+                    let old = ring.signing()?.identity.clone();
+                    let new = match (&new_key, ring.pending()) {
+                        (Some(f), _) => {
+                            let id = read_key(f)?;
+                            ring.push(id.clone(), blockpost_core::now_ms());
+                            id
+                        }
+                        (None, Some(p)) => p.identity.clone(),
+                        (None, None) => {
+                            let id = blockpost_core::Identity::generate();
+                            ring.push(id.clone(), blockpost_core::now_ms());
+                            id
+                        }
+                    };
+                    // The new keys are on disk before the directory binds them.
+                    save(&key, &ring)?;
+                    let e = c.rotate(&old, &new, address.as_str()).await?;
+                    label(&mut c, &mut ring).await?;
+                    save(&key, &ring)?;
+                    render::entry(&e, conn.json)?;
+                    if !conn.json {
+                        eprintln!(
+                            "{} now holds {} generation(s); the earlier ones still open what was \
+                             sealed to them (`blockpost key list --key {}`)",
+                            key.display(),
+                            ring.generations().len(),
+                            key.display()
+                        );
+                    }
+                    Ok(())
+                }
+            }
         }
         DirectoryCmd::Revoke {
             address,
@@ -169,10 +255,16 @@ pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
             };
             let mut c = connect(&conn).await?;
             let e = match (key, evidence_key) {
-                (Some(k), _) => {
-                    c.revoke(address.as_str(), &reason, Some(&read_key(&k)?), None)
-                        .await?
-                }
+                (Some(k), _) => match read_keys(&k)? {
+                    Keys::File(id) => c.revoke(address.as_str(), &reason, Some(&id), None).await?,
+                    Keys::Ring(mut ring) => {
+                        let id = ring.signing()?.identity.clone();
+                        let e = c.revoke(address.as_str(), &reason, Some(&id), None).await?;
+                        label(&mut c, &mut ring).await?;
+                        save(&k, &ring)?;
+                        e
+                    }
+                },
                 (None, Some(ek)) => {
                     let s = evidence_signer(&ek)?;
                     c.revoke(address.as_str(), &reason, None, Some(&s)).await?

@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - `up`: `blockpost up`, a node from `blockpost-node`.
-//! - `keys`: `blockpost key new`, key files, passphrases, evidence keys, recorded addresses.
+//! - `keys`: reading key files and keyrings, passphrases, evidence keys, recorded addresses.
+//! - `keyring`: `blockpost key new|list|import|sync|backup|recover`.
 //! - `directory`: `info`, `register`, `lookup`, `rotate`, `revoke`, `checkpoint`.
 //! - `messages`: `send`, `finish`, `inbox`, `firehose`.
 //! - `ledger`: `block`, `message`, `tx`: blocks, messages and transactions from the ledger,
@@ -26,6 +27,7 @@ mod audit;
 #[cfg(feature = "bench")]
 mod bench;
 mod directory;
+mod keyring;
 mod keys;
 mod ledger;
 mod messages;
@@ -99,10 +101,10 @@ impl Conn {
 enum Cmd {
     /// Run the node: directory and messaging gateway on one gRPC port, over NATS JetStream.
     Up(up::UpArgs),
-    /// Manage key files.
+    /// Key files and keyrings: new, list, import, sync, backup, recover.
     Key {
         #[command(subcommand)]
-        cmd: KeyCmd,
+        cmd: keyring::KeyCmd,
     },
     #[command(flatten)]
     Directory(directory::DirectoryCmd),
@@ -141,19 +143,6 @@ enum Cmd {
     },
 }
 
-#[derive(Subcommand)]
-enum KeyCmd {
-    /// Create a key file (ed25519 + x25519, encrypted PKCS#8, mode 0600).
-    New {
-        /// Where to write it; never overwritten.
-        #[arg(long)]
-        out: PathBuf,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -183,9 +172,7 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Up(args) => up::run(args).await,
-        Cmd::Key {
-            cmd: KeyCmd::New { out, json },
-        } => keys::new_key(&out, json),
+        Cmd::Key { cmd } => keyring::run(cmd).await,
         Cmd::Directory(cmd) => directory::run(cmd).await,
         Cmd::Messages(cmd) => messages::run(cmd).await,
         Cmd::Ledger(cmd) => ledger::run(cmd).await,

@@ -7,13 +7,13 @@ use blockpost_client::{Messenger, Outgoing, config_dir};
 use blockpost_core::Address;
 use blockpost_proto::v1::MessageKind;
 
-use crate::keys::{address_for, read_key};
+use crate::keys::{Keys, address_for, read_key, read_keys};
 use crate::{Conn, render};
 
 /// Who sends what to whom, about which transaction.
 #[derive(clap::Args)]
 pub struct MsgArgs {
-    /// Key file of the sender.
+    /// Keyring or key file of the sender (a keyring signs with its current generation).
     #[arg(long)]
     key: PathBuf,
     /// Sender address (default: the one `register` recorded beside the key file).
@@ -25,6 +25,17 @@ pub struct MsgArgs {
     /// Transaction id (a trade, a settlement, an agreement).
     #[arg(long)]
     tx: String,
+    /// Escrow: also address (and, with --encrypt, seal) the message to these
+    /// participants, such as a regulator whose auditor runs with `--open-for`. A policy
+    /// sets it once with BLOCKPOST_ALSO_SEAL_TO. They become recipients, and so parties of
+    /// the transaction: it finishes when they send `finish` too.
+    #[arg(
+        long,
+        env = "BLOCKPOST_ALSO_SEAL_TO",
+        value_delimiter = ',',
+        value_name = "ADDRESS"
+    )]
+    also_seal_to: Vec<String>,
     /// Write the gateway's signed receipt to this file (JSON), to hand to an auditor
     /// later (`blockpost audit receipt FILE`).
     #[arg(long, value_name = "FILE")]
@@ -91,7 +102,7 @@ pub enum MessageCmd {
     /// Read your inbox: verifies every signature against the directory, decrypts what is
     /// addressed to you, and acknowledges what it printed.
     Inbox {
-        /// Key file.
+        /// Keyring or key file (a keyring opens what was sealed to any of its generations).
         #[arg(long)]
         key: PathBuf,
         /// Your address (default: the one `register` recorded beside the key file).
@@ -221,12 +232,20 @@ pub async fn run(cmd: MessageCmd) -> anyhow::Result<()> {
             conn,
         } => {
             let me = address_for(&key, from, "--from")?;
-            let id = read_key(&key)?;
+            let keys = read_keys(&key)?;
+            let id = keys.signing()?.clone();
             let mut m =
                 Messenger::connect_with(&conn.endpoint, &config_dir(), &conn.options()).await?;
             let json = conn.json;
+            let file_keys = (me.as_str(), &id);
+            let opener: &dyn blockpost_client::BodyKeys = match &keys {
+                Keys::Ring(r) => r,
+                Keys::File(_) => &file_keys,
+            };
             let n = m
-                .inbox(&id, me.as_str(), follow, |r| render::received(r, json))
+                .inbox_with(&id, me.as_str(), opener, follow, |r| {
+                    render::received(r, json)
+                })
                 .await?;
             if !json {
                 eprintln!(
@@ -312,7 +331,13 @@ async fn send(
     delivery: Option<Vec<u8>>,
 ) -> anyhow::Result<()> {
     let from = address_for(&m.key, m.from, "--from")?;
-    for r in &m.to {
+    let mut to = m.to.clone();
+    for a in &m.also_seal_to {
+        if !to.contains(a) && *a != from.as_str() {
+            to.push(a.clone());
+        }
+    }
+    for r in &to {
         Address::parse(r)?;
     }
     let id = read_key(&m.key)?;
@@ -324,7 +349,7 @@ async fn send(
             raw,
         }),
         from: from.as_str(),
-        to: &m.to,
+        to: &to,
         transaction_id: &m.tx,
         kind,
         content_type: &content_type,

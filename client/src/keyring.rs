@@ -318,6 +318,16 @@ impl Keyring {
         number
     }
 
+    /// Orders the generations by the directory entry that bound them (unbound ones last,
+    /// in the order they were made) and numbers them again from 1.
+    pub fn sort_by_binding(&mut self) {
+        self.generations
+            .sort_by_key(|g| (g.leaf_index.is_none(), g.leaf_index, g.number));
+        for (i, g) in self.generations.iter_mut().enumerate() {
+            g.number = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        }
+    }
+
     /// The generation whose x25519 key a body was sealed to, by the leaf index of the
     /// recipient entry the envelope names.
     pub fn for_key_index(&self, index: u64) -> Result<&Generation> {
@@ -607,6 +617,11 @@ fn parse_file(bytes: &[u8]) -> Result<FileV1> {
         })?;
     }
     Ok(f)
+}
+
+/// The address a keyring file names (before its passphrase checks it).
+pub fn address_of(bytes: &[u8]) -> Result<Option<String>> {
+    Ok(parse_file(bytes)?.address)
 }
 
 /// Whether `bytes` look like a keyring file (rather than a PEM key file).

@@ -43,5 +43,7 @@ pub use error::{Error, PinnedKeyChanged, Result};
 pub use keyfile::{read_key_file, read_keyring, write_key_file, write_keyring};
 pub use keyring::Keyring;
 pub use ledger::{Ledger, LedgerBlock, LedgerMessage, LedgerTransaction};
-pub use messaging::{Delivery, Messenger, Outgoing, PreparedBatch, Received};
+pub use messaging::{
+    BodyKeys, Delivery, Messenger, Outgoing, PreparedBatch, Received, open_sealed,
+};
 pub use transport::{ConnectOptions, WITNESS_WAIT, tls_pin_of};

@@ -19,6 +19,7 @@ use blockpost_proto::v1::{
 use ed25519_dalek::{Signer as _, VerifyingKey};
 use prost::Message as _;
 use tonic::transport::Channel;
+use x25519_dalek::StaticSecret;
 
 use crate::{Client, Error, Result, VerifiedEntry};
 use blockpost_core::settle;
@@ -77,6 +78,73 @@ pub struct Received {
     pub body: Option<Vec<u8>>,
     /// Whether the body was end-to-end encrypted.
     pub encrypted: bool,
+    /// Of a sealed body opened: the leaf index of the reader's directory entry whose key
+    /// it was sealed to.
+    pub opened_with: Option<u64>,
+    /// Of a sealed body not opened, with keys given: why (not sealed to the reader, or
+    /// sealed to a key generation the reader's keys lack).
+    pub unopened: Option<String>,
+}
+
+/// Keys that open bodies sealed to one participant: a key file's keys (the one
+/// generation it holds), or a [`crate::Keyring`] (every generation, chosen by the key
+/// index each ciphertext names).
+pub trait BodyKeys: Sync {
+    /// The participant.
+    fn reader(&self) -> &str;
+    /// The x25519 secret of the generation bound at directory leaf `key_index`, or why
+    /// there is none.
+    fn body_key(&self, key_index: u64) -> std::result::Result<&StaticSecret, String>;
+}
+
+impl BodyKeys for (&str, &Identity) {
+    fn reader(&self) -> &str {
+        self.0
+    }
+    fn body_key(&self, _: u64) -> std::result::Result<&StaticSecret, String> {
+        Ok(&self.1.encryption)
+    }
+}
+
+impl BodyKeys for crate::Keyring {
+    fn reader(&self) -> &str {
+        self.address().unwrap_or("")
+    }
+    fn body_key(&self, key_index: u64) -> std::result::Result<&StaticSecret, String> {
+        crate::Keyring::body_key(self, key_index).map_err(|e| e.to_string())
+    }
+}
+
+/// Opens a sealed body for `me`: (the plaintext, the key index it was sealed to), or why
+/// not.
+pub fn open_sealed(
+    e: &blockpost_proto::v1::EncryptedBody,
+    c: &EnvelopeContent,
+    me: &dyn BodyKeys,
+) -> std::result::Result<(Vec<u8>, u64), String> {
+    let reader = me.reader();
+    let Some(ct) = e.ciphertexts.iter().find(|t| t.recipient == reader) else {
+        let to: Vec<&str> = e.ciphertexts.iter().map(|t| t.recipient.as_str()).collect();
+        let to = if to.is_empty() {
+            "nobody".into()
+        } else {
+            to.join(", ")
+        };
+        return Err(if c.sender == reader {
+            format!("sealed to {to}; a sender keeps no copy of what it seals")
+        } else {
+            format!("sealed to {to}, not to {reader}")
+        });
+    };
+    let key = me.body_key(ct.recipient_key_index)?;
+    open_body(e, reader, key, &body_aad(&c.sender, &c.transaction_id))
+        .map(|b| (b, ct.recipient_key_index))
+        .map_err(|err| {
+            format!(
+                "does not open with {reader}'s key of directory entry {}: {err}",
+                ct.recipient_key_index
+            )
+        })
 }
 
 /// A messaging client on top of a verifying directory client.
@@ -439,11 +507,7 @@ impl Messenger {
 
     /// Checks an envelope with the core rules and its signature against the directory,
     /// and opens its body.
-    pub async fn open(
-        &mut self,
-        env: &Envelope,
-        me: Option<(&str, &Identity)>,
-    ) -> Result<Received> {
+    pub async fn open(&mut self, env: &Envelope, me: Option<&dyn BodyKeys>) -> Result<Received> {
         // Limits are the gateway's to enforce; a reader accepts what is on the record.
         let limits = EnvelopeLimits {
             max_body_len: usize::MAX / 4,
@@ -463,22 +527,22 @@ impl Messenger {
             source,
         })?;
         let c = v.content().clone();
-        let (body, encrypted) = match &c.body {
-            Some(Body::Plaintext(b)) => (Some(b.clone()), false),
+        let (mut body, mut encrypted, mut opened_with, mut unopened) = (None, false, None, None);
+        match &c.body {
+            Some(Body::Plaintext(b)) => body = Some(b.clone()),
             Some(Body::Encrypted(e)) => {
-                let opened = me.and_then(|(addr, id)| {
-                    open_body(
-                        e,
-                        addr,
-                        &id.encryption,
-                        &body_aad(&c.sender, &c.transaction_id),
-                    )
-                    .ok()
-                });
-                (opened, true)
+                encrypted = true;
+                match me.map(|me| open_sealed(e, &c, me)) {
+                    Some(Ok((b, index))) => {
+                        body = Some(b);
+                        opened_with = Some(index);
+                    }
+                    Some(Err(why)) => unopened = Some(why),
+                    None => {}
+                }
             }
-            None => (None, false),
-        };
+            None => {}
+        }
         let sender_name = self.real_name(&sender).await;
         let mut recipient_names = Vec::with_capacity(c.recipients.len());
         for r in &c.recipients {
@@ -494,6 +558,8 @@ impl Messenger {
             recipient_names,
             body,
             encrypted,
+            opened_with,
+            unopened,
         })
     }
 
@@ -503,6 +569,19 @@ impl Messenger {
         &mut self,
         id: &Identity,
         me: &str,
+        follow: bool,
+        each: impl FnMut(&Received) -> std::io::Result<()>,
+    ) -> Result<usize> {
+        self.inbox_with(id, me, &(me, id), follow, each).await
+    }
+
+    /// [`Messenger::inbox`] signing in with `id` and opening bodies with `keys` (a
+    /// keyring opens those sealed to earlier generations too).
+    pub async fn inbox_with(
+        &mut self,
+        id: &Identity,
+        me: &str,
+        keys: &dyn BodyKeys,
         follow: bool,
         mut each: impl FnMut(&Received) -> std::io::Result<()>,
     ) -> Result<usize> {
@@ -541,7 +620,7 @@ impl Messenger {
             let env = d
                 .envelope
                 .ok_or_else(|| Error::UnexpectedAnswer("a delivery without an envelope".into()))?;
-            let mut r = self.open(&env, Some((me, id))).await?;
+            let mut r = self.open(&env, Some(keys)).await?;
             r.sequence = d.sequence;
             r.firehose_sequence = d.firehose_sequence;
             r.firehose_partition = d.firehose_partition;

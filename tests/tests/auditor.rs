@@ -953,6 +953,7 @@ async fn a_participants_key_opens_the_bodies_sealed_for_it_and_only_those() {
     config.open_for = vec![blockpost_auditor::OpenFor {
         address: "regulator".into(),
         keys: std::sync::Arc::new(regulator),
+        generations: Default::default(),
     }];
     let au = Auditor::start(config, nats).await.unwrap();
     caught_up(&sb, &au, 2).await;

@@ -370,6 +370,7 @@ async fn the_client_checks_a_sealed_instruction_and_the_auditor_indexes_what_it_
             cfg.open_for = vec![OpenFor {
                 address: "regulator".into(),
                 keys: std::sync::Arc::new(regulator),
+                generations: Default::default(),
             }];
         })
         .await

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use blockpost_client::VerifiedEntry;
-use blockpost_core::{Identity, VerifiedCheckpoint};
+use blockpost_core::VerifiedCheckpoint;
 use blockpost_proto::v1::GetInfoResponse;
 use serde_json::{Value, json};
 
@@ -146,24 +146,5 @@ pub fn checkpoint(
     if !witnessed_by.is_empty() {
         eprintln!("(cosigned by the witnesses {})", witnessed_by.join(", "));
     }
-    Ok(())
-}
-
-/// A new key file.
-pub fn new_key(file: &std::path::Path, id: &Identity, json: bool) -> anyhow::Result<()> {
-    if json {
-        say!(
-            "{}",
-            json!({
-                "file": file.display().to_string(),
-                "signing_key": hex::encode(id.signing_public()),
-                "encryption_key": hex::encode(id.encryption_public()),
-            })
-        );
-        return Ok(());
-    }
-    say!("wrote {} (encrypted PKCS#8, mode 0600)", file.display());
-    say!("  signing key     {}", hex::encode(id.signing_public()));
-    say!("  encryption key  {}", hex::encode(id.encryption_public()));
     Ok(())
 }

@@ -122,29 +122,64 @@ pub fn block(b: &blockpost_client::LedgerBlock, json: bool) -> anyhow::Result<()
 }
 
 /// A message verified in its block and the ledger.
-pub fn ledger_message(m: &blockpost_client::LedgerMessage, json: bool) -> anyhow::Result<()> {
+pub fn ledger_message(
+    m: &blockpost_client::LedgerMessage,
+    read: Option<&super::Read>,
+    json: bool,
+) -> anyhow::Result<()> {
     use base64::Engine as _;
     let h = &m.header;
     if json {
-        say!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "message_id": hex::encode(m.message_id),
-                "height": h.header.height,
-                "leaf_index": m.leaf_index,
-                "envelope": base64::engine::general_purpose::STANDARD.encode(&m.envelope_bytes),
-                "inclusion_proof": hexes(&m.inclusion_proof),
-                "block_root": hex::encode(&h.header.merkle_root),
-                "header": header_json(h),
-                "header_hash": hex::encode(h.id),
-                "ledger_index": h.header.height,
-                "ledger_proof": hexes(&m.ledger_proof),
-                "ledger_checkpoint": String::from_utf8_lossy(&m.checkpoint.note),
-            }))?
-        );
+        let mut v = json!({
+            "message_id": hex::encode(m.message_id),
+            "height": h.header.height,
+            "leaf_index": m.leaf_index,
+            "envelope": base64::engine::general_purpose::STANDARD.encode(&m.envelope_bytes),
+            "inclusion_proof": hexes(&m.inclusion_proof),
+            "block_root": hex::encode(&h.header.merkle_root),
+            "header": header_json(h),
+            "header_hash": hex::encode(h.id),
+            "ledger_index": h.header.height,
+            "ledger_proof": hexes(&m.ledger_proof),
+            "ledger_checkpoint": String::from_utf8_lossy(&m.checkpoint.note),
+        });
+        if let Some(x) = read {
+            v["message"] = super::read_json(x);
+        }
+        say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     say!("message {}", hex::encode(m.message_id));
+    if let Some(x) = read {
+        let r = &x.received;
+        let c = &r.content;
+        say!("  from       {}", party(&r.sender_name, &c.sender));
+        for (i, a) in c.recipients.iter().enumerate() {
+            say!(
+                "  {}         {}",
+                if i == 0 { "to" } else { "  " },
+                party(r.recipient_names.get(i).map_or("", String::as_str), a)
+            );
+        }
+        say!(
+            "  about      transaction {} ({}), sent {}",
+            c.transaction_id,
+            message_kind(c.kind),
+            date(c.timestamp_ms)
+        );
+        if r.encrypted {
+            match (x.generation, r.opened_with) {
+                (Some(g), Some(i)) => say!(
+                    "  sealed     end to end; opened with generation {g} of the keyring (entry {i})"
+                ),
+                (None, Some(i)) => {
+                    say!("  sealed     end to end; opened with the key of entry {i}")
+                }
+                _ => say!("  sealed     end to end"),
+            }
+        }
+        say!("  body       {}", super::body_text(r));
+    }
     say!(
         "  in block   {} (leaf {} of {}), cut {}",
         h.header.height,
@@ -158,7 +193,14 @@ pub fn ledger_message(m: &blockpost_client::LedgerMessage, json: bool) -> anyhow
         h.header.height,
         m.checkpoint.size
     );
-    eprintln!("(inclusion proof, builder signature, chain link and ledger proof verified)");
+    eprintln!(
+        "(inclusion proof, builder signature, chain link and ledger proof verified{})",
+        if read.is_some() {
+            "; the sender's signature verified against the directory"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 
@@ -225,6 +267,7 @@ fn leaf_json(m: &blockpost_client::LedgerMessage) -> Value {
 pub fn transaction(
     t: &blockpost_client::LedgerTransaction,
     names: &std::collections::HashMap<String, super::Named>,
+    read: &[super::Read],
     json: bool,
 ) -> anyhow::Result<()> {
     use blockpost_proto::v1::EnvelopeContent;
@@ -242,8 +285,19 @@ pub fn transaction(
             .messages
             .iter()
             .zip(&contents)
-            .map(|(m, c)| {
+            .enumerate()
+            .map(|(i, (m, c))| {
                 let mut v = leaf_json(m);
+                if let Some(x) = read.get(i) {
+                    let r = &x.received;
+                    v["sender_name"] = json!(r.sender_name);
+                    v["recipient_names"] = json!(r.recipient_names);
+                    v["encrypted"] = json!(r.encrypted);
+                    v["body"] = json!(r.body.as_ref().map(|b| String::from_utf8_lossy(b)));
+                    v["opened_with_key_index"] = json!(r.opened_with);
+                    v["opened_with_generation"] = json!(x.generation);
+                    v["unopened"] = json!(r.unopened);
+                }
                 v["message_id"] = json!(hex::encode(m.message_id));
                 v["sender"] = json!(c.sender);
                 v["recipients"] = json!(c.recipients);
@@ -296,7 +350,7 @@ pub fn transaction(
         date(st.deadline_ms)
     );
     super::settlement::summary(t, &contents, names);
-    for (m, c) in t.messages.iter().zip(&contents) {
+    for (i, (m, c)) in t.messages.iter().zip(&contents).enumerate() {
         say!(
             "  {:<8} {}  block {} leaf {}  {} -> {}",
             message_kind(c.kind),
@@ -306,6 +360,14 @@ pub fn transaction(
             c.sender,
             c.recipients.join(",")
         );
+        if let Some(x) = read.get(i) {
+            let opened = match (x.received.encrypted, x.generation, x.received.opened_with) {
+                (true, Some(g), Some(k)) => format!(" (opened with generation {g}, entry {k})"),
+                (true, None, Some(k)) => format!(" (opened with the key of entry {k})"),
+                _ => String::new(),
+            };
+            say!("           {}{opened}", super::body_text(&x.received));
+        }
     }
     if let Some((c, leaf)) = &t.closing {
         say!(

@@ -59,20 +59,117 @@ pub fn received_json(r: &Received) -> Value {
         "encrypted": r.encrypted,
         "signature_verified": true,
         "body": r.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+        "opened_with_key_index": r.opened_with,
+        "unopened": r.unopened,
     })
+}
+
+/// A message read from the ledger by a participant: where it is, and what opened it.
+pub struct Read {
+    /// The message, verified and opened where it could be.
+    pub received: Received,
+    /// The keyring generation that opened its body.
+    pub generation: Option<u32>,
+    /// Its block.
+    pub height: u64,
+    /// Its leaf in the block.
+    pub leaf_index: u64,
+}
+
+/// JSON form of a [`Read`].
+pub fn read_json(x: &Read) -> Value {
+    let mut v = received_json(&x.received);
+    v["height"] = json!(x.height);
+    v["leaf_index"] = json!(x.leaf_index);
+    v["opened_with_generation"] = json!(x.generation);
+    for k in ["sequence", "firehose_sequence", "firehose_partition"] {
+        if let Some(o) = v.as_object_mut() {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+/// The body of a message for people: its text, its size and type, or why it is sealed.
+pub fn body_text(r: &Received) -> String {
+    let c = &r.content;
+    match (&r.body, r.encrypted) {
+        (Some(b), _) if c.content_type.starts_with("text/") || c.content_type.is_empty() => {
+            String::from_utf8_lossy(b).into_owned()
+        }
+        (Some(b), _) if c.content_type.contains("xml") || c.content_type.contains("fix") => {
+            String::from_utf8_lossy(b).replace('\x01', "|")
+        }
+        (Some(b), _) => format!("<{} bytes of {}>", b.len(), c.content_type),
+        (None, true) => match &r.unopened {
+            Some(why) => format!("<sealed: {why}>"),
+            None => "<encrypted for other recipients>".into(),
+        },
+        (None, false) => "<no body>".into(),
+    }
+}
+
+/// One line of a participant's history.
+pub fn read_line(x: &Read) -> String {
+    let r = &x.received;
+    let c = &r.content;
+    let to: Vec<String> = c
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, a)| party(r.recipient_names.get(i).map_or("", String::as_str), a))
+        .collect();
+    let sealed = match (r.encrypted, x.generation, r.opened_with) {
+        (false, _, _) => String::new(),
+        (true, Some(g), Some(i)) => format!(", sealed; opened with generation {g} (entry {i})"),
+        (true, None, Some(i)) => format!(", sealed; opened with the key of entry {i}"),
+        (true, _, None) => ", sealed".into(),
+    };
+    format!(
+        "block {} leaf {}  {} [{}] {} -> {} ({}{}): {}",
+        x.height,
+        x.leaf_index,
+        date(c.timestamp_ms),
+        c.transaction_id,
+        party(&r.sender_name, &c.sender),
+        to.join(", "),
+        message_kind(c.kind),
+        sealed,
+        body_text(r)
+    )
+}
+
+/// `blockpost history`.
+pub fn message_history(address: &str, read: &[Read], json: bool) -> anyhow::Result<()> {
+    if json {
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "address": address,
+                "messages": read.iter().map(read_json).collect::<Vec<_>>(),
+            }))?
+        );
+        return Ok(());
+    }
+    for x in read {
+        say!("{}", read_line(x));
+    }
+    let opened = read
+        .iter()
+        .filter(|x| x.received.encrypted && x.received.body.is_some())
+        .count();
+    eprintln!(
+        "{} message(s) of {address} in the ledger, {opened} sealed one(s) opened; each verified \
+         in its block and the signed ledger, and against its sender's key",
+        read.len()
+    );
+    Ok(())
 }
 
 /// One line for people.
 pub fn received_line(r: &Received) -> String {
     let c = &r.content;
-    let body = match (&r.body, r.encrypted) {
-        (Some(b), _) if c.content_type.starts_with("text/") || c.content_type.is_empty() => {
-            String::from_utf8_lossy(b).into_owned()
-        }
-        (Some(b), _) => format!("<{} bytes of {}>", b.len(), c.content_type),
-        (None, true) => "<encrypted for other recipients>".into(),
-        (None, false) => "<no body>".into(),
-    };
+    let body = body_text(r);
     let to: Vec<String> = c
         .recipients
         .iter()

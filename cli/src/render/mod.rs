@@ -21,12 +21,14 @@ macro_rules! say {
 // After `say!`: the modules use it.
 mod audit;
 mod directory;
+mod keyring;
 mod ledger;
 mod messages;
 mod settlement;
 
 pub use audit::*;
 pub use directory::*;
+pub use keyring::*;
 pub use ledger::*;
 pub use messages::*;
 pub use settlement::Named;

@@ -203,6 +203,17 @@ pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
                     let new = read_key(&new_key)?;
                     let e = c.rotate(&old, &new, address.as_str()).await?;
                     remember_address(&new_key, &address);
+                    // The keyring `register` started beside the key file keeps up.
+                    let ring_path = key.with_extension("keyring");
+                    if ring_path.exists()
+                        && let Ok(Keys::Ring(mut ring)) = read_keys(&ring_path)
+                        && ring.check_address(address.as_str()).is_ok()
+                    {
+                        ring.push(new, blockpost_core::now_ms());
+                        label(&mut c, &mut ring).await?;
+                        save(&ring_path, &ring)?;
+                        eprintln!("{} keeps the new generation too", ring_path.display());
+                    }
                     render::entry(&e, conn.json)
                 }
                 Keys::Ring(mut ring) => {

@@ -6,6 +6,8 @@ use anyhow::bail;
 use blockpost_client::{Client, config_dir};
 use blockpost_core::Address;
 
+use blockpost_client::keyring::Status;
+
 use crate::keyring::{label, save};
 use crate::keys::{
     Keys, address_for, evidence_signer, read_chain, read_key, read_keys, remember_address,
@@ -118,16 +120,19 @@ pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
                 blockpost_core::settle::check_lei(l)
                     .map_err(|p| anyhow::anyhow!("--lei {l} {p}"))?;
             }
-            let mut keys = read_keys(&key)?;
-            if let Keys::Ring(ring) = &mut keys {
+            let keys = read_keys(&key)?;
+            if let Keys::Ring(ring) = &keys {
                 ring.check_address(address.as_str())?;
-                if ring.signing().is_err() {
-                    // Every generation revoked: registering again takes new keys.
-                    ring.push(
-                        blockpost_core::Identity::generate(),
-                        blockpost_core::now_ms(),
+                let status = |s| ring.generations().iter().any(|g| g.status == s);
+                if ring.address().is_some() && status(Status::Revoked) && !status(Status::Current) {
+                    bail!(
+                        "{}'s binding is revoked, and a revoked address stays revoked: register \
+                         a new address with a new keyring (`blockpost key new --out NEW.keyring`); \
+                         {} keeps opening what was sealed to {}",
+                        address,
+                        key.display(),
+                        address
                     );
-                    save(&key, ring)?;
                 }
             }
             let id = keys.signing()?.clone();

@@ -270,29 +270,22 @@ impl Keyring {
         &self.generations
     }
 
-    /// The generation that signs: the current one, else (before `register`) the newest
-    /// pending one.
+    /// The generation that signs: the current one, else (before `register`, or to
+    /// register again after a revocation) the newest pending one.
     pub fn signing(&self) -> Result<&Generation> {
-        if let Some(g) = self
+        let current = self
             .generations
             .iter()
             .rev()
-            .find(|g| g.status == Status::Current)
-        {
+            .find(|g| g.status == Status::Current);
+        if let Some(g) = current.or_else(|| self.pending()) {
             return Ok(g);
         }
-        if self.generations.iter().any(|g| g.leaf_index.is_some()) {
-            return Err(KeyringError::NoSigningKey(format!(
-                "{}'s keyring has no current generation: every registered one is rotated or \
-                 revoked (register again, or recover and rotate)",
-                self.address.as_deref().unwrap_or("this participant")
-            )));
-        }
-        self.generations
-            .iter()
-            .rev()
-            .find(|g| g.status == Status::Pending)
-            .ok_or_else(|| KeyringError::NoSigningKey("the keyring is empty".into()))
+        Err(KeyringError::NoSigningKey(format!(
+            "{}'s keyring has no current generation: every registered one is rotated or \
+             revoked (`register` again makes a new one)",
+            self.address.as_deref().unwrap_or("this participant")
+        )))
     }
 
     /// The newest pending generation: made for a rotation that the directory has not
@@ -717,5 +710,7 @@ mod tests {
         ]);
         assert_eq!(k.generations()[1].status, Status::Revoked);
         assert!(k.signing().is_err());
+        k.push(Identity::generate(), 4);
+        assert_eq!(k.signing().unwrap().number, 3);
     }
 }

@@ -431,6 +431,61 @@ async fn a_keyring_reads_sealed_history_across_rotations_and_recovers_from_share
         &["not a Blockpost keyring share"],
     );
 
+    // Escrow: a policy adds Carol (a regulator, say) to what Bob sends; her keyring opens it.
+    let o = cli.run(
+        &[
+            "send",
+            "--key",
+            "bob.keyring",
+            "--to",
+            "alice",
+            "--tx",
+            "t2",
+            "--encrypt",
+            "escrowed",
+        ],
+        &[("BLOCKPOST_ALSO_SEAL_TO", "carol")],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let h = history(&cli, "carol.keyring", 1).await;
+    assert_eq!(h[0]["body"], "escrowed");
+    assert_eq!(h[0]["recipients"], serde_json::json!(["alice", "carol"]));
+
+    // A revocation through the keyring marks its generation; the address stays revoked.
+    cli.ok(&["revoke", "--key", "carol.keyring", "--reason", "key stolen"]);
+    let list = cli.json(&["key", "list", "--key", "carol.keyring"]);
+    assert_eq!(list["generations"][0]["status"], "revoked");
+    cli.refused(
+        &[
+            "register",
+            "--key",
+            "carol.keyring",
+            "--address",
+            "carol",
+            "--name",
+            "Carol",
+        ],
+        &[],
+        &["carol's binding is revoked", "register a new address"],
+    );
+    cli.refused(
+        &[
+            "send",
+            "--key",
+            "carol.keyring",
+            "--to",
+            "bob",
+            "--tx",
+            "t3",
+            "x",
+        ],
+        &[],
+        &["no current generation"],
+    );
+    // What was sealed to the revoked generation still opens.
+    let h = cli.json(&["history", "--key", "carol.keyring", "--tx", "t2"]);
+    assert_eq!(h["messages"][0]["body"], "escrowed");
+
     // Key files kept by hand import into a keyring, each labelled from the directory.
     cli.ok(&["key", "new", "--out", "bob2.key"]);
     cli.ok(&["rotate", "--key", "bob.key", "--new-key", "bob2.key"]);

@@ -105,7 +105,7 @@ impl Reader {
     }
 
     fn involved(&self, c: &EnvelopeContent) -> bool {
-        c.sender == self.address || c.recipients.iter().any(|r| *r == self.address)
+        c.sender == self.address || c.recipients.contains(&self.address)
     }
 }
 
@@ -118,13 +118,7 @@ fn unopened_error(reader: &Reader, read: &[render::Read]) -> anyhow::Result<()> 
     let missed: Vec<String> = read
         .iter()
         .filter(|x| x.received.body.is_none() && x.received.encrypted)
-        .filter(|x| {
-            x.received
-                .content
-                .recipients
-                .iter()
-                .any(|a| *a == reader.address)
-        })
+        .filter(|x| x.received.content.recipients.contains(&reader.address))
         .filter_map(|x| x.received.unopened.clone())
         .collect();
     if missed.is_empty() {
@@ -227,7 +221,7 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
             let t = l.transaction(&id).await?;
             let mut read = Vec::new();
             if let Some(reader) = &reader {
-                if !t.state.parties.iter().any(|p| *p == reader.address) {
+                if !t.state.parties.contains(&reader.address) {
                     bail!(
                         "{} is the keyring of {}, not a party of transaction {id} ({})",
                         reader.path.display(),

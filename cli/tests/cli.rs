@@ -38,8 +38,24 @@ fn bad_input_is_refused_with_a_message() {
     );
     fails_with(
         &["register", "--key", key, "--address", "ok", "--name", "x"],
-        "BLOCKPOST_PASSPHRASE",
+        "No such file",
     );
+    for (name, text) in [("k2.key", "-----BEGIN"), ("k.keyring", "{}")] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        fails_with(
+            &[
+                "register",
+                "--key",
+                p.to_str().expect("utf-8 path"),
+                "--address",
+                "ok",
+                "--name",
+                "x",
+            ],
+            "BLOCKPOST_PASSPHRASE",
+        );
+    }
     fails_with(&["checkpoint"], "cannot reach the node");
     fails_with(&["up", "--listen", "not-an-address"], "is not HOST:PORT");
     fails_with(&["frobnicate"], "unrecognized subcommand");

@@ -916,9 +916,11 @@ async fn a_participants_key_opens_the_bodies_sealed_for_it_and_only_those() {
     let (a, b, mut m) = parties(&sb).await;
     let regulator = Identity::generate();
     let mut c = sb.client().await.unwrap();
-    c.register(&regulator, "regulator", "Market Regulator", None)
+    let first = c
+        .register(&regulator, "regulator", "Market Regulator", None)
         .await
-        .unwrap();
+        .unwrap()
+        .leaf_index;
     let sealed = |to: &'static [&'static str], body: &str| Outgoing {
         delivery: None,
         from: "bank-a",
@@ -944,6 +946,20 @@ async fn a_participants_key_opens_the_bodies_sealed_for_it_and_only_those() {
     m.send(&a, sealed(&["bank-b"], "between banks only: Megacorp"))
         .await
         .unwrap();
+    // The regulator rotates; the auditor holds both generations (a keyring's), and opens
+    // what was sealed to each with its own.
+    let rotated = Identity::generate();
+    let second = c
+        .rotate(&regulator, &rotated, "regulator")
+        .await
+        .unwrap()
+        .leaf_index;
+    m.send(
+        &a,
+        sealed(&["bank-b", "regulator"], "copy to regulator: Gigacorp"),
+    )
+    .await
+    .unwrap();
     let _ = b;
     let tmp = tempfile::tempdir().unwrap();
     let nats = blockpost_node::connect(&sb.nats.url(), Some(&sb.nats.reader_auth()))
@@ -952,23 +968,29 @@ async fn a_participants_key_opens_the_bodies_sealed_for_it_and_only_those() {
     let mut config = AuditorConfig::new(sb.endpoint.clone(), tmp.path());
     config.open_for = vec![blockpost_auditor::OpenFor {
         address: "regulator".into(),
-        keys: std::sync::Arc::new(regulator),
-        generations: Default::default(),
+        keys: std::sync::Arc::new(rotated.clone()),
+        generations: std::sync::Arc::new(
+            [(first, regulator), (second, rotated)]
+                .into_iter()
+                .collect(),
+        ),
     }];
     let au = Auditor::start(config, nats).await.unwrap();
-    caught_up(&sb, &au, 2).await;
+    caught_up(&sb, &au, 3).await;
     let search = |q: &str| au.search(q, 100, 0, false).unwrap().unwrap();
     wait_for(Duration::from_secs(5), "the search index", || {
         let n = search("transaction_id:settle-9").len();
-        async move { (n == 2).then_some(()) }
+        async move { (n == 3).then_some(()) }
     })
     .await
     .unwrap();
-    // Both are indexed by their metadata; only the one sealed for the regulator by body.
+    // All are indexed by their metadata; only those sealed for the regulator by body, each
+    // opened with the generation it was sealed to.
     assert_eq!(search("body:megacorp").len(), 1);
-    assert_eq!(search("body:regulator").len(), 1);
+    assert_eq!(search("body:gigacorp").len(), 1);
+    assert_eq!(search("body:regulator").len(), 2);
     assert!(search("body:banks").is_empty());
-    assert_eq!(search("encrypted:yes").len(), 2);
+    assert_eq!(search("encrypted:yes").len(), 3);
     assert_eq!(au.alerts(), Vec::new());
 }
 

@@ -60,6 +60,22 @@ impl Cli {
         }
     }
 
+    /// `key backup` of Alice's keyring, 3 of 5, into `dir`.
+    fn backup_alice(&self, dir: &str) {
+        self.ok(&[
+            "key",
+            "backup",
+            "--key",
+            "alice.keyring",
+            "--shares",
+            "5",
+            "--threshold",
+            "3",
+            "--out",
+            dir,
+        ]);
+    }
+
     fn send_sealed(&self, key: &str, to: &str, text: &str) -> String {
         let r = self.json(&[
             "send",
@@ -176,18 +192,7 @@ async fn a_keyring_reads_sealed_history_across_rotations_and_recovers_from_share
     // she had only the first), and one she seals to Bob.
     let m1 = cli.send_sealed("bob.keyring", "alice", "to generation one");
     std::fs::create_dir(tmp.path().join("old")).unwrap();
-    cli.ok(&[
-        "key",
-        "backup",
-        "--key",
-        "alice.keyring",
-        "--shares",
-        "5",
-        "--threshold",
-        "3",
-        "--out",
-        "old",
-    ]);
+    cli.backup_alice("old");
     let r2 = cli.json(&["rotate", "--key", "alice.keyring"]);
     let _m2 = cli.send_sealed("bob.keyring", "alice", "to generation two");
     let r3 = cli.json(&["rotate", "--key", "alice.keyring"]);
@@ -268,18 +273,7 @@ async fn a_keyring_reads_sealed_history_across_rotations_and_recovers_from_share
     assert!(future["messages"].as_array().unwrap().is_empty());
 
     // Backup 3 of 5 now; any three shares recover a keyring that opens the same history.
-    cli.ok(&[
-        "key",
-        "backup",
-        "--key",
-        "alice.keyring",
-        "--shares",
-        "5",
-        "--threshold",
-        "3",
-        "--out",
-        "shares",
-    ]);
+    cli.backup_alice("shares");
     let shares = tmp.path().join("shares");
     for (i, pick) in [[1, 2, 3], [5, 3, 1], [2, 4, 5]].iter().enumerate() {
         let out = format!("recovered-{i}.keyring");

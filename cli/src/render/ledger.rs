@@ -168,14 +168,9 @@ pub fn ledger_message(
             date(c.timestamp_ms)
         );
         if r.encrypted {
-            match (x.generation, r.opened_with) {
-                (Some(g), Some(i)) => say!(
-                    "  sealed     end to end; opened with generation {g} of the keyring (entry {i})"
-                ),
-                (None, Some(i)) => {
-                    say!("  sealed     end to end; opened with the key of entry {i}")
-                }
-                _ => say!("  sealed     end to end"),
+            match super::opened_by(x) {
+                Some(by) => say!("  sealed     end to end; opened with {by}"),
+                None => say!("  sealed     end to end"),
             }
         }
         say!("  body       {}", super::body_text(r));
@@ -361,9 +356,8 @@ pub fn transaction(
             c.recipients.join(",")
         );
         if let Some(x) = read.get(i) {
-            let opened = match (x.received.encrypted, x.generation, x.received.opened_with) {
-                (true, Some(g), Some(k)) => format!(" (opened with generation {g}, entry {k})"),
-                (true, None, Some(k)) => format!(" (opened with the key of entry {k})"),
+            let opened = match (x.received.encrypted, super::opened_by(x)) {
+                (true, Some(by)) => format!(" (opened with {by})"),
                 _ => String::new(),
             };
             say!("           {}{opened}", super::body_text(&x.received));

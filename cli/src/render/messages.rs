@@ -109,21 +109,34 @@ pub fn body_text(r: &Received) -> String {
     }
 }
 
-/// One line of a participant's history.
-pub fn read_line(x: &Read) -> String {
-    let r = &x.received;
-    let c = &r.content;
-    let to: Vec<String> = c
+/// Each recipient as `Real Name <address>`.
+pub fn recipients(r: &Received) -> Vec<String> {
+    r.content
         .recipients
         .iter()
         .enumerate()
         .map(|(i, a)| party(r.recipient_names.get(i).map_or("", String::as_str), a))
-        .collect();
-    let sealed = match (r.encrypted, x.generation, r.opened_with) {
-        (false, _, _) => String::new(),
-        (true, Some(g), Some(i)) => format!(", sealed; opened with generation {g} (entry {i})"),
-        (true, None, Some(i)) => format!(", sealed; opened with the key of entry {i}"),
-        (true, _, None) => ", sealed".into(),
+        .collect()
+}
+
+/// Which key opened a sealed body: `generation 2 (entry 7)`, or `the key of entry 7`.
+pub fn opened_by(x: &Read) -> Option<String> {
+    match (x.generation, x.received.opened_with) {
+        (Some(g), Some(i)) => Some(format!("generation {g} (entry {i})")),
+        (None, Some(i)) => Some(format!("the key of entry {i}")),
+        _ => None,
+    }
+}
+
+/// One line of a participant's history.
+pub fn read_line(x: &Read) -> String {
+    let r = &x.received;
+    let c = &r.content;
+    let to = recipients(r);
+    let sealed = match (r.encrypted, opened_by(x)) {
+        (false, _) => String::new(),
+        (true, Some(by)) => format!(", sealed; opened with {by}"),
+        (true, None) => ", sealed".into(),
     };
     format!(
         "block {} leaf {}  {} [{}] {} -> {} ({}{}): {}",
@@ -170,12 +183,7 @@ pub fn message_history(address: &str, read: &[Read], json: bool) -> anyhow::Resu
 pub fn received_line(r: &Received) -> String {
     let c = &r.content;
     let body = body_text(r);
-    let to: Vec<String> = c
-        .recipients
-        .iter()
-        .enumerate()
-        .map(|(i, a)| party(r.recipient_names.get(i).map_or("", String::as_str), a))
-        .collect();
+    let to = recipients(r);
     let at = if r.firehose_partition == 0 {
         r.firehose_sequence.to_string()
     } else {

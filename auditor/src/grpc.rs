@@ -165,6 +165,8 @@ impl Audit for Auditor {
                 leaf_index: h.leaf,
                 time_ms: h.time_ms,
                 score: h.score,
+                sender_name: h.sender_name.clone(),
+                recipient_names: h.recipient_names.clone(),
                 ..Default::default()
             };
             match self.proved(id).await {

@@ -188,6 +188,10 @@ pub struct Hit {
     pub time_ms: i64,
     /// Relevance (0 when sorted by time, and for a filter).
     pub score: f32,
+    /// The sender's real name when the message was indexed.
+    pub sender_name: String,
+    /// Each recipient's real name then, in order.
+    pub recipient_names: Vec<String>,
 }
 
 struct Fields {
@@ -454,6 +458,11 @@ impl SearchIndex {
                 leaf: d.get_first(f.leaf).and_then(|v| v.as_u64()).unwrap_or(0),
                 time_ms: d.get_first(f.time).and_then(|v| v.as_i64()).unwrap_or(0),
                 score,
+                sender_name: text(f.sender_name),
+                recipient_names: d
+                    .get_all(f.recipient_name)
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
             });
         }
         Ok(Ok(hits))

@@ -169,6 +169,20 @@ impl Anchors {
         self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Anchor `n`'s OpenTimestamps proof and, once confirmed, the Bitcoin block header
+    /// it attests to (each empty when the file is missing).
+    pub fn files(&self, n: u64) -> Result<(Vec<u8>, Vec<u8>)> {
+        let read = |name: String| match std::fs::read(self.dir.join(&name)) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(&format!("reading {name}"), e)),
+        };
+        Ok((
+            read(format!("{n}.ots"))?,
+            read(format!("{n}.bitcoin-header"))?,
+        ))
+    }
+
     /// Whether a ledger of `size` blocks is due for an anchor.
     pub fn due(&self, size: u64) -> bool {
         if !self.enabled() {
@@ -292,6 +306,11 @@ impl Anchors {
             ops.extend(transaction_ops(&legacy, &root).map_err(|e| io("proof", e))?);
             ops.extend(bitcoin_merkle_ops(&txids, index).map_err(|e| io("proof", e))?);
             let height = usize::try_from(height).map_err(|e| io("height", e))?;
+            // The header first: a confirmed proof always has its header beside it.
+            write_atomic(
+                &self.dir.join(format!("{}.bitcoin-header", line.n)),
+                &bitcoin::header_bytes(&block),
+            )?;
             let p = proof(tip, ops, Attestation::Bitcoin { height });
             write_atomic(&path, &encode_proof(&p).map_err(|e| io("proof", e))?)?;
             tracing::info!(n = line.n, height, txid = %line.reference, "anchor confirmed; its proof is complete");
@@ -453,6 +472,11 @@ pub(crate) mod bitcoin {
         let block: Block = deserialize_hex(text.trim())
             .map_err(|e| io("the block command's output is not a raw block", e))?;
         Ok(Some(block))
+    }
+
+    /// The block's 80-byte header, as Bitcoin serializes it.
+    pub fn header_bytes(block: &Block) -> Vec<u8> {
+        serialize(&block.header)
     }
 
     /// Where `txid` is in `block`, checked: the block's height (BIP 34), its txids

@@ -328,6 +328,11 @@ impl Builder {
         &self.inner.store
     }
 
+    /// The anchors this builder made.
+    pub(crate) fn anchors(&self) -> &crate::anchor::Anchors {
+        &self.inner.anchors
+    }
+
     /// The newest ledger checkpoint.
     pub fn head(&self) -> Head {
         self.inner.store.head()

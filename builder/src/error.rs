@@ -83,6 +83,9 @@ pub enum LedgerError {
         /// The longest.
         max: usize,
     },
+    /// A ledger size out of range for a proof.
+    #[error("{0}")]
+    BadRange(String),
     /// A page larger than the service gives.
     #[error("{what} {asked} is over the page size {max}")]
     PageTooLarge {
@@ -117,6 +120,7 @@ impl LedgerError {
             | Self::NoSelector
             | Self::BadTransactionId { .. }
             | Self::PageTooLarge { .. } => Code::InvalidArgument,
+            Self::BadRange(_) => Code::OutOfRange,
             Self::Damaged(_) => Code::DataLoss,
             Self::Builder(_) => Code::Internal,
         }
@@ -134,6 +138,7 @@ impl LedgerError {
             Self::NoSelector => "NO_SELECTOR",
             Self::BadTransactionId { .. } => "INVALID_TRANSACTION_ID",
             Self::PageTooLarge { .. } => "PAGE_TOO_LARGE",
+            Self::BadRange(_) => "OUT_OF_RANGE",
             Self::Damaged(_) => "DATA_LOSS",
             Self::Builder(_) => "INTERNAL",
         }

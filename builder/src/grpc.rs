@@ -7,9 +7,11 @@ use blockpost_core::block::BlockTree;
 use blockpost_core::blockmap::root_from_path;
 use blockpost_proto::v1::ledger_server::{self, LedgerServer};
 use blockpost_proto::v1::{
-    Block, BlockHeader, BlockResponse, GetBlockRequest, GetHeadersRequest, GetLedgerInfoRequest,
-    GetMessageRequest, GetTransactionRequest, HeadersResponse, LedgerInfo, MessageResponse,
-    SignedBlockHeader, SubscribeBlocksRequest, TransactionResponse, get_block_request,
+    Anchor, AuditPath, Block, BlockHeader, BlockResponse, GetAnchorsRequest, GetAnchorsResponse,
+    GetBlockRequest, GetHeadersRequest, GetLedgerInfoRequest, GetMessageRequest,
+    GetTransactionRequest, HeadersResponse, LedgerInfo, LedgerProofsRequest, LedgerProofsResponse,
+    MessageResponse, SignedBlockHeader, SubscribeBlocksRequest, TransactionResponse,
+    get_block_request,
 };
 use blockpost_storage::Head;
 use prost::Message as _;
@@ -48,6 +50,16 @@ impl Builder {
             .collect();
         let tree = BlockTree::new(&hashes);
         Ok((block, tree))
+    }
+
+    /// Block `height`'s signed header: from the index, or from the block.
+    fn signed_header(&self, height: u64) -> Result<SignedBlockHeader, LedgerError> {
+        match self.index().header(height).map_err(LedgerError::Builder)? {
+            Some(bytes) => SignedBlockHeader::decode(bytes.as_slice()).map_err(|e| {
+                LedgerError::Damaged(format!("indexed header {height} does not decode: {e}"))
+            }),
+            None => Ok(self.read_block(height)?.header.unwrap_or_default()),
+        }
     }
 
     fn block_response(&self, height: u64, head: &Head) -> Result<BlockResponse, LedgerError> {
@@ -359,18 +371,99 @@ impl ledger_server::Ledger for Builder {
             .min(r.from_height.saturating_add(u64::from(count)));
         let mut headers = Vec::new();
         for h in r.from_height..end {
-            let header = match self.index().header(h).map_err(LedgerError::Builder)? {
-                Some(bytes) => SignedBlockHeader::decode(bytes.as_slice()).map_err(|e| {
-                    LedgerError::Damaged(format!("indexed header {h} does not decode: {e}"))
-                })?,
-                None => self.read_block(h)?.header.unwrap_or_default(),
-            };
-            headers.push(header);
+            headers.push(self.signed_header(h)?);
         }
         Ok(Response::new(HeadersResponse {
             headers,
             ledger_checkpoint: head.checkpoint,
         }))
+    }
+
+    async fn get_ledger_proofs(
+        &self,
+        r: Request<LedgerProofsRequest>,
+    ) -> Result<Response<LedgerProofsResponse>, Status> {
+        let r = r.into_inner();
+        for (what, n) in [
+            ("heights", r.heights.len()),
+            ("consistency_from", r.consistency_from.len()),
+        ] {
+            if n > MAX_PAGE as usize {
+                return Err(LedgerError::PageTooLarge {
+                    what,
+                    asked: u32::try_from(n).unwrap_or(u32::MAX),
+                    max: MAX_PAGE,
+                }
+                .into());
+            }
+        }
+        let head = self.head_for(r.witnessed)?;
+        let newest = self.head().size;
+        let path = |hashes: Vec<[u8; 32]>| AuditPath {
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        };
+        let mut headers = Vec::with_capacity(r.heights.len());
+        let mut inclusion = Vec::with_capacity(r.heights.len());
+        for &h in &r.heights {
+            if h >= head.size {
+                if r.witnessed && h < newest {
+                    return Err(not_witnessed(h, &head).into());
+                }
+                return Err(LedgerError::NoBlock {
+                    height: h,
+                    size: head.size,
+                }
+                .into());
+            }
+            headers.push(self.signed_header(h)?);
+            inclusion.push(path(
+                self.store()
+                    .prove_inclusion(h, head.size)
+                    .map_err(|e| LedgerError::Builder(e.into()))?,
+            ));
+        }
+        let mut consistency = Vec::with_capacity(r.consistency_from.len());
+        for &from in &r.consistency_from {
+            if from == 0 || from > head.size {
+                return Err(LedgerError::BadRange(format!(
+                    "a consistency proof from ledger size {from} to {}: the size must be 1 to {}",
+                    head.size, head.size
+                ))
+                .into());
+            }
+            consistency.push(path(
+                self.store()
+                    .prove_consistency(from, head.size)
+                    .map_err(|e| LedgerError::Builder(e.into()))?,
+            ));
+        }
+        Ok(Response::new(LedgerProofsResponse {
+            ledger_checkpoint: head.checkpoint,
+            headers,
+            inclusion,
+            consistency,
+        }))
+    }
+
+    async fn get_anchors(
+        &self,
+        _: Request<GetAnchorsRequest>,
+    ) -> Result<Response<GetAnchorsResponse>, Status> {
+        let anchors = self.anchors();
+        let mut out = Vec::new();
+        for line in anchors.lines() {
+            let (ots, bitcoin_header) = anchors.files(line.n).map_err(LedgerError::Builder)?;
+            out.push(Anchor {
+                ledger_size: line.ledger_size,
+                ledger_root: hex::decode(&line.ledger_root).unwrap_or_default(),
+                sink: line.sink,
+                reference: line.reference,
+                time_ms: line.time_ms,
+                ots,
+                bitcoin_header,
+            });
+        }
+        Ok(Response::new(GetAnchorsResponse { anchors: out }))
     }
 
     type SubscribeBlocksStream =

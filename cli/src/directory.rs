@@ -17,7 +17,9 @@ use crate::{Conn, render};
 /// The directory commands.
 #[derive(clap::Subcommand)]
 pub enum DirectoryCmd {
-    /// Print the node's public identity: log origin, log verifier key, CA certificate.
+    /// Print every public key a verifier pins: the directory's log key and CA, the ledger's
+    /// checkpoint and builder keys, the gateway's receipt key, the witnesses, and the
+    /// ledger's rules.
     Info {
         #[command(flatten)]
         conn: Conn,
@@ -103,8 +105,32 @@ async fn connect(conn: &Conn) -> anyhow::Result<Client> {
 pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
     match cmd {
         DirectoryCmd::Info { conn } => {
-            let c = connect(&conn).await?;
-            render::info(c.endpoint(), c.info(), conn.json)
+            let mut c = connect(&conn).await?;
+            // Everything else a verifier pins, where this endpoint serves it: the ledger's
+            // keys and rules, the gateway's receipt key, who cosigned the newest
+            // checkpoints.
+            let ledger = blockpost_client::Ledger::connect(&c, &config_dir())
+                .await
+                .ok();
+            let gateway = blockpost_proto::v1::messaging_client::MessagingClient::new(c.channel())
+                .get_gateway_info(blockpost_proto::v1::GetGatewayInfoRequest {})
+                .await
+                .ok()
+                .map(tonic::Response::into_inner);
+            let directory_cp = c.checkpoint().await?;
+            let mut more = render::NodeKeys {
+                ledger: ledger.as_ref().map(|l| l.info().clone()),
+                gateway,
+                directory_cosigners: render::cosigners(&directory_cp.note),
+                ledger_cosigners: Vec::new(),
+                witnesses: conn.witnesses.clone(),
+            };
+            if let Some(mut l) = ledger
+                && let Ok(b) = l.block(None).await
+            {
+                more.ledger_cosigners = render::cosigners(&b.checkpoint.note);
+            }
+            render::info(c.endpoint(), c.info(), &more, conn.json)
         }
         DirectoryCmd::Register {
             key,

@@ -240,27 +240,21 @@ pub async fn run(cmd: LedgerCmd) -> anyhow::Result<()> {
                 }
             }
             let c = &mut m.directory;
-            // Real names (and LEIs) for the settlement summary, from verified look-ups.
+            // Real names (and LEIs, for a settlement summary) of every party, from
+            // verified look-ups; a name binds for good (rotations and revocations carry it).
             let mut names = std::collections::HashMap::new();
-            let settles = t.messages.iter().any(|m| {
-                blockpost_core::decode_canonical::<blockpost_proto::v1::EnvelopeContent>(
-                    &m.envelope.content,
-                    "content",
-                )
-                .is_ok_and(|c| blockpost_core::settle_expect(c.kind()).is_some())
-            });
-            if settles {
-                for a in &t.state.parties {
-                    if let Ok(e) = c.current(a).await {
-                        names.insert(
-                            a.clone(),
-                            render::Named {
-                                real_name: e.binding.real_name.clone(),
-                                lei: e.binding.lei.clone(),
-                                verified: e.binding.verified,
-                            },
-                        );
-                    }
+            for a in &t.state.parties {
+                if let Ok(h) = c.lookup(a).await
+                    && let Some(e) = h.last()
+                {
+                    names.insert(
+                        a.clone(),
+                        render::Named {
+                            real_name: e.binding.real_name.clone(),
+                            lei: e.binding.lei.clone(),
+                            verified: e.binding.verified,
+                        },
+                    );
                 }
             }
             render::transaction(&t, &names, &read, conn.json)?;

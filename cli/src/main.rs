@@ -11,6 +11,7 @@
 //! - `ledger`: `block`, `message`, `tx`: blocks, messages and transactions from the ledger,
 //!   verified.
 //! - `audit`: `blockpost auditor` (the daemon) and `audit alerts`.
+//! - `evidence`: `export tx|message` and `verify`: evidence bundles.
 //! - `anchor`: `anchor verify`: OpenTimestamps proofs of the ledger's Bitcoin anchors.
 //! - `bench`: `blockpost bench directory|messages|attack|blocks|audit|cluster`, only in a
 //!   binary built with the `bench` feature (load generators and SQLite stay out of the
@@ -27,6 +28,7 @@ mod audit;
 #[cfg(feature = "bench")]
 mod bench;
 mod directory;
+mod evidence;
 mod keyring;
 mod keys;
 mod ledger;
@@ -112,6 +114,13 @@ enum Cmd {
     Messages(messages::MessageCmd),
     #[command(flatten)]
     Ledger(ledger::LedgerCmd),
+    /// Write an evidence bundle: one file that proves a transaction or a message offline.
+    Export {
+        #[command(subcommand)]
+        cmd: evidence::ExportCmd,
+    },
+    /// Check an evidence bundle offline and report what it proves.
+    Verify(evidence::VerifyArgs),
     /// Anchors of the ledger in Bitcoin: check their OpenTimestamps proofs.
     Anchor {
         #[command(subcommand)]
@@ -177,6 +186,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Messages(cmd) => messages::run(cmd).await,
         Cmd::Ledger(cmd) => ledger::run(cmd).await,
         Cmd::Anchor { cmd } => anchor::run(cmd),
+        Cmd::Export { cmd } => evidence::run_export(cmd).await,
+        Cmd::Verify(args) => evidence::run_verify(args),
         Cmd::Auditor(args) => audit::run_auditor(args).await,
         Cmd::Audit { cmd } => audit::run(cmd).await,
         Cmd::NatsCredentials { data, json } => up::nats_credentials(&data, json),

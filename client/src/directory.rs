@@ -382,6 +382,46 @@ impl Client {
         self.accept_checkpoint(&note).await
     }
 
+    /// Inclusion proofs of the entries at `indexes` against one checkpoint that covers
+    /// them all: the newest witnessed one when it does (its cosignatures make the proofs
+    /// stronger evidence), else the newest. The checkpoint is verified and checked for
+    /// consistency like any other; each proof is the caller's to check with the entry.
+    pub async fn prove_entries(
+        &mut self,
+        indexes: &[u64],
+    ) -> Result<(VerifiedCheckpoint, Vec<Vec<Vec<u8>>>)> {
+        let covering = indexes.iter().max().map_or(0, |i| i + 1);
+        let r = self
+            .grpc
+            .get_checkpoint(GetCheckpointRequest {})
+            .await?
+            .into_inner();
+        let witnessed = !r.witnessed_checkpoint.is_empty()
+            && verify_checkpoint(&r.witnessed_checkpoint, &self.info.verifier_key)
+                .is_ok_and(|cp| cp.size >= covering);
+        let cp = if witnessed {
+            self.accept_checkpoint(&r.witnessed_checkpoint).await?
+        } else if self.witnesses.is_required() {
+            self.witnessed_checkpoint(covering).await?
+        } else {
+            self.accept_checkpoint(&r.checkpoint).await?
+        };
+        let mut proofs = Vec::with_capacity(indexes.len());
+        for &leaf_index in indexes {
+            proofs.push(
+                self.grpc
+                    .get_inclusion_proof(InclusionProofRequest {
+                        leaf_index,
+                        tree_size: cp.size,
+                    })
+                    .await?
+                    .into_inner()
+                    .hashes,
+            );
+        }
+        Ok((cp, proofs))
+    }
+
     /// Registers `id` under `address` and `real_name`, optionally with evidence.
     pub async fn register(
         &mut self,

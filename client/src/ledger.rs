@@ -14,8 +14,9 @@ use blockpost_core::{VerifiedCheckpoint, ed25519_key, verify_checkpoint};
 use blockpost_proto::v1::ledger_client::LedgerClient;
 use blockpost_proto::v1::{
     Envelope, EnvelopeContent, GetBlockRequest, GetHeadersRequest, GetLedgerInfoRequest,
-    GetMessageRequest, GetTransactionRequest, LedgerInfo, LedgerRecord, MessageResponse,
-    TransactionClosing, TransactionState, TransactionStatus, get_block_request, ledger_record,
+    GetMessageRequest, GetTransactionRequest, LedgerInfo, LedgerProofsRequest, LedgerRecord,
+    MessageResponse, TransactionClosing, TransactionState, TransactionStatus, get_block_request,
+    ledger_record,
 };
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,19 @@ pub struct LedgerTransaction {
     pub messages: Vec<LedgerMessage>,
     /// The closing record, and its place in the ledger, once closed.
     pub closing: Option<(TransactionClosing, LedgerMessage)>,
+}
+
+/// Headers and proofs against one ledger checkpoint ([`Ledger::proofs`]).
+#[derive(Clone, Debug)]
+pub struct LedgerProofs {
+    /// The checkpoint.
+    pub checkpoint: VerifiedCheckpoint,
+    /// The headers asked for, verified and proved in it.
+    pub headers: Vec<VerifiedHeader>,
+    /// Their inclusion proofs.
+    pub inclusion: Vec<Vec<Vec<u8>>>,
+    /// The consistency proofs asked for.
+    pub consistency: Vec<Vec<Vec<u8>>>,
 }
 
 /// A verifying ledger client.
@@ -198,6 +212,76 @@ impl Ledger {
                 })?;
         }
         Ok(cp)
+    }
+
+    /// Block headers and proofs against one ledger checkpoint: the newest witnessed one
+    /// when there is one that covers `heights` (else, unless witnesses are required, the
+    /// newest). Headers are verified and their ids proved in the checkpoint; consistency
+    /// proofs (from each of `consistency_from`) are returned for the caller to check
+    /// against roots it holds.
+    pub async fn proofs(
+        &mut self,
+        heights: &[u64],
+        consistency_from: &[u64],
+    ) -> Result<LedgerProofs> {
+        let ask = |witnessed| LedgerProofsRequest {
+            heights: heights.to_vec(),
+            consistency_from: consistency_from.to_vec(),
+            witnessed,
+        };
+        let r = match self.grpc.get_ledger_proofs(ask(true)).await {
+            Ok(r) => r.into_inner(),
+            Err(s)
+                if !self.witnesses.is_required() && s.code() == tonic::Code::FailedPrecondition =>
+            {
+                self.grpc.get_ledger_proofs(ask(false)).await?.into_inner()
+            }
+            Err(s) => return Err(s.into()),
+        };
+        let checkpoint = self.checkpoint(&r.ledger_checkpoint)?;
+        if r.headers.len() != heights.len()
+            || r.inclusion.len() != heights.len()
+            || r.consistency.len() != consistency_from.len()
+        {
+            return Err(Error::UnexpectedAnswer(
+                "the ledger's proofs do not match what was asked".into(),
+            ));
+        }
+        let mut headers = Vec::with_capacity(heights.len());
+        for ((&height, signed), path) in heights.iter().zip(&r.headers).zip(&r.inclusion) {
+            let h = verify_header(signed, &self.builder_key)
+                .map_err(|source| Error::BadBlock { height, source })?;
+            if h.header.height != height {
+                return Err(Error::UnexpectedAnswer(format!(
+                    "asked for block {height}, got the header of block {}",
+                    h.header.height
+                )));
+            }
+            checkpoint
+                .verify_inclusion(height, &h.id, &path.hashes)
+                .map_err(|source| Error::BadProof {
+                    index: height,
+                    source,
+                })?;
+            headers.push(h);
+        }
+        Ok(LedgerProofs {
+            checkpoint,
+            headers,
+            inclusion: r.inclusion.into_iter().map(|p| p.hashes).collect(),
+            consistency: r.consistency.into_iter().map(|p| p.hashes).collect(),
+        })
+    }
+
+    /// The anchors the node's builder made, as it holds them (unverified: an evidence
+    /// bundle's check verifies them).
+    pub async fn anchors(&mut self) -> Result<Vec<blockpost_proto::v1::Anchor>> {
+        Ok(self
+            .grpc
+            .get_anchors(blockpost_proto::v1::GetAnchorsRequest {})
+            .await?
+            .into_inner()
+            .anchors)
     }
 
     /// The header of block `height`, verified (signature, fields), without the ledger.

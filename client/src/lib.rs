@@ -30,6 +30,7 @@
 //! ```
 
 pub mod backup;
+pub mod bundle;
 mod directory;
 mod error;
 mod keyfile;
@@ -42,7 +43,7 @@ pub use directory::{Client, EvidenceSigner, VerifiedEntry, config_dir};
 pub use error::{Error, PinnedKeyChanged, Result};
 pub use keyfile::{read_key_file, read_keyring, write_key_file, write_keyring};
 pub use keyring::Keyring;
-pub use ledger::{Ledger, LedgerBlock, LedgerMessage, LedgerTransaction};
+pub use ledger::{Ledger, LedgerBlock, LedgerMessage, LedgerProofs, LedgerTransaction};
 pub use messaging::{
     BodyKeys, Delivery, Messenger, Outgoing, PreparedBatch, Received, open_sealed,
 };

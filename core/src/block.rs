@@ -188,6 +188,8 @@ pub struct VerifiedHeader {
     pub header: BlockHeader,
     /// Its bytes, as signed.
     pub bytes: Vec<u8>,
+    /// The builder's ed25519 signature over `"blockpost/v1 block header\n" || bytes`.
+    pub signature: Vec<u8>,
     /// The block id.
     pub id: [u8; 32],
 }
@@ -230,6 +232,7 @@ pub fn verify_header(signed: &SignedBlockHeader, key: &VerifyingKey) -> Result<V
     Ok(VerifiedHeader {
         id: block_id(&signed.header),
         bytes: signed.header.clone(),
+        signature: signed.signature.clone(),
         header,
     })
 }

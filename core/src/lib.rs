@@ -35,6 +35,8 @@
 //! - `clock`: [`Clock`], injected time, and checked time arithmetic ([`check_clock`]).
 //! - `wire`: the NATS wire contract: streams, subjects, headers, de-duplication ids.
 //! - `keyfile`: participant keys as encrypted PKCS#8 ([`Identity`]).
+//! - `tlog_proof`: C2SP tlog-proof files (an inclusion proof with its checkpoint).
+//! - `bundle`: evidence bundles checked offline: every member, key, proof and signature.
 //! - `error`: the crate's [`Error`].
 //!
 //! ```
@@ -57,6 +59,7 @@ pub mod anchor;
 mod authorize;
 pub mod block;
 pub mod blockmap;
+pub mod bundle;
 mod clock;
 pub mod cosign;
 pub mod delivery;
@@ -72,6 +75,7 @@ mod request;
 mod rules;
 pub mod settle;
 mod state;
+pub mod tlog_proof;
 pub mod transaction;
 pub mod wire;
 

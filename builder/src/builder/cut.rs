@@ -370,6 +370,7 @@ pub(super) fn cut_one(
     let verified = VerifiedHeader {
         header,
         bytes: signed.header.clone(),
+        signature: signed.signature.clone(),
         id,
     };
     let signed_bytes = signed.encode_to_vec();

@@ -121,10 +121,42 @@ pub fn receipt_verdict(
 pub fn search_hit(h: &blockpost_proto::v1::SearchHit, json: bool) -> anyhow::Result<()> {
     use base64::Engine as _;
     let hexes = |v: &[Vec<u8>]| v.iter().map(hex::encode).collect::<Vec<_>>();
+    // The envelope decoded beside it (the hit's proofs are the auditor's; the fields are
+    // the envelope's own).
+    let content =
+        blockpost_core::decode_canonical::<blockpost_proto::v1::Envelope>(&h.envelope, "envelope")
+            .ok()
+            .and_then(|e| {
+                blockpost_core::decode_canonical::<blockpost_proto::v1::EnvelopeContent>(
+                    &e.content,
+                    "envelope content",
+                )
+                .ok()
+            });
     if json {
+        use blockpost_proto::v1::envelope_content::Body;
+        let decoded = content.as_ref().map(|c| {
+            json!({
+                "transaction_id": c.transaction_id,
+                "kind": message_kind(c.kind),
+                "sender": c.sender,
+                "sender_name": h.sender_name,
+                "recipients": c.recipients,
+                "recipient_names": h.recipient_names,
+                "timestamp_ms": c.timestamp_ms,
+                "time": date(c.timestamp_ms),
+                "content_type": c.content_type,
+                "encrypted": matches!(c.body, Some(Body::Encrypted(_))),
+                "body": match &c.body {
+                    Some(Body::Plaintext(b)) => std::str::from_utf8(b).ok().map(str::to_owned),
+                    _ => None,
+                },
+            })
+        });
         say!(
             "{}",
             json!({
+                "message": decoded,
                 "message_id": hex::encode(&h.message_id),
                 "height": h.height,
                 "leaf_index": h.leaf_index,
@@ -138,8 +170,23 @@ pub fn search_hit(h: &blockpost_proto::v1::SearchHit, json: bool) -> anyhow::Res
             })
         );
     } else {
+        let about = content.as_ref().map_or_else(String::new, |c| {
+            let to: Vec<String> = c
+                .recipients
+                .iter()
+                .enumerate()
+                .map(|(i, a)| party(h.recipient_names.get(i).map_or("", String::as_str), a))
+                .collect();
+            format!(
+                "  [{}] {} -> {} ({})",
+                c.transaction_id,
+                party(&h.sender_name, &c.sender),
+                to.join(", "),
+                message_kind(c.kind)
+            )
+        });
         say!(
-            "{}  block {} leaf {}  {}  (score {:.2})",
+            "{}  block {} leaf {}  {}{about}  (score {:.2})",
             date(h.time_ms),
             h.height,
             h.leaf_index,

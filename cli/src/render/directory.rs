@@ -94,7 +94,14 @@ pub fn history(history: &[VerifiedEntry], json: bool) -> anyhow::Result<()> {
 }
 
 /// The node's identity.
-pub fn info(endpoint: &str, i: &GetInfoResponse, json: bool) -> anyhow::Result<()> {
+pub fn info(
+    endpoint: &str,
+    i: &GetInfoResponse,
+    more: &NodeKeys,
+    json: bool,
+) -> anyhow::Result<()> {
+    let ledger = more.ledger.as_ref();
+    let partitions = ledger.map(|l| l.firehose_partitions.max(1));
     if json {
         say!(
             "{}",
@@ -104,22 +111,115 @@ pub fn info(endpoint: &str, i: &GetInfoResponse, json: bool) -> anyhow::Result<(
                 "verifier_key": i.verifier_key,
                 "ca_certificate_pem": i.ca_certificate_pem,
                 "require_verified": i.require_verified,
+                "ledger": ledger.map(|l| json!({
+                    "origin": l.origin,
+                    "verifier_key": l.verifier_key,
+                    "builder_key": hex::encode(&l.builder_key),
+                    "delivery_key": (!l.delivery_key.is_empty()).then(|| hex::encode(&l.delivery_key)),
+                    "transaction_timeout_ms": l.transaction_timeout_ms,
+                    "firehose_partitions": partitions,
+                })),
+                "gateway": more.gateway.as_ref().map(|g| json!({
+                    "receipt_key": hex::encode(&g.receipt_key),
+                    "max_block_delay_ms": g.max_block_delay_ms,
+                })),
+                "witnesses": {
+                    "pinned_by_this_client": more.witnesses,
+                    "cosigned_directory_checkpoint": more.directory_cosigners,
+                    "cosigned_ledger_checkpoint": more.ledger_cosigners,
+                },
             }))?
         );
         return Ok(());
     }
-    say!("origin        {}", i.origin);
-    say!("verifier key  {}", i.verifier_key);
+    say!("directory");
+    say!("  origin          {}", i.origin);
+    say!("  log key         {}", i.verifier_key);
     say!(
-        "names         {}",
+        "  names           {}",
         if i.require_verified {
             "evidence required"
         } else {
             "evidence optional"
         }
     );
+    match ledger {
+        Some(l) => {
+            say!("ledger");
+            say!("  origin          {}", l.origin);
+            say!("  checkpoint key  {}", l.verifier_key);
+            say!("  builder key     {}", hex::encode(&l.builder_key));
+            if !l.delivery_key.is_empty() {
+                say!(
+                    "  delivery key    {} (x25519)",
+                    hex::encode(&l.delivery_key)
+                );
+            }
+            say!(
+                "  rules           transactions time out {} s after they open; {} firehose partition(s)",
+                l.transaction_timeout_ms / 1000,
+                partitions.unwrap_or(1)
+            );
+        }
+        None => say!("ledger            none at this endpoint"),
+    }
+    match &more.gateway {
+        Some(g) => {
+            say!("gateway");
+            say!("  receipt key     {}", hex::encode(&g.receipt_key));
+            say!(
+                "  promise         every accepted message in a block within {} ms",
+                g.max_block_delay_ms
+            );
+        }
+        None => say!("gateway           none at this endpoint"),
+    }
+    say!("witnesses");
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    say!("  pinned here     {}", list(&more.witnesses));
+    say!(
+        "  cosigned the newest directory checkpoint: {}",
+        list(&more.directory_cosigners)
+    );
+    say!(
+        "  cosigned the newest ledger checkpoint:    {}",
+        list(&more.ledger_cosigners)
+    );
+    say!("directory CA");
     say!("{}", i.ca_certificate_pem.trim_end());
     Ok(())
+}
+
+/// What `info` shows beside the directory's own identity.
+pub struct NodeKeys {
+    /// The ledger's keys and rules, if the endpoint serves one.
+    pub ledger: Option<blockpost_proto::v1::LedgerInfo>,
+    /// The gateway's receipt key and promise, if the endpoint serves one.
+    pub gateway: Option<blockpost_proto::v1::GatewayInfo>,
+    /// Names on the cosignature lines of the newest directory checkpoint.
+    pub directory_cosigners: Vec<String>,
+    /// Names on the cosignature lines of the newest ledger checkpoint.
+    pub ledger_cosigners: Vec<String>,
+    /// The witness keys this client was told to require.
+    pub witnesses: Vec<String>,
+}
+
+/// The key names on a signed note's signature lines after the first (the log's own): who
+/// cosigned it, as the note says (their signatures are checked against pinned witness
+/// keys only).
+pub fn cosigners(note: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(note)
+        .lines()
+        .filter_map(|l| l.strip_prefix("\u{2014} "))
+        .skip(1)
+        .filter_map(|l| l.split(' ').next().map(str::to_owned))
+        .collect()
 }
 
 /// A verified checkpoint.

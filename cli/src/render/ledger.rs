@@ -25,6 +25,17 @@ fn header_json(h: &blockpost_core::block::VerifiedHeader) -> Value {
     })
 }
 
+/// The header as signed and the builder's signature, base64: what a verifier checks the
+/// chain with, from one answer.
+fn signed_header_json(h: &blockpost_core::block::VerifiedHeader) -> Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    json!({
+        "header": b64.encode(&h.bytes),
+        "signature": b64.encode(&h.signature),
+        "signed_message": "\"blockpost/v1 block header\\n\" || header",
+    })
+}
+
 fn hexes(v: &[Vec<u8>]) -> Vec<String> {
     v.iter().map(hex::encode).collect()
 }
@@ -52,6 +63,7 @@ pub fn block(b: &blockpost_client::LedgerBlock, json: bool) -> anyhow::Result<()
             serde_json::to_string_pretty(&json!({
                 "height": h.header.height,
                 "header": header_json(h),
+                "signed_header": signed_header_json(h),
                 "header_hash": hex::encode(h.id),
                 "leaves": leaves,
                 "ledger_index": h.header.height,
@@ -138,6 +150,7 @@ pub fn ledger_message(
             "inclusion_proof": hexes(&m.inclusion_proof),
             "block_root": hex::encode(&h.header.merkle_root),
             "header": header_json(h),
+            "signed_header": signed_header_json(h),
             "header_hash": hex::encode(h.id),
             "ledger_index": h.header.height,
             "ledger_proof": hexes(&m.ledger_proof),
@@ -252,6 +265,7 @@ fn leaf_json(m: &blockpost_client::LedgerMessage) -> Value {
         "inclusion_proof": hexes(&m.inclusion_proof),
         "block_root": hex::encode(&h.header.merkle_root),
         "header_hash": hex::encode(h.id),
+        "signed_header": signed_header_json(h),
         "ledger_index": h.header.height,
         "ledger_proof": hexes(&m.ledger_proof),
         "ledger_checkpoint": String::from_utf8_lossy(&m.checkpoint.note),
@@ -320,6 +334,12 @@ pub fn transaction(
                 "transaction_id": st.transaction_id,
                 "status": status_name(st.status),
                 "parties": st.parties,
+                "party_names": st.parties.iter().map(|a| json!({
+                    "address": a,
+                    "real_name": names.get(a).map(|n| n.real_name.clone()),
+                    "verified": names.get(a).map(|n| n.verified),
+                    "lei": names.get(a).and_then(|n| n.lei.clone()),
+                })).collect::<Vec<_>>(),
                 "finished_by": st.finished_by,
                 "opened_height": st.opened_height,
                 "deadline_ms": st.deadline_ms,
@@ -335,7 +355,15 @@ pub fn transaction(
         st.transaction_id,
         status_name(st.status)
     );
-    say!("  parties      {}", st.parties.join(", "));
+    let named = |a: &String| match names.get(a) {
+        Some(n) if n.verified => format!("{} <{a}> (verified)", n.real_name),
+        Some(n) => party(&n.real_name, a),
+        None => a.clone(),
+    };
+    say!(
+        "  parties      {}",
+        st.parties.iter().map(named).collect::<Vec<_>>().join(", ")
+    );
     if !st.finished_by.is_empty() {
         say!("  finished by  {}", st.finished_by.join(", "));
     }
@@ -352,8 +380,12 @@ pub fn transaction(
             &hex::encode(m.message_id)[..16],
             m.header.header.height,
             m.leaf_index,
-            c.sender,
-            c.recipients.join(",")
+            named(&c.sender),
+            c.recipients
+                .iter()
+                .map(named)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if let Some(x) = read.get(i) {
             let opened = match (x.received.encrypted, super::opened_by(x)) {

@@ -21,6 +21,7 @@ macro_rules! say {
 // After `say!`: the modules use it.
 mod audit;
 mod directory;
+mod evidence;
 mod keyring;
 mod ledger;
 mod messages;
@@ -28,6 +29,7 @@ mod settlement;
 
 pub use audit::*;
 pub use directory::*;
+pub use evidence::*;
 pub use keyring::*;
 pub use ledger::*;
 pub use messages::*;

@@ -1,0 +1,290 @@
+//! Evidence that outlives the operator, through the real `blockpost` binary: a finished
+//! settlement exported to one file, its node and NATS store deleted, and the file checked
+//! offline; every member kind tampered with; witnesses and trusted keys enforced.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use blockpost_client::bundle::{from_zip, to_zip};
+use blockpost_node::free_port;
+use blockpost_tests::{NatsServer, blockpost_bin, spawn_node, wait_for};
+use serde_json::Value;
+
+struct Cli {
+    env: Vec<(String, String)>,
+    dir: std::path::PathBuf,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(blockpost_bin().unwrap());
+        cmd.args(args).current_dir(&self.dir).stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// Fails, with stderr holding every one of `needles`.
+    fn refused(&self, args: &[&str], needles: &[&str]) -> String {
+        let o = self.run(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+        }
+        err
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_settlement_verifies_offline_after_its_node_is_gone() {
+    let nats = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    let port = free_port().unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut node = spawn_node(&data, port, Some(&nats));
+    let cli = Cli {
+        env: vec![
+            ("BLOCKPOST_ENDPOINT".into(), endpoint.clone()),
+            (
+                "BLOCKPOST_CONFIG_DIR".into(),
+                tmp.path().join("cfg").display().to_string(),
+            ),
+            ("BLOCKPOST_PASSPHRASE".into(), "s3cret".into()),
+        ],
+        dir: tmp.path().to_owned(),
+    };
+    wait_for(Duration::from_secs(30), "the node", || async {
+        cli.run(&["info"]).status.success().then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The settlement of the README: plaintext, sealed, and both finishes.
+    for (who, name) in [("bank-a", "Bank A AG"), ("bank-b", "Bank B Ltd")] {
+        cli.ok(&["key", "new", "--out", &format!("{who}.keyring")]);
+        cli.ok(&[
+            "register",
+            "--key",
+            &format!("{who}.keyring"),
+            "--address",
+            who,
+            "--name",
+            name,
+        ]);
+    }
+    let send = |from: &str, to: &str, extra: &[&str], text: &str| {
+        let key = format!("{from}.keyring");
+        let mut a = vec!["send", "--key", &key, "--to", to, "--tx", "settle-1"];
+        a.extend_from_slice(extra);
+        a.push(text);
+        cli.ok(&a);
+    };
+    send(
+        "bank-a",
+        "bank-b",
+        &["--receipt-out", "r1.json"],
+        "I have Y dollars for X stock.",
+    );
+    send(
+        "bank-b",
+        "bank-a",
+        &["--encrypt"],
+        "I have the stock; confirm the money.",
+    );
+    send("bank-a", "bank-b", &["--encrypt"], "OK. I transferred.");
+    cli.ok(&[
+        "finish",
+        "--key",
+        "bank-b.keyring",
+        "--to",
+        "bank-a",
+        "--tx",
+        "settle-1",
+        "--encrypt",
+        "Done.",
+    ]);
+    cli.ok(&[
+        "finish",
+        "--key",
+        "bank-a.keyring",
+        "--to",
+        "bank-b",
+        "--tx",
+        "settle-1",
+        "Confirmed.",
+    ]);
+    wait_for(
+        Duration::from_secs(60),
+        "the transaction to finish",
+        || async {
+            let t = cli.json(&["tx", "settle-1"]);
+            (t["status"] == "finished").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    std::fs::write(tmp.path().join("info.json"), cli.ok(&["info", "--json"])).unwrap();
+    cli.ok(&[
+        "export",
+        "tx",
+        "settle-1",
+        "-o",
+        "settle-1.bpe",
+        "--receipt",
+        "r1.json",
+    ]);
+    cli.refused(
+        &["export", "tx", "settle-1", "-o", "settle-1.bpe"],
+        &["exists; refusing to overwrite"],
+    );
+    cli.refused(
+        &["export", "tx", "no-such-tx", "-o", "x.bpe"],
+        &["no-such-tx"],
+    );
+
+    // The operator is gone: node, data directory and NATS store.
+    node.kill().unwrap();
+    node.wait().unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+    drop(nats);
+
+    let r = cli.json(&["verify", "settle-1.bpe", "--trust", "info.json"]);
+    assert_eq!(r["verified"], true);
+    assert_eq!(r["subject"], "transaction settle-1");
+    assert_eq!(r["status"], "finished");
+    let msgs = r["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 5);
+    assert_eq!(msgs[0]["sender"]["real_name"], "Bank A AG");
+    assert_eq!(msgs[0]["recipients"][0]["real_name"], "Bank B Ltd");
+    assert_eq!(msgs[0]["text"], "I have Y dollars for X stock.");
+    assert_eq!(msgs[1]["sealed"], true);
+    assert!(msgs[1]["text"].is_null());
+    assert_eq!(r["closing"]["status"], "finished");
+    assert_eq!(
+        r["closing"]["finished_by"],
+        serde_json::json!(["bank-a", "bank-b"])
+    );
+    assert_eq!(r["receipts"].as_array().unwrap().len(), 1);
+    assert_eq!(r["receipts"][0]["kept"], true);
+    assert!(
+        r["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["source"] == "trusted")
+    );
+    // Without --trust it says which keys it took from the bundle.
+    let plain = cli.ok(&["verify", "settle-1.bpe"]);
+    assert!(plain.contains("taken from the bundle"), "{plain}");
+    assert!(plain.contains("Bank A AG <bank-a>"), "{plain}");
+    // A keyring opens what was sealed to its holder.
+    let r = cli.json(&["verify", "settle-1.bpe", "--key", "bank-a.keyring"]);
+    assert_eq!(
+        r["messages"][1]["opened"],
+        "I have the stock; confirm the money."
+    );
+    assert!(r["messages"][2]["opened"].is_null());
+    cli.ok(&[
+        "verify",
+        "settle-1.bpe",
+        "--trust",
+        "info.json",
+        "--html",
+        "report.html",
+    ]);
+    let html = std::fs::read_to_string(tmp.path().join("report.html")).unwrap();
+    assert!(html.contains("Evidence for transaction settle-1") && html.contains("Bank B Ltd"));
+    assert!(
+        !html.contains("<script") && !html.contains("http"),
+        "self-contained"
+    );
+
+    // Witnesses required but absent, and keys that are not the ones trusted.
+    let witness = blockpost_core::Cosigner::new(
+        "witness.example",
+        ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+    )
+    .unwrap()
+    .verifier_key();
+    cli.refused(
+        &[
+            "verify",
+            "settle-1.bpe",
+            "--witness",
+            &witness,
+            "--min-witnesses",
+            "1",
+        ],
+        &["ledger/checkpoint", "witness cosignatures"],
+    );
+    let mut info: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("info.json")).unwrap())
+            .unwrap();
+    info["ledger"]["builder_key"] = Value::String(hex::encode([7u8; 32]));
+    std::fs::write(tmp.path().join("other.json"), info.to_string()).unwrap();
+    cli.refused(
+        &["verify", "settle-1.bpe", "--trust", "other.json"],
+        &["keys.json", "trusted keys", "builder key"],
+    );
+
+    // Every member, one byte changed: the manifest names it. Changed and listed anew in
+    // the manifest, a proof or signature check names it (or the member it breaks).
+    let bytes = std::fs::read(tmp.path().join("settle-1.bpe")).unwrap();
+    let members = from_zip(&bytes).unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    for path in members.keys() {
+        let kind = path
+            .rsplit_once('.')
+            .map_or(path.as_str(), |(_, ext)| ext)
+            .to_owned();
+        let first_of_kind = kinds.insert(kind);
+        let mut m = members.clone();
+        let b = m.get_mut(path).unwrap();
+        let at = b.len() / 2;
+        b[at] ^= 0x01;
+        std::fs::write(tmp.path().join("t.bpe"), to_zip(&m).unwrap()).unwrap();
+        let err = cli.refused(&["verify", "t.bpe"], &["t.bpe does not verify"]);
+        assert!(
+            err.contains(path.as_str()) || path == "META-INF/manifest.json",
+            "{path}: {err}"
+        );
+        if !first_of_kind || path == "mimetype" || path == "META-INF/manifest.json" {
+            continue;
+        }
+        let man = blockpost_core::bundle::manifest(&m, 0);
+        m.insert(
+            "META-INF/manifest.json".into(),
+            serde_json::to_vec(&man).unwrap(),
+        );
+        std::fs::write(tmp.path().join("t.bpe"), to_zip(&m).unwrap()).unwrap();
+        let err = cli.refused(&["verify", "t.bpe"], &["t.bpe does not verify"]);
+        assert!(!err.contains("SHA-256 in the manifest"), "{path}: {err}");
+    }
+    assert!(kinds.len() >= 9, "{kinds:?}");
+    cli.refused(&["verify", "info.json"], &["not a ZIP file"]);
+}

@@ -229,14 +229,22 @@ impl Ledger {
             consistency_from: consistency_from.to_vec(),
             witnessed,
         };
-        let r = match self.grpc.get_ledger_proofs(ask(true)).await {
-            Ok(r) => r.into_inner(),
-            Err(s)
-                if !self.witnesses.is_required() && s.code() == tonic::Code::FailedPrecondition =>
-            {
+        let required = self.witnesses.is_required();
+        let grpc = self.grpc.clone();
+        let witnessed = until_witnessed(required, || {
+            let mut g = grpc.clone();
+            let req = ask(true);
+            async move { g.get_ledger_proofs(req).await }
+        })
+        .await;
+        let r = match witnessed {
+            Ok(r) => r,
+            // No witnessed checkpoint covers them (or none at all): the newest does for a
+            // client that requires no witness.
+            Err(Error::Status(s)) if !required && s.code() == tonic::Code::FailedPrecondition => {
                 self.grpc.get_ledger_proofs(ask(false)).await?.into_inner()
             }
-            Err(s) => return Err(s.into()),
+            Err(e) => return Err(e),
         };
         let checkpoint = self.checkpoint(&r.ledger_checkpoint)?;
         if r.headers.len() != heights.len()

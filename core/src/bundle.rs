@@ -477,7 +477,8 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
     // 3. Checkpoints.
     let checkpoint = |path: &str, key: &str| -> Result<(VerifiedCheckpoint, Vec<String>)> {
         let note = member(m, path)?;
-        let cp = verify_checkpoint(note, key).or_else(|e| fail(path, "checkpoint signature", e))?;
+        let cp = verify_checkpoint(note, key)
+            .or_else(|e| fail(path, "signature, by the key keys.json names", e))?;
         let cosigners = if trust.min_witnesses > 0 {
             policy
                 .check(note)
@@ -504,7 +505,8 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
             .or_else(|_| fail(path, "name", "not ledger/blocks/HEIGHT.header"))?;
         let signed: SignedBlockHeader =
             decode_canonical(bytes, "signed block header").or_else(|e| fail(path, "format", e))?;
-        let v = verify_header(&signed, &builder).or_else(|e| fail(path, "builder signature", e))?;
+        let v = verify_header(&signed, &builder)
+            .or_else(|e| fail(path, "builder signature, by the key keys.json names", e))?;
         if v.header.height != height {
             return fail(
                 path,
@@ -558,7 +560,13 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
         }
         directory
             .verify_inclusion(index, bytes, &p.hashes)
-            .or_else(|e| fail(&pp, "inclusion in the directory checkpoint", e))?;
+            .or_else(|e| {
+                fail(
+                    &format!("{path} + {pp}"),
+                    "inclusion in the directory checkpoint",
+                    e,
+                )
+            })?;
         let (entry, binding) = crate::decode_entry(bytes).or_else(|e| fail(path, "format", e))?;
         let cp = format!("directory/certificates/{index}.pem");
         if !entry.certificate.is_empty() {
@@ -609,6 +617,13 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
     let leaf = |base: &str| -> Result<(Vec<u8>, u64, u64, &VerifiedHeader)> {
         let lp = format!("{base}.leaf");
         let pp = format!("{base}.proof");
+        if !m.contains_key(&lp) {
+            return fail(
+                "bundle.json",
+                "contents",
+                format!("it lists {base}, which the bundle lacks"),
+            );
+        }
         let bytes = member(m, &lp)?;
         let p: LeafProof = json(m, &pp)?;
         let Some(h) = headers.get(&p.height) else {
@@ -626,7 +641,7 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
             bytes,
             &path,
         )
-        .or_else(|e| fail(&lp, "inclusion in its block", e))?;
+        .or_else(|e| fail(&format!("{lp} + {pp}"), "inclusion in its block", e))?;
         Ok((bytes.to_vec(), p.height, p.leaf_index, h))
     };
     let mut messages = Vec::new();
@@ -762,7 +777,7 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
                     fail(
                         path,
                         "gateway signature",
-                        "no gateway key of the bundle signed it",
+                        "no gateway key keys.json names signed it",
                     )
                 },
                 Ok,

@@ -384,6 +384,70 @@ async fn bitcoin_anchors_are_signed_op_returns_and_their_proofs_reach_the_regtes
         ],
     );
     assert!(!out.status.success());
+
+    // An evidence bundle of a message in an anchored block carries the proof and the
+    // header it attests to, and checks them offline; another header is refused.
+    let first = LedgerBlock::decode(
+        sb.node
+            .builder()
+            .unwrap()
+            .store()
+            .block(0)
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    let id = hex::encode(blockpost_core::block::block_id(&first.leaves[0]));
+    let bundle = w.join("m.bpe");
+    let out = cli(
+        &sb,
+        &[
+            "export",
+            "message",
+            &id,
+            "-o",
+            bundle.to_str().unwrap(),
+            "--endpoint",
+            &sb.endpoint,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&sb, &["verify", bundle.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["anchors"][0]["bitcoin_height"], 18, "{v}");
+    assert_eq!(
+        v["anchors"][0]["bitcoin_block"],
+        confirming.block_hash().to_string(),
+        "{v}"
+    );
+    let mut m = blockpost_client::bundle::from_zip(&std::fs::read(&bundle).unwrap()).unwrap();
+    m.insert(
+        "anchors/0/bitcoin-header".into(),
+        bitcoin::consensus::serialize(&chain[5].header),
+    );
+    let man = blockpost_core::bundle::manifest(&m, 0);
+    m.insert(
+        "META-INF/manifest.json".into(),
+        serde_json::to_vec(&man).unwrap(),
+    );
+    let other = w.join("other.bpe");
+    std::fs::write(&other, blockpost_client::bundle::to_zip(&m).unwrap()).unwrap();
+    let out = cli(&sb, &["verify", other.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("anchors/0/bitcoin-header: Merkle root"),
+        "{err}"
+    );
     // Each anchor spends the one before's change. Unconfirmed anchors are broadcast
     // again on every poll, so the file lists each transaction in order of first sight.
     sb.stop().await;

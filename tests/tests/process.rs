@@ -599,6 +599,43 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     .unwrap();
     assert_eq!(again["verdict"], "in_block");
     assert_eq!(again["message_id"], verdict["message_id"]);
+    // An evidence bundle made by a client that requires the witness carries its
+    // cosignatures, and a verifier that requires them accepts it, offline.
+    let bundle = tmp.path().join("audited-1.bpe");
+    let bundle_s = bundle.to_str().unwrap();
+    ok(&run(
+        &[
+            "export",
+            "tx",
+            "audited-1",
+            "-o",
+            bundle_s,
+            "--receipt",
+            receipt_file.to_str().unwrap(),
+            "--witness",
+            &witness_key,
+            "--min-witnesses",
+            "1",
+        ],
+        &env,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&ok(&run(
+        &[
+            "verify",
+            bundle_s,
+            "--witness",
+            &witness_key,
+            "--min-witnesses",
+            "1",
+            "--json",
+        ],
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(v["ledger_cosigners"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["directory_cosigners"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["receipts"][0]["kept"], true, "{v}");
+    assert_eq!(v["status"], "open", "{v}");
     refused(
         &run(
             &[

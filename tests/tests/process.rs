@@ -305,6 +305,24 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     }
     assert_eq!(look["history"].as_array().unwrap().len(), 1);
 
+    // `info` gives every key a verifier pins, and the ledger's rules.
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["info", "--json"], &env))).unwrap();
+    assert_eq!(
+        info["ledger"]["builder_key"].as_str().unwrap().len(),
+        64,
+        "{info}"
+    );
+    assert!(
+        info["ledger"]["verifier_key"]
+            .as_str()
+            .unwrap()
+            .contains("/ledger+")
+    );
+    assert_eq!(info["ledger"]["transaction_timeout_ms"], 3_600_000);
+    assert_eq!(info["gateway"]["receipt_key"].as_str().unwrap().len(), 64);
+    assert!(info["witnesses"]["cosigned_ledger_checkpoint"].is_array());
+
     // openssl reads the certificate and verifies it against the directory CA.
     if Command::new("openssl").arg("version").output().is_ok() {
         let info: serde_json::Value =
@@ -419,6 +437,10 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     assert!(
         out.contains("Bank A AG <bank-a-") && out.contains("-> Bank B Ltd <bank-b-"),
         "{out}"
+    );
+    assert!(
+        out.contains("  parties      Bank A AG <bank-a-"),
+        "`tx` names the parties: {out}"
     );
     let receipt_line = out
         .lines()
@@ -636,6 +658,23 @@ async fn cli_walkthrough_with_a_managed_nats_server() {
     assert_eq!(v["directory_cosigners"].as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v["receipts"][0]["kept"], true, "{v}");
     assert_eq!(v["status"], "open", "{v}");
+    // The auditor's search hits carry the decoded message beside the envelope.
+    let hits = ok(&run(
+        &[
+            "audit",
+            "search",
+            "transaction_id:audited-1",
+            "--auditor",
+            &audit_endpoint,
+            "--json",
+        ],
+        &[],
+    ));
+    let hit: serde_json::Value = serde_json::from_str(hits.lines().next().unwrap()).unwrap();
+    assert_eq!(hit["message"]["transaction_id"], "audited-1", "{hit}");
+    assert_eq!(hit["message"]["sender"], "alice", "{hit}");
+    assert_eq!(hit["message"]["sender_name"], "Alice Bank AG", "{hit}");
+    assert_eq!(hit["message"]["body"], "a note to self", "{hit}");
     refused(
         &run(
             &[

@@ -163,8 +163,19 @@ pub async fn export(
     m.insert("bundle.json".into(), json(&index)?);
     // Every party's directory history, proved in one checkpoint.
     let mut entries = Vec::new();
+    let mut evidence = std::collections::BTreeMap::new();
     for p in &parties {
         for e in directory.lookup(p).await? {
+            if let Some(body) = e.decoded.request.as_ref().and_then(|r| {
+                blockpost_core::decode_canonical::<blockpost_proto::v1::RegisterBody>(
+                    &r.body,
+                    "register body",
+                )
+                .ok()
+            }) && e.decoded.verified
+            {
+                evidence.insert(e.leaf_index, body.evidence_chain);
+            }
             entries.push((e.leaf_index, e.entry, e.decoded.certificate));
         }
     }
@@ -191,6 +202,24 @@ pub async fn export(
                 pem("CERTIFICATE", cert),
             );
         }
+        if let Some(chain) = evidence.get(i).filter(|c| !c.is_empty()) {
+            let text: Vec<u8> = chain.iter().flat_map(|c| pem("CERTIFICATE", c)).collect();
+            m.insert(format!("directory/evidence/{i}.pem"), text);
+        }
+    }
+    // Each block's directory state, tied to the directory checkpoint.
+    for (h, header) in heights.iter().zip(&proofs.headers) {
+        let size = header.header.directory_size;
+        if size > dcp.size {
+            continue;
+        }
+        let proof = directory.consistency_proof(size, dcp.size).await?;
+        m.insert(
+            format!("ledger/blocks/{h}.directory.json"),
+            json(&blockpost_core::bundle::DirectoryTie {
+                consistency: proof.iter().map(|x| B64.encode(x)).collect(),
+            })?,
+        );
     }
     m.insert(
         "directory/ca.pem".into(),

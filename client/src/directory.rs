@@ -422,6 +422,24 @@ impl Client {
         Ok((cp, proofs))
     }
 
+    /// The consistency proof of the directory log from `from_size` entries to
+    /// `to_size` (unchecked: the caller holds the roots).
+    pub async fn consistency_proof(
+        &mut self,
+        from_size: u64,
+        to_size: u64,
+    ) -> Result<Vec<Vec<u8>>> {
+        if from_size == 0 || from_size == to_size {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .grpc
+            .get_consistency_proof(ConsistencyProofRequest { from_size, to_size })
+            .await?
+            .into_inner()
+            .hashes)
+    }
+
     /// Registers `id` under `address` and `real_name`, optionally with evidence.
     pub async fn register(
         &mut self,

@@ -10,10 +10,13 @@
 //! 3. The ledger checkpoint (`ledger/checkpoint`) and the directory checkpoint
 //!    (`directory/checkpoint`): signatures, and the witnesses' cosignatures required.
 //! 4. Each block header (`ledger/blocks/H.header`): the builder's signature, and its id's
-//!    inclusion in the ledger checkpoint (`ledger/blocks/H.tlog-proof`, C2SP tlog-proof).
+//!    inclusion in the ledger checkpoint (`ledger/blocks/H.tlog-proof`, C2SP tlog-proof);
+//!    the directory state it names a prefix of the directory checkpoint
+//!    (`ledger/blocks/H.directory.json`).
 //! 5. Each directory entry (`directory/entries/I.entry`): its inclusion in the directory
 //!    checkpoint (`.tlog-proof`), each address's history as one authorised chain, its
-//!    certificate (`directory/certificates/I.pem`) the entry's and signed by the CA.
+//!    certificate (`directory/certificates/I.pem`) the entry's and signed by the CA, its
+//!    evidence chain (`directory/evidence/I.pem`) the one its signed request carries.
 //! 6. Each leaf (`ledger/leaves/H.L.leaf`): its inclusion in block H's root
 //!    (`.proof`), and for a message its sender's signature with the key of the directory
 //!    entry it names.
@@ -142,6 +145,17 @@ pub struct LeafProof {
     pub leaf_index: u64,
     /// The RFC 6962 audit path to the header's root, base64.
     pub path: Vec<String>,
+}
+
+/// `ledger/blocks/H.directory.json`: the directory state block H was checked against
+/// (its header's `directory_size` and `directory_root`, signed by the builder) is a prefix
+/// of the bundle's directory checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryTie {
+    /// The RFC 6962 consistency proof from the header's directory size to the directory
+    /// checkpoint's, base64.
+    pub consistency: Vec<String>,
 }
 
 /// `anchors/N/anchor.json`.
@@ -532,6 +546,51 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
         headers.insert(height, v);
     }
 
+    // 4b. Each block's directory state is a prefix of the directory checkpoint.
+    let mut untied = Vec::new();
+    for (height, h) in &headers {
+        let tp = format!("ledger/blocks/{height}.directory.json");
+        if !m.contains_key(&tp) {
+            untied.push(*height);
+            continue;
+        }
+        let tie: DirectoryTie = json(m, &tp)?;
+        let root: [u8; 32] = h.header.directory_root.as_slice().try_into().map_or_else(
+            |_| {
+                fail(
+                    &tp,
+                    "directory state",
+                    "the header's directory root is not 32 bytes",
+                )
+            },
+            Ok,
+        )?;
+        let old = VerifiedCheckpoint {
+            origin: directory.origin.clone(),
+            size: h.header.directory_size,
+            root,
+            note: Vec::new(),
+        };
+        let consistent = match old.size.cmp(&directory.size) {
+            std::cmp::Ordering::Greater => fail(
+                &tp,
+                "directory state",
+                "the block names a directory larger than the bundle's checkpoint",
+            ),
+            std::cmp::Ordering::Equal if old.root != directory.root => fail(
+                &tp,
+                "directory state",
+                "same size as the checkpoint, another root",
+            ),
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Less if old.size == 0 => Ok(()),
+            std::cmp::Ordering::Less => old
+                .verify_consistency(&directory, &b64_hashes(&tp, &tie.consistency)?)
+                .or_else(|e| fail(&tp, "directory state in the directory checkpoint", e)),
+        };
+        consistent?;
+    }
+
     // 5. Directory entries and certificates.
     let ca_pem = member(m, "directory/ca.pem")?;
     let ca_der = match x509_parser::pem::parse_x509_pem(ca_pem) {
@@ -579,6 +638,31 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
                 return fail(&cp, "certificate", "not the certificate the entry holds");
             }
             check_issued(&der, &ca_der).or_else(|e| fail(&cp, "signed by the directory CA", e))?;
+        }
+        let ep = format!("directory/evidence/{index}.pem");
+        if let Some(pem) = m.get(&ep) {
+            let body: blockpost_proto::v1::RegisterBody = entry
+                .request
+                .as_ref()
+                .and_then(|r| decode_canonical(&r.body, "register body").ok())
+                .map_or_else(
+                    || fail(&ep, "evidence chain", "the entry is not a registration"),
+                    Ok,
+                )?;
+            let mut chain = Vec::new();
+            for p in x509_parser::pem::Pem::iter_from_buffer(pem) {
+                match p {
+                    Ok(p) => chain.push(p.contents),
+                    Err(e) => return fail(&ep, "format", e),
+                }
+            }
+            if chain != body.evidence_chain {
+                return fail(
+                    &ep,
+                    "evidence chain",
+                    "not the chain the entry's signed request carries",
+                );
+            }
         }
         by_address
             .entry(binding.address.as_str().to_owned())
@@ -824,6 +908,19 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
     }
     if messages.iter().any(|x| x.sealed) {
         not_proved.push("sealed bodies: the report shows who sent what to whom and when, not what a sealed body says (open them with a keyring)".into());
+    }
+    if !untied.is_empty() {
+        not_proved.push(format!(
+            "the directory state of block(s) {} is not tied to the bundle's directory checkpoint",
+            untied
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if bindings.values().flatten().any(|(_, b)| b.verified) {
+        not_proved.push("names marked verified: the directory checked their evidence chains (directory/evidence/) against its trust anchors when it logged them; the anchors are its configuration, not in the bundle".into());
     }
     if receipts.is_empty() {
         not_proved.push("no gateway receipt is in the bundle".into());

@@ -987,3 +987,98 @@ fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
         }
     }
 }
+
+/// A verified name's evidence chain travels in an evidence bundle, checked against the
+/// chain the entry's signed request carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evidence_bundle_carries_the_evidence_chain_of_a_verified_name() {
+    use blockpost_client::bundle::{Subject, export};
+    let ev = evidence("Megacorp Bank AG", &rcgen::PKCS_ECDSA_P256_SHA256, false);
+    let (sb, _tmp) = sandbox_with_anchor(&ev.root_pem, false).await;
+    let mut g = sb.grpc().await.unwrap();
+    let mega = Identity::generate();
+    let entry = g
+        .register(with_evidence(&mega, &ev, "megacorp", "Megacorp Bank AG"))
+        .await
+        .unwrap()
+        .into_inner()
+        .proof
+        .unwrap()
+        .leaf_index;
+    let bob = Identity::generate();
+    let mut c = sb.client().await.unwrap();
+    c.register(&bob, "bob", "Bob Ltd", None).await.unwrap();
+    let mut m = blockpost_client::Messenger::connect(&sb.endpoint, &sb.client_dir)
+        .await
+        .unwrap();
+    let to = vec!["bob".to_owned()];
+    let (_, receipt) = m
+        .send(
+            &mega,
+            blockpost_client::Outgoing {
+                delivery: None,
+                from: "megacorp",
+                to: &to,
+                transaction_id: "verified-1",
+                kind: blockpost_proto::v1::MessageKind::Message,
+                content_type: "text/plain",
+                body: b"from a verified name".to_vec(),
+                encrypt: false,
+                transaction_deadline_ms: None,
+            },
+        )
+        .await
+        .unwrap();
+    let id: [u8; 32] = receipt.message_id.try_into().unwrap();
+    let mut l = blockpost_client::Ledger::connect(&c, &sb.client_dir)
+        .await
+        .unwrap();
+    let members = wait_for(
+        Duration::from_secs(30),
+        "the message in a block",
+        async || {
+            export(&mut c, &mut l, Subject::Message(id), &[], now_ms())
+                .await
+                .ok()
+        },
+    )
+    .await
+    .unwrap();
+    let path = format!("directory/evidence/{entry}.pem");
+    let pem = String::from_utf8(members[&path].clone()).unwrap();
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "{pem}");
+    let trust = blockpost_core::bundle::Trust::default();
+    let r = blockpost_core::bundle::verify(&members, &trust).unwrap();
+    assert!(r.messages[0].sender.verified);
+    assert_eq!(r.messages[0].sender.real_name, "Megacorp Bank AG");
+    assert!(
+        r.not_proved
+            .iter()
+            .any(|n| n.contains("names marked verified"))
+    );
+    // Another chain in its place, listed anew in the manifest: refused, named.
+    let other = evidence("Megacorp Bank AG", &rcgen::PKCS_ECDSA_P256_SHA256, false);
+    let mut bad = members.clone();
+    use base64::Engine as _;
+    let text: String = other
+        .chain
+        .iter()
+        .map(|d| {
+            format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                base64::engine::general_purpose::STANDARD.encode(d)
+            )
+        })
+        .collect();
+    bad.insert(path.clone(), text.into_bytes());
+    let man = blockpost_core::bundle::manifest(&bad, 0);
+    bad.insert(
+        blockpost_core::bundle::MANIFEST.into(),
+        serde_json::to_vec(&man).unwrap(),
+    );
+    let err = blockpost_core::bundle::verify(&bad, &trust).unwrap_err();
+    assert_eq!(
+        (err.member.as_str(), err.check),
+        (path.as_str(), "evidence chain")
+    );
+}

@@ -336,3 +336,35 @@ pub fn from_zip(bytes: &[u8]) -> std::result::Result<Members, String> {
     }
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A bundle exported from a node (a finished settlement, four messages, a receipt)
+    /// reads and verifies against the keys of that node's `info --json`, and survives a
+    /// round trip through the writer.
+    #[test]
+    fn the_fixture_verifies_and_round_trips() {
+        let m = from_zip(include_bytes!("../benches/fixtures/settle-1.bpe")).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(include_str!("../benches/fixtures/settle-1.info.json")).unwrap();
+        let trust = blockpost_core::bundle::Trust {
+            directory_key: info["verifier_key"].as_str().map(str::to_owned),
+            ledger_key: info["ledger"]["verifier_key"].as_str().map(str::to_owned),
+            builder_key: info["ledger"]["builder_key"].as_str().map(str::to_owned),
+            ..Default::default()
+        };
+        let r = blockpost_core::bundle::verify(&m, &trust).unwrap();
+        assert_eq!(r.status.as_deref(), Some("finished"));
+        assert_eq!(r.messages.len(), 4);
+        assert_eq!(r.receipts.len(), 1);
+        let zip = to_zip(&m).unwrap();
+        assert!(
+            zip[30..38] == *b"mimetype" && zip[38..38 + MIMETYPE.len()] == *MIMETYPE.as_bytes()
+        );
+        assert_eq!(from_zip(&zip).unwrap(), m);
+        assert!(from_zip(b"not a zip").is_err());
+    }
+}

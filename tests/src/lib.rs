@@ -811,3 +811,77 @@ pub async fn delivery_records(
     }
     out
 }
+
+/// The `blockpost` binary of this build as a user runs it: in a working directory, with
+/// an environment (endpoint, config directory, passphrase).
+pub struct Cli {
+    /// Environment variables of every run.
+    pub env: Vec<(String, String)>,
+    /// The working directory.
+    pub dir: std::path::PathBuf,
+}
+
+impl Cli {
+    /// Against the node at `endpoint`, its client state in `dir/cfg`, passphrase `s3cret`.
+    pub fn new(endpoint: &str, dir: &std::path::Path) -> Self {
+        Self {
+            env: vec![
+                ("BLOCKPOST_ENDPOINT".into(), endpoint.to_owned()),
+                (
+                    "BLOCKPOST_CONFIG_DIR".into(),
+                    dir.join("cfg").display().to_string(),
+                ),
+                ("BLOCKPOST_PASSPHRASE".into(), "s3cret".into()),
+            ],
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Runs it with `more_env` on top.
+    pub fn run(&self, args: &[&str], more_env: &[(&str, &str)]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(blockpost_bin().expect("the blockpost binary"));
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in more_env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("blockpost runs")
+    }
+
+    /// Succeeds; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args, &[]);
+        assert!(
+            o.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).expect("UTF-8 output")
+    }
+
+    /// Succeeds with `--json`; its output parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).expect("JSON output")
+    }
+
+    /// Fails, without a panic, with one `error:` line holding every one of `needles`;
+    /// its stderr.
+    pub fn refused(&self, args: &[&str], more_env: &[(&str, &str)], needles: &[&str]) -> String {
+        let o = self.run(args, more_env);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{args:?} succeeded: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        for n in needles {
+            assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
+        }
+        err
+    }
+}

@@ -4,57 +4,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use blockpost_client::bundle::{from_zip, to_zip};
 use blockpost_node::free_port;
-use blockpost_tests::{NatsServer, blockpost_bin, spawn_node, wait_for};
+use blockpost_tests::{Cli, NatsServer, spawn_node, wait_for};
 use serde_json::Value;
-
-struct Cli {
-    env: Vec<(String, String)>,
-    dir: std::path::PathBuf,
-}
-
-impl Cli {
-    fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(blockpost_bin().unwrap());
-        cmd.args(args).current_dir(&self.dir).stdin(Stdio::null());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    /// Fails, with stderr holding every one of `needles`.
-    fn refused(&self, args: &[&str], needles: &[&str]) -> String {
-        let o = self.run(args);
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(!o.status.success(), "{args:?} succeeded");
-        assert!(!err.contains("panicked"), "{err}");
-        for n in needles {
-            assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
-        }
-        err
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_settlement_verifies_offline_after_its_node_is_gone() {
@@ -67,19 +22,9 @@ async fn a_finished_settlement_verifies_offline_after_its_node_is_gone() {
     let port = free_port().unwrap();
     let endpoint = format!("http://127.0.0.1:{port}");
     let mut node = spawn_node(&data, port, Some(&nats));
-    let cli = Cli {
-        env: vec![
-            ("BLOCKPOST_ENDPOINT".into(), endpoint.clone()),
-            (
-                "BLOCKPOST_CONFIG_DIR".into(),
-                tmp.path().join("cfg").display().to_string(),
-            ),
-            ("BLOCKPOST_PASSPHRASE".into(), "s3cret".into()),
-        ],
-        dir: tmp.path().to_owned(),
-    };
+    let cli = Cli::new(&endpoint, tmp.path());
     wait_for(Duration::from_secs(30), "the node", || async {
-        cli.run(&["info"]).status.success().then_some(())
+        cli.run(&["info"], &[]).status.success().then_some(())
     })
     .await
     .unwrap();
@@ -160,10 +105,12 @@ async fn a_finished_settlement_verifies_offline_after_its_node_is_gone() {
     ]);
     cli.refused(
         &["export", "tx", "settle-1", "-o", "settle-1.bpe"],
+        &[],
         &["exists; refusing to overwrite"],
     );
     cli.refused(
         &["export", "tx", "no-such-tx", "-o", "x.bpe"],
+        &[],
         &["no-such-tx"],
     );
 
@@ -240,6 +187,7 @@ async fn a_finished_settlement_verifies_offline_after_its_node_is_gone() {
             "--min-witnesses",
             "1",
         ],
+        &[],
         &["ledger/checkpoint", "witness cosignatures"],
     );
     let mut info: Value =
@@ -249,6 +197,7 @@ async fn a_finished_settlement_verifies_offline_after_its_node_is_gone() {
     std::fs::write(tmp.path().join("other.json"), info.to_string()).unwrap();
     cli.refused(
         &["verify", "settle-1.bpe", "--trust", "other.json"],
+        &[],
         &["keys.json", "trusted keys", "builder key"],
     );
 
@@ -268,7 +217,7 @@ async fn a_finished_settlement_verifies_offline_after_its_node_is_gone() {
         let at = b.len() / 2;
         b[at] ^= 0x01;
         std::fs::write(tmp.path().join("t.bpe"), to_zip(&m).unwrap()).unwrap();
-        let err = cli.refused(&["verify", "t.bpe"], &["t.bpe does not verify"]);
+        let err = cli.refused(&["verify", "t.bpe"], &[], &["t.bpe does not verify"]);
         assert!(
             err.contains(path.as_str()) || path == "META-INF/manifest.json",
             "{path}: {err}"
@@ -282,9 +231,9 @@ async fn a_finished_settlement_verifies_offline_after_its_node_is_gone() {
             serde_json::to_vec(&man).unwrap(),
         );
         std::fs::write(tmp.path().join("t.bpe"), to_zip(&m).unwrap()).unwrap();
-        let err = cli.refused(&["verify", "t.bpe"], &["t.bpe does not verify"]);
+        let err = cli.refused(&["verify", "t.bpe"], &[], &["t.bpe does not verify"]);
         assert!(!err.contains("SHA-256 in the manifest"), "{path}: {err}");
     }
     assert!(kinds.len() >= 9, "{kinds:?}");
-    cli.refused(&["verify", "info.json"], &["not a ZIP file"]);
+    cli.refused(&["verify", "info.json"], &[], &["not a ZIP file"]);
 }

@@ -6,90 +6,41 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use blockpost_node::free_port;
-use blockpost_tests::{NatsServer, blockpost_bin, spawn_node, wait_for};
+use blockpost_tests::{Cli, NatsServer, spawn_node, wait_for};
 use serde_json::Value;
 
-struct Cli {
-    env: Vec<(String, String)>,
-    dir: std::path::PathBuf,
+/// `key backup` of Alice's keyring, 3 of 5, into `dir`.
+fn backup_alice(cli: &Cli, dir: &str) {
+    cli.ok(&[
+        "key",
+        "backup",
+        "--key",
+        "alice.keyring",
+        "--shares",
+        "5",
+        "--threshold",
+        "3",
+        "--out",
+        dir,
+    ]);
 }
 
-impl Cli {
-    fn run(&self, args: &[&str], more_env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(blockpost_bin().unwrap());
-        cmd.args(args).current_dir(&self.dir).stdin(Stdio::null());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        for (k, v) in more_env {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args, &[]);
-        assert!(
-            o.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        serde_json::from_str(&self.ok(&a)).unwrap()
-    }
-
-    /// Fails with one line on stderr holding every one of `needles`.
-    fn refused(&self, args: &[&str], more_env: &[(&str, &str)], needles: &[&str]) {
-        let o = self.run(args, more_env);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{args:?} succeeded: {err}");
-        assert!(!err.contains("panicked"), "{err}");
-        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(lines.len(), 1, "{args:?}: {err}");
-        for n in needles {
-            assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
-        }
-    }
-
-    /// `key backup` of Alice's keyring, 3 of 5, into `dir`.
-    fn backup_alice(&self, dir: &str) {
-        self.ok(&[
-            "key",
-            "backup",
-            "--key",
-            "alice.keyring",
-            "--shares",
-            "5",
-            "--threshold",
-            "3",
-            "--out",
-            dir,
-        ]);
-    }
-
-    fn send_sealed(&self, key: &str, to: &str, text: &str) -> String {
-        let r = self.json(&[
-            "send",
-            "--key",
-            key,
-            "--to",
-            to,
-            "--tx",
-            "t1",
-            "--encrypt",
-            text,
-        ]);
-        r["message_id"].as_str().unwrap().to_owned()
-    }
+fn send_sealed(cli: &Cli, key: &str, to: &str, text: &str) -> String {
+    let r = cli.json(&[
+        "send",
+        "--key",
+        key,
+        "--to",
+        to,
+        "--tx",
+        "t1",
+        "--encrypt",
+        text,
+    ]);
+    r["message_id"].as_str().unwrap().to_owned()
 }
 
 /// `history --json` of `key`, once it lists `n` messages (they are in blocks).
@@ -133,17 +84,7 @@ async fn a_keyring_reads_sealed_history_across_rotations_and_recovers_from_share
     let port = free_port().unwrap();
     let endpoint = format!("http://127.0.0.1:{port}");
     let mut node = spawn_node(&tmp.path().join("node"), port, Some(&nats));
-    let cli = Cli {
-        env: vec![
-            ("BLOCKPOST_ENDPOINT".into(), endpoint.clone()),
-            (
-                "BLOCKPOST_CONFIG_DIR".into(),
-                tmp.path().join("cfg").display().to_string(),
-            ),
-            ("BLOCKPOST_PASSPHRASE".into(), "s3cret".into()),
-        ],
-        dir: tmp.path().to_owned(),
-    };
+    let cli = Cli::new(&endpoint, tmp.path());
     wait_for(Duration::from_secs(30), "the node", || async {
         cli.run(&["info"], &[]).status.success().then_some(())
     })
@@ -190,14 +131,14 @@ async fn a_keyring_reads_sealed_history_across_rotations_and_recovers_from_share
 
     // A message sealed to each of three generations of Alice's keys (a backup taken while
     // she had only the first), and one she seals to Bob.
-    let m1 = cli.send_sealed("bob.keyring", "alice", "to generation one");
+    let m1 = send_sealed(&cli, "bob.keyring", "alice", "to generation one");
     std::fs::create_dir(tmp.path().join("old")).unwrap();
-    cli.backup_alice("old");
+    backup_alice(&cli, "old");
     let r2 = cli.json(&["rotate", "--key", "alice.keyring"]);
-    let _m2 = cli.send_sealed("bob.keyring", "alice", "to generation two");
+    let _m2 = send_sealed(&cli, "bob.keyring", "alice", "to generation two");
     let r3 = cli.json(&["rotate", "--key", "alice.keyring"]);
-    let m3 = cli.send_sealed("bob.keyring", "alice", "to generation three");
-    cli.send_sealed("alice.keyring", "bob", "from alice, sealed to bob");
+    let m3 = send_sealed(&cli, "bob.keyring", "alice", "to generation three");
+    send_sealed(&cli, "alice.keyring", "bob", "from alice, sealed to bob");
 
     let list = cli.json(&["key", "list", "--key", "alice.keyring"]);
     let gens = list["generations"].as_array().unwrap();
@@ -273,7 +214,7 @@ async fn a_keyring_reads_sealed_history_across_rotations_and_recovers_from_share
     assert!(future["messages"].as_array().unwrap().is_empty());
 
     // Backup 3 of 5 now; any three shares recover a keyring that opens the same history.
-    cli.backup_alice("shares");
+    backup_alice(&cli, "shares");
     let shares = tmp.path().join("shares");
     for (i, pick) in [[1, 2, 3], [5, 3, 1], [2, 4, 5]].iter().enumerate() {
         let out = format!("recovered-{i}.keyring");

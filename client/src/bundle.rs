@@ -334,6 +334,16 @@ pub fn from_zip(bytes: &[u8]) -> std::result::Result<Members, String> {
             return Err(format!("member {name} is in the file twice"));
         }
     }
+    // The container is canonical: exactly the bytes `to_zip` writes for these members
+    // (docs/evidence.md), so that no byte outside the members (a header, a name's second
+    // copy, a timestamp) can change unnoticed either.
+    if to_zip(&m).map_err(|e| e.to_string())? != bytes {
+        return Err(
+            "the ZIP is not in the canonical layout of its members: bytes outside the members \
+             (headers, a name's local copy, timestamps, a comment) were changed"
+                .into(),
+        );
+    }
     Ok(m)
 }
 
@@ -365,6 +375,9 @@ mod tests {
             zip[30..38] == *b"mimetype" && zip[38..38 + MIMETYPE.len()] == *MIMETYPE.as_bytes()
         );
         assert_eq!(from_zip(&zip).unwrap(), m);
+        // The writer still writes the fixture byte for byte (a new `zip` release that
+        // changed its layout would fail here, before any old bundle failed to verify).
+        assert_eq!(zip, include_bytes!("../benches/fixtures/settle-1.bpe"));
         assert!(from_zip(b"not a zip").is_err());
     }
 }

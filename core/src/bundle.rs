@@ -637,7 +637,13 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
             if der != entry.certificate {
                 return fail(&cp, "certificate", "not the certificate the entry holds");
             }
-            check_issued(&der, &ca_der).or_else(|e| fail(&cp, "signed by the directory CA", e))?;
+            check_issued(&der, &ca_der).or_else(|e| {
+                fail(
+                    &format!("{cp} + directory/ca.pem"),
+                    "signed by the directory CA",
+                    e,
+                )
+            })?;
         }
         let ep = format!("directory/evidence/{index}.pem");
         if let Some(pem) = m.get(&ep) {

@@ -207,10 +207,10 @@ async fn a_finished_settlement_verifies_offline_after_its_node_is_gone() {
     let members = from_zip(&bytes).unwrap();
     let mut kinds = std::collections::BTreeSet::new();
     for path in members.keys() {
-        let kind = path
-            .rsplit_once('.')
-            .map_or(path.as_str(), |(_, ext)| ext)
-            .to_owned();
+        let kind = match path.rsplit_once('.') {
+            Some((_, "json")) | None => path.clone(),
+            Some((_, ext)) => ext.to_owned(),
+        };
         let first_of_kind = kinds.insert(kind);
         let mut m = members.clone();
         let b = m.get_mut(path).unwrap();
@@ -233,7 +233,26 @@ async fn a_finished_settlement_verifies_offline_after_its_node_is_gone() {
         std::fs::write(tmp.path().join("t.bpe"), to_zip(&m).unwrap()).unwrap();
         let err = cli.refused(&["verify", "t.bpe"], &[], &["t.bpe does not verify"]);
         assert!(!err.contains("SHA-256 in the manifest"), "{path}: {err}");
+        // Named: the member (beside its proof, when they disagree), or keys.json when a
+        // key it names fails; the line is `MEMBER: CHECK: WHY`.
+        let named = if path == "keys.json" {
+            "keys.json"
+        } else {
+            path.as_str()
+        };
+        assert!(err.contains(named), "{path}: {err}");
+        assert!(
+            err.matches(": ").count() >= 3,
+            "{path}: no check named: {err}"
+        );
     }
-    assert!(kinds.len() >= 9, "{kinds:?}");
+    assert!(kinds.len() >= 12, "{kinds:?}");
+    // Bytes outside the members too: the local copy of a name, the end record.
+    for at in [34, bytes.len() - 3] {
+        let mut b = bytes.clone();
+        b[at] ^= 0x20;
+        std::fs::write(tmp.path().join("z.bpe"), b).unwrap();
+        cli.refused(&["verify", "z.bpe"], &[], &["z.bpe"]);
+    }
     cli.refused(&["verify", "info.json"], &[], &["not a ZIP file"]);
 }

@@ -76,27 +76,43 @@ pub async fn export(
             (vec![ledger.message(id).await?], None)
         }
     };
-    // Blocks, and the one anchor (the first confirmed one, else the first) that covers
-    // the newest of them.
+    // The blocks that hold them.
     let mut heights: BTreeSet<u64> = messages.iter().map(|x| x.header.header.height).collect();
     if let Some(c) = &closing {
         heights.insert(c.header.header.height);
     }
-    let newest = heights.last().copied().unwrap_or(0);
-    let anchors = ledger.anchors().await.unwrap_or_default();
-    let head_size = ledger.block(None).await?.checkpoint.size;
-    let covering: Vec<_> = anchors
-        .into_iter()
-        .filter(|a| a.ledger_size > newest && a.ledger_size <= head_size && !a.ots.is_empty())
-        .collect();
-    let anchor = covering
-        .iter()
-        .find(|a| !a.bitcoin_header.is_empty())
-        .or_else(|| covering.first())
-        .cloned();
     let heights: Vec<u64> = heights.into_iter().collect();
-    let from: Vec<u64> = anchor.iter().map(|a| a.ledger_size).collect();
-    let proofs = ledger.proofs(&heights, &from).await?;
+    // One checkpoint for every proof; then, for each block, the anchor that covers it
+    // within that checkpoint (a confirmed one first, the smallest), each tied to the
+    // checkpoint by a consistency proof.
+    let probe = ledger.proofs(&heights, &[]).await?;
+    let size = probe.checkpoint.size;
+    let anchors = ledger.anchors().await.unwrap_or_default();
+    let mut chosen: Vec<blockpost_proto::v1::Anchor> = Vec::new();
+    for h in &heights {
+        let covered = |a: &blockpost_proto::v1::Anchor| a.ledger_size > *h;
+        if chosen
+            .iter()
+            .any(|a| covered(a) && !a.bitcoin_header.is_empty())
+        {
+            continue;
+        }
+        let pick = anchors
+            .iter()
+            .filter(|a| covered(a) && a.ledger_size <= size && !a.ots.is_empty())
+            .min_by_key(|a| (a.bitcoin_header.is_empty(), a.ledger_size));
+        if let Some(a) = pick
+            && !chosen.iter().any(|c| c.ledger_size == a.ledger_size)
+        {
+            chosen.push(a.clone());
+        }
+    }
+    let from: Vec<u64> = chosen.iter().map(|a| a.ledger_size).collect();
+    let proofs = if from.is_empty() {
+        probe
+    } else {
+        ledger.proofs(&heights, &from).await?
+    };
     m.insert("ledger/checkpoint".into(), proofs.checkpoint.note.clone());
     for ((h, header), path) in heights.iter().zip(&proofs.headers).zip(&proofs.inclusion) {
         let signed = blockpost_proto::v1::SignedBlockHeader {
@@ -115,8 +131,8 @@ pub async fn export(
         };
         m.insert(format!("ledger/blocks/{h}.tlog-proof"), p.to_bytes());
     }
-    if let (Some(a), Some(consistency)) = (&anchor, proofs.consistency.first()) {
-        let base = "anchors/0";
+    for (n, (a, consistency)) in chosen.iter().zip(&proofs.consistency).enumerate() {
+        let base = format!("anchors/{n}");
         m.insert(format!("{base}/proof.ots"), a.ots.clone());
         if !a.bitcoin_header.is_empty() {
             m.insert(format!("{base}/bitcoin-header"), a.bitcoin_header.clone());

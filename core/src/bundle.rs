@@ -902,14 +902,19 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
         let base = format!("anchors/{n}");
         anchors.push(check_anchor(m, &base, &ledger)?);
     }
-    let newest_block = headers.keys().next_back().copied();
-    if let Some(h) = newest_block
-        && !anchors
-            .iter()
-            .any(|a| a.ledger_size > h && a.bitcoin_height.is_some())
-    {
+    let unanchored: Vec<String> = headers
+        .keys()
+        .filter(|h| {
+            !anchors
+                .iter()
+                .any(|a| a.ledger_size > **h && a.bitcoin_block.is_some())
+        })
+        .map(u64::to_string)
+        .collect();
+    if !unanchored.is_empty() {
         not_proved.push(format!(
-            "no confirmed Bitcoin anchor in the bundle covers block {h}: when it was made rests on the builder's signature and the witnesses' cosignatures"
+            "no confirmed Bitcoin anchor in the bundle covers block(s) {}: when they were cut rests on the builder's signature and the witnesses' cosignatures",
+            unanchored.join(", ")
         ));
     }
     if messages.iter().any(|x| x.sealed) {

@@ -429,6 +429,36 @@ async fn bitcoin_anchors_are_signed_op_returns_and_their_proofs_reach_the_regtes
         confirming.block_hash().to_string(),
         "{v}"
     );
+    // The whole transaction: blocks 0 to 2 under the confirmed anchor, the rest said to
+    // be unanchored (or under a pending anchor).
+    let tx_bundle = w.join("tx.bpe");
+    let out = cli(
+        &sb,
+        &[
+            "export",
+            "tx",
+            "anchored",
+            "-o",
+            tx_bundle.to_str().unwrap(),
+            "--endpoint",
+            &sb.endpoint,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&sb, &["verify", tx_bundle.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["anchors"][0]["bitcoin_height"], 18, "{v}");
+    let gaps = v["not_proved"].to_string();
+    assert!(!gaps.contains("block(s) 0"), "{gaps}");
     let mut m = blockpost_client::bundle::from_zip(&std::fs::read(&bundle).unwrap()).unwrap();
     m.insert(
         "anchors/0/bitcoin-header".into(),

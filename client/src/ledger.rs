@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use blockpost_core::block::{
     VerifiedBlock, VerifiedHeader, verify_block, verify_header, verify_leaf_inclusion,
 };
-use blockpost_core::transaction::{TxMessage, check_closing, deadline_of};
+use blockpost_core::transaction::{Place, TxMessage, check_closing_placed, deadline_of};
 use blockpost_core::{VerifiedCheckpoint, ed25519_key, verify_checkpoint};
 use blockpost_proto::v1::ledger_client::LedgerClient;
 use blockpost_proto::v1::{
@@ -467,7 +467,7 @@ impl Ledger {
     /// A transaction by id, verified: every message (all pages) in its block and the
     /// ledger and of this transaction; the state's parties, `finish`es and deadline as its
     /// messages and the ledger's timeout give them; the closing record, if any, in its
-    /// block and checked with [`check_closing`].
+    /// block and checked with [`check_closing_placed`].
     pub async fn transaction(&mut self, id: &str) -> Result<LedgerTransaction> {
         let mut state: Option<TransactionState> = None;
         let mut messages: Vec<LedgerMessage> = Vec::new();
@@ -576,46 +576,27 @@ impl Ledger {
                 let Some(ledger_record::Record::Closing(c)) = record.record else {
                     return Err(bad("the closing leaf is not a closing record".into()));
                 };
-                if c.transaction_id != id || c.status != state.status {
-                    return Err(bad(
-                        "the closing record is not this transaction's state".into()
-                    ));
-                }
-                if c.time_ms != leaf.header.header.time_ms
+                if c.status != state.status
                     || state.closing_height != Some(leaf.header.header.height)
                     || u64::from(state.closing_leaf_index) != leaf.leaf_index
                 {
                     return Err(bad(
-                        "the closing record's time or place is not the block it is in".into(),
+                        "the closing record is not this transaction's state, or not where it says"
+                            .into(),
                     ));
                 }
-                if c.status == TransactionStatus::Finished as i32 {
-                    // Right after the message that finished it, in the same block.
-                    let last = c
-                        .message_ids
-                        .len()
-                        .checked_sub(1)
-                        .and_then(|i| messages.get(i))
-                        .ok_or_else(|| bad("a finished transaction without messages".into()))?;
-                    if (last.header.header.height, last.leaf_index + 1)
-                        != (leaf.header.header.height, leaf.leaf_index)
-                    {
-                        return Err(bad(
-                            "the finished closing record is not right after the last finish".into(),
-                        ));
-                    }
-                }
-                let n = c.message_ids.len();
-                if n > tx_messages.len()
-                    || messages
-                        .iter()
-                        .take(n)
-                        .any(|m| m.header.header.height > leaf.header.header.height)
-                {
-                    return Err(bad("the closing record names messages after it".into()));
-                }
-                check_closing(&c, &tx_messages[..n], state.deadline_ms)
-                    .map_err(|e| bad(e.to_string()))?;
+                let place = |m: &LedgerMessage| Place {
+                    height: m.header.header.height,
+                    leaf_index: m.leaf_index,
+                    time_ms: m.header.header.time_ms,
+                };
+                let placed: Vec<(TxMessage, Place)> = tx_messages
+                    .iter()
+                    .cloned()
+                    .zip(messages.iter().map(place))
+                    .collect();
+                check_closing_placed(id, &c, place(&leaf), &placed, state.deadline_ms)
+                    .map_err(|why| bad(format!("its closing record: {why}")))?;
                 if c.finished_by != state.finished_by {
                     return Err(bad("finished_by differs from the closing record".into()));
                 }

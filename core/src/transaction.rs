@@ -624,6 +624,53 @@ pub fn deadline_of(first: &TxMessage, opened_ms: i64, timeout_ms: u64) -> i64 {
     first.deadline_ms.map_or(by_timeout, |d| d.min(by_timeout))
 }
 
+/// Where a message or a record is in the ledger: its block's height, its leaf index there,
+/// and the block's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// The block.
+    pub height: u64,
+    /// The leaf in it.
+    pub leaf_index: u64,
+    /// When the block was cut (Unix ms).
+    pub time_ms: i64,
+}
+
+/// Checks a closing record at `at` against its transaction `tx`'s messages in ledger
+/// order, each with its place: it closes `tx`, carries its block's time, names no message
+/// after it, sits right after the last `finish` when it says finished, and passes
+/// [`check_closing`] with `deadline_ms`. What the client and an evidence bundle's check
+/// both hold a closing to.
+pub fn check_closing_placed(
+    tx: &str,
+    closing: &TransactionClosing,
+    at: Place,
+    messages: &[(TxMessage, Place)],
+    deadline_ms: i64,
+) -> std::result::Result<(), String> {
+    if closing.transaction_id != tx {
+        return Err(format!("it closes {:?}", closing.transaction_id));
+    }
+    if closing.time_ms != at.time_ms {
+        return Err("its time is not its block's".into());
+    }
+    let n = closing.message_ids.len();
+    if n > messages.len() || messages[..n].iter().any(|(_, p)| p.height > at.height) {
+        return Err("it names messages that are not there, or after it".into());
+    }
+    if closing.status == TransactionStatus::Finished as i32 {
+        let right_after = n
+            .checked_sub(1)
+            .map(|i| messages[i].1)
+            .is_some_and(|p| (p.height, p.leaf_index + 1) == (at.height, at.leaf_index));
+        if !right_after {
+            return Err("a finished closing record is not right after the last finish".into());
+        }
+    }
+    let closed: Vec<TxMessage> = messages[..n].iter().map(|(m, _)| m.clone()).collect();
+    check_closing(closing, &closed, deadline_ms).map_err(|e| e.to_string())
+}
+
 /// Checks a closing record against the messages it closes (ids and contents, in ledger
 /// order, each verified in its block) and the transaction's deadline: the ids, their root,
 /// who finished, and the status (finished exactly when every party sent `finish` and the
@@ -869,6 +916,41 @@ mod tests {
             "before its deadline"
         );
         assert_eq!(deadline_of(&open[0], 10, 100), 110);
+    }
+
+    #[test]
+    fn a_closing_is_checked_where_it_is() {
+        let ms = vec![
+            msg(1, "t", "a", &["b"], true),
+            msg(2, "t", "b", &["a"], true),
+        ];
+        let mut b = Book::new(100, []);
+        b.message(&ms[0], 0, 10, |_| false);
+        b.message(&ms[1], 0, 10, |_| false);
+        let (_, c) = b.close("t", TransactionStatus::Finished, 10).unwrap();
+        let at = |height, leaf_index| Place {
+            height,
+            leaf_index,
+            time_ms: 10,
+        };
+        let placed = vec![(ms[0].clone(), at(0, 0)), (ms[1].clone(), at(1, 4))];
+        check_closing_placed("t", &c, at(1, 5), &placed, 110).unwrap();
+        for (why, tx, place) in [
+            ("not right after the last finish", "t", at(1, 6)),
+            ("after it", "t", at(0, 9)),
+            ("closes", "u", at(1, 5)),
+            (
+                "time",
+                "t",
+                Place {
+                    time_ms: 11,
+                    ..at(1, 5)
+                },
+            ),
+        ] {
+            let e = check_closing_placed(tx, &c, place, &placed, 110).unwrap_err();
+            assert!(e.contains(why), "{why}: {e}");
+        }
     }
 
     #[test]

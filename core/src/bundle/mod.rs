@@ -33,15 +33,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use blockpost_proto::v1::envelope_content::Body;
 use blockpost_proto::v1::{
-    EnvelopeContent, LedgerRecord, Receipt, SignedBlockHeader, TransactionClosing,
-    TransactionStatus, ledger_record,
+    EnvelopeContent, LedgerRecord, Receipt, SignedBlockHeader, ledger_record,
 };
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::block::{Leaf, VerifiedHeader, classify_leaf, verify_header, verify_leaf_inclusion};
 use crate::tlog_proof::TlogProof;
-use crate::transaction::{TxMessage, check_closing, deadline_of};
+use crate::transaction::{Place, TxMessage, deadline_of};
 use crate::{Binding, VerifiedCheckpoint, WitnessPolicy, decode_canonical, verify_checkpoint};
 
 /// The `mimetype` member.
@@ -73,250 +71,12 @@ fn fail<T>(member: &str, check: &'static str, why: impl std::fmt::Display) -> Re
 
 type Result<T> = std::result::Result<T, BundleError>;
 
-/// `META-INF/manifest.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    /// [`FORMAT`].
-    pub format: String,
-    /// When the bundle was made (Unix ms; the exporter's word).
-    pub created_ms: i64,
-    /// Every other member but `mimetype`.
-    pub members: Vec<MemberDigest>,
-}
+mod checks;
+mod format;
 
-/// A member's digest in the manifest.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemberDigest {
-    /// Its path.
-    pub path: String,
-    /// SHA-256 of its bytes, hex.
-    pub sha256: String,
-    /// Its length.
-    pub size: u64,
-}
+pub use format::*;
 
-/// `keys.json`: every public key the bundle's proofs use, labelled, and the ledger's rules.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Keys {
-    /// The directory log: origin and checkpoint verifier key (signed-note form).
-    pub directory_origin: String,
-    /// Its verifier key.
-    pub directory_key: String,
-    /// The ledger log: origin.
-    pub ledger_origin: String,
-    /// Its checkpoint verifier key.
-    pub ledger_key: String,
-    /// The builder's ed25519 key (block headers), hex.
-    pub builder_key: String,
-    /// The gateways' receipt keys, hex.
-    pub gateway_keys: Vec<String>,
-    /// Witness verifier keys (`name+id+base64`).
-    pub witnesses: Vec<String>,
-    /// The ledger's rule: a transaction times out this long after it opened.
-    pub transaction_timeout_ms: u64,
-    /// The ledger's rule: firehose partitions.
-    pub firehose_partitions: u32,
-}
-
-/// `bundle.json`: what the bundle is about and where each part is.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Index {
-    /// The transaction, for a transaction's bundle.
-    pub transaction_id: Option<String>,
-    /// The message, for one message's bundle (hex id).
-    pub message_id: Option<String>,
-    /// The message leaves (`ledger/leaves/H.L`, without extension), in ledger order.
-    pub messages: Vec<String>,
-    /// The closing record's leaf, once closed.
-    pub closing: Option<String>,
-}
-
-/// A leaf's inclusion proof in its block (`ledger/leaves/H.L.proof`).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeafProof {
-    /// The block.
-    pub height: u64,
-    /// The leaf's index in it.
-    pub leaf_index: u64,
-    /// The RFC 6962 audit path to the header's root, base64.
-    pub path: Vec<String>,
-}
-
-/// `ledger/blocks/H.directory.json`: the directory state block H was checked against
-/// (its header's `directory_size` and `directory_root`, signed by the builder) is a prefix
-/// of the bundle's directory checkpoint.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectoryTie {
-    /// The RFC 6962 consistency proof from the header's directory size to the directory
-    /// checkpoint's, base64.
-    pub consistency: Vec<String>,
-}
-
-/// `anchors/N/anchor.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnchorInfo {
-    /// The anchored ledger's size.
-    pub ledger_size: u64,
-    /// Its root, hex.
-    pub ledger_root: String,
-    /// The Bitcoin transaction id (or a file reference).
-    pub reference: String,
-    /// When the builder made it.
-    pub time_ms: i64,
-    /// The consistency proof from `ledger_size` to the bundle's ledger checkpoint, base64.
-    pub consistency: Vec<String>,
-}
-
-/// The keys a verifier trusts (`--trust`): each given one must match the bundle's.
-#[derive(Clone, Debug, Default)]
-pub struct Trust {
-    /// Directory checkpoint verifier key.
-    pub directory_key: Option<String>,
-    /// Ledger checkpoint verifier key.
-    pub ledger_key: Option<String>,
-    /// Builder key, hex.
-    pub builder_key: Option<String>,
-    /// Gateway receipt keys, hex.
-    pub gateway_keys: Vec<String>,
-    /// Witness keys; when given, they replace the bundle's.
-    pub witnesses: Vec<String>,
-    /// How many witnesses must have cosigned each checkpoint.
-    pub min_witnesses: usize,
-}
-
-/// One key the check used, and where it came from.
-#[derive(Clone, Debug, Serialize)]
-pub struct KeyUse {
-    /// What it verifies.
-    pub label: &'static str,
-    /// The key.
-    pub key: String,
-    /// `trusted` (given by the verifier and equal to the bundle's) or `bundle` (taken from
-    /// the bundle itself).
-    pub source: &'static str,
-}
-
-/// A party as the directory bound it when it signed.
-#[derive(Clone, Debug, Serialize)]
-pub struct Party {
-    /// Address.
-    pub address: String,
-    /// Real name.
-    pub real_name: String,
-    /// Whether the name was backed by evidence chaining to a trust anchor.
-    pub verified: bool,
-    /// LEI, if declared.
-    pub lei: Option<String>,
-}
-
-/// One message, checked.
-#[derive(Clone, Debug, Serialize)]
-pub struct MessageReport {
-    /// Hex id.
-    pub message_id: String,
-    /// Where it is.
-    pub height: u64,
-    /// Its leaf.
-    pub leaf_index: u64,
-    /// The block's time.
-    pub block_time_ms: i64,
-    /// Who signed it.
-    pub sender: Party,
-    /// The directory entry whose key signed it.
-    pub sender_key_index: u64,
-    /// The recipients (names from the bundle's entries, when present).
-    pub recipients: Vec<Party>,
-    /// Its kind.
-    pub kind: String,
-    /// The sender's time.
-    pub timestamp_ms: i64,
-    /// The body, when it is plaintext UTF-8.
-    pub text: Option<String>,
-    /// Whether it is sealed end to end.
-    pub sealed: bool,
-    /// The signed content, for callers that open sealed bodies.
-    #[serde(skip)]
-    pub content: EnvelopeContent,
-}
-
-/// The closing record, checked.
-#[derive(Clone, Debug, Serialize)]
-pub struct ClosingReport {
-    /// `finished` or `timed out`.
-    pub status: String,
-    /// Who sent `finish`.
-    pub finished_by: Vec<String>,
-    /// When (the block's time).
-    pub time_ms: i64,
-    /// Its block.
-    pub height: u64,
-}
-
-/// A receipt, checked.
-#[derive(Clone, Debug, Serialize)]
-pub struct ReceiptReport {
-    /// The message it is for.
-    pub message_id: String,
-    /// When the gateway accepted it.
-    pub accepted_at_ms: i64,
-    /// The block it promised by.
-    pub block_deadline_ms: i64,
-    /// Whether the message's block was cut by then.
-    pub kept: bool,
-}
-
-/// An anchor, checked.
-#[derive(Clone, Debug, Serialize)]
-pub struct AnchorReport {
-    /// The anchored ledger size (it covers blocks below it).
-    pub ledger_size: u64,
-    /// The Bitcoin transaction.
-    pub reference: String,
-    /// The Bitcoin block height attested, when confirmed.
-    pub bitcoin_height: Option<u64>,
-    /// The Bitcoin block's hash (display order), when its header is in the bundle.
-    pub bitcoin_block: Option<String>,
-    /// The Bitcoin block's time (Unix s), when its header is in the bundle.
-    pub bitcoin_time: Option<u32>,
-    /// What was and was not checked.
-    pub status: String,
-}
-
-/// What a bundle proves.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    /// The transaction, or the message.
-    pub subject: String,
-    /// Keys used and where each came from.
-    pub keys: Vec<KeyUse>,
-    /// The ledger checkpoint: size and who cosigned it.
-    pub ledger_size: u64,
-    /// Trusted witnesses that cosigned the ledger checkpoint.
-    pub ledger_cosigners: Vec<String>,
-    /// The directory checkpoint's size.
-    pub directory_size: u64,
-    /// Trusted witnesses that cosigned the directory checkpoint.
-    pub directory_cosigners: Vec<String>,
-    /// The messages, in ledger order.
-    pub messages: Vec<MessageReport>,
-    /// The closing record, if closed.
-    pub closing: Option<ClosingReport>,
-    /// The transaction's status: open, finished, timed out.
-    pub status: Option<String>,
-    /// Receipts.
-    pub receipts: Vec<ReceiptReport>,
-    /// Anchors.
-    pub anchors: Vec<AnchorReport>,
-    /// What the bundle does not prove.
-    pub not_proved: Vec<String>,
-}
+use checks::{check_anchor, check_issued, check_one_closing, status_name};
 
 /// A bundle's members, by path.
 pub type Members = BTreeMap<String, Vec<u8>>;
@@ -777,7 +537,14 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
                 format!("the message is of transaction {:?}", c.transaction_id),
             );
         }
-        tx_messages.push((TxMessage::new(id, &c), height, leaf_index, h.header.time_ms));
+        tx_messages.push((
+            TxMessage::new(id, &c),
+            Place {
+                height,
+                leaf_index,
+                time_ms: h.header.time_ms,
+            },
+        ));
         messages.push(MessageReport {
             message_id: hex::encode(id),
             height,
@@ -794,7 +561,7 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
         });
     }
     for w in tx_messages.windows(2) {
-        if (w[0].1, w[0].2) >= (w[1].1, w[1].2) {
+        if (w[0].1.height, w[0].1.leaf_index) >= (w[1].1.height, w[1].1.leaf_index) {
             return fail(
                 "bundle.json",
                 "ledger order",
@@ -816,10 +583,10 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
     let mut closing_report = None;
     let mut status = None;
     if let Some(tx) = &index.transaction_id {
-        let Some((first, _, _, opened_ms)) = tx_messages.first() else {
+        let Some((first, opened)) = tx_messages.first() else {
             return fail("bundle.json", "transaction", "no message");
         };
-        let deadline = deadline_of(first, *opened_ms, keys.transaction_timeout_ms);
+        let deadline = deadline_of(first, opened.time_ms, keys.transaction_timeout_ms);
         match &index.closing {
             Some(base) => {
                 let lp = format!("{base}.leaf");
@@ -829,7 +596,12 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
                 let Some(ledger_record::Record::Closing(c)) = record.record else {
                     return fail(&lp, "closing", "the leaf is not a closing record");
                 };
-                check_one_closing(&lp, tx, &c, height, leaf_index, h, &tx_messages, deadline)?;
+                let at = Place {
+                    height,
+                    leaf_index,
+                    time_ms: h.header.time_ms,
+                };
+                check_one_closing(&lp, tx, &c, at, &tx_messages, deadline)?;
                 closing_report = Some(ClosingReport {
                     status: status_name(c.status).into(),
                     finished_by: c.finished_by.clone(),
@@ -966,167 +738,4 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
         anchors,
         not_proved,
     })
-}
-
-fn status_name(s: i32) -> &'static str {
-    match TransactionStatus::try_from(s) {
-        Ok(TransactionStatus::Finished) => "finished",
-        Ok(TransactionStatus::TimedOut) => "timed out",
-        Ok(TransactionStatus::Open) => "open",
-        _ => "unknown",
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check_one_closing(
-    lp: &str,
-    tx: &str,
-    c: &TransactionClosing,
-    height: u64,
-    leaf_index: u64,
-    h: &VerifiedHeader,
-    tx_messages: &[(TxMessage, u64, u64, i64)],
-    deadline: i64,
-) -> Result<()> {
-    if c.transaction_id != tx {
-        return fail(lp, "closing", format!("it closes {:?}", c.transaction_id));
-    }
-    if c.time_ms != h.header.time_ms {
-        return fail(lp, "closing", "its time is not its block's");
-    }
-    let n = c.message_ids.len();
-    if n > tx_messages.len() || tx_messages[..n].iter().any(|m| m.1 > height) {
-        return fail(
-            lp,
-            "closing",
-            "it names messages the bundle lacks, or after it",
-        );
-    }
-    if c.status == TransactionStatus::Finished as i32 {
-        let last = &tx_messages[n.saturating_sub(1)];
-        if n == 0 || (last.1, last.2 + 1) != (height, leaf_index) {
-            return fail(
-                lp,
-                "closing",
-                "a finished closing record is not right after the last finish",
-            );
-        }
-    }
-    let msgs: Vec<TxMessage> = tx_messages[..n].iter().map(|m| m.0.clone()).collect();
-    check_closing(c, &msgs, deadline).or_else(|e| fail(lp, "closing against its messages", e))
-}
-
-fn check_issued(cert: &[u8], ca: &[u8]) -> std::result::Result<(), String> {
-    use x509_parser::prelude::FromDer as _;
-    let (_, c) =
-        x509_parser::certificate::X509Certificate::from_der(cert).map_err(|e| e.to_string())?;
-    let (_, ca) =
-        x509_parser::certificate::X509Certificate::from_der(ca).map_err(|e| e.to_string())?;
-    if c.issuer() != ca.subject() {
-        return Err("its issuer is not the CA".into());
-    }
-    c.verify_signature(Some(ca.public_key()))
-        .map_err(|e| format!("the CA's signature does not verify: {e}"))
-}
-
-fn check_anchor(m: &Members, base: &str, ledger: &VerifiedCheckpoint) -> Result<AnchorReport> {
-    let ip = format!("{base}/anchor.json");
-    let info: AnchorInfo = json(m, &ip)?;
-    let op = format!("{base}/proof.ots");
-    let replayed = crate::anchor::replay_proof(member(m, &op)?)
-        .or_else(|e| fail(&op, "OpenTimestamps proof", e))?;
-    let root: [u8; 32] = hex::decode(&info.ledger_root)
-        .ok()
-        .and_then(|r| r.try_into().ok())
-        .map_or_else(
-            || fail(&ip, "format", "ledger_root is not 32 bytes in hex"),
-            Ok,
-        )?;
-    if !replayed.path.iter().any(|v| v.as_slice() == root) {
-        return fail(
-            &op,
-            "ledger root",
-            "the proof does not pass through the anchored ledger root",
-        );
-    }
-    let old = VerifiedCheckpoint {
-        origin: ledger.origin.clone(),
-        size: info.ledger_size,
-        root,
-        note: Vec::new(),
-    };
-    let proof = b64_hashes(&ip, &info.consistency)?;
-    if info.ledger_size == 0 || info.ledger_size > ledger.size {
-        return fail(
-            &ip,
-            "consistency with the ledger checkpoint",
-            "the anchored size is beyond it",
-        );
-    }
-    if info.ledger_size == ledger.size {
-        if root != ledger.root {
-            return fail(
-                &ip,
-                "consistency with the ledger checkpoint",
-                "same size, another root",
-            );
-        }
-    } else {
-        old.verify_consistency(ledger, &proof)
-            .or_else(|e| fail(&ip, "consistency with the ledger checkpoint", e))?;
-    }
-    let height = replayed.attestations.iter().find_map(|(a, v)| match a {
-        opentimestamps::attestation::Attestation::Bitcoin { height } => {
-            Some((*height as u64, v.clone()))
-        }
-        _ => None,
-    });
-    let hp = format!("{base}/bitcoin-header");
-    let (block, time, status) = match (&height, m.get(&hp)) {
-        (None, _) => (None, None, "pending: the proof has no Bitcoin attestation yet".to_owned()),
-        (Some(_), None) => (
-            None,
-            None,
-            "attested, but the Bitcoin block header is not in the bundle: check it against a Bitcoin node".to_owned(),
-        ),
-        (Some((_, root)), Some(header)) => {
-            if header.len() != 80 {
-                return fail(&hp, "format", format!("{} bytes, a header is 80", header.len()));
-            }
-            if header[36..68] != root[..] {
-                return fail(&hp, "Merkle root", "the proof's Bitcoin attestation is not this header's Merkle root");
-            }
-            check_pow(header).or_else(|e| fail(&hp, "proof of work", e))?;
-            let mut hash = crate::anchor::sha256d(header);
-            hash.reverse();
-            let t = u32::from_le_bytes([header[68], header[69], header[70], header[71]]);
-            (
-                Some(hex::encode(hash)),
-                Some(t),
-                "confirmed: the proof reaches the Merkle root of this Bitcoin block header, whose proof of work is valid".to_owned(),
-            )
-        }
-    };
-    Ok(AnchorReport {
-        ledger_size: info.ledger_size,
-        reference: info.reference,
-        bitcoin_height: height.as_ref().map(|(h, _)| *h),
-        bitcoin_block: block,
-        bitcoin_time: time,
-        status,
-    })
-}
-
-#[cfg(feature = "bitcoin")]
-fn check_pow(header: &[u8]) -> std::result::Result<(), String> {
-    let h: bitcoin::block::Header =
-        bitcoin::consensus::deserialize(header).map_err(|e| e.to_string())?;
-    h.validate_pow(h.target())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-#[cfg(not(feature = "bitcoin"))]
-fn check_pow(_: &[u8]) -> std::result::Result<(), String> {
-    Err("this build cannot check proof of work (core's `bitcoin` feature)".into())
 }

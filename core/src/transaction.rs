@@ -920,7 +920,7 @@ mod tests {
 
     #[test]
     fn a_closing_is_checked_where_it_is() {
-        let ms = vec![
+        let ms = [
             msg(1, "t", "a", &["b"], true),
             msg(2, "t", "b", &["a"], true),
         ];

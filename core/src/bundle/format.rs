@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// [`FORMAT`].
+    /// [`super::FORMAT`].
     pub format: String,
     /// When the bundle was made (Unix ms; the exporter's word).
     pub created_ms: i64,

@@ -89,6 +89,9 @@ pub fn evidence(
     if let Some(s) = &r.status {
         say!("  status      {s}");
     }
+    if let (Some("open"), Some(d)) = (r.status.as_deref(), r.deadline_ms) {
+        say!("  times out   {} unless every party finishes", date(d));
+    }
     say!("keys");
     for k in &r.keys {
         say!(
@@ -157,7 +160,7 @@ pub fn evidence(
     }
     for a in &r.anchors {
         say!(
-            "anchor   ledger of {} blocks, Bitcoin transaction {}: {}{}",
+            "anchor   ledger of {} blocks, {}: {}{}",
             a.ledger_size,
             a.reference,
             a.status,
@@ -204,6 +207,12 @@ pub fn evidence_html(file: &Path, r: &Report, opened: &[Option<Result<String, St
     ));
     if let Some(s) = &r.status {
         h.push_str(&format!("<p>Status: <strong>{}</strong></p>", esc(s)));
+    }
+    if let (Some("open"), Some(d)) = (r.status.as_deref(), r.deadline_ms) {
+        h.push_str(&format!(
+            "<p>It times out {} unless every party finishes.</p>",
+            esc(&date(d))
+        ));
     }
     h.push_str("<h2>Who said what, and when</h2><table><tr><th>Sent</th><th>From</th><th>To</th><th>Kind</th><th>Block</th><th>Body</th></tr>");
     for (m, o) in r.messages.iter().zip(opened) {
@@ -275,7 +284,7 @@ pub fn evidence_html(file: &Path, r: &Report, opened: &[Option<Result<String, St
         h.push_str("<h2>Bitcoin anchors</h2><ul>");
         for a in &r.anchors {
             h.push_str(&format!(
-                "<li>Ledger of {} blocks, transaction <code>{}</code>: {}{}</li>",
+                "<li>Ledger of {} blocks, <code>{}</code>: {}{}</li>",
                 a.ledger_size,
                 esc(&a.reference),
                 esc(&a.status),

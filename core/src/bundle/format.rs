@@ -240,6 +240,9 @@ pub struct Report {
     pub closing: Option<ClosingReport>,
     /// The transaction's status: open, finished, timed out.
     pub status: Option<String>,
+    /// When the transaction times out unless every party finishes (Unix ms): its first
+    /// message's block time plus the ledger's timeout, or the earlier deadline it asked for.
+    pub deadline_ms: Option<i64>,
     /// Receipts.
     pub receipts: Vec<ReceiptReport>,
     /// Anchors.

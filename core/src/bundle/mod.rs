@@ -582,11 +582,13 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
     // 7. The transaction and its closing.
     let mut closing_report = None;
     let mut status = None;
+    let mut deadline_ms = None;
     if let Some(tx) = &index.transaction_id {
         let Some((first, opened)) = tx_messages.first() else {
             return fail("bundle.json", "transaction", "no message");
         };
         let deadline = deadline_of(first, opened.time_ms, keys.transaction_timeout_ms);
+        deadline_ms = Some(deadline);
         match &index.closing {
             Some(base) => {
                 let lp = format!("{base}.leaf");
@@ -612,9 +614,10 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
             }
             None => {
                 status = Some("open".into());
-                not_proved.push(format!(
-                    "the transaction had no closing record when the bundle was made; it times out at {deadline} ms unless every party finishes"
-                ));
+                not_proved.push(
+                    "how the transaction ends: it had no closing record when the bundle was made (it times out at its deadline unless every party finishes)"
+                        .into(),
+                );
             }
         }
     }
@@ -734,6 +737,7 @@ pub fn verify(m: &Members, trust: &Trust) -> Result<Report> {
         messages,
         closing: closing_report,
         status,
+        deadline_ms,
         receipts,
         anchors,
         not_proved,

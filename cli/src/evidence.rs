@@ -102,14 +102,8 @@ pub async fn run_export(cmd: ExportCmd) -> anyhow::Result<()> {
     let mut l = Ledger::connect(&c, &config_dir()).await?;
     let members = export(&mut c, &mut l, subject, &receipts, blockpost_core::now_ms()).await?;
     let zip = to_zip(&members)?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    let mut f = opts
-        .open(&out.out)
-        .with_context(|| format!("writing {}", out.out.display()))?;
-    std::io::Write::write_all(&mut f, &zip)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", out.out.display()))?;
+    blockpost_files::write_new(&out.out, &zip, false)
+        .with_context(|| format!("writing {} (never overwritten)", out.out.display()))?;
     render::exported(&out.out, &members, zip.len(), out.conn.json)
 }
 

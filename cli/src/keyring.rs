@@ -196,16 +196,8 @@ pub async fn run(cmd: KeyCmd) -> anyhow::Result<()> {
             let mut files = Vec::with_capacity(texts.len());
             for (i, t) in texts.iter().enumerate() {
                 let f = out.join(format!("{stem}-share-{}-of-{shares}.txt", i + 1));
-                let mut opts = std::fs::OpenOptions::new();
-                opts.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                let mut file = opts
-                    .open(&f)
+                blockpost_files::write_new(&f, t.as_bytes(), true)
                     .with_context(|| format!("writing {} (never overwritten)", f.display()))?;
-                std::io::Write::write_all(&mut file, t.as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .with_context(|| format!("writing {}", f.display()))?;
                 files.push(f);
             }
             render::backup(&ring, &files, threshold, json)

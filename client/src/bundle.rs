@@ -26,7 +26,8 @@ pub const MAX_MEMBERS: usize = 100_000;
 /// Most bytes a bundle read may hold, all members together.
 pub const MAX_BYTES: u64 = 1 << 30;
 
-fn pem(label: &str, der: &[u8]) -> Vec<u8> {
+/// DER as PEM (RFC 7468) with `label`, 64 columns.
+pub fn pem(label: &str, der: &[u8]) -> String {
     let b = B64.encode(der);
     let mut s = format!("-----BEGIN {label}-----\n");
     for c in b.as_bytes().chunks(64) {
@@ -34,7 +35,25 @@ fn pem(label: &str, der: &[u8]) -> Vec<u8> {
         s.push('\n');
     }
     s.push_str(&format!("-----END {label}-----\n"));
-    s.into_bytes()
+    s
+}
+
+/// A C2SP tlog-proof of leaf `index` with `path`, against `checkpoint`.
+fn tlog_proof(index: u64, path: &[Vec<u8>], checkpoint: &[u8]) -> Result<TlogProof> {
+    let hashes = path
+        .iter()
+        .map(|h| {
+            <[u8; 32]>::try_from(h.as_slice()).map_err(|_| {
+                Error::UnexpectedAnswer(format!("a proof hash of {} bytes, not 32", h.len()))
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(TlogProof {
+        extra: None,
+        index,
+        hashes,
+        checkpoint: checkpoint.to_vec(),
+    })
 }
 
 fn json(v: &impl serde::Serialize) -> Result<Vec<u8>> {
@@ -120,15 +139,7 @@ pub async fn export(
             signature: header.signature.clone(),
         };
         m.insert(format!("ledger/blocks/{h}.header"), signed.encode_to_vec());
-        let p = TlogProof {
-            extra: None,
-            index: *h,
-            hashes: path
-                .iter()
-                .map(|x| x.as_slice().try_into().unwrap_or([0; 32]))
-                .collect(),
-            checkpoint: proofs.checkpoint.note.clone(),
-        };
+        let p = tlog_proof(*h, path, &proofs.checkpoint.note)?;
         m.insert(format!("ledger/blocks/{h}.tlog-proof"), p.to_bytes());
     }
     for (n, (a, consistency)) in chosen.iter().zip(&proofs.consistency).enumerate() {
@@ -202,25 +213,17 @@ pub async fn export(
         dcp.verify_inclusion(*i, entry, &path)
             .map_err(|source| Error::BadProof { index: *i, source })?;
         m.insert(format!("directory/entries/{i}.entry"), entry.clone());
-        let p = TlogProof {
-            extra: None,
-            index: *i,
-            hashes: path
-                .iter()
-                .map(|x| x.as_slice().try_into().unwrap_or([0; 32]))
-                .collect(),
-            checkpoint: dcp.note.clone(),
-        };
+        let p = tlog_proof(*i, &path, &dcp.note)?;
         m.insert(format!("directory/entries/{i}.tlog-proof"), p.to_bytes());
         if !cert.is_empty() {
             m.insert(
                 format!("directory/certificates/{i}.pem"),
-                pem("CERTIFICATE", cert),
+                pem("CERTIFICATE", cert).into_bytes(),
             );
         }
         if let Some(chain) = evidence.get(i).filter(|c| !c.is_empty()) {
-            let text: Vec<u8> = chain.iter().flat_map(|c| pem("CERTIFICATE", c)).collect();
-            m.insert(format!("directory/evidence/{i}.pem"), text);
+            let text: String = chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+            m.insert(format!("directory/evidence/{i}.pem"), text.into_bytes());
         }
     }
     // Each block's directory state, tied to the directory checkpoint.

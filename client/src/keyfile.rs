@@ -1,6 +1,5 @@
 //! Key files on disk: [`Identity`] as encrypted PKCS#8, mode 0600, never overwritten.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use blockpost_core::{Error as CoreError, Identity};
@@ -22,15 +21,8 @@ pub fn write_key_file(id: &Identity, path: &Path, passphrase: &[u8]) -> Result<(
     let pem = id
         .to_encrypted_pem(passphrase)
         .map_err(|e| key_error(path, e))?;
-    let io = |e: std::io::Error| key_error(path, CoreError::KeyFile(e.into()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(io)?;
-    f.write_all(pem.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    Ok(())
+    blockpost_files::write_new(path, pem.as_bytes(), true)
+        .map_err(|e| key_error(path, CoreError::KeyFile(e.into())))
 }
 
 /// Reads and decrypts the key file at `path`.
@@ -73,14 +65,7 @@ pub fn write_keyring(
         source,
     };
     if create {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(path).map_err(io)?;
-        f.write_all(&file).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        blockpost_files::sync_parent(path).map_err(io)
+        blockpost_files::write_new(path, &file, true).map_err(io)
     } else {
         blockpost_files::write_private_atomic(path, &file).map_err(io)
     }

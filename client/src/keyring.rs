@@ -242,16 +242,9 @@ impl Keyring {
 
     /// Records whose it is; refuses another participant's address once one is set.
     pub fn set_address(&mut self, address: &str) -> Result<()> {
-        match &self.address {
-            Some(a) if a != address => Err(KeyringError::OtherParticipant {
-                holder: a.clone(),
-                wanted: address.to_owned(),
-            }),
-            _ => {
-                self.address = Some(address.to_owned());
-                Ok(())
-            }
-        }
+        self.check_address(address)?;
+        self.address = Some(address.to_owned());
+        Ok(())
     }
 
     /// Checks it is `address`'s keyring (or not yet anyone's).

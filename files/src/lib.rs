@@ -5,6 +5,7 @@
 //! - [`write_atomic`]: a crash leaves the old contents or the new ones, never a mix: the
 //!   bytes go to a fresh temporary file beside the target, are synced, renamed over it, and
 //!   the directory is synced so that the rename itself survives.
+//! - [`write_new`]: a file a user asked to create, never overwritten, synced.
 //! - [`pin_json`]: trust on first use of what a peer presents (keys, a log's origin, the
 //!   rules of a ledger): written at first contact, compared at every later one.
 //!
@@ -86,6 +87,22 @@ fn replace_with(path: &Path, data: &[u8], mode: Option<u32>, sync: bool) -> std:
     }
     written?;
     if sync { sync_parent(path) } else { Ok(()) }
+}
+
+/// Writes a new file, never replacing one (an existing `path` is an `AlreadyExists`
+/// error), readable by its owner only when `private` (mode 0600, set before a byte is
+/// written); the bytes and the directory entry are synced before it returns. For what a
+/// user asked to create: a key file, a keyring, a backup share, an evidence bundle.
+pub fn write_new(path: &Path, data: &[u8], private: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o666 })
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    sync_parent(path)
 }
 
 /// Syncs the directory holding `path`, so that a new or renamed file survives a crash.

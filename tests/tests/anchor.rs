@@ -90,6 +90,27 @@ fn anchors_dir(sb: &Sandbox) -> std::path::PathBuf {
     sb.data_dir.join("ledger").join("anchors")
 }
 
+/// `export WHAT ID -o FILE` from the sandbox's node, then `verify FILE --json`: its report.
+fn export_and_verify(sb: &Sandbox, what: &str, id: &str, file: &Path) -> serde_json::Value {
+    let file = file.to_str().unwrap();
+    let out = cli(
+        sb,
+        &["export", what, id, "-o", file, "--endpoint", &sb.endpoint],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(sb, &["verify", file, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn cli(sb: &Sandbox, args: &[&str]) -> std::process::Output {
     let bin = blockpost_tests::blockpost_bin().unwrap();
     std::process::Command::new(bin)
@@ -399,30 +420,7 @@ async fn bitcoin_anchors_are_signed_op_returns_and_their_proofs_reach_the_regtes
     .unwrap();
     let id = hex::encode(blockpost_core::block::block_id(&first.leaves[0]));
     let bundle = w.join("m.bpe");
-    let out = cli(
-        &sb,
-        &[
-            "export",
-            "message",
-            &id,
-            "-o",
-            bundle.to_str().unwrap(),
-            "--endpoint",
-            &sb.endpoint,
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cli(&sb, &["verify", bundle.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = export_and_verify(&sb, "message", &id, &bundle);
     assert_eq!(v["anchors"][0]["bitcoin_height"], 18, "{v}");
     assert_eq!(
         v["anchors"][0]["bitcoin_block"],
@@ -431,31 +429,7 @@ async fn bitcoin_anchors_are_signed_op_returns_and_their_proofs_reach_the_regtes
     );
     // The whole transaction: blocks 0 to 2 under the confirmed anchor, the rest said to
     // be unanchored (or under a pending anchor).
-    let tx_bundle = w.join("tx.bpe");
-    let out = cli(
-        &sb,
-        &[
-            "export",
-            "tx",
-            "anchored",
-            "-o",
-            tx_bundle.to_str().unwrap(),
-            "--endpoint",
-            &sb.endpoint,
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = cli(&sb, &["verify", tx_bundle.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = export_and_verify(&sb, "tx", "anchored", &w.join("tx.bpe"));
     assert_eq!(v["anchors"][0]["bitcoin_height"], 18, "{v}");
     let gaps = v["not_proved"].to_string();
     assert!(!gaps.contains("block(s) 0"), "{gaps}");

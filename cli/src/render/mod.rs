@@ -2,7 +2,6 @@
 //! shows times as RFC 3339 dates (UTC) and parties as `Real Name <address>`; JSON keeps
 //! milliseconds and raw fields.
 
-use base64::Engine as _;
 use blockpost_proto::v1::EntryKind;
 
 /// `println!` that exits quietly when stdout is a closed pipe (`blockpost ... | head`).
@@ -55,19 +54,12 @@ pub fn party(name: &str, address: &str) -> String {
     }
 }
 
-/// PEM of a DER certificate.
+/// PEM of a DER certificate (empty for none).
 pub fn cert_pem(der: &[u8]) -> String {
     if der.is_empty() {
         return String::new();
     }
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut s = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        s.push_str(&String::from_utf8_lossy(chunk));
-        s.push('\n');
-    }
-    s.push_str("-----END CERTIFICATE-----\n");
-    s
+    blockpost_client::bundle::pem("CERTIFICATE", der)
 }
 
 fn entry_kind(k: EntryKind) -> &'static str {

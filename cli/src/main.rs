@@ -12,6 +12,7 @@
 //!   verified.
 //! - `audit`: `blockpost auditor` (the daemon) and `audit alerts`.
 //! - `evidence`: `export tx|message` and `verify`: evidence bundles.
+//! - `explorer`: `blockpost explorer`, the web explorer from `blockpost-explorer`.
 //! - `anchor`: `anchor verify`: OpenTimestamps proofs of the ledger's Bitcoin anchors.
 //! - `bench`: `blockpost bench directory|messages|attack|blocks|audit|cluster`, only in a
 //!   binary built with the `bench` feature (load generators and SQLite stay out of the
@@ -29,6 +30,7 @@ mod audit;
 mod bench;
 mod directory;
 mod evidence;
+mod explorer;
 mod keyring;
 mod keys;
 mod ledger;
@@ -129,6 +131,9 @@ enum Cmd {
     /// Run an auditor: re-verify a node's blocks and firehose from NATS, and raise alerts
     /// with evidence (to stdout and DATA/alerts.jsonl).
     Auditor(audit::AuditorArgs),
+    /// The web explorer: blocks, transactions, participants, the directory log, alerts
+    /// and search, each verified before it is shown (HTML and JSON).
+    Explorer(explorer::ExplorerArgs),
     /// What an auditor found.
     Audit {
         #[command(subcommand)]
@@ -189,6 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Export { cmd } => evidence::run_export(cmd).await,
         Cmd::Verify(args) => evidence::run_verify(args),
         Cmd::Auditor(args) => audit::run_auditor(args).await,
+        Cmd::Explorer(args) => explorer::run(args).await,
         Cmd::Audit { cmd } => audit::run(cmd).await,
         Cmd::NatsCredentials { data, json } => up::nats_credentials(&data, json),
         #[cfg(feature = "bench")]

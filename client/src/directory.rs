@@ -422,6 +422,72 @@ impl Client {
         Ok((cp, proofs))
     }
 
+    /// At most `limit` entries of the log from `start` (fewer at its end), each verified in
+    /// one checkpoint by its inclusion proof and decoded. Who authorised each entry is not
+    /// checked here (that needs the entry it supersedes: [`Client::lookup`] checks a whole
+    /// history); an entry that does not decode is refused.
+    pub async fn entries(
+        &mut self,
+        start: u64,
+        limit: u64,
+    ) -> Result<(VerifiedCheckpoint, Vec<VerifiedEntry>)> {
+        let newest = self.checkpoint().await?;
+        let end = newest.size.min(start.saturating_add(limit));
+        if start >= end {
+            return Ok((newest, Vec::new()));
+        }
+        let mut raw: Vec<Vec<u8>> = Vec::new();
+        while (start + raw.len() as u64) < end {
+            let got = self
+                .grpc
+                .get_entries(blockpost_proto::v1::GetEntriesRequest {
+                    start: start + raw.len() as u64,
+                    end,
+                })
+                .await?
+                .into_inner()
+                .entries;
+            if got.is_empty() || raw.len() + got.len() > (end - start) as usize {
+                return Err(Error::UnexpectedAnswer(format!(
+                    "asked for entries {start}..{end}, got {} more after {}",
+                    got.len(),
+                    raw.len()
+                )));
+            }
+            raw.extend(got);
+        }
+        let indexes: Vec<u64> = (start..end).collect();
+        let (cp, proofs) = self.prove_entries(&indexes).await?;
+        let mut out = Vec::with_capacity(raw.len());
+        for ((leaf_index, entry), inclusion_proof) in indexes.into_iter().zip(raw).zip(proofs) {
+            cp.verify_inclusion(leaf_index, &entry, &inclusion_proof)
+                .map_err(|source| Error::BadProof {
+                    index: leaf_index,
+                    source,
+                })?;
+            let bad = |source| Error::BadEntry {
+                index: leaf_index,
+                source,
+            };
+            let decoded = LogEntry::decode(entry.as_slice()).map_err(|e| {
+                bad(blockpost_core::Error::Malformed {
+                    what: "log entry",
+                    why: e.to_string(),
+                })
+            })?;
+            let binding = Binding::from_entry(&decoded).map_err(bad)?;
+            out.push(VerifiedEntry {
+                leaf_index,
+                entry,
+                decoded,
+                binding,
+                inclusion_proof,
+                checkpoint: cp.clone(),
+            });
+        }
+        Ok((cp, out))
+    }
+
     /// The consistency proof of the directory log from `from_size` entries to
     /// `to_size` (unchecked: the caller holds the roots).
     pub async fn consistency_proof(

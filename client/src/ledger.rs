@@ -412,6 +412,41 @@ impl Ledger {
         Ok(m)
     }
 
+    /// Verifies an auditor's search hit like a node's answer for that message: the
+    /// signed header with the pinned builder key, the envelope's inclusion in its root, the
+    /// block id in a ledger checkpoint signed with the pinned ledger key, and the chain
+    /// link. The hit's names are the auditor's say and are not checked here.
+    pub async fn verify_hit(
+        &mut self,
+        hit: &blockpost_proto::v1::SearchHit,
+    ) -> Result<LedgerMessage> {
+        let header = blockpost_core::decode_canonical::<blockpost_proto::v1::SignedBlockHeader>(
+            &hit.header,
+            "signed block header",
+        )
+        .map_err(|source| Error::BadBlock {
+            height: hit.height,
+            source,
+        })?;
+        let m = self
+            .verify_leaf(MessageResponse {
+                envelope: hit.envelope.clone(),
+                height: hit.height,
+                leaf_index: hit.leaf_index,
+                inclusion_proof: hit.inclusion_proof.clone(),
+                header: Some(header),
+                ledger_checkpoint: hit.ledger_checkpoint.clone(),
+                ledger_proof: hit.ledger_proof.clone(),
+            })
+            .await?;
+        if m.message_id.as_slice() != hit.message_id.as_slice() {
+            return Err(Error::UnexpectedAnswer(
+                "the search hit's envelope is not the message it names".into(),
+            ));
+        }
+        Ok(m)
+    }
+
     /// Checks one leaf answer: the header's signature, the leaf's inclusion in its root,
     /// the block id in the signed ledger, and the chain link. `envelope` is decoded when the
     /// leaf is one (left default for a record).

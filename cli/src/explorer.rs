@@ -1,0 +1,90 @@
+//! `blockpost explorer`: the read-only web explorer over a node (and an auditor), from
+//! `blockpost-explorer`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+/// Flags of `blockpost explorer`.
+#[derive(clap::Args)]
+pub struct ExplorerArgs {
+    /// The node's gRPC endpoint.
+    #[arg(
+        long,
+        alias = "endpoint",
+        env = "BLOCKPOST_ENDPOINT",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    node: String,
+    /// An auditor's gRPC endpoint: its status, alerts and full-text search.
+    #[arg(long, env = "BLOCKPOST_AUDITOR")]
+    auditor: Option<String>,
+    /// Where to serve the explorer (HTTP).
+    #[arg(
+        long,
+        env = "BLOCKPOST_EXPLORER_LISTEN",
+        default_value = "127.0.0.1:7780"
+    )]
+    listen: String,
+    /// A PEM file of CA certificates for the node's TLS.
+    #[arg(long, env = "BLOCKPOST_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// The node's TLS key pin (`sha256:HEX`).
+    #[arg(long, env = "BLOCKPOST_TLS_PIN", value_name = "PIN")]
+    tls_pin: Option<String>,
+    /// Witness keys whose cosignatures the pages verify (and, with
+    /// --min-witnesses, require).
+    #[arg(
+        long = "witness",
+        env = "BLOCKPOST_WITNESSES",
+        value_delimiter = ',',
+        value_name = "KEY"
+    )]
+    witnesses: Vec<String>,
+    /// How many of the witnesses must have cosigned a checkpoint (default 0: shown, not
+    /// required).
+    #[arg(
+        long,
+        env = "BLOCKPOST_MIN_WITNESSES",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    min_witnesses: usize,
+    /// Seconds one call to the node or the auditor may take before it counts as away.
+    #[arg(long, default_value_t = 10)]
+    call_timeout: u64,
+}
+
+/// Serves the explorer until Ctrl-C or SIGTERM.
+pub async fn run(args: ExplorerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.call_timeout > 0,
+        "--call-timeout must be at least 1 second"
+    );
+    let mut config = blockpost_explorer::Config::new(
+        &args.node,
+        args.auditor.as_deref(),
+        blockpost_client::config_dir(),
+    );
+    config.options = blockpost_client::ConnectOptions {
+        tls_ca: args.tls_ca,
+        tls_pin: args.tls_pin,
+        witnesses: args.witnesses,
+        min_witnesses: args.min_witnesses,
+    };
+    config.call_timeout = std::time::Duration::from_secs(args.call_timeout);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "explorer: http://{addr}/ for the node at {}{}",
+        args.node,
+        args.auditor
+            .as_deref()
+            .map(|a| format!(" and the auditor at {a}"))
+            .unwrap_or_default()
+    );
+    blockpost_explorer::run(listener, config, crate::up::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! The Blockpost web explorer: a read-only website over one node (and, optionally, one
+//! auditor) that shows blocks, transactions, participants, the directory log, alerts and
+//! search results. It is an outsider: it reads through the verifying client library
+//! ([`blockpost_client`]) and shows only what verified against the keys it pinned on first
+//! contact, saying on each page what was checked against which key. A check that fails is
+//! shown as the page, instead of the data.
+//!
+//! Every page is server-rendered HTML that works without JavaScript and loads nothing from
+//! elsewhere, and has a JSON twin (`?format=json` or `Accept: application/json`) built from
+//! the same view. Bad input gets a 400 page, an unknown object a 404 page; while the node or
+//! the auditor is away, pages seen before are served as last verified, under a banner, and
+//! others get a 503 page.
+//!
+//! # Layout
+//! - `source`: the connections to the node (lazy, reconnecting, every call with a deadline)
+//!   and the auditor; what is away since when.
+//! - `pages`: one function per page: fetch through the client, build the view.
+//! - `html`: the layout, the stylesheet and every page's HTML.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use blockpost_core::Clock;
+use serde::Deserialize;
+
+mod html;
+mod pages;
+mod source;
+
+pub use source::Away;
+
+/// What the explorer reads from.
+pub struct Config {
+    /// The node's gRPC endpoint (`http://…` or `https://…`).
+    pub node: String,
+    /// TLS, pins and witnesses for the node, as for any client.
+    pub options: blockpost_client::ConnectOptions,
+    /// An auditor's gRPC endpoint: its status, alerts and search.
+    pub auditor: Option<String>,
+    /// Where the client pins the node's keys on first contact (as the CLI does).
+    pub state_dir: PathBuf,
+    /// How long one call to the node or the auditor may take before it counts as away.
+    pub call_timeout: Duration,
+    /// The clock relative times ("3 min ago") are computed on.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Config {
+    /// A configuration with a 10 s call deadline and the system clock.
+    pub fn new(node: &str, auditor: Option<&str>, state_dir: PathBuf) -> Self {
+        Self {
+            node: node.to_owned(),
+            options: blockpost_client::ConnectOptions::default(),
+            auditor: auditor.map(str::to_owned),
+            state_dir,
+            call_timeout: Duration::from_secs(10),
+            clock: Arc::new(blockpost_core::SystemClock),
+        }
+    }
+}
+
+/// Why the explorer cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The auditor's endpoint is not a URL.
+    #[error("bad auditor endpoint {endpoint:?}: {why}")]
+    BadAuditor {
+        /// What was given.
+        endpoint: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Serving failed.
+    #[error("serving the explorer: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The explorer's router (for a caller that serves it itself).
+pub fn router(config: Config) -> Result<Router, Error> {
+    let app = Arc::new(pages::App::new(config)?);
+    Ok(Router::new()
+        .route("/", get(home))
+        .route("/block/{height}", get(block))
+        .route("/message/{id}", get(message))
+        .route("/tx/{id}", get(transaction))
+        .route("/tx/{id}/evidence.bpe", get(evidence))
+        .route("/participant/{address}", get(participant))
+        .route(
+            "/participant/{address}/{index}/certificate.pem",
+            get(certificate),
+        )
+        .route("/directory", get(directory))
+        .route("/alerts", get(alerts))
+        .route("/search", get(search))
+        .route("/static/style.css", get(style))
+        .fallback(not_found)
+        .with_state(app))
+}
+
+/// Serves the explorer on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let router = router(config)?;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// The query parameters any page takes.
+#[derive(Deserialize, Default)]
+pub(crate) struct Params {
+    format: Option<String>,
+    q: Option<String>,
+    from: Option<String>,
+    offset: Option<String>,
+}
+
+/// A request as the page functions see it.
+pub(crate) struct Req {
+    pub json: bool,
+    pub params: Params,
+    /// The path and query: the cache key.
+    pub key: String,
+}
+
+fn req(uri: &Uri, headers: &HeaderMap) -> Result<Req, pages::Fail> {
+    let params = match uri.query() {
+        None => Params::default(),
+        Some(_) => {
+            axum::extract::Query::<Params>::try_from_uri(uri)
+                .map_err(|e| pages::Fail::BadInput(format!("the query string: {}", e.body_text())))?
+                .0
+        }
+    };
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let json = match params.format.as_deref() {
+        Some("json") => true,
+        Some("html") | None => {
+            params.format.is_none()
+                && accept.contains("application/json")
+                && !accept.contains("text/html")
+        }
+        Some(other) => {
+            return Err(pages::Fail::BadInput(format!(
+                "format={other}: the formats are html and json"
+            )));
+        }
+    };
+    Ok(Req {
+        json,
+        params,
+        key: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+    })
+}
+
+type AppState = State<Arc<pages::App>>;
+
+macro_rules! page {
+    ($name:ident, |$app:ident, $r:ident $(, $arg:ident)?| $body:expr) => {
+        async fn $name(
+            State($app): AppState,
+            $(Path($arg): Path<String>,)?
+            uri: Uri,
+            headers: HeaderMap,
+        ) -> Response {
+            match req(&uri, &headers) {
+                Ok($r) => {
+                    let built = $body.await;
+                    $app.respond(&$r, built)
+                }
+                Err(f) => $app.respond_fail(headers_json(&headers), f),
+            }
+        }
+    };
+}
+
+fn headers_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json") && !a.contains("text/html"))
+}
+
+page!(home, |app, r| app.home(&r));
+page!(block, |app, r, height| app.block(&r, &height));
+page!(message, |app, r, id| app.message(&r, &id));
+page!(transaction, |app, r, id| app.transaction(&r, &id));
+page!(participant, |app, r, address| app.participant(&r, &address));
+page!(directory, |app, r| app.directory(&r));
+page!(alerts, |app, r| app.alerts(&r));
+
+async fn search(State(app): AppState, uri: Uri, headers: HeaderMap) -> Response {
+    match req(&uri, &headers) {
+        Ok(r) => {
+            if let Some(to) = r.params.q.as_deref().and_then(pages::App::shortcut) {
+                return axum::response::Redirect::to(&to).into_response();
+            }
+            let built = app.search(&r).await;
+            app.respond(&r, built)
+        }
+        Err(f) => app.respond_fail(headers_json(&headers), f),
+    }
+}
+
+async fn evidence(State(app): AppState, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    match app.evidence(&id).await {
+        Ok(zip) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/zip"),
+                ),
+                (
+                    header::CONTENT_DISPOSITION,
+                    HeaderValue::from_str(&format!(
+                        "attachment; filename=\"{}.bpe\"",
+                        pages::file_name(&id)
+                    ))
+                    .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
+                ),
+            ],
+            zip,
+        )
+            .into_response(),
+        Err(f) => app.respond_fail(headers_json(&headers), f),
+    }
+}
+
+async fn certificate(
+    State(app): AppState,
+    Path((address, index)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    match app.certificate(&address, &index).await {
+        Ok(pem) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-pem-file"),
+                ),
+                (
+                    header::CONTENT_DISPOSITION,
+                    HeaderValue::from_str(&format!(
+                        "attachment; filename=\"{}-{}.pem\"",
+                        pages::file_name(&address),
+                        pages::file_name(&index)
+                    ))
+                    .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
+                ),
+            ],
+            pem,
+        )
+            .into_response(),
+        Err(f) => app.respond_fail(headers_json(&headers), f),
+    }
+}
+
+async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        html::STYLE,
+    )
+        .into_response()
+}
+
+async fn not_found(State(app): AppState, uri: Uri, headers: HeaderMap) -> Response {
+    app.respond_fail(
+        headers_json(&headers),
+        pages::Fail::NotFound(format!("there is no page at {}", uri.path())),
+    )
+}
+
+/// The status a failure is served with.
+pub(crate) fn status_of(f: &pages::Fail) -> StatusCode {
+    match f {
+        pages::Fail::BadInput(_) => StatusCode::BAD_REQUEST,
+        pages::Fail::NotFound(_) => StatusCode::NOT_FOUND,
+        pages::Fail::Away(_) => StatusCode::SERVICE_UNAVAILABLE,
+        pages::Fail::NoAuditor => StatusCode::NOT_FOUND,
+        pages::Fail::Unverified { .. } | pages::Fail::Refused(_) => StatusCode::BAD_GATEWAY,
+    }
+}

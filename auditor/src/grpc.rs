@@ -174,7 +174,13 @@ impl Audit for Auditor {
                     hit.envelope = m.envelope_bytes;
                     hit.inclusion_proof = m.inclusion_proof;
                     hit.header_hash = m.header.id.to_vec();
-                    hit.header = m.header.bytes.clone();
+                    // The signed header (header and builder signature), so the hit
+                    // verifies on its own, as the API says.
+                    hit.header = blockpost_proto::v1::SignedBlockHeader {
+                        header: m.header.bytes.clone(),
+                        signature: m.header.signature.clone(),
+                    }
+                    .encode_to_vec();
                     hit.ledger_proof = m.ledger_proof;
                     hit.ledger_checkpoint = m.checkpoint.note.clone();
                 }

@@ -7,6 +7,8 @@
 //!   (directory, gateway, gRPC on an ephemeral port), on a temporary data directory.
 //! - [`blockpost_bin`]: the `blockpost` binary for tests across processes.
 //! - [`wait_for`]: polls a condition with a deadline instead of sleeping.
+//! - [`browser`]: headless Chromium through chromedriver (W3C WebDriver).
+//! - [`tamper`]: a gRPC proxy that rewrites one method's answers (a node that lies).
 //! - [`register_body`], [`sign_register`]: registration requests as a client signs them.
 //!
 //! ```no_run
@@ -16,6 +18,9 @@
 //! assert_eq!(client.checkpoint().await?.size, 0);
 //! # Ok(()) }
 //! ```
+
+pub mod browser;
+pub mod tamper;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

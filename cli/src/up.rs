@@ -72,6 +72,11 @@ pub struct UpArgs {
     /// the block builder is stalled) on this address.
     #[arg(long, env = "BLOCKPOST_METRICS", value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Also serve the web explorer on this address (HTTP), reading this node through the
+    /// verifying client like any outsider (its pins in DATA/explorer). `blockpost
+    /// explorer` runs it on its own, with an auditor.
+    #[arg(long, env = "BLOCKPOST_WEB", value_name = "ADDR")]
+    pub web: Option<std::net::SocketAddr>,
     /// Largest message body in bytes (`[messaging] max_body_len`).
     #[arg(long, env = "BLOCKPOST_MAX_BODY_LEN")]
     pub max_body_len: Option<usize>,
@@ -230,9 +235,39 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let web = match args.web {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the explorer"))?;
+            let own = listener.local_addr()?;
+            let host = if own.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                own.ip()
+            };
+            let endpoint = format!("{scheme}://{}", std::net::SocketAddr::new(host, own.port()));
+            let mut cfg = blockpost_explorer::Config::new(
+                &endpoint,
+                None,
+                node.data_dir().root().join("explorer"),
+            );
+            cfg.options.tls_pin = node.tls().map(|t| t.pin.clone());
+            say!("  explorer  http://{}/", l.local_addr()?);
+            Some(tokio::spawn(blockpost_explorer::run(
+                l,
+                cfg,
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
     node.serve(listener, shutdown_signal()).await?;
     if let Some(m) = metrics {
         m.abort();
+    }
+    if let Some(w) = web {
+        w.abort();
     }
     Ok(())
 }

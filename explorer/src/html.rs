@@ -124,6 +124,11 @@ fn parties(ps: &[PartyView]) -> Markup {
     }
 }
 
+/// `1 entry`, `2 entries`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn tx_link(id: &str) -> Markup {
     html! { a href=(format!("/tx/{id}")) { code { (id) } } }
 }
@@ -306,7 +311,7 @@ pub fn block(v: &BlockView, now: i64) -> Markup {
             tr { th { "builder signature" } td { (verified_badge(true)) " key id " code { (v.builder_key_id) } } }
             tr { th { "ledger" } td { "leaf " (v.height) " of the ledger checkpoint of " (v.ledger_size) " blocks" } }
         }
-        h2 { (v.leaves.len()) " leaves" }
+        h2 { (count(v.leaves.len(), "leaf", "leaves")) }
         table #leaves {
             tr { th { "#" } th { "kind" } th { "what" } th { "transaction" } }
             @for l in &v.leaves {
@@ -465,7 +470,7 @@ pub fn participant(p: &ParticipantView, now: i64) -> Markup {
             @if let Some(l) = p.history.iter().rev().find_map(|e| e.lei.clone()) { tr { th { "LEI" } td { code { (l) } } } }
             tr { th { "status" } td { @if p.revoked { span.badge.bad { "revoked" } } @else { span.badge.ok { "active" } } } }
         }
-        h2 { "History (" (p.history.len()) " entries) " (verified_badge(true)) }
+        h2 { "History (" (count(p.history.len(), "entry", "entries")) ") " (verified_badge(true)) }
         table #history {
             tr { th { "entry" } th { "kind" } th { "logged" } th { "keys and certificate" } th { "proof" } }
             @for e in p.history.iter().rev() { (entry(e, now)) }
@@ -551,7 +556,7 @@ pub fn search(s: &SearchView, has_auditor: bool, now: i64) -> Markup {
                 "A block height or a message id goes straight to its page." }
         }
         @if !s.query.is_empty() {
-            h2 { (s.hits.len()) " hits" @if s.offset > 0 { " from " (s.offset) } }
+            h2 { (count(s.hits.len(), "hit", "hits")) @if s.offset > 0 { " from " (s.offset) } }
             table #hits {
                 tr { th { "time" } th { "kind" } th { "from → to" } th { "transaction" } th { "message" } th { "proof" } }
                 @for h in &s.hits {

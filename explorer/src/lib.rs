@@ -15,6 +15,7 @@
 //! - `source`: the connections to the node (lazy, reconnecting, every call with a deadline)
 //!   and the auditor; what is away since when.
 //! - `pages`: one function per page: fetch through the client, build the view.
+//! - `views`: the views, one plain struct per page: serialized, they are the JSON twins.
 //! - `html`: the layout, the stylesheet and every page's HTML.
 
 use std::future::Future;
@@ -33,6 +34,7 @@ use serde::Deserialize;
 mod html;
 mod pages;
 mod source;
+mod views;
 
 pub use source::Away;
 

@@ -123,7 +123,7 @@ pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
                 gateway,
                 directory_cosigners: render::cosigners(&directory_cp.note),
                 ledger_cosigners: Vec::new(),
-                witnesses: conn.witnesses.clone(),
+                witnesses: conn.trust.witnesses.clone(),
             };
             if let Some(mut l) = ledger
                 && let Ok(b) = l.block(None).await

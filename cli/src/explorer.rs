@@ -1,8 +1,6 @@
 //! `blockpost explorer`: the read-only web explorer over a node (and an auditor), from
 //! `blockpost-explorer`.
 
-use std::path::PathBuf;
-
 use anyhow::Context as _;
 
 /// Flags of `blockpost explorer`.
@@ -26,30 +24,8 @@ pub struct ExplorerArgs {
         default_value = "127.0.0.1:7780"
     )]
     listen: String,
-    /// A PEM file of CA certificates for the node's TLS.
-    #[arg(long, env = "BLOCKPOST_TLS_CA", value_name = "PEM")]
-    tls_ca: Option<PathBuf>,
-    /// The node's TLS key pin (`sha256:HEX`).
-    #[arg(long, env = "BLOCKPOST_TLS_PIN", value_name = "PIN")]
-    tls_pin: Option<String>,
-    /// Witness keys whose cosignatures the pages verify (and, with
-    /// --min-witnesses, require).
-    #[arg(
-        long = "witness",
-        env = "BLOCKPOST_WITNESSES",
-        value_delimiter = ',',
-        value_name = "KEY"
-    )]
-    witnesses: Vec<String>,
-    /// How many of the witnesses must have cosigned a checkpoint (default 0: shown, not
-    /// required).
-    #[arg(
-        long,
-        env = "BLOCKPOST_MIN_WITNESSES",
-        value_name = "N",
-        default_value_t = 0
-    )]
-    min_witnesses: usize,
+    #[command(flatten)]
+    trust: crate::Trust,
     /// Seconds one call to the node or the auditor may take before it counts as away.
     #[arg(long, default_value_t = 10)]
     call_timeout: u64,
@@ -66,12 +42,7 @@ pub async fn run(args: ExplorerArgs) -> anyhow::Result<()> {
         args.auditor.as_deref(),
         blockpost_client::config_dir(),
     );
-    config.options = blockpost_client::ConnectOptions {
-        tls_ca: args.tls_ca,
-        tls_pin: args.tls_pin,
-        witnesses: args.witnesses,
-        min_witnesses: args.min_witnesses,
-    };
+    config.options = args.trust.options();
     config.call_timeout = std::time::Duration::from_secs(args.call_timeout);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -49,16 +49,9 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// How to reach a node, and how to print.
+/// How a client trusts a node: its TLS key or CA, and the witnesses it requires.
 #[derive(clap::Args, Clone)]
-pub struct Conn {
-    /// Node gRPC endpoint.
-    #[arg(
-        long,
-        env = "BLOCKPOST_ENDPOINT",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    endpoint: String,
+pub struct Trust {
     /// With an https:// endpoint: verify the node's certificate against the CA
     /// certificates in this PEM file (for instance the node's keys/ca.pem), instead of
     /// pinning its key on first contact.
@@ -82,13 +75,10 @@ pub struct Conn {
     /// How many of the --witness keys must have cosigned (default: 1 when any is given).
     #[arg(long, env = "BLOCKPOST_MIN_WITNESSES", value_name = "N")]
     min_witnesses: Option<usize>,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
 }
 
-impl Conn {
-    /// How to verify the node's TLS certificate.
+impl Trust {
+    /// The client's connect options.
     pub fn options(&self) -> blockpost_client::ConnectOptions {
         blockpost_client::ConnectOptions {
             tls_ca: self.tls_ca.clone(),
@@ -98,6 +88,30 @@ impl Conn {
                 .min_witnesses
                 .unwrap_or(usize::from(!self.witnesses.is_empty())),
         }
+    }
+}
+
+/// How to reach a node, and how to print.
+#[derive(clap::Args, Clone)]
+pub struct Conn {
+    /// Node gRPC endpoint.
+    #[arg(
+        long,
+        env = "BLOCKPOST_ENDPOINT",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    endpoint: String,
+    #[command(flatten)]
+    trust: Trust,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Conn {
+    /// How to verify the node's TLS certificate.
+    pub fn options(&self) -> blockpost_client::ConnectOptions {
+        self.trust.options()
     }
 }
 

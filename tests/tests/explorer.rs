@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use blockpost_tests::browser::{Browser, Session, http_get};
 use blockpost_tests::tamper::TamperProxy;
-use blockpost_tests::{NatsServer, blockpost_bin, spawn_auditor, spawn_node, wait_for};
+use blockpost_tests::{NatsServer, blockpost_bin, spawn_auditor, spawn_node_with, wait_for};
 use prost::Message as _;
 
 /// A child process killed when the test ends, passed or not.
@@ -94,7 +94,22 @@ async fn walk() {
     let data = tmp.path().join("node");
     let port = blockpost_node::free_port().unwrap();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let mut node = Kill(spawn_node(&data, port, Some(&nats)));
+    // The node asks the auditor to cosign (a witness) and serves the explorer itself too.
+    let audit_port = blockpost_node::free_port().unwrap();
+    let audit_endpoint = format!("http://127.0.0.1:{audit_port}");
+    let node_web_port = blockpost_node::free_port().unwrap();
+    let node_web = format!("http://127.0.0.1:{node_web_port}");
+    let mut node = Kill(spawn_node_with(
+        &data,
+        port,
+        Some(&nats),
+        &[
+            "--witness",
+            &audit_endpoint,
+            "--web",
+            &format!("127.0.0.1:{node_web_port}"),
+        ],
+    ));
     let probe = tmp.path().join("probe");
     wait_for(Duration::from_secs(60), "the node", async || {
         blockpost_client::Client::connect(&endpoint, &probe)
@@ -108,8 +123,6 @@ async fn walk() {
     };
     let reader = tmp.path().join("reader.creds");
     std::fs::write(&reader, format!("{user}:{password}")).unwrap();
-    let audit_port = blockpost_node::free_port().unwrap();
-    let audit_endpoint = format!("http://127.0.0.1:{audit_port}");
     let _auditor = Kill(spawn_auditor(
         &endpoint,
         &nats.url(),
@@ -177,6 +190,33 @@ async fn walk() {
     let (_, txj) = json(&format!("{web}/tx/{tx}?format=json")).await;
     let closing_height = txj["data"]["closing"]["height"].as_u64().unwrap();
 
+    // The auditor cosigns the directory's checkpoint; the home page verifies that
+    // cosignature with the auditor's witness key.
+    let home_json = format!("{web}/?format=json");
+    wait_for(
+        Duration::from_secs(60),
+        "a witnessed directory checkpoint",
+        async || {
+            let (_, body) = http_get(&home_json).await.ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            let c = v["data"]["directory"]["cosignatures"]
+                .as_array()?
+                .first()?
+                .clone();
+            (c["verified"] == true && c["time_ms"].as_i64()? > 0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // The node's own explorer (`up --web`) shows the same transaction.
+    let (status, body) = http_get(&format!("{node_web}/tx/{tx}?format=json"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"]["status"], "finished");
+    assert_eq!(v["data"]["messages"].as_array().unwrap().len(), 5);
+
     let browser = Browser::start().await.unwrap();
     let s = browser.session(false, 1280, 1400).await.unwrap();
     let dir = shots();
@@ -190,6 +230,10 @@ async fn walk() {
         "{home}"
     );
     assert!(home.contains("✓ verified"), "{home}");
+    assert!(
+        home.contains(" cosigned "),
+        "a witness cosignature with its time: {home}"
+    );
     assert!(
         home.contains("blocks verified"),
         "the auditor's status: {home}"

@@ -44,6 +44,7 @@ pub async fn run(args: ExplorerArgs) -> anyhow::Result<()> {
     );
     config.options = args.trust.options();
     config.call_timeout = std::time::Duration::from_secs(args.call_timeout);
+    config.check()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

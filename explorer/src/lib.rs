@@ -68,12 +68,38 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Checks the endpoints before anything is served: each must be an `http://` or
+    /// `https://` URL.
+    pub fn check(&self) -> Result<(), Error> {
+        let check = |what: &'static str, endpoint: &str| {
+            let bad = |why: String| Error::BadEndpoint {
+                what,
+                endpoint: endpoint.to_owned(),
+                why,
+            };
+            let uri: axum::http::Uri = endpoint.parse().map_err(|e| bad(format!("{e}")))?;
+            match (uri.scheme_str(), uri.host()) {
+                (Some("http" | "https"), Some(_)) => Ok(()),
+                _ => Err(bad("give an http:// or https:// URL with a host".into())),
+            }
+        };
+        check("node", &self.node)?;
+        if let Some(a) = &self.auditor {
+            check("auditor", a)?;
+        }
+        Ok(())
+    }
+}
+
 /// Why the explorer cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The auditor's endpoint is not a URL.
-    #[error("bad auditor endpoint {endpoint:?}: {why}")]
-    BadAuditor {
+    /// An endpoint that is not an http:// or https:// URL.
+    #[error("bad {what} endpoint {endpoint:?}: {why}")]
+    BadEndpoint {
+        /// "node" or "auditor".
+        what: &'static str,
         /// What was given.
         endpoint: String,
         /// What is wrong with it.
@@ -86,6 +112,7 @@ pub enum Error {
 
 /// The explorer's router (for a caller that serves it itself).
 pub fn router(config: Config) -> Result<Router, Error> {
+    config.check()?;
     let app = Arc::new(pages::App::new(config)?);
     Ok(Router::new()
         .route("/", get(home))
@@ -299,5 +326,38 @@ pub(crate) fn status_of(f: &pages::Fail) -> StatusCode {
         pages::Fail::Away(_) => StatusCode::SERVICE_UNAVAILABLE,
         pages::Fail::NoAuditor => StatusCode::NOT_FOUND,
         pages::Fail::Unverified { .. } | pages::Fail::Refused(_) => StatusCode::BAD_GATEWAY,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_checked_before_serving() {
+        let dir = std::env::temp_dir();
+        assert!(
+            Config::new("http://127.0.0.1:7700", None, dir.clone())
+                .check()
+                .is_ok()
+        );
+        assert!(
+            Config::new(
+                "https://node.example:7700",
+                Some("http://a:7800"),
+                dir.clone()
+            )
+            .check()
+            .is_ok()
+        );
+        for (node, auditor) in [
+            ("notaurl", None),
+            ("127.0.0.1:7700", None),
+            ("ftp://x", None),
+            ("http://127.0.0.1:7700", Some("not a url")),
+        ] {
+            let e = Config::new(node, auditor, dir.clone()).check().unwrap_err();
+            assert!(e.to_string().starts_with("bad "), "{e}");
+        }
     }
 }

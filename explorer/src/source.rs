@@ -206,7 +206,8 @@ pub struct Auditor {
 impl Auditor {
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, crate::Error> {
         let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| crate::Error::BadAuditor {
+            .map_err(|e| crate::Error::BadEndpoint {
+                what: "auditor",
                 endpoint: endpoint.to_owned(),
                 why: e.to_string(),
             })?

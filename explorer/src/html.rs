@@ -448,7 +448,15 @@ fn entry(e: &EntryView, now: i64) -> Markup {
                         a href=(format!("/participant/{}/{}/certificate.pem", e.address, e.leaf_index)) { "PEM" } }
                 }
             }
-            td { (verified_badge(true)) " in checkpoint of " (e.proved_in) }
+            td {
+                (verified_badge(true)) " in checkpoint of " (e.proved_in)
+                details.proof {
+                    summary { "proof" }
+                    div { "leaf " (e.leaf_index) ", audit path:" }
+                    @for h in &e.inclusion_proof { div { code { (h) } } }
+                    pre { (e.checkpoint) }
+                }
+            }
         }
     }
 }

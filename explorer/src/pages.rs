@@ -1382,6 +1382,8 @@ fn entry_view(e: &VerifiedEntry) -> EntryView {
         trust_anchor: parsed.last().map(|(_, issuer)| issuer.clone()),
         evidence: parsed.into_iter().map(|(s, _)| s).collect(),
         proved_in: e.checkpoint.size,
+        inclusion_proof: e.inclusion_proof.iter().map(hex::encode).collect(),
+        checkpoint: String::from_utf8_lossy(&e.checkpoint.note).into_owned(),
     }
 }
 

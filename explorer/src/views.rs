@@ -198,6 +198,10 @@ pub struct EntryView {
     pub trust_anchor: Option<String>,
     /// The size of the checkpoint its inclusion proof was verified in.
     pub proved_in: u64,
+    /// That inclusion proof (RFC 6962 audit path, hex).
+    pub inclusion_proof: Vec<String>,
+    /// The checkpoint (signed note) it was verified against.
+    pub checkpoint: String,
 }
 
 #[derive(Serialize)]

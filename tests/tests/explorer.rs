@@ -407,7 +407,51 @@ async fn walk() {
     );
     s.screenshot(&dir.join("directory.png")).await.unwrap();
     open(&s, &format!("{web}/alerts"), "#no-alerts").await;
+
+    // Someone with write access to NATS publishes block 0 again, one byte changed: the
+    // auditor raises an alert, and the alerts page links it to the block it names.
+    let js = async_nats::jetstream::new(nats.connect().await.unwrap());
+    let names: Vec<String> = futures::TryStreamExt::try_collect(js.stream_names())
+        .await
+        .unwrap();
+    let blocks = names.iter().find(|n| n.ends_with("_BLOCKS")).unwrap();
+    let mut stream = js.get_stream(blocks).await.unwrap();
+    let subject = stream.info().await.unwrap().config.subjects[0].clone();
+    let first = stream.get_raw_message(1).await.unwrap();
+    let mut tampered = first.payload.to_vec();
+    let at = tampered.len() - 70;
+    tampered[at] ^= 1;
+    js.publish(subject, tampered.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let alerts_json = format!("{web}/alerts?format=json");
+    let alert = wait_for(Duration::from_secs(60), "the auditor's alert", async || {
+        let (_, body) = http_get(&alerts_json).await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        v["data"]["alerts"].as_array()?.first().cloned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(alert["link"], "/block/0", "{alert}");
+    open(&s, &format!("{web}/alerts"), "div.alert").await;
+    let shown = s.text_of("div.alert").await.unwrap();
+    assert!(shown.contains(alert["kind"].as_str().unwrap()), "{shown}");
     s.screenshot(&dir.join("alerts.png")).await.unwrap();
+    let link = s.find("div.alert a[href='/block/0']").await.unwrap();
+    s.click(&link).await.unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "block 0 from the alert",
+        async || s.find("table#leaves").await.ok(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        body_text(&s).await.contains("Block 0"),
+        "the node's own block 0, verified"
+    );
 
     // Bad input: proper pages and statuses, never a 500.
     for (path, status, title) in [

@@ -5,8 +5,8 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use crate::pages::*;
-use crate::source::Away;
+use crate::fail::{Away, Fail};
+use crate::views::*;
 
 /// The stylesheet: calm, readable, printable.
 pub const STYLE: &str = r#"
@@ -311,7 +311,12 @@ pub fn block(v: &BlockView, now: i64) -> Markup {
             tr { th { "builder signature" } td { (verified_badge(true)) " key id " code { (v.builder_key_id) } } }
             tr { th { "ledger" } td { "leaf " (v.height) " of the ledger checkpoint of " (v.ledger_size) " blocks" } }
         }
-        h2 { (count(v.leaves.len(), "leaf", "leaves")) }
+        h2 { (count(v.leaf_count as usize, "leaf", "leaves"))
+            @if v.leaves_from > 0 || v.next_from.is_some() { ": " (v.leaves_from) "…" (v.leaves_from + v.leaves.len() as u64) } }
+        p.pager {
+            @if v.leaves_from > 0 { a href=(format!("/block/{}?from={}", v.height, v.leaves_from.saturating_sub(LEAVES_PAGE as u64))) { "← earlier leaves" } }
+            @if let Some(n) = v.next_from { a href=(format!("/block/{}?from={n}", v.height)) { "later leaves →" } }
+        }
         table #leaves {
             tr { th { "#" } th { "kind" } th { "what" } th { "transaction" } }
             @for l in &v.leaves {

@@ -12,6 +12,8 @@
 //! others get a 503 page.
 //!
 //! # Layout
+//! - `config`: what it reads from, checked before anything is served.
+//! - `fail`: why a page cannot be shown, and the status each reason gets.
 //! - `source`: the connections to the node (lazy, reconnecting, every call with a deadline)
 //!   and the auditor; what is away since when.
 //! - `pages`: one function per page: fetch through the client, build the view.
@@ -19,96 +21,23 @@
 //! - `html`: the layout, the stylesheet and every page's HTML.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use blockpost_core::Clock;
-use serde::Deserialize;
 
+mod config;
+mod fail;
 mod html;
 mod pages;
 mod source;
 mod views;
 
-pub use source::Away;
-
-/// What the explorer reads from.
-pub struct Config {
-    /// The node's gRPC endpoint (`http://…` or `https://…`).
-    pub node: String,
-    /// TLS, pins and witnesses for the node, as for any client.
-    pub options: blockpost_client::ConnectOptions,
-    /// An auditor's gRPC endpoint: its status, alerts and search.
-    pub auditor: Option<String>,
-    /// Where the client pins the node's keys on first contact (as the CLI does).
-    pub state_dir: PathBuf,
-    /// How long one call to the node or the auditor may take before it counts as away.
-    pub call_timeout: Duration,
-    /// The clock relative times ("3 min ago") are computed on.
-    pub clock: Arc<dyn Clock>,
-}
-
-impl Config {
-    /// A configuration with a 10 s call deadline and the system clock.
-    pub fn new(node: &str, auditor: Option<&str>, state_dir: PathBuf) -> Self {
-        Self {
-            node: node.to_owned(),
-            options: blockpost_client::ConnectOptions::default(),
-            auditor: auditor.map(str::to_owned),
-            state_dir,
-            call_timeout: Duration::from_secs(10),
-            clock: Arc::new(blockpost_core::SystemClock),
-        }
-    }
-}
-
-impl Config {
-    /// Checks the endpoints before anything is served: each must be an `http://` or
-    /// `https://` URL.
-    pub fn check(&self) -> Result<(), Error> {
-        let check = |what: &'static str, endpoint: &str| {
-            let bad = |why: String| Error::BadEndpoint {
-                what,
-                endpoint: endpoint.to_owned(),
-                why,
-            };
-            let uri: axum::http::Uri = endpoint.parse().map_err(|e| bad(format!("{e}")))?;
-            match (uri.scheme_str(), uri.host()) {
-                (Some("http" | "https"), Some(_)) => Ok(()),
-                _ => Err(bad("give an http:// or https:// URL with a host".into())),
-            }
-        };
-        check("node", &self.node)?;
-        if let Some(a) = &self.auditor {
-            check("auditor", a)?;
-        }
-        Ok(())
-    }
-}
-
-/// Why the explorer cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// An endpoint that is not an http:// or https:// URL.
-    #[error("bad {what} endpoint {endpoint:?}: {why}")]
-    BadEndpoint {
-        /// "node" or "auditor".
-        what: &'static str,
-        /// What was given.
-        endpoint: String,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// Serving failed.
-    #[error("serving the explorer: {0}")]
-    Serve(#[from] std::io::Error),
-}
+pub use config::{Config, Error};
+pub use fail::Away;
 
 /// The explorer's router (for a caller that serves it itself).
 pub fn router(config: Config) -> Result<Router, Error> {
@@ -146,58 +75,6 @@ pub async fn run(
     Ok(())
 }
 
-/// The query parameters any page takes.
-#[derive(Deserialize, Default)]
-pub(crate) struct Params {
-    format: Option<String>,
-    q: Option<String>,
-    from: Option<String>,
-    offset: Option<String>,
-}
-
-/// A request as the page functions see it.
-pub(crate) struct Req {
-    pub json: bool,
-    pub params: Params,
-    /// The path and query: the cache key.
-    pub key: String,
-}
-
-fn req(uri: &Uri, headers: &HeaderMap) -> Result<Req, pages::Fail> {
-    let params = match uri.query() {
-        None => Params::default(),
-        Some(_) => {
-            axum::extract::Query::<Params>::try_from_uri(uri)
-                .map_err(|e| pages::Fail::BadInput(format!("the query string: {}", e.body_text())))?
-                .0
-        }
-    };
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let json = match params.format.as_deref() {
-        Some("json") => true,
-        Some("html") | None => {
-            params.format.is_none()
-                && accept.contains("application/json")
-                && !accept.contains("text/html")
-        }
-        Some(other) => {
-            return Err(pages::Fail::BadInput(format!(
-                "format={other}: the formats are html and json"
-            )));
-        }
-    };
-    Ok(Req {
-        json,
-        params,
-        key: uri
-            .path_and_query()
-            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
-    })
-}
-
 type AppState = State<Arc<pages::App>>;
 
 macro_rules! page {
@@ -208,7 +85,7 @@ macro_rules! page {
             uri: Uri,
             headers: HeaderMap,
         ) -> Response {
-            match req(&uri, &headers) {
+            match pages::req(&uri, &headers) {
                 Ok($r) => {
                     let built = $body.await;
                     $app.respond(&$r, built)
@@ -235,7 +112,7 @@ page!(directory, |app, r| app.directory(&r));
 page!(alerts, |app, r| app.alerts(&r));
 
 async fn search(State(app): AppState, uri: Uri, headers: HeaderMap) -> Response {
-    match req(&uri, &headers) {
+    match pages::req(&uri, &headers) {
         Ok(r) => {
             if let Some(to) = r.params.q.as_deref().and_then(pages::App::shortcut) {
                 return axum::response::Redirect::to(&to).into_response();
@@ -314,19 +191,8 @@ async fn style() -> Response {
 async fn not_found(State(app): AppState, uri: Uri, headers: HeaderMap) -> Response {
     app.respond_fail(
         headers_json(&headers),
-        pages::Fail::NotFound(format!("there is no page at {}", uri.path())),
+        fail::Fail::NotFound(format!("there is no page at {}", uri.path())),
     )
-}
-
-/// The status a failure is served with.
-pub(crate) fn status_of(f: &pages::Fail) -> StatusCode {
-    match f {
-        pages::Fail::BadInput(_) => StatusCode::BAD_REQUEST,
-        pages::Fail::NotFound(_) => StatusCode::NOT_FOUND,
-        pages::Fail::Away(_) => StatusCode::SERVICE_UNAVAILABLE,
-        pages::Fail::NoAuditor => StatusCode::NOT_FOUND,
-        pages::Fail::Unverified { .. } | pages::Fail::Refused(_) => StatusCode::BAD_GATEWAY,
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use blockpost_client::VerifiedEntry;
 use blockpost_core::block::Leaf;
@@ -17,12 +17,67 @@ use blockpost_proto::v1::{
     SearchRequest, TransactionStatus,
 };
 use maud::Markup;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::source::{Auditor, Away, Held, Node};
+use crate::config::Config;
+use crate::fail::{Away, Fail, chain, status_of};
+use crate::html;
+use crate::source::{Auditor, Held, Node};
 pub use crate::views::*;
-use crate::{Config, Req, html, status_of};
+
+/// The query parameters any page takes.
+#[derive(Deserialize, Default)]
+pub struct Params {
+    pub format: Option<String>,
+    pub q: Option<String>,
+    pub from: Option<String>,
+    pub offset: Option<String>,
+}
+
+/// A request as the page functions see it.
+pub struct Req {
+    pub json: bool,
+    pub params: Params,
+    /// The path and query: the cache key.
+    pub key: String,
+}
+
+/// The request's parameters and format, from its URI and `Accept` header.
+pub fn req(uri: &Uri, headers: &HeaderMap) -> Result<Req, Fail> {
+    let params = match uri.query() {
+        None => Params::default(),
+        Some(_) => {
+            axum::extract::Query::<Params>::try_from_uri(uri)
+                .map_err(|e| Fail::BadInput(format!("the query string: {}", e.body_text())))?
+                .0
+        }
+    };
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let json = match params.format.as_deref() {
+        Some("json") => true,
+        Some("html") | None => {
+            params.format.is_none()
+                && accept.contains("application/json")
+                && !accept.contains("text/html")
+        }
+        Some(other) => {
+            return Err(Fail::BadInput(format!(
+                "format={other}: the formats are html and json"
+            )));
+        }
+    };
+    Ok(Req {
+        json,
+        params,
+        key: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+    })
+}
 
 /// Entries on one page of the directory log.
 pub const DIRECTORY_PAGE: u64 = 50;
@@ -32,113 +87,16 @@ pub const SEARCH_PAGE: u32 = 25;
 pub const HOME_BLOCKS: u64 = 10;
 /// Alerts read from the auditor for one page.
 pub const MAX_ALERTS: usize = 500;
-/// Pages kept to serve while a source is away.
+/// Pages kept to serve while a source is away: at most this many...
 const CACHED_PAGES: usize = 512;
+/// ...and at most this many bytes of HTML and JSON in all.
+const CACHED_BYTES: usize = 64 << 20;
+/// Party names remembered at most.
+const NAMES: usize = 10_000;
 /// How long a participant's name is reused before it is looked up again (ms).
 const NAME_TTL_MS: i64 = 60_000;
 /// Directory checkpoints remembered for the log page.
 const SEEN_CHECKPOINTS: usize = 50;
-
-/// Why a page cannot be shown.
-#[derive(Debug)]
-pub enum Fail {
-    /// The request is malformed (400).
-    BadInput(String),
-    /// No such object (404).
-    NotFound(String),
-    /// The node or the auditor does not answer (503, unless the page was seen before).
-    Away(Away),
-    /// The page needs an auditor and none was given (404).
-    NoAuditor,
-    /// An answer that did not verify: what was asked, and the failed check (502).
-    Unverified {
-        /// What the page asked for.
-        what: String,
-        /// The failed check, with its causes.
-        why: String,
-    },
-    /// The source refused for another reason (502).
-    Refused(String),
-}
-
-impl std::fmt::Display for Fail {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Fail::BadInput(s) | Fail::NotFound(s) | Fail::Refused(s) => f.write_str(s),
-            Fail::Away(a) => write!(f, "the {} at {} is away: {}", a.source, a.endpoint, a.why),
-            Fail::NoAuditor => f.write_str(
-                "this explorer has no auditor: start it with --auditor ENDPOINT for alerts and search",
-            ),
-            Fail::Unverified { what, why } => write!(f, "{what} did not verify: {why}"),
-        }
-    }
-}
-
-/// An error with its causes, one after another.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-impl Fail {
-    /// A client error, sorted: transport failures are "away", the node's refusals keep
-    /// their meaning, and everything else is an answer that did not verify.
-    pub fn from_client(e: blockpost_client::Error, endpoint: &str) -> Self {
-        use blockpost_client::Error as E;
-        match &e {
-            E::Unreachable { .. } | E::Tls { .. } => Fail::Away(Away {
-                source: "node",
-                endpoint: endpoint.to_owned(),
-                since_ms: 0,
-                why: chain(&e),
-            }),
-            E::Status(s) if crate::source::is_transport(s) => Fail::Away(Away {
-                source: "node",
-                endpoint: endpoint.to_owned(),
-                since_ms: 0,
-                why: format!("cannot reach the node: {}", s.message()),
-            }),
-            E::Status(s) => Fail::from_status(s, "the node"),
-            E::BadEndpoint { .. } | E::Refused(_) => Fail::BadInput(chain(&e)),
-            _ => Fail::Unverified {
-                what: format!("the answer of the node at {endpoint}"),
-                why: chain(&e),
-            },
-        }
-    }
-
-    /// A source's refusal.
-    pub fn from_status(s: &tonic::Status, who: &str) -> Self {
-        use tonic::Code;
-        match s.code() {
-            Code::NotFound => Fail::NotFound(format!("{who} has no such thing: {}", s.message())),
-            Code::InvalidArgument | Code::OutOfRange => {
-                Fail::BadInput(format!("{who} refused: {}", s.message()))
-            }
-            _ => Fail::Refused(format!("{who} refused: {:?}: {}", s.code(), s.message())),
-        }
-    }
-
-    /// What it is called on its page.
-    pub fn title(&self) -> &'static str {
-        match self {
-            Fail::BadInput(_) => "Bad request",
-            Fail::NotFound(_) | Fail::NoAuditor => "Not found",
-            Fail::Away(_) => "Unavailable",
-            Fail::Unverified { .. } => "Verification failed",
-            Fail::Refused(_) => "Refused",
-        }
-    }
-}
 
 /// A built page: its HTML body, its JSON twin and what was verified.
 #[derive(Clone)]
@@ -152,6 +110,11 @@ pub struct Page {
 }
 
 impl Page {
+    /// About what it holds in memory: its HTML, twice for its JSON.
+    fn bytes(&self) -> usize {
+        self.body.0.len() * 3
+    }
+
     fn new<V: Serialize>(
         kind: &'static str,
         title: String,
@@ -170,41 +133,9 @@ impl Page {
     }
 }
 
-/// What the explorer pinned of the node, as the pages cite it.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Pins {
-    /// The directory log's origin and verifier key.
-    pub directory: String,
-    /// The ledger's origin and verifier key.
-    pub ledger: String,
-    /// The builder's ed25519 key, hex.
-    pub builder: String,
-    /// Where the pins are kept.
-    pub state_dir: String,
-}
-
-/// A party as the directory names it.
-#[derive(Clone, Debug, Serialize)]
-pub struct PartyView {
-    pub address: String,
-    /// The real name from the verified directory entry; `None` when it could not be read.
-    pub name: Option<String>,
-    /// Whether the name is backed by evidence to a trust anchor.
-    pub verified: bool,
-    pub revoked: bool,
-}
-
-/// A directory checkpoint seen by the explorer.
-#[derive(Clone, Debug, Serialize)]
-pub struct SeenCheckpoint {
-    pub size: u64,
-    pub root: String,
-    /// When the explorer first verified it (Unix ms).
-    pub first_seen_ms: i64,
-}
-
-/// Pages as last built, by path and query, with when; and their order, oldest first.
-type Cache = (HashMap<String, (Page, i64)>, VecDeque<String>);
+/// Pages as last built, by path and query, with when; their order, oldest first; and
+/// their bytes in all.
+type Cache = (HashMap<String, (Page, i64)>, VecDeque<String>, usize);
 
 /// The explorer's state.
 pub struct App {
@@ -295,7 +226,7 @@ fn short(b: &[u8]) -> String {
 }
 
 impl App {
-    pub fn new(config: Config) -> Result<Self, crate::Error> {
+    pub fn new(config: Config) -> Result<Self, crate::config::Error> {
         let auditor = match &config.auditor {
             Some(a) => Some(Auditor::new(a, config.call_timeout)?),
             None => None,
@@ -318,7 +249,7 @@ impl App {
             clock: config.clock,
             state_dir,
             witnesses,
-            cache: Mutex::new((HashMap::new(), VecDeque::new())),
+            cache: Mutex::new((HashMap::new(), VecDeque::new(), 0)),
             names: Mutex::new(HashMap::new()),
             seen: Mutex::new(VecDeque::new()),
             pins: Mutex::new(Pins::default()),
@@ -359,13 +290,16 @@ impl App {
             Ok(page) => {
                 {
                     let mut c = lock(&self.cache);
-                    let (map, order) = &mut *c;
-                    if map.insert(r.key.clone(), (page.clone(), now)).is_none() {
-                        order.push_back(r.key.clone());
-                        while order.len() > CACHED_PAGES {
-                            if let Some(old) = order.pop_front() {
-                                map.remove(&old);
-                            }
+                    let (map, order, bytes) = &mut *c;
+                    *bytes += page.bytes();
+                    match map.insert(r.key.clone(), (page.clone(), now)) {
+                        Some((old, _)) => *bytes -= old.bytes(),
+                        None => order.push_back(r.key.clone()),
+                    }
+                    while order.len() > CACHED_PAGES || *bytes > CACHED_BYTES {
+                        let Some(key) = order.pop_front() else { break };
+                        if let Some((old, _)) = map.remove(&key) {
+                            *bytes -= old.bytes();
                         }
                     }
                 }
@@ -479,7 +413,14 @@ impl App {
             },
         };
         if p.name.is_some() {
-            lock(&self.names).insert(address.to_owned(), (p.clone(), now));
+            let mut names = lock(&self.names);
+            if names.len() >= NAMES {
+                names.retain(|_, (_, at)| now - *at < NAME_TTL_MS);
+                if names.len() >= NAMES {
+                    names.clear();
+                }
+            }
+            names.insert(address.to_owned(), (p.clone(), now));
         }
         p
     }
@@ -672,13 +613,22 @@ impl App {
         ))
     }
 
-    pub async fn block(&self, _r: &Req, height: &str) -> Result<Page, Fail> {
+    pub async fn block(&self, r: &Req, height: &str) -> Result<Page, Fail> {
         let height = parse_height(height)?;
+        let from = parse_number("from", r.params.from.as_deref())?;
         let mut h = self.node().await?;
         let b = h.ctl.call(h.conn.ledger.block(Some(height))).await?;
         let x = &b.block.header.header;
         let mut leaves = Vec::with_capacity(b.block.leaves.len());
-        for (i, (bytes, kind)) in b.block.leaves.iter().zip(&b.block.kinds).enumerate() {
+        let shown = b
+            .block
+            .leaves
+            .iter()
+            .zip(&b.block.kinds)
+            .enumerate()
+            .skip(usize::try_from(from).unwrap_or(usize::MAX))
+            .take(LEAVES_PAGE);
+        for (i, (bytes, kind)) in shown {
             leaves.push(match kind {
                 Leaf::Message(env) => {
                     let c = content_of(env);
@@ -716,6 +666,9 @@ impl App {
             builder_key_id: hex::encode(&x.builder_key_id),
             signature: hex::encode(&b.block.header.signature),
             ledger_size: b.checkpoint.size,
+            leaves_from: from,
+            next_from: (from + (LEAVES_PAGE as u64) < x.leaf_count)
+                .then_some(from + LEAVES_PAGE as u64),
             leaves,
         };
         let verified = vec![
@@ -940,7 +893,7 @@ impl App {
         blockpost_client::bundle::to_zip(&members).map_err(|e| Fail::Refused(chain(&e)))
     }
 
-    pub async fn participant(&self, r: &Req, address: &str) -> Result<Page, Fail> {
+    pub async fn participant(&self, _r: &Req, address: &str) -> Result<Page, Fail> {
         blockpost_core::Address::parse(address)
             .map_err(|e| Fail::BadInput(format!("{address:?} is not an address: {e}")))?;
         let mut h = self.node().await?;
@@ -995,7 +948,6 @@ impl App {
                 }
             }
         };
-        let _ = r;
         let view = ParticipantView {
             address: address.to_owned(),
             real_name: history
@@ -1100,23 +1052,28 @@ impl App {
     pub async fn alerts(&self, _r: &Req) -> Result<Page, Fail> {
         let a = self.auditor()?;
         let now = self.now();
+        // The newest MAX_ALERTS: from the count the auditor reports.
+        let total = a
+            .call(now, a.grpc().get_audit_status(GetAuditStatusRequest {}))
+            .await?
+            .alerts;
         let mut stream = a
             .call(
                 now,
                 a.grpc().alerts(AlertsRequest {
-                    from: 0,
+                    from: total.saturating_sub(MAX_ALERTS as u64),
                     follow: false,
                 }),
             )
             .await?;
-        let mut alerts = Vec::new();
+        let mut alerts = VecDeque::new();
         let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
             while let Some(x) = stream.message().await.transpose() {
                 match x {
                     Ok(al) => {
-                        alerts.push(al);
+                        alerts.push_back(al);
                         if alerts.len() > MAX_ALERTS {
-                            alerts.remove(0);
+                            alerts.pop_front();
                         }
                     }
                     Err(s) => return Err(s),

@@ -9,24 +9,10 @@ use std::time::Duration;
 
 use blockpost_client::{Client, ConnectOptions, Ledger};
 use blockpost_proto::v1::audit_client::AuditClient;
-use serde::Serialize;
 use tokio::sync::MappedMutexGuard;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::pages::Fail;
-
-/// A source that stopped answering: since when and why.
-#[derive(Clone, Debug, Serialize)]
-pub struct Away {
-    /// "node" or "auditor".
-    pub source: &'static str,
-    /// Its endpoint.
-    pub endpoint: String,
-    /// Since when (Unix ms) it has not answered.
-    pub since_ms: i64,
-    /// The last failure.
-    pub why: String,
-}
+use crate::fail::{Away, Fail, is_transport};
 
 /// Tracks when a source went away.
 struct Presence {
@@ -204,9 +190,9 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, crate::Error> {
+    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, crate::config::Error> {
         let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| crate::Error::BadEndpoint {
+            .map_err(|e| crate::config::Error::BadEndpoint {
                 what: "auditor",
                 endpoint: endpoint.to_owned(),
                 why: e.to_string(),
@@ -256,13 +242,4 @@ impl Auditor {
         };
         Err(Fail::Away(self.presence.gone(now_ms, &why)))
     }
-}
-
-/// A status made from a transport failure, not an answer.
-pub fn is_transport(s: &tonic::Status) -> bool {
-    std::error::Error::source(s).is_some()
-        || matches!(
-            s.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-        )
 }

@@ -4,8 +4,6 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::pages::{PartyView, Pins, SeenCheckpoint};
-
 #[derive(Serialize)]
 pub struct CosignView {
     pub name: String,
@@ -99,6 +97,10 @@ pub struct BlockView {
     pub builder_key_id: String,
     pub signature: String,
     pub ledger_size: u64,
+    /// The first leaf listed (a page of at most 500).
+    pub leaves_from: u64,
+    /// Where the next page of leaves starts, if there is one.
+    pub next_from: Option<u64>,
     pub leaves: Vec<LeafView>,
 }
 
@@ -275,4 +277,39 @@ pub struct SearchView {
     pub offset: u32,
     pub hits: Vec<HitView>,
     pub next_offset: Option<u32>,
+}
+
+/// Leaves listed on one page of a block.
+pub const LEAVES_PAGE: usize = 500;
+/// What the explorer pinned of the node, as the pages cite it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Pins {
+    /// The directory log's origin and verifier key.
+    pub directory: String,
+    /// The ledger's origin and verifier key.
+    pub ledger: String,
+    /// The builder's ed25519 key, hex.
+    pub builder: String,
+    /// Where the pins are kept.
+    pub state_dir: String,
+}
+
+/// A party as the directory names it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartyView {
+    pub address: String,
+    /// The real name from the verified directory entry; `None` when it could not be read.
+    pub name: Option<String>,
+    /// Whether the name is backed by evidence to a trust anchor.
+    pub verified: bool,
+    pub revoked: bool,
+}
+
+/// A directory checkpoint seen by the explorer.
+#[derive(Clone, Debug, Serialize)]
+pub struct SeenCheckpoint {
+    pub size: u64,
+    pub root: String,
+    /// When the explorer first verified it (Unix ms).
+    pub first_seen_ms: i64,
 }

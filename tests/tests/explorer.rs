@@ -467,6 +467,8 @@ async fn walk() {
             "Bad request",
         ),
         ("/directory?from=x".to_owned(), 400, "Bad request"),
+        ("/block/0?from=-1".to_owned(), 400, "Bad request"),
+        ("/block/0?format=xml".to_owned(), 400, "Bad request"),
         ("/no/such/page".to_owned(), 404, "Not found"),
     ] {
         let (got, body) = http_get(&format!("{web}{path}")).await.unwrap();

@@ -67,6 +67,19 @@ async fn open(s: &Session, url: &str, css: &str) {
     }
 }
 
+/// Clicks `link` and waits until the page it leads to has an element matching `css`.
+async fn follow(s: &Session, link: &blockpost_tests::browser::Element, css: &str) {
+    s.click(link).await.unwrap();
+    if let Err(e) = wait_for(Duration::from_secs(20), css, async || {
+        s.find(css).await.ok()
+    })
+    .await
+    {
+        let page = s.source().await.unwrap_or_default();
+        panic!("after a click: {e}\n{page}");
+    }
+}
+
 async fn body_text(s: &Session) -> String {
     s.text_of("body").await.unwrap()
 }
@@ -255,12 +268,7 @@ async fn walk() {
         .find(&format!("table#blocks a[href='/block/{closing_height}']"))
         .await
         .unwrap();
-    s.click(&link).await.unwrap();
-    wait_for(Duration::from_secs(20), "the block page", async || {
-        s.find("table#leaves").await.ok()
-    })
-    .await
-    .unwrap();
+    follow(&s, &link, "table#leaves").await;
     assert!(
         s.url()
             .await
@@ -285,14 +293,7 @@ async fn walk() {
 
     // Its transaction, as a timeline.
     let link = s.find("tr[data-kind=closing] a").await.unwrap();
-    s.click(&link).await.unwrap();
-    wait_for(
-        Duration::from_secs(20),
-        "the transaction page",
-        async || s.find("ol.timeline").await.ok(),
-    )
-    .await
-    .unwrap();
+    follow(&s, &link, "ol.timeline").await;
     assert_eq!(s.text_of("#tx-status").await.unwrap(), "finished");
     let parties = s.text_of("#parties").await.unwrap();
     assert!(
@@ -336,14 +337,7 @@ async fn walk() {
 
     // A participant, crt.sh-like.
     let link = s.find("#parties a").await.unwrap();
-    s.click(&link).await.unwrap();
-    wait_for(
-        Duration::from_secs(20),
-        "the participant page",
-        async || s.find("table#history").await.ok(),
-    )
-    .await
-    .unwrap();
+    follow(&s, &link, "table#history").await;
     assert_eq!(s.text_of("#real-name").await.unwrap(), "Bank A AG");
     assert!(
         s.text_of("#name-verified")
@@ -385,12 +379,7 @@ async fn walk() {
     );
     s.screenshot(&dir.join("search.png")).await.unwrap();
     let link = s.find("table#hits a[href^='/message/']").await.unwrap();
-    s.click(&link).await.unwrap();
-    wait_for(Duration::from_secs(20), "the message page", async || {
-        s.find("div.body").await.ok()
-    })
-    .await
-    .unwrap();
+    follow(&s, &link, "div.body").await;
     let msg = body_text(&s).await;
     assert!(
         msg.contains("Megacorp") && msg.contains("Bank B Ltd"),
@@ -440,14 +429,7 @@ async fn walk() {
     assert!(shown.contains(alert["kind"].as_str().unwrap()), "{shown}");
     s.screenshot(&dir.join("alerts.png")).await.unwrap();
     let link = s.find("div.alert a[href='/block/0']").await.unwrap();
-    s.click(&link).await.unwrap();
-    wait_for(
-        Duration::from_secs(20),
-        "block 0 from the alert",
-        async || s.find("table#leaves").await.ok(),
-    )
-    .await
-    .unwrap();
+    follow(&s, &link, "table#leaves").await;
     assert!(
         body_text(&s).await.contains("Block 0"),
         "the node's own block 0, verified"

@@ -121,14 +121,14 @@ pub async fn run(cmd: DirectoryCmd) -> anyhow::Result<()> {
             let mut more = render::NodeKeys {
                 ledger: ledger.as_ref().map(|l| l.info().clone()),
                 gateway,
-                directory_cosigners: render::cosigners(&directory_cp.note),
+                directory_cosigners: blockpost_core::claimed_cosigners(&directory_cp.note),
                 ledger_cosigners: Vec::new(),
                 witnesses: conn.trust.witnesses.clone(),
             };
             if let Some(mut l) = ledger
                 && let Ok(b) = l.block(None).await
             {
-                more.ledger_cosigners = render::cosigners(&b.checkpoint.note);
+                more.ledger_cosigners = blockpost_core::claimed_cosigners(&b.checkpoint.note);
             }
             render::info(c.endpoint(), c.info(), &more, conn.json)
         }

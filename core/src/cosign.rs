@@ -261,6 +261,18 @@ pub fn add_cosignatures(note: &[u8], lines: &[impl AsRef<[u8]>]) -> Result<Vec<u
     Ok(out)
 }
 
+/// The key names on a signed note's signature lines after the first (the log's own):
+/// who the note says cosigned it. Nothing is verified here ([`WitnessKey::cosigned_at`]
+/// and [`WitnessPolicy::cosigners`] verify).
+pub fn claimed_cosigners(note: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(note)
+        .lines()
+        .filter_map(|l| l.strip_prefix("\u{2014} "))
+        .skip(1)
+        .filter_map(|l| l.split(' ').next().map(str::to_owned))
+        .collect()
+}
+
 /// Which witnesses a client trusts, and how many must have cosigned a checkpoint.
 #[derive(Clone, Debug, Default)]
 pub struct WitnessPolicy {

@@ -85,7 +85,7 @@ mod testkit;
 pub use address::{Address, check_real_name, normalize_real_name};
 pub use authorize::{AuthorizedRequest, MAX_REASON_LEN, authorize_entry, authorize_request};
 pub use clock::{Clock, FixedClock, SystemClock, check_clock, deadline_ms, now_ms};
-pub use cosign::{Cosigner, WitnessKey, WitnessPolicy, add_cosignatures};
+pub use cosign::{Cosigner, WitnessKey, WitnessPolicy, add_cosignatures, claimed_cosigners};
 pub use entry::{Binding, X25519_EXTENSION_OID, decode_entry};
 pub use envelope::{
     SealTo, body_aad, envelope_message, inbox_message, message_id, message_id_of_encoded,
@@ -106,6 +106,6 @@ pub use receipt::{
 pub use request::{Operation, decode_canonical, ed25519_key, x25519_key};
 pub use rules::{
     EnvelopeLimits, MAX_TEXT_LEN, ParsedEnvelope, VERIFY_CHUNK_MIN, VerifiedEnvelope, kind_name,
-    settle_expect, verify_batch, verify_batch_parallel,
+    settle_expect, status_name, verify_batch, verify_batch_parallel,
 };
 pub use state::{Applied, DirectoryState, Participant, Prepared, verify_history};

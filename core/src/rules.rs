@@ -57,6 +57,17 @@ pub fn kind_name(kind: i32) -> &'static str {
     }
 }
 
+/// A transaction status's name as shown: `open`, `finished`, `timed out` (`unknown` for
+/// one this version does not know).
+pub fn status_name(status: i32) -> &'static str {
+    match blockpost_proto::v1::TransactionStatus::try_from(status) {
+        Ok(blockpost_proto::v1::TransactionStatus::Open) => "open",
+        Ok(blockpost_proto::v1::TransactionStatus::Finished) => "finished",
+        Ok(blockpost_proto::v1::TransactionStatus::TimedOut) => "timed out",
+        _ => "unknown",
+    }
+}
+
 /// Whether a kind's body is a trade or an instruction, and its name for errors.
 pub fn settle_expect(kind: MessageKind) -> Option<(settle::Expect, &'static str)> {
     match kind {

@@ -14,7 +14,7 @@ use blockpost_proto::v1::envelope_content::Body;
 use blockpost_proto::v1::ledger_record::Record;
 use blockpost_proto::v1::{
     AlertsRequest, EnvelopeContent, GetAuditStatusRequest, GetCheckpointRequest, GetWitnessRequest,
-    SearchRequest, TransactionStatus,
+    SearchRequest,
 };
 use maud::Markup;
 use serde::{Deserialize, Serialize};
@@ -210,15 +210,6 @@ fn check_transaction_id(id: &str) -> Result<(), Fail> {
 
 fn content_of(env: &blockpost_proto::v1::Envelope) -> EnvelopeContent {
     blockpost_core::decode_canonical::<EnvelopeContent>(&env.content, "content").unwrap_or_default()
-}
-
-fn status_name(s: i32) -> &'static str {
-    match TransactionStatus::try_from(s) {
-        Ok(TransactionStatus::Open) => "open",
-        Ok(TransactionStatus::Finished) => "finished",
-        Ok(TransactionStatus::TimedOut) => "timed out",
-        _ => "unknown",
-    }
 }
 
 fn short(b: &[u8]) -> String {
@@ -426,14 +417,7 @@ impl App {
     }
 
     fn cosignatures(&self, note: &[u8], extra: Option<&WitnessKey>) -> Vec<CosignView> {
-        let text = String::from_utf8_lossy(note);
-        let names: Vec<String> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("\u{2014} "))
-            .skip(1)
-            .filter_map(|l| l.split(' ').next().map(str::to_owned))
-            .collect();
-        names
+        blockpost_core::claimed_cosigners(note)
             .into_iter()
             .map(|name| {
                 let time = self
@@ -521,28 +505,42 @@ impl App {
             });
         }
         let mut h = self.node().await?;
-        let dcp = h.ctl.call(h.conn.client.checkpoint()).await?;
+        // One GetCheckpoint: the newest checkpoint, verified as the client's `checkpoint()`
+        // would, and the node's newest witnessed one, whose note carries the cosignatures
+        // (shown when it is the same size). A client that requires witnesses gets the
+        // witnessed checkpoint itself.
+        let (dcp, dir_note) = if h.conn.client.witness_policy().is_required() {
+            let cp = h.ctl.call(h.conn.client.checkpoint()).await?;
+            let note = cp.note.clone();
+            (cp, note)
+        } else {
+            let mut dir_grpc = blockpost_proto::v1::directory_client::DirectoryClient::new(
+                h.conn.client.channel(),
+            );
+            let raw = h
+                .ctl
+                .call(async {
+                    Ok::<_, blockpost_client::Error>(
+                        dir_grpc
+                            .get_checkpoint(GetCheckpointRequest {})
+                            .await?
+                            .into_inner(),
+                    )
+                })
+                .await?;
+            let cp = h
+                .ctl
+                .call(h.conn.client.accept_checkpoint(&raw.checkpoint))
+                .await?;
+            let verifier_key = &h.conn.client.info().verifier_key;
+            let note =
+                match blockpost_core::verify_checkpoint(&raw.witnessed_checkpoint, verifier_key) {
+                    Ok(w) if w.size == cp.size => raw.witnessed_checkpoint,
+                    _ => cp.note.clone(),
+                };
+            (cp, note)
+        };
         self.remember(&dcp);
-        // The node's newest witnessed checkpoint carries the cosignatures.
-        let mut dir_grpc =
-            blockpost_proto::v1::directory_client::DirectoryClient::new(h.conn.client.channel());
-        let raw = h
-            .ctl
-            .call(async {
-                Ok::<_, blockpost_client::Error>(
-                    dir_grpc
-                        .get_checkpoint(GetCheckpointRequest {})
-                        .await?
-                        .into_inner(),
-                )
-            })
-            .await?;
-        let verifier_key = h.conn.client.info().verifier_key.clone();
-        let dir_note =
-            match blockpost_core::verify_checkpoint(&raw.witnessed_checkpoint, &verifier_key) {
-                Ok(w) if w.size == dcp.size => raw.witnessed_checkpoint.clone(),
-                _ => dcp.note.clone(),
-            };
         let newest = h.ctl.call(h.conn.ledger.block(None)).await?;
         let top = newest.block.header.header.height;
         let heights: Vec<u64> = (top.saturating_sub(HOME_BLOCKS - 1)..top).rev().collect();
@@ -802,7 +800,7 @@ impl App {
                     finished_by.push(self.party(&mut h, a).await);
                 }
                 Some(ClosingView {
-                    status: status_name(c.status),
+                    status: blockpost_core::status_name(c.status),
                     time_ms: c.time_ms,
                     height: leaf.header.header.height,
                     leaf_index: leaf.leaf_index,
@@ -844,7 +842,7 @@ impl App {
         }
         let view = TxView {
             transaction_id: id.to_owned(),
-            status: status_name(t.state.status),
+            status: blockpost_core::status_name(t.state.status),
             parties,
             finished_by: t.state.finished_by.clone(),
             opened_height: t.state.opened_height,
@@ -1233,7 +1231,7 @@ fn record_leaf(index: u64, r: &blockpost_proto::v1::LedgerRecord) -> LeafView {
             transaction_id: Some(c.transaction_id.clone()),
             summary: format!(
                 "{} over {} messages{}",
-                status_name(c.status),
+                blockpost_core::status_name(c.status),
                 c.message_ids.len(),
                 if c.finished_by.is_empty() {
                     String::new()

@@ -210,18 +210,6 @@ pub struct NodeKeys {
     pub witnesses: Vec<String>,
 }
 
-/// The key names on a signed note's signature lines after the first (the log's own): who
-/// cosigned it, as the note says (their signatures are checked against pinned witness
-/// keys only).
-pub fn cosigners(note: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(note)
-        .lines()
-        .filter_map(|l| l.strip_prefix("\u{2014} "))
-        .skip(1)
-        .filter_map(|l| l.split(' ').next().map(str::to_owned))
-        .collect()
-}
-
 /// A verified checkpoint.
 pub fn checkpoint(
     cp: &VerifiedCheckpoint,

@@ -218,7 +218,7 @@ fn record_json(r: &blockpost_proto::v1::LedgerRecord) -> Value {
         Some(Record::Closing(c)) => json!({
             "kind": "closing",
             "transaction_id": c.transaction_id,
-            "status": status_name(c.status),
+            "status": blockpost_core::status_name(c.status),
             "message_ids": hexes(&c.message_ids),
             "messages_root": hex::encode(&c.messages_root),
             "finished_by": c.finished_by,
@@ -244,16 +244,6 @@ fn record_json(r: &blockpost_proto::v1::LedgerRecord) -> Value {
             "time_ms": a.time_ms,
         }),
         None => json!({ "kind": "record" }),
-    }
-}
-
-fn status_name(s: i32) -> &'static str {
-    use blockpost_proto::v1::TransactionStatus as S;
-    match S::try_from(s) {
-        Ok(S::Open) => "open",
-        Ok(S::Finished) => "finished",
-        Ok(S::TimedOut) => "timed out",
-        _ => "unknown",
     }
 }
 
@@ -319,7 +309,7 @@ pub fn transaction(
             .collect();
         let closing = t.closing.as_ref().map(|(c, leaf)| {
             let mut v = leaf_json(leaf);
-            v["status"] = json!(status_name(c.status));
+            v["status"] = json!(blockpost_core::status_name(c.status));
             v["message_ids"] = json!(hexes(&c.message_ids));
             v["messages_root"] = json!(hex::encode(&c.messages_root));
             v["finished_by"] = json!(c.finished_by);
@@ -332,7 +322,7 @@ pub fn transaction(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "transaction_id": st.transaction_id,
-                "status": status_name(st.status),
+                "status": blockpost_core::status_name(st.status),
                 "parties": st.parties,
                 "party_names": st.parties.iter().map(|a| json!({
                     "address": a,
@@ -353,7 +343,7 @@ pub fn transaction(
     say!(
         "transaction {}: {}",
         st.transaction_id,
-        status_name(st.status)
+        blockpost_core::status_name(st.status)
     );
     let named = |a: &String| match names.get(a) {
         Some(n) if n.verified => format!("{} <{a}> (verified)", n.real_name),
@@ -398,7 +388,7 @@ pub fn transaction(
     if let Some((c, leaf)) = &t.closing {
         say!(
             "  closed       {} at {}, in block {} leaf {} (over {} messages, root {})",
-            status_name(c.status),
+            blockpost_core::status_name(c.status),
             date(c.time_ms),
             leaf.header.header.height,
             leaf.leaf_index,

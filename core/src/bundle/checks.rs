@@ -1,19 +1,10 @@
 //! The checks of one closing record, one certificate and one anchor.
 
-use blockpost_proto::v1::{TransactionClosing, TransactionStatus};
+use blockpost_proto::v1::TransactionClosing;
 
 use super::{AnchorInfo, AnchorReport, Members, Result, b64_hashes, fail, json, member};
 use crate::VerifiedCheckpoint;
 use crate::transaction::{Place, TxMessage, check_closing_placed};
-
-pub(super) fn status_name(s: i32) -> &'static str {
-    match TransactionStatus::try_from(s) {
-        Ok(TransactionStatus::Finished) => "finished",
-        Ok(TransactionStatus::TimedOut) => "timed out",
-        Ok(TransactionStatus::Open) => "open",
-        _ => "unknown",
-    }
-}
 
 /// The closing record at `lp` against the bundle's messages of `tx`.
 pub(super) fn check_one_closing(

@@ -76,7 +76,8 @@ mod format;
 
 pub use format::*;
 
-use checks::{check_anchor, check_issued, check_one_closing, status_name};
+use crate::status_name;
+use checks::{check_anchor, check_issued, check_one_closing};
 
 /// A bundle's members, by path.
 pub type Members = BTreeMap<String, Vec<u8>>;
